@@ -1,0 +1,80 @@
+"""Request and stage-run state: what the core tracks for every request it holds."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from heddle.scheduler.dag import Pipeline
+
+__all__ = ["Outcome", "Request", "RunState", "StageRun"]
+
+
+class RunState(enum.IntEnum):
+    """Ordered so that `state >= RunState.DONE` means finished (vLLM's trick)."""
+
+    WAITING = 0  # some input not produced yet
+    READY = 1  # inputs present, sitting in a device queue
+    RUNNING = 2  # dispatched to a device
+    DONE = 10
+    FAILED = 11
+    CANCELLED = 12  # dropped before it started: request cancelled, failed or past deadline
+
+
+class Outcome(enum.Enum):
+    """How a request ended; the server maps each to a gRPC status code."""
+
+    OK = "OK"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(slots=True, eq=False)
+class StageRun:
+    """One stage of one request."""
+
+    request: Request
+    stage: str
+    model: str
+    index: int  # topological position: the last tie-breaker of every ordering
+    deps_left: int
+    state: RunState = RunState.WAITING
+    device: str | None = None  # queue it sits in, then device it ran on
+    ready_s: float | None = None
+    started_s: float | None = None
+    finished_s: float | None = None
+    error: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.request.id, self.stage)
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """A pipeline request as the core sees it: no tensors, only identities and times."""
+
+    id: str
+    pipeline: Pipeline
+    priority: int
+    arrival_s: float
+    deadline_s: float | None = None  # absolute, on the core's clock
+    seq: int = 0  # arrival counter set by the core: total order among equal arrival times
+    runs: dict[str, StageRun] = field(default_factory=dict)
+    outcome: Outcome | None = None
+    error: str = ""
+    finished_s: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+    @property
+    def deadline_missed(self) -> bool:
+        return (
+            self.deadline_s is not None
+            and self.finished_s is not None
+            and self.finished_s > self.deadline_s
+        )
