@@ -1,0 +1,183 @@
+"""The executor seam: the Executor protocol, backend errors, input checks, dtype mapping, device pools."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from heddle.scheduler.specs import DeviceSpec, ModelSpec
+
+__all__ = [
+    "BackendError",
+    "Executor",
+    "InputError",
+    "check_inputs",
+    "datatype_of",
+    "make_executor",
+    "make_pool",
+    "numpy_dtype",
+]
+
+
+class BackendError(Exception):
+    """A stage failed inside a backend; the message names the model and the device."""
+
+
+class InputError(BackendError):
+    """Inputs do not match the model's IO spec; the message names the tensor, expected vs got."""
+
+
+class Executor(Protocol):
+    """Runs models on one device. `run` blocks; callers submit it to `pool` (sized to the slots)."""
+
+    device: DeviceSpec
+    pool: concurrent.futures.ThreadPoolExecutor
+
+    def load(self, model: ModelSpec) -> None:
+        """Prepare (and warm with one run) this model on this device; blocks, so call it off the loop."""
+
+    def run(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a loaded model; safe for `device.slots` concurrent callers."""
+
+    def providers(self) -> list[str]:
+        """What the device really runs on (for ONNX Runtime: the providers obtained)."""
+
+    def close(self) -> None:
+        """Release sessions and stop the pool."""
+
+
+_NUMPY_OF: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    # BYTES travel as object arrays whose items are `bytes` (variable length, like Triton's).
+    "BYTES": np.dtype(object),
+}
+_DATATYPE_OF: dict[np.dtype, str] = {dt: name for name, dt in _NUMPY_OF.items()}
+
+
+def _bfloat16() -> np.dtype | None:
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def numpy_dtype(datatype: str) -> np.dtype:
+    """The numpy dtype carrying a KServe datatype. ValueError for an unknown name."""
+    if datatype == "BF16":
+        # numpy has no bfloat16; ml_dtypes (shipped with onnx) provides one.
+        bf16 = _bfloat16()
+        if bf16 is None:
+            raise BackendError("BF16 tensors need the ml_dtypes package, which is not installed")
+        return bf16
+    try:
+        return _NUMPY_OF[datatype]
+    except KeyError:
+        raise ValueError(f"unknown datatype {datatype!r}; expected one of {sorted(_NUMPY_OF)} or BF16") from None
+
+
+def datatype_of(dtype: Any) -> str:
+    """The KServe datatype name of a numpy dtype. ValueError for dtypes KServe cannot carry."""
+    dt = np.dtype(dtype)
+    name = _DATATYPE_OF.get(dt)
+    if name is not None:
+        return name
+    if dt.kind in "SU":
+        return "BYTES"
+    if dt == _bfloat16():
+        return "BF16"
+    raise ValueError(f"numpy dtype {dt} has no KServe datatype")
+
+
+def _describe(dtype: np.dtype) -> str:
+    try:
+        return datatype_of(dtype)
+    except ValueError:
+        return f"numpy {dtype}"
+
+
+def check_inputs(model: ModelSpec, inputs: Mapping[str, Any]) -> None:
+    """Raise InputError unless `inputs` has exactly the model's inputs, with their dtypes and shapes."""
+    declared = {t.name: t for t in model.inputs}
+    unknown = sorted(set(inputs) - set(declared))
+    if unknown:
+        raise InputError(f"model {model.name}: unknown input(s) {unknown}; expected {sorted(declared)}")
+    missing = sorted(set(declared) - set(inputs))
+    if missing:
+        raise InputError(f"model {model.name}: missing input(s) {missing}")
+    for name, spec in declared.items():
+        array = inputs[name]
+        if not isinstance(array, np.ndarray):
+            raise InputError(
+                f"model {model.name}: input {name} must be a numpy array, got {type(array).__name__}"
+            )
+        if array.dtype != numpy_dtype(spec.datatype):
+            raise InputError(
+                f"model {model.name}: input {name} expects {spec.datatype}, got {_describe(array.dtype)}"
+            )
+        if not spec.accepts_shape(array.shape):
+            raise InputError(
+                f"model {model.name}: input {name} expects shape {list(spec.shape)}, got {list(array.shape)}"
+            )
+
+
+def _pin_thread(cores: frozenset[int]) -> None:
+    # pid 0 means the calling thread on Linux: each worker pins itself, the process is untouched.
+    os.sched_setaffinity(0, cores)
+
+
+def make_pool(device: DeviceSpec) -> concurrent.futures.ThreadPoolExecutor:
+    """The device's worker pool: `slots` threads named after it, pinned to options["cpu_affinity"]."""
+    if device.slots < 1:
+        raise BackendError(f"device {device.id}: slots must be >= 1, got {device.slots}")
+    cores = device.options.get("cpu_affinity")
+    initializer, initargs = None, ()
+    if cores is not None and hasattr(os, "sched_setaffinity"):
+        wanted = frozenset(int(c) for c in cores)
+        allowed = os.sched_getaffinity(0)
+        # Checked here: a failing initializer would only surface later as a broken pool.
+        if not wanted or not wanted <= allowed:
+            raise BackendError(
+                f"device {device.id}: cpu_affinity {sorted(wanted)} is not a non-empty subset "
+                f"of the cores this process may use {sorted(allowed)}"
+            )
+        initializer, initargs = _pin_thread, (wanted,)
+    return concurrent.futures.ThreadPoolExecutor(
+        max_workers=device.slots,
+        thread_name_prefix=f"heddle-{device.id}",
+        initializer=initializer,
+        initargs=initargs,
+    )
+
+
+def make_executor(device: DeviceSpec) -> Executor:
+    """The executor for a device, chosen by `device.backend`."""
+    # Imported here so that importing the seam does not import every backend's runtime.
+    if device.backend == "onnxruntime":
+        from heddle.backends.onnxruntime import OrtExecutor
+
+        return OrtExecutor(device)
+    if device.backend == "python":
+        from heddle.backends.python import PythonExecutor
+
+        return PythonExecutor(device)
+    if device.backend == "triton":
+        raise BackendError(f"device {device.id}: the triton backend is not available in this build yet")
+    raise BackendError(
+        f"device {device.id}: unknown backend {device.backend!r}; expected onnxruntime, python or triton"
+    )

@@ -1,0 +1,102 @@
+"""The Python backend: operator-registered `module:function` callables run as pipeline stages."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import threading
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from heddle.backends.base import BackendError, check_inputs, make_pool, numpy_dtype
+from heddle.scheduler.specs import DeviceSpec, ModelSpec
+
+__all__ = ["PythonExecutor", "check_outputs", "resolve_callable"]
+
+
+def resolve_callable(ref: str) -> Callable[..., Any]:
+    """The callable named by "module:function" (the attribute may be dotted, "module:Class.method")."""
+    module_name, sep, attr_path = ref.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise BackendError(f"python stage reference {ref!r} must look like 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise BackendError(f"python stage {ref}: cannot import module {module_name}: {e}") from e
+    try:
+        target = functools.reduce(getattr, attr_path.split("."), module)
+    except AttributeError:
+        raise BackendError(f"python stage {ref}: module {module_name} has no attribute {attr_path}") from None
+    if not callable(target):
+        raise BackendError(f"python stage {ref}: {attr_path} is a {type(target).__name__}, not callable")
+    return target
+
+
+def check_outputs(model: ModelSpec, result: Any) -> dict[str, np.ndarray]:
+    """The declared outputs of a stage's result, checked against the spec; extra outputs are dropped."""
+    if not isinstance(result, Mapping):
+        raise BackendError(f"python stage {model.name}: returned {type(result).__name__}, expected a mapping")
+    outputs = {}
+    for spec in model.outputs:
+        if spec.name not in result:
+            raise BackendError(f"python stage {model.name}: output {spec.name} is missing")
+        array = result[spec.name]
+        if not isinstance(array, np.ndarray):
+            raise BackendError(
+                f"python stage {model.name}: output {spec.name} is a {type(array).__name__}, not a numpy array"
+            )
+        expected = numpy_dtype(spec.datatype)
+        if array.dtype != expected:
+            raise BackendError(
+                f"python stage {model.name}: output {spec.name} should be {spec.datatype} "
+                f"(numpy {expected}), got numpy {array.dtype}"
+            )
+        if not spec.accepts_shape(array.shape):
+            raise BackendError(
+                f"python stage {model.name}: output {spec.name} should have shape {list(spec.shape)}, "
+                f"got {list(array.shape)}"
+            )
+        outputs[spec.name] = array
+    return outputs
+
+
+class PythonExecutor:
+    """Runs resolved Python callables as stages, on the device's pool."""
+
+    def __init__(self, device: DeviceSpec) -> None:
+        self.device = device
+        self.pool = make_pool(device)
+        self._stages: dict[str, tuple[ModelSpec, Callable[..., Any]]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, model: ModelSpec) -> None:
+        """Resolve the model's `module:function` artifact.
+
+        Not warmed: unlike an ONNX graph, an operator's function may not accept zeros
+        (e.g. it decodes image bytes), and importing it is the costly part anyway.
+        """
+        fn = resolve_callable(model.artifact)
+        with self._lock:
+            self._stages[model.name] = (model, fn)
+
+    def run(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Call fn(**inputs) and return its declared outputs."""
+        stage = self._stages.get(model)
+        if stage is None:
+            raise BackendError(f"model {model} is not loaded on device {self.device.id}")
+        spec, fn = stage
+        check_inputs(spec, inputs)
+        try:
+            result = fn(**inputs)
+        except Exception as e:  # whatever the operator's code raises is a failed stage
+            raise BackendError(f"python stage {model}: {type(e).__name__}: {e}") from e
+        return check_outputs(spec, result)
+
+    def providers(self) -> list[str]:
+        return ["python"]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        with self._lock:
+            self._stages.clear()

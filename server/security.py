@@ -1,0 +1,106 @@
+"""Transport security (TLS, mutual TLS) and bearer-token auth for the admin RPCs."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+__all__ = ["AdminAuthInterceptor", "server_credentials"]
+
+_MISSING_TOKEN_MESSAGE = "admin RPCs need 'authorization: Bearer <token>' metadata"
+_WRONG_TOKEN_MESSAGE = "the admin token in 'authorization: Bearer <token>' is not the server's"
+
+
+def _read_pem(path: str | Path, what: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read TLS {what} file {str(path)!r}: {exc.strerror or exc}") from exc
+    # grpc reports a bad PEM only when the first handshake fails; say which file now.
+    if b"-----BEGIN " not in data:
+        raise ValueError(f"TLS {what} file {str(path)!r} holds no PEM block")
+    return data
+
+
+def server_credentials(
+    cert_file: str | Path, key_file: str | Path, client_ca_file: str | Path | None = None,
+) -> grpc.ServerCredentials:
+    """TLS credentials from PEM files; with `client_ca_file`, clients must present a cert it signed."""
+    cert = _read_pem(cert_file, "certificate")
+    key = _read_pem(key_file, "private key")
+    client_ca = _read_pem(client_ca_file, "client CA") if client_ca_file is not None else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None,
+    )
+
+
+def _bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key.lower() != "authorization":
+            continue
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return None
+
+
+def _aborting_handler(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str,
+) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` whose every call ends with `code`."""
+
+    async def abort_unary(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    async def abort_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(code, message)
+        yield  # unreachable; makes this an async generator as a streaming handler must be
+
+    ser, deser = handler.response_serializer, handler.request_deserializer
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort_stream, deser, ser)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort_unary, deser, ser)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(abort_stream, deser, ser)
+    return grpc.unary_unary_rpc_method_handler(abort_unary, deser, ser)
+
+
+class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Requires `authorization: Bearer <token>` on methods under the protected prefixes.
+
+    An empty token turns the check off, for servers bound to loopback only.
+    """
+
+    def __init__(self, token: str, protected_prefixes: Sequence[str] = ("/heddle.v1.Admin/",)) -> None:
+        self._token = token.encode("utf-8")
+        self._prefixes = tuple(protected_prefixes)
+
+    def _verdict(self, details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str] | None:
+        if not self._token or not details.method.startswith(self._prefixes):
+            return None
+        token = _bearer_token(details.invocation_metadata)
+        if token is None:
+            return grpc.StatusCode.UNAUTHENTICATED, _MISSING_TOKEN_MESSAGE
+        # Constant-time, so response timing does not leak how much of a guess was right.
+        if not hmac.compare_digest(token.encode("utf-8"), self._token):
+            return grpc.StatusCode.PERMISSION_DENIED, _WRONG_TOKEN_MESSAGE
+        return None
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        verdict = self._verdict(handler_call_details)
+        if handler is None or verdict is None:
+            return handler
+        return _aborting_handler(handler, *verdict)
