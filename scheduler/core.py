@@ -123,6 +123,9 @@ class Core:
         if request is not None and request.finished:
             del self._requests[request_id]
 
+    def healthy_devices(self) -> list[str]:
+        return [d for d, ok in self._healthy.items() if ok]
+
     def stats(self) -> CoreStats:
         return CoreStats(
             queued={d: len(q) for d, q in self._queues.items()},

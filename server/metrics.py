@@ -186,6 +186,10 @@ class Metrics:
         self.requests.labels(pipeline, status).inc()
         self.request_latency_seconds.labels(pipeline, str(priority)).observe(max(latency_s, 0.0))
 
+    def observe_refused(self, pipeline: str, status: str) -> None:
+        """Count a request refused before it ran: no latency sample, it would skew the histogram."""
+        self.requests.labels(pipeline, status).inc()
+
     def observe_deadline_missed(self, pipeline: str) -> None:
         self.deadline_missed.labels(pipeline).inc()
 

@@ -1,0 +1,105 @@
+"""The gateway process: builds executors, runtime and the grpc.aio server; starts and stops them."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from heddle.backends.base import make_executor
+from heddle.server.config import Config
+from heddle.server.logs import get_logger
+from heddle.server.metrics import Metrics
+from heddle.server.runtime import Runtime
+from heddle.server.security import AdminAuthInterceptor, server_credentials
+from heddle.server.service import AdminServicer, GatewayServicer
+from heddle.v1 import heddle_pb2 as pb
+from heddle.v1 import heddle_pb2_grpc as pb_grpc
+
+__all__ = ["HeddleServer", "serve"]
+
+log = get_logger("heddle.server")
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["Gateway"].full_name,
+    pb.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+
+
+class HeddleServer:
+    """One gateway: `await start()`, then `await stop()`; ports 0 pick free ones."""
+
+    def __init__(self, config: Config, *, with_metrics_http: bool = True) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.executors = {d.id: make_executor(d) for d in config.devices}
+        self.runtime = Runtime(config, self.executors, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self._with_metrics_http = with_metrics_http
+        self._metrics_http = None
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        s = self.config.server
+        await self.runtime.load_models()
+        interceptors = [AdminAuthInterceptor(s.admin_token)] if s.admin_token else []
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ])
+        pb_grpc.add_GatewayServicer_to_server(GatewayServicer(self.runtime), self.server)
+        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.runtime), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), self.server)
+        address = f"{s.grpc_host}:{s.grpc_port}"
+        if s.tls_cert:
+            creds = server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca or None)
+            self.grpc_port = self.server.add_secure_port(address, creds)
+        else:
+            self.grpc_port = self.server.add_insecure_port(address)
+        await self.server.start()
+        if self._with_metrics_http:
+            self._metrics_http = self.metrics.start_http(s.metrics_host, s.metrics_port)
+            self.metrics_port = self._metrics_http.port
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("heddle serving", grpc=f"{s.grpc_host}:{self.grpc_port}",
+                 metrics=f"{s.metrics_host}:{self.metrics_port}", policy=s.policy,
+                 devices=[d.id for d in self.config.devices], pipelines=sorted(self.config.pipelines),
+                 tls=bool(s.tls_cert), mutual_tls=bool(s.tls_client_ca), config=self.config.source)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish up to the grace period, then release all."""
+        grace_s = self.config.server.grace_period_s if grace_s is None else grace_s
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            in_flight = self.runtime.in_flight
+            log.info("shutting down", in_flight=in_flight, grace_s=grace_s)
+            await self.server.stop(grace_s)
+        await self.runtime.drain(0)
+        for ex in self.executors.values():
+            ex.close()
+        if self._metrics_http is not None:
+            self._metrics_http.close()
+        log.info("heddle stopped")
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server = HeddleServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

@@ -1,0 +1,64 @@
+"""The `heddle` command line: serve, infer, list."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+__all__ = ["main"]
+
+
+def _add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="run the gateway (embedded default config when --config is not given)")
+    p.add_argument("--config", help="TOML config file")
+    p.add_argument("--grpc-host")
+    p.add_argument("--grpc-port", type=int)
+    p.add_argument("--metrics-host")
+    p.add_argument("--metrics-port", type=int)
+    p.add_argument("--policy")
+    p.add_argument("--log-level")
+    p.add_argument("--log-json", action="store_true", default=None, help="JSON logs even on a terminal")
+
+
+def _serve(args) -> int:
+    from heddle.server.app import serve
+    from heddle.server.config import ConfigError, load_config
+    from heddle.server.logs import configure_logging, get_logger
+
+    configure_logging(args.log_level or "info", json_output=args.log_json)
+    try:
+        config = load_config(args.config, grpc_host=args.grpc_host, grpc_port=args.grpc_port,
+                             metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+                             policy=args.policy, log_level=args.log_level)
+    except ConfigError as exc:
+        print(f"heddle: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.log_level is None and config.server.log_level != "info":
+        configure_logging(config.server.log_level, json_output=args.log_json)
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        get_logger("heddle").error("cannot serve", error=str(exc))
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from heddle.clients.infer_cli import add_infer_parser, add_list_parser, run_infer, run_list
+
+    parser = argparse.ArgumentParser(prog="heddle", description="gRPC gateway for compound-AI pipelines")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve_parser(sub)
+    add_infer_parser(sub)
+    add_list_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "infer":
+        return run_infer(args)
+    return run_list(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""TOML configuration: server settings, devices, models and pipelines, checked at load."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from heddle.scheduler import (
+    POLICIES, DeviceSpec, ModelSpec, Pipeline, PipelineError, PipelineSpec, StageSpec, TensorSpec,
+    validate_pipeline,
+)
+from heddle.scheduler.specs import DATATYPES
+
+__all__ = ["Config", "ConfigError", "ServerSettings", "load_config", "parse_config"]
+
+BACKENDS = ("onnxruntime", "python", "triton")
+DEFAULT_CACHE_DIR = "~/.cache/heddle"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be served; the message names the file and the item."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 8001
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 8002
+    max_message_bytes: int = 64 * 1024 * 1024
+    grace_period_s: float = 10.0
+    policy: str = "priority"
+    # Priority levels 1..priority_levels, higher is more urgent; 0 in a request means default.
+    priority_levels: int = 4
+    default_priority: int = 2
+    cache_dir: str = DEFAULT_CACHE_DIR
+    admin_token: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerSettings
+    devices: tuple[DeviceSpec, ...]
+    models: Mapping[str, ModelSpec]
+    pipelines: Mapping[str, Pipeline]
+    source: str = "<embedded default>"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Config:
+    """Load a TOML file, or the embedded default (with device detection) when path is None."""
+    if path is None:
+        from heddle.server.default_config import default_config_text
+
+        return parse_config(default_config_text(), "<embedded default>", Path.cwd(), overrides)
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    return parse_config(text, str(path), path.parent, overrides)
+
+
+def parse_config(text: str, source: str, base_dir: Path, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Parse and check a whole configuration; ConfigError says what and where."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    server = _server_settings(source, doc.get("server", {}), overrides or {})
+    devices = tuple(_device(source, i, d) for i, d in enumerate(doc.get("devices", [])))
+    _unique(source, "device", [d.id for d in devices])
+    if not devices:
+        raise ConfigError(f"{source}: no [[devices]] configured")
+    cache_dir = Path(os.path.expanduser(server.cache_dir))
+    models = {}
+    for i, raw in enumerate(doc.get("models", [])):
+        spec = _model(source, i, raw, base_dir, cache_dir, devices)
+        if spec.name in models:
+            raise ConfigError(f"{source}: model name {spec.name!r} is used twice")
+        models[spec.name] = spec
+    pipelines = {}
+    for i, raw in enumerate(doc.get("pipelines", [])):
+        try:
+            pipeline = validate_pipeline(_pipeline_spec(source, i, raw), models)
+        except PipelineError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        if pipeline.name in pipelines:
+            raise ConfigError(f"{source}: pipeline name {pipeline.name!r} is used twice")
+        pipelines[pipeline.name] = pipeline
+    return Config(server, devices, models, pipelines, source)
+
+
+def _server_settings(source: str, raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> ServerSettings:
+    raw = dict(raw)
+    tls = raw.pop("tls", {}) or {}
+    for key in ("cert", "key", "client_ca"):
+        if key in tls:
+            raw[f"tls_{key}"] = tls[key]
+    known = {f.name for f in fields(ServerSettings)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown [server] keys {unknown}")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    raw.setdefault("admin_token", os.environ.get("HEDDLE_ADMIN_TOKEN", ""))
+    settings = ServerSettings(**raw)
+    if settings.policy not in POLICIES:
+        raise ConfigError(f"{source}: unknown policy {settings.policy!r}; known: {sorted(POLICIES)}")
+    if not 1 <= settings.default_priority <= settings.priority_levels:
+        raise ConfigError(f"{source}: default_priority {settings.default_priority} is outside "
+                          f"1..{settings.priority_levels}")
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError(f"{source}: [server.tls] needs both cert and key")
+    return settings
+
+
+def _device(source: str, index: int, raw: Mapping[str, Any]) -> DeviceSpec:
+    raw = dict(raw)
+    where = f"{source}: devices[{index}]"
+    try:
+        dev_id, kind, backend = raw.pop("id"), raw.pop("kind", "cpu"), raw.pop("backend")
+    except KeyError as exc:
+        raise ConfigError(f"{where}: missing key {exc.args[0]!r}") from None
+    if backend not in BACKENDS:
+        raise ConfigError(f"{where} ({dev_id!r}): unknown backend {backend!r}; known: {list(BACKENDS)}")
+    slots = int(raw.pop("slots", 1))
+    if slots < 1:
+        raise ConfigError(f"{where} ({dev_id!r}): slots must be >= 1")
+    return DeviceSpec(dev_id, kind, backend, slots, raw)
+
+
+def _tensors(where: str, raw: Any) -> tuple[TensorSpec, ...]:
+    out = []
+    for t in raw or []:
+        try:
+            spec = TensorSpec(t["name"], t["datatype"], tuple(int(d) for d in t["shape"]))
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"{where}: tensor {t!r} needs name, datatype and shape ({exc})") from None
+        if spec.datatype not in DATATYPES:
+            raise ConfigError(f"{where}: tensor {spec.name!r} has unknown datatype {spec.datatype!r}")
+        out.append(spec)
+    return tuple(out)
+
+
+def _model(source, index, raw, base_dir: Path, cache_dir: Path, devices) -> ModelSpec:
+    raw = dict(raw)
+    where = f"{source}: models[{index}]"
+    name = raw.pop("name", None)
+    if not name:
+        raise ConfigError(f"{where}: missing key 'name'")
+    where = f"{source}: model {name!r}"
+    backend = raw.pop("backend", "onnxruntime")
+    allowed = tuple(raw.pop("devices", ()))
+    known = {d.id: d for d in devices}
+    for dev in allowed:
+        if dev not in known:
+            raise ConfigError(f"{where}: unknown device {dev!r}")
+    candidates = [known[d] for d in allowed] if allowed else list(devices)
+    if not any(d.backend == backend for d in candidates):
+        raise ConfigError(f"{where}: no configured device has backend {backend!r}")
+    kind = raw.pop("kind", "python" if backend == "python" else "dnn")
+    inputs, outputs = _tensors(where, raw.pop("inputs", None)), _tensors(where, raw.pop("outputs", None))
+    if backend == "onnxruntime":
+        artifact = _onnx_path(where, raw.pop("path", None), base_dir, cache_dir)
+        from heddle.backends.onnxruntime import read_io_spec
+
+        inputs, outputs = read_io_spec(artifact)
+    elif backend == "python":
+        artifact = raw.pop("function", "")
+        if ":" not in artifact:
+            raise ConfigError(f"{where}: python models need function = 'module:function'")
+        if not inputs or not outputs:
+            raise ConfigError(f"{where}: python models must declare inputs and outputs")
+    else:
+        artifact = raw.pop("triton_model", name)
+    return ModelSpec(name, backend, str(artifact), inputs, outputs, kind, allowed, raw)
+
+
+def _onnx_path(where: str, path: str | None, base_dir: Path, cache_dir: Path) -> Path:
+    if not path:
+        raise ConfigError(f"{where}: onnxruntime models need path = 'file.onnx' or 'builtin:NAME'")
+    if path.startswith("builtin:"):
+        from heddle.backends.zoo.build import MODEL_NAMES, build_model
+
+        builtin = path.removeprefix("builtin:")
+        if builtin not in MODEL_NAMES:
+            raise ConfigError(f"{where}: unknown builtin model {builtin!r}; known: {list(MODEL_NAMES)}")
+        return build_model(builtin, cache_dir / "models")
+    resolved = (base_dir / os.path.expanduser(path)).resolve()
+    if not resolved.is_file():
+        raise ConfigError(f"{where}: model file {resolved} does not exist")
+    return resolved
+
+
+def _pipeline_spec(source: str, index: int, raw: Mapping[str, Any]) -> PipelineSpec:
+    name = raw.get("name")
+    if not name:
+        raise ConfigError(f"{source}: pipelines[{index}]: missing key 'name'")
+    where = f"{source}: pipeline {name!r}"
+    stages = []
+    for s in raw.get("stages", []):
+        if "name" not in s or "model" not in s:
+            raise ConfigError(f"{where}: every stage needs name and model")
+        stages.append(StageSpec(s["name"], s["model"], dict(s.get("inputs", {}))))
+    return PipelineSpec(name, _tensors(where, raw.get("inputs")), tuple(stages),
+                        dict(raw.get("outputs", {})), raw.get("description", ""))
+
+
+def _unique(source: str, what: str, names: list[str]) -> None:
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise ConfigError(f"{source}: {what} id {n!r} is used twice")
+        seen.add(n)

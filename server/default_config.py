@@ -1,0 +1,156 @@
+"""The embedded default config: detected devices plus built-in models and demo pipelines."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["default_config_text", "detect_device_tables"]
+
+# Models come from the builder (backends/zoo) into the cache dir on first run.
+_MODELS = """
+[[models]]
+name = "cnn"
+path = "builtin:cnn"
+
+[[models]]
+name = "backbone"
+path = "builtin:backbone"
+
+[[models]]
+name = "head_cls"
+path = "builtin:head_cls"
+
+[[models]]
+name = "head_emb"
+path = "builtin:head_emb"
+
+[[models]]
+name = "encoder"
+kind = "transformer"
+path = "builtin:encoder"
+
+[[models]]
+name = "text_cls"
+path = "builtin:text_cls"
+
+[[models]]
+name = "preprocess"
+backend = "python"
+function = "heddle.backends.zoo.ops:preprocess"
+inputs = [{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }]
+outputs = [{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }]
+
+[[models]]
+name = "postprocess"
+backend = "python"
+function = "heddle.backends.zoo.ops:postprocess"
+inputs = [{ name = "logits", datatype = "FP32", shape = [-1, 10] }]
+outputs = [
+  { name = "probs", datatype = "FP32", shape = [-1, 10] },
+  { name = "label", datatype = "INT64", shape = [-1] },
+]
+
+[[models]]
+name = "join"
+backend = "python"
+function = "heddle.backends.zoo.ops:join"
+inputs = [
+  { name = "logits", datatype = "FP32", shape = [-1, 10] },
+  { name = "embedding", datatype = "FP32", shape = [-1, 32] },
+]
+outputs = [
+  { name = "probs", datatype = "FP32", shape = [-1, 10] },
+  { name = "label", datatype = "INT64", shape = [-1] },
+  { name = "embedding", datatype = "FP32", shape = [-1, 32] },
+]
+"""
+
+_PIPELINES = """
+[[pipelines]]
+name = "classify"
+description = "image (uint8 NHWC) -> preprocess (python) -> CNN -> postprocess (python)"
+inputs = [{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }]
+outputs = { probs = "post.probs", label = "post.label" }
+stages = [
+  { name = "pre", model = "preprocess", inputs = { image = "input:image" } },
+  { name = "cnn", model = "cnn", inputs = { image = "pre.image" } },
+  { name = "post", model = "postprocess", inputs = { logits = "cnn.logits" } },
+]
+
+[[pipelines]]
+name = "multihead"
+description = "image -> CNN backbone -> two heads in parallel -> join (python)"
+inputs = [{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }]
+outputs = { probs = "join.probs", label = "join.label", embedding = "join.embedding" }
+stages = [
+  { name = "backbone", model = "backbone", inputs = { image = "input:image" } },
+  { name = "cls", model = "head_cls", inputs = { features = "backbone.features" } },
+  { name = "emb", model = "head_emb", inputs = { features = "backbone.features" } },
+  { name = "join", model = "join", inputs = { logits = "cls.logits", embedding = "emb.embedding" } },
+]
+
+[[pipelines]]
+name = "text_classify"
+description = "token ids -> transformer encoder -> classifier"
+inputs = [
+  { name = "input_ids", datatype = "INT64", shape = [-1, -1] },
+  { name = "attention_mask", datatype = "INT64", shape = [-1, -1] },
+]
+outputs = { logits = "cls.logits" }
+stages = [
+  { name = "encoder", model = "encoder", inputs = { input_ids = "input:input_ids", attention_mask = "input:attention_mask" } },
+  { name = "cls", model = "text_cls", inputs = { pooled = "encoder.pooled" } },
+]
+"""
+
+
+def _cuda_gpu_count() -> int:
+    """GPUs usable through ONNX Runtime's CUDA EP: the EP must be built in and NVML must see GPUs."""
+    try:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return 0
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no library: a CPU box
+        return 0
+
+
+def detect_device_tables(cpu_count: int | None = None, gpu_count: int | None = None) -> str:
+    """TOML [[devices]] for this machine: CPU cores split into pinned devices, one per GPU, a python pool."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if cpu_count is not None:
+        cores = list(range(cpu_count))
+    # Up to 4 CPU devices, each pinned to its own slice of cores: independent DAG branches
+    # then really run in parallel, and one busy model cannot steal another device's cores.
+    n_dev = max(1, min(4, len(cores)))
+    per = max(1, len(cores) // n_dev)
+    tables = []
+    for i in range(n_dev):
+        mine = cores[i * per:(i + 1) * per] or cores[:1]
+        tables.append(
+            f'[[devices]]\nid = "cpu{i}"\nkind = "cpu"\nbackend = "onnxruntime"\nslots = 1\n'
+            f'providers = ["CPUExecutionProvider"]\nintra_op_threads = {len(mine)}\ncpu_affinity = {mine}\n'
+        )
+    for g in range(_cuda_gpu_count() if gpu_count is None else gpu_count):
+        tables.append(
+            f'[[devices]]\nid = "gpu{g}"\nkind = "gpu"\nbackend = "onnxruntime"\nslots = 1\n'
+            f'providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]\n'
+            f'provider_options = [{{ device_id = {g} }}, {{}}]\n'
+        )
+    # Python pre/post-processing is light; two slots so it never serialises two pipelines.
+    tables.append('[[devices]]\nid = "py0"\nkind = "cpu"\nbackend = "python"\nslots = 2\n')
+    return "\n".join(tables)
+
+
+def default_config_text() -> str:
+    """The whole embedded default config as TOML."""
+    cache = os.environ.get("HEDDLE_CACHE_DIR", "~/.cache/heddle")
+    server = f'[server]\npolicy = "priority"\ncache_dir = "{cache}"\n'
+    return server + "\n" + detect_device_tables() + _MODELS + _PIPELINES

@@ -1,0 +1,229 @@
+"""The asyncio runtime: the only place that knows both the scheduler core and the backends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from heddle.backends.base import Executor, InputError
+from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Request, RunState
+from heddle.server.config import Config
+from heddle.server.logs import get_logger
+
+__all__ = ["JobResult", "Runtime", "StageTiming"]
+
+log = get_logger("heddle.runtime")
+
+
+@dataclass(frozen=True, slots=True)
+class StageTiming:
+    """Where and how long one stage of a request ran; offsets are from the request's arrival."""
+
+    stage: str
+    model: str
+    device: str
+    status: str  # OK | FAILED | CANCELLED | SKIPPED
+    queue_s: float
+    compute_s: float
+    start_offset_s: float
+    end_offset_s: float
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    request_id: str
+    pipeline: str
+    outcome: Outcome
+    error: str
+    status_code: str  # gRPC status name the servicer should answer with
+    outputs: dict[str, np.ndarray]
+    stages: tuple[StageTiming, ...]
+    total_s: float
+    priority: int
+    deadline_missed: bool
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    request: Request
+    tensors: dict[tuple[str | None, str], np.ndarray]
+    done: asyncio.Future
+    on_stage: Callable[[StageTiming], None] | None
+    compute_s: dict[str, float] = field(default_factory=dict)
+    status_code: str = ""
+
+
+_STATUS_OF = {
+    Outcome.OK: "OK", Outcome.CANCELLED: "CANCELLED", Outcome.UNAVAILABLE: "UNAVAILABLE",
+    Outcome.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED", Outcome.FAILED: "INTERNAL",
+}
+
+
+class Runtime:
+    """Submits requests to the core, carries out its plans on executor pools, resolves futures."""
+
+    def __init__(self, config: Config, executors: Mapping[str, Executor], metrics=None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.executors = dict(executors)
+        self.metrics = metrics
+        self.clock = clock
+        self.core = Core(config.devices, config.models, config.server.policy)
+        self._jobs: dict[str, _Job] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def load_models(self) -> None:
+        """Load (and warm) every model on every device allowed to run it, off the event loop."""
+        loop = asyncio.get_running_loop()
+        loads = []
+        for model in self.config.models.values():
+            for device in self.core.eligible_devices(model.name):
+                ex = self.executors[device]
+                loads.append(loop.run_in_executor(ex.pool, ex.load, model))
+        await asyncio.gather(*loads)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    async def run(self, pipeline: Pipeline, inputs: Mapping[str, np.ndarray], *, priority: int,
+                  deadline_s: float | None = None, request_id: str = "",
+                  on_stage: Callable[[StageTiming], None] | None = None) -> JobResult:
+        """Run one request to its end. deadline_s is relative to now. Cancelling the awaiting
+        task cancels the request: its queued stages are dropped."""
+        self._loop = asyncio.get_running_loop()
+        now = self.clock()
+        rid = request_id or uuid.uuid4().hex
+        if rid in self._jobs:
+            raise ValueError(f"request id {rid!r} is already in flight")
+        request = Request(rid, pipeline, priority, now, None if deadline_s is None else now + deadline_s)
+        job = _Job(request, {(None, k): v for k, v in inputs.items()}, self._loop.create_future(), on_stage)
+        self._jobs[rid] = job
+        self.core.submit(request, now)
+        self._step()
+        try:
+            return await asyncio.shield(job.done)
+        except asyncio.CancelledError:
+            if self.core.cancel(rid, self.clock()):
+                self._step()
+            raise
+
+    async def drain(self, grace_s: float) -> int:
+        """Wait up to grace_s for in-flight requests; then end the rest UNAVAILABLE. Returns how many."""
+        pending = [j.done for j in self._jobs.values()]
+        if pending:
+            await asyncio.wait(pending, timeout=grace_s)
+        left = [rid for rid, j in self._jobs.items() if not j.done.done()]
+        now = self.clock()
+        for rid in left:
+            self.core.cancel(rid, now, Outcome.UNAVAILABLE, "server is shutting down")
+        if left:
+            self._step()
+        return len(left)
+
+    def set_policy(self, name: str) -> None:
+        self.core.set_policy(name)
+        self._step()
+
+    # ---- carrying out plans -------------------------------------------------------------
+    def _step(self) -> None:
+        plan = self.core.schedule(self.clock())
+        for d in plan.dispatches:
+            self._dispatch(d)
+        for f in plan.finished:
+            self._resolve(f)
+        if self.metrics is not None:
+            stats = self.core.stats()
+            for device, n in stats.queued.items():
+                self.metrics.set_queue_length(device, n)
+
+    def _dispatch(self, d: Dispatch) -> None:
+        job = self._jobs[d.request_id]
+        wires = job.request.pipeline.wires[d.stage]
+        inputs = {name: job.tensors[(w.stage, w.tensor)] for name, w in wires.items()}
+        executor = self.executors[d.device]
+        if self.metrics is not None:
+            self.metrics.device_started(d.device)
+        fut = self._loop.run_in_executor(executor.pool, _timed_run, executor, d.model, inputs)
+        fut.add_done_callback(lambda f, d=d: self._on_done(d, f))
+
+    def _on_done(self, d: Dispatch, fut: asyncio.Future) -> None:
+        now = self.clock()
+        job = self._jobs.get(d.request_id)
+        error, compute_s = "", 0.0
+        exc = fut.exception()
+        if exc is None:
+            outputs, compute_s = fut.result()
+            if job is not None:
+                for name, arr in outputs.items():
+                    job.tensors[(d.stage, name)] = arr
+        else:
+            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, InputError) else str(exc)
+            if job is not None and not job.status_code:
+                job.status_code = "INVALID_ARGUMENT" if isinstance(exc, InputError) else "INTERNAL"
+            if not isinstance(exc, InputError):
+                log.error("stage failed", request_id=d.request_id, stage=d.stage, device=d.device,
+                          error=error)
+        if self.metrics is not None:
+            self.metrics.device_finished(d.device, compute_s)
+        self.core.on_stage_done(d.request_id, d.stage, now, error)
+        if job is not None:
+            job.compute_s[d.stage] = compute_s
+            timing = self._timing(job, d.stage)
+            if self.metrics is not None:
+                self.metrics.observe_stage(job.request.pipeline.name, d.stage, d.model, d.device,
+                                           timing.status, timing.queue_s, compute_s)
+            if job.on_stage is not None:
+                job.on_stage(timing)
+        self._step()
+
+    def _resolve(self, f: Finished) -> None:
+        job = self._jobs.pop(f.request_id, None)
+        if job is None or job.done.done():
+            return
+        req = job.request
+        outputs = {}
+        if f.outcome is Outcome.OK:
+            outputs = {name: job.tensors[(w.stage, w.tensor)] for name, w in req.pipeline.output_wires.items()}
+        status = _STATUS_OF[f.outcome] if f.outcome is not Outcome.FAILED else (job.status_code or "INTERNAL")
+        result = JobResult(
+            request_id=req.id, pipeline=req.pipeline.name, outcome=f.outcome, error=f.error,
+            status_code=status, outputs=outputs,
+            stages=tuple(self._timing(job, s.name) for s in req.pipeline.stages),
+            total_s=(req.finished_s or self.clock()) - req.arrival_s, priority=req.priority,
+            deadline_missed=req.deadline_missed,
+        )
+        self.core.forget(req.id)
+        if self.metrics is not None:
+            self.metrics.observe_request(req.pipeline.name, status, result.total_s, req.priority)
+            if result.deadline_missed or f.outcome is Outcome.DEADLINE_EXCEEDED:
+                self.metrics.observe_deadline_missed(req.pipeline.name)
+        job.done.set_result(result)
+
+    def _timing(self, job: _Job, stage: str) -> StageTiming:
+        req = job.request
+        run = req.runs[stage]
+        status = {RunState.DONE: "OK", RunState.FAILED: "FAILED", RunState.CANCELLED: "CANCELLED"}.get(
+            run.state, "SKIPPED")
+        started = run.started_s
+        return StageTiming(
+            stage=stage, model=run.model, device=run.device or "", status=status,
+            queue_s=(started - run.ready_s) if started is not None and run.ready_s is not None else 0.0,
+            compute_s=job.compute_s.get(stage, 0.0),
+            start_offset_s=(started - req.arrival_s) if started is not None else 0.0,
+            end_offset_s=(run.finished_s - req.arrival_s) if run.finished_s is not None else 0.0,
+            error=run.error,
+        )
+
+
+def _timed_run(executor: Executor, model: str, inputs):
+    """Runs in a device worker thread; the compute time is the backend's alone."""
+    t0 = time.perf_counter()
+    outputs = executor.run(model, inputs)
+    return outputs, time.perf_counter() - t0

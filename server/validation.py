@@ -1,0 +1,83 @@
+"""Checks on an incoming request before it reaches the scheduler; each failure names the problem."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from heddle.clients.tensors import TensorError, from_tensor
+from heddle.scheduler import Pipeline
+from heddle.server.config import ServerSettings
+
+__all__ = ["RequestError", "check_outputs_requested", "decode_inputs", "effective_deadline_s", "resolve_priority"]
+
+class RequestError(Exception):
+    """A request that cannot be served: carries the gRPC status code to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+def resolve_priority(priority: int, settings: ServerSettings) -> int:
+    """0 means the default level; anything outside 1..levels is refused, never clamped."""
+    if priority == 0:
+        return settings.default_priority
+    if not 1 <= priority <= settings.priority_levels:
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"priority {priority} is outside 1..{settings.priority_levels} (0 = default)",
+        )
+    return priority
+
+def effective_deadline_s(deadline_ms: float, grpc_remaining_s: float | None) -> float | None:
+    """The earlier of the request's own deadline and the gRPC deadline, relative to now."""
+    if deadline_ms < 0:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"deadline_ms {deadline_ms} is negative")
+    candidates = [s for s in (deadline_ms / 1000.0 if deadline_ms else None, grpc_remaining_s) if s is not None]
+    if not candidates:
+        return None
+    deadline_s = min(candidates)
+    if deadline_s <= 0:
+        raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline has already passed")
+    return deadline_s
+
+def decode_inputs(pipeline: Pipeline, tensors) -> dict[str, np.ndarray]:
+    """Decode proto tensors and check them against the pipeline's declared inputs."""
+    arrays: dict[str, np.ndarray] = {}
+    for t in tensors:
+        spec = pipeline.input(t.name)
+        if spec is None:
+            known = [i.name for i in pipeline.inputs]
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"pipeline {pipeline.name!r} has no input {t.name!r}; inputs: {known}")
+        if t.name in arrays:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {t.name!r} is given twice")
+        if t.datatype != spec.datatype:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {t.name!r} has datatype {t.datatype}, pipeline "
+                               f"{pipeline.name!r} expects {spec.datatype}")
+        try:
+            arr = from_tensor(t)
+        except TensorError as exc:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if not spec.accepts_shape(tuple(arr.shape)):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {t.name!r} has shape {list(arr.shape)}, pipeline "
+                               f"{pipeline.name!r} expects {list(spec.shape)} (-1 = any)")
+        arrays[t.name] = arr
+    missing = [i.name for i in pipeline.inputs if i.name not in arrays]
+    if missing:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"pipeline {pipeline.name!r} is missing input(s) {missing}")
+    return arrays
+
+def check_outputs_requested(pipeline: Pipeline, names) -> list[str]:
+    """Requested output names must exist; empty means all."""
+    known = [o.name for o in pipeline.outputs]
+    for n in names:
+        if n not in known:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"pipeline {pipeline.name!r} has no output {n!r}; outputs: {known}")
+    return list(names) or known
+
