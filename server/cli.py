@@ -36,8 +36,13 @@ def _serve(args) -> int:
         return 2
     if args.log_level is None and config.server.log_level != "info":
         configure_logging(config.server.log_level, json_output=args.log_json)
+    from heddle.backends.base import BackendError
+
     try:
         asyncio.run(serve(config))
+    except BackendError as exc:  # a model or device that cannot load: say so, without a traceback
+        print(f"heddle: cannot start: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         get_logger("heddle").error("cannot serve", error=str(exc))
         return 1

@@ -141,7 +141,7 @@ def _tensors(where: str, raw: Any) -> tuple[TensorSpec, ...]:
     for t in raw or []:
         try:
             spec = TensorSpec(t["name"], t["datatype"], tuple(int(d) for d in t["shape"]))
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: tensor {t!r} needs name, datatype and shape ({exc})") from None
         if spec.datatype not in DATATYPES:
             raise ConfigError(f"{where}: tensor {spec.name!r} has unknown datatype {spec.datatype!r}")
@@ -169,9 +169,13 @@ def _model(source, index, raw, base_dir: Path, cache_dir: Path, devices) -> Mode
     inputs, outputs = _tensors(where, raw.pop("inputs", None)), _tensors(where, raw.pop("outputs", None))
     if backend == "onnxruntime":
         artifact = _onnx_path(where, raw.pop("path", None), base_dir, cache_dir)
+        from heddle.backends.base import BackendError
         from heddle.backends.onnxruntime import read_io_spec
 
-        inputs, outputs = read_io_spec(artifact)
+        try:
+            inputs, outputs = read_io_spec(artifact)
+        except BackendError as exc:  # not ONNX, truncated: a config problem, said as one
+            raise ConfigError(f"{where}: {exc}") from None
     elif backend == "python":
         artifact = raw.pop("function", "")
         if ":" not in artifact:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +25,9 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
 class _DeviceActivity:
     """Busy intervals of one device: finished ones inside the window and starts still running."""
 
-    finished: list[tuple[float, float]] = field(default_factory=list)
+    # Appended in end-time order (one clock), so pruning pops from the left: O(1) per stage
+    # instead of rescanning the window on every finish (that scan showed in profiles).
+    finished: deque[tuple[float, float]] = field(default_factory=deque)
     running_starts: list[float] = field(default_factory=list)
 
 
@@ -61,13 +65,15 @@ class _BusyWindow:
             result = {}
             for device, activity in self._devices.items():
                 self._prune(activity, now)
-                intervals = activity.finished + [(start, now) for start in activity.running_starts]
+                intervals = list(activity.finished) + [(start, now) for start in activity.running_starts]
                 result[device] = _covered_s(intervals, now - self.window_s, now) / self.window_s
             return result
 
     def _prune(self, activity: _DeviceActivity, now: float) -> None:
         horizon = now - self.window_s
-        activity.finished = [iv for iv in activity.finished if iv[1] > horizon]
+        finished = activity.finished
+        while finished and finished[0][1] <= horizon:
+            finished.popleft()
 
 
 def _covered_s(intervals: Iterable[tuple[float, float]], lo: float, hi: float) -> float:

@@ -77,6 +77,7 @@ class Runtime:
         self.core = Core(config.devices, config.models, config.server.policy)
         self._jobs: dict[str, _Job] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
 
     async def load_models(self) -> None:
         """Load (and warm) every model on every device allowed to run it, off the event loop."""
@@ -106,6 +107,8 @@ class Runtime:
         job = _Job(request, {(None, k): v for k, v in inputs.items()}, self._loop.create_future(), on_stage)
         self._jobs[rid] = job
         self.core.submit(request, now)
+        if self._draining:  # ended through the core like any request, so metrics count it
+            self.core.cancel(rid, now, Outcome.UNAVAILABLE, "server is shutting down")
         self._step()
         try:
             return await asyncio.shield(job.done)
@@ -115,7 +118,10 @@ class Runtime:
             raise
 
     async def drain(self, grace_s: float) -> int:
-        """Wait up to grace_s for in-flight requests; then end the rest UNAVAILABLE. Returns how many."""
+        """Wait up to grace_s for in-flight requests; then end the rest UNAVAILABLE. Returns how many.
+
+        From the call on, new requests end UNAVAILABLE at once."""
+        self._draining = True
         pending = [j.done for j in self._jobs.values()]
         if pending:
             await asyncio.wait(pending, timeout=grace_s)

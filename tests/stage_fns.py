@@ -1,0 +1,116 @@
+"""Python stage functions that end-to-end test configs load by "stage_fns:NAME", and their controls.
+
+Every function takes x (FP32 [N]) and returns {"y": x}; its tag is int(x[0]), so a test can tell
+requests apart. Stages run in the server's worker threads: an in-process server shares this
+module with the test, which records calls and opens gates here. `reset()` before each test.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "WAIT_LIMIT_S", "barrier_branch", "boom", "calls", "gate", "join2", "open_gate", "reset", "sleep_50ms",
+    "tagged", "tail", "wait_for_call", "wait_for_file",
+]
+
+# Safety net only: a stage never blocks longer than this, so a failing test cannot hang the suite.
+WAIT_LIMIT_S = 10.0
+# Where wait_for_file looks (set in the environment of a server subprocess).
+GATE_FILE_ENV = "HEDDLE_TEST_GATE_FILE"
+
+_lock = threading.Condition()
+_calls: list[tuple[str, int]] = []
+_gate = threading.Event()
+_barrier = threading.Barrier(2, timeout=WAIT_LIMIT_S)
+
+
+def reset() -> None:
+    """Forget recorded calls, close the gate, and re-arm the two-party barrier."""
+    global _barrier
+    with _lock:
+        _calls.clear()
+    _gate.clear()
+    _barrier = threading.Barrier(2, timeout=WAIT_LIMIT_S)
+
+
+def open_gate() -> None:
+    _gate.set()
+
+
+def calls() -> list[tuple[str, int]]:
+    """(function, tag) of every stage call so far, in the order they started."""
+    with _lock:
+        return list(_calls)
+
+
+def wait_for_call(name: str, tag: int, timeout_s: float = WAIT_LIMIT_S) -> bool:
+    """Block until stage function `name` has started for `tag`; False on timeout."""
+    with _lock:
+        return _lock.wait_for(lambda: (name, tag) in _calls, timeout=timeout_s)
+
+
+def tagged(x: np.ndarray) -> np.ndarray:
+    """An FP32 [1] tensor carrying tag `x`, as the functions here read it."""
+    return np.array([x], dtype=np.float32)
+
+
+def _record(name: str, x: np.ndarray) -> None:
+    with _lock:
+        _calls.append((name, int(x[0])))
+        _lock.notify_all()
+
+
+def tail(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Records its call and returns at once."""
+    _record("tail", x)
+    return {"y": x}
+
+
+def gate(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Records its call, then holds its device slot until the test opens the gate."""
+    _record("gate", x)
+    if not _gate.wait(WAIT_LIMIT_S):
+        raise TimeoutError("the test never opened the gate")
+    return {"y": x}
+
+
+def sleep_50ms(x: np.ndarray) -> dict[str, np.ndarray]:
+    """A slow stage: 50 ms of sleep (which releases the GIL), then returns."""
+    _record("sleep_50ms", x)
+    time.sleep(0.05)
+    return {"y": x}
+
+
+def barrier_branch(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Returns only once a second call is inside it too: succeeds only if two calls overlap."""
+    _record("barrier_branch", x)
+    _barrier.wait()
+    return {"y": x}
+
+
+def join2(x1: np.ndarray, x2: np.ndarray) -> dict[str, np.ndarray]:
+    """Joins two branches: their sum."""
+    return {"y": x1 + x2}
+
+
+def boom(x: np.ndarray) -> dict[str, np.ndarray]:
+    """An operator bug: always raises."""
+    _record("boom", x)
+    raise ZeroDivisionError(f"boom on tag {int(x[0])}")
+
+
+def wait_for_file(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Holds its slot until the file named by $HEDDLE_TEST_GATE_FILE exists (gate across processes)."""
+    path = Path(os.environ[GATE_FILE_ENV])
+    deadline = time.monotonic() + WAIT_LIMIT_S
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate file {path} never appeared")
+        time.sleep(0.005)
+    return {"y": x}
