@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackendError",
+    "BackendTimeout",
+    "DeviceUnavailable",
     "Executor",
     "InputError",
     "check_inputs",
@@ -29,6 +31,14 @@ class BackendError(Exception):
 
 class InputError(BackendError):
     """Inputs do not match the model's IO spec; the message names the tensor, expected vs got."""
+
+
+class DeviceUnavailable(BackendError):
+    """The device (e.g. a remote Triton server) cannot be reached: the stage may be retried elsewhere."""
+
+
+class BackendTimeout(BackendError):
+    """The stage ran out of its time (the request's timeout or the backend's own deadline)."""
 
 
 class Executor(Protocol):
@@ -177,7 +187,9 @@ def make_executor(device: DeviceSpec) -> Executor:
 
         return PythonExecutor(device)
     if device.backend == "triton":
-        raise BackendError(f"device {device.id}: the triton backend is not available in this build yet")
+        from heddle.backends.triton import TritonExecutor
+
+        return TritonExecutor(device)
     raise BackendError(
         f"device {device.id}: unknown backend {device.backend!r}; expected onnxruntime, python or triton"
     )

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from heddle.scheduler.plan import CoreStats, Dispatch, Finished, Plan
-from heddle.scheduler.policies import Policy, make_policy
+from heddle.scheduler.budget import split_deadline
+from heddle.scheduler.plan import CoreStats, Dispatch, Finished, Freeze, Migrate, Plan, Unfreeze
+from heddle.scheduler.policies import Policy, make_policy, tail
+from heddle.scheduler.profiles import ConstantProfiles, Profiles, compatible
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
 from heddle.scheduler.state import Outcome, Request, RunState, StageRun
 
 __all__ = ["Core"]
 
+_QUEUED = (RunState.READY, RunState.FROZEN)
+
 
 class Core:
     """Holds requests and per-device ready queues; `schedule(now)` returns what to run.
 
-    Events (submit, on_stage_done, cancel, set_device_health) change state and buffer
-    request completions; `schedule` drains them into the plan together with dispatches.
+    Events (submit, on_stage_done, cancel, set_device_health, set_device_level) change state
+    and buffer request completions; `schedule` drains them into the plan with dispatches.
+    `profiles` gives run-time estimates (default: every run takes the same time) for
+    deadline budgets, estimate-based policies, and op-type compatibility of devices.
     """
 
     def __init__(
@@ -24,15 +30,25 @@ class Core:
         devices: Iterable[DeviceSpec],
         models: Mapping[str, ModelSpec],
         policy: Policy | str = "fcfs",
+        profiles: Profiles | None = None,
     ) -> None:
         self.devices = {d.id: d for d in devices}
         self.models = dict(models)
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.profiles: Profiles = profiles if profiles is not None else ConstantProfiles()
         self._queues: dict[str, list[StageRun]] = {d: [] for d in self.devices}
-        self._running: dict[str, set[tuple[str, str]]] = {d: set() for d in self.devices}
+        # Dicts, not sets: iteration order must not depend on string hashing.
+        self._running: dict[str, dict[tuple[str, str], StageRun]] = {d: {} for d in self.devices}
         self._healthy = {d: True for d in self.devices}
+        self._levels = {d: 0 for d in self.devices}
+        self._compatible: dict[str, list[str]] = {}
+        self._best_s: dict[str, float] = {}  # model -> best estimate; dropped when it may change
         self._requests: dict[str, Request] = {}
         self._finished: list[Finished] = []
+        self._log_frozen: list[Freeze] = []
+        self._log_unfrozen: list[Unfreeze] = []
+        self._log_migrated: list[Migrate] = []
+        self._num_frozen = 0
         # Running stages of requests that already ended, so their slots are still released.
         self._orphans: dict[tuple[str, str], Request] = {}
         self._seq = 0
@@ -44,6 +60,7 @@ class Core:
             raise ValueError(f"request id {request.id!r} is already in flight")
         self._seq += 1
         request.seq = self._seq
+        request.last_progress_s = now
         request.runs = {
             s.name: StageRun(request, s.name, s.model, i, len(request.pipeline.depends_on[s.name]))
             for i, s in enumerate(request.pipeline.stages)
@@ -62,12 +79,16 @@ class Core:
         run = request.runs[stage]
         if run.state is not RunState.RUNNING:
             raise ValueError(f"stage {stage!r} of {request_id!r} is {run.state.name}, not RUNNING")
-        self._running[run.device].discard(run.key)
+        del self._running[run.device][run.key]
         run.finished_s = now
         run.state = RunState.FAILED if error else RunState.DONE
         run.error = error
+        if not error:
+            self.profiles.observe(run.model, self.devices[run.device], run.level, now - run.started_s)
+            self._best_s.pop(run.model, None)
         if request.finished:
             return  # cancelled or expired while this stage ran: its result is not wanted
+        request.last_progress_s = now
         if error:
             self._finish(request, Outcome.FAILED, f"stage {stage!r}: {error}", now)
             return
@@ -91,28 +112,41 @@ class Core:
     def set_device_health(self, device: str, healthy: bool, now: float) -> None:
         """Take a device out of (or back into) rotation; its queue moves to healthy peers."""
         self._healthy[device] = healthy
+        self._best_s.clear()
         if not healthy:
             stranded, self._queues[device] = self._queues[device], []
             for run in stranded:
+                self._num_frozen -= run.state is RunState.FROZEN
                 self._make_ready(run, now)
+
+    def set_device_level(self, device: str, level: int) -> None:
+        """The device now runs at DVFS level `level` (0 = fastest); estimates follow."""
+        if device not in self.devices:
+            raise KeyError(f"unknown device {device!r}")
+        self._levels[device] = level
+        self._best_s.clear()
 
     def set_policy(self, policy: Policy | str) -> None:
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
 
     # ---- the step -----------------------------------------------------------------------
     def schedule(self, now: float) -> Plan:
-        """Expire overdue requests, then fill every free device slot by policy order."""
+        """Expire overdue requests, apply the policy's holds, then fill every free device slot
+        by policy order (runs past the aging bound first)."""
         self._expire(now)
+        self._apply_holds(now)
         dispatches: list[Dispatch] = []
         for device_id in self.devices:
-            while self._healthy[device_id] and self._free_slots(device_id) > 0:
+            while self._healthy[device_id] and self.free_slots(device_id) > 0:
                 run = self._pick(device_id, now)
                 if run is None:
                     break
                 dispatches.append(self._start(run, device_id, now))
-        finished, self._finished = tuple(self._finished), []
+        plan = Plan(tuple(dispatches), tuple(self._finished), tuple(self._log_frozen),
+                    tuple(self._log_unfrozen), tuple(self._log_migrated))
+        self._finished, self._log_frozen, self._log_unfrozen, self._log_migrated = [], [], [], []
         self._check_invariants()
-        return Plan(tuple(dispatches), finished)
+        return plan
 
     def request(self, request_id: str) -> Request | None:
         return self._requests.get(request_id)
@@ -131,53 +165,146 @@ class Core:
             queued={d: len(q) for d, q in self._queues.items()},
             running={d: len(r) for d, r in self._running.items()},
             active_requests=sum(1 for r in self._requests.values() if not r.finished),
+            frozen={d: sum(r.state is RunState.FROZEN for r in q) for d, q in self._queues.items()},
+            levels=dict(self._levels),
         )
 
-    # ---- internals ----------------------------------------------------------------------
+    # ---- what policies read (CoreView) ---------------------------------------------------
     def eligible_devices(self, model: str) -> list[str]:
-        spec = self.models[model]
-        allowed = spec.devices or [d for d, s in self.devices.items() if s.backend == spec.backend]
-        return [d for d in allowed if d in self.devices and self._healthy[d]]
+        """Healthy devices allowed to run `model` and able to run all of its op types."""
+        allowed = self._compatible.get(model)
+        if allowed is None:
+            spec = self.models[model]
+            named = spec.devices or [d for d, s in self.devices.items() if s.backend == spec.backend]
+            ops = self.profiles.op_types(model)
+            allowed = self._compatible[model] = [
+                d for d in named if d in self.devices and compatible(ops, self.devices[d])]
+        return [d for d in allowed if self._healthy[d]]
 
+    def estimate_s(self, model: str, device: str) -> float:
+        return self.profiles.estimate(model, self.devices[device], self._levels[device]).mean_s
+
+    def tail_s(self, model: str, device: str) -> float:
+        return self.profiles.estimate(model, self.devices[device], self._levels[device]).tail_s
+
+    def power_w(self, model: str, device: str) -> float:
+        return self.profiles.power_w(model, self.devices[device], self._levels[device])
+
+    def best_estimate_s(self, model: str) -> float:
+        """The run's latency on its fastest eligible device (0 if none can run it)."""
+        best = self._best_s.get(model)
+        if best is None:
+            best = self._best_s[model] = min(
+                (self.estimate_s(model, d) for d in self.eligible_devices(model)), default=0.0)
+        return best
+
+    def queued(self, device: str) -> list[StageRun]:
+        """READY and FROZEN runs queued for the device (read only)."""
+        return self._queues[device]
+
+    def running(self, device: str) -> Iterable[StageRun]:
+        return self._running[device].values()
+
+    def free_slots(self, device: str) -> int:
+        return self.devices[device].slots - len(self._running[device])
+
+    def load(self, device: str) -> float:
+        return (len(self._queues[device]) + len(self._running[device])) / self.devices[device].slots
+
+    def level(self, device: str) -> int:
+        return self._levels[device]
+
+    def active_requests(self) -> Iterable[Request]:
+        return (r for r in self._requests.values() if not r.finished)
+
+    def aged(self, run: StageRun, now: float) -> bool:
+        """Has the run waited its aging bound? Then it outranks everything not aged."""
+        bound = self.policy.max_wait_s
+        return bound is not None and run.ready_s is not None and now - run.ready_s >= bound
+
+    # ---- internals ----------------------------------------------------------------------
     def _make_ready(self, run: StageRun, now: float) -> None:
-        """Queue a run on its least-loaded eligible device (ties: config order)."""
+        """Budget the run's share of the deadline, then queue it where the policy places it."""
         devices = self.eligible_devices(run.model)
         if not devices:
             self._finish(run.request, Outcome.UNAVAILABLE,
                          f"no healthy device can run model {run.model!r}", now)
             return
-        device = min(devices, key=lambda d: self._load(d))
         if run.ready_s is None:
             run.ready_s = now
+        self._budget(run, now)
         run.state = RunState.READY
-        run.device = device
-        self._queues[device].append(run)
+        run.device = self.policy.place(run, devices, self, now)
+        self._queues[run.device].append(run)
 
-    def _load(self, device: str) -> float:
-        return (len(self._queues[device]) + len(self._running[device])) / self.devices[device].slots
+    def _budget(self, run: StageRun, now: float) -> None:
+        request = run.request
+        if request.deadline_s is None:
+            return
 
-    def _free_slots(self, device: str) -> int:
-        return self.devices[device].slots - len(self._running[device])
+        def remaining_s(stage: str) -> float:
+            other = request.runs[stage]
+            if other.state is RunState.RUNNING:
+                return max(0.0, other.started_s + self.estimate_s(other.model, other.device) - now)
+            return self.best_estimate_s(other.model)
+
+        left = [s for s, r in request.runs.items() if r.state < RunState.DONE]
+        if left == [run.stage]:  # the last stage gets all that is left
+            run.sub_deadline_s = run.latest_finish_s = request.deadline_s
+            return
+        budget = split_deadline(request.pipeline, left, remaining_s, now, request.deadline_s)[run.stage]
+        run.sub_deadline_s, run.latest_finish_s = budget.sub_deadline_s, budget.latest_finish_s
+
+    def _rank(self, run: StageRun, now: float) -> tuple:
+        if self.aged(run, now):
+            return (0, run.ready_s, *tail(run))  # aged runs: oldest ready first
+        return (1, *self.policy.key(run, now, self))
 
     def _pick(self, device: str, now: float) -> StageRun | None:
-        """Best run of this device's queue; when it is empty, steal the best one it can run."""
-        key = self.policy.key
-        own = self._queues[device]
-        if own:
-            return min(own, key=lambda r: key(r, now))
-        stealable = [
-            r for other, q in self._queues.items() if other != device for r in q
-            if device in self.eligible_devices(r.model)
-        ]
-        return min(stealable, key=lambda r: key(r, now)) if stealable else None
+        """Best ready run for a free slot of `device`: from its own queue, runs it may steal
+        (when its queue is empty, or always if the policy says so), and aged runs anywhere."""
+        own = [r for r in self._queues[device] if r.state is RunState.READY]
+        stealing = not own or self.policy.steal_when_busy
+        pool = list(own)
+        if stealing or self.policy.max_wait_s is not None:
+            for other, queue in self._queues.items():
+                if other == device:
+                    continue
+                for r in queue:
+                    if r.state is not RunState.READY or device not in self.eligible_devices(r.model):
+                        continue
+                    if self.aged(r, now) or (stealing and self.policy.may_steal(r, device, self, now)):
+                        pool.append(r)
+        return min(pool, key=lambda r: self._rank(r, now)) if pool else None
 
     def _start(self, run: StageRun, device: str, now: float) -> Dispatch:
         self._queues[run.device].remove(run)
+        if run.device != device:
+            self._log_migrated.append(Migrate(run.request.id, run.stage, run.device, device))
         run.device = device
         run.state = RunState.RUNNING
         run.started_s = now
-        self._running[device].add(run.key)
+        run.level = self._levels[device]
+        self._running[device][run.key] = run
         return Dispatch(run.request.id, run.stage, run.model, device)
+
+    def _apply_holds(self, now: float) -> None:
+        """The one way runs are frozen and unfrozen: the policy names the queued runs to hold
+        this step; an aged run is never held (the aging bound beats freezing)."""
+        held = self.policy.hold(self, now)
+        if not held and not self._num_frozen:
+            return
+        for device, queue in self._queues.items():
+            for run in queue:
+                hold = run.key in held and not self.aged(run, now)
+                if run.state is RunState.FROZEN and not hold:
+                    run.state = RunState.READY
+                    self._num_frozen -= 1
+                    self._log_unfrozen.append(Unfreeze(run.request.id, run.stage, device))
+                elif run.state is RunState.READY and hold:
+                    run.state = RunState.FROZEN
+                    self._num_frozen += 1
+                    self._log_frozen.append(Freeze(run.request.id, run.stage, device))
 
     def _expire(self, now: float) -> None:
         """Requests past their deadline with work not yet started are shed, not run late."""
@@ -194,8 +321,9 @@ class Core:
         request.error = error
         request.finished_s = now
         for run in request.runs.values():
-            if run.state is RunState.READY:
+            if run.state in _QUEUED:
                 self._queues[run.device].remove(run)
+                self._num_frozen -= run.state is RunState.FROZEN
             if run.state < RunState.RUNNING:
                 run.state = RunState.CANCELLED
             elif run.state is RunState.RUNNING:
@@ -205,3 +333,4 @@ class Core:
     def _check_invariants(self) -> None:
         for device, running in self._running.items():
             assert len(running) <= self.devices[device].slots, f"{device} over its slots"
+        assert self._num_frozen >= 0

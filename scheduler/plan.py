@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from heddle.scheduler.state import Outcome
 
-__all__ = ["CoreStats", "Dispatch", "Finished", "Plan"]
+__all__ = ["CoreStats", "Dispatch", "Finished", "Freeze", "Migrate", "Plan", "Unfreeze"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +29,43 @@ class Finished:
 
 
 @dataclass(frozen=True, slots=True)
+class Freeze:
+    """A queued, not-yet-started stage is held back so more urgent work gets its device."""
+
+    request_id: str
+    stage: str
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unfreeze:
+    """A held stage may run again (the urgent work went, or it waited its aging bound)."""
+
+    request_id: str
+    stage: str
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class Migrate:
+    """A queued stage moved to another device's queue (or was started there) before it ran."""
+
+    request_id: str
+    stage: str
+    from_device: str
+    to_device: str
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
+    """One step's decisions. Only dispatches and finished need carrying out; frozen, unfrozen
+    and migrated report what the core did to queued work, for metrics and traces."""
+
     dispatches: tuple[Dispatch, ...] = ()
     finished: tuple[Finished, ...] = ()
+    frozen: tuple[Freeze, ...] = ()
+    unfrozen: tuple[Unfreeze, ...] = ()
+    migrated: tuple[Migrate, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.dispatches or self.finished)
@@ -44,3 +78,5 @@ class CoreStats:
     queued: dict[str, int] = field(default_factory=dict)
     running: dict[str, int] = field(default_factory=dict)
     active_requests: int = 0
+    frozen: dict[str, int] = field(default_factory=dict)
+    levels: dict[str, int] = field(default_factory=dict)

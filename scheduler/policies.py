@@ -1,55 +1,180 @@
-"""Scheduling policies: each gives a total, deterministic order over ready stage runs."""
+"""Scheduling policies: each gives a total, deterministic order over ready stage runs, and may
+also choose where a run is queued, whether an idle device takes it, and what to hold back."""
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
-from heddle.scheduler.state import StageRun
+from heddle.scheduler.specs import DeviceSpec
+from heddle.scheduler.state import Request, StageRun
 
-__all__ = ["POLICIES", "Policy", "make_policy", "FcfsPolicy", "PriorityPolicy"]
+__all__ = [
+    "POLICIES", "BasePolicy", "CoreView", "DreamPolicy", "EdfPolicy", "FcfsPolicy",
+    "LeastSlackPolicy", "Policy", "PriorityPolicy", "SjfPolicy", "make_policy", "tail",
+]
+
+
+class CoreView(Protocol):
+    """What a policy may read of the core (the Core itself); nothing here changes state."""
+
+    devices: Mapping[str, DeviceSpec]
+
+    def estimate_s(self, model: str, device: str) -> float: ...
+    def tail_s(self, model: str, device: str) -> float: ...
+    def power_w(self, model: str, device: str) -> float: ...
+    def best_estimate_s(self, model: str) -> float: ...
+    def free_slots(self, device: str) -> int: ...
+    def eligible_devices(self, model: str) -> list[str]: ...
+    def queued(self, device: str) -> Sequence[StageRun]: ...
+    def running(self, device: str) -> Iterable[StageRun]: ...
+    def load(self, device: str) -> float: ...
+    def active_requests(self) -> Iterable[Request]: ...
 
 
 class Policy(Protocol):
-    """Orders ready stage runs: the smallest key runs first. `now` lets keys age."""
+    """Orders ready runs (smallest key first), places them, and may hold some back.
+
+    max_wait_s: the aging bound. A run ready for that long outranks every run that is not,
+    whatever the policy says (the core enforces it), so nothing starves. None: no bound.
+    """
 
     name: str
+    max_wait_s: float | None
+    steal_when_busy: bool
 
-    def key(self, run: StageRun, now: float) -> tuple: ...
+    def key(self, run: StageRun, now: float, view: CoreView) -> tuple: ...
+    def place(self, run: StageRun, devices: list[str], view: CoreView, now: float) -> str: ...
+    def may_steal(self, run: StageRun, device: str, view: CoreView, now: float) -> bool: ...
+    def hold(self, view: CoreView, now: float) -> set[tuple[str, str]]: ...
 
 
-def _tail(run: StageRun) -> tuple:
+def tail(run: StageRun) -> tuple:
     # Arrival, then arrival counter, then topological index: a total order, so plans are
     # a deterministic function of the state.
     return (run.request.arrival_s, run.request.seq, run.index)
 
 
-class FcfsPolicy:
+class BasePolicy:
+    """Today's mapping: queue on the least-loaded device; an idle device steals only when its
+    own queue is empty; nothing is held back. Subclasses give the order."""
+
+    name = "base"
+    steal_when_busy = False
+
+    def __init__(self, max_wait_s: float | None = None) -> None:
+        if max_wait_s is not None and not max_wait_s >= 0:
+            raise ValueError(f"max_wait_s must be >= 0 or None, not {max_wait_s!r}")
+        self.max_wait_s = max_wait_s
+
+    def key(self, run: StageRun, now: float, view: CoreView | None = None) -> tuple:
+        return tail(run)
+
+    def place(self, run: StageRun, devices: list[str], view: CoreView, now: float) -> str:
+        return min(devices, key=view.load)  # ties: config order
+
+    def may_steal(self, run: StageRun, device: str, view: CoreView, now: float) -> bool:
+        return True
+
+    def hold(self, view: CoreView, now: float) -> set[tuple[str, str]]:
+        return set()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(max_wait_s={self.max_wait_s!r})"
+
+
+class FcfsPolicy(BasePolicy):
     """First come, first served across requests, whatever their priority."""
 
     name = "fcfs"
 
-    def key(self, run: StageRun, now: float) -> tuple:
-        return _tail(run)
 
-
-class PriorityPolicy:
-    """Strict priority (higher level first), then arrival."""
+class PriorityPolicy(BasePolicy):
+    """Strict priority (higher level first), then arrival; aged runs go first (default 5 s)."""
 
     name = "priority"
+    DEFAULT_MAX_WAIT_S = 5.0
 
-    def key(self, run: StageRun, now: float) -> tuple:
-        return (-run.request.priority, *_tail(run))
+    def __init__(self, max_wait_s: float | None = DEFAULT_MAX_WAIT_S) -> None:
+        super().__init__(max_wait_s)
+
+    def key(self, run: StageRun, now: float, view: CoreView | None = None) -> tuple:
+        return (-run.request.priority, *tail(run))
 
 
-POLICIES: dict[str, Callable[[], Policy]] = {
+class EdfPolicy(BasePolicy):
+    """Earliest sub-deadline first (runs without a deadline last, in arrival order)."""
+
+    name = "edf"
+
+    def key(self, run: StageRun, now: float, view: CoreView | None = None) -> tuple:
+        return (run.sub_deadline_s, *tail(run))
+
+
+class LeastSlackPolicy(BasePolicy):
+    """Least slack first: sub-deadline minus now minus the run's estimate where it is queued."""
+
+    name = "least_slack"
+
+    def key(self, run: StageRun, now: float, view: CoreView | None = None) -> tuple:
+        return (run.sub_deadline_s - now - view.estimate_s(run.model, run.device), *tail(run))
+
+
+class SjfPolicy(BasePolicy):
+    """Shortest estimated run first (on the device it is queued for)."""
+
+    name = "sjf"
+
+    def key(self, run: StageRun, now: float, view: CoreView | None = None) -> tuple:
+        return (view.estimate_s(run.model, run.device), *tail(run))
+
+
+class DreamPolicy(BasePolicy):
+    """DREAM (ASPLOS'23): highest urgency + alpha * fairness first.
+
+    urgency = min(1, remaining estimated latency / time left to the deadline) (1 once late);
+    fairness = time since the request last made progress / this run's estimate.
+    """
+
+    name = "dream"
+
+    def __init__(self, max_wait_s: float | None = None, alpha: float = 1.0) -> None:
+        super().__init__(max_wait_s)
+        self.alpha = alpha
+
+    def key(self, run: StageRun, now: float, view: CoreView | None = None) -> tuple:
+        req = run.request
+        run_s = view.estimate_s(run.model, run.device)
+        urgency = 0.0
+        if req.deadline_s is not None:
+            remaining_s = run_s + (req.deadline_s - run.latest_finish_s)
+            left_s = req.deadline_s - now
+            urgency = 1.0 if left_s <= 0 else min(1.0, remaining_s / left_s)
+        fairness = (now - req.last_progress_s) / max(run_s, 1e-9)
+        return (-(urgency + self.alpha * fairness), *tail(run))
+
+
+def _twill(**options) -> Policy:
+    from heddle.scheduler.twill import TwillPolicy  # twill builds on this module
+
+    return TwillPolicy(**options)
+
+
+POLICIES: dict[str, Callable[..., Policy]] = {
     "fcfs": FcfsPolicy,
     "priority": PriorityPolicy,
+    "edf": EdfPolicy,
+    "least_slack": LeastSlackPolicy,
+    "sjf": SjfPolicy,
+    "dream": DreamPolicy,
+    "twill": _twill,
 }
 
 
-def make_policy(name: str) -> Policy:
-    """Build a policy by name; ValueError lists the known ones."""
+def make_policy(name: str, **options) -> Policy:
+    """Build a policy by name (options such as max_wait_s go to its constructor);
+    ValueError lists the known ones."""
     try:
-        return POLICIES[name]()
+        factory = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; known: {sorted(POLICIES)}") from None
+    return factory(**options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 from heddle.scheduler.dag import Pipeline
@@ -15,7 +16,10 @@ class RunState(enum.IntEnum):
 
     WAITING = 0  # some input not produced yet
     READY = 1  # inputs present, sitting in a device queue
-    RUNNING = 2  # dispatched to a device
+    # Held in its queue by the policy (twill) so more urgent work gets the device; not
+    # started, so `state < RUNNING` still means "can be dropped without waiting for it".
+    FROZEN = 2
+    RUNNING = 3  # dispatched to a device
     DONE = 10
     FAILED = 11
     CANCELLED = 12  # dropped before it started: request cancelled, failed or past deadline
@@ -46,6 +50,10 @@ class StageRun:
     started_s: float | None = None
     finished_s: float | None = None
     error: str = ""
+    # Set when the run becomes ready: its share of the request deadline (budget.py).
+    sub_deadline_s: float = math.inf
+    latest_finish_s: float = math.inf  # past this, the request cannot finish on time
+    level: int = 0  # DVFS level of the device it ran at, for profile updates
 
     @property
     def key(self) -> tuple[str, str]:
@@ -62,6 +70,7 @@ class Request:
     arrival_s: float
     deadline_s: float | None = None  # absolute, on the core's clock
     seq: int = 0  # arrival counter set by the core: total order among equal arrival times
+    last_progress_s: float = 0.0  # arrival, then each stage completion (DREAM's fairness term)
     runs: dict[str, StageRun] = field(default_factory=dict)
     outcome: Outcome | None = None
     error: str = ""

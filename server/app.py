@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 
 from heddle.backends.base import make_executor
 from heddle.server.config import Config
+from heddle.server.kserve import SERVICE_NAME as KSERVE_SERVICE, KServeServicer
 from heddle.server.logs import get_logger
 from heddle.server.metrics import Metrics
 from heddle.server.runtime import Runtime
@@ -25,6 +26,7 @@ log = get_logger("heddle.server")
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Gateway"].full_name,
     pb.DESCRIPTOR.services_by_name["Admin"].full_name,
+    KSERVE_SERVICE,
 )
 
 
@@ -36,6 +38,7 @@ class HeddleServer:
         self.metrics = Metrics()
         self.executors = {d.id: make_executor(d) for d in config.devices}
         self.runtime = Runtime(config, self.executors, self.metrics)
+        self.kserve = KServeServicer(self.runtime)
         self.health = health.aio.HealthServicer()
         self._with_metrics_http = with_metrics_http
         self._metrics_http = None
@@ -54,6 +57,7 @@ class HeddleServer:
         ])
         pb_grpc.add_GatewayServicer_to_server(GatewayServicer(self.runtime), self.server)
         pb_grpc.add_AdminServicer_to_server(AdminServicer(self.runtime), self.server)
+        self.kserve.add_to_server(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -78,12 +82,14 @@ class HeddleServer:
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish up to the grace period, then release all."""
         grace_s = self.config.server.grace_period_s if grace_s is None else grace_s
+        self.kserve.set_serving(False)
         await self.health.enter_graceful_shutdown()
+        log.info("shutting down", in_flight=self.runtime.in_flight, grace_s=grace_s)
+        # Drain before server.stop: gRPC core holds calls that arrive during stop(grace) until the
+        # grace ends and then CANCELs them (grpc/grpc#41785); the runtime answers them UNAVAILABLE now.
+        await self.runtime.drain(grace_s)
         if self.server is not None:
-            in_flight = self.runtime.in_flight
-            log.info("shutting down", in_flight=in_flight, grace_s=grace_s)
-            await self.server.stop(grace_s)
-        await self.runtime.drain(0)
+            await self.server.stop(grace_s)  # only responses of finished requests are left to send
         for ex in self.executors.values():
             ex.close()
         if self._metrics_http is not None:

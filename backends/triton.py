@@ -1,0 +1,258 @@
+"""The Triton backend: stages run as ModelInfer (or streamed) calls on a remote Triton server over gRPC."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import tritonclient.grpc as tgrpc
+from tritonclient.utils import InferenceServerException
+
+from heddle.backends.base import (
+    BackendError, BackendTimeout, DeviceUnavailable, check_inputs, make_pool, numpy_dtype,
+)
+from heddle.scheduler.specs import DeviceSpec, ModelSpec, TensorSpec, shapes_compatible
+
+__all__ = ["TritonExecutor", "channel_args", "map_error", "read_triton_io_spec", "triton_priority"]
+
+_MAX_MESSAGE_BYTES = 2**31 - 1
+# Triton answers UNAVAILABLE for these although the server is fine: they are about the request.
+_REQUEST_UNAVAILABLE = {"Request timeout expired": BackendTimeout}
+
+
+def channel_args(max_reconnect_backoff_ms: int = 1000) -> list[tuple[str, Any]]:
+    """gRPC channel options for Triton clients: no message cap, and a short reconnect backoff so a
+    restarted server is reachable again within about a second (gRPC's default backoff grows to 120 s)."""
+    return [
+        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.initial_reconnect_backoff_ms", min(100, max_reconnect_backoff_ms)),
+        ("grpc.min_reconnect_backoff_ms", min(100, max_reconnect_backoff_ms)),
+        ("grpc.max_reconnect_backoff_ms", max_reconnect_backoff_ms),
+    ]
+
+
+def map_error(exc: InferenceServerException, what: str) -> BackendError:
+    """The heddle error for a tritonclient error: DeviceUnavailable when the server cannot be reached."""
+    status, message = exc.status() or "", exc.message() or str(exc)
+    text = f"{what}: {message}"
+    if status == "StatusCode.UNAVAILABLE":
+        return _REQUEST_UNAVAILABLE.get(message, DeviceUnavailable)(text)
+    if status == "StatusCode.DEADLINE_EXCEEDED":
+        return BackendTimeout(text)
+    return BackendError(text)
+
+
+def triton_priority(priority: int, levels: int, triton_levels: int) -> int:
+    """Triton's priority for heddle's: heddle has 1..levels with higher more urgent, Triton 1..triton_levels
+    with 1 most urgent; both use 0 for "the default". Spread proportionally, most urgent to 1."""
+    if not 0 <= priority <= levels:
+        raise ValueError(f"priority {priority} is outside 0..{levels}")
+    if priority == 0 or triton_levels <= 0:
+        return 0
+    return 1 + (levels - priority) * triton_levels // levels
+
+
+@dataclass(frozen=True, slots=True)
+class _Remote:
+    """A model as the Triton server serves it."""
+
+    spec: ModelSpec
+    name: str
+    version: str
+    outputs: tuple[str, ...]
+    datatypes: Mapping[str, str]
+    decoupled: bool
+    priority_levels: int
+
+
+def _specs(tensors) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(t.name, t.datatype, tuple(int(d) for d in t.shape)) for t in tensors)
+
+
+def read_triton_io_spec(url: str, model: str, version: str = "",
+                        timeout_s: float = 10.0) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The (inputs, outputs) of a model on a Triton server, from its ModelMetadata (batch dim as -1)."""
+    with tgrpc.InferenceServerClient(url, channel_args=channel_args()) as client:
+        try:
+            meta = client.get_model_metadata(model, version, client_timeout=timeout_s)
+        except InferenceServerException as e:
+            raise map_error(e, f"model {model} on Triton server {url}") from None
+    return _specs(meta.inputs), _specs(meta.outputs)
+
+
+def _check_declared(model: ModelSpec, declared, served, kind: str, where: str) -> None:
+    by_name = {t.name: t for t in served}
+    for spec in declared:
+        got = by_name.get(spec.name)
+        if got is None:
+            raise BackendError(f"model {model.name}: {kind} {spec.name} is not served by {where} "
+                               f"(it has {sorted(by_name)})")
+        if got.datatype != spec.datatype or not shapes_compatible(got.shape, spec.shape):
+            raise BackendError(f"model {model.name}: {kind} {spec.name} is declared {spec.datatype} "
+                               f"{list(spec.shape)} but {where} serves {got.datatype} {list(got.shape)}")
+
+
+class TritonExecutor:
+    """Runs models hosted on one Triton server (device.options["url"], host:port of its gRPC port).
+
+    One sync gRPC client is shared by the pool's threads (its stub is thread-safe); each stream
+    gets a client of its own, since a client holds at most one stream. Options: `url`,
+    `client_timeout_s` (gRPC deadline of a call when the request sets none; default 60).
+    """
+
+    def __init__(self, device: DeviceSpec, *, priority_levels: int = 4) -> None:
+        url = device.options.get("url")
+        if not url:
+            raise BackendError(f"device {device.id}: a triton device needs url = 'host:port' (the gRPC port)")
+        self.device = device
+        self.url = str(url)
+        self.priority_levels = priority_levels
+        self.client_timeout_s = float(device.options.get("client_timeout_s", 60.0))
+        self._client = tgrpc.InferenceServerClient(self.url, channel_args=channel_args())
+        self._models: dict[str, _Remote] = {}
+        self._lock = threading.Lock()
+        self.pool = make_pool(device)
+
+    def _where(self, model: str) -> str:
+        return f"model {model} on Triton server {self.url} (device {self.device.id})"
+
+    def load(self, model: ModelSpec) -> None:
+        """Check the model is ready on the server and record what the server says it serves."""
+        name, version = model.artifact or model.name, str(model.options.get("triton_version", ""))
+        where = self._where(name)
+        try:
+            if not self._client.is_model_ready(name, version, client_timeout=self.client_timeout_s):
+                raise BackendError(f"{where}: not ready (unknown to the server, or still loading)")
+            meta = self._client.get_model_metadata(name, version, client_timeout=self.client_timeout_s)
+            config = self._client.get_model_config(name, version, client_timeout=self.client_timeout_s).config
+        except InferenceServerException as e:
+            raise map_error(e, where) from None
+        inputs, outputs = _specs(meta.inputs), _specs(meta.outputs)
+        _check_declared(model, model.inputs, inputs, "input", where)
+        _check_declared(model, model.outputs, outputs, "output", where)
+        if not model.inputs:  # undeclared IO: the server's metadata is the spec
+            model = _with_io(model, inputs, outputs)
+        remote = _Remote(
+            spec=model, name=name, version=version,
+            outputs=tuple(t.name for t in (model.outputs or outputs)),
+            datatypes={t.name: t.datatype for t in inputs},
+            decoupled=config.model_transaction_policy.decoupled,
+            priority_levels=config.dynamic_batching.priority_levels,
+        )
+        with self._lock:
+            self._models[model.name] = remote
+
+    def _remote(self, model: str) -> _Remote:
+        remote = self._models.get(model)
+        if remote is None:
+            raise BackendError(f"model {model} is not loaded on device {self.device.id}")
+        return remote
+
+    def _request(self, remote: _Remote, inputs: Mapping[str, np.ndarray], priority: int,
+                 timeout_s: float | None) -> dict[str, Any]:
+        check_inputs(remote.spec, inputs)
+        if timeout_s is not None and timeout_s <= 0:
+            raise BackendTimeout(f"{self._where(remote.name)}: no time left (timeout {timeout_s:.3f} s)")
+        infer_inputs = []
+        for name, array in inputs.items():
+            datatype = remote.datatypes.get(name, "BYTES")
+            if datatype == "BF16":  # tritonclient carries BF16 as float32 arrays
+                array = array.astype(np.float32)
+            item = tgrpc.InferInput(name, list(array.shape), datatype)
+            item.set_data_from_numpy(array)
+            infer_inputs.append(item)
+        return dict(
+            model_name=remote.name, inputs=infer_inputs, model_version=remote.version,
+            outputs=[tgrpc.InferRequestedOutput(n) for n in remote.outputs],
+            priority=triton_priority(priority, self.priority_levels, remote.priority_levels),
+            # Triton takes microseconds; its dynamic batcher rejects a request queued longer.
+            timeout=None if timeout_s is None else max(1, int(timeout_s * 1e6)),
+        )
+
+    def _client_timeout(self, timeout_s: float | None) -> float:
+        return self.client_timeout_s if timeout_s is None else min(timeout_s, self.client_timeout_s)
+
+    def run(self, model: str, inputs: Mapping[str, np.ndarray], *, priority: int = 0,
+            timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        """One ModelInfer call; blocks. priority is heddle's (0 = default), timeout_s the time left."""
+        remote = self._remote(model)
+        if remote.decoupled:
+            raise BackendError(f"{self._where(remote.name)}: decoupled model; use stream()")
+        request = self._request(remote, inputs, priority, timeout_s)
+        try:
+            result = self._client.infer(**request, client_timeout=self._client_timeout(timeout_s))
+        except InferenceServerException as e:
+            raise map_error(e, self._where(remote.name)) from None
+        return _outputs(remote, result)
+
+    def stream(self, model: str, inputs: Mapping[str, np.ndarray], *, priority: int = 0,
+               timeout_s: float | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Each response of a (decoupled) model as it comes; closing the iterator early cancels the request."""
+        remote = self._remote(model)
+        request = self._request(remote, inputs, priority, timeout_s)
+        return _stream(self.url, remote, request, self._client_timeout(timeout_s), self._where(remote.name))
+
+    def providers(self) -> list[str]:
+        return [f"triton:{self.url}"]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self._client.close()
+        with self._lock:
+            self._models.clear()
+
+
+def _with_io(model: ModelSpec, inputs, outputs) -> ModelSpec:
+    return ModelSpec(model.name, model.backend, model.artifact, inputs, outputs, model.kind,
+                     model.devices, model.options)
+
+
+def _outputs(remote: _Remote, result: tgrpc.InferResult) -> dict[str, np.ndarray]:
+    outputs = {}
+    for name in remote.outputs:
+        array = result.as_numpy(name)
+        if array is None:
+            continue  # a streamed response may carry only some outputs
+        spec = remote.spec.output(name)
+        if spec is not None and spec.datatype == "BF16":
+            array = array.astype(numpy_dtype("BF16"))
+        outputs[name] = array
+    return outputs
+
+
+def _is_final(result: tgrpc.InferResult) -> bool:
+    param = result.get_response().parameters.get("triton_final_response")
+    return param is not None and param.bool_param
+
+
+def _stream(url: str, remote: _Remote, request: dict[str, Any], timeout_s: float,
+            where: str) -> Iterator[dict[str, np.ndarray]]:
+    responses: queue.Queue = queue.Queue()
+    client = tgrpc.InferenceServerClient(url, channel_args=channel_args())
+    finished = False
+    try:
+        client.start_stream(lambda result, error: responses.put((result, error)), stream_timeout=timeout_s)
+        client.async_stream_infer(**request, enable_empty_final_response=True)
+        while True:
+            try:
+                result, error = responses.get(timeout=timeout_s)
+            except queue.Empty:
+                raise BackendTimeout(f"{where}: no streamed response within {timeout_s:.3f} s") from None
+            if error is not None:
+                raise map_error(error, where)
+            outputs = _outputs(remote, result)
+            if outputs:
+                yield outputs
+            if _is_final(result):
+                finished = True
+                return
+    except InferenceServerException as e:
+        raise map_error(e, where) from None
+    finally:
+        # An unfinished stream (error, or the consumer stopped early) cancels the request on the server.
+        client.stop_stream(cancel_requests=not finished)
+        client.close()

@@ -1,0 +1,82 @@
+"""Deadline budgets: a request's end-to-end deadline split over its remaining critical path."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Collection, Mapping
+
+from heddle.scheduler.dag import Pipeline
+
+__all__ = ["PathTimes", "StageBudget", "critical_path_s", "path_times", "slack_s", "split_deadline"]
+
+
+@dataclass(frozen=True, slots=True)
+class PathTimes:
+    """Longest estimated paths through the stages still to run.
+
+    up_s[s]: the longest chain of remaining stages ending with s, s included.
+    down_s[s]: the longest chain of remaining stages after s, s excluded.
+    Finished stages count zero, so these shrink as the request progresses.
+    """
+
+    up_s: Mapping[str, float]
+    down_s: Mapping[str, float]
+    critical_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StageBudget:
+    """What one stage may spend: finish by sub_deadline_s to keep the request on schedule;
+    latest_finish_s is the last moment it may finish with the rest still fitting."""
+
+    sub_deadline_s: float
+    latest_finish_s: float
+
+
+def path_times(pipeline: Pipeline, remaining: Collection[str],
+               estimate: Callable[[str], float]) -> PathTimes:
+    """Longest remaining paths; `estimate(stage)` is called once per remaining stage."""
+    est = {s.name: (estimate(s.name) if s.name in remaining else 0.0) for s in pipeline.stages}
+    up: dict[str, float] = {}
+    for stage in pipeline.stages:  # topological order: every upstream stage is already done
+        up[stage.name] = est[stage.name] + max(
+            (up[d] for d in pipeline.depends_on[stage.name]), default=0.0)
+    down: dict[str, float] = {}
+    for stage in reversed(pipeline.stages):
+        down[stage.name] = max(
+            (est[n] + down[n] for n in pipeline.dependents[stage.name]), default=0.0)
+    return PathTimes(up, down, max(up.values(), default=0.0))
+
+
+def critical_path_s(pipeline: Pipeline, estimate: Callable[[str], float]) -> float:
+    """The whole pipeline's critical path: its latency on an idle machine."""
+    return path_times(pipeline, [s.name for s in pipeline.stages], estimate).critical_s
+
+
+def split_deadline(pipeline: Pipeline, remaining: Collection[str],
+                   estimate: Callable[[str], float], start_s: float,
+                   deadline_s: float | None) -> dict[str, StageBudget]:
+    """Budget every remaining stage in proportion to its estimated latency.
+
+    The window (deadline_s - start_s) is split along the longest remaining path through
+    each stage s: s must finish by start + window * up(s) / (up(s) + down(s)). On the
+    critical path the shares add up to the whole window; off it a stage gets the same
+    fraction of the window as its path position, which leaves it slack. A request with
+    no deadline gets infinite budgets; one already late gets its deadline everywhere.
+    """
+    if deadline_s is None:
+        return {s: StageBudget(math.inf, math.inf) for s in remaining}
+    times = path_times(pipeline, remaining, estimate)
+    window = max(0.0, deadline_s - start_s)
+    budgets = {}
+    for stage in remaining:
+        up, down = times.up_s[stage], times.down_s[stage]
+        share = up / (up + down) if up + down > 0 else 1.0
+        budgets[stage] = StageBudget(start_s + window * share, deadline_s - down)
+    return budgets
+
+
+def slack_s(sub_deadline_s: float, now: float, run_s: float) -> float:
+    """Time to spare if the stage started now and took run_s: negative means it will be late."""
+    return sub_deadline_s - now - run_s

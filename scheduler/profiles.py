@@ -1,0 +1,232 @@
+"""Latency and power profiles per (model, device, DVFS level): a graph prior refined online.
+
+This is Twill's model interpreter moved to run time: a model's ONNX graph, summarised as a
+`GraphSummary` (built outside scheduler/, see backends/graph_summary.py), gives a roofline
+prior on each device; measured runs then take over through an EWMA (the typical run) and a
+high percentile over a bounded window (the run to plan deadlines with).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Protocol
+
+from heddle.scheduler.specs import DeviceSpec
+
+__all__ = [
+    "ConstantProfiles", "DeviceSpeed", "Estimate", "GraphSummary", "ProfileEntry", "ProfileTable",
+    "Profiles", "compatible", "device_speed", "prior_latency_s",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class GraphSummary:
+    """What the model interpreter reads from a graph: no onnx types, so scheduler/ stays pure."""
+
+    params: int
+    layers: int  # compute nodes (every node but shape plumbing)
+    op_counts: Mapping[str, int]
+    flops: float  # per inference, batch 1
+    bytes_moved: float  # weights read plus activations read and written
+
+    @property
+    def op_types(self) -> frozenset[str]:
+        return frozenset(self.op_counts)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpeed:
+    """A device's roofline: sustained FLOP/s and bytes/s, fixed costs, clock per DVFS level."""
+
+    flops_per_s: float
+    bytes_per_s: float
+    overhead_s: float = 50e-6  # launch and copy cost of one run
+    per_layer_s: float = 2e-6  # kernel launch per layer
+    level_clock: tuple[float, ...] = (1.0,)  # clock relative to level 0
+
+    def clock(self, level: int) -> float:
+        return self.level_clock[min(level, len(self.level_clock) - 1)]
+
+
+# Sustained (not peak) figures for an unknown device of each kind: a prior only, refined by
+# the first measured runs. Order of magnitude from ORT on one x86 core and small GPUs.
+_KIND_SPEEDS = {
+    "cpu": DeviceSpeed(flops_per_s=8e9, bytes_per_s=8e9),
+    "gpu": DeviceSpeed(flops_per_s=2e12, bytes_per_s=100e9, overhead_s=200e-6, per_layer_s=8e-6),
+    "dla": DeviceSpeed(flops_per_s=1e12, bytes_per_s=50e9, overhead_s=300e-6, per_layer_s=10e-6),
+    "npu": DeviceSpeed(flops_per_s=1e12, bytes_per_s=50e9, overhead_s=300e-6, per_layer_s=10e-6),
+}
+
+
+def device_speed(device: DeviceSpec) -> DeviceSpeed:
+    """The device's declared speed (options["speed"]: DeviceSpeed fields), else its kind's."""
+    declared = device.options.get("speed")
+    base = _KIND_SPEEDS.get(device.kind, _KIND_SPEEDS["cpu"])
+    if not declared:
+        return base
+    fields = {k: declared.get(k, getattr(base, k)) for k in DeviceSpeed.__dataclass_fields__}
+    fields["level_clock"] = tuple(fields["level_clock"])
+    return DeviceSpeed(**fields)
+
+
+def prior_latency_s(summary: GraphSummary, speed: DeviceSpeed, level: int = 0) -> float:
+    """Roofline prior: fixed costs plus the slower of compute and memory traffic."""
+    clock = speed.clock(level)
+    compute_s = summary.flops / (speed.flops_per_s * clock)
+    memory_s = summary.bytes_moved / speed.bytes_per_s  # memory clock is not the DVFS knob
+    return speed.overhead_s + summary.layers * speed.per_layer_s / clock + max(compute_s, memory_s)
+
+
+def compatible(model_ops: Iterable[str], device: DeviceSpec) -> bool:
+    """Can `device` run a graph made of these op types? Devices declare `unsupported_ops`
+    (a deny list, e.g. a DLA's LayerNormalization/Erf) and/or `supported_ops` (an allow list)."""
+    ops = set(model_ops)
+    if ops & set(device.options.get("unsupported_ops", ())):
+        return False
+    allowed = device.options.get("supported_ops")
+    return allowed is None or ops <= set(allowed)
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """mean_s: the typical run (EWMA); tail_s: the run to plan deadlines with (high percentile)."""
+
+    mean_s: float
+    tail_s: float
+    samples: int = 0
+    source: str = "default"  # measured | table | graph | default
+
+
+class Profiles(Protocol):
+    """What the core asks of a profile source. Pure: no clock, no I/O."""
+
+    def estimate(self, model: str, device: DeviceSpec, level: int = 0) -> Estimate: ...
+
+    def power_w(self, model: str, device: DeviceSpec, level: int = 0) -> float: ...
+
+    def op_types(self, model: str) -> frozenset[str]: ...
+
+    def observe(self, model: str, device: DeviceSpec, level: int, run_s: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConstantProfiles:
+    """Every run takes the same time and every device runs every model: with this, the
+    mapping and ordering of fcfs and priority are exactly what they were before profiles."""
+
+    run_s: float = 1.0
+
+    def estimate(self, model: str, device: DeviceSpec, level: int = 0) -> Estimate:
+        return Estimate(self.run_s, self.run_s)
+
+    def power_w(self, model: str, device: DeviceSpec, level: int = 0) -> float:
+        return 0.0
+
+    def op_types(self, model: str) -> frozenset[str]:
+        return frozenset()
+
+    def observe(self, model: str, device: DeviceSpec, level: int, run_s: float) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileEntry:
+    """A known figure for one (model, device, level): from a benchmark table or `heddle profile`."""
+
+    latency_s: float
+    power_w: float = 0.0
+    tail_s: float | None = None
+
+
+@dataclass(slots=True)
+class _Series:
+    """Measured runs of one (model, device, level): EWMA plus a bounded window for the tail."""
+
+    ewma_s: float
+    window: deque
+    count: int = 0
+
+
+@dataclass(slots=True)
+class ProfileTable:
+    """Estimates from, best first: measurements, a table entry, the graph prior, a default.
+
+    A level with no data of its own borrows level 0's and scales it by the clock ratio.
+    """
+
+    table: Mapping[tuple[str, str, int], ProfileEntry] = field(default_factory=dict)
+    summaries: Mapping[str, GraphSummary] = field(default_factory=dict)
+    ops: Mapping[str, frozenset[str]] = field(default_factory=dict)  # op types without a summary
+    default_s: float = 0.01
+    alpha: float = 0.2  # EWMA weight of the newest run
+    window: int = 64
+    percentile: float = 95.0
+    _series: dict = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict)
+
+    def estimate(self, model: str, device: DeviceSpec, level: int = 0) -> Estimate:
+        key = (model, device.id, level)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._cache[key] = self._estimate(model, device, level)
+        return cached
+
+    def _estimate(self, model: str, device: DeviceSpec, level: int) -> Estimate:
+        own = self._own_estimate(model, device, level)
+        if own is not None or level == 0:
+            return own or Estimate(self.default_s, self.default_s)
+        base = self.estimate(model, device, 0)
+        ratio = device_speed(device).clock(0) / device_speed(device).clock(level)
+        return Estimate(base.mean_s * ratio, base.tail_s * ratio, base.samples, base.source)
+
+    def _own_estimate(self, model: str, device: DeviceSpec, level: int) -> Estimate | None:
+        series = self._series.get((model, device.id, level))
+        if series is not None:
+            return Estimate(series.ewma_s, max(series.ewma_s, _percentile(series.window, self.percentile)),
+                            series.count, "measured")
+        entry = self.table.get((model, device.id, level))
+        if entry is not None:
+            return Estimate(entry.latency_s, entry.tail_s or entry.latency_s, 0, "table")
+        summary = self.summaries.get(model)
+        if summary is not None:
+            prior = prior_latency_s(summary, device_speed(device), level)
+            return Estimate(prior, prior, 0, "graph")
+        return None
+
+    def power_w(self, model: str, device: DeviceSpec, level: int = 0) -> float:
+        entry = self.table.get((model, device.id, level)) or self.table.get((model, device.id, 0))
+        return entry.power_w if entry is not None else 0.0
+
+    def op_types(self, model: str) -> frozenset[str]:
+        summary = self.summaries.get(model)
+        return summary.op_types if summary is not None else frozenset(self.ops.get(model, ()))
+
+    def observe(self, model: str, device: DeviceSpec, level: int, run_s: float) -> None:
+        """Fold one measured run in; estimates at other levels of the device follow."""
+        key = (model, device.id, level)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(run_s, deque(maxlen=self.window))
+        else:
+            series.ewma_s += self.alpha * (run_s - series.ewma_s)
+        series.window.append(run_s)
+        series.count += 1
+        for cached in [k for k in self._cache if k[0] == model and k[1] == device.id]:
+            del self._cache[cached]
+
+    def rows(self) -> list[tuple[str, str, int, Estimate]]:
+        """Every measured (model, device, level) with its estimate, sorted: for reports."""
+        return sorted((m, d, lv, Estimate(s.ewma_s, max(s.ewma_s, _percentile(s.window, self.percentile)),
+                                          s.count, "measured"))
+                      for (m, d, lv), s in self._series.items())
+
+
+def _percentile(values: Iterable[float], q: float) -> float:
+    """Nearest-rank percentile of a small window (no numpy needed for 64 values)."""
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[rank - 1]

@@ -1,0 +1,186 @@
+"""twill: heddle's own policy — affinity-aware mapping, migration and priority-aware freezing.
+
+After Twill (arXiv 2507.00491), whose exact rules are not public; these are heddle's:
+- order: feasible runs by slack weighted by priority; runs of requests that can no longer
+  meet their deadline last; best-effort runs (no deadline) between the two, by priority.
+- mapping: a ready run goes to the device that finishes it earliest (queue wait ahead of it
+  plus its estimate); when several meet its sub-deadline, the one costing the least energy,
+  which keeps CNN work on DLAs and leaves the GPU to what only the GPU can run.
+- migration: an idle device takes a run queued elsewhere when it would finish it earlier by
+  a margin (and, if the run was on time there, at no more energy).
+- freezing: a lower-priority run is held in its queue when starting it now would make an
+  imminent higher-priority stage (inputs being computed right now) miss its deadline, and
+  released as soon as that is no longer so. The core's aging bound beats freezing.
+"""
+
+from __future__ import annotations
+
+import math
+
+from heddle.scheduler.policies import BasePolicy, CoreView, tail
+from heddle.scheduler.state import Request, RunState, StageRun
+
+__all__ = ["TwillPolicy"]
+
+_FEASIBLE, _BEST_EFFORT, _HOPELESS = 0, 1, 2
+
+
+class TwillPolicy(BasePolicy):
+    name = "twill"
+    steal_when_busy = True
+
+    def __init__(self, max_wait_s: float | None = None, migrate_margin: float = 0.1,
+                 min_margin_s: float = 1e-4, freeze: bool = True, mapping: str = "energy",
+                 due: str = "sub") -> None:
+        super().__init__(max_wait_s)
+        self.migrate_margin = migrate_margin
+        self.min_margin_s = min_margin_s
+        self.freeze = freeze
+        self.mapping = mapping
+        self.due = due
+        self._reserved: dict[str, float] = {}  # device -> deadline of the stage it is held for
+        self._reserved_at = math.nan
+
+    # ---- order --------------------------------------------------------------------------
+    def key(self, run: StageRun, now: float, view: CoreView | None = None) -> tuple:
+        request = run.request
+        priority = max(request.priority, 1)
+        if request.deadline_s is None:
+            return (_BEST_EFFORT, -priority, *tail(run))
+        if now + view.best_estimate_s(run.model) > run.latest_finish_s:
+            return (_HOPELESS, -priority, *tail(run))
+        run_s = (view.tail_s(run.model, run.device) if run.device is not None
+                 else view.best_estimate_s(run.model))
+        slack = run.sub_deadline_s - now - run_s
+        # Positive slack shrinks with priority, negative slack grows: either way the higher
+        # priority run of two equally pressed ones goes first.
+        return (_FEASIBLE, slack / priority if slack >= 0 else slack * priority, *tail(run))
+
+    # ---- mapping ------------------------------------------------------------------------
+    def _due(self, run: StageRun) -> float:
+        return run.latest_finish_s if self.due == "latest" else run.sub_deadline_s
+
+    def place(self, run: StageRun, devices: list[str], view: CoreView, now: float) -> str:
+        options = []
+        for i, device in enumerate(devices):
+            mean_s = view.estimate_s(run.model, device)
+            finish = now + _wait_ahead_s(self, view, run, device, now) + mean_s
+            on_time = finish - mean_s + view.tail_s(run.model, device) <= self._due(run)
+            options.append((finish, on_time, view.power_w(run.model, device) * mean_s, i, device))
+        on_time = [o for o in options if o[1]]
+        if on_time and self.mapping == "energy":
+            return min(on_time, key=lambda o: (o[2], o[0], o[3]))[4]
+        if on_time and self.mapping == "fit":
+            return max(on_time, key=lambda o: (o[0], -o[3]))[4]
+        return min(options, key=lambda o: (o[0], o[3]))[4]
+
+    def may_steal(self, run: StageRun, device: str, view: CoreView, now: float) -> bool:
+        here_s = view.estimate_s(run.model, device)
+        if self._reserved_at == now and now + here_s > self._reserved.get(device, math.inf):
+            return False
+        there_s = view.estimate_s(run.model, run.device)
+        there = now + _wait_ahead_s(self, view, run, run.device, now) + there_s
+        margin = max(self.min_margin_s, self.migrate_margin * here_s)
+        if now + here_s + margin >= there:
+            return False
+        on_time_there = there - there_s + view.tail_s(run.model, run.device) <= self._due(run)
+        cheaper_here = view.power_w(run.model, device) * here_s <= view.power_w(run.model, run.device) * there_s
+        return not on_time_there or cheaper_here
+
+    # ---- freezing -----------------------------------------------------------------------
+    def hold(self, view: CoreView, now: float) -> set[tuple[str, str]]:
+        """Hold lower-priority queued runs that would block an imminent urgent stage."""
+        self._reserved, self._reserved_at = {}, now
+        if not self.freeze:
+            return set()
+        held: set[tuple[str, str]] = set()
+        # Imminent stages are the waiting dependents of running ones: no need to scan requests.
+        seen: set[tuple[str, str]] = set()
+        for device in view.devices:
+            for running in list(view.running(device)):
+                request = running.request
+                if request.finished or request.deadline_s is None:
+                    continue
+                for name in request.pipeline.dependents[running.stage]:
+                    run = request.runs[name]
+                    if run.key in seen:
+                        continue
+                    seen.add(run.key)
+                    ready_at = _ready_at(view, run, now)
+                    if ready_at is not None and ready_at > now:
+                        self._protect(view, run, ready_at, now, held)
+        return held
+
+    def _protect(self, view: CoreView, run: StageRun, ready_at: float, now: float,
+                 held: set[tuple[str, str]]) -> None:
+        deadline = run.request.deadline_s - _downstream_s(view, run)
+        best = None
+        for device in view.eligible_devices(run.model):
+            finish = max(ready_at, now + _busy_s(view, device, now)) + view.tail_s(run.model, device)
+            if best is None or finish < best[0]:
+                best = (finish, device)
+        if best is None or best[0] > deadline:
+            return  # hopeless anyway, or another device will do: nothing to protect
+        device = best[1]
+        if view.free_slots(device) <= 0:
+            return
+        run_s = view.tail_s(run.model, device)
+        self._reserved[device] = min(self._reserved.get(device, math.inf), deadline - run_s)
+        for other in view.queued(device):
+            if (other.state in (RunState.READY, RunState.FROZEN)
+                    and other.request.priority < run.request.priority
+                    and max(ready_at, now + view.tail_s(other.model, device)) + run_s > deadline):
+                held.add(other.key)
+
+
+def _wait_ahead_s(policy: TwillPolicy, view: CoreView, run: StageRun, device: str, now: float) -> float:
+    """Predicted wait before `run` could start on `device`: running work plus the queued
+    work that ranks ahead of it, spread over the device's slots."""
+    mine = policy.key(run, now, view)
+    ahead = [view.estimate_s(q.model, device) for q in view.queued(device)
+             if q is not run and q.state is RunState.READY and policy.key(q, now, view) < mine]
+    free = view.free_slots(device)
+    if len(ahead) < free:
+        return 0.0
+    return (_busy_total_s(view, device, now) + sum(ahead)) / view.devices[device].slots
+
+
+def _busy_total_s(view: CoreView, device: str, now: float) -> float:
+    return sum(max(0.0, r.started_s + view.estimate_s(r.model, device) - now) for r in view.running(device))
+
+
+def _busy_s(view: CoreView, device: str, now: float) -> float:
+    """Until the first slot of the device frees (0 if one is free now)."""
+    if view.free_slots(device) > 0:
+        return 0.0
+    return min(max(0.0, r.started_s + view.estimate_s(r.model, device) - now) for r in view.running(device))
+
+
+def _ready_at(view: CoreView, run: StageRun, now: float) -> float | None:
+    """When a waiting stage's inputs will all exist, if every missing one is being computed
+    now; None for stages that are not waiting or depend on work not yet started."""
+    if run.state is not RunState.WAITING:
+        return None
+    request: Request = run.request
+    ready_at = now
+    for dep in request.pipeline.depends_on[run.stage]:
+        other = request.runs[dep]
+        if other.state is RunState.RUNNING:
+            ready_at = max(ready_at, other.started_s + view.estimate_s(other.model, other.device))
+        elif other.state is not RunState.DONE:
+            return None
+    return ready_at
+
+
+def _downstream_s(view: CoreView, run: StageRun) -> float:
+    """Longest chain of best-case estimates after this stage (it excluded)."""
+    pipeline = run.request.pipeline
+    memo: dict[str, float] = {}
+
+    def after(stage: str) -> float:
+        if stage not in memo:
+            memo[stage] = max((view.best_estimate_s(run.request.runs[n].model) + after(n)
+                               for n in pipeline.dependents[stage]), default=0.0)
+        return memo[stage]
+
+    return after(run.stage)

@@ -1,0 +1,192 @@
+"""A real Triton server for tests: repositories of zoo and probe models, a gate to hold a model busy, fixtures."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from heddle.backends.onnxruntime import read_io_spec
+from heddle.backends.tritonserver import (
+    TritonServer, find_triton, model_config_text, write_onnx_python_model, write_python_model,
+)
+from heddle.backends.zoo.build import build_model
+from heddle.scheduler.specs import TensorSpec
+
+__all__ = [
+    "ZOO_ON_TRITON", "Gate", "build_probe_repository", "build_repository", "pending_requests",
+    "require_triton", "triton_server", "triton_zoo_paths", "wait_until",
+]
+
+ZOO_ON_TRITON = ("cnn", "head_cls", "head_emb", "backbone", "text_cls")
+
+# echo: answers what the server made of the request (timeout in us, custom parameters);
+# a negative input makes it fail with a message, to see model errors come back.
+ECHO_PY = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+            if float(x.reshape(-1)[0]) < 0:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("echo: x is negative")))
+                continue
+            info = json.dumps({"timeout_us": r.timeout(), "parameters": json.loads(r.parameters())})
+            info_out = np.array([[info.encode()]] * x.shape[0], dtype=object)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("info", info_out)]))
+        return responses
+'''
+
+# gate: one instance; executes requests one at a time and numbers them in execution order. A
+# request tagged 0 holds the instance until the test releases it, through two FIFOs in the model dir.
+GATE_PY = '''
+import os
+import select
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.dir = args["model_repository"]
+        self.count = 0
+
+    def _hold(self):
+        # Open the release end first, so that once the test hears "started" it can release at once.
+        release = os.open(os.path.join(self.dir, "release.fifo"), os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            started = os.open(os.path.join(self.dir, "started.fifo"), os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # nobody listening: do not hold
+            os.close(release)
+            return
+        os.write(started, b"s")
+        os.close(started)
+        select.select([release], [], [], 60)  # bounded, so a failed test cannot wedge the server
+        os.close(release)
+
+    def execute(self, requests):
+        responses = []
+        for r in requests:
+            tag = pb_utils.get_input_tensor_by_name(r, "tag").as_numpy()
+            if int(tag.reshape(-1)[0]) == 0:
+                self._hold()
+            self.count += 1
+            seq = np.full(tag.shape, self.count, dtype=np.int64)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("seq", seq)]))
+        return responses
+'''
+
+# countdown (decoupled): answers n responses i = 0..n-1 to one request, then the final flag.
+COUNTDOWN_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for r in requests:
+            sender = r.get_response_sender()
+            n = int(pb_utils.get_input_tensor_by_name(r, "n").as_numpy().reshape(-1)[0])
+            for i in range(n):
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("i", np.array([i], dtype=np.int32))]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
+
+def build_probe_repository(repo: Path) -> None:
+    """The probe models: echo, gate (with its FIFOs) and countdown."""
+    t = TensorSpec
+    write_python_model(repo, "echo", ECHO_PY, model_config_text(
+        "echo", [t("x", "FP32", (-1, 1))], [t("info", "BYTES", (-1, 1))],
+        max_batch_size=8, priority_levels=2, request_timeouts=True))
+    gate = write_python_model(repo, "gate", GATE_PY, model_config_text(
+        "gate", [t("tag", "INT32", (-1, 1))], [t("seq", "INT64", (-1, 1))],
+        max_batch_size=1, priority_levels=2, request_timeouts=True))
+    os.mkfifo(gate / "started.fifo")
+    os.mkfifo(gate / "release.fifo")
+    write_python_model(repo, "countdown", COUNTDOWN_PY, model_config_text(
+        "countdown", [t("n", "INT32", (1,))], [t("i", "INT32", (1,))], decoupled=True))
+
+
+def build_repository(repo: Path, models_dir: Path) -> None:
+    """Zoo models as python-backend ORT models, plus the probe models."""
+    for name in ZOO_ON_TRITON:
+        path = build_model(name, models_dir)
+        inputs, outputs = read_io_spec(path)
+        write_onnx_python_model(repo, name, path, inputs, outputs)
+    build_probe_repository(repo)
+
+
+def require_triton() -> None:
+    if find_triton() is None:
+        pytest.skip("tritonserver is not available: install nvidia-pytriton (the `test` extra; x86_64, Python 3.11)")
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """One Triton server for the session, serving the zoo models and the probe models."""
+    require_triton()
+    root = tmp_path_factory.mktemp("triton")
+    repo = root / "repo"
+    build_repository(repo, root / "models")
+    with TritonServer(repo, work_dir=root / "work") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def triton_zoo_paths(triton_server: TritonServer) -> dict[str, Path]:
+    """The ONNX files behind the session server's zoo models (already built: this only finds them)."""
+    models_dir = triton_server.repository.parent / "models"
+    return {name: build_model(name, models_dir) for name in ZOO_ON_TRITON}
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+    """Poll `predicate` until true; for server state that offers no event to wait on. Bounded."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout_s} s")
+        time.sleep(0.01)
+
+
+def pending_requests(server: TritonServer, model: str) -> int:
+    """Requests queued (not executing) for `model`, from the server's Prometheus gauge."""
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(rf'^nv_inference_pending_request_count{{model="{model}",version="1"}} (\d+)', text, re.M)
+    return int(match.group(1)) if match else 0
+
+
+class Gate:
+    """The test's side of the gate model: know when the held request runs, then release it."""
+
+    def __init__(self, server: TritonServer) -> None:
+        self.dir = server.repository / "gate"
+
+    def __enter__(self) -> Gate:
+        # Listening before the held request is sent: the model only holds when someone listens.
+        self._started = os.open(self.dir / "started.fifo", os.O_RDONLY | os.O_NONBLOCK)
+        return self
+
+    def wait_started(self, timeout_s: float = 30.0) -> None:
+        readable, _, _ = select.select([self._started], [], [], timeout_s)
+        if not readable:
+            raise TimeoutError(f"the held request did not start within {timeout_s} s")
+        os.read(self._started, 1)
+
+    def release(self) -> None:
+        fd = os.open(self.dir / "release.fifo", os.O_WRONLY | os.O_NONBLOCK)
+        os.write(fd, b"r")
+        os.close(fd)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._started)
