@@ -162,6 +162,7 @@ def run_perf_analyzer(pa: PerfAnalyzer, target: str, url: str, model: str, args:
                       out_dir: Path) -> dict[str, Any]:
     overrides = dict(s.split(":", 1) for s in args.shape)
     csv_path = out_dir / f"{target}-{model}.csv"
+    csv_path.unlink(missing_ok=True)  # a previous run's rows must not pass for this one's
     cmd = [str(pa.binary), "-i", "grpc", "-u", url, "-m", model,
            "--concurrency-range", args.concurrency_range, "-p", str(args.measurement_ms),
            "--stability-percentage", str(args.stability_percentage), "-f", str(csv_path),

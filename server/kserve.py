@@ -248,7 +248,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         if entry.is_pipeline:
             for stage in result.stages:
                 if stage.status == "OK" and stage.model in self._visible_models:
-                    pass
+                    self.stats.record_stage(stage.model, stage.queue_s, stage.compute_s)
 
     def _observe_refused(self, name: str, code: str) -> None:
         if self.runtime.metrics is not None:
