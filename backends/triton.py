@@ -159,7 +159,7 @@ class TritonExecutor:
             raise BackendTimeout(f"{self._where(remote.name)}: no time left (timeout {timeout_s:.3f} s)")
         infer_inputs = []
         for name, array in inputs.items():
-            datatype = remote.datatypes.get(name, "BYTES")
+            datatype = remote.datatypes[name]
             if datatype == "BF16":  # tritonclient carries BF16 as float32 arrays
                 array = array.astype(np.float32)
             item = tgrpc.InferInput(name, list(array.shape), datatype)
@@ -191,10 +191,13 @@ class TritonExecutor:
 
     def stream(self, model: str, inputs: Mapping[str, np.ndarray], *, priority: int = 0,
                timeout_s: float | None = None) -> Iterator[dict[str, np.ndarray]]:
-        """Each response of a (decoupled) model as it comes; closing the iterator early cancels the request."""
+        """Each response of a (decoupled) model as it comes; closing the iterator early cancels the request.
+
+        timeout_s bounds the whole stream; client_timeout_s bounds the wait for each next response.
+        """
         remote = self._remote(model)
         request = self._request(remote, inputs, priority, timeout_s)
-        return _stream(self.url, remote, request, self._client_timeout(timeout_s), self._where(remote.name))
+        return _stream(self.url, remote, request, timeout_s, self._client_timeout(timeout_s), self._where(remote.name))
 
     def providers(self) -> list[str]:
         return [f"triton:{self.url}"]
@@ -229,7 +232,7 @@ def _is_final(result: tgrpc.InferResult) -> bool:
     return param is not None and param.bool_param
 
 
-def _stream(url: str, remote: _Remote, request: dict[str, Any], timeout_s: float,
+def _stream(url: str, remote: _Remote, request: dict[str, Any], timeout_s: float | None, gap_timeout_s: float,
             where: str) -> Iterator[dict[str, np.ndarray]]:
     responses: queue.Queue = queue.Queue()
     client = tgrpc.InferenceServerClient(url, channel_args=channel_args())
@@ -239,9 +242,9 @@ def _stream(url: str, remote: _Remote, request: dict[str, Any], timeout_s: float
         client.async_stream_infer(**request, enable_empty_final_response=True)
         while True:
             try:
-                result, error = responses.get(timeout=timeout_s)
+                result, error = responses.get(timeout=gap_timeout_s)
             except queue.Empty:
-                raise BackendTimeout(f"{where}: no streamed response within {timeout_s:.3f} s") from None
+                raise BackendTimeout(f"{where}: no streamed response within {gap_timeout_s:.3f} s") from None
             if error is not None:
                 raise map_error(error, where)
             outputs = _outputs(remote, result)

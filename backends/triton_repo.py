@@ -128,7 +128,7 @@ def model_config_text(name: str, inputs: Sequence[TensorSpec], outputs: Sequence
     """config.pbtxt for a python-backend model. Shapes in `inputs`/`outputs` include the batch dim
     (-1) when max_batch_size > 0, as in heddle's TensorSpecs and Triton's ModelMetadata.
 
-    Non-decoupled models get a dynamic batcher. priority_levels > 0 gives it priority queues
+    Batching models get a dynamic batcher. priority_levels > 0 gives it priority queues
     (default: the lowest level); request_timeouts makes it reject a request that waited in its
     queue longer than the request's `timeout` parameter. Both are off by default because, measured
     on Triton 2.51 with one python-backend instance, either one makes the batcher sometimes sleep
@@ -140,7 +140,8 @@ def model_config_text(name: str, inputs: Sequence[TensorSpec], outputs: Sequence
     text += f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n"
     if decoupled:
         text += "model_transaction_policy { decoupled: true }\n"
-    else:
+    elif batching or priority_levels > 0 or request_timeouts:
+        # Without batching the batcher is only a queue: worth having for priorities and timeouts.
         text += _batcher(priority_levels, request_timeouts, max_queue_delay_us)
     for key, value in (parameters or {}).items():
         text += f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'

@@ -31,6 +31,9 @@ __all__ = [
 ]
 
 
+_PORT_ATTEMPTS = 3
+
+
 class TritonServerError(RuntimeError):
     """The Triton server could not be prepared, started or reached; the message says why."""
 
@@ -153,20 +156,31 @@ class TritonServer:
             raise TritonServerError("this TritonServer is already started")
         self.work_dir.mkdir(parents=True, exist_ok=True)
         _prepare_work_dir(self.install, self.work_dir)
-        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         started = time.monotonic()
+        for attempt in range(_PORT_ATTEMPTS):
+            try:
+                self._launch(started + self.ready_timeout_s)
+                break
+            except TritonServerError as e:
+                # Free ports are picked before the server binds them: another process may win the race.
+                if "already in use" not in str(e) or attempt == _PORT_ATTEMPTS - 1:
+                    self._cleanup()
+                    raise
+        self.startup_s = time.monotonic() - started
+        return self
+
+    def _launch(self, deadline: float) -> None:
+        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 self._command(), stdout=log, stderr=subprocess.STDOUT, env=_environment(self.install),
                 start_new_session=True,  # a Ctrl-C aimed at pytest must not kill it before stop() runs
             )
         try:
-            self._wait_ready(started + self.ready_timeout_s)
+            self._wait_ready(deadline)
         except BaseException:
-            self.stop()
+            self._terminate()
             raise
-        self.startup_s = time.monotonic() - started
-        return self
 
     def _wait_ready(self, deadline: float) -> None:
         # No readiness event exists to wait on: poll the HTTP ready endpoint, bounded by the deadline.
@@ -174,14 +188,23 @@ class TritonServer:
         while True:
             code = self.process.poll()
             if code is not None:
-                raise TritonServerError(f"tritonserver exited with status {code} while starting:\n{self.log_tail()}")
-            if _http_ok(url):
+                raise TritonServerError(
+                    f"tritonserver exited with status {code} while starting:\n{self.log_tail()}{_hint()}"
+                )
+            if self._bound() and _http_ok(url):
                 return
             if time.monotonic() > deadline:
                 raise TritonServerError(
-                    f"tritonserver not ready after {self.ready_timeout_s:.0f} s:\n{self.log_tail()}"
+                    f"tritonserver not ready after {self.ready_timeout_s:.0f} s:\n{self.log_tail()}{_hint()}"
                 )
             time.sleep(0.05)
+
+    def _bound(self) -> bool:
+        # Our process logs these only once it holds the ports: a ready answer from another
+        # process that won the race for a port must not pass for ours.
+        log = self.log_path.read_text(errors="replace")
+        return (f"Started GRPCInferenceService at 127.0.0.1:{self.grpc_port}" in log
+                and f"Started HTTPService at 127.0.0.1:{self.http_port}" in log)
 
     def is_ready(self) -> bool:
         """The server answers ready on its HTTP endpoint now."""
@@ -205,6 +228,10 @@ class TritonServer:
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after grace_s; removes a work dir it created itself."""
+        self._terminate(grace_s)
+        self._cleanup()
+
+    def _terminate(self, grace_s: float = 10.0) -> None:
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -213,6 +240,8 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 process.send_signal(signal.SIGKILL)
                 process.wait()
+
+    def _cleanup(self) -> None:
         if self._own_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -221,6 +250,13 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _hint() -> str:
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return ""
+    # The python-backend stub links libpython3.X.so; a static interpreter cannot lend it one.
+    return "\n(hint: this Python has no shared libpython, which the python-backend stub needs)"
 
 
 def _http_ok(url: str, timeout_s: float = 1.0) -> bool:

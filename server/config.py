@@ -184,7 +184,27 @@ def _model(source, index, raw, base_dir: Path, cache_dir: Path, devices) -> Mode
             raise ConfigError(f"{where}: python models must declare inputs and outputs")
     else:
         artifact = raw.pop("triton_model", name)
+        if not inputs or not outputs:
+            served_in, served_out = _triton_io(where, artifact, str(raw.get("triton_version", "")), candidates)
+            inputs, outputs = inputs or served_in, outputs or served_out
     return ModelSpec(name, backend, str(artifact), inputs, outputs, kind, allowed, raw)
+
+
+def _triton_io(where: str, model: str, version: str, candidates) -> tuple:
+    """Undeclared IO of a triton model: the ModelMetadata of the first of its servers that answers."""
+    from heddle.backends.base import BackendError
+    from heddle.backends.triton import read_triton_io_spec
+
+    errors = []
+    for dev in candidates:
+        if dev.backend != "triton":
+            continue
+        try:
+            return read_triton_io_spec(str(dev.options.get("url", "")), model, version, timeout_s=5.0)
+        except BackendError as exc:
+            errors.append(f"device {dev.id}: {exc}")
+    raise ConfigError(f"{where}: declare inputs and outputs, or make one of its Triton servers reachable "
+                      f"({'; '.join(errors)})")
 
 
 def _onnx_path(where: str, path: str | None, base_dir: Path, cache_dir: Path) -> Path:

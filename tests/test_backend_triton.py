@@ -11,12 +11,14 @@ from typing import Iterator
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.grpc as tgrpc
+from tritonclient.utils import InferenceServerException
 
 from heddle.backends.base import (
     BackendError, BackendTimeout, DeviceUnavailable, InputError, make_executor,
 )
 from heddle.backends.onnxruntime import read_io_spec
-from heddle.backends.triton import TritonExecutor, read_triton_io_spec, triton_priority
+from heddle.backends.triton import TritonExecutor, map_error, read_triton_io_spec, triton_priority
 from heddle.backends.triton_health import HealthTracker, TritonHealthWatcher
 from heddle.backends.tritonserver import TritonServer, free_port
 from heddle.scheduler.specs import DeviceSpec, ModelSpec, TensorSpec
@@ -166,11 +168,35 @@ def test_request_whose_timeout_passes_in_queue_is_a_timeout(executor: TritonExec
         held = executor.pool.submit(executor.run, "gate", tagged(0))
         gate.wait_started()
         late = executor.pool.submit(executor.run, "gate", tagged(1), timeout_s=0.001)
-        wait_until(lambda: late.done() or pending_requests(triton_server, "gate") >= 1, what="request queued")
+        with pytest.raises(BackendTimeout, match="gate") as info:
+            late.result(30)
         gate.release()
         held.result(30)
-        with pytest.raises(BackendTimeout, match="timeout"):
-            late.result(30)
+    assert not isinstance(info.value, DeviceUnavailable)
+
+
+def test_server_queue_timeout_maps_to_timeout(triton_server: TritonServer) -> None:
+    """Triton's own rejection of a request queued past its timeout (status UNAVAILABLE) maps to BackendTimeout."""
+    with Gate(triton_server) as gate, tgrpc.InferenceServerClient(triton_server.grpc_url) as client:
+        held = threading.Thread(target=client.infer, args=("gate", [_tag_input(0)]))
+        held.start()
+        gate.wait_started()
+        errors: list[InferenceServerException] = []
+        # No client deadline: only the server's queue timeout (1 ms) can end this request.
+        client.async_infer("gate", [_tag_input(1)], lambda result, error: errors.append(error), timeout=1000)
+        wait_until(lambda: pending_requests(triton_server, "gate") == 1, what="request queued")
+        gate.release()
+        held.join()
+        wait_until(lambda: bool(errors), what="the queued request's answer")
+    assert errors[0].status() == "StatusCode.UNAVAILABLE"
+    mapped = map_error(errors[0], "model gate")
+    assert isinstance(mapped, BackendTimeout) and "Request timeout expired" in str(mapped)
+
+
+def _tag_input(tag: int) -> tgrpc.InferInput:
+    item = tgrpc.InferInput("tag", [1, 1], "INT32")
+    item.set_data_from_numpy(np.array([[tag]], np.int32))
+    return item
 
 
 def test_no_time_left_fails_without_sending(executor: TritonExecutor) -> None:
@@ -196,11 +222,20 @@ def test_non_decoupled_model_streams_one_response(executor: TritonExecutor, trit
 
 
 def test_closing_a_stream_early_cancels_it(executor: TritonExecutor) -> None:
-    """Closing a stream after two of many responses returns promptly, and the model keeps serving."""
-    stream = executor.stream("countdown", {"n": np.array([100_000], np.int32)})
+    """Closing a stream after two of many responses cancels the request: the model stops sending."""
+    total = 1_000_000
+    stream = executor.stream("countdown", {"n": np.array([total], np.int32)})
     assert [out["i"].item() for out in itertools.islice(stream, 2)] == [0, 1]
     stream.close()
-    assert [out["i"].item() for out in executor.stream("countdown", {"n": np.array([2], np.int32)})] == [0, 1]
+    (sent,) = [out["i"].item() for out in executor.stream("countdown", {"n": np.array([-1], np.int32)})]
+    assert 2 <= sent < total
+
+
+def test_stream_past_its_timeout_is_a_timeout(executor: TritonExecutor) -> None:
+    """A stream still answering when its timeout passes ends with BackendTimeout."""
+    with pytest.raises(BackendTimeout, match="countdown"):
+        for _ in executor.stream("countdown", {"n": np.array([10**9], np.int32)}, timeout_s=0.2):
+            pass
 
 
 def test_run_of_decoupled_model_points_to_stream(executor: TritonExecutor) -> None:

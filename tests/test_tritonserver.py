@@ -13,7 +13,7 @@ from heddle.backends.tritonserver import (
 )
 from heddle.scheduler.specs import TensorSpec
 from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
-    ZOO_ON_TRITON, require_triton, triton_server, triton_zoo_paths,
+    ZOO_ON_TRITON, require_triton, triton_server,
 )
 
 
@@ -90,3 +90,20 @@ def test_stop_ends_the_process_and_frees_ports(tmp_path: Path) -> None:
     assert process.returncode is not None
     assert not _accepts(server.grpc_port) and not _accepts(server.http_port)
     assert not work_dir.exists()
+
+
+def test_start_retries_when_a_port_is_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When another process takes a picked port first, start() picks new ports and the server comes up."""
+    require_triton()
+    import heddle.backends.tritonserver as launcher
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = [busy.getsockname()[1]]
+        pick = launcher.free_port
+        monkeypatch.setattr(launcher, "free_port", lambda: taken.pop() if taken else pick())
+        (tmp_path / "repo").mkdir()
+        with TritonServer(tmp_path / "repo") as server:
+            assert server.is_ready()
+            assert busy.getsockname()[1] not in (server.grpc_port, server.http_port, server.metrics_port)

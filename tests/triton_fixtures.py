@@ -85,18 +85,32 @@ class TritonPythonModel:
         return responses
 '''
 
-# countdown (decoupled): answers n responses i = 0..n-1 to one request, then the final flag.
+# countdown (decoupled): answers n responses i = 0..n-1 to one request, then the final flag, and
+# stops early when the request is cancelled. n = -1 asks how many the previous request got sent.
 COUNTDOWN_PY = '''
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
+    def initialize(self, args):
+        self.last_sent = 0
+
+    def _send(self, sender, i):
+        sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("i", np.array([i], dtype=np.int32))]))
+
     def execute(self, requests):
         for r in requests:
             sender = r.get_response_sender()
             n = int(pb_utils.get_input_tensor_by_name(r, "n").as_numpy().reshape(-1)[0])
-            for i in range(n):
-                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("i", np.array([i], dtype=np.int32))]))
+            if n < 0:
+                self._send(sender, self.last_sent)
+            else:
+                self.last_sent = 0
+                for i in range(n):
+                    if r.is_cancelled():
+                        break
+                    self._send(sender, i)
+                    self.last_sent += 1
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 '''
@@ -131,15 +145,27 @@ def require_triton() -> None:
         pytest.skip("tritonserver is not available: install nvidia-pytriton (the `test` extra; x86_64, Python 3.11)")
 
 
+# Test modules import the fixture by name, so pytest sees one session fixture per module; this
+# module is imported once, so its state makes them all share one server, stopped by the last user.
+_shared: dict[str, object] = {"server": None, "users": 0}
+
+
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     """One Triton server for the session, serving the zoo models and the probe models."""
     require_triton()
-    root = tmp_path_factory.mktemp("triton")
-    repo = root / "repo"
-    build_repository(repo, root / "models")
-    with TritonServer(repo, work_dir=root / "work") as server:
-        yield server
+    if _shared["server"] is None:
+        root = tmp_path_factory.mktemp("triton")
+        build_repository(root / "repo", root / "models")
+        _shared["server"] = TritonServer(root / "repo", work_dir=root / "work").start()
+    _shared["users"] += 1
+    try:
+        yield _shared["server"]
+    finally:
+        _shared["users"] -= 1
+        if _shared["users"] == 0:
+            _shared["server"].stop()
+            _shared["server"] = None
 
 
 @pytest.fixture(scope="session")
