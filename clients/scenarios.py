@@ -1,0 +1,301 @@
+"""Load-test scenarios: apps with a pipeline, priority, deadline and arrival process; the shipped set.
+
+A scenario is TOML (a file, or one of SCENARIOS below, which double as examples of the format):
+
+    name = "my_scenario"
+    description = "what it stands for"
+
+    [[apps]]
+    name = "segmentation 30 FPS"   # what the app stands for; reports are keyed by it
+    pipeline = "multihead"         # a pipeline the server runs
+    priority = 4                   # 0 = server default; else 1..levels, higher is more urgent
+    deadline_ms = 33               # end-to-end deadline sent with each request; omit for none
+    arrival = "periodic"           # poisson | periodic | burst | closed
+    rate_hz = 30                   # poisson: mean rate; periodic: frames/s per stream; burst: bursts/s
+    jitter_ms = 2                  # periodic: each frame moves by up to +-jitter_ms
+    streams = 1                    # periodic: independent streams (cameras), random phases
+    burst_size = 1                 # burst: requests sent at once per burst
+    concurrency = 1                # closed: requests kept in flight
+    think_ms = 0                   # closed: pause after each response
+
+The shipped scenarios follow RTGen and XRBench (concurrent real-time apps with frame deadlines and
+occasional heavy requests) mapped onto the embedded default pipelines until LLM and detection
+pipelines exist: `multihead` stands for per-frame vision DNNs with several heads, `classify` for a
+detector/classifier, `text_classify` (a transformer encoder) for speech and LLM requests.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "ARRIVALS", "DEFAULT_SCENARIO", "SCENARIOS", "App", "Scenario", "ScenarioError",
+    "load_scenario", "parse_scenario",
+]
+
+ARRIVALS = ("poisson", "periodic", "burst", "closed")
+DEFAULT_SCENARIO = "default"
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be used; the message names the scenario, the app and the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    """One application of a scenario: what it runs, how urgent it is, and when it sends."""
+
+    name: str
+    pipeline: str
+    arrival: str
+    priority: int = 0
+    deadline_ms: float | None = None
+    rate_hz: float = 0.0
+    jitter_ms: float = 0.0
+    streams: int = 1
+    burst_size: int = 1
+    concurrency: int = 1
+    think_ms: float = 0.0
+
+    @property
+    def open_loop(self) -> bool:
+        return self.arrival != "closed"
+
+    @property
+    def offered_rps(self) -> float | None:
+        """Requests per second the arrival process offers; None for closed loop (set by the server)."""
+        if self.arrival == "periodic":
+            return self.rate_hz * self.streams
+        if self.arrival == "burst":
+            return self.rate_hz * self.burst_size
+        return self.rate_hz if self.arrival == "poisson" else None
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A named mix of apps run together."""
+
+    name: str
+    apps: tuple[App, ...]
+    description: str = ""
+
+    def scaled(self, factor: float) -> Scenario:
+        """The same scenario with every open-loop rate multiplied by factor (closed loops unchanged)."""
+        if factor <= 0:
+            raise ScenarioError(f"rate scale must be positive, got {factor}")
+        apps = tuple(replace(a, rate_hz=a.rate_hz * factor) if a.open_loop else a for a in self.apps)
+        return replace(self, apps=apps)
+
+
+_APP_FIELDS = set(App.__dataclass_fields__)
+_INT_FIELDS = {"priority", "streams", "burst_size", "concurrency"}
+
+
+def _app_from_dict(raw: Mapping[str, Any], where: str) -> App:
+    unknown = set(raw) - _APP_FIELDS
+    if unknown:
+        raise ScenarioError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(_APP_FIELDS)}")
+    for key in ("name", "pipeline", "arrival"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ScenarioError(f"{where}: {key!r} must be a non-empty string")
+    for key, value in raw.items():
+        if key in _INT_FIELDS and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ScenarioError(f"{where}: {key} must be an integer, got {value!r}")
+        if key not in _INT_FIELDS and key not in ("name", "pipeline", "arrival") and not (
+                isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise ScenarioError(f"{where}: {key} must be a number, got {value!r}")
+    app = App(**{k: float(v) if k not in _INT_FIELDS and isinstance(v, int) else v
+                 for k, v in raw.items()})
+    _check_app(app, f"{where} ({app.name!r})")
+    return app
+
+
+def _check_app(app: App, where: str) -> None:
+    if app.arrival not in ARRIVALS:
+        raise ScenarioError(f"{where}: arrival {app.arrival!r} is not one of {', '.join(ARRIVALS)}")
+    if app.open_loop and app.rate_hz <= 0:
+        raise ScenarioError(f"{where}: {app.arrival} arrivals need rate_hz > 0")
+    if app.arrival == "closed" and app.concurrency < 1:
+        raise ScenarioError(f"{where}: closed loop needs concurrency >= 1")
+    if app.priority < 0:
+        raise ScenarioError(f"{where}: priority must be >= 0 (0 = server default)")
+    if app.deadline_ms is not None and app.deadline_ms <= 0:
+        raise ScenarioError(f"{where}: deadline_ms must be positive (omit it for no deadline)")
+    if min(app.jitter_ms, app.think_ms) < 0 or min(app.streams, app.burst_size) < 1:
+        raise ScenarioError(f"{where}: jitter_ms/think_ms must be >= 0, streams/burst_size >= 1")
+
+
+def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
+    """Parse scenario TOML; raises ScenarioError saying what is wrong and where."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ScenarioError(f"{source}: not valid TOML: {err}") from None
+    unknown = set(raw) - {"name", "description", "apps"}
+    if unknown:
+        raise ScenarioError(f"{source}: unknown top-level field(s) {sorted(unknown)}")
+    apps_raw = raw.get("apps")
+    if not isinstance(apps_raw, list) or not apps_raw:
+        raise ScenarioError(f"{source}: a scenario needs at least one [[apps]] table")
+    apps = tuple(_app_from_dict(a, f"{source}: apps[{i}]") for i, a in enumerate(apps_raw))
+    names = [a.name for a in apps]
+    if len(set(names)) != len(names):
+        raise ScenarioError(f"{source}: app names must be unique, got {names}")
+    name = raw.get("name") or Path(source).stem
+    return Scenario(name=str(name), apps=apps, description=str(raw.get("description", "")))
+
+
+def load_scenario(name_or_path: str | None) -> Scenario:
+    """A shipped scenario by name (None = the default mix), or a TOML file by path."""
+    key = name_or_path or DEFAULT_SCENARIO
+    if key in SCENARIOS:
+        return parse_scenario(SCENARIOS[key], key)
+    path = Path(key)
+    if path.suffix == ".toml" or path.exists():
+        try:
+            return parse_scenario(path.read_text(), str(path))
+        except OSError as err:
+            raise ScenarioError(f"cannot read scenario file {path}: {err}") from None
+    raise ScenarioError(f"unknown scenario {key!r}: give a .toml file or one of {sorted(SCENARIOS)}")
+
+
+# Rates are sized for a small CPU box running the embedded default; --rate-scale moves them.
+SCENARIOS: dict[str, str] = {
+    "default": """
+name = "default"
+description = "A mixed load on the embedded default pipelines: a camera stream, random image requests, bursts of text and a background closed loop."
+[[apps]]
+name = "camera stream 15 FPS"
+pipeline = "multihead"
+priority = 4
+deadline_ms = 50
+arrival = "periodic"
+rate_hz = 15
+jitter_ms = 3
+[[apps]]
+name = "image requests"
+pipeline = "classify"
+priority = 3
+deadline_ms = 100
+arrival = "poisson"
+rate_hz = 20
+[[apps]]
+name = "text bursts"
+pipeline = "text_classify"
+priority = 2
+deadline_ms = 250
+arrival = "burst"
+rate_hz = 1
+burst_size = 5
+[[apps]]
+name = "background batch"
+pipeline = "classify"
+priority = 1
+arrival = "closed"
+concurrency = 1
+think_ms = 50
+""",
+    "video_conferencing": """
+name = "video_conferencing"
+description = "XRBench-style video call: background segmentation per frame, a speech encoder on audio chunks, and occasional LLM meeting summaries."
+[[apps]]
+name = "segmentation 30 FPS"
+pipeline = "multihead"
+priority = 4
+deadline_ms = 33
+arrival = "periodic"
+rate_hz = 30
+jitter_ms = 2
+[[apps]]
+name = "speech encoder 10 Hz"
+pipeline = "text_classify"
+priority = 3
+deadline_ms = 100
+arrival = "periodic"
+rate_hz = 10
+jitter_ms = 5
+[[apps]]
+name = "LLM summary"
+pipeline = "text_classify"
+priority = 1
+deadline_ms = 2000
+arrival = "poisson"
+rate_hz = 0.5
+""",
+    "ar_assistant": """
+name = "ar_assistant"
+description = "XRBench-style AR assistant: object detection at 30 FPS, hand tracking at 45 FPS, and LLM answers to questions."
+[[apps]]
+name = "object detection 30 FPS"
+pipeline = "classify"
+priority = 4
+deadline_ms = 33
+arrival = "periodic"
+rate_hz = 30
+jitter_ms = 2
+[[apps]]
+name = "hand tracking 45 FPS"
+pipeline = "multihead"
+priority = 4
+deadline_ms = 22
+arrival = "periodic"
+rate_hz = 45
+jitter_ms = 1
+[[apps]]
+name = "LLM answers"
+pipeline = "text_classify"
+priority = 2
+deadline_ms = 1000
+arrival = "poisson"
+rate_hz = 1
+""",
+    "gaming": """
+name = "gaming"
+description = "RTGen-style game: a per-frame DNN at 60 FPS and NPC dialogue that arrives in bursts when the player talks."
+[[apps]]
+name = "frame DNN 60 FPS"
+pipeline = "classify"
+priority = 4
+deadline_ms = 16.7
+arrival = "periodic"
+rate_hz = 60
+jitter_ms = 1
+[[apps]]
+name = "NPC dialogue LLM"
+pipeline = "text_classify"
+priority = 2
+deadline_ms = 500
+arrival = "burst"
+rate_hz = 0.5
+burst_size = 4
+""",
+    "camera_analytics": """
+name = "camera_analytics"
+description = "RTGen-style analytics box: a detector per frame over 8 cameras at 10 FPS, a classifier on detections, and a closed-loop re-indexing job."
+[[apps]]
+name = "detector 8 cameras x 10 FPS"
+pipeline = "multihead"
+priority = 3
+deadline_ms = 100
+arrival = "periodic"
+rate_hz = 10
+streams = 8
+jitter_ms = 5
+[[apps]]
+name = "classifier on detections"
+pipeline = "classify"
+priority = 2
+deadline_ms = 200
+arrival = "poisson"
+rate_hz = 20
+[[apps]]
+name = "re-indexing job"
+pipeline = "classify"
+priority = 1
+arrival = "closed"
+concurrency = 2
+""",
+}
