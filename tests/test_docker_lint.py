@@ -1,4 +1,5 @@
-"""Tests for docker/: every Dockerfile is hadolint-clean, and the CPU image's build inputs and health probe work."""
+"""Tests for docker/'s Dockerfiles: each is hadolint-clean and builds and runs heddle alike, the CPU image's
+build inputs and health probe work, and the GPU images put a CUDA onnxruntime within heddle's range."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from concurrent import futures
 from pathlib import Path
@@ -15,11 +17,20 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER_DIR = REPO / "docker"
 CPU_DOCKERFILE = DOCKER_DIR / "Dockerfile.cpu"
+CUDA_DOCKERFILE = DOCKER_DIR / "Dockerfile.cuda"
+JETSON_DOCKERFILE = DOCKER_DIR / "Dockerfile.jetson"
 DOCKERFILES = sorted(p for p in DOCKER_DIR.glob("Dockerfile*") if not p.name.endswith(".dockerignore"))
+OTHER_DOCKERFILES = [p for p in DOCKERFILES if p != CPU_DOCKERFILE]
+GPU_DOCKERFILES = [CUDA_DOCKERFILE, JETSON_DOCKERFILE]
+# What the runtime stage must do exactly as the CPU image does: user, ports, probe, entrypoint.
+RUNTIME_CONTRACT = ("USER", "EXPOSE", "HEALTHCHECK", "ENTRYPOINT", "CMD")
 
 
 def _hadolint() -> str:
@@ -35,6 +46,36 @@ def _instructions(dockerfile: Path) -> list[str]:
     """The Dockerfile's instructions with backslash continuations joined and comments dropped."""
     joined = re.sub(r"\\\n", " ", dockerfile.read_text())
     return [line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _stages(dockerfile: Path) -> list[list[str]]:
+    """The instructions of each build stage, each list starting with its FROM (global ARGs dropped)."""
+    stages: list[list[str]] = []
+    for instruction in _instructions(dockerfile):
+        if instruction.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(instruction)
+    return stages
+
+
+def _arg_default(dockerfile: Path, name: str) -> str:
+    """The default of `ARG name=...` (quotes removed); fails the test when the ARG has none."""
+    for instruction in _instructions(dockerfile):
+        match = re.fullmatch(rf"ARG {name}=(.*)", instruction)
+        if match:
+            return match.group(1).strip().strip('"')
+    pytest.fail(f"{dockerfile.name} has no ARG {name} with a default")
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _heddle_onnxruntime_range() -> SpecifierSet:
+    """pyproject's version range for onnxruntime, the one the GPU builds must stay within."""
+    [req] = [Requirement(r) for r in _pyproject()["project"]["dependencies"] if Requirement(r).name == "onnxruntime"]
+    return req.specifier
 
 
 def _require_build_backend() -> None:
@@ -58,9 +99,8 @@ def _docker_copy(src: Path, dest: Path, *, into_dir: bool) -> None:
 
 
 def test_there_are_dockerfiles() -> None:
-    """docker/ holds at least the CPU Dockerfile, so the lint test below checks something."""
-    assert DOCKERFILES
-    assert CPU_DOCKERFILE in DOCKERFILES
+    """docker/ holds the CPU, CUDA and Jetson Dockerfiles, so the tests below check each of them."""
+    assert {CPU_DOCKERFILE, CUDA_DOCKERFILE, JETSON_DOCKERFILE} <= set(DOCKERFILES)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -93,6 +133,53 @@ def test_cpu_build_stage_copies_enough_to_build_the_wheel(tmp_path: Path) -> Non
         assert module in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "heddle = heddle.server.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+@pytest.mark.parametrize("dockerfile", OTHER_DOCKERFILES, ids=lambda p: p.name)
+def test_image_builds_its_wheel_as_the_cpu_image_does(dockerfile: Path) -> None:
+    """Every image's build stage is the CPU image's, so the wheel test above covers them all."""
+    assert _stages(dockerfile)[0] == _stages(CPU_DOCKERFILE)[0]
+
+
+@pytest.mark.parametrize("dockerfile", OTHER_DOCKERFILES, ids=lambda p: p.name)
+def test_image_runs_heddle_as_the_cpu_image_does(dockerfile: Path) -> None:
+    """Every image runs as uid 10001, exposes 8001/8002, has the CPU image's health probe and entrypoint."""
+    def contract(path: Path) -> list[str]:
+        return [i for i in _stages(path)[-1] if i.split()[0].upper() in RUNTIME_CONTRACT]
+
+    assert contract(dockerfile) == contract(CPU_DOCKERFILE)
+    assert "USER 10001:10001" in contract(dockerfile)
+
+
+def test_cuda_image_pins_a_cuda_12_onnxruntime_gpu_within_heddles_range() -> None:
+    """The CUDA image's onnxruntime-gpu is in pyproject's onnxruntime range and a CUDA 12 build (before 1.27)."""
+    version = Version(_arg_default(CUDA_DOCKERFILE, "ORT_GPU_VERSION"))
+    assert version in _heddle_onnxruntime_range()
+    # PyPI's onnxruntime-gpu 1.19-1.26 are CUDA 12 + cuDNN 9 builds, 1.27 on CUDA 13 builds.
+    assert version < Version("1.27")
+    base = _arg_default(CUDA_DOCKERFILE, "CUDA_IMAGE")
+    assert base.startswith("nvidia/cuda:12.") and "-cudnn-runtime-" in base
+
+
+def test_jetson_image_looks_for_onnxruntime_gpu_in_heddles_range() -> None:
+    """The Jetson image searches pyproject's onnxruntime range, on a Python heddle's requires-python accepts."""
+    assert SpecifierSet(_arg_default(JETSON_DOCKERFILE, "ORT_GPU_VERSION")) == _heddle_onnxruntime_range()
+    python = _arg_default(JETSON_DOCKERFILE, "PYTHON")
+    assert python.startswith("python3.")
+    assert Version(python.removeprefix("python")) in SpecifierSet(_pyproject()["project"]["requires-python"])
+    assert _arg_default(JETSON_DOCKERFILE, "L4T_IMAGE").startswith("nvcr.io/nvidia/l4t-jetpack:r36.")
+
+
+@pytest.mark.parametrize("dockerfile", GPU_DOCKERFILES, ids=lambda p: p.name)
+def test_gpu_image_swaps_onnxruntime_for_its_gpu_build(dockerfile: Path) -> None:
+    """The GPU images install heddle, uninstall the CPU onnxruntime, install onnxruntime-gpu, then check it has CUDA."""
+    [install] = [i for i in _stages(dockerfile)[-1] if "/wheels/*.whl" in i]
+    steps = ["pip install --no-cache-dir /wheels/*.whl", "pip uninstall -y onnxruntime",
+             "onnxruntime_gpu-*.whl" if dockerfile == JETSON_DOCKERFILE else '"onnxruntime-gpu==',
+             "'CUDAExecutionProvider' not in o.get_available_providers()"]
+    positions = [install.find(step) for step in steps]
+    assert -1 not in positions, dict(zip(steps, positions))
+    assert positions == sorted(positions)
 
 
 def _healthcheck_probe() -> list[str]:
