@@ -50,8 +50,12 @@ class Executor(Protocol):
     def load(self, model: ModelSpec) -> None:
         """Prepare (and warm with one run) this model on this device; blocks, so call it off the loop."""
 
-    def run(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run a loaded model; safe for `device.slots` concurrent callers."""
+    def run(self, model: str, inputs: Mapping[str, np.ndarray], *, priority: int = 0,
+            timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        """Run a loaded model; safe for `device.slots` concurrent callers.
+
+        priority (heddle's scale) and timeout_s (time left to the request's deadline) are for
+        backends that can use them, like a Triton server's queue; local backends ignore them."""
 
     def providers(self) -> list[str]:
         """What the device really runs on (for ONNX Runtime: the providers obtained)."""

@@ -168,7 +168,8 @@ class OrtExecutor:
             raise BackendError(f"model {loaded.spec.name} on device {self.device.id}: {e}") from e
         return dict(zip(loaded.output_names, arrays))
 
-    def run(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, model: str, inputs: Mapping[str, np.ndarray], *, priority: int = 0,
+            timeout_s: float | None = None) -> dict[str, np.ndarray]:
         """Check inputs against the spec and run; blocks the calling thread (ORT releases the GIL)."""
         loaded = self._sessions.get(model)
         if loaded is None:

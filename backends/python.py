@@ -80,7 +80,8 @@ class PythonExecutor:
         with self._lock:
             self._stages[model.name] = (model, fn)
 
-    def run(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, model: str, inputs: Mapping[str, np.ndarray], *, priority: int = 0,
+            timeout_s: float | None = None) -> dict[str, np.ndarray]:
         """Call fn(**inputs) and return its declared outputs."""
         stage = self._stages.get(model)
         if stage is None:

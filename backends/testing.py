@@ -37,7 +37,8 @@ class FunctionExecutor:
         with self._lock:
             self.loaded[model.name] = model
 
-    def run(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, model: str, inputs: Mapping[str, np.ndarray], *, priority: int = 0,
+            timeout_s: float | None = None) -> dict[str, np.ndarray]:
         with self._lock:
             self.calls.append((model, dict(inputs)))
         try:

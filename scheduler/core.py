@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import heapq
 from typing import Iterable, Mapping
 
 from heddle.scheduler.budget import split_deadline
 from heddle.scheduler.plan import CoreStats, Dispatch, Finished, Freeze, Migrate, Plan, Unfreeze
 from heddle.scheduler.policies import Policy, make_policy, tail
-from heddle.scheduler.profiles import ConstantProfiles, Profiles, compatible
+from heddle.scheduler.profiles import ConstantProfiles, Profiles
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
 from heddle.scheduler.state import Outcome, Request, RunState, StageRun
+from heddle.scheduler.view import CoreReads
 
 __all__ = ["Core"]
 
 _QUEUED = (RunState.READY, RunState.FROZEN)
 
 
-class Core:
+class Core(CoreReads):
     """Holds requests and per-device ready queues; `schedule(now)` returns what to run.
 
     Events (submit, on_stage_done, cancel, set_device_health, set_device_level) change state
@@ -49,9 +51,17 @@ class Core:
         self._log_unfrozen: list[Unfreeze] = []
         self._log_migrated: list[Migrate] = []
         self._num_frozen = 0
+        self._num_active = 0
+        # Deadlines in time order, and requests past theirs whose remaining stages were all
+        # running then (shed later if a next stage is still to start): _expire needs no scan.
+        self._deadlines: list[tuple[float, int, Request]] = []
+        self._overdue: dict[str, Request] = {}
         # Running stages of requests that already ended, so their slots are still released.
         self._orphans: dict[tuple[str, str], Request] = {}
         self._seq = 0
+        # Bumped by every change to queues, running work, estimates or levels, so a policy
+        # may cache what it derives from them within a step (twill's queue forecasts).
+        self.version = 0
 
     # ---- events -------------------------------------------------------------------------
     def submit(self, request: Request, now: float) -> None:
@@ -59,6 +69,7 @@ class Core:
         if request.id in self._requests:
             raise ValueError(f"request id {request.id!r} is already in flight")
         self._seq += 1
+        self.version += 1
         request.seq = self._seq
         request.last_progress_s = now
         request.runs = {
@@ -66,6 +77,9 @@ class Core:
             for i, s in enumerate(request.pipeline.stages)
         }
         self._requests[request.id] = request
+        self._num_active += 1
+        if request.deadline_s is not None:
+            heapq.heappush(self._deadlines, (request.deadline_s, request.seq, request))
         for run in request.runs.values():
             if run.deps_left == 0 and not request.finished:
                 self._make_ready(run, now)
@@ -80,6 +94,7 @@ class Core:
         if run.state is not RunState.RUNNING:
             raise ValueError(f"stage {stage!r} of {request_id!r} is {run.state.name}, not RUNNING")
         del self._running[run.device][run.key]
+        self.version += 1
         run.finished_s = now
         run.state = RunState.FAILED if error else RunState.DONE
         run.error = error
@@ -113,11 +128,42 @@ class Core:
         """Take a device out of (or back into) rotation; its queue moves to healthy peers."""
         self._healthy[device] = healthy
         self._best_s.clear()
+        self.version += 1
         if not healthy:
             stranded, self._queues[device] = self._queues[device], []
             for run in stranded:
                 self._num_frozen -= run.state is RunState.FROZEN
                 self._make_ready(run, now)
+
+    def retry_stage(self, request_id: str, stage: str, now: float, error: str,
+                    max_attempts: int = 1) -> bool:
+        """A dispatched stage was lost with its device (a remote server died mid-run): free the
+        slot and queue it once more elsewhere if the deadline allows. False when the request
+        ends UNAVAILABLE instead (or had already ended)."""
+        orphan = self._orphans.pop((request_id, stage), None)
+        request = self._requests.get(request_id) or orphan
+        if request is None:
+            raise KeyError(f"no running stage {stage!r} of request {request_id!r}")
+        run = request.runs[stage]
+        if run.state is not RunState.RUNNING:
+            raise ValueError(f"stage {stage!r} of {request_id!r} is {run.state.name}, not RUNNING")
+        del self._running[run.device][run.key]
+        self.version += 1
+        if request.finished:
+            run.state, run.finished_s, run.error = RunState.FAILED, now, error
+            return False
+        run.attempts += 1
+        out_of_time = request.deadline_s is not None and now >= request.deadline_s
+        if run.attempts > max_attempts or out_of_time:
+            run.state, run.finished_s, run.error = RunState.FAILED, now, error
+            self._finish(request, Outcome.UNAVAILABLE, f"stage {stage!r}: {error}", now)
+            return False
+        run.started_s = None
+        self._make_ready(run, now)
+        return not request.finished
+
+    def is_healthy(self, device: str) -> bool:
+        return self._healthy[device]
 
     def set_device_level(self, device: str, level: int) -> None:
         """The device now runs at DVFS level `level` (0 = fastest); estimates follow."""
@@ -125,9 +171,12 @@ class Core:
             raise KeyError(f"unknown device {device!r}")
         self._levels[device] = level
         self._best_s.clear()
+        self.version += 1
 
     def set_policy(self, policy: Policy | str) -> None:
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.version += 1
+        self.version += 1
 
     # ---- the step -----------------------------------------------------------------------
     def schedule(self, now: float) -> Plan:
@@ -164,63 +213,11 @@ class Core:
         return CoreStats(
             queued={d: len(q) for d, q in self._queues.items()},
             running={d: len(r) for d, r in self._running.items()},
-            active_requests=sum(1 for r in self._requests.values() if not r.finished),
-            frozen={d: sum(r.state is RunState.FROZEN for r in q) for d, q in self._queues.items()},
+            active_requests=self._num_active,
+            frozen={d: sum(r.state is RunState.FROZEN for r in q) if self._num_frozen else 0
+                    for d, q in self._queues.items()},
             levels=dict(self._levels),
         )
-
-    # ---- what policies read (CoreView) ---------------------------------------------------
-    def eligible_devices(self, model: str) -> list[str]:
-        """Healthy devices allowed to run `model` and able to run all of its op types."""
-        allowed = self._compatible.get(model)
-        if allowed is None:
-            spec = self.models[model]
-            named = spec.devices or [d for d, s in self.devices.items() if s.backend == spec.backend]
-            ops = self.profiles.op_types(model)
-            allowed = self._compatible[model] = [
-                d for d in named if d in self.devices and compatible(ops, self.devices[d])]
-        return [d for d in allowed if self._healthy[d]]
-
-    def estimate_s(self, model: str, device: str) -> float:
-        return self.profiles.estimate(model, self.devices[device], self._levels[device]).mean_s
-
-    def tail_s(self, model: str, device: str) -> float:
-        return self.profiles.estimate(model, self.devices[device], self._levels[device]).tail_s
-
-    def power_w(self, model: str, device: str) -> float:
-        return self.profiles.power_w(model, self.devices[device], self._levels[device])
-
-    def best_estimate_s(self, model: str) -> float:
-        """The run's latency on its fastest eligible device (0 if none can run it)."""
-        best = self._best_s.get(model)
-        if best is None:
-            best = self._best_s[model] = min(
-                (self.estimate_s(model, d) for d in self.eligible_devices(model)), default=0.0)
-        return best
-
-    def queued(self, device: str) -> list[StageRun]:
-        """READY and FROZEN runs queued for the device (read only)."""
-        return self._queues[device]
-
-    def running(self, device: str) -> Iterable[StageRun]:
-        return self._running[device].values()
-
-    def free_slots(self, device: str) -> int:
-        return self.devices[device].slots - len(self._running[device])
-
-    def load(self, device: str) -> float:
-        return (len(self._queues[device]) + len(self._running[device])) / self.devices[device].slots
-
-    def level(self, device: str) -> int:
-        return self._levels[device]
-
-    def active_requests(self) -> Iterable[Request]:
-        return (r for r in self._requests.values() if not r.finished)
-
-    def aged(self, run: StageRun, now: float) -> bool:
-        """Has the run waited its aging bound? Then it outranks everything not aged."""
-        bound = self.policy.max_wait_s
-        return bound is not None and run.ready_s is not None and now - run.ready_s >= bound
 
     # ---- internals ----------------------------------------------------------------------
     def _make_ready(self, run: StageRun, now: float) -> None:
@@ -236,6 +233,7 @@ class Core:
         run.state = RunState.READY
         run.device = self.policy.place(run, devices, self, now)
         self._queues[run.device].append(run)
+        self.version += 1
 
     def _budget(self, run: StageRun, now: float) -> None:
         request = run.request
@@ -256,25 +254,22 @@ class Core:
         run.sub_deadline_s, run.latest_finish_s = budget.sub_deadline_s, budget.latest_finish_s
 
     def _rank(self, run: StageRun, now: float) -> tuple:
-        if self.aged(run, now):
+        if self.policy.max_wait_s is not None and self.aged(run, now):
             return (0, run.ready_s, *tail(run))  # aged runs: oldest ready first
         return (1, *self.policy.key(run, now, self))
 
     def _pick(self, device: str, now: float) -> StageRun | None:
-        """Best ready run for a free slot of `device`: from its own queue, runs it may steal
-        (when its queue is empty, or always if the policy says so), and aged runs anywhere."""
-        own = [r for r in self._queues[device] if r.state is RunState.READY]
-        stealing = not own or self.policy.steal_when_busy
-        pool = list(own)
-        if stealing or self.policy.max_wait_s is not None:
-            for other, queue in self._queues.items():
-                if other == device:
-                    continue
-                for r in queue:
-                    if r.state is not RunState.READY or device not in self.eligible_devices(r.model):
-                        continue
-                    if self.aged(r, now) or (stealing and self.policy.may_steal(r, device, self, now)):
-                        pool.append(r)
+        """Best ready run for a free slot of `device`: from its own queue, runs the policy lets
+        it steal (when its queue is empty, or always if the policy says so), and aged runs
+        queued anywhere it can run them."""
+        pool = [r for r in self._queues[device] if r.state is RunState.READY]
+        if not pool or self.policy.steal_when_busy:
+            pool += self.policy.steal_candidates(device, self, now)
+        if self.policy.max_wait_s is not None:
+            seen = {r.key for r in pool}
+            pool += [r for other, queue in self._queues.items() if other != device for r in queue
+                     if r.state is RunState.READY and r.key not in seen and self.aged(r, now)
+                     and device in self.eligible_devices(r.model)]
         return min(pool, key=lambda r: self._rank(r, now)) if pool else None
 
     def _start(self, run: StageRun, device: str, now: float) -> Dispatch:
@@ -286,6 +281,7 @@ class Core:
         run.started_s = now
         run.level = self._levels[device]
         self._running[device][run.key] = run
+        self.version += 1
         return Dispatch(run.request.id, run.stage, run.model, device)
 
     def _apply_holds(self, now: float) -> None:
@@ -298,20 +294,27 @@ class Core:
             for run in queue:
                 hold = run.key in held and not self.aged(run, now)
                 if run.state is RunState.FROZEN and not hold:
+                    self.version += 1
                     run.state = RunState.READY
                     self._num_frozen -= 1
                     self._log_unfrozen.append(Unfreeze(run.request.id, run.stage, device))
                 elif run.state is RunState.READY and hold:
+                    self.version += 1
                     run.state = RunState.FROZEN
                     self._num_frozen += 1
                     self._log_frozen.append(Freeze(run.request.id, run.stage, device))
 
     def _expire(self, now: float) -> None:
         """Requests past their deadline with work not yet started are shed, not run late."""
-        for request in list(self._requests.values()):
-            if request.finished or request.deadline_s is None or now < request.deadline_s:
-                continue
-            if any(r.state < RunState.RUNNING for r in request.runs.values()):
+        while self._deadlines and self._deadlines[0][0] <= now:
+            request = heapq.heappop(self._deadlines)[2]
+            if not request.finished:
+                self._overdue[request.id] = request
+        for request in list(self._overdue.values()):
+            if request.finished:
+                del self._overdue[request.id]
+            elif any(r.state < RunState.RUNNING for r in request.runs.values()):
+                del self._overdue[request.id]
                 self._finish(request, Outcome.DEADLINE_EXCEEDED,
                              "deadline passed before all stages could start", now)
 
@@ -320,6 +323,8 @@ class Core:
         request.outcome = outcome
         request.error = error
         request.finished_s = now
+        self._num_active -= 1
+        self.version += 1
         for run in request.runs.values():
             if run.state in _QUEUED:
                 self._queues[run.device].remove(run)

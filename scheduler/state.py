@@ -54,6 +54,7 @@ class StageRun:
     sub_deadline_s: float = math.inf
     latest_finish_s: float = math.inf  # past this, the request cannot finish on time
     level: int = 0  # DVFS level of the device it ran at, for profile updates
+    attempts: int = 0  # dispatches lost to a device that went away (Core.retry_stage)
 
     @property
     def key(self) -> tuple[str, str]:

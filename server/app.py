@@ -42,6 +42,7 @@ class HeddleServer:
         self.health = health.aio.HealthServicer()
         self._with_metrics_http = with_metrics_http
         self._metrics_http = None
+        self._watcher = None
         self.grpc_port = 0
         self.metrics_port = 0
         self.server: grpc.aio.Server | None = None
@@ -49,6 +50,7 @@ class HeddleServer:
     async def start(self) -> None:
         s = self.config.server
         await self.runtime.load_models()
+        self._watch_remote_devices()
         interceptors = [AdminAuthInterceptor(s.admin_token)] if s.admin_token else []
         self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -79,6 +81,20 @@ class HeddleServer:
                  devices=[d.id for d in self.config.devices], pipelines=sorted(self.config.pipelines),
                  tls=bool(s.tls_cert), mutual_tls=bool(s.tls_client_ca), config=self.config.source)
 
+    def _watch_remote_devices(self) -> None:
+        """Poll Triton devices' readiness; changes hop onto the loop to reroute queued work."""
+        urls = {d.id: d.options["url"] for d in self.config.devices if d.backend == "triton"}
+        if not urls:
+            return
+        from heddle.backends.triton_health import TritonHealthWatcher
+
+        loop = asyncio.get_running_loop()
+        period_s = float(self.config.extra.get("health_period_s", 0.5))
+        self._watcher = TritonHealthWatcher(
+            urls, lambda dev, ok: loop.call_soon_threadsafe(self.runtime.set_device_health, dev, ok),
+            period_s=period_s,
+        ).start()
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish up to the grace period, then release all."""
         grace_s = self.config.server.grace_period_s if grace_s is None else grace_s
@@ -90,6 +106,8 @@ class HeddleServer:
         await self.runtime.drain(grace_s)
         if self.server is not None:
             await self.server.stop(grace_s)  # only responses of finished requests are left to send
+        if self._watcher is not None:
+            self._watcher.stop()
         for ex in self.executors.values():
             ex.close()
         if self._metrics_http is not None:

@@ -10,7 +10,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from heddle.backends.base import Executor, InputError
+from heddle.backends.base import BackendTimeout, DeviceUnavailable, Executor, InputError
 from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Request, RunState
 from heddle.server.config import Config
 from heddle.server.logs import get_logger
@@ -78,16 +78,47 @@ class Runtime:
         self._jobs: dict[str, _Job] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
+        self._unloaded: dict[str, list] = {}  # device -> models still to load when it is reachable
 
     async def load_models(self) -> None:
-        """Load (and warm) every model on every device allowed to run it, off the event loop."""
-        loop = asyncio.get_running_loop()
-        loads = []
+        """Load (and warm) every model on every device allowed to run it, off the event loop.
+
+        A remote device that cannot be reached (a Triton server that is down) does not stop the
+        gateway: it starts unhealthy and its models load when it comes back (`device_recovered`)."""
+        self._loop = asyncio.get_running_loop()
+        pending: dict[str, list] = {}
         for model in self.config.models.values():
             for device in self.core.eligible_devices(model.name):
-                ex = self.executors[device]
-                loads.append(loop.run_in_executor(ex.pool, ex.load, model))
-        await asyncio.gather(*loads)
+                pending.setdefault(device, []).append(model)
+        await asyncio.gather(*(self._load_device(dev, models) for dev, models in pending.items()))
+
+    async def _load_device(self, device: str, models) -> bool:
+        ex = self.executors[device]
+        try:
+            await asyncio.gather(*(self._loop.run_in_executor(ex.pool, ex.load, m) for m in models))
+        except DeviceUnavailable as exc:
+            log.warning("device unreachable at load; serving without it", device=device, error=str(exc))
+            self._unloaded[device] = list(models)
+            self.set_device_health(device, False)
+            return False
+        self._unloaded.pop(device, None)
+        return True
+
+    def set_device_health(self, device: str, healthy: bool) -> None:
+        """Take a device out of rotation (its queue moves to peers) or bring it back."""
+        if healthy and device in self._unloaded:
+            # Models must load before the device takes work; it comes back when they have.
+            asyncio.ensure_future(self._recover(device))
+            return
+        if self.core.is_healthy(device) == healthy:
+            return
+        log.warning("device health changed", device=device, healthy=healthy)
+        self.core.set_device_health(device, healthy, self.clock())
+        self._step()
+
+    async def _recover(self, device: str) -> None:
+        if await self._load_device(device, self._unloaded.get(device, [])):
+            self.set_device_health(device, True)
 
     @property
     def in_flight(self) -> int:
@@ -156,7 +187,10 @@ class Runtime:
         executor = self.executors[d.device]
         if self.metrics is not None:
             self.metrics.device_started(d.device)
-        fut = self._loop.run_in_executor(executor.pool, _timed_run, executor, d.model, inputs)
+        deadline_s = job.request.deadline_s
+        timeout_s = None if deadline_s is None else max(deadline_s - self.clock(), 1e-3)
+        fut = self._loop.run_in_executor(executor.pool, _timed_run, executor, d.model, inputs,
+                                         job.request.priority, timeout_s)
         fut.add_done_callback(lambda f, d=d: self._on_done(d, f))
 
     def _on_done(self, d: Dispatch, fut: asyncio.Future) -> None:
@@ -170,10 +204,25 @@ class Runtime:
                 for name, arr in outputs.items():
                     job.tensors[(d.stage, name)] = arr
         else:
-            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, InputError) else str(exc)
+            status, error = _classify(exc)
+            if isinstance(exc, DeviceUnavailable):
+                self.set_device_health(d.device, False)
+                if self.metrics is not None:
+                    self.metrics.device_finished(d.device, 0.0)
+                # One retry elsewhere if the deadline allows; else the request ends UNAVAILABLE.
+                if self.core.retry_stage(d.request_id, d.stage, now, error):
+                    log.warning("stage retried elsewhere", request_id=d.request_id, stage=d.stage,
+                                device=d.device, error=error)
+                    self._step()
+                    return
+                status = "UNAVAILABLE"
+                if job is not None:
+                    job.status_code = status
+                self._step()
+                return
             if job is not None and not job.status_code:
-                job.status_code = "INVALID_ARGUMENT" if isinstance(exc, InputError) else "INTERNAL"
-            if not isinstance(exc, InputError):
+                job.status_code = status
+            if status == "INTERNAL":
                 log.error("stage failed", request_id=d.request_id, stage=d.stage, device=d.device,
                           error=error)
         if self.metrics is not None:
@@ -228,8 +277,19 @@ class Runtime:
         )
 
 
-def _timed_run(executor: Executor, model: str, inputs):
+def _classify(exc: BaseException) -> tuple[str, str]:
+    """The gRPC status a failed stage gives its request, and the error text to report."""
+    if isinstance(exc, InputError):
+        return "INVALID_ARGUMENT", str(exc)
+    if isinstance(exc, BackendTimeout):
+        return "DEADLINE_EXCEEDED", str(exc)
+    if isinstance(exc, DeviceUnavailable):
+        return "UNAVAILABLE", str(exc)
+    return "INTERNAL", f"{type(exc).__name__}: {exc}"
+
+
+def _timed_run(executor: Executor, model: str, inputs, priority: int, timeout_s: float | None):
     """Runs in a device worker thread; the compute time is the backend's alone."""
     t0 = time.perf_counter()
-    outputs = executor.run(model, inputs)
+    outputs = executor.run(model, inputs, priority=priority, timeout_s=timeout_s)
     return outputs, time.perf_counter() - t0
