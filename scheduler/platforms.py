@@ -135,7 +135,8 @@ ORIN_NX = Platform(
 # model, best-effort photo tagging, and LLM assistant requests, all on one SoC.
 MIXED = Scenario(
     name="mixed",
-    description="2 camera streams (30 and 10 FPS), BERT voice intents, photo tagging, LLM assistant",
+    description="stereo cameras (2 x 30 FPS detect+classify), a 10 FPS wide detector, BERT voice "
+                "intents, photo tagging, LLM assistant",
     sources=(
         Periodic("left_cam", chain("detect_classify", "yolov8s", "resnet50"), fps=30.0,
                  deadline_s=1 / 30, priority=9, jitter_s=0.002),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 from heddle.scheduler.specs import DeviceSpec
-from heddle.scheduler.state import Request, StageRun
+from heddle.scheduler.state import Request, RunState, StageRun
 
 __all__ = [
     "POLICIES", "BasePolicy", "CoreView", "DreamPolicy", "EdfPolicy", "FcfsPolicy",
@@ -18,6 +18,7 @@ class CoreView(Protocol):
     """What a policy may read of the core (the Core itself); nothing here changes state."""
 
     devices: Mapping[str, DeviceSpec]
+    version: int  # changes whenever anything below may have changed
 
     def estimate_s(self, model: str, device: str) -> float: ...
     def tail_s(self, model: str, device: str) -> float: ...
@@ -45,6 +46,7 @@ class Policy(Protocol):
     def key(self, run: StageRun, now: float, view: CoreView) -> tuple: ...
     def place(self, run: StageRun, devices: list[str], view: CoreView, now: float) -> str: ...
     def may_steal(self, run: StageRun, device: str, view: CoreView, now: float) -> bool: ...
+    def steal_candidates(self, device: str, view: CoreView, now: float) -> list[StageRun]: ...
     def hold(self, view: CoreView, now: float) -> set[tuple[str, str]]: ...
 
 
@@ -74,6 +76,20 @@ class BasePolicy:
 
     def may_steal(self, run: StageRun, device: str, view: CoreView, now: float) -> bool:
         return True
+
+    def steal_candidates(self, device: str, view: CoreView, now: float) -> list[StageRun]:
+        """Ready runs queued on other devices that `device` may take (eligible, may_steal)."""
+        runs_here: dict[str, bool] = {}
+        found = []
+        for other in view.devices:
+            if other == device:
+                continue
+            for run in view.queued(other):
+                if run.model not in runs_here:
+                    runs_here[run.model] = device in view.eligible_devices(run.model)
+                if run.state is RunState.READY and runs_here[run.model] and self.may_steal(run, device, view, now):
+                    found.append(run)
+        return found
 
     def hold(self, view: CoreView, now: float) -> set[tuple[str, str]]:
         return set()

@@ -184,6 +184,11 @@ def format_table(results: Sequence[PolicyResult]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if len(results) > 1:
+        best = min(results, key=lambda r: r.violation_rate)
+        worst = max(results, key=lambda r: r.violation_rate)
+        lines.append(f"\nDVR spread: {100 * (worst.violation_rate - best.violation_rate):.1f} points "
+                     f"(best {best.policy}, worst {worst.policy})")
     return "\n".join(lines)
 
 
@@ -201,7 +206,7 @@ def run_from_args(args) -> tuple[str, dict]:
     """Simulate what the arguments ask for; returns the table and a JSON-ready report."""
     if args.policy != "all" and args.policy not in POLICIES:
         raise ValueError(f"unknown policy {args.policy!r}; known: {sorted(POLICIES)} or 'all'")
-    names = sorted(POLICIES) if args.policy == "all" else [args.policy]
+    names = list(POLICIES) if args.policy == "all" else [args.policy]
     platform, scenario = PLATFORMS[args.platform], SCENARIOS[args.scenario]
     options = {} if args.max_wait_s is None else {"max_wait_s": args.max_wait_s}
     results = [simulate(platform, scenario, n, duration_s=args.duration, seed=args.seed, policy_options=options)

@@ -3,11 +3,14 @@
 After Twill (arXiv 2507.00491), whose exact rules are not public; these are heddle's:
 - order: feasible runs by slack weighted by priority; runs of requests that can no longer
   meet their deadline last; best-effort runs (no deadline) between the two, by priority.
-- mapping: a ready run goes to the device that finishes it earliest (queue wait ahead of it
-  plus its estimate); when several meet its sub-deadline, the one costing the least energy,
-  which keeps CNN work on DLAs and leaves the GPU to what only the GPU can run.
+- mapping: each ready run's finish time is predicted on every device it can run on (the
+  queued work ranked ahead of it, the running work left, its own estimate). Of the devices
+  that meet its sub-deadline (by the tail estimate) it goes to the slowest ("fit"): CNN work
+  lands on DLAs and LLM decode on CPU clusters when they are fast enough, which leaves the
+  GPU to what only the GPU runs on time. No device on time, or no deadline: the earliest
+  finish. mapping="energy" picks the most frugal on-time device instead.
 - migration: an idle device takes a run queued elsewhere when it would finish it earlier by
-  a margin (and, if the run was on time there, at no more energy).
+  a margin and the run would be late where it is, has no deadline, or costs less energy.
 - freezing: a lower-priority run is held in its queue when starting it now would make an
   imminent higher-priority stage (inputs being computed right now) miss its deadline, and
   released as soon as that is no longer so. The core's aging bound beats freezing.
@@ -15,6 +18,7 @@ After Twill (arXiv 2507.00491), whose exact rules are not public; these are hedd
 
 from __future__ import annotations
 
+import bisect
 import math
 
 from heddle.scheduler.policies import BasePolicy, CoreView, tail
@@ -23,23 +27,30 @@ from heddle.scheduler.state import Request, RunState, StageRun
 __all__ = ["TwillPolicy"]
 
 _FEASIBLE, _BEST_EFFORT, _HOPELESS = 0, 1, 2
+# Among devices that meet a run's sub-deadline: the slowest ("fit": keeps fast devices for
+# work only they can do on time), the most frugal ("energy"), or the first to finish.
+MAPPINGS = ("fit", "energy", "fastest")
 
 
 class TwillPolicy(BasePolicy):
     name = "twill"
     steal_when_busy = True
+    steal_scan = 8  # best-ranked runs of each other queue an idle device considers taking
 
     def __init__(self, max_wait_s: float | None = None, migrate_margin: float = 0.1,
-                 min_margin_s: float = 1e-4, freeze: bool = True, mapping: str = "energy",
-                 due: str = "sub") -> None:
+                 min_margin_s: float = 1e-4, freeze: bool = True, mapping: str = "fit") -> None:
         super().__init__(max_wait_s)
+        if mapping not in MAPPINGS:
+            raise ValueError(f"unknown twill mapping {mapping!r}; known: {MAPPINGS}")
         self.migrate_margin = migrate_margin
         self.min_margin_s = min_margin_s
         self.freeze = freeze
         self.mapping = mapping
-        self.due = due
         self._reserved: dict[str, float] = {}  # device -> deadline of the stage it is held for
         self._reserved_at = math.nan
+        # Per device, valid while the core's version and the clock stand still: its READY runs
+        # in key order, prefix sums of their estimates, and the running work left.
+        self._forecasts: dict[str, tuple] = {}
 
     # ---- order --------------------------------------------------------------------------
     def key(self, run: StageRun, now: float, view: CoreView | None = None) -> tuple:
@@ -57,35 +68,77 @@ class TwillPolicy(BasePolicy):
         return (_FEASIBLE, slack / priority if slack >= 0 else slack * priority, *tail(run))
 
     # ---- mapping ------------------------------------------------------------------------
-    def _due(self, run: StageRun) -> float:
-        return run.latest_finish_s if self.due == "latest" else run.sub_deadline_s
-
     def place(self, run: StageRun, devices: list[str], view: CoreView, now: float) -> str:
-        options = []
+        options = []  # (finish, on_time, energy, run time, config index, device)
         for i, device in enumerate(devices):
             mean_s = view.estimate_s(run.model, device)
-            finish = now + _wait_ahead_s(self, view, run, device, now) + mean_s
-            on_time = finish - mean_s + view.tail_s(run.model, device) <= self._due(run)
-            options.append((finish, on_time, view.power_w(run.model, device) * mean_s, i, device))
+            finish = now + self._wait_ahead_s(view, run, device, now) + mean_s
+            on_time = finish - mean_s + view.tail_s(run.model, device) <= run.sub_deadline_s
+            options.append((finish, on_time, view.power_w(run.model, device) * mean_s, mean_s, i, device))
         on_time = [o for o in options if o[1]]
-        if on_time and self.mapping == "energy":
-            return min(on_time, key=lambda o: (o[2], o[0], o[3]))[4]
-        if on_time and self.mapping == "fit":
-            return max(on_time, key=lambda o: (o[0], -o[3]))[4]
-        return min(options, key=lambda o: (o[0], o[3]))[4]
+        if on_time and math.isfinite(run.sub_deadline_s):
+            if self.mapping == "energy":
+                return min(on_time, key=lambda o: (o[2], o[0], o[4]))[5]
+            if self.mapping == "fit":  # the slowest device that still makes it
+                return min(on_time, key=lambda o: (-o[3], o[0], o[4]))[5]
+        return min(options, key=lambda o: (o[0], o[4]))[5]
 
     def may_steal(self, run: StageRun, device: str, view: CoreView, now: float) -> bool:
+        """Take a run queued elsewhere if it finishes here earlier by a margin, and it would be
+        late there, has no deadline, or costs less energy here."""
         here_s = view.estimate_s(run.model, device)
         if self._reserved_at == now and now + here_s > self._reserved.get(device, math.inf):
             return False
         there_s = view.estimate_s(run.model, run.device)
-        there = now + _wait_ahead_s(self, view, run, run.device, now) + there_s
+        there = now + self._wait_ahead_s(view, run, run.device, now) + there_s
         margin = max(self.min_margin_s, self.migrate_margin * here_s)
         if now + here_s + margin >= there:
             return False
-        on_time_there = there - there_s + view.tail_s(run.model, run.device) <= self._due(run)
-        cheaper_here = view.power_w(run.model, device) * here_s <= view.power_w(run.model, run.device) * there_s
-        return not on_time_there or cheaper_here
+        if not math.isfinite(run.sub_deadline_s):
+            return True
+        if there - there_s + view.tail_s(run.model, run.device) > run.sub_deadline_s:
+            return True
+        return view.power_w(run.model, device) * here_s < view.power_w(run.model, run.device) * there_s
+
+    def steal_candidates(self, device: str, view: CoreView, now: float) -> list[StageRun]:
+        """From each other queue, the best-ranked runs this device can run and may take:
+        bounded, so an idle device does not weigh every queued run on every pick."""
+        found = []
+        for other in view.devices:
+            if other == device:
+                continue
+            checked = 0
+            for run in self._forecast(view, other, now)[3]:
+                if checked == self.steal_scan:
+                    break
+                if device in view.eligible_devices(run.model):
+                    checked += 1
+                    if self.may_steal(run, device, view, now):
+                        found.append(run)
+        return found
+
+    def _wait_ahead_s(self, view: CoreView, run: StageRun, device: str, now: float) -> float:
+        """Predicted wait before `run` could start on `device`: running work plus the queued
+        work that ranks ahead of it, spread over the device's slots."""
+        keys, prefix_s, busy_s, _ = self._forecast(view, device, now)
+        ahead = bisect.bisect_left(keys, self.key(run, now, view))  # unique keys: its own is not ahead
+        if ahead < view.free_slots(device):
+            return 0.0
+        return (busy_s + prefix_s[ahead]) / view.devices[device].slots
+
+    def _forecast(self, view: CoreView, device: str, now: float) -> tuple[list, list[float], float, list]:
+        stamp = (view.version, now)
+        cached = self._forecasts.get(device)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        entries = sorted((self.key(q, now, view), view.estimate_s(q.model, device), q)
+                         for q in view.queued(device) if q.state is RunState.READY)
+        prefix = [0.0]
+        for _, est, _ in entries:
+            prefix.append(prefix[-1] + est)
+        forecast = ([k for k, _, _ in entries], prefix, _busy_total_s(view, device, now), [q for _, _, q in entries])
+        self._forecasts[device] = (stamp, forecast)
+        return forecast
 
     # ---- freezing -----------------------------------------------------------------------
     def hold(self, view: CoreView, now: float) -> set[tuple[str, str]]:
@@ -131,18 +184,6 @@ class TwillPolicy(BasePolicy):
                     and other.request.priority < run.request.priority
                     and max(ready_at, now + view.tail_s(other.model, device)) + run_s > deadline):
                 held.add(other.key)
-
-
-def _wait_ahead_s(policy: TwillPolicy, view: CoreView, run: StageRun, device: str, now: float) -> float:
-    """Predicted wait before `run` could start on `device`: running work plus the queued
-    work that ranks ahead of it, spread over the device's slots."""
-    mine = policy.key(run, now, view)
-    ahead = [view.estimate_s(q.model, device) for q in view.queued(device)
-             if q is not run and q.state is RunState.READY and policy.key(q, now, view) < mine]
-    free = view.free_slots(device)
-    if len(ahead) < free:
-        return 0.0
-    return (_busy_total_s(view, device, now) + sum(ahead)) / view.devices[device].slots
 
 
 def _busy_total_s(view: CoreView, device: str, now: float) -> float:

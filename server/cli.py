@@ -49,17 +49,48 @@ def _serve(args) -> int:
     return 0
 
 
+def _add_simulate_parser(sub) -> None:
+    from heddle.scheduler.simulator import add_simulate_arguments
+
+    p = sub.add_parser("simulate", help="compare scheduling policies on a simulated platform (virtual clock)")
+    add_simulate_arguments(p)
+
+
+def _simulate(args) -> int:
+    import json
+    from pathlib import Path
+
+    from heddle.scheduler.simulator import run_from_args
+
+    try:
+        table, report = run_from_args(args)
+    except ValueError as exc:
+        print(f"heddle: {exc}", file=sys.stderr)
+        return 2
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from heddle.clients.infer_cli import add_infer_parser, add_list_parser, run_infer, run_list
+    from heddle.clients.bench_cli import add_bench_parser, run_bench
 
     parser = argparse.ArgumentParser(prog="heddle", description="gRPC gateway for compound-AI pipelines")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve_parser(sub)
     add_infer_parser(sub)
     add_list_parser(sub)
+    add_bench_parser(sub)
+    _add_simulate_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "simulate":
+        return _simulate(args)
+    if args.command == "bench":
+        return run_bench(args)
     if args.command == "infer":
         return run_infer(args)
     return run_list(args)

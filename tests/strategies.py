@@ -1,0 +1,91 @@
+"""Hypothesis strategies for scheduler tests, in one place: DAGs, device sets, profiles, workloads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import strategies as st
+
+from heddle.scheduler import DeviceSpec, ModelSpec, Pipeline, PipelineSpec, StageSpec, TensorSpec, validate_pipeline
+from heddle.scheduler.profiles import ProfileEntry, ProfileTable
+
+__all__ = ["Workload", "dags", "device_sets", "workloads"]
+
+VEC = TensorSpec("x", "FP32", (-1, 8))
+# Models are named by kind and fan-in: "cnn2" takes two inputs; "tfm" models hold an op a DLA
+# cannot run, so device sets with a DLA exercise op-type compatibility.
+KINDS = ("cnn", "tfm")
+OPS = {"cnn": frozenset({"Conv", "Relu"}), "tfm": frozenset({"MatMul", "LayerNormalization"})}
+
+
+def model_spec(name: str, fan_in: int) -> ModelSpec:
+    return ModelSpec(name, "sim", name, tuple(TensorSpec(f"x{i}", "FP32", (-1, 8)) for i in range(fan_in)),
+                     (TensorSpec("y", "FP32", (-1, 8)),))
+
+
+@st.composite
+def dags(draw, max_stages: int = 5) -> tuple[Pipeline, dict[str, ModelSpec]]:
+    """A random validated DAG: stage i reads from a random subset of earlier stages."""
+    n = draw(st.integers(1, max_stages))
+    stages, models = [], {}
+    for i in range(n):
+        deps = sorted(draw(st.sets(st.integers(0, i - 1), max_size=min(i, 3)))) if i else []
+        kind = draw(st.sampled_from(KINDS))
+        fan_in = max(1, len(deps))
+        name = f"{kind}{fan_in}"
+        models[name] = model_spec(name, fan_in)
+        sources = [f"s{d}.y" for d in deps] or ["input:x"]
+        stages.append(StageSpec(f"s{i}", name, {f"x{k}": src for k, src in enumerate(sources)}))
+    spec = PipelineSpec(f"dag{n}", (VEC,), tuple(stages), {"y": f"s{n - 1}.y"})
+    return validate_pipeline(spec, models), models
+
+
+@st.composite
+def device_sets(draw) -> list[DeviceSpec]:
+    """1-4 devices of mixed kinds and slots; DLAs refuse LayerNormalization. At least one
+    device is not a DLA, so some device can run every model."""
+    n = draw(st.integers(1, 4))
+    kinds = ["cpu"] + [draw(st.sampled_from(["cpu", "gpu", "dla"])) for _ in range(n - 1)]
+    devices = []
+    for i, kind in enumerate(kinds):
+        options = {"unsupported_ops": ("LayerNormalization",)} if kind == "dla" else {}
+        devices.append(DeviceSpec(f"{kind}{i}", kind, "sim", draw(st.integers(1, 2)), options))
+    return devices
+
+
+@dataclass(frozen=True)
+class Workload:
+    devices: list[DeviceSpec]
+    pipelines: list[Pipeline]
+    models: dict[str, ModelSpec]
+    table: dict[tuple[str, str, int], ProfileEntry]
+    arrivals: list[tuple[float, str, int, int, float | None]]  # time, id, pipeline index, priority, deadline
+
+    def profiles(self) -> ProfileTable:
+        return ProfileTable(table=self.table, ops={m: OPS[m[:3]] for m in self.models})
+
+    def run_time_s(self, model: str, device: str) -> float:
+        return self.table[(model, device, 0)].latency_s
+
+
+@st.composite
+def workloads(draw, max_requests: int = 10) -> Workload:
+    """Random DAGs on a random device set, random per-(model, device) latencies, and random
+    arrivals with priorities and optional deadlines."""
+    devices = draw(device_sets())
+    pipelines, models = [], {}
+    for _ in range(draw(st.integers(1, 3))):
+        pipeline, used = draw(dags())
+        pipelines.append(pipeline)
+        models.update(used)
+    latency = st.sampled_from([0.1, 0.25, 0.5, 1.0, 2.0])
+    table = {(m, d.id, 0): ProfileEntry(draw(latency), power_w=draw(st.sampled_from([1.0, 5.0])))
+             for m in sorted(models) for d in devices}
+    arrivals = []
+    for i in range(draw(st.integers(1, max_requests))):
+        t = draw(st.floats(0, 5, allow_nan=False).map(lambda x: round(x, 2)))
+        deadline = draw(st.one_of(st.none(), st.floats(0.2, 8).map(lambda x: round(x, 2))))
+        arrivals.append((t, f"r{i}", draw(st.integers(0, len(pipelines) - 1)), draw(st.sampled_from([1, 3, 9])),
+                         None if deadline is None else t + deadline))
+    arrivals.sort(key=lambda a: (a[0], a[1]))
+    return Workload(devices, pipelines, models, table, arrivals)

@@ -1,0 +1,136 @@
+"""Profiles: the graph prior, op-type compatibility, online refinement, and the ONNX reader."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import onnx
+import pytest
+
+from heddle.backends.graph_summary import summarize_file
+from heddle.backends.zoo import build_default_models, build_model
+from heddle.scheduler import Core, DeviceSpec, Request
+from heddle.scheduler.profiles import (
+    ConstantProfiles, DeviceSpeed, GraphSummary, ProfileEntry, ProfileTable, compatible, device_speed,
+    prior_latency_s,
+)
+from sched_fixtures import chain, model, validated
+
+CPU = DeviceSpec("cpu0", "cpu", "onnxruntime")
+GPU = DeviceSpec("gpu0", "gpu", "onnxruntime", options={"speed": {"flops_per_s": 1e12, "level_clock": [1.0, 0.5]}})
+DLA = DeviceSpec("dla0", "dla", "onnxruntime", options={"unsupported_ops": ["LayerNormalization", "Erf"]})
+SPEED = DeviceSpeed(flops_per_s=1e9, bytes_per_s=1e9, overhead_s=0.0, per_layer_s=0.0, level_clock=(1.0, 0.5))
+
+
+def summary(flops=1e9, bytes_moved=1e6, ops=("Conv",), layers=0) -> GraphSummary:
+    return GraphSummary(params=0, layers=layers, op_counts={o: 1 for o in ops}, flops=flops, bytes_moved=bytes_moved)
+
+
+# ---- the prior and compatibility --------------------------------------------------------------
+
+def test_prior_is_a_roofline_bounded_by_compute_or_memory():
+    """1 GFLOP at 1 GFLOP/s takes 1 s; 2 GB at 1 GB/s takes 2 s whatever the FLOPs; half the
+    clock doubles compute time but not memory time."""
+    assert prior_latency_s(summary(1e9, 1e6), SPEED) == pytest.approx(1.0)
+    assert prior_latency_s(summary(1e6, 2e9), SPEED) == pytest.approx(2.0)
+    assert prior_latency_s(summary(1e9, 1e6), SPEED, level=1) == pytest.approx(2.0)
+    assert prior_latency_s(summary(1e6, 2e9), SPEED, level=1) == pytest.approx(2.0)
+
+
+def test_devices_refuse_models_with_unsupported_ops_by_deny_or_allow_list():
+    """A DLA refuses LayerNormalization; a device with an allow list refuses anything outside it."""
+    assert compatible({"Conv", "Relu"}, DLA)
+    assert not compatible({"MatMul", "LayerNormalization"}, DLA)
+    npu = DeviceSpec("npu0", "npu", "onnxruntime", options={"supported_ops": ["Conv", "Relu"]})
+    assert compatible({"Conv"}, npu) and not compatible({"Conv", "Softmax"}, npu)
+    assert compatible({"anything"}, CPU)
+
+
+# ---- the table ----------------------------------------------------------------------------------
+
+def test_estimates_come_from_measurements_then_table_then_graph_then_default():
+    """Each source is used only when the better ones have nothing for that (model, device)."""
+    profiles = ProfileTable(table={("m", "cpu0", 0): ProfileEntry(0.5, power_w=3.0)},
+                            summaries={"g": summary(2e9)}, default_s=0.01)
+    assert profiles.estimate("m", CPU).source == "table" and profiles.estimate("m", CPU).mean_s == 0.5
+    assert profiles.power_w("m", CPU) == 3.0
+    assert profiles.estimate("g", GPU).source == "graph"
+    assert profiles.estimate("g", GPU).mean_s == pytest.approx(prior_latency_s(summary(2e9), device_speed(GPU)))
+    assert profiles.estimate("unknown", CPU).mean_s == 0.01
+    profiles.observe("m", CPU, 0, 0.2)
+    assert profiles.estimate("m", CPU).source == "measured" and profiles.estimate("m", CPU).mean_s == 0.2
+
+
+def test_measurements_give_an_ewma_and_a_high_percentile_over_a_bounded_window():
+    """The mean follows recent runs; the tail is the window's p95 and forgets runs that left it."""
+    profiles = ProfileTable(alpha=0.5, window=20, percentile=95.0)
+    for run_s in [3.0, 3.0] + [1.0] * 18:
+        profiles.observe("m", CPU, 0, run_s)
+    est = profiles.estimate("m", CPU)
+    assert est.samples == 20 and est.mean_s == pytest.approx(1.0, abs=1e-4) and est.tail_s == 3.0
+    for _ in range(2):
+        profiles.observe("m", CPU, 0, 1.0)  # the two slow runs leave the 20-run window
+    assert profiles.estimate("m", CPU).tail_s == pytest.approx(1.0, abs=1e-4)
+    profiles.observe("m", CPU, 0, 5.0)
+    assert profiles.estimate("m", CPU).mean_s == pytest.approx(3.0, abs=1e-3)
+    assert profiles.rows()[0][:3] == ("m", "cpu0", 0)
+
+
+def test_a_level_without_data_scales_level_zero_by_the_clock():
+    """At half clock a run measured at level 0 is estimated twice as long, until measured."""
+    profiles = ProfileTable(table={("m", "gpu0", 0): ProfileEntry(0.1)})
+    assert profiles.estimate("m", GPU, 1).mean_s == pytest.approx(0.2)
+    profiles.observe("m", GPU, 1, 0.15)
+    assert profiles.estimate("m", GPU, 1).mean_s == pytest.approx(0.15)
+
+
+def test_constant_profiles_keep_every_device_and_every_estimate_equal():
+    """The default source: one run time for all, every device compatible, nothing learned."""
+    profiles = ConstantProfiles(0.3)
+    profiles.observe("m", CPU, 0, 9.0)
+    assert profiles.estimate("m", DLA).mean_s == profiles.estimate("x", CPU).tail_s == 0.3
+    assert profiles.op_types("m") == frozenset()
+
+
+def test_core_learns_run_times_from_completed_stages():
+    """on_stage_done feeds the measured run time into the profiles the core estimates from."""
+    profiles = ProfileTable(default_s=1.0)
+    core = Core([CPU], {"m": model("m")}, "sjf", profiles)
+    core.submit(Request("r", validated(chain("c", ["m"]), {"m": model("m")}), 1, 0.0), 0.0)
+    core.schedule(0.0)
+    core.on_stage_done("r", "s0", 0.25)
+    assert core.estimate_s("m", "cpu0") == 0.25
+
+
+# ---- reading ONNX graphs ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> dict[str, Path]:
+    return build_default_models(tmp_path_factory.mktemp("zoo"))
+
+
+def test_graph_summary_of_zoo_models_counts_params_ops_and_work(zoo):
+    """The CNN is convolutions with real FLOPs; the encoder carries LayerNormalization and Erf;
+    params are the initializers' element counts."""
+    cnn = summarize_file(zoo["cnn"])
+    raw = onnx.load(str(zoo["cnn"]))
+    assert cnn.params == sum(int(math.prod(i.dims)) for i in raw.graph.initializer)
+    assert cnn.op_counts["Conv"] == 15 and cnn.flops > 1e7 and cnn.bytes_moved > 4 * cnn.params
+    assert 0 < cnn.layers < len(raw.graph.node)  # plumbing (Identity, Flatten) is not a layer
+    encoder = summarize_file(zoo["encoder"], {"sequence": 32})
+    assert {"LayerNormalization", "Erf", "MatMul"} <= encoder.op_types
+    assert summarize_file(zoo["encoder"], {"sequence": 64}).flops > encoder.flops
+
+
+def test_bigger_graphs_get_bigger_priors_and_transformers_never_reach_the_dla(zoo, tmp_path):
+    """Wider convolutions mean more FLOPs and a longer prior; the encoder is not DLA-compatible."""
+    small = summarize_file(build_model("cnn", tmp_path, widths=[8, 16, 16]))
+    big = summarize_file(zoo["cnn"])
+    assert big.flops > small.flops and prior_latency_s(big, SPEED) > prior_latency_s(small, SPEED)
+    encoder = summarize_file(zoo["encoder"])
+    profiles = ProfileTable(summaries={"cnn": big, "encoder": encoder})
+    models = {"cnn": model("cnn"), "encoder": model("encoder")}
+    core = Core([CPU, DLA], models, "fcfs", profiles)
+    assert core.eligible_devices("cnn") == ["cpu0", "dla0"]
+    assert core.eligible_devices("encoder") == ["cpu0"]

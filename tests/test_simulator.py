@@ -1,0 +1,109 @@
+"""The simulator: workloads, the shipped platform, scoring, and `heddle simulate`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from heddle.scheduler.platforms import DEFAULT_PLATFORM, DEFAULT_SCENARIO, DLA_UNSUPPORTED_OPS, PLATFORMS, SCENARIOS
+from heddle.scheduler.policies import POLICIES
+from heddle.scheduler.profiles import compatible
+from heddle.scheduler.simulator import format_table, simulate
+from heddle.scheduler.workload import Periodic, Poisson, build_pipelines, chain, generate_arrivals, llm_pipeline
+from heddle.server.cli import main
+
+PLATFORM, SCENARIO = PLATFORMS[DEFAULT_PLATFORM], SCENARIOS[DEFAULT_SCENARIO]
+
+
+def test_periodic_and_poisson_arrivals_are_a_pure_function_of_the_seed():
+    """A 30 FPS stream gives 30 arrivals a second, each within its jitter; Poisson arrivals are
+    the same for the same seed and differ for another."""
+    cam = Periodic("cam", chain("p", "m"), fps=30.0, deadline_s=0.03, priority=9, jitter_s=0.002)
+    bg = Poisson("bg", chain("q", "m"), rate_hz=50.0, priority=1)
+    arrivals = generate_arrivals([cam, bg], 2.0, seed=7)
+    frames = [a for a in arrivals if a.source == "cam"]
+    assert len(frames) == 60
+    assert all(0 <= a.time_s - a.index / 30.0 < 0.002 for a in frames)
+    assert [a.time_s for a in arrivals] == sorted(a.time_s for a in arrivals)
+    assert arrivals == generate_arrivals([cam, bg], 2.0, seed=7)
+    assert arrivals != generate_arrivals([cam, bg], 2.0, seed=8)
+    assert 60 < sum(a.source == "bg" for a in arrivals) < 140  # mean 100: 4 sigma either side
+
+
+def test_llm_requests_are_a_prefill_then_decode_steps():
+    """An LLM pipeline is a chain: prefill, then one stage per decode step."""
+    pipelines, models = build_pipelines([llm_pipeline("chat", 3)], {"llm_prefill": ("gpu0",), "llm_decode": ("gpu0",)})
+    chat = pipelines["chat"]
+    assert [s.model for s in chat.stages] == ["llm_prefill"] + ["llm_decode"] * 3
+    assert chat.depends_on[chat.stages[2].name] == (chat.stages[1].name,)
+    assert models["llm_decode"].devices == ("gpu0",)
+
+
+def test_shipped_platform_is_consistent_with_its_op_support():
+    """Every profiled (model, device) pair is op-compatible; transformers have no DLA figures;
+    every model of the default scenario runs somewhere."""
+    table = PLATFORM.table()
+    devices = {d.id: d for d in PLATFORM.devices}
+    for (model, device, _), entry in table.items():
+        assert compatible(PLATFORM.models[model].op_types, devices[device]), (model, device)
+        assert entry.latency_s > 0
+    assert "LayerNormalization" in DLA_UNSUPPORTED_OPS
+    assert not any(d.startswith("dla") for m in ("bert_large", "llm_decode") for d in PLATFORM.devices_of(m))
+    for source in SCENARIO.sources:
+        for stage in source.pipeline.stages:
+            assert PLATFORM.devices_of(stage.model)
+
+
+def test_every_policy_finishes_every_request_and_runs_are_reproducible():
+    """A short run of the default scenario ends every request under every policy (simulate
+    asserts it), and the same seed gives the same result."""
+    results = [simulate(PLATFORM, SCENARIO, p, duration_s=1.0, seed=3) for p in sorted(POLICIES)]
+    assert [r.policy for r in results] == sorted(POLICIES)
+    for r in results:
+        assert r.requests > 60 and 0 <= r.violation_rate <= 1 and r.completed <= r.requests
+        assert sum(sum(c.values()) for c in r.placements.values()) > 0
+    assert simulate(PLATFORM, SCENARIO, "twill", duration_s=1.0, seed=3) == results[-1]
+    table = format_table(results)
+    assert len(table.splitlines()) == 2 + len(POLICIES) + 2 and "DVR %" in table and "DVR spread" in table
+
+
+def test_twill_violates_at_most_half_as_many_deadlines_as_fcfs_on_the_default_scenario():
+    """On the Orin NX-like platform, twill's deadline violation rate is at most half of fcfs's."""
+    fcfs = simulate(PLATFORM, SCENARIO, "fcfs", seed=1)
+    twill = simulate(PLATFORM, SCENARIO, "twill", seed=1)
+    assert twill.violation_rate <= 0.5 * fcfs.violation_rate
+    assert "dla0" not in twill.placements.get("bert_large", {})
+
+
+def test_heddle_simulate_prints_a_table_and_writes_json(tmp_path, capsys):
+    """`heddle simulate --policy fcfs` prints one row and writes the report it was asked for."""
+    out = tmp_path / "sim.json"
+    assert main(["simulate", "--policy", "fcfs", "--duration", "1", "--seed", "2", "--json", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("fcfs") and "heddle simulate" in lines[0]
+    report = json.loads(out.read_text())
+    assert report["seed"] == 2 and [r["policy"] for r in report["results"]] == ["fcfs"]
+    assert set(report["results"][0]["per_class"]) == {"9", "3", "1"}
+
+
+def test_heddle_simulate_rejects_an_unknown_policy(capsys):
+    """An unknown policy name exits 2 and names the known ones."""
+    assert main(["simulate", "--policy", "lottery", "--duration", "1"]) == 2
+    assert "twill" in capsys.readouterr().err
+
+
+def test_policy_options_reach_the_policy():
+    """Options such as twill's mapping change what the simulated core does."""
+    fit = simulate(PLATFORM, SCENARIO, "twill", duration_s=2.0)
+    energy = simulate(PLATFORM, SCENARIO, "twill", duration_s=2.0, policy_options={"mapping": "energy"})
+    assert fit.placements != energy.placements
+
+
+def test_the_scheduler_package_stays_pure():
+    """Importing the whole scheduler, simulator included, pulls in no I/O or runtime library."""
+    code = ("import sys, heddle.scheduler, heddle.scheduler.simulator, heddle.scheduler.twill;"
+            "print(sorted(m for m in ('asyncio', 'grpc', 'onnxruntime', 'onnx', 'tritonclient', 'socket')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
