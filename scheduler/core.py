@@ -162,6 +162,16 @@ class Core(CoreReads):
         self._make_ready(run, now)
         return not request.finished
 
+    def next_deadline_s(self) -> float | None:
+        """The earliest deadline of a request with work not yet started: when the driver must
+        step again even if nothing else happens, so the request is shed on time."""
+        deadlines = [
+            r.deadline_s for r in self._requests.values()
+            if not r.finished and r.deadline_s is not None
+            and any(run.state < RunState.RUNNING for run in r.runs.values())
+        ]
+        return min(deadlines, default=None)
+
     def is_healthy(self, device: str) -> bool:
         return self._healthy[device]
 

@@ -11,6 +11,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from heddle.backends.base import BackendTimeout, DeviceUnavailable, Executor, InputError
+from heddle.backends.graph_summary import summarize_file
+from heddle.scheduler.profiles import ProfileTable
 from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Request, RunState
 from heddle.server.config import Config
 from heddle.server.logs import get_logger
@@ -74,10 +76,12 @@ class Runtime:
         self.executors = dict(executors)
         self.metrics = metrics
         self.clock = clock
-        self.core = Core(config.devices, config.models, config.server.policy)
+        self.core = Core(config.devices, config.models, config.server.policy, profiles=_profiles(config))
         self._jobs: dict[str, _Job] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_timer_s: float | None = None
         self._unloaded: dict[str, list] = {}  # device -> models still to load when it is reachable
 
     async def load_models(self) -> None:
@@ -175,10 +179,26 @@ class Runtime:
             self._dispatch(d)
         for f in plan.finished:
             self._resolve(f)
+        self._arm_deadline_timer()
         if self.metrics is not None:
             stats = self.core.stats()
             for device, n in stats.queued.items():
                 self.metrics.set_queue_length(device, n)
+
+    def _arm_deadline_timer(self) -> None:
+        """Wake at the earliest queued deadline: without an event then, an expired request would
+        sit in its queue until the next arrival or completion."""
+        next_s = self.core.next_deadline_s()
+        if next_s is None or (self._deadline_timer_s is not None and self._deadline_timer_s <= next_s):
+            return
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_timer_s = next_s
+        self._deadline_timer = self._loop.call_later(max(next_s - self.clock(), 0.0), self._on_deadline_timer)
+
+    def _on_deadline_timer(self) -> None:
+        self._deadline_timer = self._deadline_timer_s = None
+        self._step()
 
     def _dispatch(self, d: Dispatch) -> None:
         job = self._jobs[d.request_id]
@@ -275,6 +295,18 @@ class Runtime:
             end_offset_s=(run.finished_s - req.arrival_s) if run.finished_s is not None else 0.0,
             error=run.error,
         )
+
+
+def _profiles(config: Config) -> ProfileTable:
+    """Live estimates: a prior from each ONNX graph, refined by every measured run."""
+    summaries = {}
+    for model in config.models.values():
+        if model.backend == "onnxruntime":
+            try:
+                summaries[model.name] = summarize_file(model.artifact)
+            except Exception as exc:  # an estimate is an aid; never a reason not to serve
+                log.warning("no graph summary for model", model=model.name, error=str(exc))
+    return ProfileTable(summaries=summaries)
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:
