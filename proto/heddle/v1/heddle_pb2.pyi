@@ -33,23 +33,41 @@ class Tensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., raw_data: _Optional[bytes] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("pipeline", "inputs", "priority", "deadline_ms", "request_id", "outputs")
+    __slots__ = ("pipeline", "inputs", "priority", "deadline_ms", "request_id", "outputs", "generation")
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     pipeline: str
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     priority: int
     deadline_ms: float
     request_id: str
     outputs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, pipeline: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., priority: _Optional[int] = ..., deadline_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., outputs: _Optional[_Iterable[str]] = ...) -> None: ...
+    generation: GenerationOptions
+    def __init__(self, pipeline: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., priority: _Optional[int] = ..., deadline_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., outputs: _Optional[_Iterable[str]] = ..., generation: _Optional[_Union[GenerationOptions, _Mapping]] = ...) -> None: ...
+
+class GenerationOptions(_message.Message):
+    __slots__ = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop_token_ids")
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+    stop_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StageResult(_message.Message):
-    __slots__ = ("stage", "model", "device", "status", "queue_ms", "compute_ms", "start_offset_ms", "end_offset_ms", "error")
+    __slots__ = ("stage", "model", "device", "status", "queue_ms", "compute_ms", "start_offset_ms", "end_offset_ms", "error", "energy_j", "energy_source", "tokens", "ttft_ms", "tpot_ms")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +77,11 @@ class StageResult(_message.Message):
     START_OFFSET_MS_FIELD_NUMBER: _ClassVar[int]
     END_OFFSET_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    TPOT_MS_FIELD_NUMBER: _ClassVar[int]
     stage: str
     model: str
     device: str
@@ -68,10 +91,15 @@ class StageResult(_message.Message):
     start_offset_ms: float
     end_offset_ms: float
     error: str
-    def __init__(self, stage: _Optional[str] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., status: _Optional[_Union[StageStatus, str]] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., start_offset_ms: _Optional[float] = ..., end_offset_ms: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+    energy_j: float
+    energy_source: str
+    tokens: int
+    ttft_ms: float
+    tpot_ms: float
+    def __init__(self, stage: _Optional[str] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., status: _Optional[_Union[StageStatus, str]] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., start_offset_ms: _Optional[float] = ..., end_offset_ms: _Optional[float] = ..., error: _Optional[str] = ..., energy_j: _Optional[float] = ..., energy_source: _Optional[str] = ..., tokens: _Optional[int] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ...) -> None: ...
 
 class InferResponse(_message.Message):
-    __slots__ = ("request_id", "pipeline", "outputs", "stages", "total_ms", "priority", "deadline_missed")
+    __slots__ = ("request_id", "pipeline", "outputs", "stages", "total_ms", "priority", "deadline_missed", "energy_j", "energy_source")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +107,8 @@ class InferResponse(_message.Message):
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MISSED_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_SOURCE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     pipeline: str
     outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
@@ -86,15 +116,33 @@ class InferResponse(_message.Message):
     total_ms: float
     priority: int
     deadline_missed: bool
-    def __init__(self, request_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., stages: _Optional[_Iterable[_Union[StageResult, _Mapping]]] = ..., total_ms: _Optional[float] = ..., priority: _Optional[int] = ..., deadline_missed: _Optional[bool] = ...) -> None: ...
+    energy_j: float
+    energy_source: str
+    def __init__(self, request_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., stages: _Optional[_Iterable[_Union[StageResult, _Mapping]]] = ..., total_ms: _Optional[float] = ..., priority: _Optional[int] = ..., deadline_missed: _Optional[bool] = ..., energy_j: _Optional[float] = ..., energy_source: _Optional[str] = ...) -> None: ...
+
+class TokenEvent(_message.Message):
+    __slots__ = ("stage", "token_ids", "text", "index", "offset_ms")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_MS_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    text: str
+    index: int
+    offset_ms: float
+    def __init__(self, stage: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., index: _Optional[int] = ..., offset_ms: _Optional[float] = ...) -> None: ...
 
 class InferEvent(_message.Message):
-    __slots__ = ("stage_done", "result")
+    __slots__ = ("stage_done", "result", "tokens")
     STAGE_DONE_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
     stage_done: StageResult
     result: InferResponse
-    def __init__(self, stage_done: _Optional[_Union[StageResult, _Mapping]] = ..., result: _Optional[_Union[InferResponse, _Mapping]] = ...) -> None: ...
+    tokens: TokenEvent
+    def __init__(self, stage_done: _Optional[_Union[StageResult, _Mapping]] = ..., result: _Optional[_Union[InferResponse, _Mapping]] = ..., tokens: _Optional[_Union[TokenEvent, _Mapping]] = ...) -> None: ...
 
 class ListPipelinesRequest(_message.Message):
     __slots__ = ()
@@ -212,3 +260,52 @@ class SetPolicyRequest(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     policy: str
     def __init__(self, policy: _Optional[str] = ...) -> None: ...
+
+class GetPowerRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PowerBudget(_message.Message):
+    __slots__ = ("box_w", "device_w")
+    class DeviceWEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    BOX_W_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_W_FIELD_NUMBER: _ClassVar[int]
+    box_w: float
+    device_w: _containers.ScalarMap[str, float]
+    def __init__(self, box_w: _Optional[float] = ..., device_w: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class DevicePower(_message.Message):
+    __slots__ = ("device", "power_w", "source", "sensor", "dvfs_level", "frozen_tasks")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    POWER_W_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SENSOR_FIELD_NUMBER: _ClassVar[int]
+    DVFS_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_TASKS_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    power_w: float
+    source: str
+    sensor: str
+    dvfs_level: int
+    frozen_tasks: int
+    def __init__(self, device: _Optional[str] = ..., power_w: _Optional[float] = ..., source: _Optional[str] = ..., sensor: _Optional[str] = ..., dvfs_level: _Optional[int] = ..., frozen_tasks: _Optional[int] = ...) -> None: ...
+
+class PowerStatus(_message.Message):
+    __slots__ = ("budget", "box_power_w", "source", "devices", "controller_state")
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    BOX_POWER_W_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_STATE_FIELD_NUMBER: _ClassVar[int]
+    budget: PowerBudget
+    box_power_w: float
+    source: str
+    devices: _containers.RepeatedCompositeFieldContainer[DevicePower]
+    controller_state: str
+    def __init__(self, budget: _Optional[_Union[PowerBudget, _Mapping]] = ..., box_power_w: _Optional[float] = ..., source: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DevicePower, _Mapping]]] = ..., controller_state: _Optional[str] = ...) -> None: ...

@@ -291,6 +291,16 @@ class AdminStub:
                 request_serializer=heddle_dot_v1_dot_heddle__pb2.SetPolicyRequest.SerializeToString,
                 response_deserializer=heddle_dot_v1_dot_heddle__pb2.PolicyInfo.FromString,
                 _registered_method=True)
+        self.GetPower = channel.unary_unary(
+                '/heddle.v1.Admin/GetPower',
+                request_serializer=heddle_dot_v1_dot_heddle__pb2.GetPowerRequest.SerializeToString,
+                response_deserializer=heddle_dot_v1_dot_heddle__pb2.PowerStatus.FromString,
+                _registered_method=True)
+        self.SetPowerBudget = channel.unary_unary(
+                '/heddle.v1.Admin/SetPowerBudget',
+                request_serializer=heddle_dot_v1_dot_heddle__pb2.PowerBudget.SerializeToString,
+                response_deserializer=heddle_dot_v1_dot_heddle__pb2.PowerStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -310,6 +320,18 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPower(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPowerBudget(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -322,6 +344,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SetPolicy,
                     request_deserializer=heddle_dot_v1_dot_heddle__pb2.SetPolicyRequest.FromString,
                     response_serializer=heddle_dot_v1_dot_heddle__pb2.PolicyInfo.SerializeToString,
+            ),
+            'GetPower': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPower,
+                    request_deserializer=heddle_dot_v1_dot_heddle__pb2.GetPowerRequest.FromString,
+                    response_serializer=heddle_dot_v1_dot_heddle__pb2.PowerStatus.SerializeToString,
+            ),
+            'SetPowerBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPowerBudget,
+                    request_deserializer=heddle_dot_v1_dot_heddle__pb2.PowerBudget.FromString,
+                    response_serializer=heddle_dot_v1_dot_heddle__pb2.PowerStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -380,6 +412,60 @@ class Admin:
             '/heddle.v1.Admin/SetPolicy',
             heddle_dot_v1_dot_heddle__pb2.SetPolicyRequest.SerializeToString,
             heddle_dot_v1_dot_heddle__pb2.PolicyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPower(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heddle.v1.Admin/GetPower',
+            heddle_dot_v1_dot_heddle__pb2.GetPowerRequest.SerializeToString,
+            heddle_dot_v1_dot_heddle__pb2.PowerStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPowerBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heddle.v1.Admin/SetPowerBudget',
+            heddle_dot_v1_dot_heddle__pb2.PowerBudget.SerializeToString,
+            heddle_dot_v1_dot_heddle__pb2.PowerStatus.FromString,
             options,
             channel_credentials,
             insecure,
