@@ -1,5 +1,7 @@
-"""The 3-stage chain of bench/triton_vs_heddle.py, written both ways: a Triton repository (3 python-backend
-models and an `ensemble` over them) and a heddle config (the chain on local devices, and on that Triton).
+"""The 3-stage chain of bench/triton_vs_heddle.py as a Triton repository and as a heddle config, and its answer.
+
+Triton: 3 python-backend models and an `ensemble` over them. heddle: the chain on its own devices, and
+the chain with every stage on that Triton. The answer: the chain run directly, which every target must give.
 
 The chain: image FP32 [N,3,64,64] -> backbone (ONNX) -> head_cls (ONNX) -> postprocess (numpy) ->
 probs FP32 [N,10], label INT64 [N]. Every side runs the same zoo ONNX files with onnxruntime (one
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import tritonclient.grpc as tgrpc
 
 from heddle.backends.onnxruntime import read_io_spec
 from heddle.backends.triton_repo import model_config_text, write_onnx_python_model, write_python_model
@@ -23,8 +26,8 @@ from heddle.scheduler.specs import TensorSpec
 from heddle.server.default_config import detect_device_tables
 
 __all__ = [
-    "ENSEMBLE", "HEDDLE_LOCAL", "HEDDLE_TRITON", "POSTPROCESS_MODEL_PY", "ChainModels", "build_chain",
-    "ensemble_config_text", "heddle_config_text", "reference_outputs", "write_triton_repository",
+    "ENSEMBLE", "HEDDLE_LOCAL", "HEDDLE_TRITON", "OUTPUTS", "POSTPROCESS_MODEL_PY", "ChainModels",
+    "build_chain", "check_answer", "ensemble_config_text", "heddle_config_text", "reference_outputs", "write_triton_repository",
 ]
 
 ENSEMBLE = "chain"                # the Triton ensemble
@@ -178,3 +181,14 @@ def reference_outputs(chain: ChainModels, image: np.ndarray) -> dict[str, np.nda
 
     features = run(chain.backbone, {"image": image})
     return postprocess(run(chain.head_cls, {"features": features}))
+
+
+def check_answer(url: str, model: str, image: np.ndarray, expected: dict[str, np.ndarray]) -> None:
+    """Fail the run unless the target answers what the chain computes directly."""
+    with tgrpc.InferenceServerClient(url) as client:
+        x = tgrpc.InferInput("image", list(image.shape), "FP32")
+        x.set_data_from_numpy(image)
+        result = client.infer(model, [x], outputs=[tgrpc.InferRequestedOutput(n) for n in OUTPUTS])
+    if not np.allclose(result.as_numpy("probs"), expected["probs"], rtol=1e-4, atol=1e-6) or \
+            not np.array_equal(result.as_numpy("label"), expected["label"]):
+        raise RuntimeError(f"{model} at {url} does not answer what the chain computes directly")

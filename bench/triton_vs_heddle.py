@@ -38,8 +38,8 @@ import tritonclient.grpc.aio as tgrpc_aio
 
 from gateway_overhead import free_port, heddle_command, machine_info, server_process, summarize
 from triton_ensemble import (
-    ENSEMBLE, HEDDLE_LOCAL, HEDDLE_TRITON, OUTPUTS, build_chain, heddle_config_text, reference_outputs,
-    write_triton_repository,
+    ENSEMBLE, HEDDLE_LOCAL, HEDDLE_TRITON, OUTPUTS, build_chain, check_answer, heddle_config_text,
+    reference_outputs, write_triton_repository,
 )
 
 from heddle.backends.tritonserver import TritonServer
@@ -96,11 +96,12 @@ async def _measure(url: str, model: str, concurrency: int, image: np.ndarray, ar
     try:
         await _closed_loop(clients, model, image, args.warmup_s)
         cpu0 = {name: tree_cpu_s(pid) for name, pid in server_pids.items()}
-        client_cpu0, t0 = time.process_time(), time.perf_counter()
+        busy0, client_cpu0, t0 = machine_busy_s(), time.process_time(), time.perf_counter()
         latencies_ms, errors = await _closed_loop(clients, model, image, args.duration_s)
         wall_s = time.perf_counter() - t0
         client_cpu_s = time.process_time() - client_cpu0
         cpu1 = {name: tree_cpu_s(pid) for name, pid in server_pids.items()}
+        busy1 = machine_busy_s()
     finally:
         for c in clients:
             await c.close()
@@ -109,8 +110,17 @@ async def _measure(url: str, model: str, concurrency: int, image: np.ndarray, ar
     stats.update(throughput_rps=len(latencies_ms) / wall_s, wall_s=wall_s, errors=len(errors),
                  first_error=errors[0] if errors else None,
                  client_cpu_ms_per_request=client_cpu_s * 1e3 / count,
+                 # Cores busy with anything but this client and the servers: noise on a shared box.
+                 other_cpu_cores=(busy1 - busy0 - client_cpu_s - sum(cpu1[n] - cpu0[n] for n in cpu0)) / wall_s,
                  server_cpu_ms_per_request={name: (cpu1[name] - cpu0[name]) * 1e3 / count for name in cpu0})
     return stats
+
+
+def machine_busy_s() -> float:
+    """CPU seconds spent not idle, all cores together, since boot (/proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu_s(root_pid: int) -> float:
@@ -137,17 +147,6 @@ def tree_cpu_s(root_pid: int) -> float:
 
 # --- servers -------------------------------------------------------------------------------------
 
-def check_target(url: str, model: str, image: np.ndarray, expected: dict[str, np.ndarray]) -> None:
-    """Fail the run unless the target answers what the chain computes directly."""
-    with tgrpc.InferenceServerClient(url) as client:
-        x = tgrpc.InferInput("image", list(image.shape), "FP32")
-        x.set_data_from_numpy(image)
-        result = client.infer(model, [x], outputs=[tgrpc.InferRequestedOutput(n) for n in OUTPUTS])
-    if not np.allclose(result.as_numpy("probs"), expected["probs"], rtol=1e-4, atol=1e-6) or \
-            not np.array_equal(result.as_numpy("label"), expected["label"]):
-        raise RuntimeError(f"{model} at {url} does not answer what the chain computes directly")
-
-
 def wait_models_ready(url: str, models: list[str], timeout_s: float = 60.0) -> None:
     with tgrpc.InferenceServerClient(url) as client:
         deadline = time.monotonic() + timeout_s
@@ -169,12 +168,8 @@ def servers(args: argparse.Namespace, work: Path) -> Iterator[dict[str, Any]]:
     chain = build_chain(args.cache_dir)
     write_triton_repository(work / "repo", chain, max_batch_size=args.triton_max_batch_size,
                             instances=args.triton_instances)
-    triton = TritonServer(work / "repo", work_dir=work / "triton", ready_timeout_s=120)
-    try:
-        triton.start()
-    except Exception:
-        print(f"Triton log tail:\n{triton.log_tail(40)}", file=sys.stderr)
-        raise
+    # start() raises TritonServerError quoting the server's log when it fails.
+    triton = TritonServer(work / "repo", work_dir=work / "triton", ready_timeout_s=120).start()
     try:
         config = work / "heddle.toml"
         config.write_text(heddle_config_text(args.cache_dir, chain, triton.grpc_url,
@@ -200,6 +195,8 @@ def servers(args: argparse.Namespace, work: Path) -> Iterator[dict[str, Any]]:
 def ratios(results: dict[str, dict[str, Any]], base: str = "triton_ensemble") -> dict[str, Any]:
     """target / base per concurrency: latency > 1 and throughput < 1 mean slower than Triton's ensemble."""
     out: dict[str, Any] = {}
+    if base not in results:
+        return out
     for target, by_conc in results.items():
         if target == base:
             continue
@@ -212,7 +209,7 @@ def ratios(results: dict[str, dict[str, Any]], base: str = "triton_ensemble") ->
 
 def print_table(report: dict[str, Any]) -> None:
     rows = [("target", "clients", "req/s", "p50 ms", "p99 ms", "p50 x", "p99 x", "req/s x",
-             "triton cpu ms/req", "heddle cpu ms/req", "errors")]
+             "triton cpu ms/req", "heddle cpu ms/req", "other cores", "errors")]
     for target, by_conc in report["results"].items():
         for conc, s in by_conc.items():
             r = report["ratios"].get(f"{target}/triton_ensemble", {}).get(conc, {})
@@ -220,7 +217,8 @@ def print_table(report: dict[str, Any]) -> None:
             rows.append((target, conc, f"{s['throughput_rps']:.1f}", f"{s.get('p50_ms', 0):.2f}",
                          f"{s.get('p99_ms', 0):.2f}",
                          *(f"{r[k]:.2f}" if k in r else "" for k in ("p50_ms", "p99_ms", "throughput_rps")),
-                         f"{cpu['triton']:.2f}", f"{cpu['heddle']:.2f}", str(s["errors"])))
+                         f"{cpu['triton']:.2f}", f"{cpu['heddle']:.2f}", f"{s['other_cpu_cores']:.2f}",
+                         str(s["errors"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     m, p = report["machine"], report["params"]
     print(f"triton_vs_heddle: {m['cpu_count']} CPUs ({m['cpu_model']}), {p['duration_s']} s per point, "
@@ -240,15 +238,16 @@ def _versions() -> dict[str, str | None]:
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     image = np.random.default_rng(0).standard_normal((args.batch, 3, 64, 64)).astype(np.float32)
-    results: dict[str, dict[str, Any]] = {t: {} for t in TARGETS}
+    targets = {t: TARGETS[t] for t in args.target}
+    results: dict[str, dict[str, Any]] = {t: {} for t in targets}
     with servers(args, work) as s:
         expected = reference_outputs(s["chain"], image)
         url_of = {t: s["urls"]["triton" if t == "triton_ensemble" else "heddle"] for t in TARGETS}
-        for target, model in TARGETS.items():
-            check_target(url_of[target], model, image, expected)
+        for target, model in targets.items():
+            check_answer(url_of[target], model, image, expected)
         # Targets take turns at each concurrency, so drift on a shared box hits them alike.
         for conc in args.concurrency:
-            for target, model in TARGETS.items():
+            for target, model in targets.items():
                 stats = asyncio.run(_measure(url_of[target], model, conc, image, args, s["pids"]))
                 results[target][str(conc)] = stats
                 print(f"  {target:<16} c={conc:<3} {stats['throughput_rps']:7.1f} req/s  "
@@ -259,7 +258,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "benchmark": "triton_vs_heddle",
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "params": {"concurrency": args.concurrency, "warmup_s": args.warmup_s, "duration_s": args.duration_s,
-                   "batch": args.batch, "request_bytes": int(image.nbytes), "models": TARGETS,
+                   "batch": args.batch, "request_bytes": int(image.nbytes), "models": targets,
                    "triton_max_batch_size": args.triton_max_batch_size,
                    "triton_instances": args.triton_instances, "heddle_triton_slots": args.triton_slots,
                    "triton_priority_levels": 0, "triton_startup_s": s["triton_startup_s"]},
@@ -273,6 +272,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, action="append", help="closed-loop clients (repeatable; default 1 4 16)")
     p.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured load before each point")
     p.add_argument("--duration-s", type=float, default=8.0, help="measured load per (target, concurrency)")
+    p.add_argument("--target", action="append", choices=list(TARGETS),
+                   help="measure only these targets (repeatable; default all three)")
     p.add_argument("--batch", type=int, default=1, help="images per request")
     p.add_argument("--triton-instances", type=int, default=None,
                    help="instances of each Triton model (default: heddle's CPU device count, the same parallelism)")
@@ -287,6 +288,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="JSON path (default bench/results/<date>/triton_vs_heddle.json)")
     args = p.parse_args(argv)
     args.concurrency = args.concurrency or [1, 4, 16]
+    args.target = args.target or list(TARGETS)
     if args.triton_instances is None:
         args.triton_instances = _cpu_device_count()
     if args.out is None:

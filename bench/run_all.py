@@ -1,0 +1,279 @@
+"""The benchmark suite in one command: gateway overhead, heddle vs Triton, every policy on every scenario.
+
+    .venv/bin/python bench/run_all.py                  # default settings (about 11 min on a 2-core box)
+    .venv/bin/python bench/run_all.py --quick          # the same parts, shorter (about 5 min)
+    .venv/bin/python bench/run_all.py --only policies --scenario gaming --policy edf --policy fcfs
+
+Parts run one after another on this machine, never at once (they would share the CPU):
+  gateway   bench/gateway_overhead.py: raw gRPC echo vs heddle, each its own server process
+  triton    bench/triton_vs_heddle.py: a real tritonserver vs heddle on the same models (skipped,
+            with a note, when the script is absent)
+  policies  one `heddle serve` (embedded default); per scenario and policy: Admin.SetPolicy, then
+            `heddle bench --scenario S --duration D` into policies/S/P/ (same seed: same arrivals)
+Writes --out (default bench/results/<date>/): each part's JSON and logs, run_all.json (settings,
+machine, each part's status and time), then bench/summary.py's policies.json, policy_violations.png
+and SUMMARY.md. Exit status 0 when every part that ran succeeded, 1 otherwise, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from gateway_overhead import free_port, machine_info, server_process  # bench/ is sys.path[0]
+from summary import GATEWAY_JSON, MANIFEST_JSON, POLICIES_DIR, POLICY_FILE, TRITON_JSON, build
+
+from heddle.clients.client import HeddleClient
+from heddle.clients.scenarios import SCENARIOS
+from heddle.scheduler.policies import POLICIES
+
+__all__ = ["DEFAULT", "QUICK", "Settings", "main"]
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+PARTS = ("gateway", "triton", "policies")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What a mode passes to each part."""
+
+    mode: str
+    gateway_args: tuple[str, ...]
+    triton_args: tuple[str, ...]
+    duration_s: float  # of each `heddle bench` run in the policies part
+    drain_s: float  # how long a bench run waits for late replies before cancelling them
+    gateway_timeout_s: float
+    triton_timeout_s: float
+
+
+DEFAULT = Settings("default", (), (), 10.0, 5.0, 420.0, 480.0)
+QUICK = Settings("quick", ("--requests", "500", "--warmup", "50"),
+                 ("--concurrency", "1", "--concurrency", "4", "--duration-s", "3", "--warmup-s", "1"),
+                 4.0, 3.0, 240.0, 300.0)
+
+
+@dataclass(slots=True)
+class Part:
+    status: str = "not selected"  # ok | failed | skipped | interrupted | not selected
+    wall_s: float | None = None
+    note: str = ""
+    command: str = ""
+
+
+def run_logged(cmd: list[str], log_path: Path, timeout_s: float, *, echo: bool) -> int:
+    """Run cmd from the repo root, output to log_path (and indented to stdout with echo);
+    killed after timeout_s. Returns the exit status (negative: killed by that signal)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=REPO_DIR, errors="replace")
+        timer = threading.Timer(timeout_s, proc.kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                if echo:
+                    print("    " + line, end="", flush=True)
+            return proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:  # Ctrl-C while reading: the child got it too; let it finish
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _exit_note(rc: int, timeout_s: float) -> str:
+    return f"killed after {timeout_s:.0f} s" if rc < 0 else f"exit status {rc}"
+
+
+def run_script(script: str, json_name: str, extra: tuple[str, ...], out: Path, timeout_s: float,
+               part: Part) -> None:
+    """A bench script as a subprocess writing its JSON into out; fills in `part`."""
+    path = BENCH_DIR / script
+    if not path.exists():
+        part.status, part.note = "skipped", f"bench/{script} is not in this checkout"
+        return
+    (out / json_name).unlink(missing_ok=True)  # never summarise an earlier run's file as this one's
+    cmd = [sys.executable, str(path), *extra, "--out", str(out / json_name)]
+    part.command = shlex.join(cmd)
+    rc = run_logged(cmd, out / "logs" / f"{path.stem}.log", timeout_s, echo=True)
+    part.status = "ok" if rc == 0 else "failed"
+    if rc != 0:
+        written = "; its JSON was written" if (out / json_name).exists() else ""
+        part.note = f"{_exit_note(rc, timeout_s)}{written} (log: logs/{path.stem}.log)"
+
+
+def heddle_base(heddle_cmd: str | None) -> list[str]:
+    if heddle_cmd:
+        return shlex.split(heddle_cmd)
+    script = Path(sys.executable).with_name("heddle")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "heddle.server.cli"]
+
+
+def _bench_line(run_dir: Path) -> str:
+    try:
+        total = json.loads((run_dir / "summary.json").read_text())["summary"]["total"]
+    except (OSError, KeyError, ValueError):
+        return "no summary"
+    viol = total["violation_rate"]
+    p99 = (total["latency_ms"] or {}).get("p99")
+    return (f"{total['ok']}/{total['requests']} ok, viol {'-' if viol is None else f'{100 * viol:.1f}%'}, "
+            f"goodput {total['goodput_rps'] or 0:.1f}/s, p99 {'-' if p99 is None else f'{p99:.1f}'} ms")
+
+
+def bench_run(base: list[str], admin: HeddleClient, target: str, metrics_url: str, run_dir: Path,
+              scenario: str, policy: str, settings: Settings, args: argparse.Namespace) -> int:
+    """Switch the server to `policy`, run one `heddle bench` of `scenario` into run_dir."""
+    info = admin.set_policy(policy, timeout_s=10.0)
+    if info.policy != policy:
+        raise RuntimeError(f"SetPolicy({policy!r}) left the server on {info.policy!r}")
+    cmd = [*base, "bench", "--target", target, "--scenario", scenario, "--duration",
+           f"{settings.duration_s:g}", "--seed", str(args.seed), "--rate-scale", f"{args.rate_scale:g}",
+           "--drain", f"{settings.drain_s:g}", "--out", str(run_dir), "--no-progress",
+           "--metrics", metrics_url]
+    timeout_s = settings.duration_s + settings.drain_s + 90.0  # startup, plots: generous
+    t0 = time.perf_counter()
+    rc = run_logged(cmd, run_dir / "bench.log", timeout_s, echo=False)
+    meta = {"policy": policy, "confirmed_by": "Admin.SetPolicy", "bench_exit": rc,
+            "wall_s": time.perf_counter() - t0, "command": shlex.join(cmd)}
+    (run_dir / POLICY_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    label = f"{scenario} (warm-up)" if run_dir.name == "warmup" else scenario
+    print(f"  {label:<20} {policy:<12} {_bench_line(run_dir)}"
+          + ("" if rc == 0 else f"  [bench {_exit_note(rc, timeout_s)}]"), flush=True)
+    return rc
+
+
+def run_policies(out: Path, settings: Settings, args: argparse.Namespace, part: Part) -> None:
+    """The policies part: one server, every (scenario, policy) pair; fills in `part`."""
+    shutil.rmtree(out / POLICIES_DIR, ignore_errors=True)  # only this run's folders get summarised
+    base = heddle_base(args.heddle_cmd)
+    port, metrics_port = free_port(), free_port()
+    target, metrics_url = f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
+    serve = [*base, "serve", "--grpc-port", str(port), "--metrics-port", str(metrics_port)]
+    part.command = shlex.join(serve)
+    failed: list[str] = []
+    with server_process(serve, target, out / "logs" / "heddle_serve.log") as proc, \
+            HeddleClient(target, token=os.environ.get("HEDDLE_ADMIN_TOKEN") or None) as admin:
+        # Unmeasured: the first requests pay for lazy set-up and an empty profile table.
+        warm = replace(settings, duration_s=min(3.0, settings.duration_s))
+        bench_run(base, admin, target, metrics_url, out / "logs" / "warmup", "default",
+                  args.policies[0], warm, args)
+        for i, scenario in enumerate(args.scenarios):
+            # Rotate which policy goes first, so drift on a shared box does not always hit the same one.
+            k = i % len(args.policies)
+            for policy in args.policies[k:] + args.policies[:k]:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"heddle serve exited with status {proc.returncode}")
+                run_dir = out / POLICIES_DIR / scenario / policy
+                if bench_run(base, admin, target, metrics_url, run_dir, scenario, policy, settings, args):
+                    failed.append(f"{scenario}/{policy}")
+    part.status = "failed" if failed else "ok"
+    if failed:
+        part.note = f"bench failed for {', '.join(failed)} (see their bench.log)"
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+def _write_manifest(out: Path, manifest: dict[str, Any], parts: dict[str, Part]) -> None:
+    manifest["parts"] = {name: asdict(p) for name, p in parts.items()}
+    (out / MANIFEST_JSON).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _run_part(name: str, out: Path, settings: Settings, args: argparse.Namespace, part: Part) -> None:
+    if name == "gateway":
+        run_script("gateway_overhead.py", GATEWAY_JSON, settings.gateway_args, out,
+                   settings.gateway_timeout_s, part)
+    elif name == "triton":
+        run_script("triton_vs_heddle.py", TRITON_JSON, settings.triton_args, out,
+                   settings.triton_timeout_s, part)
+    else:
+        run_policies(out, settings, args, part)
+
+
+def run_suite(out: Path, settings: Settings, args: argparse.Namespace) -> int:
+    """Run the selected parts in order, keep run_all.json current, then write the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    manifest: dict[str, Any] = {
+        "suite": "heddle benchmark suite (issue 7)", "command": shlex.join(["python", *sys.argv]),
+        "mode": settings.mode, "settings": asdict(settings), "scenarios": args.scenarios,
+        "policies": args.policies, "seed": args.seed, "rate_scale": args.rate_scale,
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(), "loadavg_start": list(os.getloadavg()),
+    }
+    parts = {name: Part() for name in PARTS}
+    code = 0
+    try:
+        for name in args.only:
+            print(f"== {name} ({settings.mode} settings)", flush=True)
+            t0, part = time.perf_counter(), parts[name]
+            try:
+                _run_part(name, out, settings, args, part)
+            except KeyboardInterrupt:
+                part.status, code = "interrupted", 130
+                raise
+            except Exception as err:  # one broken part must not lose the others' results
+                part.status, part.note = "failed", f"{type(err).__name__}: {err}"
+            finally:
+                part.wall_s = time.perf_counter() - t0
+                _write_manifest(out, manifest, parts)
+            print(f"== {name}: {part.status} in {part.wall_s:.0f} s {part.note}".rstrip(), flush=True)
+            code = code or int(part.status == "failed")
+    except KeyboardInterrupt:
+        print("interrupted: summarising what ran", file=sys.stderr)
+    manifest["wall_s"] = time.perf_counter() - started
+    manifest["loadavg_end"] = list(os.getloadavg())
+    _write_manifest(out, manifest, parts)
+    summary = build(out)
+    print(f"\nsuite: {manifest['wall_s'] / 60:.1f} min; wrote {summary}")
+    return code
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="shorter runs of every part (a smoke run)")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/<date>)")
+    p.add_argument("--only", action="append", choices=PARTS, help="run only these parts (repeatable)")
+    p.add_argument("--scenario", action="append", choices=list(SCENARIOS), dest="scenarios",
+                   help="policies part: these scenarios only (repeatable; default all shipped)")
+    p.add_argument("--policy", action="append", choices=list(POLICIES), dest="policies",
+                   help="policies part: these policies only (repeatable; default all)")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="policies part: seconds per bench run (default 10, --quick 4)")
+    p.add_argument("--seed", type=int, default=0, help="policies part: arrivals and inputs seed")
+    p.add_argument("--rate-scale", type=float, default=1.0, help="policies part: multiply open-loop rates")
+    p.add_argument("--heddle-cmd", default=None, help="command to run heddle (default: the venv's `heddle`)")
+    args = p.parse_args(argv)
+    args.only = [part for part in PARTS if part in (args.only or PARTS)]
+    args.scenarios = args.scenarios or list(SCENARIOS)
+    args.policies = args.policies or list(POLICIES)
+    if args.out is None:
+        args.out = BENCH_DIR / "results" / dt.date.today().isoformat()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = QUICK if args.quick else DEFAULT
+    if args.duration is not None:
+        settings = replace(settings, duration_s=args.duration)
+    return run_suite(args.out.resolve(), settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
