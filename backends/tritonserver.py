@@ -100,14 +100,17 @@ def _environment(install: TritonInstall) -> dict[str, str]:
 class TritonServer:
     """One tritonserver process serving `repository`: a context manager, or start()/stop().
 
-    Ports are picked free on 127.0.0.1; `grpc_url` ("host:port", what tritonclient.grpc takes)
-    and `http_url` ("http://host:port") are known once started. The server log goes to
-    `log_path` (in the work dir unless given) and its tail is quoted when start fails.
+    Ports are picked free on 127.0.0.1 (the gRPC one may be fixed with `grpc_port`, for a server
+    that must come up where clients already look for it); `grpc_url` ("host:port", what
+    tritonclient.grpc takes) and `http_url` ("http://host:port") are known once started. The
+    server log goes to `log_path` (in the work dir unless given) and its tail is quoted when start
+    fails.
     """
 
     def __init__(self, repository: str | os.PathLike, *, work_dir: str | os.PathLike | None = None,
                  ready_timeout_s: float = 60.0, extra_args: Sequence[str] = (),
-                 install: TritonInstall | None = None, auto_complete_config: bool = False) -> None:
+                 install: TritonInstall | None = None, auto_complete_config: bool = False,
+                 grpc_port: int = 0) -> None:
         self.repository = Path(repository).resolve()
         self.install = install or find_triton()
         if self.install is None:
@@ -119,6 +122,7 @@ class TritonServer:
         self.auto_complete_config = auto_complete_config
         self.log_path = self.work_dir / "tritonserver.log"
         self.grpc_port = self.http_port = self.metrics_port = 0
+        self._fixed_grpc_port = grpc_port  # 0: a free one at each start
         self.process: subprocess.Popen | None = None
         self.startup_s: float | None = None
 
@@ -170,7 +174,8 @@ class TritonServer:
         return self
 
     def _launch(self, deadline: float) -> None:
-        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.grpc_port = self._fixed_grpc_port or free_port()
+        self.http_port, self.metrics_port = free_port(), free_port()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 self._command(), stdout=log, stderr=subprocess.STDOUT, env=_environment(self.install),
@@ -221,9 +226,12 @@ class TritonServer:
         return "\n".join([*errors[-10:], *(["..."] if errors else []), *tail])
 
     def kill(self) -> None:
-        """SIGKILL the server now (a crash, for tests); stop() afterwards only reaps it."""
+        """SIGKILL the server and its model stubs now (a crash, for tests); stop() afterwards only reaps it.
+
+        The whole process group goes, as in a crash of the box: a python-backend stub whose server
+        was killed alone can hang forever (seen with 2.51, stubs of the ONNX models)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+            os.killpg(self.process.pid, signal.SIGKILL)  # start_new_session made it the group's leader
             self.process.wait()
 
     def stop(self, grace_s: float = 10.0) -> None:

@@ -37,6 +37,9 @@ class HeddleServer:
         self.config = config
         self.metrics = Metrics()
         self.executors = {d.id: make_executor(d) for d in config.devices}
+        for ex in self.executors.values():
+            if ex.device.backend == "triton":  # it maps heddle's scale onto Triton's, so needs its top
+                ex.priority_levels = config.server.priority_levels
         self.runtime = Runtime(config, self.executors, self.metrics)
         self.kserve = KServeServicer(self.runtime)
         self.health = health.aio.HealthServicer()

@@ -21,7 +21,8 @@ from heddle.scheduler.specs import TensorSpec
 
 __all__ = [
     "ZOO_ON_TRITON", "Gate", "build_probe_repository", "build_repository", "pending_requests",
-    "require_triton", "triton_server", "triton_zoo_paths", "wait_until",
+    "require_triton", "triton_server", "triton_zoo_paths", "wait_until", "write_gate_model",
+    "write_zoo_models",
 ]
 
 ZOO_ON_TRITON = ("cnn", "head_cls", "head_emb", "backbone", "text_cls")
@@ -116,27 +117,40 @@ class TritonPythonModel:
 '''
 
 
+def write_gate_model(repo: Path) -> None:
+    """The gate model (tag INT32 [-1, 1] -> seq INT64 [-1, 1], 2 priority levels) and its FIFOs."""
+    t = TensorSpec
+    gate = write_python_model(repo, "gate", GATE_PY, model_config_text(
+        "gate", [t("tag", "INT32", (-1, 1))], [t("seq", "INT64", (-1, 1))],
+        max_batch_size=1, priority_levels=2, request_timeouts=True))
+    os.mkfifo(gate / "started.fifo")
+    os.mkfifo(gate / "release.fifo")
+
+
 def build_probe_repository(repo: Path) -> None:
     """The probe models: echo, gate (with its FIFOs) and countdown."""
     t = TensorSpec
     write_python_model(repo, "echo", ECHO_PY, model_config_text(
         "echo", [t("x", "FP32", (-1, 1))], [t("info", "BYTES", (-1, 1))],
         max_batch_size=8, priority_levels=2, request_timeouts=True))
-    gate = write_python_model(repo, "gate", GATE_PY, model_config_text(
-        "gate", [t("tag", "INT32", (-1, 1))], [t("seq", "INT64", (-1, 1))],
-        max_batch_size=1, priority_levels=2, request_timeouts=True))
-    os.mkfifo(gate / "started.fifo")
-    os.mkfifo(gate / "release.fifo")
+    write_gate_model(repo)
     write_python_model(repo, "countdown", COUNTDOWN_PY, model_config_text(
         "countdown", [t("n", "INT32", (1,))], [t("i", "INT32", (1,))], decoupled=True))
 
 
-def build_repository(repo: Path, models_dir: Path) -> None:
-    """Zoo models as python-backend ORT models, plus the probe models."""
-    for name in ZOO_ON_TRITON:
-        path = build_model(name, models_dir)
+def write_zoo_models(repo: Path, models_dir: Path, names: tuple[str, ...] = ZOO_ON_TRITON) -> dict[str, Path]:
+    """Zoo models (built into models_dir) as python-backend ORT models; their ONNX files by name."""
+    paths = {}
+    for name in names:
+        paths[name] = path = build_model(name, models_dir)
         inputs, outputs = read_io_spec(path)
         write_onnx_python_model(repo, name, path, inputs, outputs)
+    return paths
+
+
+def build_repository(repo: Path, models_dir: Path) -> None:
+    """Zoo models as python-backend ORT models, plus the probe models."""
+    write_zoo_models(repo, models_dir)
     build_probe_repository(repo)
 
 
