@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install serve test bench lint-docker proto
+.PHONY: install serve test bench bench-all lint-docker proto
 
 $(BIN)/.heddle-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: install
 
 bench: install
 	$(BIN)/python bench/gateway_overhead.py $(ARGS)
+
+bench-all: install
+	$(BIN)/python bench/run_all.py $(ARGS)
 
 proto: install
 	PATH=$(BIN):$$PATH tools/gen_proto.sh

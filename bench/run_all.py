@@ -1,7 +1,7 @@
 """The benchmark suite in one command: gateway overhead, heddle vs Triton, every policy on every scenario.
 
-    .venv/bin/python bench/run_all.py                  # default settings (about 11 min on a 2-core box)
-    .venv/bin/python bench/run_all.py --quick          # the same parts, shorter (about 5 min)
+    .venv/bin/python bench/run_all.py                  # default settings (10.3 min measured on 2 cores)
+    .venv/bin/python bench/run_all.py --quick          # the same parts, shorter (5.6 min measured)
     .venv/bin/python bench/run_all.py --only policies --scenario gaming --policy edf --policy fcfs
 
 Parts run one after another on this machine, never at once (they would share the CPU):
@@ -149,8 +149,10 @@ def bench_run(base: list[str], admin: HeddleClient, target: str, metrics_url: st
     timeout_s = settings.duration_s + settings.drain_s + 90.0  # startup, plots: generous
     t0 = time.perf_counter()
     rc = run_logged(cmd, run_dir / "bench.log", timeout_s, echo=False)
+    # The 1-min load average at the end covers the run: on a shared box it flags disturbed runs.
     meta = {"policy": policy, "confirmed_by": "Admin.SetPolicy", "bench_exit": rc,
-            "wall_s": time.perf_counter() - t0, "command": shlex.join(cmd)}
+            "wall_s": time.perf_counter() - t0, "loadavg_1m_after": os.getloadavg()[0],
+            "command": shlex.join(cmd)}
     (run_dir / POLICY_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     label = f"{scenario} (warm-up)" if run_dir.name == "warmup" else scenario
     print(f"  {label:<20} {policy:<12} {_bench_line(run_dir)}"

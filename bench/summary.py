@@ -62,6 +62,7 @@ def _policy_run(results_dir: Path, folder: Path) -> dict[str, Any]:
     top = next(iter(s["classes"]), None)  # classes are keyed highest priority first
     return {"scenario": run["scenario"]["name"], "policy": meta.get("policy", folder.name),
             "report": folder.relative_to(results_dir).as_posix(), "bench_exit": meta.get("bench_exit"),
+            "loadavg_1m_after": meta.get("loadavg_1m_after"),
             "duration_s": run["duration_s"], "window_s": run["window_s"], "seed": run["seed"],
             "rate_scale": run.get("rate_scale", 1.0), "interrupted": run.get("interrupted", False),
             "total": _figures(s["total"]),
@@ -159,9 +160,9 @@ def policies_table(doc: Mapping[str, Any]) -> list[str]:
         rows.append([run["scenario"], run["policy"] + failed, str(t["requests"]), str(t["ok"]), viol,
                      _f(t["goodput_rps"], 1), _f(t["p50_ms"]), _f(t["p99_ms"]),
                      f"{top.get('priority', '–')}: {_pct(top.get('violation_rate'))}",
-                     _f(top.get("p99_ms"))])
+                     _f(top.get("p99_ms")), _f(run.get("loadavg_1m_after"), 1)])
     return _table(("scenario", "policy", "sent", "ok", "viol", "goodput /s", "p50 ms", "p99 ms",
-                   "top class: viol", "top class p99 ms"), rows)
+                   "top class: viol", "top class p99 ms", "load 1m"), rows)
 
 
 # --- the page ------------------------------------------------------------------------------------
@@ -231,7 +232,8 @@ def _policies_section(doc: Mapping[str, Any] | None, plot: Path | None) -> list[
               f"{', '.join(map(str, seeds))}, rate scale {', '.join(f'{s:g}' for s in scales)}): the "
               "same arrivals for every policy. viol = deadline violation rate of finished requests "
               "with a deadline (lowest per scenario in bold); goodput = OK in time per second; "
-              "latency over OK responses; top class = the scenario's highest priority.", ""]
+              "latency over OK responses; top class = the scenario's highest priority; load 1m = the box's "
+              "1-minute load average as the run ended (this suite alone adds about 2).", ""]
     lines += policies_table(doc) + [""]
     if plot is not None:
         lines += [f"![violation rate per policy]({plot.name})", ""]
