@@ -125,13 +125,13 @@ def test_serve_with_an_unimportable_stage_exits_nonzero_with_the_message(tmp_pat
 
 def test_default_config_serves_pinned_cpu_devices_and_a_python_pool(default_config: Config,
                                                                     heddle_cache_dir: Path):
-    """The embedded default has ORT CPU devices on disjoint cores, py0, three pipelines, cached models."""
+    """The embedded default has ORT CPU devices on disjoint cores, py0, the demo pipelines, cached models."""
     ort_devices = [d for d in default_config.devices if d.backend == "onnxruntime"]
     assert ort_devices and all(d.options["providers"] == ["CPUExecutionProvider"] for d in ort_devices)
     cores = [c for d in ort_devices for c in d.options["cpu_affinity"]]
     assert len(cores) == len(set(cores)) and all(d.options["cpu_affinity"] for d in ort_devices)
     assert [(d.id, d.backend) for d in default_config.devices if d.backend == "python"] == [("py0", "python")]
-    assert sorted(default_config.pipelines) == ["classify", "multihead", "text_classify"]
+    assert sorted(default_config.pipelines) == ["chat", "chat_text", "classify", "multihead", "text_classify"]
     for model in default_config.models.values():
         if model.backend == "onnxruntime":
             assert Path(model.artifact).parent == heddle_cache_dir / "models"

@@ -28,7 +28,7 @@ from server_fixtures import (  # noqa: F401  (fixtures are found by name)
 )
 
 RTOL, ATOL = 1e-4, 1e-5
-MODELS_AND_PIPELINES = {"backbone", "classify", "cnn", "encoder", "head_cls", "head_emb", "join",
+MODELS_AND_PIPELINES = {"backbone", "chat", "chat_text", "detokenize", "llm", "tokenize", "classify", "cnn", "encoder", "head_cls", "head_emb", "join",
                         "multihead", "postprocess", "preprocess", "text_classify", "text_cls"}
 
 
