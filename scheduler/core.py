@@ -6,7 +6,9 @@ import heapq
 from typing import Iterable, Mapping
 
 from heddle.scheduler.budget import split_deadline
-from heddle.scheduler.plan import CoreStats, Dispatch, Finished, Freeze, Migrate, Plan, Unfreeze
+from heddle.scheduler.plan import (
+    CoreStats, Dispatch, Finished, Freeze, Migrate, Plan, PowerAction, Reject, SetLevel, Unfreeze,
+)
 from heddle.scheduler.policies import Policy, make_policy, tail
 from heddle.scheduler.profiles import ConstantProfiles, Profiles
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
@@ -50,12 +52,22 @@ class Core(CoreReads):
         self._log_frozen: list[Freeze] = []
         self._log_unfrozen: list[Unfreeze] = []
         self._log_migrated: list[Migrate] = []
+        # Power control and admission (scheduler/power.py, admission.py), both optional: the
+        # controller's decisions arrive through on_power_sample, admission runs at submit.
+        self.power = None
+        self.admission = None
+        self._log_levels: list[SetLevel] = []
+        self._log_rejected: list[Reject] = []
+        self._log_power: list[PowerAction] = []
         self._num_frozen = 0
         self._num_active = 0
         # Deadlines in time order, and requests past theirs whose remaining stages were all
         # running then (shed later if a next stage is still to start): _expire needs no scan.
         self._deadlines: list[tuple[float, int, Request]] = []
         self._overdue: dict[str, Request] = {}
+        # LLM decode steps started alongside another step of their model on the same device:
+        # they share its forward pass, so they hold no slot of their own (_batch_riders).
+        self._riders: dict[tuple[str, str], StageRun] = {}
         # Running stages of requests that already ended, so their slots are still released.
         self._orphans: dict[tuple[str, str], Request] = {}
         self._seq = 0
@@ -78,6 +90,8 @@ class Core(CoreReads):
         }
         self._requests[request.id] = request
         self._num_active += 1
+        if self.admission is not None and self._refused(request, now):
+            return
         if request.deadline_s is not None:
             heapq.heappush(self._deadlines, (request.deadline_s, request.seq, request))
         for run in request.runs.values():
@@ -93,7 +107,7 @@ class Core(CoreReads):
         run = request.runs[stage]
         if run.state is not RunState.RUNNING:
             raise ValueError(f"stage {stage!r} of {request_id!r} is {run.state.name}, not RUNNING")
-        del self._running[run.device][run.key]
+        self._free_slot(run)
         self.version += 1
         run.finished_s = now
         run.state = RunState.FAILED if error else RunState.DONE
@@ -114,6 +128,30 @@ class Core(CoreReads):
                 self._make_ready(nxt, now)
         if all(r.state is RunState.DONE for r in request.runs.values()):
             self._finish(request, Outcome.OK, "", now)
+
+    def on_stage_step(self, request_id: str, stage: str, now: float) -> bool:
+        """A dispatched multi-step stage (an LLM's prefill or one decode step) did one step but is
+        not done: free its slot and queue it again where the policy places it, so it can be
+        frozen, migrated or dropped between steps like any queued run. False when its request
+        already ended (cancelled, expired): the caller drops the stage's state."""
+        orphan = self._orphans.pop((request_id, stage), None)
+        request = self._requests.get(request_id) or orphan
+        if request is None:
+            raise KeyError(f"no running stage {stage!r} of request {request_id!r}")
+        run = request.runs[stage]
+        if run.state is not RunState.RUNNING:
+            raise ValueError(f"stage {stage!r} of {request_id!r} is {run.state.name}, not RUNNING")
+        self._free_slot(run)
+        self.version += 1
+        self.profiles.observe(run.model, self.devices[run.device], run.level, now - run.started_s)
+        self._best_s.pop(run.model, None)
+        if request.finished:
+            run.state, run.finished_s = RunState.CANCELLED, now
+            return False
+        request.last_progress_s = now
+        run.ready_s = now  # the aging bound counts from this step's wait, not the stage's first
+        self._make_ready(run, now)
+        return not request.finished
 
     def cancel(self, request_id: str, now: float, outcome: Outcome = Outcome.CANCELLED,
                error: str = "cancelled by the client") -> bool:
@@ -147,7 +185,7 @@ class Core(CoreReads):
         run = request.runs[stage]
         if run.state is not RunState.RUNNING:
             raise ValueError(f"stage {stage!r} of {request_id!r} is {run.state.name}, not RUNNING")
-        del self._running[run.device][run.key]
+        self._free_slot(run)
         self.version += 1
         if request.finished:
             run.state, run.finished_s, run.error = RunState.FAILED, now, error
@@ -158,7 +196,8 @@ class Core(CoreReads):
             run.state, run.finished_s, run.error = RunState.FAILED, now, error
             self._finish(request, Outcome.UNAVAILABLE, f"stage {stage!r}: {error}", now)
             return False
-        run.started_s = None
+        # Not running any more: the deadline budget must estimate it as a stage still to start.
+        run.state, run.started_s = RunState.WAITING, None
         self._make_ready(run, now)
         return not request.finished
 
@@ -174,6 +213,29 @@ class Core(CoreReads):
 
     def is_healthy(self, device: str) -> bool:
         return self._healthy[device]
+
+    def on_power_sample(self, samples, now: float, busy: Mapping[str, float] | None = None) -> None:
+        """A control period's power readings: the controller's level changes show in the next
+        plan (for the driver to apply), its freezes and refusals take effect from then on."""
+        if self.power is None:
+            return
+        for action in self.power.step(samples, now, self, busy):
+            if isinstance(action, SetLevel):
+                self.set_device_level(action.device, action.level)
+                self._log_levels.append(action)
+            else:
+                self._log_power.append(action)
+                self.version += 1
+
+    def _refused(self, request: Request, now: float) -> bool:
+        """Admission's verdict on a just-registered request; a rejected one ends here."""
+        decision = self.admission.decide(request, self, now)
+        if decision.action != "reject":
+            return False
+        self._log_rejected.append(Reject(request.id, decision.reason, request.priority, decision.retry_after_s))
+        outcome = Outcome.DEADLINE_EXCEEDED if decision.reason == "deadline" else Outcome.REJECTED
+        self._finish(request, outcome, decision.message, now)
+        return True
 
     def set_device_level(self, device: str, level: int) -> None:
         """The device now runs at DVFS level `level` (0 = fastest); estimates follow."""
@@ -201,9 +263,12 @@ class Core(CoreReads):
                 if run is None:
                     break
                 dispatches.append(self._start(run, device_id, now))
+                dispatches += self._batch_riders(run, device_id, now)
         plan = Plan(tuple(dispatches), tuple(self._finished), tuple(self._log_frozen),
-                    tuple(self._log_unfrozen), tuple(self._log_migrated))
+                    tuple(self._log_unfrozen), tuple(self._log_migrated), tuple(self._log_levels),
+                    tuple(self._log_rejected), tuple(self._log_power))
         self._finished, self._log_frozen, self._log_unfrozen, self._log_migrated = [], [], [], []
+        self._log_levels, self._log_rejected, self._log_power = [], [], []
         self._check_invariants()
         return plan
 
@@ -280,6 +345,9 @@ class Core(CoreReads):
             pool += [r for other, queue in self._queues.items() if other != device for r in queue
                      if r.state is RunState.READY and r.key not in seen and self.aged(r, now)
                      and device in self.eligible_devices(r.model)]
+        if self.power is not None and self.power.freezing:  # nor take work frozen on this device
+            frozen_max = self.power.freeze_max(device)
+            pool = [r for r in pool if r.request.priority > frozen_max]
         return min(pool, key=lambda r: self._rank(r, now)) if pool else None
 
     def _start(self, run: StageRun, device: str, now: float) -> Dispatch:
@@ -294,15 +362,38 @@ class Core(CoreReads):
         self.version += 1
         return Dispatch(run.request.id, run.stage, run.model, device)
 
+    def _batch_riders(self, run: StageRun, device: str, now: float) -> list[Dispatch]:
+        """Continuous batching: ready runs of the same LLM model queued on this device (policy
+        order, up to the model's max_batch option less one) start with `run` and share its pass
+        and its slot. Models without max_batch > 1 never batch."""
+        spec = self.models[run.model]
+        room = int(spec.options.get("max_batch", 1)) - 1 if spec.kind == "llm" else 0
+        if room <= 0:
+            return []
+        same = [r for r in self._queues[device] if r.model == run.model and r.state is RunState.READY]
+        riders = []
+        for rider in sorted(same, key=lambda r: self._rank(r, now))[:room]:
+            riders.append(self._start(rider, device, now))
+            del self._running[device][rider.key]
+            self._riders[rider.key] = rider
+        return riders
+
+    def _free_slot(self, run: StageRun) -> None:
+        if self._riders.pop(run.key, None) is None:
+            del self._running[run.device][run.key]
+
     def _apply_holds(self, now: float) -> None:
         """The one way runs are frozen and unfrozen: the policy names the queued runs to hold
-        this step; an aged run is never held (the aging bound beats freezing)."""
+        this step; an aged run is never held (the aging bound beats freezing). The power
+        controller holds the classes it froze on each device, aged or not (the cap beats aging)."""
         held = self.policy.hold(self, now)
-        if not held and not self._num_frozen:
+        power = self.power if self.power is not None and self.power.freezing else None
+        if not held and not self._num_frozen and power is None:
             return
         for device, queue in self._queues.items():
+            frozen_max = power.freeze_max(device) if power is not None else 0
             for run in queue:
-                hold = run.key in held and not self.aged(run, now)
+                hold = (run.key in held and not self.aged(run, now)) or run.request.priority <= frozen_max
                 if run.state is RunState.FROZEN and not hold:
                     self.version += 1
                     run.state = RunState.READY
@@ -335,6 +426,8 @@ class Core(CoreReads):
         request.finished_s = now
         self._num_active -= 1
         self.version += 1
+        if self.admission is not None:
+            self.admission.forget(request.id)
         for run in request.runs.values():
             if run.state in _QUEUED:
                 self._queues[run.device].remove(run)

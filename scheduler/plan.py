@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 
 from heddle.scheduler.state import Outcome
 
-__all__ = ["CoreStats", "Dispatch", "Finished", "Freeze", "Migrate", "Plan", "Unfreeze"]
+__all__ = [
+    "CoreStats", "Dispatch", "Finished", "Freeze", "Migrate", "Plan", "PowerAction", "Reject", "SetLevel",
+    "Unfreeze",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,39 @@ class Migrate:
 
 
 @dataclass(frozen=True, slots=True)
+class SetLevel:
+    """The power controller moved `device` to DVFS level `level` (0 = fastest): the runtime
+    applies it through the device's actuator (the simulator through its profile table)."""
+
+    device: str
+    level: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PowerAction:
+    """A power-controller step other than DVFS, for metrics and traces: kind is "freeze" /
+    "unfreeze" (requests of priority <= `priority` held on `device`, or no longer) or "refuse"
+    / "readmit" (new requests of priority <= `priority` refused at admission, device "box")."""
+
+    kind: str
+    device: str
+    priority: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Admission refused a request (it also appears in `finished`): why, and when a retry
+    may succeed (None: a retry cannot help, e.g. a deadline no device could meet)."""
+
+    request_id: str
+    reason: str  # power | queue_full | overload | deadline
+    priority: int
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """One step's decisions. Only dispatches and finished need carrying out; frozen, unfrozen
     and migrated report what the core did to queued work, for metrics and traces."""
@@ -66,9 +102,14 @@ class Plan:
     frozen: tuple[Freeze, ...] = ()
     unfrozen: tuple[Unfreeze, ...] = ()
     migrated: tuple[Migrate, ...] = ()
+    # From the power controller and admission (scheduler/power.py, admission.py): levels
+    # need carrying out; rejected requests are also in `finished`; power is for reports.
+    levels: tuple[SetLevel, ...] = ()
+    rejected: tuple[Reject, ...] = ()
+    power: tuple[PowerAction, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.dispatches or self.finished)
+        return bool(self.dispatches or self.finished or self.levels)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from heddle.scheduler.workload import Arrival, Scenario, build_pipelines, genera
 
 __all__ = [
     "ClassStats", "PolicyResult", "RequestRecord", "add_simulate_arguments", "format_table",
-    "run_from_args", "simulate",
+    "run_from_args", "score", "simulate",
 ]
 
 _ARRIVE, _DONE = 0, 1
@@ -116,7 +116,7 @@ def simulate(platform: Platform, scenario: Scenario, policy: str, *, duration_s:
         migrations += len(plan.migrated)
         freezes += len(plan.frozen)
     assert all(r.outcome for r in records.values()), "a request never ended"
-    result = _score(policy, list(records.values()), duration_s, energy_j, migrations, freezes)
+    result = score(policy, list(records.values()), duration_s, energy_j, migrations, freezes)
     return replace(result, placements={m: dict(sorted(c.items())) for m, c in sorted(placements.items())})
 
 
@@ -158,7 +158,8 @@ def _pct(ordered: list[float], q: float) -> float:
     return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
-def _score(policy, records, duration_s, energy_j, migrations, freezes) -> PolicyResult:
+def score(policy, records, duration_s, energy_j, migrations, freezes) -> PolicyResult:
+    """One policy's figures from its ended requests (the simulator's and trace replay's)."""
     done = [r for r in records if r.outcome == Outcome.OK.value]
     overall = _stats(records)
     classes = sorted({r.priority for r in records}, reverse=True)
@@ -192,10 +193,10 @@ def format_table(results: Sequence[PolicyResult]) -> str:
     return "\n".join(lines)
 
 
-def add_simulate_arguments(parser) -> None:
+def add_simulate_arguments(parser, extra_platforms: Sequence[str] = ()) -> None:
     parser.add_argument("--policy", default="all", help=f"one of {sorted(POLICIES)}, or 'all' (default)")
     parser.add_argument("--scenario", default=DEFAULT_SCENARIO, choices=sorted(SCENARIOS))
-    parser.add_argument("--platform", default=DEFAULT_PLATFORM, choices=sorted(PLATFORMS))
+    parser.add_argument("--platform", default=DEFAULT_PLATFORM, choices=[*sorted(PLATFORMS), *extra_platforms])
     parser.add_argument("--duration", type=float, default=None, help="seconds of arrivals (default: the scenario's)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-wait-s", type=float, default=None, help="aging bound for every policy")
@@ -216,4 +217,7 @@ def run_from_args(args) -> tuple[str, dict]:
              f"{duration_s:g} s of arrivals, seed {args.seed}")
     report = {"scenario": scenario.name, "platform": platform.name, "duration_s": duration_s, "seed": args.seed,
               "results": [asdict(r) for r in results]}
+    best, worst = min(results, key=lambda r: r.violation_rate), max(results, key=lambda r: r.violation_rate)
+    report["dvr_spread"] = {"best": best.policy, "worst": worst.policy,
+                            "points": 100 * (worst.violation_rate - best.violation_rate)}
     return f"{title}\n\n{format_table(results)}", report

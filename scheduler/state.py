@@ -33,6 +33,7 @@ class Outcome(enum.Enum):
     CANCELLED = "CANCELLED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNAVAILABLE = "UNAVAILABLE"
+    REJECTED = "REJECTED"  # refused by admission (power, queue bound, load): RESOURCE_EXHAUSTED
 
 
 @dataclass(slots=True, eq=False)

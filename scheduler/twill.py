@@ -7,10 +7,14 @@ After Twill (arXiv 2507.00491), whose exact rules are not public; these are hedd
   queued work ranked ahead of it, the running work left, its own estimate). Of the devices
   that meet its sub-deadline (by the tail estimate) it goes to the slowest ("fit"): CNN work
   lands on DLAs and LLM decode on CPU clusters when they are fast enough, which leaves the
-  GPU to what only the GPU runs on time. No device on time, or no deadline: the earliest
-  finish. mapping="energy" picks the most frugal on-time device instead.
+  GPU to what only the GPU runs on time. Devices of one kind and backend (two CPU clusters,
+  two DLAs) count as one speed class: among them the earliest finish wins, since picking the
+  "slowest" of identical devices would chase estimate noise and pile work onto one of them.
+  No device on time, or no deadline: the earliest finish. mapping="energy" picks the most
+  frugal on-time device instead.
 - migration: an idle device takes a run queued elsewhere when it would finish it earlier by
-  a margin and the run would be late where it is, has no deadline, or costs less energy.
+  a margin and the run would be late where it is, has no deadline, or costs less energy; and
+  any run without a deadline that would otherwise wait (work-conserving for best effort).
 - freezing: a lower-priority run is held in its queue when starting it now would make an
   imminent higher-priority stage (inputs being computed right now) miss its deadline, and
   released as soon as that is no longer so. The core's aging bound beats freezing.
@@ -79,18 +83,36 @@ class TwillPolicy(BasePolicy):
         if on_time and math.isfinite(run.sub_deadline_s):
             if self.mapping == "energy":
                 return min(on_time, key=lambda o: (o[2], o[0], o[4]))[5]
-            if self.mapping == "fit":  # the slowest device that still makes it
-                return min(on_time, key=lambda o: (-o[3], o[0], o[4]))[5]
+            if self.mapping == "fit":  # the slowest class of device that still makes it
+                return self._fit(on_time, view)
         return min(options, key=lambda o: (o[0], o[4]))[5]
+
+    @staticmethod
+    def _fit(on_time: list[tuple], view: CoreView) -> str:
+        """Of the on-time options, the slowest speed class (devices of one kind and backend, by
+        their fastest estimate); within it, the earliest finish."""
+        classes: dict[tuple[str, str], list[tuple]] = {}
+        for option in on_time:
+            spec = view.devices[option[5]]
+            classes.setdefault((spec.kind, spec.backend), []).append(option)
+        slowest = max(classes.values(), key=lambda c: (min(o[3] for o in c), -min(o[4] for o in c)))
+        return min(slowest, key=lambda o: (o[0], o[4]))[5]
 
     def may_steal(self, run: StageRun, device: str, view: CoreView, now: float) -> bool:
         """Take a run queued elsewhere if it finishes here earlier by a margin, and it would be
-        late there, has no deadline, or costs less energy here."""
+        late there, has no deadline, or costs less energy here. A run with no deadline that
+        would wait where it is also goes to a device with nothing else to do: best-effort work
+        keeps devices busy, and a device estimated slow once (a noisy moment) gets measured again
+        instead of being shunned on a stale estimate."""
         here_s = view.estimate_s(run.model, device)
         if self._reserved_at == now and now + here_s > self._reserved.get(device, math.inf):
             return False
+        wait_s = self._wait_ahead_s(view, run, run.device, now)
+        if (not math.isfinite(run.sub_deadline_s) and wait_s > 0
+                and not any(q.state is RunState.READY for q in view.queued(device))):
+            return True
         there_s = view.estimate_s(run.model, run.device)
-        there = now + self._wait_ahead_s(view, run, run.device, now) + there_s
+        there = now + wait_s + there_s
         margin = max(self.min_margin_s, self.migrate_margin * here_s)
         if now + here_s + margin >= there:
             return False

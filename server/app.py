@@ -14,6 +14,7 @@ from heddle.server.config import Config
 from heddle.server.kserve import SERVICE_NAME as KSERVE_SERVICE, KServeServicer
 from heddle.server.logs import get_logger
 from heddle.server.metrics import Metrics
+from heddle.server.power_loop import PowerLoop
 from heddle.server.runtime import Runtime
 from heddle.server.security import AdminAuthInterceptor, server_credentials
 from heddle.server.service import AdminServicer, GatewayServicer
@@ -41,6 +42,7 @@ class HeddleServer:
             if ex.device.backend == "triton":  # it maps heddle's scale onto Triton's, so needs its top
                 ex.priority_levels = config.server.priority_levels
         self.runtime = Runtime(config, self.executors, self.metrics)
+        self.power = PowerLoop(self.runtime, self.metrics)  # sensors, DVFS, budget controller
         self.kserve = KServeServicer(self.runtime)
         self.health = health.aio.HealthServicer()
         self._with_metrics_http = with_metrics_http
@@ -53,6 +55,7 @@ class HeddleServer:
     async def start(self) -> None:
         s = self.config.server
         await self.runtime.load_models()
+        self.power.start()
         self._watch_remote_devices()
         interceptors = [AdminAuthInterceptor(s.admin_token)] if s.admin_token else []
         self.server = grpc.aio.server(interceptors=interceptors, options=[
@@ -61,7 +64,7 @@ class HeddleServer:
             ("grpc.so_reuseport", 0),
         ])
         pb_grpc.add_GatewayServicer_to_server(GatewayServicer(self.runtime), self.server)
-        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.runtime), self.server)
+        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.runtime, self.power), self.server)
         self.kserve.add_to_server(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -111,6 +114,7 @@ class HeddleServer:
             await self.server.stop(grace_s)  # only responses of finished requests are left to send
         if self._watcher is not None:
             self._watcher.stop()
+        await self.power.stop()  # after the drain: frozen requests need it until they end
         for ex in self.executors.values():
             ex.close()
         if self._metrics_http is not None:

@@ -1,4 +1,4 @@
-"""The `heddle` command line: serve, infer, list."""
+"""The `heddle` command line: serve, infer, list, bench, simulate, profile."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--policy")
     p.add_argument("--log-level")
     p.add_argument("--log-json", action="store_true", default=None, help="JSON logs even on a terminal")
+    p.add_argument("--trace", metavar="FILE", help="record arrivals as a JSON-lines trace (heddle simulate --trace)")
 
 
 def _serve(args) -> int:
@@ -30,7 +31,7 @@ def _serve(args) -> int:
     try:
         config = load_config(args.config, grpc_host=args.grpc_host, grpc_port=args.grpc_port,
                              metrics_host=args.metrics_host, metrics_port=args.metrics_port,
-                             policy=args.policy, log_level=args.log_level)
+                             policy=args.policy, log_level=args.log_level, trace_file=args.trace)
     except ConfigError as exc:
         print(f"heddle: config error: {exc}", file=sys.stderr)
         return 2
@@ -50,10 +51,12 @@ def _serve(args) -> int:
 
 
 def _add_simulate_parser(sub) -> None:
+    from heddle.scheduler.replay import LOCAL_PLATFORM, add_replay_arguments
     from heddle.scheduler.simulator import add_simulate_arguments
 
     p = sub.add_parser("simulate", help="compare scheduling policies on a simulated platform (virtual clock)")
-    add_simulate_arguments(p)
+    add_simulate_arguments(p, extra_platforms=(LOCAL_PLATFORM,))
+    add_replay_arguments(p)
 
 
 def _simulate(args) -> int:
@@ -63,8 +66,8 @@ def _simulate(args) -> int:
     from heddle.scheduler.simulator import run_from_args
 
     try:
-        table, report = run_from_args(args)
-    except ValueError as exc:
+        table, report = _replay(args) if args.trace or args.platform == "local" else run_from_args(args)
+    except (OSError, ValueError) as exc:
         print(f"heddle: {exc}", file=sys.stderr)
         return 2
     print(table)
@@ -73,9 +76,23 @@ def _simulate(args) -> int:
     return 0
 
 
+def _replay(args) -> tuple[str, dict]:
+    """`heddle simulate --trace FILE --profile FILE --platform local`: a live trace, replayed."""
+    from heddle.scheduler.replay import run_replay_from_args
+    from heddle.server.profile_cmd import load_profile_file
+
+    if not (args.trace and args.profile and args.platform == "local"):
+        raise ValueError("replaying a trace needs --trace FILE, --profile FILE (from `heddle profile`) "
+                         "and --platform local together")
+    with open(args.trace) as f:
+        trace_text = f.read()
+    return run_replay_from_args(args, trace_text, load_profile_file(args.profile))
+
+
 def main(argv: list[str] | None = None) -> int:
     from heddle.clients.infer_cli import add_infer_parser, add_list_parser, run_infer, run_list
     from heddle.clients.bench_cli import add_bench_parser, run_bench
+    from heddle.server.profile_cmd import add_profile_parser, run_profile
 
     parser = argparse.ArgumentParser(prog="heddle", description="gRPC gateway for compound-AI pipelines")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,11 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     add_list_parser(sub)
     add_bench_parser(sub)
     _add_simulate_parser(sub)
+    add_profile_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "profile":
+        return run_profile(args)
     if args.command == "bench":
         return run_bench(args)
     if args.command == "infer":

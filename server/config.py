@@ -12,6 +12,7 @@ from heddle.scheduler import (
     POLICIES, DeviceSpec, ModelSpec, Pipeline, PipelineError, PipelineSpec, StageSpec, TensorSpec,
     validate_pipeline,
 )
+from heddle.scheduler.power import PowerSettings
 from heddle.scheduler.specs import DATATYPES
 
 __all__ = ["Config", "ConfigError", "ServerSettings", "load_config", "parse_config"]
@@ -42,6 +43,8 @@ class ServerSettings:
     tls_key: str = ""
     tls_client_ca: str = ""
     log_level: str = "info"
+    # JSON-lines arrival trace for `heddle simulate --trace` (server/trace.py); "" = off.
+    trace_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,7 @@ class Config:
     pipelines: Mapping[str, Pipeline]
     source: str = "<embedded default>"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    power: PowerSettings = field(default_factory=PowerSettings)  # the [power] table
 
 
 def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Config:
@@ -95,7 +99,26 @@ def parse_config(text: str, source: str, base_dir: Path, overrides: Mapping[str,
         if pipeline.name in pipelines:
             raise ConfigError(f"{source}: pipeline name {pipeline.name!r} is used twice")
         pipelines[pipeline.name] = pipeline
-    return Config(server, devices, models, pipelines, source)
+    return Config(server, devices, models, pipelines, source, power=_power(source, doc, devices))
+
+
+def _power(source: str, doc: Mapping[str, Any], devices: tuple[DeviceSpec, ...]) -> PowerSettings:
+    """The [power] table, and every device's power/sensor/dvfs tables checked by the backends'
+    own parsers, so a typo stops the start instead of a silent fallback to the estimate."""
+    from heddle.backends.dvfs import dvfs_options, level_count
+    from heddle.backends.power_estimate import power_model_of
+    from heddle.backends.power_sensors import sensor_options
+
+    try:
+        for device in devices:
+            power_model_of(device)
+            sensor_options(device)
+            dvfs_options(device)
+            level_count(device)
+        return PowerSettings.from_table(doc.get("power", {}), [d.id for d in devices]) if "power" in doc \
+            else PowerSettings()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _server_settings(source: str, raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> ServerSettings:
@@ -162,6 +185,12 @@ def _model(source, index, raw, base_dir: Path, cache_dir: Path, devices) -> Mode
     for dev in allowed:
         if dev not in known:
             raise ConfigError(f"{where}: unknown device {dev!r}")
+        if known[dev].backend != backend:
+            # The scheduler moves a stage only among its model's devices, and a model has one
+            # artifact for one backend: say so here rather than fail the start on a bad load.
+            raise ConfigError(f"{where}: device {dev!r} has backend {known[dev].backend!r}, but the "
+                              f"model's backend is {backend!r}; a model runs only on devices of its "
+                              f"own backend")
     candidates = [known[d] for d in allowed] if allowed else list(devices)
     if not any(d.backend == backend for d in candidates):
         raise ConfigError(f"{where}: no configured device has backend {backend!r}")
@@ -176,6 +205,9 @@ def _model(source, index, raw, base_dir: Path, cache_dir: Path, devices) -> Mode
             inputs, outputs = read_io_spec(artifact)
         except BackendError as exc:  # not ONNX, truncated: a config problem, said as one
             raise ConfigError(f"{where}: {exc}") from None
+        if kind == "llm":
+            inputs, outputs = _llm_io(where, ModelSpec(name, backend, str(artifact), inputs, outputs, kind,
+                                                       allowed, raw))
     elif backend == "python":
         artifact = raw.pop("function", "")
         if ":" not in artifact:
@@ -188,6 +220,20 @@ def _model(source, index, raw, base_dir: Path, cache_dir: Path, devices) -> Mode
             served_in, served_out = _triton_io(where, artifact, str(raw.get("triton_version", "")), candidates)
             inputs, outputs = inputs or served_in, outputs or served_out
     return ModelSpec(name, backend, str(artifact), inputs, outputs, kind, allowed, raw)
+
+
+def _llm_io(where: str, graph: ModelSpec) -> tuple:
+    """An LLM stage's pipeline IO (prompt ids in, generated ids out), once its graph is checked to
+    be a KV-cache decoder and its generation defaults to be valid."""
+    from heddle.backends.base import BackendError
+    from heddle.backends.llm import DecoderLayout, GenerationConfig, stage_io
+
+    try:
+        DecoderLayout.from_spec(graph)
+        GenerationConfig.from_options(graph.options)
+    except (BackendError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return stage_io()
 
 
 def _triton_io(where: str, model: str, version: str, candidates) -> tuple:

@@ -34,6 +34,30 @@ name = "text_cls"
 path = "builtin:text_cls"
 
 [[models]]
+name = "llm"
+kind = "llm"
+path = "builtin:llm"
+# Generation defaults; requests override them with GenerationOptions.
+max_new_tokens = 32
+max_positions = 512
+max_batch = 8  # decode steps of up to 8 sequences share one forward pass (and one device slot)
+tokenizer = "byte"
+
+[[models]]
+name = "tokenize"
+backend = "python"
+function = "heddle.backends.tokenizer:encode_text"
+inputs = [{ name = "text", datatype = "BYTES", shape = [1] }]
+outputs = [{ name = "input_ids", datatype = "INT64", shape = [1, -1] }]
+
+[[models]]
+name = "detokenize"
+backend = "python"
+function = "heddle.backends.tokenizer:decode_ids"
+inputs = [{ name = "output_ids", datatype = "INT64", shape = [1, -1] }]
+outputs = [{ name = "text", datatype = "BYTES", shape = [1] }]
+
+[[models]]
 name = "preprocess"
 backend = "python"
 function = "heddle.backends.zoo.ops:preprocess"
@@ -100,6 +124,26 @@ outputs = { logits = "cls.logits" }
 stages = [
   { name = "encoder", model = "encoder", inputs = { input_ids = "input:input_ids", attention_mask = "input:attention_mask" } },
   { name = "cls", model = "text_cls", inputs = { pooled = "encoder.pooled" } },
+]
+
+[[pipelines]]
+name = "chat"
+description = "token ids -> decoder LLM with KV cache (tokens stream with InferStream) -> generated ids"
+inputs = [{ name = "input_ids", datatype = "INT64", shape = [1, -1] }]
+outputs = { output_ids = "llm.output_ids" }
+stages = [
+  { name = "llm", model = "llm", inputs = { input_ids = "input:input_ids" } },
+]
+
+[[pipelines]]
+name = "chat_text"
+description = "text -> byte tokenizer (python) -> LLM -> detokenizer (python) -> text"
+inputs = [{ name = "text", datatype = "BYTES", shape = [1] }]
+outputs = { text = "detok.text", output_ids = "llm.output_ids" }
+stages = [
+  { name = "tok", model = "tokenize", inputs = { text = "input:text" } },
+  { name = "llm", model = "llm", inputs = { input_ids = "tok.input_ids" } },
+  { name = "detok", model = "detokenize", inputs = { output_ids = "llm.output_ids" } },
 ]
 """
 

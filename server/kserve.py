@@ -8,10 +8,12 @@ Triton-style statistics (kserve_stats). Stubs come from the `tritonclient` packa
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.metadata
 import time
 
 import grpc
+import numpy as np
 import structlog
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
@@ -24,6 +26,7 @@ from heddle.server.kserve_convert import (
     refuse_sequence_parameters,
 )
 from heddle.server.kserve_stats import KServeStats, RequestTimes
+from heddle.server.llm_runtime import TokenUpdate
 from heddle.server.logs import get_logger
 from heddle.server.runtime import JobResult, Runtime
 from heddle.server.validation import RequestError, effective_deadline_s
@@ -157,7 +160,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         tasks: set[asyncio.Task] = set()
         try:
             async for request in request_iterator:
-                task = asyncio.ensure_future(self._stream_one(request, context))
+                task = asyncio.ensure_future(self._stream_one(request, context, responses.put_nowait))
                 task.add_done_callback(lambda t: t.cancelled() or responses.put_nowait(t.result()))
                 tasks = {t for t in tasks if not t.done()}
                 tasks.add(task)
@@ -168,10 +171,16 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
             responses.put_nowait(None)
 
-    async def _stream_one(self, request: kpb.ModelInferRequest, context) -> kpb.ModelStreamInferResponse:
+    async def _stream_one(self, request: kpb.ModelInferRequest, context,
+                          emit=None) -> kpb.ModelStreamInferResponse:
         with structlog.contextvars.bound_contextvars(request_id=request.id or None):
             try:
-                return kpb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+                on_token = _token_responder(request, emit) if emit is not None else None
+                response = await self._infer(request, context, on_token)
+                if on_token is not None and self._has_llm(request.model_name):
+                    # Like a decoupled Triton model: token responses first, then this final one.
+                    response.parameters["triton_final_response"].bool_param = True
+                return kpb.ModelStreamInferResponse(infer_response=response)
             except RequestError as exc:
                 message = f"{exc.code.name}: {exc.message}"
             except Exception as exc:  # a bug must not end the client's stream
@@ -181,7 +190,12 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
                                       id=request.id)
         return kpb.ModelStreamInferResponse(error_message=message, infer_response=echo)
 
-    async def _infer(self, request: kpb.ModelInferRequest, context) -> kpb.ModelInferResponse:
+    def _has_llm(self, name: str) -> bool:
+        entry = self.catalog.get(name)
+        models = self.runtime.config.models
+        return entry is not None and any(models[s.model].kind == "llm" for s in entry.pipeline.stages)
+
+    async def _infer(self, request: kpb.ModelInferRequest, context, on_token=None) -> kpb.ModelInferResponse:
         """Validate, run and answer one request; a refusal or failure raises RequestError."""
         t0 = time.perf_counter_ns()
         try:
@@ -202,7 +216,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             raise
         t1 = time.perf_counter_ns()
         try:
-            result = await self._run(entry, inputs, priority, deadline_s, request.id)
+            result = await self._run(entry, inputs, priority, deadline_s, request.id, on_token,
+                                     _generation(request.parameters))
         except BaseException:  # failed, or cancelled by the client: Triton counts both as failures
             self.stats.record_failure(entry.name, time.perf_counter_ns() - t0)
             raise
@@ -216,9 +231,9 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def _run(self, entry: CatalogEntry, inputs, priority: int, deadline_s: float | None,
-                   request_id: str) -> JobResult:
+                   request_id: str, on_token=None, generation=None) -> JobResult:
         """Run on the runtime; KServe ids need not be unique, so a clash gets a generated id."""
-        run = self.runtime.run
+        run = functools.partial(self.runtime.run, on_token=on_token, generation=generation)
         try:
             result = await run(entry.pipeline, inputs, priority=priority, deadline_s=deadline_s,
                                request_id=request_id)
@@ -292,3 +307,37 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
 
 
 _SEND_TENSORS = "send tensors in the request (raw_input_contents or typed contents)"
+# Request parameters that set an LLM stage's GenerationConfig, with the parameter type each takes.
+_GENERATION_PARAMS = {"max_new_tokens": "int64_param", "temperature": "double_param", "top_k": "int64_param",
+                      "top_p": "double_param", "seed": "int64_param"}
+
+
+def _generation(params) -> dict | None:
+    """GenerationConfig overrides from KServe request parameters (absent ones keep the model's)."""
+    found = {}
+    for key, kind in _GENERATION_PARAMS.items():
+        if key in params:
+            param = params[key]
+            which = param.WhichOneof("parameter_choice")
+            if which not in (kind, "int64_param", "uint64_param"):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"parameter {key!r} must be a number, got {which or 'nothing'}")
+            found[key] = getattr(param, which)
+    return found or None
+
+
+def _token_responder(request: kpb.ModelInferRequest, emit):
+    """on_token for a stream: each batch of tokens is a response of its own, matched by `id`,
+    carrying them as `token_ids` INT64 [1, n], its stage and index in parameters."""
+    def send(update: TokenUpdate) -> None:
+        response = kpb.ModelInferResponse(model_name=request.model_name, model_version=MODEL_VERSION,
+                                          id=request.id)
+        meta, data = encode_output("token_ids", np.asarray([update.token_ids], dtype=np.int64))
+        response.outputs.append(meta)
+        response.raw_output_contents.append(data)
+        params = response.parameters
+        params["heddle_stage"].string_param = update.stage
+        params["heddle_token_index"].int64_param = update.index
+        params["triton_final_response"].bool_param = False
+        emit(kpb.ModelStreamInferResponse(infer_response=response))
+    return send

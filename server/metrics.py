@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
+from heddle.server.power_metrics import PowerMetrics
+
 __all__ = ["LATENCY_BUCKETS_S", "Metrics", "MetricsHTTPServer"]
 
 # Edge inference spans a sub-millisecond preprocessing stage to a multi-second LLM request.
@@ -59,14 +61,16 @@ class _BusyWindow:
             activity.finished.append((begin, now))
             self._prune(activity, now)
 
-    def fractions(self) -> dict[str, float]:
+    def fractions(self, window_s: float | None = None) -> dict[str, float]:
+        """Busy share of the last window_s (at most the whole window; default all of it)."""
         now = self._clock()
+        window_s = self.window_s if window_s is None else min(window_s, self.window_s)
         with self._lock:
             result = {}
             for device, activity in self._devices.items():
                 self._prune(activity, now)
                 intervals = list(activity.finished) + [(start, now) for start in activity.running_starts]
-                result[device] = _covered_s(intervals, now - self.window_s, now) / self.window_s
+                result[device] = _covered_s(intervals, now - window_s, now) / window_s
             return result
 
     def _prune(self, activity: _DeviceActivity, now: float) -> None:
@@ -143,6 +147,8 @@ class Metrics:
         self._busy = _BusyWindow(busy_window_s, clock)
         self._register_stage_and_request_series()
         self._register_device_series()
+        self.power = PowerMetrics(self.registry)  # power, budget, energy, DVFS, admission series
+        self._register_llm_series()
 
     def _register_stage_and_request_series(self) -> None:
         reg, buckets = self.registry, LATENCY_BUCKETS_S
@@ -175,6 +181,44 @@ class Metrics:
         self.device_queue_length = Gauge(
             "heddle_device_queue_length", "Stages queued for the device.", ["device"], registry=reg)
         reg.register(_BusyFractionCollector(self._busy))
+
+    def _register_llm_series(self) -> None:
+        reg, buckets = self.registry, LATENCY_BUCKETS_S
+        self.llm_ttft_seconds = Histogram(
+            "heddle_llm_time_to_first_token_seconds", "From a request's arrival to its LLM stage's first token.",
+            ["priority"], buckets=buckets, registry=reg)
+        self.llm_tpot_seconds = Histogram(
+            "heddle_llm_time_per_output_token_seconds", "Mean time between the tokens of one generation.",
+            ["priority"], buckets=buckets, registry=reg)
+        self.llm_live_sequences = Gauge(
+            "heddle_llm_live_sequences", "Generations holding a KV cache now.", ["priority"], registry=reg)
+        self.llm_tokens_total = Counter(
+            "heddle_llm_tokens", "Tokens generated (rate() gives tokens/s).", ["priority"], registry=reg)
+        self.llm_pass_sequences = Histogram(
+            "heddle_llm_pass_sequences", "Sequences stepped in one forward pass (continuous batching).",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=reg)
+        self.llm_queue_seconds = Histogram(
+            "heddle_llm_queue_seconds", "Time an LLM stage waited between ready and its prefill.",
+            ["priority"], buckets=buckets, registry=reg)
+
+    def llm_sequence_started(self, priority: int, queue_s: float) -> None:
+        self.llm_live_sequences.labels(str(priority)).inc()
+        self.llm_queue_seconds.labels(str(priority)).observe(max(queue_s, 0.0))
+
+    def llm_pass(self, sequences: int) -> None:
+        self.llm_pass_sequences.observe(sequences)
+
+    def llm_sequence_ended(self, priority: int) -> None:
+        self.llm_live_sequences.labels(str(priority)).dec()
+
+    def llm_tokens(self, priority: int, n: int) -> None:
+        self.llm_tokens_total.labels(str(priority)).inc(n)
+
+    def llm_sequence_timings(self, priority: int, ttft_s: float, tpot_s: float | None) -> None:
+        """A generation that completed: its time to first token and, past one token, per token."""
+        self.llm_ttft_seconds.labels(str(priority)).observe(max(ttft_s, 0.0))
+        if tpot_s is not None:
+            self.llm_tpot_seconds.labels(str(priority)).observe(max(tpot_s, 0.0))
 
     def observe_stage(
         self, pipeline: str, stage: str, model: str, device: str, status: str,
@@ -211,9 +255,10 @@ class Metrics:
     def set_queue_length(self, device: str, n: int) -> None:
         self.device_queue_length.labels(device).set(n)
 
-    def busy_fractions(self) -> dict[str, float]:
-        """The busy fraction per device as a scrape would report it now."""
-        return self._busy.fractions()
+    def busy_fractions(self, window_s: float | None = None) -> dict[str, float]:
+        """The busy fraction per device as a scrape would report it now (or over the last
+        window_s, as the power loop reads it each control period)."""
+        return self._busy.fractions(window_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -15,7 +16,10 @@ from heddle.backends.graph_summary import summarize_file
 from heddle.scheduler.profiles import ProfileTable
 from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Request, RunState
 from heddle.server.config import Config
+from heddle.server.energy import EnergyLedger, combine_sources
+from heddle.server.llm_runtime import LlmDriver, TokenUpdate
 from heddle.server.logs import get_logger
+from heddle.server.trace import open_trace
 
 __all__ = ["JobResult", "Runtime", "StageTiming"]
 
@@ -35,6 +39,13 @@ class StageTiming:
     start_offset_s: float
     end_offset_s: float
     error: str = ""
+    # LLM stages: tokens generated, time from the request's arrival to the first, mean between them.
+    tokens: int = 0
+    ttft_s: float = 0.0
+    tpot_s: float = 0.0
+    # Joules charged to this run (server/energy.py) and whether "measured" or "estimated".
+    energy_j: float = 0.0
+    energy_source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +60,9 @@ class JobResult:
     total_s: float
     priority: int
     deadline_missed: bool
+    energy_j: float = 0.0  # sum over stages
+    energy_source: str = ""  # measured | estimated | mixed | "" (nothing metered)
+    retry_after_s: float | None = None  # refused at admission: when a retry may succeed
 
 
 @dataclass(slots=True, eq=False)
@@ -59,11 +73,17 @@ class _Job:
     on_stage: Callable[[StageTiming], None] | None
     compute_s: dict[str, float] = field(default_factory=dict)
     status_code: str = ""
+    generation: Mapping[str, object] | None = None  # GenerationConfig overrides for LLM stages
+    on_token: Callable[[TokenUpdate], None] | None = None
+    llm: dict = field(default_factory=dict)  # stage -> its generation state (llm_runtime._Gen)
+    energy: dict[str, tuple[float, str]] = field(default_factory=dict)  # stage -> (joules, source)
+    retry_after_s: float | None = None
 
 
 _STATUS_OF = {
     Outcome.OK: "OK", Outcome.CANCELLED: "CANCELLED", Outcome.UNAVAILABLE: "UNAVAILABLE",
     Outcome.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED", Outcome.FAILED: "INTERNAL",
+    Outcome.REJECTED: "RESOURCE_EXHAUSTED",
 }
 
 
@@ -83,6 +103,12 @@ class Runtime:
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_timer_s: float | None = None
         self._unloaded: dict[str, list] = {}  # device -> models still to load when it is reachable
+        self._llm = LlmDriver(self)
+        self.trace = open_trace(config, clock)  # arrivals for `heddle simulate --trace`, or None
+        # Power (server/power_loop.py sets these up): energy per stage, and how a DVFS level
+        # from the plan is applied to a device's actuator.
+        self.energy = EnergyLedger()
+        self.apply_level: Callable | None = None
 
     async def load_models(self) -> None:
         """Load (and warm) every model on every device allowed to run it, off the event loop.
@@ -93,7 +119,7 @@ class Runtime:
         pending: dict[str, list] = {}
         for model in self.config.models.values():
             for device in self.core.eligible_devices(model.name):
-                pending.setdefault(device, []).append(model)
+                pending.setdefault(device, []).append(self._llm.executor_spec(model))
         await asyncio.gather(*(self._load_device(dev, models) for dev, models in pending.items()))
 
     async def _load_device(self, device: str, models) -> bool:
@@ -130,18 +156,24 @@ class Runtime:
 
     async def run(self, pipeline: Pipeline, inputs: Mapping[str, np.ndarray], *, priority: int,
                   deadline_s: float | None = None, request_id: str = "",
-                  on_stage: Callable[[StageTiming], None] | None = None) -> JobResult:
+                  on_stage: Callable[[StageTiming], None] | None = None,
+                  generation: Mapping[str, object] | None = None,
+                  on_token: Callable[[TokenUpdate], None] | None = None) -> JobResult:
         """Run one request to its end. deadline_s is relative to now. Cancelling the awaiting
-        task cancels the request: its queued stages are dropped."""
+        task cancels the request: its queued stages are dropped. generation overrides the LLM
+        stages' GenerationConfig; on_token gets their tokens as they come."""
         self._loop = asyncio.get_running_loop()
         now = self.clock()
         rid = request_id or uuid.uuid4().hex
         if rid in self._jobs:
             raise ValueError(f"request id {rid!r} is already in flight")
         request = Request(rid, pipeline, priority, now, None if deadline_s is None else now + deadline_s)
-        job = _Job(request, {(None, k): v for k, v in inputs.items()}, self._loop.create_future(), on_stage)
+        job = _Job(request, {(None, k): v for k, v in inputs.items()}, self._loop.create_future(), on_stage,
+                   generation=generation, on_token=on_token)
         self._jobs[rid] = job
         self.core.submit(request, now)
+        if self.trace is not None:
+            self.trace.arrival(request, inputs)
         if self._draining:  # ended through the core like any request, so metrics count it
             self.core.cancel(rid, now, Outcome.UNAVAILABLE, "server is shutting down")
         self._step()
@@ -166,17 +198,36 @@ class Runtime:
             self.core.cancel(rid, now, Outcome.UNAVAILABLE, "server is shutting down")
         if left:
             self._step()
+        if self.trace is not None:
+            self.trace.close()
         return len(left)
 
     def set_policy(self, name: str) -> None:
         self.core.set_policy(name)
+        if self.trace is not None:
+            self.trace.policy(self.core.policy.name)
         self._step()
 
     # ---- carrying out plans -------------------------------------------------------------
+    def on_power_sample(self, samples, busy: Mapping[str, float] | None = None) -> None:
+        """A control period's power readings (server/power_loop.py): the controller decides,
+        and this step carries out its levels and holds."""
+        self.core.on_power_sample(samples, self.clock(), busy)
+        self._step()
+
     def _step(self) -> None:
         plan = self.core.schedule(self.clock())
+        for level in plan.levels:
+            if self.apply_level is not None:
+                self.apply_level(level)
         for d in plan.dispatches:
             self._dispatch(d)
+        for r in plan.rejected:  # before _resolve: the refusal's hint goes into its result
+            job = self._jobs.get(r.request_id)
+            if job is not None:
+                job.retry_after_s = r.retry_after_s
+            if self.metrics is not None:
+                self.metrics.power.observe_rejected(r.reason, r.priority)
         for f in plan.finished:
             self._resolve(f)
         self._arm_deadline_timer()
@@ -184,6 +235,7 @@ class Runtime:
             stats = self.core.stats()
             for device, n in stats.queued.items():
                 self.metrics.set_queue_length(device, n)
+            self.metrics.power.set_frozen_tasks(sum(stats.frozen.values()))
 
     def _arm_deadline_timer(self) -> None:
         """Wake at the earliest queued deadline: without an event then, an expired request would
@@ -207,6 +259,12 @@ class Runtime:
         executor = self.executors[d.device]
         if self.metrics is not None:
             self.metrics.device_started(d.device)
+        if self.trace is not None:
+            self.trace.dispatched(d)
+        self.energy.started(d.device, (d.request_id, d.stage), self.clock())
+        if self._llm.handles(d.model):  # one step of a generation; the stage re-queues until done
+            self._llm.dispatch(d, job, inputs)
+            return
         deadline_s = job.request.deadline_s
         timeout_s = None if deadline_s is None else max(deadline_s - self.clock(), 1e-3)
         fut = self._loop.run_in_executor(executor.pool, _timed_run, executor, d.model, inputs,
@@ -216,6 +274,9 @@ class Runtime:
     def _on_done(self, d: Dispatch, fut: asyncio.Future) -> None:
         now = self.clock()
         job = self._jobs.get(d.request_id)
+        energy_j, source = self.energy.finished((d.request_id, d.stage), now)
+        if job is not None and source:  # a retried stage adds up the energy of every attempt
+            job.energy[d.stage] = (job.energy.get(d.stage, (0.0, ""))[0] + energy_j, source)
         error, compute_s = "", 0.0
         exc = fut.exception()
         if exc is None:
@@ -247,6 +308,8 @@ class Runtime:
                           error=error)
         if self.metrics is not None:
             self.metrics.device_finished(d.device, compute_s)
+        if self.trace is not None:  # every run, also of requests that ended while it ran
+            self.trace.stage_done(d, compute_s, error)
         self.core.on_stage_done(d.request_id, d.stage, now, error)
         if job is not None:
             job.compute_s[d.stage] = compute_s
@@ -262,6 +325,7 @@ class Runtime:
         job = self._jobs.pop(f.request_id, None)
         if job is None or job.done.done():
             return
+        self._llm.release(job)
         req = job.request
         outputs = {}
         if f.outcome is Outcome.OK:
@@ -272,13 +336,18 @@ class Runtime:
             status_code=status, outputs=outputs,
             stages=tuple(self._timing(job, s.name) for s in req.pipeline.stages),
             total_s=(req.finished_s or self.clock()) - req.arrival_s, priority=req.priority,
-            deadline_missed=req.deadline_missed,
+            deadline_missed=req.deadline_missed, energy_j=sum(j for j, _ in job.energy.values()),
+            energy_source=combine_sources(src for _, src in job.energy.values()),
+            retry_after_s=job.retry_after_s,
         )
         self.core.forget(req.id)
         if self.metrics is not None:
+            self.metrics.power.observe_energy(req.pipeline.name, req.priority, result.energy_j)
             self.metrics.observe_request(req.pipeline.name, status, result.total_s, req.priority)
             if result.deadline_missed or f.outcome is Outcome.DEADLINE_EXCEEDED:
                 self.metrics.observe_deadline_missed(req.pipeline.name)
+        if self.trace is not None:
+            self.trace.end(result)
         job.done.set_result(result)
 
     def _timing(self, job: _Job, stage: str) -> StageTiming:
@@ -287,14 +356,17 @@ class Runtime:
         status = {RunState.DONE: "OK", RunState.FAILED: "FAILED", RunState.CANCELLED: "CANCELLED"}.get(
             run.state, "SKIPPED")
         started = run.started_s
-        return StageTiming(
+        timing = StageTiming(
             stage=stage, model=run.model, device=run.device or "", status=status,
             queue_s=(started - run.ready_s) if started is not None and run.ready_s is not None else 0.0,
             compute_s=job.compute_s.get(stage, 0.0),
             start_offset_s=(started - req.arrival_s) if started is not None else 0.0,
             end_offset_s=(run.finished_s - req.arrival_s) if run.finished_s is not None else 0.0,
-            error=run.error,
+            error=run.error, energy_j=job.energy.get(stage, (0.0, ""))[0],
+            energy_source=job.energy.get(stage, (0.0, ""))[1],
         )
+        llm_fields = self._llm.stage_fields(job, stage)
+        return dataclasses.replace(timing, **llm_fields) if llm_fields else timing
 
 
 def _profiles(config: Config) -> ProfileTable:

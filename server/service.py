@@ -9,7 +9,10 @@ import structlog
 
 from heddle.clients.tensors import to_tensor
 from heddle.scheduler import POLICIES
+from heddle.backends.power_sensors import box_power_w, domain_devices
 from heddle.server.logs import get_logger
+from heddle.server.power_loop import PowerLoop
+from heddle.server.llm_runtime import TokenUpdate
 from heddle.server.runtime import JobResult, Runtime, StageTiming
 from heddle.server.validation import (
     RequestError, check_outputs_requested, decode_inputs, effective_deadline_s, resolve_priority,
@@ -17,7 +20,7 @@ from heddle.server.validation import (
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 
-__all__ = ["AdminServicer", "GatewayServicer"]
+__all__ = ["AdminServicer", "GatewayServicer", "power_status"]
 
 log = get_logger("heddle.service")
 
@@ -32,7 +35,30 @@ def stage_to_proto(t: StageTiming) -> pb.StageResult:
         stage=t.stage, model=t.model, device=t.device, status=_STAGE_STATUS[t.status],
         queue_ms=t.queue_s * 1e3, compute_ms=t.compute_s * 1e3,
         start_offset_ms=t.start_offset_s * 1e3, end_offset_ms=t.end_offset_s * 1e3, error=t.error,
+        tokens=t.tokens, ttft_ms=t.ttft_s * 1e3, tpot_ms=t.tpot_s * 1e3,
+        energy_j=t.energy_j, energy_source=t.energy_source,
     )
+
+
+def _abort_args(exc: RequestError) -> tuple:
+    """abort()'s arguments: a refusal carries its retry hint as trailing metadata."""
+    return exc.code, exc.message, getattr(exc, "trailing_metadata", ())
+
+
+def tokens_to_proto(u: TokenUpdate) -> pb.TokenEvent:
+    return pb.TokenEvent(stage=u.stage, token_ids=list(u.token_ids), text=u.text, index=u.index,
+                         offset_ms=u.offset_s * 1e3)
+
+
+def generation_overrides(request: pb.InferRequest) -> dict | None:
+    """GenerationConfig overrides from a request's options; zeros mean the model's defaults,
+    except temperature, where 0 is greedy (proto3 has no presence for scalars)."""
+    if not request.HasField("generation"):
+        return None
+    g = request.generation
+    return {"max_new_tokens": g.max_new_tokens or None, "temperature": g.temperature, "top_k": g.top_k,
+            "top_p": g.top_p or None, "seed": g.seed or None,
+            "stop_token_ids": tuple(g.stop_token_ids) or None}
 
 
 def _tensor_info(t) -> pb.TensorInfo:
@@ -49,25 +75,29 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             try:
                 result, wanted = await self._run(request, context, on_stage=None)
             except RequestError as exc:
-                await context.abort(exc.code, exc.message)
+                await context.abort(*_abort_args(exc))
             return self._response(result, wanted)
 
     async def InferStream(self, request: pb.InferRequest, context: grpc.aio.ServicerContext):
         events: asyncio.Queue = asyncio.Queue()
-        task = asyncio.ensure_future(self._run(request, context, on_stage=events.put_nowait))
+        task = asyncio.ensure_future(self._run(request, context, on_stage=events.put_nowait,
+                                               on_token=events.put_nowait))
         task.add_done_callback(lambda _: events.put_nowait(None))
         try:
-            while (timing := await events.get()) is not None:
-                yield pb.InferEvent(stage_done=stage_to_proto(timing))
+            while (event := await events.get()) is not None:
+                if isinstance(event, TokenUpdate):
+                    yield pb.InferEvent(tokens=tokens_to_proto(event))
+                else:
+                    yield pb.InferEvent(stage_done=stage_to_proto(event))
             try:
                 result, wanted = await task
             except RequestError as exc:
-                await context.abort(exc.code, exc.message)
+                await context.abort(*_abort_args(exc))
             yield pb.InferEvent(result=self._response(result, wanted))
         finally:
             task.cancel()
 
-    async def _run(self, request, context, on_stage) -> tuple[JobResult, list[str]]:
+    async def _run(self, request, context, on_stage, on_token=None) -> tuple[JobResult, list[str]]:
         """Validate and run; a refusal or a non-OK outcome raises RequestError with its status."""
         pipeline = self.runtime.config.pipelines.get(request.pipeline)
         if pipeline is None:
@@ -87,12 +117,16 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             raise
         try:
             result = await self.runtime.run(pipeline, inputs, priority=priority, deadline_s=deadline_s,
-                                            request_id=request.request_id, on_stage=on_stage)
+                                            request_id=request.request_id, on_stage=on_stage,
+                                            generation=generation_overrides(request), on_token=on_token)
         except ValueError as exc:  # the same request id is already in flight
             raise RequestError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
         if result.status_code != "OK":
-            raise RequestError(getattr(grpc.StatusCode, result.status_code),
-                               f"request {result.request_id}: {result.error}")
+            error = RequestError(getattr(grpc.StatusCode, result.status_code),
+                                 f"request {result.request_id}: {result.error}")
+            if result.retry_after_s is not None:  # refused at admission: when to try again
+                error.trailing_metadata = (("retry-after-ms", str(max(1, round(result.retry_after_s * 1e3)))),)
+            raise error
         return result, wanted
 
     def _response(self, result: JobResult, wanted: list[str]) -> pb.InferResponse:
@@ -101,6 +135,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             outputs=[to_tensor(name, result.outputs[name]) for name in wanted],
             stages=[stage_to_proto(t) for t in result.stages], total_ms=result.total_s * 1e3,
             priority=result.priority, deadline_missed=result.deadline_missed,
+            energy_j=result.energy_j, energy_source=result.energy_source,
         )
 
     async def ListPipelines(self, request, context) -> pb.ListPipelinesResponse:
@@ -137,8 +172,9 @@ class GatewayServicer(pb_grpc.GatewayServicer):
 class AdminServicer(pb_grpc.AdminServicer):
     """Operator RPCs; the AdminAuthInterceptor guards them when an admin token is configured."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, power: PowerLoop | None = None) -> None:
         self.runtime = runtime
+        self.power = power
 
     def _info(self) -> pb.PolicyInfo:
         return pb.PolicyInfo(policy=self.runtime.core.policy.name, available=sorted(POLICIES))
@@ -153,3 +189,40 @@ class AdminServicer(pb_grpc.AdminServicer):
         self.runtime.set_policy(request.policy)
         log.info("policy changed", policy=request.policy)
         return self._info()
+
+    async def GetPower(self, request, context) -> pb.PowerStatus:
+        if self.power is None or self.power.controller is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "power sensing is not running on this server")
+        return power_status(self.power)
+
+    async def SetPowerBudget(self, request: pb.PowerBudget, context) -> pb.PowerStatus:
+        """box_w 0 removes the box budget (proto3 has no unset double); device_w sets each
+        device's own (the whole map is replaced)."""
+        if self.power is None or self.power.controller is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "power sensing is not running on this server")
+        try:
+            self.power.set_budget(request.box_w or None, dict(request.device_w))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return power_status(self.power)
+
+
+def power_status(power: PowerLoop) -> pb.PowerStatus:
+    """GetPower's answer: budgets, the box and each device's last reading with its source and
+    sensor, DVFS level and frozen stage runs, and the controller's state."""
+    ctl = power.controller
+    stats = power.runtime.core.stats()
+    by_domain = {s.device: s for s in power.samples}
+    devices = []
+    for device in power.config.devices:
+        sample = next((s for domain, s in by_domain.items() if device.id in domain_devices(domain)), None)
+        devices.append(pb.DevicePower(
+            device=device.id, power_w=sample.power_w if sample else 0.0, source=sample.source if sample else "",
+            sensor=sample.sensor if sample is None or sample.device == device.id else f"{sample.sensor} ({sample.device})",
+            dvfs_level=stats.levels.get(device.id, 0), frozen_tasks=stats.frozen.get(device.id, 0)))
+    devices += [pb.DevicePower(device=s.device, power_w=s.power_w, source=s.source, sensor=s.sensor)
+                for s in power.samples if not domain_devices(s.device)]  # board and unassigned rails
+    return pb.PowerStatus(
+        budget=pb.PowerBudget(box_w=ctl.budget_w or 0.0, device_w=ctl.device_budget_w),
+        box_power_w=box_power_w(power.samples), source=ctl.source, devices=devices,
+        controller_state=ctl.state)

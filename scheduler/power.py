@@ -1,0 +1,431 @@
+"""The power-budget controller: smoothed power against budgets, turned into DVFS levels, priority
+classes frozen per device and classes refused at admission, with hysteresis both ways.
+
+Pure: readings and `now` come in, SetLevel/PowerAction records go out (docs/POWER.md has the
+design). One step per control period, along a ladder ordered by cost; undone in reverse:
+  1. lower the DVFS level of the least urgent device that serves no top-class work;
+  2. for each class p from the lowest: freeze p device by device (least urgent first), then
+     refuse new requests of p at admission;
+  3. lower the levels of the devices left (those serving the top class).
+The top class is never frozen or refused by power.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable, Mapping, Protocol, Sequence
+
+from heddle.scheduler.plan import PowerAction, SetLevel
+from heddle.scheduler.state import RunState
+
+if TYPE_CHECKING:
+    from heddle.scheduler.policies import CoreView
+
+__all__ = [
+    "BOARD", "LevelPower", "PowerController", "PowerReading", "PowerSettings", "PowerSnapshot",
+    "box_power_w",
+]
+
+BOARD = "board"  # the domain of a whole-module reading (as backends.power_sensors.BOARD)
+_MAX_DWELL_FACTOR = 16  # the relax dwell backs off at most to this many times its setting
+
+
+class PowerReading(Protocol):
+    """What the controller reads of a sample (backends.power_sensors.PowerSample has it)."""
+
+    device: str  # a device id, "+"-joined ids, BOARD or "rail:NAME"
+    power_w: float
+    source: str  # "measured" | "estimated"
+
+
+def box_power_w(readings: Sequence[PowerReading]) -> float:
+    """The board reading when there is one (it includes every rail), else the sum of all."""
+    board = [r.power_w for r in readings if r.device == BOARD]
+    return sum(board) if board else sum(r.power_w for r in readings)
+
+
+@dataclass(frozen=True, slots=True)
+class PowerSettings:
+    """The `[power]` table. Budgets in watts (None: no box budget); fractions of a budget for
+    the hysteresis band: escalate while smoothed power > high x budget, undo a step only after
+    `relax_periods` periods in a row below low x budget and if the step is predicted to keep
+    power under the middle of the band."""
+
+    budget_w: float | None = None
+    device_budget_w: Mapping[str, float] = field(default_factory=dict)
+    period_s: float = 0.1
+    smoothing: float = 0.5  # EWMA weight of the newest reading
+    high: float = 0.95
+    low: float = 0.85
+    relax_periods: int = 5
+    peak_window_s: float = 2.0  # an undo must fit on top of the highest reading this far back
+    admission: bool = True  # latency checks at admission (power refusals apply regardless)
+    queue_bound: int = 64  # requests that may wait frozen at once before new ones are refused
+    configured: bool = False  # a [power] table was given
+
+    def __post_init__(self) -> None:
+        budgets = ([] if self.budget_w is None else [("budget_w", self.budget_w)]) + [
+            (f"devices.{d}", w) for d, w in self.device_budget_w.items()]
+        for name, watts in budgets:
+            if not (isinstance(watts, (int, float)) and watts > 0 and math.isfinite(watts)):
+                raise ValueError(f"power {name} must be a positive number of watts, got {watts!r}")
+        if not self.period_s > 0:
+            raise ValueError(f"power period_s must be > 0, got {self.period_s!r}")
+        if not 0 < self.smoothing <= 1:
+            raise ValueError(f"power smoothing must be in (0, 1], got {self.smoothing!r}")
+        if not 0 < self.low < self.high <= 1:
+            raise ValueError(f"power needs 0 < low < high <= 1, got low {self.low!r}, high {self.high!r}")
+        if self.relax_periods < 1 or self.queue_bound < 0 or self.peak_window_s < 0:
+            raise ValueError("power relax_periods must be >= 1, queue_bound and peak_window_s >= 0")
+
+
+    @classmethod
+    def from_table(cls, raw: Mapping, device_ids: Sequence[str]) -> PowerSettings:
+        """The `[power]` table of a config: `budget_w`, `devices = { id = watts }` and the
+        tuning keys above; ValueError names an unknown key or device or a bad value."""
+        raw = dict(raw)
+        known = {"budget_w", "devices", "period_s", "smoothing", "high", "low", "relax_periods",
+                 "peak_window_s", "admission", "queue_bound"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown [power] keys {unknown}; known: {sorted(known)}")
+        devices = dict(raw.pop("devices", {}) or {})
+        strangers = sorted(set(devices) - set(device_ids))
+        if strangers:
+            raise ValueError(f"[power] devices names unknown device(s) {strangers}; known: {list(device_ids)}")
+        for key in ("relax_periods", "queue_bound"):
+            if key in raw and not isinstance(raw[key], int):
+                raise ValueError(f"[power] {key} must be an integer, got {raw[key]!r}")
+        if "admission" in raw and not isinstance(raw["admission"], bool):
+            raise ValueError(f"[power] admission must be true or false, got {raw['admission']!r}")
+        return cls(device_budget_w=devices, configured=True, **raw)
+
+
+@dataclass(frozen=True, slots=True)
+class LevelPower:
+    """A device's power model as the controller predicts with it: idle, and busy per level."""
+
+    idle_w: float
+    active_w: tuple[float, ...]
+
+    def busy_w(self, level: int) -> float:
+        return self.active_w[min(level, len(self.active_w) - 1)]
+
+    def power_w(self, level: int, busy: float) -> float:
+        return self.idle_w + min(1.0, max(0.0, busy)) * (self.busy_w(level) - self.idle_w)
+
+
+@dataclass(frozen=True, slots=True)
+class PowerSnapshot:
+    """What GetPower and the metrics show of the controller."""
+
+    budget_w: float | None
+    device_budget_w: Mapping[str, float]
+    box_w: float | None
+    smoothed_w: float | None
+    domain_w: Mapping[str, float]
+    source: str  # measured | estimated | mixed | "" before the first reading
+    levels: Mapping[str, int]
+    freeze: Mapping[str, int]
+    refuse: int
+    state: str  # ok | dvfs | freeze | refuse_low
+
+
+class _Step:
+    """What one control step may read of the core, computed once and only when acting."""
+
+    def __init__(self, view: CoreView, devices: Sequence[str], busy: Mapping[str, float], top: int) -> None:
+        self.busy = busy
+        self.urgency: dict[str, int] = {}
+        self.priorities: dict[str, list[int]] = {}
+        for d in devices:
+            running = [r.request.priority for r in view.running(d)]
+            queued = [(r.request.priority, r.state is RunState.READY) for r in view.queued(d)]
+            self.priorities[d] = running + [q for q, _ in queued]
+            # Frozen work is not urgent: it waits for power whatever this device's level.
+            self.urgency[d] = min(max(running + [q for q, ready in queued if ready], default=0), top)
+        self.queued = {d: bool(view.queued(d)) for d in devices}
+        self.running_low = {d: [r.request.priority for r in view.running(d)] for d in devices}
+        # The lowest class with a request in flight: work of it may reach any device next.
+        self.lowest_active = min((r.priority for r in view.active_requests()), default=top)
+
+    def low_share(self, device: str, p: int) -> float:
+        """Share of the device's running work of priority <= p: what freezing p would save."""
+        running = self.running_low[device]
+        return sum(q <= p for q in running) / len(running) if running else 0.0
+
+    def has_work(self, device: str, p: int) -> bool:
+        return any(q <= p for q in self.priorities[device])
+
+
+class PowerController:
+    """One step per control period; budgets can change at run time (`set_budget`)."""
+
+    def __init__(self, settings: PowerSettings, models: Mapping[str, LevelPower],
+                 level_counts: Mapping[str, int] | None = None, top_priority: int = 4) -> None:
+        self.settings = settings
+        self.models = dict(models)
+        self.devices = list(models)
+        self._order = {d: i for i, d in enumerate(self.devices)}
+        counts = level_counts or {}
+        self.level_counts = {d: max(1, int(counts.get(d, len(m.active_w)))) for d, m in models.items()}
+        self.top = top_priority
+        self.budget_w: float | None = None
+        self.device_budget_w: dict[str, float] = {}
+        self.set_budget(settings.budget_w, settings.device_budget_w)
+        self.levels = {d: 0 for d in self.devices}
+        self.freeze = {d: 0 for d in self.devices}  # requests of priority <= this are held there
+        self.refuse = 0  # requests of priority <= this are refused at admission
+        self.box_w: float | None = None
+        self.smoothed_w: float | None = None
+        self.domain_w: dict[str, float] = {}
+        self.smoothed_domain_w: dict[str, float] = {}
+        self.source = ""
+        self._recent: deque[tuple[float, float, dict[str, float]]] = deque()  # (t, box, domains)
+        self._calm = 0  # control periods in a row below the relax threshold
+        self._steady = 0  # control periods since the last action
+        self._dwell = settings.relax_periods
+        self._last_relax_s = -math.inf
+        self._last_escalate_s = -math.inf
+
+    # ---- configuration --------------------------------------------------------------
+    def set_budget(self, budget_w: float | None, device_budget_w: Mapping[str, float] | None = None) -> None:
+        """New budgets (None / empty: none); ValueError for unknown devices or non-positive watts."""
+        device_budget_w = dict(device_budget_w or {})
+        unknown = sorted(set(device_budget_w) - set(self.models))
+        if unknown:
+            raise ValueError(f"power budget for unknown device(s) {unknown}; known: {self.devices}")
+        PowerSettings(budget_w=budget_w, device_budget_w=device_budget_w)  # validates the watts
+        self.budget_w, self.device_budget_w = budget_w, device_budget_w
+        self._calm = 0
+
+    def pin_level(self, device: str, level: int, count: int = 1) -> None:
+        """The device's actuator holds `level` and offers `count` levels (a knob that was lost)."""
+        self.levels[device] = level
+        self.level_counts[device] = max(1, count)
+
+    # ---- what admission and the core read ------------------------------------------
+    def refuses(self, priority: int) -> bool:
+        return priority < self.top and priority <= self.refuse
+
+    def freeze_max(self, device: str) -> int:
+        return self.freeze.get(device, 0)
+
+    def frozen_anywhere(self, priority: int) -> bool:
+        return priority < self.top and any(priority <= f for f in self.freeze.values())
+
+    @property
+    def freezing(self) -> bool:
+        return any(self.freeze.values())
+
+    @property
+    def state(self) -> str:
+        if self.refuse:
+            return "refuse_low"
+        if self.freezing:
+            return "freeze"
+        return "dvfs" if any(self.levels.values()) else "ok"
+
+    def retry_after_s(self, priority: int) -> float:
+        """When `priority` could be admitted again at the earliest: the undo steps ahead of its
+        readmission (higher classes first), each at least one calm dwell after the last."""
+        steps = 1 + max(0, self.refuse - priority) + sum(max(0, f - priority) for f in self.freeze.values())
+        return steps * self._dwell * self.settings.period_s
+
+    def snapshot(self) -> PowerSnapshot:
+        return PowerSnapshot(self.budget_w, dict(self.device_budget_w), self.box_w, self.smoothed_w,
+                             dict(self.domain_w), self.source, dict(self.levels), dict(self.freeze),
+                             self.refuse, self.state)
+
+    # ---- the step -------------------------------------------------------------------
+    def step(self, readings: Iterable[PowerReading], now: float, view: CoreView,
+             busy: Mapping[str, float] | None = None) -> list[SetLevel | PowerAction]:
+        """Fold in this period's readings and take at most one step per budget that is over
+        (or one undo step when all are calm). `busy`: each device's busy fraction over the
+        period; by default 1 for a device running something, else 0."""
+        self._observe(list(readings), now)
+        over = [scope for scope in self._scopes() if scope[2] is not None and scope[2] > self.settings.high * scope[1]]
+        if not over:
+            return self._maybe_relax(now, view, busy)
+        self._calm = self._steady = 0
+        if now - self._last_relax_s < 2 * self._dwell * self.settings.period_s:  # undone too soon
+            self._dwell = min(2 * self._dwell, _MAX_DWELL_FACTOR * self.settings.relax_periods)
+        self._last_escalate_s = now
+        step = self._context(view, busy)
+        actions = []
+        for devices, budget_w, power_w, name in over:
+            why = f"{name} {power_w:.2f} W > {self.settings.high:g} x budget {budget_w:g} W"
+            action = self._escalate(devices, step, why, is_box=name == "box")
+            if action is not None:
+                actions.append(action)
+        return actions
+
+    def _maybe_relax(self, now: float, view: CoreView, busy: Mapping[str, float] | None) -> list:
+        calm = all(power_w is None or power_w < self.settings.low * budget_w
+                   for _, budget_w, power_w, _ in self._scopes())
+        self._calm = self._calm + 1 if calm else 0
+        self._steady += 1
+        if not calm and self._steady >= self._dwell and any(self.levels.values()):
+            self._steady = 0
+            return self._rebalance(self._context(view, busy))
+        if self._calm < self._dwell or self.state == "ok":
+            return []
+        if now - self._last_escalate_s > 20 * self._dwell * self.settings.period_s:
+            self._dwell = max(self.settings.relax_periods, self._dwell // 2)  # stable again: back off less
+        action = self._relax(self._context(view, busy), "power below the relax threshold")
+        if action is None:
+            return []
+        self._calm = self._steady = 0
+        self._last_relax_s = now
+        return [action]
+
+    def _rebalance(self, step: _Step) -> list[SetLevel]:
+        """Between the thresholds: when work moved, give a level back to a device now serving
+        the top class, taken from one that does not, if that does not add power."""
+        slowed = [d for d in self.devices if self.levels[d] > 0 and step.urgency[d] >= self.top]
+        donors = [d for d in self.devices if step.urgency[d] < self.top and self._saving_w(d, step) > 0
+                  and self.levels[d] < self.level_counts[d] - 1]
+        if not slowed or not donors:
+            return []
+        up = min(slowed, key=lambda d: (-self.levels[d], self._order[d]))
+        down = min(donors, key=lambda d: (step.urgency[d], -self._saving_w(d, step), self._order[d]))
+        model, level = self.models[up], self.levels[up]
+        demand = 1.0 if step.queued[up] else step.busy[up]
+        extra_w = demand * (model.busy_w(level - 1) - model.busy_w(level))
+        if extra_w > self._saving_w(down, step):
+            return []
+        why = f"rebalance: {up} serves priority {self.top}, {down} does not"
+        return [self._set_level(down, self.levels[down] + 1, step, why),
+                self._set_level(up, level - 1, step, why, extra_w)]
+
+    def _observe(self, readings: list[PowerReading], now: float) -> None:
+        if not readings:
+            return
+        alpha = self.settings.smoothing
+        self.box_w = box_power_w(readings)
+        self._recent.append((now, self.box_w, {r.device: r.power_w for r in readings}))
+        while self._recent and self._recent[0][0] < now - self.settings.peak_window_s:
+            self._recent.popleft()
+        self.smoothed_w = self.box_w if self.smoothed_w is None else self.smoothed_w + alpha * (self.box_w - self.smoothed_w)
+        for r in readings:
+            self.domain_w[r.device] = r.power_w
+            old = self.smoothed_domain_w.get(r.device)
+            self.smoothed_domain_w[r.device] = r.power_w if old is None else old + alpha * (r.power_w - old)
+        sources = {r.source for r in readings}
+        self.source = sources.pop() if len(sources) == 1 else "mixed"
+
+    def _scopes(self) -> list[tuple[list[str], float, float | None, str]]:
+        """(devices, budget, smoothed power, name) of every budget in force. A device budget
+        needs a reading of that device alone (a shared rail cannot be split)."""
+        scopes = []
+        if self.budget_w is not None:
+            scopes.append((self.devices, self.budget_w, self.smoothed_w, "box"))
+        for device, budget_w in self.device_budget_w.items():
+            scopes.append(([device], budget_w, self.smoothed_domain_w.get(device), device))
+        return scopes
+
+    def _context(self, view: CoreView, busy: Mapping[str, float] | None) -> _Step:
+        if busy is None:
+            busy = {d: 1.0 if any(True for _ in view.running(d)) else 0.0 for d in self.devices}
+        return _Step(view, self.devices, {d: busy.get(d, 0.0) for d in self.devices}, self.top)
+
+    # ---- escalation and its undo ----------------------------------------------------
+    def _escalate(self, devices: list[str], step: _Step, why: str, is_box: bool) -> SetLevel | PowerAction | None:
+        device = self._to_lower(devices, step, lambda d: step.urgency[d] < self.top)
+        if device is not None:
+            return self._set_level(device, self.levels[device] + 1, step, why)
+        for p in range(1, self.top):
+            # Only while requests of class <= p are in flight (they may reach any device next),
+            # devices running or holding such work first; once none is, or every device holds
+            # the class, new requests of it are refused instead.
+            candidates = [d for d in devices if self.freeze[d] < p] if step.lowest_active <= p else []
+            if candidates:
+                device = min(candidates, key=lambda d: (not step.has_work(d, p), step.urgency[d],
+                                                        -step.busy[d], self._order[d]))
+                return self._set_freeze(device, p, step, why)
+            if is_box and self.refuse < p:
+                self.refuse = p
+                return PowerAction("refuse", "box", p, why)
+        device = self._to_lower(devices, step, lambda d: True)
+        return None if device is None else self._set_level(device, self.levels[device] + 1, step, why)
+
+    def _relax(self, step: _Step, why: str) -> SetLevel | PowerAction | None:
+        """Undo the last rung of the ladder: top-class devices' levels, then classes from the
+        highest (readmit, then unfreeze device by device), then the other devices' levels."""
+        if any(self.levels[d] and step.urgency[d] >= self.top for d in self.devices):
+            return self._to_raise([d for d in self.devices if step.urgency[d] >= self.top], step, why)
+        for p in range(self.top - 1, 0, -1):
+            if self.refuse >= p:
+                self.refuse = p - 1
+                return PowerAction("readmit", "box", p, why)
+            frozen = sorted((d for d in self.devices if self.freeze[d] >= p),
+                            key=lambda d: (-step.urgency[d], self._order[d]))
+            for device in frozen:
+                model, level = self.models[device], self.levels[device]
+                # As if it went from idle to busy: its busy share now may be work that comes
+                # and goes (top-class frames), and the frozen backlog would fill the rest.
+                extra_w = model.busy_w(level) - model.idle_w
+                if self._fits(device, extra_w):
+                    return self._set_freeze(device, p - 1, step, why, extra_w)
+            if frozen:
+                return None  # in order: nothing below this class is undone first
+        return self._to_raise(self.devices, step, why)
+
+    def _to_lower(self, devices: list[str], step: _Step, allowed) -> str | None:
+        candidates = [(step.urgency[d], -self._saving_w(d, step), self._order[d], d) for d in devices
+                      if allowed(d) and self.levels[d] < self.level_counts[d] - 1 and self._saving_w(d, step) > 0]
+        return min(candidates)[3] if candidates else None
+
+    def _to_raise(self, devices: list[str], step: _Step, why: str) -> SetLevel | None:
+        for device in sorted((d for d in devices if self.levels[d] > 0),
+                             key=lambda d: (-step.urgency[d], self._order[d])):
+            model, level = self.models[device], self.levels[device]
+            extra_w = model.busy_w(level - 1) - model.busy_w(level)  # as if busy throughout
+            if self._fits(device, extra_w):
+                return self._set_level(device, level - 1, step, why, extra_w)
+        return None
+
+    def _saving_w(self, device: str, step: _Step) -> float:
+        model, level = self.models[device], self.levels[device]
+        return step.busy[device] * (model.busy_w(level) - model.busy_w(level + 1))
+
+    def _fits(self, device: str, extra_w: float) -> bool:
+        """Would an undo adding extra_w keep the smoothed power under the middle of the band,
+        and the highest reading of the peak window under the budget itself? (Bursts of work
+        that is never frozen, such as top-class frames, come back: leave room for them.)"""
+        bar = (self.settings.low + self.settings.high) / 2
+        checks = []
+        if self.budget_w is not None and self.smoothed_w is not None:
+            checks.append((self.smoothed_w, max(box for _, box, _ in self._recent) if self._recent else 0.0,
+                           self.budget_w))
+        dev_budget, dev_w = self.device_budget_w.get(device), self.smoothed_domain_w.get(device)
+        if dev_budget is not None and dev_w is not None:
+            checks.append((dev_w, max((d.get(device, 0.0) for _, _, d in self._recent), default=0.0), dev_budget))
+        return all(smoothed + extra_w <= bar * budget and peak + extra_w <= budget
+                   for smoothed, peak, budget in checks)
+
+    def _set_level(self, device: str, level: int, step: _Step, why: str, extra_w: float | None = None) -> SetLevel:
+        if extra_w is None:  # lowering: what it saves
+            extra_w = -self._saving_w(device, step)
+        self.levels[device] = level
+        self._feed_forward(device, extra_w)
+        return SetLevel(device, level, why)
+
+    def _set_freeze(self, device: str, p: int, step: _Step, why: str, extra_w: float | None = None) -> PowerAction:
+        model, level = self.models[device], self.levels[device]
+        if extra_w is None:
+            extra_w = -step.busy[device] * (model.busy_w(level) - model.idle_w) * step.low_share(device, p)
+        kind = "freeze" if p > self.freeze[device] else "unfreeze"
+        self.freeze[device] = p
+        self._feed_forward(device, extra_w)
+        return PowerAction(kind, device, p if kind == "freeze" else p + 1, why)
+
+    def _feed_forward(self, device: str, extra_w: float) -> None:
+        """Move the smoothed power by what an action is predicted to change at once, so the
+        next step does not act again on a reading that predates this one (no windup)."""
+        if self.smoothed_w is not None:
+            self.smoothed_w = max(0.0, self.smoothed_w + extra_w)
+        if device in self.smoothed_domain_w:
+            self.smoothed_domain_w[device] = max(0.0, self.smoothed_domain_w[device] + extra_w)

@@ -1,0 +1,226 @@
+"""Trace replay: a live server's recorded requests, run through the scheduler core on a virtual
+clock with run times measured on the same machine (`heddle profile`), under any policy.
+
+Pure like the simulator: callers read the files and hand their text (trace) or parsed
+document (profile) in; `heddle simulate --trace FILE --profile FILE --platform local` does so.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import heapq
+from collections import deque
+from dataclasses import asdict, dataclass, replace
+from typing import Mapping, Sequence
+
+from heddle.scheduler.budget import critical_path_s
+from heddle.scheduler.core import Core
+from heddle.scheduler.dag import Pipeline
+from heddle.scheduler.policies import POLICIES, make_policy
+from heddle.scheduler.simulator import PolicyResult, RequestRecord, format_table, score
+from heddle.scheduler.specs import DeviceSpec, ModelSpec
+from heddle.scheduler.state import Request
+from heddle.scheduler.tracefile import MeasuredProfile, Trace, TraceError, parse_profile, parse_trace
+from heddle.scheduler.workload import build_pipelines
+
+__all__ = [
+    "LOCAL_PLATFORM", "add_replay_arguments", "closed_loop_links", "recorded", "replay", "run_replay_from_args",
+]
+
+LOCAL_PLATFORM = "local"  # --platform value: the devices of the trace, timed by the profile
+_MIN_LOCAL_RUNS = 5  # fewer measured runs than this near a moment: draw from all of them
+
+
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    devices: tuple[DeviceSpec, ...]
+    pipelines: Mapping[str, Pipeline]
+    models: Mapping[str, ModelSpec]
+    isolated_s: Mapping[str, float]  # per pipeline: its critical path on the fastest devices
+
+
+def _setup(trace: Trace, profile: MeasuredProfile) -> _Setup:
+    if not trace.arrivals:
+        raise TraceError("the trace (or the chosen segment) has no arrivals")
+    devices = trace.devices or profile.devices
+    names = sorted({a.pipeline for a in trace.arrivals})
+    used = {s.model for name in names for s in trace.pipelines[name].stages}
+    devices_of = {m: tuple(d.id for d in devices if (m, d.id, 0) in profile.entries) for m in sorted(used)}
+    missing = [m for m, ds in devices_of.items() if not ds]
+    if missing:
+        raise TraceError(f"the profile has no figures for models {missing} on the trace's devices "
+                         f"{[d.id for d in devices]}: run `heddle profile` with the server's config")
+    pipelines, models = build_pipelines([trace.pipelines[n] for n in names], devices_of)
+    best = {m: min(profile.entries[(m, d, 0)].latency_s for d in ds) for m, ds in devices_of.items()}
+    isolated = {n: critical_path_s(p, lambda s, p=p: best[p.stage(s).model]) for n, p in pipelines.items()}
+    return _Setup(devices, pipelines, models, isolated)
+
+
+def closed_loop_links(trace: Trace, pipelines: Sequence[str]) -> dict[str, tuple[str, float]]:
+    """For requests of closed-loop clients (a client sends its next request when its last one
+    ends): request id -> (the request whose end it followed, the client's gap after that end).
+    Each arrival takes the earliest recorded end not yet followed; the first ones follow none."""
+    links: dict[str, tuple[str, float]] = {}
+    for name in pipelines:
+        ids = {a.request_id for a in trace.arrivals if a.pipeline == name}
+        missing = sorted(ids - set(trace.ends))
+        if missing:
+            raise TraceError(f"closed-loop replay of {name!r} needs the end of every request; the trace lacks "
+                             f"{len(missing)} (e.g. {missing[0]!r})")
+        events = sorted([(trace.ends[i].time_s, 0, i) for i in ids] +
+                        [(a.time_s, 1, a.request_id) for a in trace.arrivals if a.pipeline == name])
+        free: deque[tuple[float, str]] = deque()
+        for time_s, is_arrival, rid in events:
+            if not is_arrival:
+                free.append((time_s, rid))
+            elif free:
+                end_s, previous = free.popleft()
+                links[rid] = (previous, time_s - end_s)
+    return links
+
+
+def replay(trace: Trace, profile: MeasuredProfile, policy: str, *, seed: int = 1,
+           policy_options: Mapping | None = None, closed: Sequence[str] = (),
+           local_window_s: float | None = None) -> PolicyResult:
+    """Every request of the trace through a Core under `policy`; each run takes a time drawn from
+    that (model, device)'s measured runs (the same draw for a run under every policy). Requests
+    arrive at their recorded times, except those of `closed` pipelines, which arrive their
+    client's recorded gap after the request they followed ends in the replay.
+
+    local_window_s: draw from the runs recorded within that many seconds of the same moment of
+    the trace (the profile must come from this trace): a machine whose speed drifts (other work,
+    heat, clocks) is replayed as fast or slow as it was then."""
+    setup = _setup(trace, profile)
+    if local_window_s is not None and (profile.trace_started_unix_s is None
+                                       or profile.trace_started_unix_s != trace.started_unix_s):
+        raise TraceError("drawing run times near the same moment needs a profile made from this very trace "
+                         "(heddle profile --from-trace)")
+    core = Core(setup.devices, setup.models, make_policy(policy, **dict(policy_options or {})), profile.table())
+    links = closed_loop_links(trace, closed)
+    followers = {previous: (rid, gap_s) for rid, (previous, gap_s) in links.items()}
+    by_id = {a.request_id: a for a in trace.arrivals}
+    t0 = trace.arrivals[0].time_s
+    events = [(a.time_s - t0, i, 0, a) for i, a in enumerate(trace.arrivals) if a.request_id not in links]
+    heapq.heapify(events)
+    records: dict[str, RequestRecord] = {}
+    counter, migrations, freezes = len(trace.arrivals), 0, 0
+    placements: dict[str, dict[str, int]] = {}
+    while events:
+        now, _, kind, item = heapq.heappop(events)
+        if kind == 0:
+            deadline = None if item.deadline_s is None else now + item.deadline_s
+            records[item.request_id] = RequestRecord(item.request_id, item.pipeline, item.priority, now,
+                                                     deadline, setup.isolated_s[item.pipeline])
+            core.submit(Request(item.request_id, setup.pipelines[item.pipeline], item.priority, now, deadline), now)
+        else:
+            core.on_stage_done(item[0], item[1], now)
+        plan = core.schedule(now)
+        for d in plan.dispatches:
+            counter += 1
+            run_s = _draw(profile, (d.model, d.device, core.level(d.device)), f"{seed}/{d.request_id}/{d.stage}",
+                          None if local_window_s is None else (now + t0, local_window_s))
+            per_model = placements.setdefault(d.model, {})
+            per_model[d.device] = per_model.get(d.device, 0) + 1
+            heapq.heappush(events, (now + run_s, counter, 1, (d.request_id, d.stage)))
+        for f in plan.finished:
+            record = records[f.request_id]
+            assert not record.outcome, f"{f.request_id} ended twice"
+            record.outcome, record.finish_s = f.outcome.value, now
+            core.forget(f.request_id)
+            if f.request_id in followers:
+                rid, gap_s = followers[f.request_id]
+                counter += 1
+                heapq.heappush(events, (now + gap_s, counter, 0, by_id[rid]))
+        migrations += len(plan.migrated)
+        freezes += len(plan.frozen)
+    assert len(records) == len(trace.arrivals) and all(r.outcome for r in records.values()), "a request never ended"
+    span_s = max(trace.arrivals[-1].time_s - t0, 1e-9)
+    result = score(policy, list(records.values()), span_s, 0.0, migrations, freezes)
+    return replace(result, placements={m: dict(sorted(c.items())) for m, c in sorted(placements.items())})
+
+
+def recorded(trace: Trace, profile: MeasuredProfile, label: str = "recorded") -> PolicyResult | None:
+    """What really happened to the trace's requests (its end lines), scored like a replay: the
+    live row to set beside the simulated ones. None when the trace has no end lines."""
+    ended = [a for a in trace.arrivals if a.request_id in trace.ends]
+    if not ended:
+        return None
+    setup = _setup(trace, profile)
+    t0 = trace.arrivals[0].time_s
+    records = []
+    for a in ended:
+        end = trace.ends[a.request_id]
+        arrival_s = a.time_s - t0
+        deadline = None if a.deadline_s is None else arrival_s + a.deadline_s
+        records.append(RequestRecord(a.request_id, a.pipeline, a.priority, arrival_s, deadline,
+                                     setup.isolated_s[a.pipeline], arrival_s + end.latency_s, end.outcome))
+    return score(label, records, max(trace.arrivals[-1].time_s - t0, 1e-9), 0.0, 0, 0)
+
+
+def _draw(profile: MeasuredProfile, key: tuple[str, str, int], run_key: str,
+          near: tuple[float, float] | None) -> float:
+    """A measured run time picked by a hash of the run: an empirical draw that is the same for
+    a given run under every policy (common random numbers sharpen policy differences). near:
+    (trace time, window) to draw only from runs dispatched around that moment."""
+    measured = profile.samples.get(key) or profile.samples.get((key[0], key[1], 0))
+    if not measured:
+        return profile.entries[(key[0], key[1], 0)].latency_s
+    timed = profile.timed.get(key)
+    if near is not None and timed is not None:
+        at_s, window_s = near
+        lo, hi = bisect.bisect_left(timed[0], at_s - window_s), bisect.bisect_right(timed[0], at_s + window_s)
+        if hi - lo >= _MIN_LOCAL_RUNS:
+            measured = sorted(timed[1][lo:hi])
+    digest = hashlib.blake2b(run_key.encode(), digest_size=8).digest()
+    u = int.from_bytes(digest, "little") / 2.0**64
+    return measured[min(int(u * len(measured)), len(measured) - 1)]
+
+
+def add_replay_arguments(parser) -> None:
+    """--trace/--profile/--segment for `heddle simulate` (with --platform local)."""
+    parser.add_argument("--trace", metavar="FILE", help="replay a live server's JSON-lines trace "
+                        "(heddle serve --trace); needs --profile and --platform local")
+    parser.add_argument("--profile", metavar="FILE", help="run times measured by `heddle profile` (JSON or TOML)")
+    parser.add_argument("--segment", metavar="POLICY", help="replay only the arrivals recorded while the "
+                        "live server ran POLICY")
+    parser.add_argument("--closed", metavar="PIPELINE", action="append", default=[],
+                        help="the trace's requests for PIPELINE came from closed-loop clients: each arrives "
+                             "its recorded gap after the request it followed ends in the replay (repeatable)")
+    parser.add_argument("--local-window-s", type=float, metavar="S",
+                        help="draw each run time from the runs recorded within S seconds of the same moment "
+                             "(needs a profile made from this trace: heddle profile --from-trace)")
+
+
+def run_replay_from_args(args, trace_text: str, profile_doc: Mapping) -> tuple[str, dict]:
+    """Replay what the arguments ask for; returns the table and a JSON-ready report."""
+    if args.policy != "all" and args.policy not in POLICIES:
+        raise TraceError(f"unknown policy {args.policy!r}; known: {sorted(POLICIES)} or 'all'")
+    trace, profile = parse_trace(trace_text), parse_profile(profile_doc)
+    if args.segment:
+        trace = trace.segment(args.segment)
+    names = list(POLICIES) if args.policy == "all" else [args.policy]
+    options = {} if args.max_wait_s is None else {"max_wait_s": args.max_wait_s}
+    results = [replay(trace, profile, n, seed=args.seed, policy_options=options, closed=args.closed,
+                      local_window_s=args.local_window_s) for n in names]
+    live = recorded(trace, profile, f"recorded ({args.segment or 'live'})")
+    span_s = trace.arrivals[-1].time_s - trace.arrivals[0].time_s
+    where = f" (arrivals recorded under {args.segment})" if args.segment else ""
+    title = (f"heddle simulate: trace {args.trace}{where}, {len(trace.arrivals)} arrivals over {span_s:.1f} s, "
+             f"devices {[d.id for d in (trace.devices or profile.devices)]} timed by {args.profile}")
+    report = {"platform": LOCAL_PLATFORM, "trace": str(args.trace), "profile": str(args.profile),
+              "segment": args.segment, "arrivals": len(trace.arrivals), "span_s": span_s, "seed": args.seed,
+              "closed": list(args.closed), "local_window_s": args.local_window_s, "results": [asdict(r) for r in results],
+              "recorded": None if live is None else asdict(live)}
+    return f"{title}\n\n{_table(results, live)}", report
+
+
+def _table(results: list[PolicyResult], live: PolicyResult | None) -> str:
+    """The simulator's table with what really happened as its last row; the spread line stays
+    about the simulated policies."""
+    table = format_table(results)
+    if live is None:
+        return table
+    rows, _, _ = format_table([*results, live]).partition("\n\nDVR spread")
+    _, spread, rest = table.partition("\n\nDVR spread")
+    return rows + spread + rest

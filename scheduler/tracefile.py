@@ -1,0 +1,185 @@
+"""Trace and profile files as data: the JSON-lines trace a live server records (server/trace.py)
+and the run-time table `heddle profile` writes, parsed for the replay. Pure: text in, data out."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
+
+from heddle.scheduler.profiles import ProfileEntry, ProfileTable
+from heddle.scheduler.specs import DeviceSpec
+from heddle.scheduler.workload import PipelineDef, StageDef
+
+__all__ = [
+    "PROFILE_FORMAT", "TRACE_FORMAT", "EndRecord", "MeasuredProfile", "StageRecord", "Trace", "TraceArrival",
+    "TraceError", "parse_profile", "parse_trace", "percentile",
+]
+
+TRACE_FORMAT = "heddle-trace/1"
+PROFILE_FORMAT = "heddle-profile/1"
+# Device options that change where a model may run; the rest (threads, providers) do not matter here.
+_SCHEDULING_OPTIONS = ("unsupported_ops", "supported_ops")
+
+
+class TraceError(ValueError):
+    """A trace or profile that cannot be replayed; the message says which line or entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class TraceArrival:
+    time_s: float  # since the trace started, on the server's clock
+    request_id: str
+    pipeline: str
+    priority: int
+    deadline_s: float | None  # relative to time_s
+    shapes: Mapping[str, tuple[int, ...]]  # the request's input shapes
+    policy: str  # the live policy when it arrived
+
+
+@dataclass(frozen=True, slots=True)
+class StageRecord:
+    """A stage run the live server finished: run_s is dispatch to completion as its scheduler
+    saw it (the device's compute plus the hand-offs), compute_s the backend's alone."""
+
+    time_s: float
+    request_id: str
+    stage: str
+    model: str
+    device: str
+    run_s: float
+    compute_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class EndRecord:
+    time_s: float
+    request_id: str
+    outcome: str  # an Outcome value
+    latency_s: float
+    deadline_missed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    pipelines: Mapping[str, PipelineDef]
+    devices: tuple[DeviceSpec, ...]
+    arrivals: tuple[TraceArrival, ...]
+    stage_runs: tuple[StageRecord, ...] = ()
+    ends: Mapping[str, EndRecord] = field(default_factory=dict)
+    started_unix_s: float | None = None  # identifies the server run that wrote it
+
+    def segment(self, policy: str) -> Trace:
+        """Only the requests that arrived while the live server ran `policy`."""
+        arrivals = tuple(a for a in self.arrivals if a.policy == policy)
+        ids = {a.request_id for a in arrivals}
+        return replace(self, arrivals=arrivals, stage_runs=tuple(r for r in self.stage_runs if r.request_id in ids),
+                       ends={k: v for k, v in self.ends.items() if k in ids})
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredProfile:
+    """A `heddle profile` table: per (model, device, level) the figures and the measured runs."""
+
+    devices: tuple[DeviceSpec, ...]
+    entries: Mapping[tuple[str, str, int], ProfileEntry]
+    samples: Mapping[tuple[str, str, int], tuple[float, ...]]  # sorted run times, seconds
+    ops: Mapping[str, frozenset[str]]
+    # From a trace (`heddle profile --from-trace`): when each run was dispatched, on the trace's
+    # clock, and that run's time, in time order; and which server run the trace came from.
+    timed: Mapping[tuple[str, str, int], tuple[tuple[float, ...], tuple[float, ...]]] = field(default_factory=dict)
+    trace_started_unix_s: float | None = None
+
+    def table(self) -> ProfileTable:
+        """The ProfileTable the core plans with: the entries, refined online as runs finish."""
+        return ProfileTable(table=dict(self.entries), ops=dict(self.ops))
+
+
+def _device(raw: Mapping) -> DeviceSpec:
+    options = {k: tuple(v) for k, v in (raw.get("options") or {}).items() if k in _SCHEDULING_OPTIONS}
+    return DeviceSpec(str(raw["id"]), str(raw.get("kind", "cpu")), str(raw.get("backend", "sim")),
+                      int(raw.get("slots", 1)), options)
+
+
+def parse_trace(text: str) -> Trace:
+    """A JSON-lines trace: a header (pipelines, devices, policy), then arrival and policy events."""
+    pipelines: dict[str, PipelineDef] = {}
+    started_unix_s = None
+    devices: tuple[DeviceSpec, ...] = ()
+    arrivals: list[TraceArrival] = []
+    stage_runs: list[StageRecord] = []
+    ends: dict[str, EndRecord] = {}
+    policy = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+            kind = event["event"]
+            if kind == "header":
+                if event.get("format") != TRACE_FORMAT:
+                    raise TraceError(f"line {number}: format {event.get('format')!r}, expected {TRACE_FORMAT!r}")
+                policy = event.get("policy", "")
+                started_unix_s = event.get("started_unix_s")
+                devices = tuple(_device(d) for d in event["devices"])
+                for name, p in event["pipelines"].items():
+                    pipelines[name] = PipelineDef(name, tuple(StageDef(s["name"], s["model"], tuple(s["after"]))
+                                                              for s in p["stages"]))
+            elif kind == "policy":
+                policy = event["policy"]
+            elif kind == "arrival":
+                deadline = event.get("deadline_s")
+                arrivals.append(TraceArrival(
+                    float(event["t_s"]), str(event["request_id"]), str(event["pipeline"]), int(event["priority"]),
+                    None if deadline is None else float(deadline),
+                    {k: tuple(v) for k, v in (event.get("shapes") or {}).items()}, policy))
+            elif kind == "stage" and event.get("status", "OK") == "OK":
+                stage_runs.append(StageRecord(float(event["t_s"]), str(event["request_id"]), str(event["stage"]),
+                                              str(event["model"]), str(event["device"]), float(event["run_s"]),
+                                              float(event.get("compute_s", event["run_s"]))))
+            elif kind == "end":
+                ends[str(event["request_id"])] = EndRecord(float(event["t_s"]), str(event["request_id"]),
+                                                           str(event["outcome"]), float(event["latency_s"]),
+                                                           bool(event.get("deadline_missed", False)))
+        except TraceError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TraceError(f"trace line {number}: {type(exc).__name__}: {exc}") from None
+    if not pipelines:
+        raise TraceError("trace has no header line (pipelines and devices)")
+    unknown = sorted({a.pipeline for a in arrivals} - set(pipelines))
+    if unknown:
+        raise TraceError(f"trace arrivals name pipelines its header lacks: {unknown}")
+    return Trace(pipelines, devices, tuple(sorted(arrivals, key=lambda a: a.time_s)), tuple(stage_runs), ends,
+                 started_unix_s)
+
+
+def parse_profile(doc: Mapping) -> MeasuredProfile:
+    """A parsed `heddle profile` file (JSON or TOML, same structure)."""
+    if doc.get("format") != PROFILE_FORMAT:
+        raise TraceError(f"profile format {doc.get('format')!r}, expected {PROFILE_FORMAT!r}")
+    entries, samples, timed = {}, {}, {}
+    try:
+        for e in doc["entries"]:
+            key = (str(e["model"]), str(e["device"]), int(e.get("level", 0)))
+            entries[key] = ProfileEntry(float(e["latency_s"]), float(e.get("power_w", 0.0)),
+                                        float(e["tail_s"]) if "tail_s" in e else None)
+            runs = [float(s) for s in e.get("samples_s", ())]
+            samples[key] = tuple(sorted(runs))
+            if "sample_t_s" in e:
+                pairs = sorted(zip((float(t) for t in e["sample_t_s"]), runs, strict=True))
+                timed[key] = (tuple(t for t, _ in pairs), tuple(r for _, r in pairs))
+        devices = tuple(_device(d) for d in doc["devices"])
+        ops = {m: frozenset(info.get("op_types", ())) for m, info in (doc.get("models") or {}).items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TraceError(f"profile entry: {type(exc).__name__}: {exc}") from None
+    return MeasuredProfile(devices, entries, samples, ops, timed, doc.get("trace_started_unix_s"))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile, the simulator's definition (NaN for no values)."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]

@@ -1,0 +1,203 @@
+"""Admission control, pure, on a fake clock: accept, queue or reject by priority class, with a
+reason and a retry hint; the top class only when its deadline is out of reach; nothing lost."""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from hypothesis import given, settings, strategies as st
+
+from heddle.scheduler import Core, DeviceSpec, Outcome, Request
+from heddle.scheduler.admission import ACCEPT, QUEUE, REJECT, Admission, predicted_latency_s
+from heddle.scheduler.power import LevelPower, PowerController, PowerSettings
+from heddle.scheduler.profiles import ConstantProfiles
+from sched_fixtures import chain, model, validated
+from strategies import Workload, workloads
+
+TOP = 4
+CPU = LevelPower(1.0, (6.0, 4.0, 2.5))
+
+
+@dataclass(frozen=True)
+class Reading:
+    device: str
+    power_w: float
+    source: str = "estimated"
+
+
+def make_core(n_devices: int = 1, run_s: float = 0.1, budget_w: float | None = 3.0, queue_bound: int = 64,
+              check_latency: bool = True):
+    devices = [DeviceSpec(f"cpu{i}", "cpu", "onnxruntime", 1) for i in range(n_devices)]
+    models = {"m": model("m")}
+    core = Core(devices, models, "priority", ConstantProfiles(run_s))
+    core.power = PowerController(PowerSettings(budget_w=budget_w), {d.id: CPU for d in devices}, top_priority=TOP)
+    core.admission = Admission(core.power, TOP, queue_bound, check_latency)
+    return core, validated(chain("p2", ["m", "m"]), models)
+
+
+def submit(core, pipe, rid, priority, now=0.0, deadline_s=None):
+    request = Request(rid, pipe, priority, now, None if deadline_s is None else now + deadline_s)
+    core.submit(request, now)
+    return request
+
+
+def test_accepts_what_fits_and_predicts_its_latency():
+    """On an idle box a request with room to spare is accepted; its predicted latency is the
+    critical path of its stages."""
+    core, pipe = make_core()
+    request = Request("a", pipe, 1, 0.0, 1.0)
+    decision = core.admission.decide(request, core, 0.0)
+    assert decision.action == ACCEPT and abs(decision.predicted_s - 0.2) < 1e-9
+
+
+def test_low_class_refused_when_the_load_would_make_it_late():
+    """A low-priority request whose deadline the queue ahead makes unreachable is rejected as
+    overload, with a retry hint of how much it is short by; the request ends REJECTED."""
+    core, pipe = make_core()
+    for i in range(5):
+        submit(core, pipe, f"busy{i}", 3)
+    core.schedule(0.0)
+    late = submit(core, pipe, "late", 1, deadline_s=0.5)
+    plan = core.schedule(0.0)
+    (reject,) = plan.rejected
+    assert (reject.request_id, reject.reason) == ("late", "overload")
+    assert late.outcome is Outcome.REJECTED and "predicted latency" in late.error
+    predicted = predicted_latency_s(Request("x", pipe, 1, 0.0, None), core, 0.0)
+    assert abs(reject.retry_after_s - (predicted - 0.5)) < 1e-9
+    assert [f.request_id for f in plan.finished] == ["late"]
+
+
+def test_top_class_rejected_only_when_no_idle_box_could_make_it():
+    """The top class is admitted behind any load; only a deadline shorter than its best-case
+    latency is refused, as DEADLINE_EXCEEDED with no retry hint."""
+    core, pipe = make_core()
+    for i in range(5):
+        submit(core, pipe, f"busy{i}", 3)
+    core.schedule(0.0)
+    core.power.refuse = TOP - 1  # even with every lower class refused
+    ok = submit(core, pipe, "ok", TOP, deadline_s=0.25)
+    hopeless = submit(core, pipe, "hopeless", TOP, deadline_s=0.15)
+    plan = core.schedule(0.0)
+    assert ok.outcome is None
+    assert hopeless.outcome is Outcome.DEADLINE_EXCEEDED
+    assert [(r.request_id, r.reason, r.retry_after_s) for r in plan.rejected] == [("hopeless", "deadline", None)]
+
+
+def test_refused_class_gets_the_controllers_retry_hint():
+    """A class the controller refuses is rejected for power with the controller's hint."""
+    core, pipe = make_core()
+    core.power.refuse = 2
+    refused = submit(core, pipe, "r", 2)
+    admitted = submit(core, pipe, "a", 3)
+    plan = core.schedule(0.0)
+    assert refused.outcome is Outcome.REJECTED and admitted.outcome is None
+    assert plan.rejected[0].retry_after_s == core.power.retry_after_s(2) > 0
+
+
+def test_frozen_class_is_queued_up_to_the_bound():
+    """While its class is frozen a request is admitted to wait (queued) until the bound; past
+    it, requests are rejected as queue_full. A request that ends frees its place."""
+    core, pipe = make_core(n_devices=2, queue_bound=2, budget_w=None)
+    core.power.freeze["cpu0"] = 1
+    first = submit(core, pipe, "q0", 1)
+    decision = core.admission.decide(Request("probe", pipe, 1, 0.0, None), core, 0.0)
+    core.admission.forget("probe")
+    assert decision.action == QUEUE
+    submit(core, pipe, "q1", 1)
+    full = submit(core, pipe, "q2", 1)
+    assert full.outcome is Outcome.REJECTED
+    assert core.schedule(0.0).rejected[0].reason == "queue_full"
+    core.cancel(first.id, 0.0)
+    assert submit(core, pipe, "q3", 1).outcome is None
+
+
+def test_frozen_class_refused_when_it_would_wake_an_idle_device_past_the_budget():
+    """With its class frozen somewhere and the box near its budget, a request that would start
+    an idle device (adding its busy power) is rejected for power; the added power is reported."""
+    core, pipe = make_core(n_devices=2, budget_w=3.0)
+    core.power.freeze["cpu0"] = 1
+    core.on_power_sample([Reading("cpu0", 1.0), Reading("cpu1", 1.0)], 0.1, {"cpu0": 0.0, "cpu1": 0.0})
+    request = Request("w", pipe, 1, 0.1, None)
+    decision = core.admission.decide(request, core, 0.1)
+    assert decision.action == REJECT and decision.reason == "power"
+    assert decision.added_power_w == CPU.busy_w(0) - CPU.idle_w
+
+
+def test_frozen_everywhere_with_a_deadline_is_refused_for_power():
+    """A request whose class is frozen on every device it could use cannot start before its
+    deadline is at risk: rejected for power, not queued."""
+    core, pipe = make_core(budget_w=None)
+    core.power.freeze["cpu0"] = 1
+    request = submit(core, pipe, "d", 1, deadline_s=2.0)
+    assert request.outcome is Outcome.REJECTED
+    assert core.schedule(0.0).rejected[0].reason == "power"
+
+
+def test_without_latency_checks_only_power_rules_apply():
+    """check_latency=False (no [power] table, budget set at run time) admits late and hopeless
+    requests as before; the core sheds them at their deadline."""
+    core, pipe = make_core(check_latency=False)
+    for i in range(5):
+        submit(core, pipe, f"busy{i}", 3)
+    late = submit(core, pipe, "late", 1, deadline_s=0.05)
+    core.schedule(0.0)
+    assert late.outcome is None
+
+
+# ---- nothing is lost ----------------------------------------------------------------------
+
+def drive(w: Workload, budget_w: float, watts: list[float], queue_bound: int):
+    """Run a random workload through a core with admission and a controller fed one reading
+    per 0.1 s from `watts` (cycled); returns the finished outcomes and the rejections."""
+    core = Core(w.devices, w.models, "priority", w.profiles())
+    models = {d.id: CPU for d in w.devices}
+    core.power = PowerController(PowerSettings(budget_w=budget_w, relax_periods=2), models, top_priority=TOP)
+    core.admission = Admission(core.power, TOP, queue_bound)
+    events = [(t, i, "arrive", a) for i, (t, *a) in enumerate(w.arrivals)]
+    events += [(0.1 * k, len(events) + k, "tick", watts[k % len(watts)]) for k in range(1, 120)]
+    heapq.heapify(events)
+    finished, rejected, requests, n = {}, {}, {}, len(events)
+    while events:
+        now, _, kind, item = heapq.heappop(events)
+        if kind == "arrive":
+            rid, index, priority, deadline = item
+            requests[rid] = Request(rid, w.pipelines[index], priority, now, deadline)
+            core.submit(requests[rid], now)
+        elif kind == "tick":
+            core.on_power_sample([Reading(d.id, item / len(w.devices)) for d in w.devices], now)
+        else:
+            core.on_stage_done(item[0], item[1], now)
+        plan = core.schedule(now)
+        for d in plan.dispatches:
+            n += 1
+            heapq.heappush(events, (now + w.run_time_s(d.model, d.device), n, "done", (d.request_id, d.stage)))
+        for r in plan.rejected:
+            rejected[r.request_id] = r
+        for f in plan.finished:
+            assert f.request_id not in finished, f"{f.request_id} ended twice"
+            finished[f.request_id] = f.outcome
+    return core, requests, finished, rejected
+
+
+@settings(max_examples=60, deadline=None)
+@given(w=workloads(max_requests=12), budget_w=st.floats(1.0, 20.0),
+       watts=st.lists(st.floats(0.0, 40.0), min_size=1, max_size=8), queue_bound=st.integers(0, 4))
+def test_every_request_ends_exactly_once(w, budget_w, watts, queue_bound):
+    """Whatever the load, budget and readings: every request ends once; a rejection is always
+    in the plan with a reason; the top class is never rejected but for an unreachable deadline
+    (and then its best-case latency really exceeds it); frozen work is only ever below it."""
+    core, requests, finished, rejected = drive(w, budget_w, watts, queue_bound)
+    left = [rid for rid, r in requests.items() if r.outcome is None]
+    for rid in left:  # held for power with no deadline: they wait for it; end them here
+        assert core.cancel(rid, 99.0)
+    for f in core.schedule(99.0).finished:
+        assert f.request_id not in finished, f"{f.request_id} ended twice"
+        finished[f.request_id] = f.outcome
+    assert set(finished) == set(requests)
+    for rid, reject in rejected.items():
+        assert finished[rid] is (Outcome.DEADLINE_EXCEEDED if reject.reason == "deadline" else Outcome.REJECTED)
+        if reject.reason != "deadline":
+            assert requests[rid].priority < TOP and reject.retry_after_s is not None
+    for rid, outcome in finished.items():
+        assert outcome is not Outcome.REJECTED or rid in rejected

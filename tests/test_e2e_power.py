@@ -1,0 +1,203 @@
+"""Power budget end to end: a real gateway (ONNX Runtime and Python stages) whose estimated power
+the controller keeps under a budget set through the admin RPC; refusals carry a retry hint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from heddle.clients.tensors import to_tensor
+from heddle.server.config import ConfigError
+from heddle.v1 import heddle_pb2 as pb
+from heddle.v1 import heddle_pb2_grpc as pb_grpc
+from server_fixtures import (  # noqa: F401  (fixtures are found by name)
+    RunningServer, heddle_cache_dir, parse_test_config, running_server, scrape_metrics, wait_until,
+)
+
+TOKEN = "s3cret"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+TOP = 4
+
+DEVICES = """
+[[devices]]
+id = "cpu0"
+kind = "cpu"
+backend = "onnxruntime"
+providers = ["CPUExecutionProvider"]
+intra_op_threads = 1
+power = { idle_w = 1.0, active_w = [6.0, 4.0, 2.5] }
+dvfs = { kind = "virtual" }
+
+[[devices]]
+id = "py0"
+kind = "cpu"
+backend = "python"
+slots = 2
+power = { idle_w = 0.5, active_w = [2.0] }
+"""
+
+MODELS = """
+[[models]]
+name = "cnn"
+path = "builtin:cnn"
+
+[[models]]
+name = "preprocess"
+backend = "python"
+function = "heddle.backends.zoo.ops:preprocess"
+inputs = [{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }]
+outputs = [{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }]
+
+[[pipelines]]
+name = "classify"
+inputs = [{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }]
+outputs = { logits = "cnn.logits" }
+stages = [
+  { name = "pre", model = "preprocess", inputs = { image = "input:image" } },
+  { name = "cnn", model = "cnn", inputs = { image = "pre.image" } },
+]
+"""
+
+
+def config_text(cache_dir: Path, power: str) -> str:
+    server = (f'[server]\nadmin_token = "{TOKEN}"\npriority_levels = {TOP}\ndefault_priority = 2\n'
+              f'cache_dir = "{cache_dir}"\n\n')
+    return server + power + DEVICES + MODELS
+
+
+@pytest.fixture(scope="module")
+def power_server(heddle_cache_dir: Path) -> Iterator[RunningServer]:
+    """One gateway whose budget (0.1 W) is below its idle power, ticking every 20 ms."""
+    power = "[power]\nbudget_w = 0.1\nperiod_s = 0.02\nrelax_periods = 1\npeak_window_s = 0.0\n\n"
+    with running_server(parse_test_config(config_text(heddle_cache_dir, power))) as running:
+        yield running
+
+
+@pytest.fixture()
+def stubs(power_server: RunningServer):
+    with grpc.insecure_channel(power_server.target) as channel:
+        yield pb_grpc.GatewayStub(channel), pb_grpc.AdminStub(channel)
+
+
+def image_request(priority: int) -> pb.InferRequest:
+    image = np.random.default_rng(priority).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    return pb.InferRequest(pipeline="classify", inputs=[to_tensor("image", image)], priority=priority)
+
+
+def set_budget(admin, box_w: float) -> pb.PowerStatus:
+    return admin.SetPowerBudget(pb.PowerBudget(box_w=box_w), metadata=AUTH, timeout=10)
+
+
+def wait_for_state(admin, state: str) -> None:
+    """The controller steps once per period; no event announces it, so GetPower is polled."""
+    wait_until(lambda: admin.GetPower(pb.GetPowerRequest(), metadata=AUTH, timeout=10).controller_state == state,
+               f"controller state {state!r}")
+
+
+def test_get_power_reports_estimated_power_per_device(stubs):
+    """GetPower says the power is estimated, from the estimate sensor, with the budget in force."""
+    _, admin = stubs
+    status = admin.GetPower(pb.GetPowerRequest(), metadata=AUTH, timeout=10)
+    assert status.source == "estimated"
+    assert {d.device: (d.source, d.sensor) for d in status.devices} == {
+        "cpu0": ("estimated", "estimate"), "py0": ("estimated", "estimate")}
+    assert status.box_power_w >= 1.5  # both idle powers at least
+    assert status.budget.box_w == pytest.approx(0.1)
+
+
+def test_tiny_budget_refuses_low_priority_with_a_retry_hint(stubs):
+    """Under a budget below idle power, low priority is refused RESOURCE_EXHAUSTED with
+    retry-after-ms in the trailing metadata, while the top class is served, its energy
+    reported > 0 and labelled estimated, per stage and in total."""
+    gateway, admin = stubs
+    set_budget(admin, 0.1)
+    wait_for_state(admin, "refuse_low")
+    with pytest.raises(grpc.RpcError) as refused:
+        gateway.Infer(image_request(1), timeout=10)
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "power budget" in refused.value.details()
+    hint = dict(refused.value.trailing_metadata())["retry-after-ms"]
+    assert int(hint) > 0
+    response = gateway.Infer(image_request(TOP), timeout=10)
+    assert response.energy_j > 0 and response.energy_source == "estimated"
+    stages = {s.stage: s for s in response.stages}
+    assert stages["cnn"].energy_j > 0 and stages["cnn"].energy_source == "estimated"
+    assert response.energy_j == pytest.approx(sum(s.energy_j for s in response.stages))
+
+
+def test_raising_the_budget_readmits_low_priority(stubs):
+    """After SetPowerBudget raises the budget, the controller undoes its steps and a
+    low-priority request is served again."""
+    gateway, admin = stubs
+    set_budget(admin, 0.1)
+    wait_for_state(admin, "refuse_low")
+    status = set_budget(admin, 1000.0)
+    assert status.budget.box_w == 1000.0
+    wait_for_state(admin, "ok")
+    assert gateway.Infer(image_request(1), timeout=10).energy_source == "estimated"
+
+
+def test_set_power_budget_needs_the_admin_token(stubs):
+    """Without the token the admin RPC is refused; with it, bad budgets are INVALID_ARGUMENT."""
+    _, admin = stubs
+    with pytest.raises(grpc.RpcError) as missing:
+        admin.SetPowerBudget(pb.PowerBudget(box_w=5.0), timeout=10)
+    assert missing.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as wrong:
+        admin.SetPowerBudget(pb.PowerBudget(box_w=5.0), metadata=(("authorization", "Bearer nope"),), timeout=10)
+    assert wrong.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    for bad in (pb.PowerBudget(box_w=-1.0), pb.PowerBudget(device_w={"gpu9": 3.0})):
+        with pytest.raises(grpc.RpcError) as invalid:
+            admin.SetPowerBudget(bad, metadata=AUTH, timeout=10)
+        assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    status = admin.SetPowerBudget(pb.PowerBudget(box_w=7.0, device_w={"cpu0": 3.0}), metadata=AUTH, timeout=10)
+    assert status.budget.box_w == 7.0 and dict(status.budget.device_w) == {"cpu0": 3.0}
+
+
+def test_power_metrics_are_exported(stubs, power_server: RunningServer):
+    """The scrape has power per device labelled estimated, the budgets, energy per pipeline and
+    class, DVFS levels, frozen tasks, and refusals by reason and class."""
+    gateway, admin = stubs
+    set_budget(admin, 0.1)
+    wait_for_state(admin, "refuse_low")
+    with pytest.raises(grpc.RpcError):
+        gateway.Infer(image_request(1), timeout=10)
+    gateway.Infer(image_request(TOP), timeout=10)
+    samples = scrape_metrics(power_server.metrics_url)
+
+    def value(name: str, **labels: str) -> float | None:
+        return samples.get((name, frozenset(labels.items())))
+
+    assert value("heddle_power_watts", device="cpu0", source="estimated") >= 1.0
+    assert value("heddle_power_budget_watts", device="box") == pytest.approx(0.1)
+    assert value("heddle_energy_joules_total", pipeline="classify", priority_class=str(TOP)) > 0
+    assert value("heddle_admission_rejected_total", reason="power", priority_class="1") >= 1
+    assert value("heddle_dvfs_level", device="cpu0") is not None
+    assert value("heddle_frozen_tasks") is not None
+
+
+@pytest.mark.parametrize("power, message", [
+    ("[power]\nbudget_w = 5\nbudgett = 3\n\n", "unknown [power] keys"),
+    ("[power]\nbudget_w = -5\n\n", "positive number of watts"),
+    ("[power]\ndevices = { gpu9 = 3.0 }\n\n", "unknown device"),
+])
+def test_bad_power_table_is_a_config_error(heddle_cache_dir: Path, power: str, message: str):
+    """A malformed [power] table stops the start with a ConfigError naming the problem."""
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        parse_test_config(config_text(heddle_cache_dir, power))
+
+
+def test_bad_device_power_tables_are_config_errors(heddle_cache_dir: Path):
+    """Device power/sensor/dvfs tables are checked by the backends' parsers at load."""
+    text = config_text(heddle_cache_dir, "")
+    for old, new, message in [
+        ('dvfs = { kind = "virtual" }', 'dvfs = { kind = "turbo" }', "unknown dvfs kind"),
+        ("power = { idle_w = 0.5, active_w = [2.0] }", "power = { idle_w = 3.0, active_w = [2.0] }", "below idle_w"),
+        ('dvfs = { kind = "virtual" }', 'sensor = { kind = "psychic" }', "unknown sensor kind"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_test_config(text.replace(old, new, 1))

@@ -1,0 +1,105 @@
+"""`heddle profile`: run times of the configured models measured through the real executors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from heddle.scheduler import Core, ModelSpec, TensorSpec
+from heddle.scheduler.tracefile import TRACE_FORMAT, parse_profile
+from heddle.server.cli import main
+from heddle.server.profile_cmd import (
+    load_profile_file, measure_profile, parse_shape_overrides, profile_from_trace, sample_inputs,
+    write_profile_file,
+)
+from server_fixtures import heddle_cache_dir, parse_test_config, py_model_toml  # noqa: F401 (fixture)
+
+ECHO = "heddle.backends.zoo.ops:echo"
+
+
+@pytest.fixture(scope="module")
+def config_text(heddle_cache_dir):  # noqa: F811
+    return (f'[server]\ncache_dir = "{heddle_cache_dir}"\n\n'
+            '[[devices]]\nid = "cpu0"\nkind = "cpu"\nbackend = "onnxruntime"\nintra_op_threads = 1\n\n'
+            '[[devices]]\nid = "py0"\nkind = "cpu"\nbackend = "python"\nslots = 2\n\n'
+            '[[models]]\nname = "head"\npath = "builtin:head_cls"\n\n' + py_model_toml("echo", ECHO))
+
+
+@pytest.fixture(scope="module")
+def doc(config_text):
+    return measure_profile(parse_test_config(config_text), runs=4, warmup=1)
+
+
+def test_every_model_is_timed_on_every_device_allowed_to_run_it(doc):
+    """The ONNX model on the ORT device, the python op on the python device, each `runs` times."""
+    entries = {(e["model"], e["device"]): e for e in doc["entries"]}
+    assert set(entries) == {("head", "cpu0"), ("echo", "py0")}
+    for e in entries.values():
+        assert e["runs"] == len(e["samples_s"]) == 4
+        assert 0 < e["min_s"] <= e["p50_s"] <= e["tail_s"] <= e["max_s"]
+        assert e["min_s"] <= e["latency_s"] <= e["max_s"]
+    assert doc["models"]["head"]["inputs"] == {"features": [1, 64]}
+    assert "Gemm" in doc["models"]["head"]["op_types"] or "MatMul" in doc["models"]["head"]["op_types"]
+    assert [d["id"] for d in doc["devices"]] == ["cpu0", "py0"] and doc["method"] == "executors"
+
+
+def test_the_profile_loads_as_a_table_the_core_plans_with(doc, config_text, tmp_path):
+    """Written as JSON or TOML, the profile reads back the same, and a Core built on its table
+    plans with the measured figures (source "table")."""
+    as_json = parse_profile(load_profile_file(write_profile_file(doc, tmp_path / "p.json")))
+    as_toml = parse_profile(load_profile_file(write_profile_file(doc, tmp_path / "p.toml")))
+    assert as_json.entries == as_toml.entries and as_json.samples == as_toml.samples
+    config = parse_test_config(config_text)
+    core = Core(config.devices, config.models, "fcfs", as_json.table())
+    measured = next(e for e in doc["entries"] if e["model"] == "head")
+    estimate = core.profiles.estimate("head", core.devices["cpu0"])
+    assert estimate.source == "table" and estimate.mean_s == pytest.approx(measured["latency_s"])
+
+
+def test_shape_overrides_and_the_load_generators_default_dims(config_text):
+    """Dynamic dims are 1 (first) and 16 (others) unless --shape says otherwise; a shape that
+    does not fit the declared one, or a malformed spec, is refused."""
+    config = parse_test_config(config_text)
+    rng = np.random.default_rng(0)
+    assert sample_inputs(config.models["echo"], {}, rng)["x"].shape == (1,)
+    text = ModelSpec("enc", "onnxruntime", "enc.onnx", (TensorSpec("ids", "INT64", (-1, -1)),), ())
+    ids = sample_inputs(text, {}, rng)["ids"]
+    assert ids.shape == (1, 16) and ids.dtype == np.int64 and 0 <= ids.min() and ids.max() < 100
+    shapes = parse_shape_overrides(["echo:x=7", "head:features=2x64"])
+    assert shapes == {("echo", "x"): (7,), ("head", "features"): (2, 64)}
+    assert sample_inputs(config.models["head"], shapes, rng)["features"].shape == (2, 64)
+    with pytest.raises(ValueError, match="does not fit"):
+        sample_inputs(config.models["head"], {("head", "features"): (2, 3)}, rng)
+    with pytest.raises(ValueError, match="MODEL:INPUT="):
+        parse_shape_overrides(["head=1x64"])
+
+
+def test_a_profile_from_a_trace_takes_the_recorded_stage_runs():
+    """--from-trace: per (model, device), the recorded dispatch-to-completion times."""
+    lines = [{"event": "header", "format": TRACE_FORMAT, "policy": "fcfs",
+              "devices": [{"id": "cpu0", "kind": "cpu", "backend": "onnxruntime", "slots": 1}],
+              "pipelines": {"p": {"stages": [{"name": "s", "model": "m", "after": []}]}}}]
+    lines += [{"event": "stage", "t_s": i, "request_id": f"r{i}", "stage": "s", "model": "m", "device": "cpu0",
+               "status": "OK", "run_s": 0.01 * (i + 1), "compute_s": 0.005} for i in range(4)]
+    doc = profile_from_trace("\n".join(json.dumps(x) for x in lines), "t.jsonl")
+    (entry,) = doc["entries"]
+    assert (entry["model"], entry["device"], entry["runs"]) == ("m", "cpu0", 4)
+    assert entry["latency_s"] == pytest.approx(0.025) and entry["samples_s"] == [0.01, 0.02, 0.03, 0.04]
+    with pytest.raises(ValueError, match="no stage runs"):
+        profile_from_trace(json.dumps(lines[0]), "t.jsonl")
+
+
+def test_heddle_profile_command_writes_the_file_and_refuses_unknown_models(config_text, tmp_path, capsys):
+    """`heddle profile --config F --model echo --out P` prints a row and writes P; an unknown
+    model is exit status 2 with its name."""
+    config = tmp_path / "c.toml"
+    config.write_text(config_text)
+    out = tmp_path / "prof.json"
+    assert main(["profile", "--config", str(config), "--model", "echo", "--runs", "2", "--warmup", "0",
+                 "--out", str(out)]) == 0
+    assert "echo" in capsys.readouterr().out
+    assert [e["model"] for e in json.loads(out.read_text())["entries"]] == ["echo"]
+    assert main(["profile", "--config", str(config), "--model", "nope", "--out", str(out)]) == 2
+    assert "nope" in capsys.readouterr().err
