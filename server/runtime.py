@@ -269,7 +269,18 @@ class Runtime:
         timeout_s = None if deadline_s is None else max(deadline_s - self.clock(), 1e-3)
         fut = self._loop.run_in_executor(executor.pool, _timed_run, executor, d.model, inputs,
                                          job.request.priority, timeout_s)
-        fut.add_done_callback(lambda f, d=d: self._on_done(d, f))
+        fut.add_done_callback(lambda f, d=d: self._on_done_guarded(d, f))
+
+    def _on_done_guarded(self, d: Dispatch, fut: asyncio.Future) -> None:
+        """A bug while handling a completion must end its request INTERNAL, not leave it hanging
+        until its deadline (or forever): log it with the request id and keep serving."""
+        try:
+            self._on_done(d, fut)
+        except Exception:
+            log.exception("internal error handling a stage completion", request_id=d.request_id,
+                          stage=d.stage, device=d.device)
+            if self.core.cancel(d.request_id, self.clock(), Outcome.FAILED, "internal error in heddle"):
+                self._step()
 
     def _on_done(self, d: Dispatch, fut: asyncio.Future) -> None:
         now = self.clock()
