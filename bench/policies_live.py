@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot set niceness {args.nice} (not root); running at {os.nice(0)}", file=sys.stderr)
     args.nice = os.nice(0)
     out = Path(args.out) if args.out else BENCH_DIR / "results" / dt.date.today().isoformat() / "policies_live.json"
-    work = out.parent / "policies_live"
+    work = out.parent / "policies_live-work"  # models, traces, records: git-ignored
     work.mkdir(parents=True, exist_ok=True)
     report = run(args, work)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -11,7 +11,7 @@ import bisect
 import hashlib
 import heapq
 from collections import deque
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Mapping, Sequence
 
 from heddle.scheduler.budget import critical_path_s
@@ -21,7 +21,7 @@ from heddle.scheduler.policies import POLICIES, make_policy
 from heddle.scheduler.simulator import PolicyResult, RequestRecord, format_table, score
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
 from heddle.scheduler.state import Request
-from heddle.scheduler.tracefile import MeasuredProfile, Trace, TraceError, parse_profile, parse_trace
+from heddle.scheduler.tracefile import MeasuredProfile, Trace, TraceArrival, TraceError, parse_profile, parse_trace
 from heddle.scheduler.workload import build_pipelines
 
 __all__ = [
@@ -97,47 +97,76 @@ def replay(trace: Trace, profile: MeasuredProfile, policy: str, *, seed: int = 1
         raise TraceError("drawing run times near the same moment needs a profile made from this very trace "
                          "(heddle profile --from-trace)")
     core = Core(setup.devices, setup.models, make_policy(policy, **dict(policy_options or {})), profile.table())
-    links = closed_loop_links(trace, closed)
-    followers = {previous: (rid, gap_s) for rid, (previous, gap_s) in links.items()}
-    by_id = {a.request_id: a for a in trace.arrivals}
-    t0 = trace.arrivals[0].time_s
-    events = [(a.time_s - t0, i, 0, a) for i, a in enumerate(trace.arrivals) if a.request_id not in links]
-    heapq.heapify(events)
-    records: dict[str, RequestRecord] = {}
-    counter, migrations, freezes = len(trace.arrivals), 0, 0
-    placements: dict[str, dict[str, int]] = {}
-    while events:
-        now, _, kind, item = heapq.heappop(events)
+    run = _Replay(core, profile, setup, f"{seed}", local_window_s, trace.arrivals[0].time_s,
+                  closed_loop_links(trace, closed), {a.request_id: a for a in trace.arrivals})
+    for a in trace.arrivals:
+        if a.request_id not in run.links:
+            run.push(a.time_s - run.t0, 0, a)
+    while run.events:
+        now, _, kind, item = heapq.heappop(run.events)
         if kind == 0:
-            deadline = None if item.deadline_s is None else now + item.deadline_s
-            records[item.request_id] = RequestRecord(item.request_id, item.pipeline, item.priority, now,
-                                                     deadline, setup.isolated_s[item.pipeline])
-            core.submit(Request(item.request_id, setup.pipelines[item.pipeline], item.priority, now, deadline), now)
+            run.arrive(item, now)
         else:
             core.on_stage_done(item[0], item[1], now)
-        plan = core.schedule(now)
+        run.carry_out(core.schedule(now), now)
+    records = run.records
+    assert len(records) == len(trace.arrivals) and all(r.outcome for r in records.values()), "a request never ended"
+    span_s = max(trace.arrivals[-1].time_s - run.t0, 1e-9)
+    result = score(policy, list(records.values()), span_s, 0.0, run.migrations, run.freezes)
+    return replace(result, placements={m: dict(sorted(c.items())) for m, c in sorted(run.placements.items())})
+
+
+@dataclass(slots=True)
+class _Replay:
+    """One replay's moving parts: the event heap, the records, and what the plans did."""
+
+    core: Core
+    profile: MeasuredProfile
+    setup: _Setup
+    seed: str
+    local_window_s: float | None
+    t0: float  # the trace time of the first arrival: the replay's 0
+    links: Mapping[str, tuple[str, float]]  # closed-loop request -> (the one it followed, gap)
+    arrivals: Mapping[str, TraceArrival]
+    events: list = field(default_factory=list)  # (time, counter, 0 arrival | 1 stage done, item)
+    records: dict[str, RequestRecord] = field(default_factory=dict)
+    placements: dict[str, dict[str, int]] = field(default_factory=dict)
+    counter: int = 0
+    migrations: int = 0
+    freezes: int = 0
+    followers: dict[str, tuple[str, float]] = field(default_factory=dict)  # links, inverted
+
+    def __post_init__(self) -> None:
+        self.followers = {previous: (rid, gap_s) for rid, (previous, gap_s) in self.links.items()}
+
+    def push(self, time_s: float, kind: int, item) -> None:
+        self.counter += 1
+        heapq.heappush(self.events, (time_s, self.counter, kind, item))
+
+    def arrive(self, a: TraceArrival, now: float) -> None:
+        deadline = None if a.deadline_s is None else now + a.deadline_s
+        self.records[a.request_id] = RequestRecord(a.request_id, a.pipeline, a.priority, now, deadline,
+                                                   self.setup.isolated_s[a.pipeline])
+        self.core.submit(Request(a.request_id, self.setup.pipelines[a.pipeline], a.priority, now, deadline), now)
+
+    def carry_out(self, plan, now: float) -> None:
         for d in plan.dispatches:
-            counter += 1
-            run_s = _draw(profile, (d.model, d.device, core.level(d.device)), f"{seed}/{d.request_id}/{d.stage}",
-                          None if local_window_s is None else (now + t0, local_window_s))
-            per_model = placements.setdefault(d.model, {})
+            near = None if self.local_window_s is None else (now + self.t0, self.local_window_s)
+            run_s = _draw(self.profile, (d.model, d.device, self.core.level(d.device)),
+                          f"{self.seed}/{d.request_id}/{d.stage}", near)
+            per_model = self.placements.setdefault(d.model, {})
             per_model[d.device] = per_model.get(d.device, 0) + 1
-            heapq.heappush(events, (now + run_s, counter, 1, (d.request_id, d.stage)))
+            self.push(now + run_s, 1, (d.request_id, d.stage))
         for f in plan.finished:
-            record = records[f.request_id]
+            record = self.records[f.request_id]
             assert not record.outcome, f"{f.request_id} ended twice"
             record.outcome, record.finish_s = f.outcome.value, now
-            core.forget(f.request_id)
-            if f.request_id in followers:
-                rid, gap_s = followers[f.request_id]
-                counter += 1
-                heapq.heappush(events, (now + gap_s, counter, 0, by_id[rid]))
-        migrations += len(plan.migrated)
-        freezes += len(plan.frozen)
-    assert len(records) == len(trace.arrivals) and all(r.outcome for r in records.values()), "a request never ended"
-    span_s = max(trace.arrivals[-1].time_s - t0, 1e-9)
-    result = score(policy, list(records.values()), span_s, 0.0, migrations, freezes)
-    return replace(result, placements={m: dict(sorted(c.items())) for m, c in sorted(placements.items())})
+            self.core.forget(f.request_id)
+            if f.request_id in self.followers:  # its closed-loop client sends the next one
+                rid, gap_s = self.followers[f.request_id]
+                self.push(now + gap_s, 0, self.arrivals[rid])
+        self.migrations += len(plan.migrated)
+        self.freezes += len(plan.frozen)
 
 
 def recorded(trace: Trace, profile: MeasuredProfile, label: str = "recorded") -> PolicyResult | None:

@@ -75,6 +75,9 @@ def sample_inputs(model: ModelSpec, shapes: Mapping[tuple[str, str], tuple[int, 
         dtype = numpy_dtype(t.datatype)
         if t.datatype == "BOOL":
             arrays[t.name] = rng.random(shape) < 0.5
+        elif t.datatype == "BYTES":  # words like the load generator's
+            words = rng.integers(0, _ID_HIGH, size=shape)
+            arrays[t.name] = np.vectorize(lambda i: f"w{i}".encode(), otypes=[object])(words).reshape(shape)
         elif dtype.kind in "iu":
             arrays[t.name] = rng.integers(0, _ID_HIGH, size=shape).astype(dtype)
         elif dtype.kind == "f":
@@ -96,8 +99,10 @@ def _eligible(config: Config, models: Sequence[str], devices: Sequence[str]) -> 
                  if m.backend == "onnxruntime" and (not models or m.name in models)}
     core = Core(config.devices, config.models, "fcfs", ProfileTable(summaries=summaries))
     plan: dict[str, list[str]] = {}
-    for name in config.models:
-        if models and name not in models:
+    for name, spec in config.models.items():
+        # An LLM stage runs as prefill and decode steps the live runtime drives token by token;
+        # its per-step times come from a trace (--from-trace), not from one run of the stage.
+        if (models and name not in models) or spec.kind == "llm":
             continue
         for device in core.eligible_devices(name):
             if not devices or device in devices:

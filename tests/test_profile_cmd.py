@@ -59,14 +59,17 @@ def test_the_profile_loads_as_a_table_the_core_plans_with(doc, config_text, tmp_
 
 
 def test_shape_overrides_and_the_load_generators_default_dims(config_text):
-    """Dynamic dims are 1 (first) and 16 (others) unless --shape says otherwise; a shape that
-    does not fit the declared one, or a malformed spec, is refused."""
+    """Dynamic dims are 1 (first) and 16 (others) unless --shape says otherwise, BYTES are words;
+    a shape that does not fit the declared one, or a malformed spec, is refused."""
     config = parse_test_config(config_text)
     rng = np.random.default_rng(0)
     assert sample_inputs(config.models["echo"], {}, rng)["x"].shape == (1,)
     text = ModelSpec("enc", "onnxruntime", "enc.onnx", (TensorSpec("ids", "INT64", (-1, -1)),), ())
     ids = sample_inputs(text, {}, rng)["ids"]
     assert ids.shape == (1, 16) and ids.dtype == np.int64 and 0 <= ids.min() and ids.max() < 100
+    words = ModelSpec("tok", "python", "m:f", (TensorSpec("text", "BYTES", (-1,)),), ())
+    text_in = sample_inputs(words, {}, rng)["text"]
+    assert text_in.dtype == object and isinstance(text_in[0], bytes)
     shapes = parse_shape_overrides(["echo:x=7", "head:features=2x64"])
     assert shapes == {("echo", "x"): (7,), ("head", "features"): (2, 64)}
     assert sample_inputs(config.models["head"], shapes, rng)["features"].shape == (2, 64)
