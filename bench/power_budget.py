@@ -137,7 +137,9 @@ async def _drive(target: str, trace: list, args: dict) -> list[dict]:
                 call = stub.Infer(request, timeout=deadline_ms[priority] / 1e3 + 30.0)
                 reply = await call
                 rec.update(status="OK", deadline_missed=reply.deadline_missed, energy_j=reply.energy_j,
-                           energy_source=reply.energy_source)
+                           energy_source=reply.energy_source, server_ms=reply.total_ms,
+                           queue_ms=sum(s.queue_ms for s in reply.stages),
+                           compute_ms=sum(s.compute_ms for s in reply.stages))
             except grpc.aio.AioRpcError as err:
                 rec.update(status=err.code().name, error=(err.details() or "")[:200])
                 hint = dict(err.trailing_metadata() or ()).get("retry-after-ms")
@@ -333,6 +335,7 @@ def main() -> None:
             "low_never_lost": capped_summary["low"]["unclear_endings"] == 0
             and sum(capped_summary["low"]["statuses"].values()) == capped_summary["low"]["sent"],
         },
+        "records": {"unconstrained": free["records"], "constrained": capped["records"]},
         "periods": [{"t_s": p.t_s - capped["start_s"], "box_w": p.box_w, "smoothed_w": p.smoothed_w,
                      "state": p.state, "levels": p.levels, "frozen_tasks": p.frozen_tasks, "events": p.events}
                     for p in capped["periods"]],

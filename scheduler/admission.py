@@ -72,7 +72,7 @@ class Admission:
         cls = min(request.priority, self.top)
         left_s = None if request.deadline_s is None else request.deadline_s - now
         if self.check_latency and left_s is not None:
-            best_s = critical_path_s(request.pipeline, lambda s: view.best_estimate_s(request.pipeline.stage(s).model))
+            best_s = critical_path_s(request.pipeline, lambda s: _fastest_s(view, request.pipeline.stage(s).model))
             if best_s > left_s:
                 return Decision(REJECT, "deadline", None, best_s, message=(
                     f"deadline {left_s * 1e3:.1f} ms is shorter than the pipeline's best-case latency "
@@ -114,6 +114,16 @@ class Admission:
             return Decision(REJECT, "queue_full", ctl.retry_after_s(cls), added_power_w=added_w, message=(
                 f"{self.queue_bound} requests already wait for power (priority <= {cls} is frozen)"))
         return Decision(QUEUE, added_power_w=added_w)
+
+
+def _fastest_s(view: CoreView, model: str) -> float:
+    """The model's run time on its fastest healthy device at DVFS level 0: "at all" means at
+    full speed, not at the levels the power controller holds now (it could give them back)."""
+    profiles = getattr(view, "profiles", None)
+    if profiles is None:
+        return view.best_estimate_s(model)
+    return min((profiles.estimate(model, view.devices[d], 0).mean_s for d in view.eligible_devices(model)),
+               default=0.0)
 
 
 def _wait_s(view: CoreView, device: str, priority: int, now: float) -> float:

@@ -3,21 +3,26 @@ classes frozen per device and classes refused at admission, with hysteresis both
 
 Pure: readings and `now` come in, SetLevel/PowerAction records go out (docs/POWER.md has the
 design). One step per control period, along a ladder ordered by cost; undone in reverse:
-  1. lower the DVFS level of the least urgent device that serves no top-class work;
-  2. for each class p from the lowest: freeze p device by device (least urgent first), then
-     refuse new requests of p at admission;
+  1. lower the DVFS level of the least urgent device that serves no top-class work (or whose
+     lower level costs no speed: no clock table, as with virtual DVFS);
+  2. for each class p from the lowest, while requests of p are in flight: freeze p device by
+     device (least urgent first); then refuse new requests of p at admission;
   3. lower the levels of the devices left (those serving the top class).
-The top class is never frozen or refused by power.
+The top class is never frozen or refused by power. An undo must fit: predicted power after
+it under the middle of the band, and the highest recent reading plus it under the budget.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from heddle.scheduler.plan import PowerAction, SetLevel
+from heddle.scheduler.power_settings import (
+    BOARD, LevelPower, PowerReading, PowerSettings, PowerSnapshot, box_power_w,
+)
+from heddle.scheduler.profiles import device_speed
 from heddle.scheduler.state import RunState
 
 if TYPE_CHECKING:
@@ -28,116 +33,20 @@ __all__ = [
     "box_power_w",
 ]
 
-BOARD = "board"  # the domain of a whole-module reading (as backends.power_sensors.BOARD)
 _MAX_DWELL_FACTOR = 16  # the relax dwell backs off at most to this many times its setting
-
-
-class PowerReading(Protocol):
-    """What the controller reads of a sample (backends.power_sensors.PowerSample has it)."""
-
-    device: str  # a device id, "+"-joined ids, BOARD or "rail:NAME"
-    power_w: float
-    source: str  # "measured" | "estimated"
-
-
-def box_power_w(readings: Sequence[PowerReading]) -> float:
-    """The board reading when there is one (it includes every rail), else the sum of all."""
-    board = [r.power_w for r in readings if r.device == BOARD]
-    return sum(board) if board else sum(r.power_w for r in readings)
-
-
-@dataclass(frozen=True, slots=True)
-class PowerSettings:
-    """The `[power]` table. Budgets in watts (None: no box budget); fractions of a budget for
-    the hysteresis band: escalate while smoothed power > high x budget, undo a step only after
-    `relax_periods` periods in a row below low x budget and if the step is predicted to keep
-    power under the middle of the band."""
-
-    budget_w: float | None = None
-    device_budget_w: Mapping[str, float] = field(default_factory=dict)
-    period_s: float = 0.1
-    smoothing: float = 0.5  # EWMA weight of the newest reading
-    high: float = 0.95
-    low: float = 0.85
-    relax_periods: int = 5
-    peak_window_s: float = 2.0  # an undo must fit on top of the highest reading this far back
-    admission: bool = True  # latency checks at admission (power refusals apply regardless)
-    queue_bound: int = 64  # requests that may wait frozen at once before new ones are refused
-    configured: bool = False  # a [power] table was given
-
-    def __post_init__(self) -> None:
-        budgets = ([] if self.budget_w is None else [("budget_w", self.budget_w)]) + [
-            (f"devices.{d}", w) for d, w in self.device_budget_w.items()]
-        for name, watts in budgets:
-            if not (isinstance(watts, (int, float)) and watts > 0 and math.isfinite(watts)):
-                raise ValueError(f"power {name} must be a positive number of watts, got {watts!r}")
-        if not self.period_s > 0:
-            raise ValueError(f"power period_s must be > 0, got {self.period_s!r}")
-        if not 0 < self.smoothing <= 1:
-            raise ValueError(f"power smoothing must be in (0, 1], got {self.smoothing!r}")
-        if not 0 < self.low < self.high <= 1:
-            raise ValueError(f"power needs 0 < low < high <= 1, got low {self.low!r}, high {self.high!r}")
-        if self.relax_periods < 1 or self.queue_bound < 0 or self.peak_window_s < 0:
-            raise ValueError("power relax_periods must be >= 1, queue_bound and peak_window_s >= 0")
-
-
-    @classmethod
-    def from_table(cls, raw: Mapping, device_ids: Sequence[str]) -> PowerSettings:
-        """The `[power]` table of a config: `budget_w`, `devices = { id = watts }` and the
-        tuning keys above; ValueError names an unknown key or device or a bad value."""
-        raw = dict(raw)
-        known = {"budget_w", "devices", "period_s", "smoothing", "high", "low", "relax_periods",
-                 "peak_window_s", "admission", "queue_bound"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown [power] keys {unknown}; known: {sorted(known)}")
-        devices = dict(raw.pop("devices", {}) or {})
-        strangers = sorted(set(devices) - set(device_ids))
-        if strangers:
-            raise ValueError(f"[power] devices names unknown device(s) {strangers}; known: {list(device_ids)}")
-        for key in ("relax_periods", "queue_bound"):
-            if key in raw and not isinstance(raw[key], int):
-                raise ValueError(f"[power] {key} must be an integer, got {raw[key]!r}")
-        if "admission" in raw and not isinstance(raw["admission"], bool):
-            raise ValueError(f"[power] admission must be true or false, got {raw['admission']!r}")
-        return cls(device_budget_w=devices, configured=True, **raw)
-
-
-@dataclass(frozen=True, slots=True)
-class LevelPower:
-    """A device's power model as the controller predicts with it: idle, and busy per level."""
-
-    idle_w: float
-    active_w: tuple[float, ...]
-
-    def busy_w(self, level: int) -> float:
-        return self.active_w[min(level, len(self.active_w) - 1)]
-
-    def power_w(self, level: int, busy: float) -> float:
-        return self.idle_w + min(1.0, max(0.0, busy)) * (self.busy_w(level) - self.idle_w)
-
-
-@dataclass(frozen=True, slots=True)
-class PowerSnapshot:
-    """What GetPower and the metrics show of the controller."""
-
-    budget_w: float | None
-    device_budget_w: Mapping[str, float]
-    box_w: float | None
-    smoothed_w: float | None
-    domain_w: Mapping[str, float]
-    source: str  # measured | estimated | mixed | "" before the first reading
-    levels: Mapping[str, int]
-    freeze: Mapping[str, int]
-    refuse: int
-    state: str  # ok | dvfs | freeze | refuse_low
+# A reading past budget x this escalates at once, whatever the smoothed power says: a burst of
+# work that is never frozen (top-class frames) must not make the limit a habit.
+_HARD_LIMIT = 1.05
+_TOP_MEMORY_S = 2.0  # a device that ran top-class work this recently still counts as serving it
 
 
 class _Step:
     """What one control step may read of the core, computed once and only when acting."""
 
-    def __init__(self, view: CoreView, devices: Sequence[str], busy: Mapping[str, float], top: int) -> None:
+    def __init__(self, view: CoreView, devices: Sequence[str], busy: Mapping[str, float], top: int,
+                 recent_top: frozenset[str] = frozenset()) -> None:
         self.busy = busy
+        self.speed = {d: device_speed(view.devices[d]) for d in devices}
         self.urgency: dict[str, int] = {}
         self.priorities: dict[str, list[int]] = {}
         for d in devices:
@@ -146,10 +55,13 @@ class _Step:
             self.priorities[d] = running + [q for q, _ in queued]
             # Frozen work is not urgent: it waits for power whatever this device's level.
             self.urgency[d] = min(max(running + [q for q, ready in queued if ready], default=0), top)
+            if d in recent_top:  # served the top class moments ago: an idle gap between frames
+                self.urgency[d] = top
         self.queued = {d: bool(view.queued(d)) for d in devices}
         self.running_low = {d: [r.request.priority for r in view.running(d)] for d in devices}
-        # The lowest class with a request in flight: work of it may reach any device next.
-        self.lowest_active = min((r.priority for r in view.active_requests()), default=top)
+        # Classes below the top with a request in flight (their work may reach any device next),
+        # lowest first: the only ones freezing or refusing one by one can help.
+        self.present = sorted({r.priority for r in view.active_requests() if r.priority < top})
 
     def low_share(self, device: str, p: int) -> float:
         """Share of the device's running work of priority <= p: what freezing p would save."""
@@ -158,6 +70,12 @@ class _Step:
 
     def has_work(self, device: str, p: int) -> bool:
         return any(q <= p for q in self.priorities[device])
+
+    def slows(self, device: str, level: int) -> bool:
+        """Does `level` run slower than `level - 1` (the device's declared clocks)? Virtual
+        DVFS with no clock table does not: lowering it costs no latency, raising gains none."""
+        speed = self.speed[device]
+        return speed.clock(level) < speed.clock(level - 1)
 
 
 class PowerController:
@@ -184,6 +102,8 @@ class PowerController:
         self.smoothed_domain_w: dict[str, float] = {}
         self.source = ""
         self._recent: deque[tuple[float, float, dict[str, float]]] = deque()  # (t, box, domains)
+        self._top_seen: dict[str, float] = {}  # device -> last step it ran or queued top-class work
+        self._now = -math.inf
         self._calm = 0  # control periods in a row below the relax threshold
         self._steady = 0  # control periods since the last action
         self._dwell = settings.relax_periods
@@ -246,7 +166,13 @@ class PowerController:
         (or one undo step when all are calm). `busy`: each device's busy fraction over the
         period; by default 1 for a device running something, else 0."""
         self._observe(list(readings), now)
-        over = [scope for scope in self._scopes() if scope[2] is not None and scope[2] > self.settings.high * scope[1]]
+        for d in self.devices:
+            if any(r.request.priority >= self.top for r in view.running(d)) or any(
+                    r.request.priority >= self.top and r.state is RunState.READY for r in view.queued(d)):
+                self._top_seen[d] = now
+        self._now = now
+        over = [scope for scope in self._scopes() if scope[2] is not None and (
+            scope[2] > self.settings.high * scope[1] or scope[4] > _HARD_LIMIT * scope[1])]
         if not over:
             return self._maybe_relax(now, view, busy)
         self._calm = self._steady = 0
@@ -255,16 +181,16 @@ class PowerController:
         self._last_escalate_s = now
         step = self._context(view, busy)
         actions = []
-        for devices, budget_w, power_w, name in over:
-            why = f"{name} {power_w:.2f} W > {self.settings.high:g} x budget {budget_w:g} W"
-            action = self._escalate(devices, step, why, is_box=name == "box")
-            if action is not None:
-                actions.append(action)
+        for devices, budget_w, power_w, name, raw_w in over:
+            why = (f"{name} {power_w:.2f} W > {self.settings.high:g} x budget {budget_w:g} W"
+                   if power_w > self.settings.high * budget_w else
+                   f"{name} read {raw_w:.2f} W > {_HARD_LIMIT:g} x budget {budget_w:g} W")
+            actions += self._escalate(devices, step, why, is_box=name == "box")
         return actions
 
     def _maybe_relax(self, now: float, view: CoreView, busy: Mapping[str, float] | None) -> list:
         calm = all(power_w is None or power_w < self.settings.low * budget_w
-                   for _, budget_w, power_w, _ in self._scopes())
+                   for _, budget_w, power_w, _, _ in self._scopes())
         self._calm = self._calm + 1 if calm else 0
         self._steady += 1
         if not calm and self._steady >= self._dwell and any(self.levels.values()):
@@ -284,7 +210,8 @@ class PowerController:
     def _rebalance(self, step: _Step) -> list[SetLevel]:
         """Between the thresholds: when work moved, give a level back to a device now serving
         the top class, taken from one that does not, if that does not add power."""
-        slowed = [d for d in self.devices if self.levels[d] > 0 and step.urgency[d] >= self.top]
+        slowed = [d for d in self.devices if self.levels[d] > 0 and step.urgency[d] >= self.top
+                  and step.slows(d, self.levels[d])]
         donors = [d for d in self.devices if step.urgency[d] < self.top and self._saving_w(d, step) > 0
                   and self.levels[d] < self.level_counts[d] - 1]
         if not slowed or not donors:
@@ -316,61 +243,74 @@ class PowerController:
         sources = {r.source for r in readings}
         self.source = sources.pop() if len(sources) == 1 else "mixed"
 
-    def _scopes(self) -> list[tuple[list[str], float, float | None, str]]:
-        """(devices, budget, smoothed power, name) of every budget in force. A device budget
-        needs a reading of that device alone (a shared rail cannot be split)."""
+    def _scopes(self) -> list[tuple[list[str], float, float | None, str, float]]:
+        """(devices, budget, smoothed power, name, last reading) of every budget in force. A
+        device budget needs a reading of that device alone (a shared rail cannot be split)."""
         scopes = []
         if self.budget_w is not None:
-            scopes.append((self.devices, self.budget_w, self.smoothed_w, "box"))
+            scopes.append((self.devices, self.budget_w, self.smoothed_w, "box", self.box_w or 0.0))
         for device, budget_w in self.device_budget_w.items():
-            scopes.append(([device], budget_w, self.smoothed_domain_w.get(device), device))
+            scopes.append(([device], budget_w, self.smoothed_domain_w.get(device), device,
+                           self.domain_w.get(device, 0.0)))
         return scopes
 
     def _context(self, view: CoreView, busy: Mapping[str, float] | None) -> _Step:
         if busy is None:
             busy = {d: 1.0 if any(True for _ in view.running(d)) else 0.0 for d in self.devices}
-        return _Step(view, self.devices, {d: busy.get(d, 0.0) for d in self.devices}, self.top)
+        recent = frozenset(d for d, t in self._top_seen.items() if self._now - t <= _TOP_MEMORY_S)
+        return _Step(view, self.devices, {d: busy.get(d, 0.0) for d in self.devices}, self.top, recent)
 
     # ---- escalation and its undo ----------------------------------------------------
-    def _escalate(self, devices: list[str], step: _Step, why: str, is_box: bool) -> SetLevel | PowerAction | None:
-        device = self._to_lower(devices, step, lambda d: step.urgency[d] < self.top)
+    def _escalate(self, devices: list[str], step: _Step, why: str, is_box: bool) -> list[SetLevel | PowerAction]:
+        """One rung up; refusing classes with nothing in flight saves no power now, so it goes
+        with the next rung in the same period instead of spending one."""
+        device = self._to_lower(devices, step, lambda d: step.urgency[d] < self.top
+                                or not step.slows(d, self.levels[d] + 1))
         if device is not None:
-            return self._set_level(device, self.levels[device] + 1, step, why)
-        for p in range(1, self.top):
-            # Only while requests of class <= p are in flight (they may reach any device next),
-            # devices running or holding such work first; once none is, or every device holds
-            # the class, new requests of it are refused instead.
-            candidates = [d for d in devices if self.freeze[d] < p] if step.lowest_active <= p else []
+            return [self._set_level(device, self.levels[device] + 1, step, why)]
+        for p in step.present:
+            # Freeze the class device by device (those running or holding it first); once every
+            # device holds it, refuse its new requests too; then the next class up.
+            candidates = [d for d in devices if self.freeze[d] < p]
             if candidates:
                 device = min(candidates, key=lambda d: (not step.has_work(d, p), step.urgency[d],
                                                         -step.busy[d], self._order[d]))
-                return self._set_freeze(device, p, step, why)
+                return [self._set_freeze(device, p, step, why)]
             if is_box and self.refuse < p:
                 self.refuse = p
-                return PowerAction("refuse", "box", p, why)
+                return [PowerAction("refuse", "box", p, why)]
+        actions: list[SetLevel | PowerAction] = []
+        if is_box and self.refuse < self.top - 1:  # nothing below the top left to hold: refuse it all
+            self.refuse = self.top - 1
+            actions.append(PowerAction("refuse", "box", self.top - 1, why))
         device = self._to_lower(devices, step, lambda d: True)
-        return None if device is None else self._set_level(device, self.levels[device] + 1, step, why)
+        if device is not None:
+            actions.append(self._set_level(device, self.levels[device] + 1, step, why))
+        return actions
 
     def _relax(self, step: _Step, why: str) -> SetLevel | PowerAction | None:
         """Undo the last rung of the ladder: top-class devices' levels, then classes from the
         highest (readmit, then unfreeze device by device), then the other devices' levels."""
-        if any(self.levels[d] and step.urgency[d] >= self.top for d in self.devices):
-            return self._to_raise([d for d in self.devices if step.urgency[d] >= self.top], step, why)
-        for p in range(self.top - 1, 0, -1):
+        # Only where the level really slowed the top class down; other raises come last.
+        hurt = [d for d in self.devices if self.levels[d] and step.urgency[d] >= self.top and step.slows(d, self.levels[d])]
+        if hurt:
+            return self._to_raise(hurt, step, why)
+        thresholds = sorted({self.refuse, *self.freeze.values()} - {0}, reverse=True)
+        if thresholds:  # the highest class held: readmit it, then unfreeze it device by device
+            p = thresholds[0]
+            below = max((c for c in step.present if c < p), default=0)
             if self.refuse >= p:
-                self.refuse = p - 1
+                self.refuse = below
                 return PowerAction("readmit", "box", p, why)
-            frozen = sorted((d for d in self.devices if self.freeze[d] >= p),
-                            key=lambda d: (-step.urgency[d], self._order[d]))
-            for device in frozen:
+            for device in sorted((d for d in self.devices if self.freeze[d] >= p),
+                                 key=lambda d: (-step.urgency[d], self._order[d])):
                 model, level = self.models[device], self.levels[device]
                 # As if it went from idle to busy: its busy share now may be work that comes
                 # and goes (top-class frames), and the frozen backlog would fill the rest.
                 extra_w = model.busy_w(level) - model.idle_w
                 if self._fits(device, extra_w):
-                    return self._set_freeze(device, p - 1, step, why, extra_w)
-            if frozen:
-                return None  # in order: nothing below this class is undone first
+                    return self._set_freeze(device, below, step, why, extra_w)
+            return None  # in order: nothing below this class is undone first
         return self._to_raise(self.devices, step, why)
 
     def _to_lower(self, devices: list[str], step: _Step, allowed) -> str | None:
@@ -417,10 +357,10 @@ class PowerController:
         model, level = self.models[device], self.levels[device]
         if extra_w is None:
             extra_w = -step.busy[device] * (model.busy_w(level) - model.idle_w) * step.low_share(device, p)
-        kind = "freeze" if p > self.freeze[device] else "unfreeze"
+        old = self.freeze[device]
         self.freeze[device] = p
         self._feed_forward(device, extra_w)
-        return PowerAction(kind, device, p if kind == "freeze" else p + 1, why)
+        return PowerAction("freeze", device, p, why) if p > old else PowerAction("unfreeze", device, old, why)
 
     def _feed_forward(self, device: str, extra_w: float) -> None:
         """Move the smoothed power by what an action is predicted to change at once, so the

@@ -201,3 +201,40 @@ def test_bad_device_power_tables_are_config_errors(heddle_cache_dir: Path):
     ]:
         with pytest.raises(ConfigError, match=message):
             parse_test_config(text.replace(old, new, 1))
+
+
+# ---- energy accounting (server/energy.py), on a fake clock -----------------------------------
+
+def test_ledger_charges_busy_power_shared_among_concurrent_stages():
+    """A stage alone on a domain is charged its busy power x its run time; two at once split it;
+    a rate change applies from its time on; idle time is charged to no one."""
+    from heddle.server.energy import EnergyLedger
+
+    ledger = EnergyLedger()
+    ledger.assign("cpu0", "cpu0")
+    ledger.set_rate("cpu0", 6.0, "estimated", 0.0)
+    ledger.started("cpu0", ("a", "s"), 1.0)
+    assert ledger.finished(("a", "s"), 2.0) == (pytest.approx(6.0), "estimated")
+    ledger.started("cpu0", ("b", "s"), 3.0)
+    ledger.started("cpu0", ("c", "s"), 3.0)
+    ledger.set_rate("cpu0", 2.0, "estimated", 4.0)  # 6 W shared for 1 s, then 2 W shared for 1 s
+    assert ledger.finished(("b", "s"), 5.0)[0] == pytest.approx(3.0 + 1.0)
+    assert ledger.finished(("c", "s"), 6.0)[0] == pytest.approx(3.0 + 1.0 + 2.0)
+
+
+def test_ledger_adds_up_the_steps_of_a_multi_step_stage_and_skips_unmetered_devices():
+    """Steps of one stage (LLM decode) add up; a device with no power domain reports nothing."""
+    from heddle.server.energy import EnergyLedger, combine_sources
+
+    ledger = EnergyLedger()
+    ledger.assign("gpu0", "gpu0")
+    ledger.set_rate("gpu0", 10.0, "measured", 0.0)
+    key = ("r", "llm")
+    ledger.started("gpu0", key, 0.0)
+    ledger.stopped(key, 0.5)
+    ledger.started("gpu0", key, 2.0)  # the gap between steps is not charged
+    assert ledger.finished(key, 2.5) == (pytest.approx(10.0), "measured")
+    ledger.started("remote0", ("r", "t"), 0.0)
+    assert ledger.finished(("r", "t"), 1.0) == (0.0, "")
+    assert combine_sources(["estimated", "measured", ""]) == "mixed"
+    assert combine_sources(["estimated", ""]) == "estimated" and combine_sources([""]) == ""

@@ -20,6 +20,8 @@ from sched_fixtures import chain, model, validated
 
 CPU = LevelPower(1.0, (6.0, 4.0, 2.5))
 TOP = 4
+CLOCKS = (1.0, 0.75, 0.5)  # each level's clock relative to level 0: lower levels run slower
+SPEED = {"speed": {"level_clock": CLOCKS}}
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,9 @@ class Reading:
     source: str = "estimated"
 
 
-def make_core(n_devices: int = 2, budget_w: float | None = 10.0, run_s: float = 0.05, **settings):
-    devices = [DeviceSpec(f"cpu{i}", "cpu", "onnxruntime", 1) for i in range(n_devices)]
+def make_core(n_devices: int = 2, budget_w: float | None = 10.0, run_s: float = 0.05, clocks: bool = True,
+              **settings):
+    devices = [DeviceSpec(f"cpu{i}", "cpu", "onnxruntime", 1, SPEED if clocks else {}) for i in range(n_devices)]
     models = {"m": model("m")}
     core = Core(devices, models, "priority", ConstantProfiles(run_s))
     core.power = PowerController(PowerSettings(budget_w=budget_w, **settings), {d.id: CPU for d in devices},
@@ -79,6 +82,29 @@ def test_first_lowers_the_level_of_the_device_without_top_class_work():
     assert plan.levels == (SetLevel(on["low"], 1, plan.levels[0].reason),)
     assert core.level(on["low"]) == 1 and core.level(on["high"]) == 0
     assert "box" in plan.levels[0].reason
+
+
+def test_levels_that_cost_no_speed_go_first_and_come_back_last():
+    """Without a clock table (virtual DVFS: the model's power changes, the speed does not),
+    slowing a device serving the top class costs nothing, so it is done before any freeze, and
+    its level is not raised back before frozen work is released."""
+    core, pipe = make_core(n_devices=1, budget_w=3.0, clocks=False, relax_periods=1, peak_window_s=0.0)
+    submit(core, pipe, "high", TOP)
+    core.schedule(0.0)
+    submit(core, pipe, "low", 1)
+    now, steps = 0.0, []
+    for _ in range(3):
+        now += 0.1
+        plan = feed(core, 6.0, now)
+        steps += [("level", a.level) for a in plan.levels] + [(a.kind, a.priority) for a in plan.power]
+    assert steps == [("level", 1), ("level", 2), ("freeze", 1)]
+    core.power.set_budget(100.0)  # "high" still runs: its device serves the top class throughout
+    for _ in range(3):
+        now += 0.1
+        core.on_power_sample([Reading("cpu0", 1.0)], now, {"cpu0": 1.0})
+        plan = core.schedule(now)
+        steps += [("level", a.level) for a in plan.levels] + [(a.kind, a.priority) for a in plan.power]
+    assert steps[3:] == [("unfreeze", 1), ("level", 1), ("level", 0)]
 
 
 def test_hysteresis_band_holds_still():
@@ -225,10 +251,10 @@ def run_plant(budget_w: float, low_rate_hz: float, top_rate_hz: float, seed: int
     level 0 (slower at lower levels, clock 1 / 0.75 / 0.5): the top class periodic (camera
     frames), the lowest class Poisson. Power per period = the model at the period's busy
     fraction, as the estimate sensor computes it."""
-    clock = (1.0, 0.75, 0.5)
+    clock = CLOCKS
     run_s = 0.05
     rng = random.Random(seed)
-    devices = [DeviceSpec(f"cpu{i}", "cpu", "onnxruntime", 1) for i in range(n_devices)]
+    devices = [DeviceSpec(f"cpu{i}", "cpu", "onnxruntime", 1, SPEED) for i in range(n_devices)]
     models = {"m": model("m")}
     pipe = validated(chain("p", ["m", "m"]), models)
     core = Core(devices, models, "priority", ConstantProfiles(run_s))
@@ -313,7 +339,7 @@ def test_plant_under_twice_the_budget_stays_within_it():
 
 
 # No shrinking: one example simulates 12 s of a loaded box; a failure prints its inputs as is.
-@settings(max_examples=10, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+@settings(max_examples=10, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow])
 @given(headroom_w=st.floats(2.0, 8.0), low_rate_hz=st.floats(40.0, 80.0), top_rate_hz=st.floats(1.0, 4.0),
        relax_periods=st.sampled_from([2, 5, 10]), seed=st.integers(0, 10_000))
@@ -328,3 +354,18 @@ def test_plant_power_cap_holds_and_no_request_is_lost(headroom_w, low_rate_hz, t
     assert set(result.outcomes) == set(result.requests)
     assert not result.top_frozen
     assert all(result.outcomes[r.id] is not Outcome.REJECTED for r in result.requests.values() if r.priority >= TOP)
+
+
+def test_simulated_orin_budget_holds_and_beats_a_plain_governor():
+    """On the simulated Orin NX-like platform at 15 W, twill with the controller keeps power
+    within budget + 5% in >= 95% of periods, and its top class misses fewer deadlines than
+    under a throttling governor (the simulator itself asserts no request is lost)."""
+    from heddle.scheduler.platforms import PLATFORMS, SCENARIOS
+    from heddle.scheduler.power_sim import simulate_budget
+
+    platform, scenario = PLATFORMS["orin-nx"], SCENARIOS["mixed"]
+    heddle = simulate_budget(platform, scenario, "twill", 15.0, "heddle", duration_s=6.0)
+    governor = simulate_budget(platform, scenario, "twill", 15.0, "governor", duration_s=6.0)
+    top = max(heddle.result.per_class)
+    assert heddle.within_budget >= 0.95
+    assert heddle.result.per_class[top].violation_rate < governor.result.per_class[top].violation_rate
