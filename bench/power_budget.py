@@ -302,6 +302,7 @@ def main() -> None:
     parser.add_argument("--settle-s", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="JSON path (PNG next to it)")
+    parser.add_argument("--keep-records", action="store_true", help="also write every request's record")
     args = parser.parse_args()
     out = args.out or BENCH_DIR / "results" / dt.date.today().isoformat() / "power_budget.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -335,11 +336,12 @@ def main() -> None:
             "low_never_lost": capped_summary["low"]["unclear_endings"] == 0
             and sum(capped_summary["low"]["statuses"].values()) == capped_summary["low"]["sent"],
         },
-        "records": {"unconstrained": free["records"], "constrained": capped["records"]},
         "periods": [{"t_s": p.t_s - capped["start_s"], "box_w": p.box_w, "smoothed_w": p.smoothed_w,
                      "state": p.state, "levels": p.levels, "frozen_tasks": p.frozen_tasks, "events": p.events}
                     for p in capped["periods"]],
     }
+    if args.keep_records:  # one record per request: large, for digging into a run
+        report["records"] = {"unconstrained": free["records"], "constrained": capped["records"]}
     out.write_text(json.dumps(report, indent=1))
     plot(out.with_suffix(".png"), free, capped, budget_w, args.settle_s)
     print(json.dumps({k: report[k] for k in ("budget_w", "acceptance")}, indent=1))

@@ -235,7 +235,8 @@ class PowerController:
         self._recent.append((now, self.box_w, {r.device: r.power_w for r in readings}))
         while self._recent and self._recent[0][0] < now - self.settings.peak_window_s:
             self._recent.popleft()
-        self.smoothed_w = self.box_w if self.smoothed_w is None else self.smoothed_w + alpha * (self.box_w - self.smoothed_w)
+        old_w = self.smoothed_w
+        self.smoothed_w = self.box_w if old_w is None else old_w + alpha * (self.box_w - old_w)
         for r in readings:
             self.domain_w[r.device] = r.power_w
             old = self.smoothed_domain_w.get(r.device)
@@ -273,8 +274,8 @@ class PowerController:
             # device holds it, refuse its new requests too; then the next class up.
             candidates = [d for d in devices if self.freeze[d] < p]
             if candidates:
-                device = min(candidates, key=lambda d: (not step.has_work(d, p), step.urgency[d],
-                                                        -step.busy[d], self._order[d]))
+                device = min(candidates, key=lambda d: (not step.has_work(d, p), -self._freeze_saving_w(d, p, step),
+                                                        step.urgency[d], self._order[d]))
                 return [self._set_freeze(device, p, step, why)]
             if is_box and self.refuse < p:
                 self.refuse = p
@@ -292,7 +293,8 @@ class PowerController:
         """Undo the last rung of the ladder: top-class devices' levels, then classes from the
         highest (readmit, then unfreeze device by device), then the other devices' levels."""
         # Only where the level really slowed the top class down; other raises come last.
-        hurt = [d for d in self.devices if self.levels[d] and step.urgency[d] >= self.top and step.slows(d, self.levels[d])]
+        hurt = [d for d in self.devices
+                if self.levels[d] and step.urgency[d] >= self.top and step.slows(d, self.levels[d])]
         if hurt:
             return self._to_raise(hurt, step, why)
         thresholds = sorted({self.refuse, *self.freeze.values()} - {0}, reverse=True)
@@ -327,6 +329,12 @@ class PowerController:
                 return self._set_level(device, level - 1, step, why, extra_w)
         return None
 
+    def _freeze_saving_w(self, device: str, p: int, step: _Step) -> float:
+        """What freezing class <= p on the device saves now: its busy power for the share of its
+        running work of those classes."""
+        model, level = self.models[device], self.levels[device]
+        return step.busy[device] * (model.busy_w(level) - model.idle_w) * step.low_share(device, p)
+
     def _saving_w(self, device: str, step: _Step) -> float:
         model, level = self.models[device], self.levels[device]
         return step.busy[device] * (model.busy_w(level) - model.busy_w(level + 1))
@@ -354,9 +362,8 @@ class PowerController:
         return SetLevel(device, level, why)
 
     def _set_freeze(self, device: str, p: int, step: _Step, why: str, extra_w: float | None = None) -> PowerAction:
-        model, level = self.models[device], self.levels[device]
         if extra_w is None:
-            extra_w = -step.busy[device] * (model.busy_w(level) - model.idle_w) * step.low_share(device, p)
+            extra_w = -self._freeze_saving_w(device, p, step)
         old = self.freeze[device]
         self.freeze[device] = p
         self._feed_forward(device, extra_w)

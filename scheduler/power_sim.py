@@ -58,7 +58,8 @@ class ThrottlingGovernor:
         self._calm = 0
 
     def step(self, box_w: float, core: Core) -> None:
-        self.smoothed_w = box_w if self.smoothed_w is None else self.smoothed_w + self.smoothing * (box_w - self.smoothed_w)
+        old_w = self.smoothed_w
+        self.smoothed_w = box_w if old_w is None else old_w + self.smoothing * (box_w - old_w)
         move = 0
         if self.smoothed_w > 0.95 * self.budget_w:
             move, self._calm = 1, 0

@@ -203,6 +203,8 @@ class LlmDriver:
             if gen is not None and (gen.seq.done or request is None or request.finished):
                 self.free(gen)
             return
+        # Between steps the stage holds no device: stop charging it energy until the next one.
+        rt.energy.stopped((d.request_id, d.stage), rt.clock())
         if rt.metrics is not None:
             rt.metrics.device_finished(d.device, compute_s)
         if not rt.core.on_stage_step(d.request_id, d.stage, rt.clock()):

@@ -194,8 +194,10 @@ def _events(before: tuple, ctl: PowerController) -> tuple[str, ...]:
     """What changed in the controller's state during one period, in words for plots."""
     levels, freeze, refuse = before
     events = [f"level {d} {ctl.levels[d]}" for d in ctl.levels if ctl.levels[d] != levels.get(d)]
-    events += [f"{'freeze' if ctl.freeze[d] > freeze.get(d, 0) else 'unfreeze'} {d} <={max(ctl.freeze[d], freeze.get(d, 0))}"
-               for d in ctl.freeze if ctl.freeze[d] != freeze.get(d)]
+    for d in ctl.freeze:
+        old, new = freeze.get(d, 0), ctl.freeze[d]
+        if new != old:
+            events.append(f"{'freeze' if new > old else 'unfreeze'} {d} <={max(new, old)}")
     if ctl.refuse != refuse:
         events.append(f"{'refuse' if ctl.refuse > refuse else 'readmit'} <={max(ctl.refuse, refuse)}")
     return tuple(events)

@@ -218,7 +218,8 @@ def power_status(power: PowerLoop) -> pb.PowerStatus:
         sample = next((s for domain, s in by_domain.items() if device.id in domain_devices(domain)), None)
         devices.append(pb.DevicePower(
             device=device.id, power_w=sample.power_w if sample else 0.0, source=sample.source if sample else "",
-            sensor=sample.sensor if sample is None or sample.device == device.id else f"{sample.sensor} ({sample.device})",
+            sensor=(sample.sensor if sample is None or sample.device == device.id
+                    else f"{sample.sensor} ({sample.device})"),
             dvfs_level=stats.levels.get(device.id, 0), frozen_tasks=stats.frozen.get(device.id, 0)))
     devices += [pb.DevicePower(device=s.device, power_w=s.power_w, source=s.source, sensor=s.sensor)
                 for s in power.samples if not domain_devices(s.device)]  # board and unassigned rails
