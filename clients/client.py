@@ -52,6 +52,11 @@ class StageTiming:
     start_offset_ms: float
     end_offset_ms: float
     error: str = ""
+    energy_j: float = 0.0
+    energy_source: str = ""  # "measured" | "estimated" | "" (unmetered)
+    tokens: int = 0  # LLM stages: tokens generated, time to first token, time per output token
+    ttft_ms: float = 0.0
+    tpot_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,8 @@ class InferResult:
     total_ms: float = 0.0
     priority: int = 0
     deadline_missed: bool = False
+    energy_j: float = 0.0
+    energy_source: str = ""  # "measured" | "estimated" | "mixed" | ""
 
 
 def _stage_kwargs(msg: heddle_pb2.StageResult) -> dict[str, Any]:
@@ -77,7 +84,8 @@ def _stage_kwargs(msg: heddle_pb2.StageResult) -> dict[str, Any]:
         stage=msg.stage, model=msg.model, device=msg.device,
         status=_STATUS_NAMES.get(msg.status, str(msg.status)), queue_ms=msg.queue_ms,
         compute_ms=msg.compute_ms, start_offset_ms=msg.start_offset_ms,
-        end_offset_ms=msg.end_offset_ms, error=msg.error,
+        end_offset_ms=msg.end_offset_ms, error=msg.error, energy_j=msg.energy_j,
+        energy_source=msg.energy_source, tokens=msg.tokens, ttft_ms=msg.ttft_ms, tpot_ms=msg.tpot_ms,
     )
 
 
@@ -96,6 +104,8 @@ def result_from_proto(msg: heddle_pb2.InferResponse) -> InferResult:
         total_ms=msg.total_ms,
         priority=msg.priority,
         deadline_missed=msg.deadline_missed,
+        energy_j=msg.energy_j,
+        energy_source=msg.energy_source,
     )
 
 

@@ -184,6 +184,15 @@ def _fill_from_result(rec: RequestRecord, result: InferResult) -> None:
     rec.stages = [{"stage": s.stage, "device": s.device, "status": s.status, "queue_ms": s.queue_ms,
                    "compute_ms": s.compute_ms, "start_offset_ms": s.start_offset_ms,
                    "end_offset_ms": s.end_offset_ms} for s in result.stages]
+    if result.energy_source:
+        # energy_estimated is 1.0 when no sensor measured it: the report shows the label beside it.
+        rec.extra["energy_j"] = result.energy_j
+        rec.extra["energy_estimated"] = float(result.energy_source != "measured")
+    llm = [s for s in result.stages if s.tokens]
+    if llm:
+        rec.extra["tokens"] = float(sum(s.tokens for s in llm))
+        rec.extra["ttft_ms"] = llm[0].ttft_ms
+        rec.extra["tpot_ms"] = llm[-1].tpot_ms
 
 
 async def run_load(client: AsyncHeddleClient, scenario: Scenario,

@@ -399,3 +399,20 @@ class TestInferCli:
         assert _run(["list", "pipelines", "--target", target, "--json"]) == 0
         doc = json.loads(capsys.readouterr().out)
         assert doc["pipelines"][0]["inputs"][0] == {"name": "x", "datatype": "FP32", "shape": [-1, 4]}
+
+
+def test_energy_and_llm_stage_fields_are_decoded():
+    """Energy per stage and request, and LLM token stats, reach the client's dataclasses."""
+    from heddle.clients.client import result_from_proto
+    from heddle.v1 import heddle_pb2 as pb
+
+    msg = pb.InferResponse(
+        request_id="r", pipeline="p", energy_j=1.5, energy_source="estimated",
+        stages=[pb.StageResult(stage="s", energy_j=0.5, energy_source="estimated", tokens=7,
+                               ttft_ms=3.0, tpot_ms=1.25)],
+    )
+    result = result_from_proto(msg)
+    assert (result.energy_j, result.energy_source) == (1.5, "estimated")
+    stage = result.stages[0]
+    assert (stage.energy_j, stage.energy_source, stage.tokens, stage.ttft_ms, stage.tpot_ms) == (
+        0.5, "estimated", 7, 3.0, 1.25)
