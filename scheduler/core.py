@@ -98,8 +98,9 @@ class Core(CoreReads):
             if run.deps_left == 0 and not request.finished:
                 self._make_ready(run, now)
 
-    def on_stage_done(self, request_id: str, stage: str, now: float, error: str = "") -> None:
-        """A dispatched stage finished (error set if it failed); free its slot, wake dependents."""
+    def _running_run(self, request_id: str, stage: str) -> tuple[Request, StageRun]:
+        """The one way back from a dispatch to its run: also finds runs of requests that ended
+        while they ran (orphans), whose slots must still be released."""
         orphan = self._orphans.pop((request_id, stage), None)
         request = self._requests.get(request_id) or orphan
         if request is None:
@@ -107,6 +108,11 @@ class Core(CoreReads):
         run = request.runs[stage]
         if run.state is not RunState.RUNNING:
             raise ValueError(f"stage {stage!r} of {request_id!r} is {run.state.name}, not RUNNING")
+        return request, run
+
+    def on_stage_done(self, request_id: str, stage: str, now: float, error: str = "") -> None:
+        """A dispatched stage finished (error set if it failed); free its slot, wake dependents."""
+        request, run = self._running_run(request_id, stage)
         self._free_slot(run)
         self.version += 1
         run.finished_s = now
@@ -134,13 +140,7 @@ class Core(CoreReads):
         not done: free its slot and queue it again where the policy places it, so it can be
         frozen, migrated or dropped between steps like any queued run. False when its request
         already ended (cancelled, expired): the caller drops the stage's state."""
-        orphan = self._orphans.pop((request_id, stage), None)
-        request = self._requests.get(request_id) or orphan
-        if request is None:
-            raise KeyError(f"no running stage {stage!r} of request {request_id!r}")
-        run = request.runs[stage]
-        if run.state is not RunState.RUNNING:
-            raise ValueError(f"stage {stage!r} of {request_id!r} is {run.state.name}, not RUNNING")
+        request, run = self._running_run(request_id, stage)
         self._free_slot(run)
         self.version += 1
         self.profiles.observe(run.model, self.devices[run.device], run.level, now - run.started_s)
@@ -178,13 +178,7 @@ class Core(CoreReads):
         """A dispatched stage was lost with its device (a remote server died mid-run): free the
         slot and queue it once more elsewhere if the deadline allows. False when the request
         ends UNAVAILABLE instead (or had already ended)."""
-        orphan = self._orphans.pop((request_id, stage), None)
-        request = self._requests.get(request_id) or orphan
-        if request is None:
-            raise KeyError(f"no running stage {stage!r} of request {request_id!r}")
-        run = request.runs[stage]
-        if run.state is not RunState.RUNNING:
-            raise ValueError(f"stage {stage!r} of {request_id!r} is {run.state.name}, not RUNNING")
+        request, run = self._running_run(request_id, stage)
         self._free_slot(run)
         self.version += 1
         if request.finished:
