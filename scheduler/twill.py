@@ -1,8 +1,11 @@
 """twill: heddle's own policy — affinity-aware mapping, migration and priority-aware freezing.
 
 After Twill (arXiv 2507.00491), whose exact rules are not public; these are heddle's:
-- order: feasible runs by slack weighted by priority; runs of requests that can no longer
-  meet their deadline last; best-effort runs (no deadline) between the two, by priority.
+- order: feasible runs by slack weighted by priority; then, by priority, runs of requests that
+  can no longer meet their deadline beside best-effort runs (no deadline), a hopeless run
+  first at equal priority. A hopeless urgent run never waits behind lower-priority best-effort
+  work: "hopeless" is a prediction from noisy estimates, and a frame held behind a long LLM
+  step is then certain to miss.
 - mapping: each ready run's finish time is predicted on every device it can run on (the
   queued work ranked ahead of it, the running work left, its own estimate). Of the devices
   that meet its sub-deadline (by the tail estimate) it goes to the slowest ("fit"): CNN work
@@ -30,7 +33,8 @@ from heddle.scheduler.state import Request, RunState, StageRun
 
 __all__ = ["TwillPolicy"]
 
-_FEASIBLE, _BEST_EFFORT, _HOPELESS = 0, 1, 2
+_FEASIBLE, _AFTER_FEASIBLE = 0, 1
+_HOPELESS, _BEST_EFFORT = 0, 1  # order within _AFTER_FEASIBLE at equal priority
 # Among devices that meet a run's sub-deadline: the slowest ("fit": keeps fast devices for
 # work only they can do on time), the most frugal ("energy"), or the first to finish.
 MAPPINGS = ("fit", "energy", "fastest")
@@ -61,9 +65,9 @@ class TwillPolicy(BasePolicy):
         request = run.request
         priority = max(request.priority, 1)
         if request.deadline_s is None:
-            return (_BEST_EFFORT, -priority, *tail(run))
+            return (_AFTER_FEASIBLE, -priority, _BEST_EFFORT, *tail(run))
         if now + view.best_estimate_s(run.model) > run.latest_finish_s:
-            return (_HOPELESS, -priority, *tail(run))
+            return (_AFTER_FEASIBLE, -priority, _HOPELESS, *tail(run))
         run_s = (view.tail_s(run.model, run.device) if run.device is not None
                  else view.best_estimate_s(run.model))
         slack = run.sub_deadline_s - now - run_s

@@ -256,3 +256,28 @@ def test_aging_bound_beats_freezing():
     plans, reqs = drive(core, arrivals, run_s)
     assert [(t, u.request_id) for t, p in plans for u in p.unfrozen] == [(0.3, "L")]
     assert reqs["L"].runs["s0"].started_s == 0.3
+
+
+def _next_after_busy(waiting):
+    """One device busy until 1.0 s; `waiting` (request id, priority, deadline) queued at 0.01 s:
+    which one twill starts when the device frees. m takes 0.5 s, so a deadline of 1.3 s is
+    still ahead at 1.0 s but can no longer be met (hopeless)."""
+    pipeline, models = one_stage("m", devices=["cpu0"])
+    core = Core(GPU_CPU[:1], models, "twill", table(m__cpu0=0.5))
+    core.submit(Request("busy", pipeline, 1, 0.0), 0.0)
+    assert [d.request_id for d in core.schedule(0.0).dispatches] == ["busy"]
+    for rid, priority, deadline_s in waiting:
+        core.submit(Request(rid, pipeline, priority, 0.01, deadline_s), 0.01)
+    core.schedule(0.01)
+    core.on_stage_done("busy", "s0", 1.0)
+    return [d.request_id for d in core.schedule(1.0).dispatches]
+
+
+def test_twill_runs_a_hopeless_urgent_run_before_lower_priority_best_effort_work():
+    """A priority-9 run that can no longer make its deadline still goes before priority-1 work
+    with no deadline (estimates are noisy: it may yet make it), but a hopeless priority-1 run
+    does not go before priority-9 best-effort work."""
+    assert _next_after_busy([("bg", 1, None), ("late", 9, 1.3)]) == ["late"]
+    assert _next_after_busy([("late", 1, 1.3), ("bg", 9, None)]) == ["bg"]
+    assert _next_after_busy([("bg", 9, None), ("late", 9, 1.3)]) == ["late"]
+    assert _next_after_busy([("late", 9, 1.3), ("ok", 1, 5.0)]) == ["ok"]  # feasible first
