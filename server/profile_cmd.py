@@ -40,14 +40,26 @@ def add_profile_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     p.add_argument("--model", action="append", default=[], help="only this model (repeatable)")
     p.add_argument("--device", action="append", default=[], help="only this device (repeatable)")
-    p.add_argument("--shape", action="append", default=[], metavar="MODEL:INPUT=1x64",
-                   help="input shape for a model (dynamic dims default to 1 for the first, 16 after)")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME:INPUT=1x64",
+                   help="input shape for a model (dynamic dims default to 1 for the first, 16 after); "
+                        "with --under-load, PIPELINE:INPUT=... for a pipeline's input")
     p.add_argument("--parallel", action="store_true",
                    help="measure every device at once (as under load) instead of one after another")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--from-trace", metavar="TRACE",
                    help="instead of running the models: take the stage runs a live server recorded "
                         "(heddle serve --trace), i.e. run times under serving load")
+    p.add_argument("--under-load", type=float, metavar="S",
+                   help="instead: serve the config in a child process and time the stage runs during S "
+                        "seconds of load (run times as serving sees them: shared cores, thread hand-offs)")
+    p.add_argument("--scenario", metavar="NAME|FILE",
+                   help="with --under-load: the load (a heddle bench scenario); default every non-LLM "
+                        "pipeline in a closed loop")
+    p.add_argument("--clients", type=int, default=2,
+                   help="with --under-load and no --scenario: closed-loop clients per pipeline (default 2)")
+    p.add_argument("--policy", help="with --under-load: the server's policy (default: the config's)")
+    p.add_argument("--load-warmup-s", type=float, default=2.0,
+                   help="with --under-load: seconds of load first, left out of the table (default 2)")
     p.add_argument("--out", default="profile.json", help="output file, .json or .toml (default profile.json)")
 
 
@@ -254,6 +266,17 @@ def _format_rows(doc: Mapping[str, Any]) -> str:
     return "\n".join([head, *rows])
 
 
+def _under_load(args) -> dict[str, Any]:
+    from heddle.clients.scenarios import load_scenario
+    from heddle.server.profile_load import default_load, measure_under_load
+
+    if args.clients < 1:
+        raise ValueError("--clients must be >= 1")
+    scenario = load_scenario(args.scenario) if args.scenario else default_load(args.config, args.clients)
+    return measure_under_load(args.config, scenario, duration_s=args.under_load, warmup_s=args.load_warmup_s,
+                              seed=args.seed, policy=args.policy, shapes=parse_shape_overrides(args.shape))
+
+
 def run_profile(args) -> int:
     from heddle.backends.base import BackendError
     from heddle.server.config import ConfigError, load_config
@@ -261,16 +284,18 @@ def run_profile(args) -> int:
     try:
         if args.from_trace:
             doc = profile_from_trace(Path(args.from_trace).read_text(), args.from_trace)
+        elif args.under_load is not None:
+            doc = _under_load(args)
         else:
             doc = measure_profile(load_config(args.config), runs=args.runs, warmup=args.warmup,
                                   models=args.model, devices=args.device, seed=args.seed,
                                   shapes=parse_shape_overrides(args.shape), parallel=args.parallel)
-    except (ConfigError, BackendError, OSError, ValueError) as exc:
+    except (ConfigError, BackendError, OSError, ValueError, RuntimeError) as exc:
         print(f"heddle: {exc}", file=sys.stderr)
         return 2
     path = write_profile_file(doc, args.out)
     print(_format_rows(doc))
-    how = (f"from {doc['stage_runs']} recorded stage runs" if args.from_trace
+    how = (f"from {doc['stage_runs']} recorded stage runs" if args.from_trace or args.under_load is not None
            else f"{args.runs} runs each after {args.warmup} warm-up")
     print(f"\nwrote {path} ({len(doc['entries'])} entries, {how})")
     return 0

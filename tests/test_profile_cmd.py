@@ -14,7 +14,9 @@ from heddle.server.profile_cmd import (
     load_profile_file, measure_profile, parse_shape_overrides, profile_from_trace, sample_inputs,
     write_profile_file,
 )
-from server_fixtures import heddle_cache_dir, parse_test_config, py_model_toml  # noqa: F401 (fixture)
+from heddle.clients.scenarios import App, Scenario
+from heddle.server.profile_load import default_load, measure_under_load
+from server_fixtures import chain_toml, heddle_cache_dir, parse_test_config, py_model_toml  # noqa: F401 (fixture)
 
 ECHO = "heddle.backends.zoo.ops:echo"
 
@@ -106,3 +108,37 @@ def test_heddle_profile_command_writes_the_file_and_refuses_unknown_models(confi
     assert [e["model"] for e in json.loads(out.read_text())["entries"]] == ["echo"]
     assert main(["profile", "--config", str(config), "--model", "nope", "--out", str(out)]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+HEAD_PIPELINE = ('[[pipelines]]\nname = "h"\ninputs = [{ name = "features", datatype = "FP32", shape = [-1, 64] }]\n'
+                 'outputs = { logits = "s0.logits" }\nstages = [{ name = "s0", model = "head", '
+                 'inputs = { features = "input:features" } }]\n\n')
+
+
+def test_a_profile_under_load_times_the_stage_runs_a_served_load_recorded(config_text, tmp_path):
+    """--under-load serves the config in a child process and drives it: every model of the loaded
+    pipelines gets an entry of run times from dispatch to completion, pipelines left out of the
+    load get none, and the warm-up's runs are not in it."""
+    config = tmp_path / "c.toml"
+    config.write_text(config_text + HEAD_PIPELINE + chain_toml("e", ["echo", "echo"]))
+    assert [a.pipeline for a in default_load(str(config), 2).apps] == ["e", "h"]
+    only_head = Scenario("t", (App("head app", "h", "closed", concurrency=2),))
+    doc = measure_under_load(str(config), only_head, duration_s=1.5, warmup_s=0.5)
+    entries = {(e["model"], e["device"]): e for e in doc["entries"]}
+    assert set(entries) == {("head", "cpu0")} and doc["method"] == "under_load"
+    e = entries[("head", "cpu0")]
+    assert e["runs"] == len(e["samples_s"]) == doc["stage_runs"] >= 10
+    assert 0 < e["min_s"] <= e["p50_s"] <= e["max_s"]
+    assert doc["warmup_stage_runs"] >= 1  # recorded by the server, left out of the table
+
+
+def test_an_under_load_scenario_naming_an_unknown_pipeline_is_refused(config_text, tmp_path, capsys):
+    """A scenario app on a pipeline the config lacks is a ValueError naming it; a non-positive
+    --under-load is exit status 2 naming the option."""
+    config = tmp_path / "c.toml"
+    config.write_text(config_text + HEAD_PIPELINE)
+    bad = Scenario("t", (App("x", "nope", "closed"),))
+    with pytest.raises(ValueError, match="nope"):
+        measure_under_load(str(config), bad, duration_s=1.0)
+    assert main(["profile", "--config", str(config), "--under-load", "0", "--out", str(tmp_path / "p.json")]) == 2
+    assert "--under-load" in capsys.readouterr().err
