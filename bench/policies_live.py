@@ -28,7 +28,6 @@ import asyncio
 import datetime as dt
 from dataclasses import asdict
 import json
-import math
 import os
 import subprocess
 import sys
@@ -39,22 +38,19 @@ from typing import Any
 import numpy as np
 
 from gateway_overhead import free_port, machine_info, server_process
+from policies_compare import (
+    BACKGROUND_PRIORITY, FRAME_PRIORITY, acceptance, compare, live_figures, print_table, profile_summary,
+)
 
 from heddle.backends.zoo.build import build_model
 from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.loadgen import RequestRecord, run_load
 from heddle.clients.scenarios import App, Scenario
 from heddle.scheduler.policies import POLICIES
-from heddle.scheduler.tracefile import percentile
 
 BENCH_DIR = Path(__file__).resolve().parent
 HEDDLE = [sys.executable, "-m", "heddle.server.cli"]
-FRAME_PRIORITY, BACKGROUND_PRIORITY = 4, 1
-CALIBRATION = "calibration"  # the fcfs run whose recorded stage runs make the under-load profile
-# Run-time tables the simulator is fed: `heddle profile` through the executors, one device at a
-# time; `heddle profile --from-trace` of the calibration run; and of the very run predicted (drawn
-# near the same moment: --local-window-s). The acceptance is judged on the last.
-PROFILES = ("isolated", "calibration", "same_run")
+WARMUP = "warmup"  # fcfs load before the policies: lazy initialisation, the server's estimates settle
 
 
 def build_models(cache: Path, args: argparse.Namespace) -> dict[str, Path]:
@@ -182,51 +178,47 @@ def profile(config: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]
 
 
 async def run_live(target: str, policies: list[str], args: argparse.Namespace) -> dict[str, list[RequestRecord]]:
-    """Against one server: a calibration run under fcfs (its trace becomes the under-load profile;
-    the server's own estimates settle), then each policy in turn."""
+    """Against one server: a warm-up under fcfs (the server's own estimates settle), then the
+    policies in interleaved rounds, so a shared box's drift falls on every policy alike."""
     rng = np.random.default_rng(args.seed)
     inputs = app_inputs(args, rng)
     load = scenario(args)
-    out = {}
+    out: dict[str, list[RequestRecord]] = {}
+    schedule = [(WARMUP, args.warmup_s)] + [(p, args.duration_s / args.rounds)
+                                             for _ in range(args.rounds) for p in policies]
     async with AsyncHeddleClient(target) as client:
-        for i, policy in enumerate([CALIBRATION, *policies]):
-            await client.set_policy("fcfs" if policy == CALIBRATION else policy)
-            t0 = time.monotonic()
+        for i, (policy, seconds) in enumerate(schedule):
+            await client.set_policy("fcfs" if policy == WARMUP else policy)
             # No gRPC timeout: heddle takes one as the request's deadline, and the background has none.
             result = await run_load(client, load, inputs, seed=args.seed + i, drain_s=20.0, request_timeout_s=None,
-                                    duration_s=args.calibration_s if policy == CALIBRATION else args.duration_s)
-            out[policy] = result.records
-            live = live_figures(result.records)
-            print(f"  live {policy:<12} DVR {100 * live['violation_rate']:5.1f} %  frames p99 "
-                  f"{live['per_class'][str(FRAME_PRIORITY)]['p99_ms']:7.1f} ms  background "
-                  f"{live['per_class'][str(BACKGROUND_PRIORITY)]['requests']} req  ({time.monotonic() - t0:.0f} s)",
-                  flush=True)
+                                    duration_s=seconds)
+            out.setdefault(policy, []).extend(result.records)
+    for policy, records in out.items():
+        live = live_figures(records)
+        print(f"  live {policy:<12} DVR {100 * live['violation_rate']:5.1f} %  frames p99 "
+              f"{live['per_class'][str(FRAME_PRIORITY)]['p99_ms']:7.1f} ms  background "
+              f"{live['per_class'][str(BACKGROUND_PRIORITY)]['requests']} req", flush=True)
     return out
 
 
-def live_figures(records: list[RequestRecord]) -> dict[str, Any]:
-    """The simulator's figures from the live records: DVR over requests with a deadline (non-OK
-    or late), p50/p99 of the server's total latency over OK requests, per priority class."""
-    def stats(rs: list[RequestRecord]) -> dict[str, Any]:
-        due = [r for r in rs if r.deadline_ms is not None]
-        late = [r for r in due if r.status != "OK" or r.server_deadline_missed]
-        ok = [r.server_total_ms for r in rs if r.status == "OK"]
-        return {"requests": len(rs), "with_deadline": len(due), "violations": len(late),
-                "violation_rate": len(late) / len(due) if due else 0.0,
-                "p50_ms": percentile(ok, 50), "p99_ms": percentile(ok, 99),
-                "statuses": {s: sum(r.status == s for r in rs) for s in sorted({r.status for r in rs})}}
+def profile_under_load(config: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """`heddle profile --under-load` on the bench's own scenario, in a server of its own before
+    the live one: the table a user would measure on this box for this load."""
+    scenario_file = out.with_suffix(".scenario.toml")
+    scenario_file.write_text(scenario_toml(scenario(args)))
+    cmd = [*HEDDLE, "profile", "--config", str(config), "--under-load", str(args.profile_load_s),
+           "--scenario", str(scenario_file), "--shape", f"background:input_ids=1x{args.seq}",
+           "--shape", f"background:attention_mask=1x{args.seq}", "--seed", str(args.seed), "--out", str(out)]
+    subprocess.run(cmd, check=True, cwd=BENCH_DIR.parent)
+    return json.loads(out.read_text())
 
-    figures = stats(records)
-    figures["per_class"] = {str(p): stats([r for r in records if r.priority == p])
-                            for p in sorted({r.priority for r in records}, reverse=True)}
-    runs: dict[str, list[float]] = {}
-    for r in records:
-        for s in r.stages:
-            if s["status"] == "OK":
-                runs.setdefault(f"{s['stage']}@{s['device']}", []).append(s["compute_ms"])
-    figures["stage_compute_ms"] = {k: {"runs": len(v), "mean": float(np.mean(v)), "p50": percentile(v, 50),
-                                       "p95": percentile(v, 95)} for k, v in sorted(runs.items())}
-    return figures
+
+def scenario_toml(load: Scenario) -> str:
+    lines = [f"name = {json.dumps(load.name)}", f"description = {json.dumps(load.description)}"]
+    for app in load.apps:
+        lines += ["", "[[apps]]"] + [f"{k} = {json.dumps(v)}" for k, v in asdict(app).items()
+                                     if v is not None and not isinstance(v, (dict, list))]
+    return "\n".join(lines) + "\n"
 
 
 def split_trace(trace: Path, records: dict[str, list[RequestRecord]], work: Path) -> dict[str, Path]:
@@ -254,42 +246,26 @@ def simulate(trace: Path, profile_path: Path, policy: str, work: Path, extra: li
             "per_class": {str(p): c for p, c in result["per_class"].items()}, "placements": result["placements"]}
 
 
-def within(live: float, sim: float, rel: float, abs_floor: float) -> dict[str, Any]:
-    """Is the prediction within rel of the live figure (or abs_floor of it, for figures near 0)?"""
-    if any(isinstance(v, float) and math.isnan(v) for v in (live, sim)):
-        return {"live": live, "sim": sim, "rel_error": None, "ok": False}
-    err = abs(sim - live)
-    return {"live": live, "sim": sim, "rel_error": err / live if live else None,
-            "ok": err <= rel * abs(live) or err <= abs_floor}
-
-
-def compare(live: dict, sim: dict, args: argparse.Namespace) -> dict[str, Any]:
-    out = {"violation_rate": within(live["violation_rate"], sim["violation_rate"], args.tolerance, args.dvr_floor)}
-    for p, c in live["per_class"].items():
-        if p in sim["per_class"]:
-            out[f"p99_ms_prio{p}"] = within(c["p99_ms"], sim["per_class"][p]["p99_ms"], args.tolerance, 0.0)
-    return out
-
-
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     started = time.monotonic()
     models = build_models(work / "models", args)
     grpc_port, metrics_port = free_port(), free_port()
     config = write_config(work, models, grpc_port, metrics_port)
-    print("profiling (isolated, through the executors) ...", flush=True)
+    print("heddle profile (isolated, through the executors) ...", flush=True)
     isolated = profile(config, work / "profile.json", args)
+    print(f"heddle profile --under-load {args.profile_load_s:g} (the bench's load, a server of its own) ...", flush=True)
+    under_load = profile_under_load(config, work / "profile_under_load.json", args)
     trace = work / "trace.jsonl"
     target = f"127.0.0.1:{grpc_port}"
-    print(f"serving {target}; calibration {args.calibration_s:g} s, then {len(args.policy)} policies x "
-          f"{args.duration_s:g} s", flush=True)
+    print(f"serving {target}; warm-up {args.warmup_s:g} s, then {len(args.policy)} policies x {args.duration_s:g} s "
+          f"in {args.rounds} interleaved rounds", flush=True)
     with server_process([*HEDDLE, "serve", "--config", str(config), "--trace", str(trace), "--log-level",
                          "warning"], target, work / "server.log"):
         records = asyncio.run(run_live(target, args.policy, args))
     traces = split_trace(trace, records, work)
     for policy, rs in records.items():  # per request, for looking into a surprising figure
         (work / f"records_{policy}.json").write_text(json.dumps([asdict(r) for r in rs]) + "\n")
-    calibration = profile_from_trace(traces[CALIBRATION], work / "profile_calibration.json")
-    profiles = {"isolated": work / "profile.json", "calibration": work / "profile_calibration.json"}
+    profiles = {"isolated": work / "profile.json", "under_load": work / "profile_under_load.json"}
     results = {}
     for policy in args.policy:
         live = live_figures(records[policy])
@@ -300,13 +276,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             extra = ["--local-window-s", str(args.local_window_s)] if name == "same_run" else []
             sim = simulate(traces[policy], path, policy, work, extra)
             results[policy][f"sim_{name}"] = sim
-            results[policy][f"compare_{name}"] = compare(live, sim, args)
+            results[policy][f"compare_{name}"] = compare(live, sim, args.tolerance, args.dvr_floor)
     return {
         "benchmark": "policies_live", "date": dt.date.today().isoformat(), "machine": machine_info(),
         "params": {k: v for k, v in vars(args).items() if k != "out"},
         "scenario": [asdict(a) for a in scenario(args).apps],
-        "calibration": live_figures(records[CALIBRATION]),
-        "profiles": {name: _profile_summary(doc) for name, doc in (("isolated", isolated), ("calibration", calibration))},
+        "warmup": live_figures(records[WARMUP]),
+        "profiles": {name: profile_summary(doc) for name, doc in (("isolated", isolated), ("under_load", under_load))},
         "results": results, "acceptance": acceptance(results), "elapsed_s": time.monotonic() - started,
         "files": {"config": str(config), "trace": str(trace), **{k: str(v) for k, v in profiles.items()}},
     }
@@ -318,47 +294,14 @@ def profile_from_trace(trace: Path, out: Path) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-def _profile_summary(doc: dict[str, Any]) -> dict[str, Any]:
-    return {f"{e['model']}@{e['device']}": {"runs": e["runs"], "mean_ms": 1e3 * e["latency_s"],
-                                            "p50_ms": 1e3 * e["p50_s"], "p95_ms": 1e3 * e["tail_s"]}
-            for e in doc["entries"]}
-
-
-def acceptance(results: dict[str, Any]) -> dict[str, Any]:
-    fcfs, twill = results.get("fcfs"), results.get("twill")
-    out: dict[str, Any] = {"twill_dvr_at_most_half_of_fcfs": (
-        twill["live"]["violation_rate"] <= 0.5 * fcfs["live"]["violation_rate"] if fcfs and twill else None)}
-    for name in PROFILES:
-        checks = [(policy, key, c["ok"]) for policy, r in results.items() for key, c in r[f"compare_{name}"].items()]
-        out[f"sim_{name}_within_tolerance"] = {
-            "all": all(ok for *_, ok in checks),
-            **{key: all(ok for _, k, ok in checks if k == key) for key in sorted({k for _, k, _ in checks})},
-            "misses": [f"{policy}: {key}" for policy, key, ok in checks if not ok]}
-    out["sim_predicts_live"] = out["sim_same_run_within_tolerance"]["all"]
-    return out
-
-
-def print_table(report: dict[str, Any]) -> None:
-    for name in PROFILES:
-        print(f"\nsimulated with the {name} profile")
-        print(f"{'policy':<12} {'DVR live':>9} {'DVR sim':>8} {'frames p99 live/sim ms':>23} "
-              f"{'bg p99 live/sim ms':>19}  within")
-        for policy, r in report["results"].items():
-            c = r[f"compare_{name}"]
-            fp, bp = c.get(f"p99_ms_prio{FRAME_PRIORITY}", {}), c.get(f"p99_ms_prio{BACKGROUND_PRIORITY}", {})
-            print(f"{policy:<12} {100 * c['violation_rate']['live']:8.1f}% {100 * c['violation_rate']['sim']:7.1f}% "
-                  f"{fp.get('live', math.nan):11.1f}/{fp.get('sim', math.nan):<11.1f} "
-                  f"{bp.get('live', math.nan):9.1f}/{bp.get('sim', math.nan):<9.1f}  "
-                  f"{'yes' if all(x['ok'] for x in c.values()) else 'NO'}")
-    print(f"\nacceptance: {json.dumps(report['acceptance'])}  ({report['elapsed_s']:.0f} s)")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--policy", action="append", help="policy to run (repeatable; default: all)")
     p.add_argument("--duration-s", type=float, default=25.0, help="live load per policy")
-    p.add_argument("--calibration-s", type=float, default=10.0,
-                   help="load under fcfs before the policies, recorded for the under-load profile")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="the policies take turns, duration-s / rounds each per round (drift hits all alike)")
+    p.add_argument("--warmup-s", type=float, default=5.0, help="load under fcfs before the policies")
+    p.add_argument("--profile-load-s", type=float, default=15.0, help="heddle profile --under-load seconds")
     p.add_argument("--fps", type=float, default=20.0, help="frame stream rate")
     p.add_argument("--deadline-ms", type=float, default=40.0, help="frame deadline")
     p.add_argument("--jitter-ms", type=float, default=2.0)

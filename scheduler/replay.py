@@ -154,6 +154,7 @@ class _Replay:
             near = None if self.local_window_s is None else (now + self.t0, self.local_window_s)
             run_s = _draw(self.profile, (d.model, d.device, self.core.level(d.device)),
                           f"{self.seed}/{d.request_id}/{d.stage}", near)
+            run_s += self.profile.dispatch_gap_s.get(d.device, 0.0)  # the live loop's reaction time
             per_model = self.placements.setdefault(d.model, {})
             per_model[d.device] = per_model.get(d.device, 0) + 1
             self.push(now + run_s, 1, (d.request_id, d.stage))

@@ -18,7 +18,7 @@ import numpy as np
 from heddle.backends.base import Executor, make_executor, numpy_dtype
 from heddle.scheduler import Core
 from heddle.scheduler.profiles import ProfileTable
-from heddle.scheduler.tracefile import PROFILE_FORMAT, parse_trace, percentile
+from heddle.scheduler.tracefile import PROFILE_FORMAT, dispatch_gaps, parse_trace, percentile
 from heddle.scheduler.specs import ModelSpec, TensorSpec
 from heddle.server.config import Config
 
@@ -194,6 +194,7 @@ def profile_from_trace(trace_text: str, source: str, min_runs: int = 3) -> dict[
                      "trace_started_unix_s": trace.started_unix_s})
     for entry in doc["entries"]:  # when each run was dispatched, for replays that follow the machine's drift
         entry["sample_t_s"] = [round(r.time_s - r.run_s, 6) for r in runs[(entry["model"], entry["device"])]]
+    doc["dispatch_gap_s"] = {d: round(g, 7) for d, g in dispatch_gaps(trace).items() if d in used}
     return doc
 
 
@@ -249,8 +250,9 @@ def _toml_value(v: Any) -> str:
 def _to_toml(doc: Mapping[str, Any]) -> str:
     """The profile's shape only: scalars, then tables (machine, models.*), then arrays of tables."""
     lines = [f"{k} = {_toml_value(v)}" for k, v in doc.items() if not isinstance(v, (Mapping, list))]
-    for key in ("machine",):
-        lines += ["", f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in doc[key].items()]
+    for key in ("machine", "dispatch_gap_s"):
+        if key in doc:
+            lines += ["", f"[{key}]"] + [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in doc[key].items()]
     for name, info in doc["models"].items():
         lines += ["", f"[models.{json.dumps(name)}]"] + [f"{k} = {_toml_value(v)}" for k, v in info.items()]
     for key in ("devices", "entries"):
