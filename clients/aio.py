@@ -1,8 +1,9 @@
 """The asyncio heddle.v1 client (grpc.aio): the same API as HeddleClient, with awaitable methods.
 
 Create it inside the event loop that will use it. With `token`, every call carries
-`authorization: Bearer <token>` metadata. Errors propagate as `grpc.aio.AioRpcError`
-(a `grpc.RpcError`); its `code()` is the API, as for the blocking client.
+`authorization: Bearer <token>` metadata. A failed call raises `HeddleError` (a `grpc.RpcError`,
+raised from grpc's `AioRpcError`) with `code()`, `details()` and `retry_after_s`, as the
+blocking client does.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import grpc
 from heddle.clients.client import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_TARGET,
+    Generation,
     InferResult,
     StageEvent,
+    TokenEvent,
     auth_metadata,
     build_request,
     channel_credentials,
     channel_options,
     event_from_proto,
+    heddle_errors,
     result_from_proto,
 )
 from heddle.v1 import heddle_pb2, heddle_pb2_grpc
@@ -72,11 +76,13 @@ class AsyncHeddleClient:
         request_id: str | None = None,
         outputs: Iterable[str] | None = None,
         timeout_s: float | None = None,
+        generation: Generation | None = None,
     ) -> InferResult:
         """Run a pipeline and await its result."""
         request = build_request(pipeline, inputs, priority=priority, deadline_ms=deadline_ms,
-                                request_id=request_id, outputs=outputs)
-        return result_from_proto(await self._gateway.Infer(request, **self._opts(timeout_s)))
+                                request_id=request_id, outputs=outputs, generation=generation)
+        with heddle_errors():
+            return result_from_proto(await self._gateway.Infer(request, **self._opts(timeout_s)))
 
     async def infer_stream(
         self,
@@ -88,18 +94,21 @@ class AsyncHeddleClient:
         request_id: str | None = None,
         outputs: Iterable[str] | None = None,
         timeout_s: float | None = None,
-    ) -> AsyncIterator[StageEvent | InferResult]:
-        """Run a pipeline, yielding a StageEvent per finished stage and then the InferResult.
+        generation: Generation | None = None,
+    ) -> AsyncIterator[TokenEvent | StageEvent | InferResult]:
+        """Run a pipeline, yielding TokenEvents as LLM stages generate, a StageEvent per
+        finished stage, and then the InferResult.
 
         Leaving the `async for` early and closing the generator (`aclose()`, or
         `contextlib.aclosing`) cancels the request on the server.
         """
         request = build_request(pipeline, inputs, priority=priority, deadline_ms=deadline_ms,
-                                request_id=request_id, outputs=outputs)
+                                request_id=request_id, outputs=outputs, generation=generation)
         call = self._gateway.InferStream(request, **self._opts(timeout_s))
         try:
-            async for event in call:
-                yield event_from_proto(event)
+            with heddle_errors():
+                async for event in call:
+                    yield event_from_proto(event)
         finally:
             call.cancel()  # a no-op when the stream already ended
 
@@ -107,26 +116,31 @@ class AsyncHeddleClient:
                              ) -> list[heddle_pb2.PipelineInfo]:
         """The pipelines the server runs, with their declared inputs, outputs and stages."""
         request = heddle_pb2.ListPipelinesRequest()
-        return list((await self._gateway.ListPipelines(request, **self._opts(timeout_s))).pipelines)
+        with heddle_errors():
+            return list((await self._gateway.ListPipelines(request, **self._opts(timeout_s))).pipelines)
 
     async def list_models(self, *, timeout_s: float | None = None) -> list[heddle_pb2.ModelInfo]:
         """The models the server has loaded."""
         request = heddle_pb2.ListModelsRequest()
-        return list((await self._gateway.ListModels(request, **self._opts(timeout_s))).models)
+        with heddle_errors():
+            return list((await self._gateway.ListModels(request, **self._opts(timeout_s))).models)
 
     async def list_devices(self, *, timeout_s: float | None = None) -> list[heddle_pb2.DeviceInfo]:
         """The server's devices, with their load and health."""
         request = heddle_pb2.ListDevicesRequest()
-        return list((await self._gateway.ListDevices(request, **self._opts(timeout_s))).devices)
+        with heddle_errors():
+            return list((await self._gateway.ListDevices(request, **self._opts(timeout_s))).devices)
 
     async def get_policy(self, *, timeout_s: float | None = None) -> heddle_pb2.PolicyInfo:
         """The active scheduling policy and the available ones (admin)."""
-        return await self._admin.GetPolicy(heddle_pb2.GetPolicyRequest(), **self._opts(timeout_s))
+        with heddle_errors():
+            return await self._admin.GetPolicy(heddle_pb2.GetPolicyRequest(), **self._opts(timeout_s))
 
     async def set_policy(self, name: str, *, timeout_s: float | None = None) -> heddle_pb2.PolicyInfo:
         """Switch the scheduling policy (admin)."""
         request = heddle_pb2.SetPolicyRequest(policy=name)
-        return await self._admin.SetPolicy(request, **self._opts(timeout_s))
+        with heddle_errors():
+            return await self._admin.SetPolicy(request, **self._opts(timeout_s))
 
     def _opts(self, timeout_s: float | None) -> dict[str, Any]:
         return {"timeout": timeout_s, "metadata": self._metadata}

@@ -1,9 +1,11 @@
 """The synchronous heddle.v1 client, and the result types both clients decode responses into.
 
-Errors are not wrapped: a failed call raises `grpc.RpcError`, and its `code()` is the API
-(NOT_FOUND for an unknown pipeline, INVALID_ARGUMENT for a malformed tensor or priority,
-DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED when admission refuses, UNAVAILABLE, UNAUTHENTICATED for
-admin calls without the right token). `details()` says what was wrong.
+A failed call raises `HeddleError`, a `grpc.RpcError` (so `except grpc.RpcError` still catches
+it), and its `code()` is the API (NOT_FOUND for an unknown pipeline, INVALID_ARGUMENT for a
+malformed tensor, priority or generation option, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED when
+admission refuses, UNAVAILABLE, UNAUTHENTICATED for admin calls without the right token).
+`details()` says what was wrong; `retry_after_s` is the server's hint (its `retry-after-ms`
+trailing metadata) of when a refused request may succeed, None when it gave none.
 """
 
 from __future__ import annotations
@@ -14,21 +16,29 @@ from typing import Any, Iterable, Iterator, Mapping
 import grpc
 import numpy as np
 
+from heddle.clients.errors import RETRY_AFTER_KEY, HeddleError, heddle_errors
 from heddle.clients.tensors import from_tensor, to_tensor
 from heddle.v1 import heddle_pb2, heddle_pb2_grpc
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_TARGET",
+    "GENERATION_OPTIONS",
+    "Generation",
+    "RETRY_AFTER_KEY",
     "HeddleClient",
+    "HeddleError",
     "InferResult",
     "StageEvent",
     "StageTiming",
+    "TokenEvent",
     "auth_metadata",
     "build_request",
     "channel_options",
     "channel_credentials",
     "event_from_proto",
+    "generation_options",
+    "heddle_errors",
     "result_from_proto",
     "stage_from_proto",
 ]
@@ -37,6 +47,7 @@ DEFAULT_TARGET = "127.0.0.1:8001"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Unknown enum values (a newer server) come through as their number rather than failing the call.
 _STATUS_NAMES = {v: k.removeprefix("STAGE_STATUS_") for k, v in heddle_pb2.StageStatus.items()}
+GENERATION_OPTIONS = tuple(f.name for f in heddle_pb2.GenerationOptions.DESCRIPTOR.fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +73,22 @@ class StageTiming:
 @dataclass(frozen=True, slots=True)
 class StageEvent(StageTiming):
     """A stage that finished while its request was still running (yielded by infer_stream)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """Tokens an LLM stage generated, yielded by infer_stream as they come (before the stage ends).
+
+    `index` is the position of the first of them in the generated sequence; `offset_ms` is from
+    the request's arrival at the server; `text` is their decoded text when the model has a
+    tokenizer (a character whose bytes span tokens comes once complete).
+    """
+
+    stage: str
+    token_ids: tuple[int, ...]
+    index: int
+    offset_ms: float
+    text: str = ""
 
 
 @dataclass(slots=True)
@@ -109,14 +136,38 @@ def result_from_proto(msg: heddle_pb2.InferResponse) -> InferResult:
     )
 
 
-def event_from_proto(msg: heddle_pb2.InferEvent) -> StageEvent | InferResult:
-    """One InferStream event: a finished stage, or the final result."""
+def event_from_proto(msg: heddle_pb2.InferEvent) -> TokenEvent | StageEvent | InferResult:
+    """One InferStream event: generated tokens, a finished stage, or the final result."""
     kind = msg.WhichOneof("event")
+    if kind == "tokens":
+        t = msg.tokens
+        return TokenEvent(stage=t.stage, token_ids=tuple(t.token_ids), index=t.index,
+                          offset_ms=t.offset_ms, text=t.text)
     if kind == "stage_done":
         return StageEvent(**_stage_kwargs(msg.stage_done))
     if kind == "result":
         return result_from_proto(msg.result)
     raise ValueError(f"InferEvent carries no event (oneof is {kind!r})")
+
+
+Generation = Mapping[str, Any] | heddle_pb2.GenerationOptions
+
+
+def generation_options(generation: Generation | None) -> heddle_pb2.GenerationOptions | None:
+    """GenerationOptions from a mapping of its fields (GENERATION_OPTIONS), or the message itself.
+
+    Zeros mean the model's defaults (temperature 0 is greedy). Raises ValueError naming an
+    unknown option or a value of the wrong type; the server checks the values' ranges.
+    """
+    if generation is None or isinstance(generation, heddle_pb2.GenerationOptions):
+        return generation
+    unknown = sorted(set(generation) - set(GENERATION_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown generation option(s) {unknown}; known: {', '.join(GENERATION_OPTIONS)}")
+    try:
+        return heddle_pb2.GenerationOptions(**generation)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"generation options {dict(generation)!r}: {err}") from None
 
 
 def build_request(
@@ -127,9 +178,11 @@ def build_request(
     deadline_ms: float | None = None,
     request_id: str | None = None,
     outputs: Iterable[str] | None = None,
+    generation: Generation | None = None,
 ) -> heddle_pb2.InferRequest:
-    """An InferRequest with each input encoded by to_tensor (one copy per array)."""
-    return heddle_pb2.InferRequest(
+    """An InferRequest with each input encoded by to_tensor (one copy per array); `generation`
+    sets the LLM stages' options (see generation_options)."""
+    request = heddle_pb2.InferRequest(
         pipeline=pipeline,
         inputs=[to_tensor(name, array) for name, array in inputs.items()],
         priority=priority,
@@ -137,6 +190,10 @@ def build_request(
         request_id=request_id or "",
         outputs=list(outputs or ()),
     )
+    options = generation_options(generation)
+    if options is not None:
+        request.generation.CopyFrom(options)
+    return request
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -172,7 +229,8 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
 class HeddleClient:
     """Blocking client for the heddle.v1 Gateway and Admin services; use as a context manager.
 
-    Every method raises grpc.RpcError on failure; `timeout_s` is the gRPC deadline of the call.
+    Every method raises HeddleError (a grpc.RpcError) on failure; `timeout_s` is the gRPC
+    deadline of the call.
     With `token`, every call carries `authorization: Bearer <token>` metadata.
     """
 
@@ -217,11 +275,13 @@ class HeddleClient:
         request_id: str | None = None,
         outputs: Iterable[str] | None = None,
         timeout_s: float | None = None,
+        generation: Generation | None = None,
     ) -> InferResult:
         """Run a pipeline and wait for its result."""
         request = build_request(pipeline, inputs, priority=priority, deadline_ms=deadline_ms,
-                                request_id=request_id, outputs=outputs)
-        return result_from_proto(self._gateway.Infer(request, **self._opts(timeout_s)))
+                                request_id=request_id, outputs=outputs, generation=generation)
+        with heddle_errors():
+            return result_from_proto(self._gateway.Infer(request, **self._opts(timeout_s)))
 
     def infer_stream(
         self,
@@ -233,43 +293,51 @@ class HeddleClient:
         request_id: str | None = None,
         outputs: Iterable[str] | None = None,
         timeout_s: float | None = None,
-    ) -> Iterator[StageEvent | InferResult]:
-        """Run a pipeline, yielding a StageEvent per finished stage and then the InferResult.
+        generation: Generation | None = None,
+    ) -> Iterator[TokenEvent | StageEvent | InferResult]:
+        """Run a pipeline, yielding TokenEvents as LLM stages generate, a StageEvent per
+        finished stage, and then the InferResult.
 
         Closing the iterator early (break, or garbage collection) cancels the request on the server.
         """
         request = build_request(pipeline, inputs, priority=priority, deadline_ms=deadline_ms,
-                                request_id=request_id, outputs=outputs)
+                                request_id=request_id, outputs=outputs, generation=generation)
         call = self._gateway.InferStream(request, **self._opts(timeout_s))
         try:
-            for event in call:
-                yield event_from_proto(event)
+            with heddle_errors():
+                for event in call:
+                    yield event_from_proto(event)
         finally:
             call.cancel()  # a no-op when the stream already ended
 
     def list_pipelines(self, *, timeout_s: float | None = None) -> list[heddle_pb2.PipelineInfo]:
         """The pipelines the server runs, with their declared inputs, outputs and stages."""
         request = heddle_pb2.ListPipelinesRequest()
-        return list(self._gateway.ListPipelines(request, **self._opts(timeout_s)).pipelines)
+        with heddle_errors():
+            return list(self._gateway.ListPipelines(request, **self._opts(timeout_s)).pipelines)
 
     def list_models(self, *, timeout_s: float | None = None) -> list[heddle_pb2.ModelInfo]:
         """The models the server has loaded."""
         request = heddle_pb2.ListModelsRequest()
-        return list(self._gateway.ListModels(request, **self._opts(timeout_s)).models)
+        with heddle_errors():
+            return list(self._gateway.ListModels(request, **self._opts(timeout_s)).models)
 
     def list_devices(self, *, timeout_s: float | None = None) -> list[heddle_pb2.DeviceInfo]:
         """The server's devices, with their load and health."""
         request = heddle_pb2.ListDevicesRequest()
-        return list(self._gateway.ListDevices(request, **self._opts(timeout_s)).devices)
+        with heddle_errors():
+            return list(self._gateway.ListDevices(request, **self._opts(timeout_s)).devices)
 
     def get_policy(self, *, timeout_s: float | None = None) -> heddle_pb2.PolicyInfo:
         """The active scheduling policy and the available ones (admin)."""
-        return self._admin.GetPolicy(heddle_pb2.GetPolicyRequest(), **self._opts(timeout_s))
+        with heddle_errors():
+            return self._admin.GetPolicy(heddle_pb2.GetPolicyRequest(), **self._opts(timeout_s))
 
     def set_policy(self, name: str, *, timeout_s: float | None = None) -> heddle_pb2.PolicyInfo:
         """Switch the scheduling policy (admin)."""
         request = heddle_pb2.SetPolicyRequest(policy=name)
-        return self._admin.SetPolicy(request, **self._opts(timeout_s))
+        with heddle_errors():
+            return self._admin.SetPolicy(request, **self._opts(timeout_s))
 
     def _opts(self, timeout_s: float | None) -> dict[str, Any]:
         return {"timeout": timeout_s, "metadata": self._metadata}

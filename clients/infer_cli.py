@@ -15,7 +15,9 @@ from typing import Any, Mapping, Sequence
 import grpc
 import numpy as np
 
-from heddle.clients.client import DEFAULT_TARGET, HeddleClient, InferResult, StageEvent, StageTiming
+from heddle.clients.client import (
+    DEFAULT_TARGET, GENERATION_OPTIONS, HeddleClient, InferResult, StageEvent, StageTiming, TokenEvent,
+)
 from heddle.clients.tensors import DATATYPE_TO_NUMPY, TensorError, numpy_to_datatype
 from heddle.v1 import heddle_pb2
 
@@ -25,6 +27,7 @@ __all__ = [
     "build_inputs",
     "format_result",
     "generate_input",
+    "parse_generation",
     "parse_input",
     "result_to_json",
     "run_infer",
@@ -48,7 +51,11 @@ def add_infer_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="return only this output (repeatable); default all")
     p.add_argument("--priority", type=int, default=0, help="0 = server default; higher is more urgent")
     p.add_argument("--deadline-ms", type=float, default=None, help="end-to-end deadline")
-    p.add_argument("--stream", action="store_true", help="print each stage as it finishes")
+    p.add_argument("--stream", action="store_true",
+                   help="print generated tokens as they come and each stage as it finishes")
+    p.add_argument("--gen", dest="generation", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"LLM generation option (repeatable): {', '.join(GENERATION_OPTIONS)}; "
+                        "stop_token_ids as 1,2,3")
     p.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
     p.set_defaults(func=run_infer)
     return p
@@ -76,7 +83,7 @@ def run_infer(args: argparse.Namespace) -> int:
             declared = _declared_inputs(client.list_pipelines(), args.pipeline)
             inputs = build_inputs(args.inputs, declared, np.random.default_rng(args.seed))
             kwargs = dict(priority=args.priority, deadline_ms=args.deadline_ms,
-                          outputs=args.outputs or None)
+                          outputs=args.outputs or None, generation=parse_generation(args.generation))
             if args.stream:
                 for event in client.infer_stream(args.pipeline, inputs, **kwargs):
                     _print_event(event, as_json=args.json)
@@ -147,6 +154,23 @@ def parse_input(name: str, value: str, datatype: str | None = None) -> np.ndarra
     if datatype and dtype is None:
         raise TensorError(f"--input {name}: cannot build a {datatype} array here")
     return np.asarray(literal, dtype=dtype)
+
+
+def parse_generation(specs: Sequence[str]) -> dict[str, Any] | None:
+    """GenerationOptions fields from `KEY=VALUE` arguments (None when there are none)."""
+    options: dict[str, Any] = {}
+    for spec in specs:
+        key, eq, value = spec.partition("=")
+        if not eq or key not in GENERATION_OPTIONS:
+            raise ValueError(f"--gen {spec!r}: expected KEY=VALUE with KEY one of {', '.join(GENERATION_OPTIONS)}")
+        try:
+            if key == "stop_token_ids":
+                options[key] = [int(v) for v in value.split(",") if v.strip()]
+            else:
+                options[key] = float(value) if key in ("temperature", "top_p") else int(value)
+        except ValueError:
+            raise ValueError(f"--gen {spec!r}: {value!r} is not a number") from None
+    return options or None
 
 
 def _all_strings(literal: Any) -> bool:
@@ -238,8 +262,13 @@ def result_to_json(result: InferResult) -> dict[str, Any]:
             "stages": [_stage_json(s) for s in result.stages]}
 
 
-def _print_event(event: StageEvent | InferResult, *, as_json: bool) -> None:
-    if isinstance(event, StageEvent):
+def _print_event(event: TokenEvent | StageEvent | InferResult, *, as_json: bool) -> None:
+    if isinstance(event, TokenEvent):
+        line = (json.dumps({"event": "tokens", "stage": event.stage, "token_ids": list(event.token_ids),
+                            "index": event.index, "offset_ms": event.offset_ms, "text": event.text})
+                if as_json else f"tokens: {event.stage} #{event.index} {list(event.token_ids)} "
+                f"{event.text!r} at {event.offset_ms:.3f} ms")
+    elif isinstance(event, StageEvent):
         line = (json.dumps({"event": "stage_done", **_stage_json(event)}) if as_json else
                 f"stage done: {event.stage} model={event.model} device={event.device} "
                 f"status={event.status} queue={event.queue_ms:.3f} ms "

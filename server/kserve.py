@@ -141,7 +141,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             try:
                 return await self._infer(request, context)
             except RequestError as exc:
-                await context.abort(exc.code, exc.message)
+                await context.abort(exc.code, exc.message, getattr(exc, "trailing_metadata", ()))
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests on one stream run concurrently; each gets one response, in completion order
@@ -183,11 +183,14 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
                 return kpb.ModelStreamInferResponse(infer_response=response)
             except RequestError as exc:
                 message = f"{exc.code.name}: {exc.message}"
+                hint = dict(getattr(exc, "trailing_metadata", ())).get("retry-after-ms")
             except Exception as exc:  # a bug must not end the client's stream
                 log.exception("stream request failed", model=request.model_name)
-                message = f"INTERNAL: {type(exc).__name__}: {exc}"
+                message, hint = f"INTERNAL: {type(exc).__name__}: {exc}", None
         echo = kpb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
                                       id=request.id)
+        if hint is not None:  # a stream has no trailers per request: the hint rides in parameters
+            echo.parameters["retry-after-ms"].int64_param = int(hint)
         return kpb.ModelStreamInferResponse(error_message=message, infer_response=echo)
 
     def _has_llm(self, name: str) -> bool:
@@ -240,8 +243,11 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         except ValueError:  # the same id is already in flight
             result = await run(entry.pipeline, inputs, priority=priority, deadline_s=deadline_s)
         if result.status_code != "OK":
-            raise RequestError(getattr(grpc.StatusCode, result.status_code),
-                               f"request {result.request_id}: {result.error}")
+            error = RequestError(getattr(grpc.StatusCode, result.status_code),
+                                 f"request {result.request_id}: {result.error}")
+            if result.retry_after_s is not None:  # refused at admission: the same hint heddle.v1 sends
+                error.trailing_metadata = (("retry-after-ms", str(max(1, round(result.retry_after_s * 1e3)))),)
+            raise error
         return result
 
     def _response(self, entry: CatalogEntry, request_id: str, result: JobResult,
