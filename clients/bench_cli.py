@@ -121,7 +121,8 @@ def _app_line(app: Any) -> str:
             "burst": f"{app.burst_size} at once, {app.rate_hz:g} bursts/s",
             "periodic": f"{app.rate_hz:g}/s x {app.streams} stream(s), jitter {app.jitter_ms:g} ms",
             }.get(app.arrival, f"{app.rate_hz:g}/s")
-    return f"{app.name}: {app.pipeline}, priority {app.priority}, {deadline}, {app.arrival} {rate}"
+    llm = (", streamed" if app.stream else "") + (f", {app.max_new_tokens} tokens" if app.max_new_tokens else "")
+    return f"{app.name}: {app.pipeline}, priority {app.priority}, {deadline}, {app.arrival} {rate}{llm}"
 
 
 def _install_sigint(stop: asyncio.Event, abort: asyncio.Event, drain_s: float) -> bool:
@@ -280,6 +281,20 @@ def _summary_text(summary: dict[str, Any]) -> str:
                      _fmt(s["goodput_rps"], ".1f"),
                      "-" if s["violation_rate"] is None else f"{100 * s['violation_rate']:.1f}%",
                      _fmt(lat.get("p50"), ".2f"), _fmt(lat.get("p99"), ".2f"), errors))
+    text = f"window {summary['window_s']:.1f} s\n" + _text_table(headers, rows)
+    llm = [(name, s["llm"]) for name, s in [*summary["apps"].items(), ("all", summary["total"])] if s["llm"]]
+    if llm:
+        rows = [(name, str(g["requests"]), f"{g['tokens']:.0f}", _fmt(g["tokens_per_s"], ".1f"),
+                 _fmt((g["ttft_ms"] or {}).get("p50"), ".1f"), _fmt((g["ttft_ms"] or {}).get("p99"), ".1f"),
+                 _fmt((g["tpot_ms"] or {}).get("p50"), ".2f")) for name, g in llm]
+        text += "\n\nLLM\n" + _text_table(("app", "gens", "tokens", "tok/s", "TTFT p50 ms", "TTFT p99 ms",
+                                            "TPOT p50 ms"), rows)
+    energy = summary["total"]["energy"]
+    if energy:
+        text += f"\n\nenergy: {energy['mean_j']:.3f} J per request ({energy['label']})"
+    return text
+
+
+def _text_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
-    return f"window {summary['window_s']:.1f} s\n" + "\n".join(lines)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [headers, *rows])

@@ -11,6 +11,8 @@ from html import escape
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from heddle.clients.report import COVERED_EXTRA
+
 __all__ = ["HTML_FILE", "render_html", "write_html"]
 
 HTML_FILE = "report.html"
@@ -131,9 +133,56 @@ def _server_metrics(metrics: Mapping[str, Any] | None) -> str:
     return f"<h2>Server view (/metrics, during the run)</h2>{table}"
 
 
+def _groups(summary: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(label, figures) for every app, every priority class and all."""
+    return [*((f"<b>{escape(n)}</b>", s) for n, s in summary["apps"].items()),
+            *((f"priority {escape(p)}", s) for p, s in summary["classes"].items()), ("all", summary["total"])]
+
+
+def _d(dist: Mapping[str, Any] | None, key: str, digits: int = 2) -> str:
+    return _num((dist or {}).get(key), digits)
+
+
+def _llm_table(summary: Mapping[str, Any]) -> str:
+    rows = [[label, _num(g["requests"]), _num(g["tokens"], 0), _num(g["tokens_per_s"]),
+             *(_d(g["ttft_ms"], k) for k in ("p50", "p90", "p99")),
+             *(_d(g["client_ttft_ms"], k) for k in ("p50", "p99")),
+             *(_d(g["tpot_ms"], k) for k in ("p50", "p99")), _d(g["request_tokens_per_s"], "p50", 1)]
+            for label, s in _groups(summary) if (g := s["llm"])]
+    if not rows:
+        return ""
+    return "<h2>LLM generation (OK requests that generated tokens)</h2>" + _table(
+        ("app / class", "generations", "tokens", "tokens|per s of load", "TTFT ms, server|p50",
+         "TTFT ms, server|p90", "TTFT ms, server|p99", "TTFT ms, client (streamed)|p50",
+         "TTFT ms, client (streamed)|p99", "TPOT ms|p50", "TPOT ms|p99", "tokens/s per request|p50"), rows)
+
+
+def _energy_table(summary: Mapping[str, Any]) -> str:
+    rows = [[label, escape(e["label"]), _num(e["requests"]), _num(e["mean_j"], 3), _num(e["total_j"], 2),
+             _num(e["j_per_token"], 4)] for label, s in _groups(summary) if (e := s["energy"])]
+    if not rows:
+        return ""
+    estimated = any(s["energy"] and s["energy"]["label"] != "measured" for _, s in _groups(summary))
+    title = "Energy per request" + (" (estimated: no power sensor measured it)" if estimated else "")
+    return f"<h2>{escape(title)}</h2>" + _table(
+        ("app / class", "source", "requests", "J per request (mean)", "J in all", "J per token"), rows)
+
+
+def _rejections_table(summary: Mapping[str, Any]) -> str:
+    rows = [[label, escape(code), _num(r["count"]), _num(r["with_retry_hint"]),
+             _d(r["retry_after_ms"], "p50", 0), _d(r["retry_after_ms"], "max", 0)]
+            for label, s in _groups(summary)[:len(summary["apps"])] + [("all", summary["total"])]
+            for code, r in s["rejections"].items()]
+    if not rows:
+        return ""
+    return "<h2>Errors by reason</h2>" + _table(
+        ("app", "status", "requests", "with retry hint", "retry after ms|p50", "retry after ms|max"), rows)
+
+
 def _extra(summary: Mapping[str, Any]) -> str:
     rows = [[escape(name), escape(key), _num(d.get("p50"), 2), _num(d.get("p99"), 2), _num(d.get("mean"), 2)]
-            for name, s in summary["apps"].items() for key, d in s["extra"].items() if d]
+            for name, s in summary["apps"].items() for key, d in s["extra"].items()
+            if d and key not in COVERED_EXTRA]
     if not rows:
         return ""
     return "<h2>Further per-request figures</h2>" + _table(("app", "figure", "p50", "p99", "mean"), rows)
@@ -151,6 +200,11 @@ def _cards(total: Mapping[str, Any]) -> str:
     cards = [("requests", _num(total["requests"])), ("throughput /s", _num(total["throughput_rps"])),
              ("goodput /s", _num(total["goodput_rps"])), ("violations", _pct(total["violation_rate"])),
              ("p99 latency ms", _lat(total, "p99")), ("errors", _num(total["errors"]))]
+    if total["llm"]:
+        cards += [("LLM tokens /s", _num(total["llm"]["tokens_per_s"])),
+                  ("TTFT p99 ms", _d(total["llm"]["ttft_ms"], "p99"))]
+    if total["energy"]:
+        cards.append((f"J per request ({total['energy']['label']})", _num(total["energy"]["mean_j"], 3)))
     return '<div class="cards">' + "".join(
         f'<div class="card"><div class="v">{v}</div><div class="k">{escape(k)}</div></div>'
         for k, v in cards) + "</div>"
@@ -179,12 +233,16 @@ def render_html(doc: Mapping[str, Any], images: Mapping[str, Path] | None = None
 {_cards(summary['total'])}
 <h2>Per app</h2>{_apps_table(summary, apps_meta)}
 <h2>Per priority class</h2>{_classes_table(summary)}
-<h2>Outcomes by gRPC status</h2>{_status_table(summary)}
+<h2>Outcomes by gRPC status</h2>{_status_table(summary)}{_rejections_table(summary)}
+{_llm_table(summary)}{_energy_table(summary)}
 {_server_metrics(doc.get('server_metrics'))}{_extra(summary)}{_plots(images or {})}
 <h2>How to read this</h2><dl class="note">
 <dt>throughput / goodput</dt><dd>OK responses per second of load; goodput counts only those that met their deadline (or had none).</dd>
 <dt>violations</dt><dd>finished requests with a deadline that were not OK in time (late, shed with DEADLINE_EXCEEDED, or failed), over finished requests with a deadline.</dd>
 <dt>latency</dt><dd>client-measured, send to response, OK responses only. server: the server's own end-to-end time; queue / compute: sums over a request's stages of time queued and time running (parallel stages both count); overhead: client latency minus server time (network, gRPC in both processes, client; a saturated server loop shows here too).</dd>
+<dt>LLM generation</dt><dd>requests that generated tokens, OK only. tokens per s of load: their tokens over the run's window; TTFT server: from the request's arrival at the server to its first token; TTFT client: from send to the first streamed token (apps with stream = true); TPOT: mean time between tokens of a generation (generations of 2+ tokens); tokens/s per request: a request's tokens over its client latency.</dd>
+<dt>energy</dt><dd>joules per OK request as the server accounted them; "estimated" when no power sensor measured them (a model of power per device state), so compare them between runs on one box, not as watt-hours.</dd>
+<dt>errors by reason</dt><dd>per status code, how many requests ended so and how many carried a retry hint (the server's retry-after-ms, sent with admission refusals).</dd>
 <dt>source</dt><dd>every figure is recomputed from {escape(str(run.get('records_file', 'requests.jsonl')))} beside this page; see docs/BENCHMARKS.md.</dd>
 </dl></body></html>
 """

@@ -8,6 +8,7 @@ request ends as exactly one RequestRecord, including those the bench itself canc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -16,7 +17,7 @@ import grpc
 import numpy as np
 
 from heddle.clients.aio import AsyncHeddleClient
-from heddle.clients.client import InferResult
+from heddle.clients.client import InferResult, TokenEvent
 from heddle.clients.infer_cli import generate_input
 from heddle.clients.scenarios import App, Scenario
 from heddle.v1 import heddle_pb2
@@ -43,14 +44,16 @@ class RequestRecord:
     latency_ms: float  # send to response or error, on the client
     status: str  # gRPC status code name; OK for a response
     error: str = ""
+    retry_after_ms: float | None = None  # a refusal's retry hint (retry-after-ms), when the server gave one
     server_total_ms: float | None = None
     server_deadline_missed: bool = False
     queue_ms: float | None = None  # sum over stages of time queued in the server
     compute_ms: float | None = None  # sum over stages of time running on a device
     stages: list[dict[str, Any]] = field(default_factory=list)
     client_cancelled: bool = False  # ended by the bench stopping, not by the server
-    # Per-request figures later capabilities add (ttft_ms, tokens, energy_j, ...): report.py
-    # summarises every numeric key found here, so nothing needs registering.
+    # Per-request figures not every request has: LLM `tokens`, `ttft_ms`, `tpot_ms` (server's
+    # clock), `client_ttft_ms` (streamed: send to first token), `energy_j` with
+    # `energy_estimated` (1.0 when no sensor measured it). report.py summarises every numeric key.
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -133,13 +136,20 @@ class _Run:
         variants = self.inputs[app.name]
         self.counts.sent += 1
         self.counts.in_flight += 1
+        args = (app.pipeline, variants[seq % len(variants)])
+        kwargs = dict(priority=app.priority, deadline_ms=app.deadline_ms, request_id=rec.request_id,
+                      timeout_s=self.timeout_s,
+                      generation={"max_new_tokens": app.max_new_tokens} if app.max_new_tokens else None)
         try:
-            result = await self.client.infer(app.pipeline, variants[seq % len(variants)],
-                                             priority=app.priority, deadline_ms=app.deadline_ms,
-                                             request_id=rec.request_id, timeout_s=self.timeout_s)
+            if app.stream:
+                result = await self._stream(rec, *args, **kwargs)
+            else:
+                result = await self.client.infer(*args, **kwargs)
             _fill_from_result(rec, result)
         except grpc.RpcError as err:
             rec.status, rec.error = err.code().name, (err.details() or "")[:300]
+            hint_s = getattr(err, "retry_after_s", None)
+            rec.retry_after_ms = None if hint_s is None else hint_s * 1e3
         except asyncio.CancelledError:
             rec.status, rec.client_cancelled = "CANCELLED", True
             raise
@@ -148,6 +158,19 @@ class _Run:
         finally:
             rec.latency_ms = (self.now_s() - rec.sent_s) * 1e3
             self._finish(rec)
+
+    async def _stream(self, rec: RequestRecord, *args: Any, **kwargs: Any) -> InferResult:
+        """InferStream: the client's time to the first token goes into extra["client_ttft_ms"]."""
+        result = None
+        async with contextlib.aclosing(self.client.infer_stream(*args, **kwargs)) as events:
+            async for event in events:
+                if isinstance(event, TokenEvent) and "client_ttft_ms" not in rec.extra:
+                    rec.extra["client_ttft_ms"] = (self.now_s() - rec.sent_s) * 1e3
+                elif isinstance(event, InferResult):
+                    result = event
+        if result is None:
+            raise RuntimeError("the stream ended without a result")
+        return result
 
     def _finish(self, rec: RequestRecord) -> None:
         self.counts.in_flight -= 1

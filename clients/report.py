@@ -9,6 +9,14 @@ Definitions (docs/BENCHMARKS.md explains how to read them):
   none) / window_s; violation rate: finished requests with a deadline that did not meet it,
   over finished requests with a deadline.
 - latency percentiles: numpy's default (linear interpolation), over OK responses only.
+- llm (None when no OK record has `tokens`): over OK records with `tokens` in `extra`: tokens in
+  all, tokens_per_s = those tokens / window_s, ttft_ms (server: arrival to first token),
+  client_ttft_ms (streamed requests: send to first token event), tpot_ms (generations of more
+  than one token), request_tokens_per_s = tokens / client latency of each request.
+- energy (None when no OK record has `energy_j`): mean and total joules per OK request that has
+  it, joules per generated token, labelled "estimated" unless every one was measured.
+- rejections: per non-OK status of finished records, how many, how many carried a retry hint
+  (retry_after_ms), and the hints' distribution.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import numpy as np
 from heddle.clients.loadgen import RequestRecord
 
 __all__ = [
-    "RECORDS_FILE", "RUN_FILE", "SUMMARY_CSV", "SUMMARY_JSON", "csv_rows", "deadline_met",
+    "COVERED_EXTRA", "RECORDS_FILE", "RUN_FILE", "SUMMARY_CSV", "SUMMARY_JSON", "csv_rows", "deadline_met",
     "group_stats", "read_records", "summarize", "write_csv", "write_records", "write_summary",
 ]
 
@@ -33,6 +41,8 @@ RUN_FILE = "run.json"
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 _PERCENTILES = (50, 90, 99)
+# extra keys that the llm and energy figures cover: the CSV and HTML do not repeat them raw.
+COVERED_EXTRA = frozenset({"tokens", "ttft_ms", "client_ttft_ms", "tpot_ms", "energy_j", "energy_estimated"})
 
 
 def write_records(path: Path, records: Iterable[RequestRecord]) -> None:
@@ -98,13 +108,68 @@ def group_stats(records: Sequence[RequestRecord], window_s: float) -> dict[str, 
         "client_overhead_ms_mean": _mean([r.latency_ms - r.server_total_ms for r in timed]),
         "queue_ms": _dist([r.queue_ms for r in timed]),
         "send_lag_ms": _dist([(r.sent_s - r.scheduled_s) * 1e3 for r in records]),
+        "llm": _llm_stats(ok, window_s),
+        "energy": _energy_stats(ok),
+        "rejections": _rejections(finished),
         "extra": _extra_stats(records),
     }
 
 
+def _extra_of(records: Sequence[RequestRecord], key: str) -> list[float]:
+    return [float(r.extra[key]) for r in records if key in r.extra]
+
+
+def _llm_stats(ok: Sequence[RequestRecord], window_s: float) -> dict[str, Any] | None:
+    gens = [r for r in ok if "tokens" in r.extra]
+    if not gens:
+        return None
+    tokens = sum(_extra_of(gens, "tokens"))
+    # One token has no interval between tokens: its tpot (0) would drag the figure down.
+    return {
+        "requests": len(gens),
+        "tokens": tokens,
+        "tokens_per_s": tokens / window_s if window_s > 0 else None,
+        "ttft_ms": _dist(_extra_of(gens, "ttft_ms")),
+        "client_ttft_ms": _dist(_extra_of(gens, "client_ttft_ms")),
+        "tpot_ms": _dist(_extra_of([r for r in gens if r.extra["tokens"] > 1], "tpot_ms")),
+        "request_tokens_per_s": _dist([float(r.extra["tokens"]) / (r.latency_ms / 1e3)
+                                       for r in gens if r.latency_ms > 0]),
+    }
+
+
+def _energy_stats(ok: Sequence[RequestRecord]) -> dict[str, Any] | None:
+    metered = [r for r in ok if "energy_j" in r.extra]
+    if not metered:
+        return None
+    joules = _extra_of(metered, "energy_j")
+    llm = [r for r in metered if r.extra.get("tokens")]
+    tokens = sum(_extra_of(llm, "tokens"))
+    # A record without the flag counts as estimated: "measured" is claimed only when it was.
+    estimated = any(r.extra.get("energy_estimated", 1.0) for r in metered)
+    return {
+        "requests": len(metered),
+        "label": "estimated" if estimated else "measured",
+        "mean_j": float(np.mean(joules)),
+        "total_j": float(np.sum(joules)),
+        "j_per_token": sum(_extra_of(llm, "energy_j")) / tokens if tokens else None,
+    }
+
+
+def _rejections(finished: Sequence[RequestRecord]) -> dict[str, dict[str, Any]]:
+    by_status: dict[str, list[RequestRecord]] = {}
+    for r in finished:
+        if r.status != "OK":
+            by_status.setdefault(r.status, []).append(r)
+    out = {}
+    for status, recs in sorted(by_status.items()):
+        hints = [r.retry_after_ms for r in recs if r.retry_after_ms is not None]
+        out[status] = {"count": len(recs), "with_retry_hint": len(hints), "retry_after_ms": _dist(hints)}
+    return out
+
+
 def _extra_stats(records: Sequence[RequestRecord]) -> dict[str, dict[str, float] | None]:
-    # The extension point for per-request figures not measured yet (TTFT, tokens/s, energy):
-    # whatever numeric keys the records carry in `extra` are summarised, and nothing else.
+    # Every numeric key the records carry in `extra`, raw, over all records that have it; a new
+    # per-request figure shows up here (and in the CSV) without being registered.
     keys = sorted({k for r in records for k in r.extra})
     return {k: _dist([float(r.extra[k]) for r in records if k in r.extra]) for k in keys}
 
@@ -159,10 +224,41 @@ def csv_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
             for stat in ("p50", "p90", "p99", "max", "mean"):
                 row[f"{nested}_{stat}"] = (s[nested] or {}).get(stat)
         row.update({f"status_{code}": s["status_counts"].get(code, 0) for code in statuses})
+        row.update(_rejection_cells(s["rejections"], statuses))
+        row.update(_llm_cells(s["llm"]))
+        row.update(_energy_cells(s["energy"]))
         for key, dist in s["extra"].items():
-            row.update({f"{key}_{stat}": (dist or {}).get(stat) for stat in ("p50", "p99", "mean")})
+            if key not in COVERED_EXTRA:
+                row.update({f"{key}_{stat}": (dist or {}).get(stat) for stat in ("p50", "p99", "mean")})
         rows.append(row)
     return rows
+
+
+def _rejection_cells(rejections: Mapping[str, Any], statuses: Sequence[str]) -> dict[str, Any]:
+    cells: dict[str, Any] = {}
+    for code in statuses:
+        if code == "OK":
+            continue
+        r = rejections.get(code)
+        cells[f"retry_hint_{code}"] = r["with_retry_hint"] if r else 0
+        cells[f"retry_after_ms_p50_{code}"] = ((r or {}).get("retry_after_ms") or {}).get("p50")
+    return cells
+
+
+def _llm_cells(llm: Mapping[str, Any] | None) -> dict[str, Any]:
+    if llm is None:
+        return {}
+    cells = {f"llm_{k}": llm[k] for k in ("requests", "tokens", "tokens_per_s")}
+    for key, stats in (("ttft_ms", ("p50", "p90", "p99", "mean")), ("client_ttft_ms", ("p50", "p99", "mean")),
+                       ("tpot_ms", ("p50", "p99", "mean")), ("request_tokens_per_s", ("p50", "mean"))):
+        cells.update({f"llm_{key}_{stat}": (llm[key] or {}).get(stat) for stat in stats})
+    return cells
+
+
+def _energy_cells(energy: Mapping[str, Any] | None) -> dict[str, Any]:
+    if energy is None:
+        return {}
+    return {f"energy_{k}": energy[k] for k in ("label", "requests", "mean_j", "total_j", "j_per_token")}
 
 
 def write_csv(path: Path, summary: Mapping[str, Any]) -> None:

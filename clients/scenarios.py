@@ -17,11 +17,14 @@ A scenario is TOML (a file, or one of SCENARIOS below, which double as examples 
     burst_size = 1                 # burst: requests sent at once per burst
     concurrency = 1                # closed: requests kept in flight
     think_ms = 0                   # closed: pause after each response
+    stream = false                 # true: InferStream, so the first token's arrival is timed by the client
+    max_new_tokens = 0             # LLM pipelines: tokens to generate (0 = the model's default)
 
 The shipped scenarios follow RTGen and XRBench (concurrent real-time apps with frame deadlines and
-occasional heavy requests) mapped onto the embedded default pipelines until LLM and detection
-pipelines exist: `multihead` stands for per-frame vision DNNs with several heads, `classify` for a
-detector/classifier, `text_classify` (a transformer encoder) for speech and LLM requests.
+occasional heavy requests) mapped onto the embedded default pipelines: `multihead` stands for
+per-frame vision DNNs with several heads, `classify` for a detector/classifier, `text_classify` (a
+transformer encoder) for speech, and the LLM apps generate with `chat` (token ids in, a decoder LLM
+with a KV cache) over streams, as a chat or dialogue client would.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class App:
     burst_size: int = 1
     concurrency: int = 1
     think_ms: float = 0.0
+    stream: bool = False
+    max_new_tokens: int = 0
 
     @property
     def open_loop(self) -> bool:
@@ -91,7 +96,9 @@ class Scenario:
 
 
 _APP_FIELDS = set(App.__dataclass_fields__)
-_INT_FIELDS = {"priority", "streams", "burst_size", "concurrency"}
+_INT_FIELDS = {"priority", "streams", "burst_size", "concurrency", "max_new_tokens"}
+_BOOL_FIELDS = {"stream"}
+_STR_FIELDS = {"name", "pipeline", "arrival"}
 
 
 def _app_from_dict(raw: Mapping[str, Any], where: str) -> App:
@@ -102,13 +109,16 @@ def _app_from_dict(raw: Mapping[str, Any], where: str) -> App:
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise ScenarioError(f"{where}: {key!r} must be a non-empty string")
     for key, value in raw.items():
-        if key in _INT_FIELDS and (not isinstance(value, int) or isinstance(value, bool)):
+        if key in _BOOL_FIELDS:
+            if not isinstance(value, bool):
+                raise ScenarioError(f"{where}: {key} must be true or false, got {value!r}")
+        elif key in _INT_FIELDS and (not isinstance(value, int) or isinstance(value, bool)):
             raise ScenarioError(f"{where}: {key} must be an integer, got {value!r}")
-        if key not in _INT_FIELDS and key not in ("name", "pipeline", "arrival") and not (
+        elif key not in _INT_FIELDS and key not in _STR_FIELDS and not (
                 isinstance(value, (int, float)) and not isinstance(value, bool)):
             raise ScenarioError(f"{where}: {key} must be a number, got {value!r}")
-    app = App(**{k: float(v) if k not in _INT_FIELDS and isinstance(v, int) else v
-                 for k, v in raw.items()})
+    numeric = _APP_FIELDS - _INT_FIELDS - _BOOL_FIELDS - _STR_FIELDS
+    app = App(**{k: float(v) if k in numeric else v for k, v in raw.items()})
     _check_app(app, f"{where} ({app.name!r})")
     return app
 
@@ -126,6 +136,8 @@ def _check_app(app: App, where: str) -> None:
         raise ScenarioError(f"{where}: deadline_ms must be positive (omit it for no deadline)")
     if min(app.jitter_ms, app.think_ms) < 0 or min(app.streams, app.burst_size) < 1:
         raise ScenarioError(f"{where}: jitter_ms/think_ms must be >= 0, streams/burst_size >= 1")
+    if app.max_new_tokens < 0:
+        raise ScenarioError(f"{where}: max_new_tokens must be >= 0 (0 = the model's default)")
 
 
 def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
@@ -166,7 +178,7 @@ def load_scenario(name_or_path: str | None) -> Scenario:
 SCENARIOS: dict[str, str] = {
     "default": """
 name = "default"
-description = "A mixed load on the embedded default pipelines: a camera stream, random image requests, bursts of text and a background closed loop."
+description = "A mixed load on the embedded default pipelines: a camera stream, random image requests, bursts of text, a background closed loop and streamed chat replies."
 [[apps]]
 name = "camera stream 15 FPS"
 pipeline = "multihead"
@@ -197,6 +209,15 @@ priority = 1
 arrival = "closed"
 concurrency = 1
 think_ms = 50
+[[apps]]
+name = "chat replies"
+pipeline = "chat"
+priority = 2
+deadline_ms = 1000
+arrival = "poisson"
+rate_hz = 1
+stream = true
+max_new_tokens = 32
 """,
     "video_conferencing": """
 name = "video_conferencing"
@@ -219,11 +240,13 @@ rate_hz = 10
 jitter_ms = 5
 [[apps]]
 name = "LLM summary"
-pipeline = "text_classify"
+pipeline = "chat"
 priority = 1
 deadline_ms = 2000
 arrival = "poisson"
 rate_hz = 0.5
+stream = true
+max_new_tokens = 64
 """,
     "ar_assistant": """
 name = "ar_assistant"
@@ -246,11 +269,13 @@ rate_hz = 45
 jitter_ms = 1
 [[apps]]
 name = "LLM answers"
-pipeline = "text_classify"
+pipeline = "chat"
 priority = 2
 deadline_ms = 1000
 arrival = "poisson"
 rate_hz = 1
+stream = true
+max_new_tokens = 32
 """,
     "gaming": """
 name = "gaming"
@@ -265,12 +290,14 @@ rate_hz = 60
 jitter_ms = 1
 [[apps]]
 name = "NPC dialogue LLM"
-pipeline = "text_classify"
+pipeline = "chat"
 priority = 2
 deadline_ms = 500
 arrival = "burst"
 rate_hz = 0.5
 burst_size = 4
+stream = true
+max_new_tokens = 24
 """,
     "camera_analytics": """
 name = "camera_analytics"

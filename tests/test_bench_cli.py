@@ -40,6 +40,12 @@ def _recompute(raw: list[dict], window_s: float) -> dict:
     dl = [r for r in finished if r["deadline_ms"] is not None]
     dl_good = [r for r in good if r["deadline_ms"] is not None]
     lat = [r["latency_ms"] for r in ok]
+    gens = [r for r in ok if "tokens" in r["extra"]]
+    ttft = [r["extra"]["ttft_ms"] for r in gens]
+    client_ttft = [r["extra"]["client_ttft_ms"] for r in gens if "client_ttft_ms" in r["extra"]]
+    tpot = [r["extra"]["tpot_ms"] for r in gens if r["extra"]["tokens"] > 1]
+    metered = [r for r in ok if "energy_j" in r["extra"]]
+    refused = [r for r in finished if r["status"] == "RESOURCE_EXHAUSTED"]
     return {
         "requests": len(raw), "ok": len(ok), "errors": len(finished) - len(ok),
         "throughput_rps": len(ok) / window_s, "goodput_rps": len(good) / window_s,
@@ -47,13 +53,28 @@ def _recompute(raw: list[dict], window_s: float) -> dict:
         "p50": float(np.percentile(lat, 50)) if lat else None,
         "p99": float(np.percentile(lat, 99)) if lat else None,
         "max": max(lat) if lat else None,
+        "tokens_per_s": sum(r["extra"]["tokens"] for r in gens) / window_s if gens else None,
+        "ttft_p50": float(np.percentile(ttft, 50)) if ttft else None,
+        "ttft_p99": float(np.percentile(ttft, 99)) if ttft else None,
+        "client_ttft_p50": float(np.percentile(client_ttft, 50)) if client_ttft else None,
+        "tpot_p50": float(np.percentile(tpot, 50)) if tpot else None,
+        "request_tps_max": max((r["extra"]["tokens"] * 1e3 / r["latency_ms"] for r in gens), default=None),
+        "energy_mean_j": float(np.mean([r["extra"]["energy_j"] for r in metered])) if metered else None,
+        "refused_with_hint": sum(r["retry_after_ms"] is not None for r in refused),
     }
 
 
 def _figures(stats: dict) -> dict:
-    lat = stats["latency_ms"] or {}
+    lat, llm, energy = stats["latency_ms"] or {}, stats["llm"] or {}, stats["energy"] or {}
+    refused = stats["rejections"].get("RESOURCE_EXHAUSTED", {})
     return {k: stats[k] for k in ("requests", "ok", "errors", "throughput_rps", "goodput_rps",
-                                  "violation_rate")} | {k: lat.get(k) for k in ("p50", "p99", "max")}
+                                  "violation_rate")} | {k: lat.get(k) for k in ("p50", "p99", "max")} | {
+        "tokens_per_s": llm.get("tokens_per_s"),
+        "ttft_p50": (llm.get("ttft_ms") or {}).get("p50"), "ttft_p99": (llm.get("ttft_ms") or {}).get("p99"),
+        "client_ttft_p50": (llm.get("client_ttft_ms") or {}).get("p50"),
+        "tpot_p50": (llm.get("tpot_ms") or {}).get("p50"),
+        "request_tps_max": (llm.get("request_tokens_per_s") or {}).get("max"),
+        "energy_mean_j": energy.get("mean_j"), "refused_with_hint": refused.get("with_retry_hint", 0)}
 
 
 def _check_report(out: Path) -> tuple[dict, list[dict], dict]:
@@ -82,7 +103,8 @@ def _check_report(out: Path) -> tuple[dict, list[dict], dict]:
 
 def test_bench_writes_a_report_whose_figures_recompute(default_server: RunningServer, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture):
-    """A 3 s default-scenario run writes every file; figures recompute and match the server's counts."""
+    """A 3 s default-scenario run writes every file; figures recompute (LLM ones included: the
+    default mix streams chat replies) and match the server's counts."""
     out = tmp_path / "report"
     rc = main(["bench", "--target", default_server.target, "--duration", "3", "--out", str(out),
                "--metrics", default_server.metrics_url, "--seed", "1"])
@@ -91,6 +113,9 @@ def test_bench_writes_a_report_whose_figures_recompute(default_server: RunningSe
     run, raw, doc = _check_report(out)
     assert not run["interrupted"] and run["window_s"] == 3.0
     assert {r["app"] for r in raw} == {a["name"] for a in run["scenario"]["apps"]}
+    chat = [r for r in raw if r["pipeline"] == "chat" and r["status"] == "OK"]
+    assert chat and all(0 < r["extra"]["tokens"] <= 32 and "client_ttft_ms" in r["extra"] for r in chat)
+    assert doc["summary"]["apps"]["chat replies"]["llm"]["tokens_per_s"] > 0
     if plots_available():
         assert all((out / f).read_bytes()[:4] == b"\x89PNG" for f in PLOT_FILES.values())
     # The server counted exactly the OK responses the client recorded, per pipeline.

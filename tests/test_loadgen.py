@@ -70,7 +70,13 @@ class TestScenarios:
         for name in SCENARIOS:
             scenario = load_scenario(name)
             assert scenario.name == name and scenario.apps and scenario.description
-            assert {a.pipeline for a in scenario.apps} <= {"classify", "multihead", "text_classify"}
+            assert {a.pipeline for a in scenario.apps} <= {"classify", "multihead", "text_classify", "chat"}
+
+    def test_llm_apps_stream_generations_on_chat(self):
+        """Every shipped app named for an LLM generates on `chat`, streamed, with a token budget."""
+        llm = [a for name in SCENARIOS for a in load_scenario(name).apps if "LLM" in a.name or "chat" in a.name]
+        assert len(llm) == 4
+        assert all(a.pipeline == "chat" and a.stream and a.max_new_tokens > 0 for a in llm)
 
     def test_no_name_means_the_default_mix(self):
         """load_scenario(None) is the default scenario, which mixes open and closed loops."""
@@ -84,6 +90,9 @@ class TestScenarios:
         path.write_text('[[apps]]\nname = "x"\npipeline = "echo"\narrival = "poisson"\nrate_hz = 5\n')
         scenario = load_scenario(str(path))
         assert scenario.name == "mine" and scenario.apps == (App("x", "echo", "poisson", rate_hz=5.0),)
+        path.write_text(path.read_text() + 'stream = true\nmax_new_tokens = 8\n')
+        assert load_scenario(str(path)).apps == (
+            App("x", "echo", "poisson", rate_hz=5.0, stream=True, max_new_tokens=8),)
 
     @pytest.mark.parametrize(("body", "message"), [
         ('arrival = "poisson"\nrate_hz = 1\nfps = 3', "unknown field"),
@@ -92,6 +101,9 @@ class TestScenarios:
         ('arrival = "closed"\nconcurrency = 1.5', "concurrency must be an integer"),
         ('arrival = "poisson"\nrate_hz = 1\ndeadline_ms = 0', "deadline_ms must be positive"),
         ('arrival = "periodic"\nrate_hz = "fast"', "rate_hz must be a number"),
+        ('arrival = "closed"\nstream = 1', "stream must be true or false"),
+        ('arrival = "closed"\nmax_new_tokens = 2.5', "max_new_tokens must be an integer"),
+        ('arrival = "closed"\nmax_new_tokens = -1', "max_new_tokens must be >= 0"),
     ])
     def test_bad_apps_are_refused_with_the_reason(self, body: str, message: str):
         """A malformed app raises ScenarioError naming what is wrong."""

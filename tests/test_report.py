@@ -75,11 +75,64 @@ class TestSummary:
 
     def test_extra_figures_are_summarised_only_when_present(self):
         """Numeric keys in records' `extra` get p50/p99/mean; without them nothing is invented."""
-        records = [rec("llm", seq=i, extra={"ttft_ms": float(i)}) for i in range(5)] + [rec("cnn")]
+        records = [rec("llm", seq=i, extra={"kv_blocks": float(i)}) for i in range(5)] + [rec("cnn")]
         s = summarize(records, 1.0)
-        assert s["apps"]["llm"]["extra"]["ttft_ms"]["p50"] == 2.0
+        assert s["apps"]["llm"]["extra"]["kv_blocks"]["p50"] == 2.0
         assert s["apps"]["cnn"]["extra"] == {}
-        assert csv_rows(s)[0]["ttft_ms_mean"] == 2.0
+        assert csv_rows(s)[0]["kv_blocks_mean"] == 2.0
+        assert s["apps"]["llm"]["llm"] is None and s["apps"]["llm"]["energy"] is None
+
+    def test_llm_figures_follow_the_definitions(self):
+        """Tokens/s over the window, TTFT/TPOT distributions and per-request tokens/s, OK only."""
+        s = summarize(llm_records(), WINDOW_S, ["chat", "cam"])
+        chat = s["apps"]["chat"]["llm"]
+        assert (chat["requests"], chat["tokens"], chat["tokens_per_s"]) == (3, 41.0, 20.5)
+        assert chat["ttft_ms"]["p50"] == 20.0 and chat["ttft_ms"]["max"] == 30.0
+        assert chat["client_ttft_ms"] == {"p50": 25.0, "p90": pytest.approx(29.0), "p99": pytest.approx(29.9),
+                                          "max": 30.0, "mean": 25.0}  # the unstreamed one has none
+        assert chat["tpot_ms"]["mean"] == 3.0  # the 1-token generation has no interval: left out
+        assert chat["request_tokens_per_s"]["max"] == 250.0  # 25 tokens in 100 ms
+        assert s["apps"]["cam"]["llm"] is None
+        assert s["classes"]["2"]["llm"] == chat and s["total"]["llm"]["tokens"] == 41.0
+
+    def test_energy_is_labelled_estimated_unless_every_request_was_measured(self):
+        """Mean and total joules per OK request, joules per token, and the weakest source's label."""
+        s = summarize(llm_records(), WINDOW_S, ["chat", "cam"])
+        chat, cam = s["apps"]["chat"]["energy"], s["apps"]["cam"]["energy"]
+        assert chat["label"] == "estimated" and chat["requests"] == 3
+        assert chat["mean_j"] == pytest.approx(0.5) and chat["total_j"] == pytest.approx(1.5)
+        assert chat["j_per_token"] == pytest.approx(1.5 / 41)
+        assert (cam["label"], cam["mean_j"], cam["j_per_token"]) == ("measured", 2.0, None)
+        assert s["total"]["energy"]["label"] == "estimated"
+
+    def test_rejections_count_retry_hints_per_status(self):
+        """Errors per status with how many carried a retry hint and the hints' distribution."""
+        s = summarize(llm_records(), WINDOW_S, ["chat", "cam"])
+        assert s["apps"]["chat"]["rejections"] == {
+            "RESOURCE_EXHAUSTED": {"count": 3, "with_retry_hint": 2, "retry_after_ms": {
+                "p50": 150.0, "p90": pytest.approx(190.0), "p99": pytest.approx(199.0), "max": 200.0,
+                "mean": 150.0}},
+            "UNAVAILABLE": {"count": 1, "with_retry_hint": 0, "retry_after_ms": None}}
+        assert s["apps"]["cam"]["rejections"] == {}
+
+
+def llm_records() -> list[RequestRecord]:
+    """Three OK generations (one streamed twice, one of one token), refusals with and without a
+    retry hint, and a camera app whose energy was measured."""
+    chat = dict(priority=2, deadline_ms=1000.0)
+
+    def gen(seq: int, latency_ms: float, tokens: float, ttft: float, tpot: float, client_ttft: float | None):
+        extra = {"tokens": tokens, "ttft_ms": ttft, "tpot_ms": tpot, "energy_j": 0.5, "energy_estimated": 1.0}
+        if client_ttft is not None:
+            extra["client_ttft_ms"] = client_ttft
+        return rec("chat", "OK", latency_ms, seq=seq, extra=extra, **chat)
+
+    refused = [rec("chat", "RESOURCE_EXHAUSTED", 1.0, seq=3 + i, **chat) for i in range(3)]
+    refused[0].retry_after_ms, refused[1].retry_after_ms = 100.0, 200.0
+    return [gen(0, 100.0, 25.0, 20.0, 3.0, 20.0), gen(1, 200.0, 15.0, 30.0, 3.0, 30.0),
+            gen(2, 50.0, 1.0, 10.0, 0.0, None), *refused,
+            rec("chat", "UNAVAILABLE", 2.0, seq=6, **chat),
+            rec("cam", "OK", 10.0, priority=4, extra={"energy_j": 2.0, "energy_estimated": 0.0})]
 
 
 class TestFiles:
@@ -104,6 +157,23 @@ class TestFiles:
         assert float(cam["latency_ms_p99"]) == s["apps"]["cam"]["latency_ms"]["p99"]
         assert int(cam["status_DEADLINE_EXCEEDED"]) == 1 and cam["status_RESOURCE_EXHAUSTED"] == "0"
         assert rows[1]["violation_rate"] == ""  # no deadline: empty, not 0
+
+    def test_csv_carries_llm_energy_and_retry_hint_columns(self, tmp_path: Path):
+        """LLM, energy (with its label) and retry-hint cells; empty where a group has none."""
+        records = llm_records()
+        write_records(tmp_path / "r.jsonl", records)
+        assert read_records(tmp_path / "r.jsonl") == records  # retry_after_ms round-trips too
+        s = summarize(records, WINDOW_S, ["chat", "cam"])
+        write_csv(tmp_path / "s.csv", s)
+        with open(tmp_path / "s.csv", newline="") as f:
+            rows = {r["name"]: r for r in csv.DictReader(f)}
+        chat, cam = rows["chat"], rows["cam"]
+        assert float(chat["llm_tokens_per_s"]) == 20.5 and float(chat["llm_ttft_ms_p50"]) == 20.0
+        assert float(chat["llm_tpot_ms_p50"]) == 3.0 and cam["llm_tokens"] == ""
+        assert (chat["energy_label"], cam["energy_label"]) == ("estimated", "measured")
+        assert float(chat["energy_mean_j"]) == pytest.approx(0.5)
+        assert chat["retry_hint_RESOURCE_EXHAUSTED"] == "2" and chat["retry_after_ms_p50_RESOURCE_EXHAUSTED"] == "150.0"
+        assert "ttft_ms_p50" not in chat  # covered by the llm columns, not repeated raw
 
 
 class TestMetricsDelta:
@@ -155,6 +225,18 @@ class TestPlotsAndHtml:
         assert "t&lt;1&gt;" in html and "<b>cam</b>" in html and "priority 4" in html
         assert html.count("data:image/png;base64,") == 1 and "Stopped early" in html
         assert "DEADLINE_EXCEEDED" in html and "RESOURCE_EXHAUSTED" in html
+
+    def test_html_shows_llm_energy_and_retry_hints_only_when_records_carry_them(self):
+        """The LLM, energy and errors-by-reason sections appear with their figures, and not for
+        records without them."""
+        html = render_html(_doc(llm_records()))
+        assert "<h2>LLM generation" in html and "TTFT ms, server" in html and "<td>20.5</td>" in html
+        assert "<h2>Energy per request (estimated" in html and "<td>measured</td>" in html
+        assert "<h2>Errors by reason" in html and "<td>150</td>" in html
+        assert "LLM tokens /s" in html  # a headline card
+        plain = render_html(_doc([rec("cam"), rec("batch", seq=1)]))
+        assert "<h2>LLM generation" not in plain and "<h2>Energy per request" not in plain
+        assert "<h2>Errors by reason" not in plain and "LLM tokens /s" not in plain
 
     @pytest.mark.slow
     @pytest.mark.skipif(shutil.which("chromium") is None,
