@@ -132,8 +132,13 @@ def _bench_line(run_dir: Path) -> str:
         return "no summary"
     viol = total["violation_rate"]
     p99 = (total["latency_ms"] or {}).get("p99")
-    return (f"{total['ok']}/{total['requests']} ok, viol {'-' if viol is None else f'{100 * viol:.1f}%'}, "
+    line = (f"{total['ok']}/{total['requests']} ok, viol {'-' if viol is None else f'{100 * viol:.1f}%'}, "
             f"goodput {total['goodput_rps'] or 0:.1f}/s, p99 {'-' if p99 is None else f'{p99:.1f}'} ms")
+    llm = total.get("llm")
+    if llm:
+        ttft = (llm["ttft_ms"] or {}).get("p99")
+        line += f", LLM {llm['tokens_per_s'] or 0:.0f} tok/s TTFT p99 {'-' if ttft is None else f'{ttft:.0f}'} ms"
+    return line
 
 
 def bench_run(base: list[str], admin: HeddleClient, target: str, metrics_url: str, run_dir: Path,

@@ -25,8 +25,8 @@ from heddle.scheduler.policies import POLICIES
 
 __all__ = [
     "GATEWAY_JSON", "MANIFEST_JSON", "POLICIES_DIR", "POLICIES_JSON", "POLICY_FILE", "SUMMARY_MD",
-    "TRITON_JSON", "build", "collect_policies", "gateway_table", "policies_table", "render_summary",
-    "triton_table",
+    "TRITON_JSON", "build", "collect_policies", "gateway_table", "llm_table", "policies_table",
+    "render_summary", "triton_table",
 ]
 
 MANIFEST_JSON = "run_all.json"
@@ -51,7 +51,22 @@ def _figures(s: Mapping[str, Any]) -> dict[str, Any]:
     lat = s["latency_ms"] or {}
     return {"requests": s["requests"], "ok": s["ok"], "errors": s["errors"],
             "violation_rate": s["violation_rate"], "goodput_rps": s["goodput_rps"],
-            "throughput_rps": s["throughput_rps"], "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99")}
+            "throughput_rps": s["throughput_rps"], "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99"),
+            "llm": _llm_figures(s["llm"]), "energy": s["energy"],
+            "rejections": {code: {k: r[k] for k in ("count", "with_retry_hint")}
+                           for code, r in s["rejections"].items()}}
+
+
+def _llm_figures(llm: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if llm is None:
+        return None
+    def q(key: str, stat: str) -> float | None:
+        return (llm[key] or {}).get(stat)
+    return {"requests": llm["requests"], "tokens": llm["tokens"], "tokens_per_s": llm["tokens_per_s"],
+            "ttft_p50_ms": q("ttft_ms", "p50"), "ttft_p99_ms": q("ttft_ms", "p99"),
+            "client_ttft_p50_ms": q("client_ttft_ms", "p50"), "client_ttft_p99_ms": q("client_ttft_ms", "p99"),
+            "tpot_p50_ms": q("tpot_ms", "p50"), "tpot_p99_ms": q("tpot_ms", "p99"),
+            "request_tokens_per_s_p50": q("request_tokens_per_s", "p50")}
 
 
 def _policy_run(results_dir: Path, folder: Path) -> dict[str, Any]:
@@ -143,13 +158,24 @@ def triton_table(doc: Mapping[str, Any]) -> list[str]:
                    f"req/s x{ref}", "server CPU ms/req", "errors"), rows)
 
 
+def _energy_header(runs: Sequence[Mapping[str, Any]]) -> str | None:
+    """The energy column's header, labelled estimated unless every figure was measured; None
+    when no run has energy (older runs, or a server that meters none)."""
+    labels = {run["total"]["energy"]["label"] for run in runs if run["total"].get("energy")}
+    if not labels:
+        return None
+    return "J/req (measured)" if labels == {"measured"} else "J/req (estimated)"
+
+
 def policies_table(doc: Mapping[str, Any]) -> list[str]:
-    """One row per (scenario, policy); the lowest violation rate of each scenario in bold."""
+    """One row per (scenario, policy); the lowest violation rate of each scenario in bold; an
+    energy column when the runs carry energy."""
     best: dict[str, float] = {}
     for run in doc["runs"]:
         rate = run["total"]["violation_rate"]
         if rate is not None:
             best[run["scenario"]] = min(rate, best.get(run["scenario"], rate))
+    energy = _energy_header(doc["runs"])
     rows = []
     for run in doc["runs"]:
         t, top = run["total"], run["top_class"] or {}
@@ -161,8 +187,38 @@ def policies_table(doc: Mapping[str, Any]) -> list[str]:
                      _f(t["goodput_rps"], 1), _f(t["p50_ms"]), _f(t["p99_ms"]),
                      f"{top.get('priority', '–')}: {_pct(top.get('violation_rate'))}",
                      _f(top.get("p99_ms")), _f(run.get("loadavg_1m_after"), 1)])
-    return _table(("scenario", "policy", "sent", "ok", "viol", "goodput /s", "p50 ms", "p99 ms",
-                   "top class: viol", "top class p99 ms", "load 1m"), rows)
+        if energy:
+            rows[-1].insert(-1, _f((t.get("energy") or {}).get("mean_j"), 3))
+    headers = ["scenario", "policy", "sent", "ok", "viol", "goodput /s", "p50 ms", "p99 ms",
+               "top class: viol", "top class p99 ms", "load 1m"]
+    if energy:
+        headers.insert(-1, energy)
+    return _table(headers, rows)
+
+
+def llm_table(doc: Mapping[str, Any]) -> list[str]:
+    """One row per (scenario, policy, app that generated tokens); [] when no app did. The lowest
+    server TTFT p99 of each (scenario, app) in bold."""
+    rows = [(run, name, app) for run in doc["runs"] for name, app in run["apps"].items() if app.get("llm")]
+    best: dict[tuple[str, str], float] = {}
+    for run, name, app in rows:
+        ttft = app["llm"]["ttft_p99_ms"]
+        if ttft is not None:
+            key = (run["scenario"], name)
+            best[key] = min(ttft, best.get(key, ttft))
+    out = []
+    for run, name, app in rows:
+        g = app["llm"]
+        ttft = _f(g["ttft_p99_ms"], 1)
+        if g["ttft_p99_ms"] is not None and g["ttft_p99_ms"] == best.get((run["scenario"], name)):
+            ttft = f"**{ttft}**"
+        out.append([run["scenario"], run["policy"], name, f"{g['requests']}/{app['requests']}",
+                    _pct(app["violation_rate"]), _f(g["tokens_per_s"], 1), _f(g["ttft_p50_ms"], 1), ttft,
+                    _f(g["client_ttft_p99_ms"], 1), _f(g["tpot_p50_ms"]), _f(g["request_tokens_per_s_p50"], 0)])
+    if not out:
+        return []
+    return _table(("scenario", "policy", "LLM app", "generated/sent", "viol", "tokens /s", "TTFT p50 ms",
+                   "TTFT p99 ms", "client TTFT p99 ms", "TPOT p50 ms", "tok/s per request p50"), out)
 
 
 # --- the page ------------------------------------------------------------------------------------
@@ -235,6 +291,17 @@ def _policies_section(doc: Mapping[str, Any] | None, plot: Path | None) -> list[
               "latency over OK responses; top class = the scenario's highest priority; load 1m = the box's "
               "1-minute load average as the run ended (this suite alone adds about 2).", ""]
     lines += policies_table(doc) + [""]
+    if _energy_header(runs):
+        lines += ["J/req: mean energy per OK request as the server accounted it; estimated unless a power "
+                  "sensor measured it (compare between policies, not as absolute joules).", ""]
+    llm = llm_table(doc)
+    if llm:
+        lines += ["LLM apps (streamed generations on `chat`): generated/sent = OK requests that generated "
+                  "tokens / requests sent; tokens /s = their tokens over the run's window; TTFT from the "
+                  "request's arrival at the server to its first token (lowest p99 per scenario and app in "
+                  "bold); client TTFT from send to the first streamed token; TPOT = time per output token; "
+                  "tok/s per request = a request's tokens over its client latency.", ""]
+        lines += llm + [""]
     if plot is not None:
         lines += [f"![violation rate per policy]({plot.name})", ""]
     return lines

@@ -98,10 +98,11 @@ def results(tmp_path: Path) -> Path:
     return out
 
 
-def md_table(text: str, heading: str) -> list[dict[str, str]]:
-    """The first markdown table after the `## ...heading...` line, as one dict per row."""
+def md_table(text: str, heading: str, prefix: str = "## ") -> list[dict[str, str]]:
+    """The first markdown table after the `## ...heading...` line (or a line starting with
+    `prefix` that holds heading), as one dict per row."""
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("## ") and heading in line)
+    start = next(i for i, line in enumerate(lines) if line.startswith(prefix) and heading in line)
     rows = []
     for line in lines[start + 1:]:
         if line.startswith("## "):
@@ -154,6 +155,41 @@ class TestPoliciesTable:
         (results / "policies" / "gaming" / "edf" / "policy.json").write_text(
             json.dumps({"policy": "edf", "bench_exit": 1}))
         assert "edf (bench exit 1)" in policy_rows(results)
+
+
+def with_llm(records: list[RequestRecord], ttft_ms: tuple[float, float]) -> list[RequestRecord]:
+    """The records with energy on every OK one, and 20 tokens with the given TTFTs on the NPC ones."""
+    out, ttfts = [], iter(ttft_ms)
+    for r in records:
+        extra = {"energy_j": 0.25, "energy_estimated": 1.0} if r.status == "OK" else {}
+        if r.app == NPC:
+            extra.update(tokens=20.0, ttft_ms=next(ttfts), tpot_ms=2.0, client_ttft_ms=40.0)
+        out.append(dataclasses.replace(r, extra=extra))
+    return out
+
+
+class TestLlmAndEnergy:
+    def test_llm_table_and_energy_column_come_from_the_records(self, tmp_path: Path):
+        """With LLM and energy in the records, SUMMARY.md gets an LLM table per (scenario, policy,
+        app) and a J/req column labelled estimated, both recomputed from requests.jsonl."""
+        write_policy_run(tmp_path, "edf", with_llm(EDF, (30.0, 50.0)))
+        write_policy_run(tmp_path, "fcfs", with_llm(FCFS, (10.0, 20.0)))
+        text = summary.build(tmp_path, plot=False).read_text()
+        rows = {r["policy"]: r for r in md_table(text, "scheduling policy")}
+        assert rows["edf"]["J/req (estimated)"] == "0.250"
+        llm = {r["policy"]: r for r in md_table(text, "LLM apps (streamed", prefix="")}
+        assert llm["edf"]["LLM app"] == NPC and llm["edf"]["generated/sent"] == "2/2"
+        assert llm["edf"]["tokens /s"] == "20.0"  # 40 tokens over 2 s
+        assert llm["edf"]["TTFT p50 ms"] == "40.0" and llm["edf"]["TTFT p99 ms"] == f"{np.percentile([30, 50], 99):.1f}"
+        assert llm["fcfs"]["TTFT p99 ms"] == f"**{np.percentile([10, 20], 99):.1f}**"  # the lower one
+        assert llm["edf"]["tok/s per request p50"] == f"{np.median([20 / 0.1, 20 / 0.6]):.0f}"
+        doc = json.loads((tmp_path / "policies.json").read_text())
+        assert doc["runs"][0]["apps"][NPC]["llm"]["tokens"] == 40.0
+
+    def test_runs_without_llm_or_energy_add_no_columns(self, results: Path):
+        """The fixture runs carry neither: no LLM table and no energy column."""
+        text = summary.build(results, plot=False).read_text()
+        assert "LLM apps" not in text and "J/req" not in text
 
 
 class TestOtherParts:
