@@ -16,11 +16,16 @@ from heddle.backends.base import (
 )
 from heddle.scheduler.specs import DeviceSpec, ModelSpec, TensorSpec, shapes_compatible
 
-__all__ = ["TritonExecutor", "channel_args", "map_error", "read_triton_io_spec", "triton_priority"]
+__all__ = [
+    "TritonExecutor", "TritonStream", "channel_args", "map_error", "read_triton_io_spec", "triton_priority",
+]
 
 _MAX_MESSAGE_BYTES = 2**31 - 1
 # Triton answers UNAVAILABLE for these although the server is fine: they are about the request.
 _REQUEST_UNAVAILABLE = {"Request timeout expired": BackendTimeout}
+# What a `kind = "llm"` model on Triton must serve: prompt ids in, each response's new ids out.
+LLM_INPUT, LLM_OUTPUT = "input_ids", "output_ids"
+_CANCELLED = object()  # put in a stream's response queue by TritonStream.cancel
 
 
 def channel_args(max_reconnect_backoff_ms: int = 1000) -> list[tuple[str, Any]]:
@@ -134,7 +139,9 @@ class TritonExecutor:
         inputs, outputs = _specs(meta.inputs), _specs(meta.outputs)
         _check_declared(model, model.inputs, inputs, "input", where)
         _check_declared(model, model.outputs, outputs, "output", where)
-        if not model.inputs:  # undeclared IO: the server's metadata is the spec
+        if model.kind == "llm":
+            model = _llm_io(model, inputs, outputs, config.model_transaction_policy.decoupled, where)
+        elif not model.inputs:  # undeclared IO: the server's metadata is the spec
             model = _with_io(model, inputs, outputs)
         remote = _Remote(
             spec=model, name=name, version=version,
@@ -152,8 +159,12 @@ class TritonExecutor:
             raise BackendError(f"model {model} is not loaded on device {self.device.id}")
         return remote
 
+    def served_spec(self, model: str) -> ModelSpec:
+        """The model as loaded: its IO as the server serves it (for an LLM, just its ids)."""
+        return self._remote(model).spec
+
     def _request(self, remote: _Remote, inputs: Mapping[str, np.ndarray], priority: int,
-                 timeout_s: float | None) -> dict[str, Any]:
+                 timeout_s: float | None, parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
         check_inputs(remote.spec, inputs)
         if timeout_s is not None and timeout_s <= 0:
             raise BackendTimeout(f"{self._where(remote.name)}: no time left (timeout {timeout_s:.3f} s)")
@@ -171,6 +182,7 @@ class TritonExecutor:
             priority=triton_priority(priority, self.priority_levels, remote.priority_levels),
             # Triton takes microseconds; its dynamic batcher rejects a request queued longer.
             timeout=None if timeout_s is None else max(1, int(timeout_s * 1e6)),
+            parameters=dict(parameters) if parameters else None,
         )
 
     def _client_timeout(self, timeout_s: float | None) -> float:
@@ -195,9 +207,17 @@ class TritonExecutor:
 
         timeout_s bounds the whole stream; client_timeout_s bounds the wait for each next response.
         """
+        return iter(self.open_stream(model, inputs, priority=priority, timeout_s=timeout_s))
+
+    def open_stream(self, model: str, inputs: Mapping[str, np.ndarray], *, priority: int = 0,
+                    timeout_s: float | None = None, parameters: Mapping[str, Any] | None = None) -> TritonStream:
+        """A stream not started yet: iterate it (on a worker thread) for its responses, and cancel it
+        from any thread. `parameters` go to the model as request parameters (str, int, float, bool).
+        InputError/BackendError for a request that cannot be sent at all, before anything is sent."""
         remote = self._remote(model)
-        request = self._request(remote, inputs, priority, timeout_s)
-        return _stream(self.url, remote, request, timeout_s, self._client_timeout(timeout_s), self._where(remote.name))
+        request = self._request(remote, inputs, priority, timeout_s, parameters)
+        return TritonStream(self.url, remote, request, timeout_s, self._client_timeout(timeout_s),
+                            self._where(remote.name))
 
     def providers(self) -> list[str]:
         return [f"triton:{self.url}"]
@@ -207,6 +227,21 @@ class TritonExecutor:
         self._client.close()
         with self._lock:
             self._models.clear()
+
+
+def _llm_io(model: ModelSpec, inputs, outputs, decoupled: bool, where: str) -> ModelSpec:
+    """An LLM on Triton, checked to be a decoupled model with INT64 input_ids and output_ids,
+    and narrowed to them (its other inputs, if any, are optional ones heddle does not send)."""
+    if not decoupled:
+        raise BackendError(f"{where}: a kind = \"llm\" model on Triton must be decoupled "
+                           f"(model_transaction_policy {{ decoupled: true }}): it streams its tokens")
+    ids = {t.name: t for t in inputs}.get(LLM_INPUT)
+    out = {t.name: t for t in outputs}.get(LLM_OUTPUT)
+    for what, name, spec in (("input", LLM_INPUT, ids), ("output", LLM_OUTPUT, out)):
+        if spec is None or spec.datatype != "INT64":
+            raise BackendError(f"{where}: an LLM on Triton needs an INT64 {what} {name} "
+                               f"(got {spec.datatype if spec else 'none'})")
+    return _with_io(model, (ids,), (out,))
 
 
 def _with_io(model: ModelSpec, inputs, outputs) -> ModelSpec:
@@ -232,30 +267,53 @@ def _is_final(result: tgrpc.InferResult) -> bool:
     return param is not None and param.bool_param
 
 
-def _stream(url: str, remote: _Remote, request: dict[str, Any], timeout_s: float | None, gap_timeout_s: float,
-            where: str) -> Iterator[dict[str, np.ndarray]]:
-    responses: queue.Queue = queue.Queue()
-    client = tgrpc.InferenceServerClient(url, channel_args=channel_args())
-    finished = False
-    try:
-        client.start_stream(lambda result, error: responses.put((result, error)), stream_timeout=timeout_s)
-        client.async_stream_infer(**request, enable_empty_final_response=True)
-        while True:
-            try:
-                result, error = responses.get(timeout=gap_timeout_s)
-            except queue.Empty:
-                raise BackendTimeout(f"{where}: no streamed response within {gap_timeout_s:.3f} s") from None
-            if error is not None:
-                raise map_error(error, where)
-            outputs = _outputs(remote, result)
-            if outputs:
-                yield outputs
-            if _is_final(result):
-                finished = True
-                return
-    except InferenceServerException as e:
-        raise map_error(e, where) from None
-    finally:
-        # An unfinished stream (error, or the consumer stopped early) cancels the request on the server.
-        client.stop_stream(cancel_requests=not finished)
-        client.close()
+class TritonStream:
+    """One streamed request on a client of its own. Iterate it once for the responses (blocking;
+    on a worker thread); `cancel()`, from any thread, ends the iteration at once and cancels the
+    request on the server. An iteration that stops early (error, cancel, or the consumer closing
+    it) cancels the request too."""
+
+    def __init__(self, url: str, remote: _Remote, request: dict[str, Any], timeout_s: float | None,
+                 gap_timeout_s: float, where: str) -> None:
+        self._url, self._remote, self._request = url, remote, request
+        self._timeout_s, self._gap_timeout_s, self.where = timeout_s, gap_timeout_s, where
+        self._responses: queue.Queue = queue.Queue()
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self._responses.put((_CANCELLED, None))
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        if self.cancelled.is_set():
+            return
+        client = tgrpc.InferenceServerClient(self._url, channel_args=channel_args())
+        finished = False
+        try:
+            client.start_stream(lambda result, error: self._responses.put((result, error)),
+                                stream_timeout=self._timeout_s)
+            client.async_stream_infer(**self._request, enable_empty_final_response=True)
+            while True:
+                result = self._next()
+                if result is _CANCELLED:
+                    return
+                outputs = _outputs(self._remote, result)
+                if outputs:
+                    yield outputs
+                if _is_final(result):
+                    finished = True
+                    return
+        except InferenceServerException as e:
+            raise map_error(e, self.where) from None
+        finally:
+            client.stop_stream(cancel_requests=not finished)
+            client.close()
+
+    def _next(self) -> Any:
+        try:
+            result, error = self._responses.get(timeout=self._gap_timeout_s)
+        except queue.Empty:
+            raise BackendTimeout(f"{self.where}: no streamed response within {self._gap_timeout_s:.3f} s") from None
+        if error is not None:
+            raise map_error(error, self.where)
+        return result
