@@ -13,7 +13,7 @@ from heddle.backends.tritonserver import (
 )
 from heddle.scheduler.specs import TensorSpec
 from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
-    ZOO_ON_TRITON, require_triton, triton_server,
+    LLM_ON_TRITON, ZOO_ON_TRITON, require_triton, triton_server,
 )
 
 
@@ -40,7 +40,7 @@ def test_session_server_is_ready_with_every_model(triton_server: TritonServer) -
         assert client.is_server_ready()
         index = client.get_model_repository_index()
     states = {m.name: m.state for m in index.models}
-    assert states == {name: "READY" for name in (*ZOO_ON_TRITON, "echo", "gate", "countdown")}
+    assert states == {name: "READY" for name in (*ZOO_ON_TRITON, *LLM_ON_TRITON, "echo", "gate", "countdown")}
 
 
 def test_written_onnx_model_config_is_served(triton_server: TritonServer) -> None:

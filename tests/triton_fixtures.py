@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 import pytest
 
 from heddle.backends.onnxruntime import read_io_spec
+from heddle.backends.triton_repo import write_llm_python_model
 from heddle.backends.tritonserver import (
     TritonServer, find_triton, model_config_text, write_onnx_python_model, write_python_model,
 )
@@ -20,12 +21,16 @@ from heddle.backends.zoo.build import build_model
 from heddle.scheduler.specs import TensorSpec
 
 __all__ = [
-    "ZOO_ON_TRITON", "Gate", "build_probe_repository", "build_repository", "pending_requests",
-    "require_triton", "triton_server", "triton_zoo_paths", "wait_until", "write_gate_model",
-    "write_zoo_models",
+    "LLM_ON_TRITON", "LLM_TOKEN_DELAY_S", "ZOO_ON_TRITON", "Gate", "build_probe_repository", "build_repository",
+    "pending_requests", "require_triton", "triton_llm_path", "triton_server", "triton_zoo_paths", "wait_until",
+    "write_gate_model", "write_llm_models", "write_zoo_models",
 ]
 
 ZOO_ON_TRITON = ("cnn", "head_cls", "head_emb", "backbone", "text_cls")
+LLM_ON_TRITON = ("llm", "llm_slow")  # decoupled LLMs (write_llm_models)
+# llm_slow sleeps this long after each token: a test acts mid-generation (a cancel, a kill) long
+# before a generation of hundreds of tokens could end, however loaded the box.
+LLM_TOKEN_DELAY_S = 0.02
 
 # echo: answers what the server made of the request (timeout in us, custom parameters);
 # a negative input makes it fail with a message, to see model errors come back.
@@ -148,9 +153,19 @@ def write_zoo_models(repo: Path, models_dir: Path, names: tuple[str, ...] = ZOO_
     return paths
 
 
+def write_llm_models(repo: Path, models_dir: Path, names: tuple[str, ...] = LLM_ON_TRITON) -> Path:
+    """The zoo's KV-cache decoder as decoupled python-backend LLMs (backends/triton_repo.py
+    LLM_MODEL_PY): `llm`, and `llm_slow` (LLM_TOKEN_DELAY_S after each token); the ONNX file."""
+    path = build_model("llm", models_dir)
+    for name in names:
+        write_llm_python_model(repo, name, path, token_delay_s=LLM_TOKEN_DELAY_S if name == "llm_slow" else 0.0)
+    return path
+
+
 def build_repository(repo: Path, models_dir: Path) -> None:
-    """Zoo models as python-backend ORT models, plus the probe models."""
+    """Zoo models as python-backend ORT models, the decoupled LLMs, plus the probe models."""
     write_zoo_models(repo, models_dir)
+    write_llm_models(repo, models_dir)
     build_probe_repository(repo)
 
 
@@ -187,6 +202,12 @@ def triton_zoo_paths(triton_server: TritonServer) -> dict[str, Path]:
     """The ONNX files behind the session server's zoo models (already built: this only finds them)."""
     models_dir = triton_server.repository.parent / "models"
     return {name: build_model(name, models_dir) for name in ZOO_ON_TRITON}
+
+
+@pytest.fixture(scope="session")
+def triton_llm_path(triton_server: TritonServer) -> Path:
+    """The ONNX decoder behind the session server's `llm` and `llm_slow` (already built: this finds it)."""
+    return build_model("llm", triton_server.repository.parent / "models")
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
