@@ -216,7 +216,9 @@ def _model(source, index, raw, base_dir: Path, cache_dir: Path, devices) -> Mode
             raise ConfigError(f"{where}: python models must declare inputs and outputs")
     else:
         artifact = raw.pop("triton_model", name)
-        if not inputs or not outputs:
+        if kind == "llm":  # a decoupled model that streams its tokens (server/llm_triton.py)
+            inputs, outputs = _triton_llm_io(where, raw)
+        elif not inputs or not outputs:
             served_in, served_out = _triton_io(where, artifact, str(raw.get("triton_version", "")), candidates)
             inputs, outputs = inputs or served_in, outputs or served_out
     return ModelSpec(name, backend, str(artifact), inputs, outputs, kind, allowed, raw)
@@ -231,6 +233,22 @@ def _llm_io(where: str, graph: ModelSpec) -> tuple:
     try:
         DecoderLayout.from_spec(graph)
         GenerationConfig.from_options(graph.options)
+    except (BackendError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return stage_io()
+
+
+def _triton_llm_io(where: str, options: Mapping[str, Any]) -> tuple:
+    """An LLM stage's pipeline IO for a Triton-hosted LLM, once its generation defaults are valid;
+    the model itself is checked (decoupled, INT64 input_ids and output_ids) when it loads."""
+    from heddle.backends.base import BackendError
+    from heddle.backends.llm import GenerationConfig, stage_io
+
+    if int(options.get("max_batch", 1)) > 1:
+        raise ConfigError(f"{where}: max_batch is for LLMs heddle runs itself; a Triton-hosted LLM is "
+                          f"batched by its Triton server")
+    try:
+        GenerationConfig.from_options(options)
     except (BackendError, TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return stage_io()

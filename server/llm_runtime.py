@@ -5,12 +5,14 @@ then one decode step per token: Core.on_stage_step), so policies freeze, reorder
 between tokens. Here each dispatched step joins its (device, model) gate: one forward pass at a
 time per gate, and the decode steps that gathered while one ran go together in the next pass
 (continuous batching: sequences join and leave the batch at every step; the device's slots
-bound how many can be dispatched at once). The KV cache travels with the sequence.
+bound how many can be dispatched at once). The KV cache travels with the sequence. LLMs hosted
+on Triton as decoupled models stream a whole generation per dispatch instead (server/llm_triton.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -21,6 +23,7 @@ from heddle.backends.llm import DecoderLayout, GenerationConfig, LlmEngine, LlmS
 from heddle.backends.tokenizer import StreamDecoder, load_tokenizer
 from heddle.scheduler import Dispatch
 from heddle.scheduler.specs import ModelSpec
+from heddle.server.llm_triton import TritonLlmStreams
 from heddle.server.logs import get_logger
 
 if TYPE_CHECKING:
@@ -63,6 +66,7 @@ class _Gen:
     live: bool = True
     in_flight: bool = False  # dispatched, its step not reported yet
     emitted: int = 0  # tokens already handed to on_token
+    cancel: Callable[[], None] | None = None  # stops its Triton stream (Triton-hosted LLMs)
 
 
 @dataclass(slots=True)
@@ -81,16 +85,23 @@ class LlmDriver:
         self._engines: dict[tuple[str, str], LlmEngine] = {}
         self._gates: dict[tuple[str, str], _Gate] = {}
         self.live_sequences = 0
+        self._streams = TritonLlmStreams(self)
 
     def handles(self, model: str) -> bool:
         return model in self._llm
 
     def executor_spec(self, model: ModelSpec) -> ModelSpec:
-        """What to load on executors: an LLM's decoder graph, not its stage IO."""
-        return decoder_spec(model) if model.kind == "llm" else model
+        """What to load on executors: an LLM's decoder graph, not its stage IO (on Triton: the
+        model as served, which its executor checks)."""
+        if model.kind != "llm":
+            return model
+        return dataclasses.replace(model, inputs=(), outputs=()) if model.backend == "triton" else decoder_spec(model)
 
     # ---- dispatch ------------------------------------------------------------------------
     def dispatch(self, d: Dispatch, job: Any, inputs: Mapping[str, np.ndarray]) -> None:
+        if self._streams.hosts(d.model):  # Triton runs the whole generation: one dispatch
+            self._streams.dispatch(d, job, inputs)
+            return
         gen = job.llm.get(d.stage)
         if gen is None:
             try:
@@ -112,10 +123,15 @@ class LlmDriver:
             self.rt._loop.call_soon(self._flush, d.device, d.model)
 
     def _start(self, d: Dispatch, job: Any, inputs: Mapping[str, np.ndarray]) -> _Gen:
+        return self.open_gen(d, job, inputs, self._engine(d.device, d.model).check)
+
+    def open_gen(self, d: Dispatch, job: Any, inputs: Mapping[str, np.ndarray],
+                 check: Callable[[LlmSequence], None]) -> _Gen:
+        """A new live sequence for this stage run, its prompt and options checked (InputError)."""
         spec = self._llm[d.model]
         config = GenerationConfig.from_options(spec.options).with_overrides(**(job.generation or {}))
         seq = LlmSequence(inputs["input_ids"], config)
-        self._engine(d.device, d.model).check(seq)
+        check(seq)
         tokenizer = spec.options.get("tokenizer")
         request = job.request
         run = request.runs[d.stage]
@@ -230,8 +246,10 @@ class LlmDriver:
 
     def release(self, job: Any) -> None:
         """The request ended: free its sequences, except those in a step now (freed after it,
-        so a cancelled generation stops within one step)."""
+        so a cancelled generation stops within one step; a Triton stream is cancelled now)."""
         for gen in job.llm.values():
+            if gen.cancel is not None:
+                gen.cancel()
             if not gen.in_flight:
                 self.free(gen)
 
