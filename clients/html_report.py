@@ -95,6 +95,9 @@ def _app_label(name: str, s: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
              f"deadline {deadline:g} ms" if deadline else "no deadline",
              f"{meta.get('arrival', '')} {offered:g}/s" if offered is not None
              else f"closed loop x{meta.get('concurrency', '?')}"]
+    if meta.get("stream") or meta.get("max_new_tokens"):
+        parts.append(("streamed" if meta.get("stream") else "unary")
+                     + (f", {meta['max_new_tokens']} tokens" if meta.get("max_new_tokens") else ""))
     return f'<b>{escape(name)}</b><br><span class="meta">{escape(" · ".join(parts))}</span>'
 
 

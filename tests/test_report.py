@@ -200,6 +200,7 @@ class TestMetricsDelta:
 
 def _doc(records: list[RequestRecord], interrupted: bool = False) -> dict:
     apps = [{"name": "cam", "arrival": "periodic", "offered_rps": 30.0, "deadline_ms": 20.0},
+            {"name": "chat", "arrival": "poisson", "offered_rps": 2.0, "stream": True, "max_new_tokens": 25},
             {"name": "batch", "arrival": "closed", "offered_rps": None, "concurrency": 2}]
     run = {"scenario": {"name": "t<1>", "description": "d", "apps": apps}, "target": "h:1",
            "seed": 0, "started_at": "now", "interrupted": interrupted, "window_s": WINDOW_S}
@@ -234,6 +235,7 @@ class TestPlotsAndHtml:
         assert "<h2>Energy per request (estimated" in html and "<td>measured</td>" in html
         assert "<h2>Errors by reason" in html and "<td>150</td>" in html
         assert "LLM tokens /s" in html  # a headline card
+        assert "streamed, 25 tokens" in html  # the app's label says how it asked
         plain = render_html(_doc([rec("cam"), rec("batch", seq=1)]))
         assert "<h2>LLM generation" not in plain and "<h2>Energy per request" not in plain
         assert "<h2>Errors by reason" not in plain and "LLM tokens /s" not in plain
