@@ -4,6 +4,7 @@ streams its tokens, which heddle streams on (heddle.v1 and KServe), equal to a p
 from __future__ import annotations
 
 import queue
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -28,7 +29,7 @@ from server_fixtures import (  # noqa: F401  (fixtures are found by name)
 from test_e2e_llm import output_ids
 from test_llm_engine import reference_greedy
 from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
-    require_triton, triton_llm_path, triton_server, write_llm_models,
+    Gate, triton_llm_path, triton_server, write_llm_models,
 )
 
 WAIT_S = 30.0  # bound on any one call; reached only when something is broken
@@ -263,27 +264,56 @@ def test_kserve_bad_max_new_tokens_and_out_of_vocab_prompt_are_invalid_argument(
 
 # ---- a dead server, and models that are not streaming LLMs -----------------------------------
 
-def test_dead_triton_server_mid_stream_is_unavailable(tmp_path: Path, heddle_cache_dir: Path, session) -> None:
-    """SIGKILL of the Triton server after some tokens: the stream ends UNAVAILABLE (tokens sent
-    stand; no retry), the tokens it got are the reference's, and the device goes unhealthy."""
-    require_triton()
-    write_llm_models(tmp_path / "repo", tmp_path / "models")
+def failover_toml(doomed_url: str, peer_url: str, cache: Path) -> str:
+    """tr_a (the doomed server, listed first: an idle gateway places there) and tr_b (a peer):
+    llm on both, llm_slow on tr_a only."""
+    devices = "".join(f'[[devices]]\nid = "{i}"\nkind = "remote"\nbackend = "triton"\nurl = "{u}"\nslots = 4\n'
+                      f'client_timeout_s = {WAIT_S}\n\n' for i, u in (("tr_a", doomed_url), ("tr_b", peer_url)))
+    models = "".join(f'[[models]]\nname = "{m}"\nkind = "llm"\nbackend = "triton"\ndevices = {d}\n\n'
+                     for m, d in (("llm", '["tr_a", "tr_b"]'), ("llm_slow", '["tr_a"]')))
+    return (f'[server]\ncache_dir = "{cache}"\n\n' + devices + models + chat_toml("chat", "llm")
+            + chat_toml("chat_slow", "llm_slow"))
+
+
+def stream_tokens(stub: pb_grpc.GatewayStub, request: pb.InferRequest, on_token=None) -> tuple[list[int], object]:
+    """The token ids a stream sent, and its result event or the error that ended it."""
+    got = []
+    try:
+        for event in stub.InferStream(request, timeout=WAIT_S):
+            if event.HasField("result"):
+                return got, event.result
+            if event.HasField("tokens"):
+                got.append(event.tokens.token_ids[0])
+                if on_token is not None:
+                    on_token(len(got))
+    except grpc.RpcError as e:
+        return got, e
+    raise AssertionError("the stream ended without a result or an error")
+
+
+def test_dead_triton_server_before_and_after_the_first_token(tmp_path: Path, heddle_cache_dir: Path,
+                                                             triton_server: TritonServer, session) -> None:
+    """SIGKILL of a Triton server with two generations on it: the one held before its first token
+    is retried on the peer server and completes equal to the reference; the one that had streamed
+    tokens ends UNAVAILABLE (tokens sent stand: no retry), and what it got is the reference's prefix."""
+    write_llm_models(tmp_path / "repo", tmp_path / "models", hold=("llm",))
     with TritonServer(tmp_path / "repo", work_dir=tmp_path / "work") as doomed:
-        config = parse_test_config(gateway_toml(doomed.grpc_url, heddle_cache_dir))
+        config = parse_test_config(failover_toml(doomed.grpc_url, triton_server.grpc_url, heddle_cache_dir))
         with (running_server(config) as running, grpc.insecure_channel(running.target) as channel,
-              running.client() as client):
+              running.client() as client, Gate(doomed, "llm") as gate, ThreadPoolExecutor(1) as pool):
             stub = pb_grpc.GatewayStub(channel)
-            got = []
-            with pytest.raises(grpc.RpcError) as err:
-                for event in stub.InferStream(chat([4, 5, 6], 400, pipeline="chat_slow"), timeout=WAIT_S):
-                    if not event.HasField("tokens"):
-                        continue  # the failed stage's stage_done comes before the error
-                    got.append(event.tokens.token_ids[0])
-                    if len(got) == 2:
-                        doomed.kill()
-            (device,) = [d for d in client.list_devices(timeout_s=WAIT_S) if d.id == "tr0"]
-    assert err.value.code() is grpc.StatusCode.UNAVAILABLE and "not retried" in err.value.details()
-    assert len(got) >= 2 and got == reference_greedy(session, [4, 5, 6], len(got))
+            held = pool.submit(stream_tokens, stub, chat([7, 8, 9], 6))
+            gate.wait_started()
+            slow_tokens, slow_end = stream_tokens(stub, chat([4, 5, 6], 400, pipeline="chat_slow"),
+                                                  lambda n: doomed.kill() if n == 2 else None)
+            held_tokens, held_end = held.result(WAIT_S)
+            (device,) = [d for d in client.list_devices(timeout_s=WAIT_S) if d.id == "tr_a"]
+    assert isinstance(slow_end, grpc.RpcError), slow_end
+    assert slow_end.code() is grpc.StatusCode.UNAVAILABLE and "not retried" in slow_end.details()
+    assert len(slow_tokens) >= 2 and slow_tokens == reference_greedy(session, [4, 5, 6], len(slow_tokens))
+    assert isinstance(held_end, pb.InferResponse), held_end
+    assert held_tokens == output_ids(held_end) == reference_greedy(session, [7, 8, 9], 6)
+    assert [s.device for s in held_end.stages] == ["tr_b"]
     assert device.healthy is False
 
 

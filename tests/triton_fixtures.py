@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import pytest
 
 from heddle.backends.onnxruntime import read_io_spec
-from heddle.backends.triton_repo import write_llm_python_model
+from heddle.backends.triton_repo import HOLD_PY, write_llm_python_model
 from heddle.backends.tritonserver import (
     TritonServer, find_triton, model_config_text, write_onnx_python_model, write_python_model,
 )
@@ -57,7 +57,6 @@ class TritonPythonModel:
 # request tagged 0 holds the instance until the test releases it, through two FIFOs in the model dir.
 GATE_PY = '''
 import os
-import select
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -66,30 +65,17 @@ class TritonPythonModel:
         self.dir = args["model_repository"]
         self.count = 0
 
-    def _hold(self):
-        # Open the release end first, so that once the test hears "started" it can release at once.
-        release = os.open(os.path.join(self.dir, "release.fifo"), os.O_RDONLY | os.O_NONBLOCK)
-        try:
-            started = os.open(os.path.join(self.dir, "started.fifo"), os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # nobody listening: do not hold
-            os.close(release)
-            return
-        os.write(started, b"s")
-        os.close(started)
-        select.select([release], [], [], 60)  # bounded, so a failed test cannot wedge the server
-        os.close(release)
-
     def execute(self, requests):
         responses = []
         for r in requests:
             tag = pb_utils.get_input_tensor_by_name(r, "tag").as_numpy()
             if int(tag.reshape(-1)[0]) == 0:
-                self._hold()
+                hold(self.dir)
             self.count += 1
             seq = np.full(tag.shape, self.count, dtype=np.int64)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("seq", seq)]))
         return responses
-'''
+''' + HOLD_PY
 
 # countdown (decoupled): answers n responses i = 0..n-1 to one request, then the final flag, and
 # stops early when the request is cancelled. n = -1 asks how many the previous request got sent.
@@ -153,12 +139,19 @@ def write_zoo_models(repo: Path, models_dir: Path, names: tuple[str, ...] = ZOO_
     return paths
 
 
-def write_llm_models(repo: Path, models_dir: Path, names: tuple[str, ...] = LLM_ON_TRITON) -> Path:
+def write_llm_models(repo: Path, models_dir: Path, names: tuple[str, ...] = LLM_ON_TRITON,
+                     hold: tuple[str, ...] = ()) -> Path:
     """The zoo's KV-cache decoder as decoupled python-backend LLMs (backends/triton_repo.py
-    LLM_MODEL_PY): `llm`, and `llm_slow` (LLM_TOKEN_DELAY_S after each token); the ONNX file."""
+    LLM_MODEL_PY): `llm`, and `llm_slow` (LLM_TOKEN_DELAY_S after each token); the ONNX file.
+    Models in `hold` get the gate's FIFOs: with a Gate(server, name) listening, a generation
+    holds before its first token."""
     path = build_model("llm", models_dir)
     for name in names:
-        write_llm_python_model(repo, name, path, token_delay_s=LLM_TOKEN_DELAY_S if name == "llm_slow" else 0.0)
+        folder = write_llm_python_model(repo, name, path,
+                                        token_delay_s=LLM_TOKEN_DELAY_S if name == "llm_slow" else 0.0)
+        if name in hold:
+            os.mkfifo(folder / "started.fifo")
+            os.mkfifo(folder / "release.fifo")
     return path
 
 
@@ -228,10 +221,11 @@ def pending_requests(server: TritonServer, model: str) -> int:
 
 
 class Gate:
-    """The test's side of the gate model: know when the held request runs, then release it."""
+    """The test's side of the gate model (or of an LLM model given hold FIFOs): know when the held
+    request runs, then release it."""
 
-    def __init__(self, server: TritonServer) -> None:
-        self.dir = server.repository / "gate"
+    def __init__(self, server: TritonServer, model: str = "gate") -> None:
+        self.dir = server.repository / model
 
     def __enter__(self) -> Gate:
         # Listening before the held request is sent: the model only holds when someone listens.
