@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Callable, Collection, Mapping
 
 from heddle.scheduler.dag import Pipeline
+from heddle.scheduler.state import RunState, StageRun
 
-__all__ = ["PathTimes", "StageBudget", "critical_path_s", "path_times", "slack_s", "split_deadline"]
+if TYPE_CHECKING:
+    from heddle.scheduler.view import CoreReads
+
+__all__ = ["PathTimes", "StageBudget", "budget_run", "critical_path_s", "path_times", "slack_s", "split_deadline"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,27 @@ def split_deadline(pipeline: Pipeline, remaining: Collection[str],
         share = up / (up + down) if up + down > 0 else 1.0
         budgets[stage] = StageBudget(start_s + window * share, deadline_s - down)
     return budgets
+
+
+def budget_run(run: StageRun, now: float, view: CoreReads) -> None:
+    """Set a run's sub-deadline and latest finish from its request's deadline and the stages
+    still to run (a running one counts what is left of its estimate); the last stage gets all."""
+    request = run.request
+    if request.deadline_s is None:
+        return
+
+    def remaining_s(stage: str) -> float:
+        other = request.runs[stage]
+        if other.state is RunState.RUNNING:
+            return max(0.0, other.started_s + view.estimate_s(other.model, other.device) - now)
+        return view.best_estimate_s(other.model)
+
+    left = [s for s, r in request.runs.items() if r.state < RunState.DONE]
+    if left == [run.stage]:
+        run.sub_deadline_s = run.latest_finish_s = request.deadline_s
+        return
+    budget = split_deadline(request.pipeline, left, remaining_s, now, request.deadline_s)[run.stage]
+    run.sub_deadline_s, run.latest_finish_s = budget.sub_deadline_s, budget.latest_finish_s
 
 
 def slack_s(sub_deadline_s: float, now: float, run_s: float) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 from typing import Iterable, Mapping
 
-from heddle.scheduler.budget import split_deadline
+from heddle.scheduler.budget import budget_run
 from heddle.scheduler.plan import (
     CoreStats, Dispatch, Finished, Freeze, Migrate, Plan, PowerAction, Reject, SetLevel, Unfreeze,
 )
@@ -242,7 +242,6 @@ class Core(CoreReads):
     def set_policy(self, policy: Policy | str) -> None:
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.version += 1
-        self.version += 1
 
     # ---- the step -----------------------------------------------------------------------
     def schedule(self, now: float) -> Plan:
@@ -298,29 +297,11 @@ class Core(CoreReads):
             return
         if run.ready_s is None:
             run.ready_s = now
-        self._budget(run, now)
+        budget_run(run, now, self)
         run.state = RunState.READY
         run.device = self.policy.place(run, devices, self, now)
         self._queues[run.device].append(run)
         self.version += 1
-
-    def _budget(self, run: StageRun, now: float) -> None:
-        request = run.request
-        if request.deadline_s is None:
-            return
-
-        def remaining_s(stage: str) -> float:
-            other = request.runs[stage]
-            if other.state is RunState.RUNNING:
-                return max(0.0, other.started_s + self.estimate_s(other.model, other.device) - now)
-            return self.best_estimate_s(other.model)
-
-        left = [s for s, r in request.runs.items() if r.state < RunState.DONE]
-        if left == [run.stage]:  # the last stage gets all that is left
-            run.sub_deadline_s = run.latest_finish_s = request.deadline_s
-            return
-        budget = split_deadline(request.pipeline, left, remaining_s, now, request.deadline_s)[run.stage]
-        run.sub_deadline_s, run.latest_finish_s = budget.sub_deadline_s, budget.latest_finish_s
 
     def _rank(self, run: StageRun, now: float) -> tuple:
         if self.policy.max_wait_s is not None and self.aged(run, now):
