@@ -29,7 +29,10 @@ with a KV cache) over streams, as a chat or dialogue client would.
 
 from __future__ import annotations
 
-import tomllib
+try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
+    import tomllib
+except ModuleNotFoundError:
+    import tomli as tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping

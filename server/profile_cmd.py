@@ -8,7 +8,10 @@ import math
 import platform
 import sys
 import time
-import tomllib
+try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
+    import tomllib
+except ModuleNotFoundError:
+    import tomli as tomllib
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Mapping, Sequence
