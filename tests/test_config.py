@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
+try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
+    import tomllib
+except ModuleNotFoundError:
+    import tomli as tomllib
 from pathlib import Path
 
 import pytest

@@ -9,7 +9,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
+try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
+    import tomllib
+except ModuleNotFoundError:
+    import tomli as tomllib
 import zipfile
 from concurrent import futures
 from pathlib import Path
