@@ -1,0 +1,70 @@
+"""What a request is while it runs (_Job) and what it ends as (JobResult, StageTiming per stage)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Mapping
+
+import numpy as np
+
+from heddle.scheduler import Outcome, Request
+
+if TYPE_CHECKING:
+    from heddle.server.llm_runtime import TokenUpdate
+
+__all__ = ["JobResult", "StageTiming"]
+
+
+@dataclass(frozen=True, slots=True)
+class StageTiming:
+    """Where and how long one stage of a request ran; offsets are from the request's arrival."""
+
+    stage: str
+    model: str
+    device: str
+    status: str  # OK | FAILED | CANCELLED | SKIPPED
+    queue_s: float
+    compute_s: float
+    start_offset_s: float
+    end_offset_s: float
+    error: str = ""
+    # LLM stages: tokens generated, time from the request's arrival to the first, mean between them.
+    tokens: int = 0
+    ttft_s: float = 0.0
+    tpot_s: float = 0.0
+    # Joules charged to this run (server/energy.py) and whether "measured" or "estimated".
+    energy_j: float = 0.0
+    energy_source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    request_id: str
+    pipeline: str
+    outcome: Outcome
+    error: str
+    status_code: str  # gRPC status name the servicer should answer with
+    outputs: dict[str, np.ndarray]
+    stages: tuple[StageTiming, ...]
+    total_s: float
+    priority: int
+    deadline_missed: bool
+    energy_j: float = 0.0  # sum over stages
+    energy_source: str = ""  # measured | estimated | mixed | "" (nothing metered)
+    retry_after_s: float | None = None  # refused at admission: when a retry may succeed
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    request: Request
+    tensors: dict[tuple[str | None, str], np.ndarray]
+    done: asyncio.Future
+    on_stage: Callable[[StageTiming], None] | None
+    compute_s: dict[str, float] = field(default_factory=dict)
+    status_code: str = ""
+    generation: Mapping[str, object] | None = None  # GenerationConfig overrides for LLM stages
+    on_token: Callable[[TokenUpdate], None] | None = None
+    llm: dict = field(default_factory=dict)  # stage -> its generation state (llm_runtime._Gen)
+    energy: dict[str, tuple[float, str]] = field(default_factory=dict)  # stage -> (joules, source)
+    retry_after_s: float | None = None
