@@ -416,3 +416,14 @@ def test_energy_and_llm_stage_fields_are_decoded():
     stage = result.stages[0]
     assert (stage.energy_j, stage.energy_source, stage.tokens, stage.ttft_ms, stage.tpot_ms) == (
         0.5, "estimated", 7, 3.0, 1.25)
+
+
+def test_retry_hint_is_read_only_when_the_server_gave_a_readable_one():
+    """retry-after-ms in ms (str or bytes) becomes seconds; absent, garbage or negative is None."""
+    from heddle.clients.errors import retry_after_s
+
+    assert retry_after_s([("other", "1"), ("retry-after-ms", "250")]) == 0.25
+    assert retry_after_s([("retry-after-ms", b"1500")]) == 1.5
+    assert retry_after_s([("retry-after-ms", "soon")]) is None
+    assert retry_after_s([("retry-after-ms", "-5")]) is None
+    assert retry_after_s([]) is None
