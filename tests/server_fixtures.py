@@ -23,7 +23,7 @@ from heddle.server.app import HeddleServer
 from heddle.server.config import Config, load_config, parse_config
 
 __all__ = [
-    "REPO_ROOT", "TESTS_DIR", "RunningServer", "ServerProcess", "chain_toml", "default_client",
+    "REPO_ROOT", "TESTS_DIR", "TOKENIZER_MODELS_TOML", "RunningServer", "ServerProcess", "chain_toml", "default_client",
     "default_config", "default_server", "heddle_cache_dir", "parse_test_config", "py_model_toml",
     "running_server", "scrape_metrics", "serve_toml", "wait_until",
 ]
@@ -98,6 +98,24 @@ def py_model_toml(name: str, function: str, *, inputs: Sequence[str] = ("x",),
     devs = f"devices = {json.dumps(list(devices))}\n" if devices else ""
     return (f'[[models]]\nname = "{name}"\nbackend = "python"\nfunction = "{function}"\n{devs}'
             f'inputs = [{ins}]\noutputs = [{{ name = "y", datatype = "FP32", shape = [-1] }}]\n\n')
+
+
+# The byte tokenizer's python stages around an LLM (text in, text out), as config TOML.
+TOKENIZER_MODELS_TOML = '''\
+[[models]]
+name = "tokenize"
+backend = "python"
+function = "heddle.backends.tokenizer:encode_text"
+inputs = [{ name = "text", datatype = "BYTES", shape = [1] }]
+outputs = [{ name = "input_ids", datatype = "INT64", shape = [1, -1] }]
+
+[[models]]
+name = "detokenize"
+backend = "python"
+function = "heddle.backends.tokenizer:decode_ids"
+inputs = [{ name = "output_ids", datatype = "INT64", shape = [1, -1] }]
+outputs = [{ name = "text", datatype = "BYTES", shape = [1] }]
+'''
 
 
 def chain_toml(name: str, models: Sequence[str]) -> str:

@@ -20,7 +20,8 @@ from heddle.server.runtime import Runtime
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, heddle_cache_dir, parse_test_config, running_server, scrape_metrics, wait_until,
+    TOKENIZER_MODELS_TOML, RunningServer, heddle_cache_dir, parse_test_config, running_server, scrape_metrics,
+    wait_until,
 )
 from test_llm_engine import reference_greedy
 
@@ -49,20 +50,7 @@ max_positions = 512
 max_batch = 8
 tokenizer = "byte"
 
-[[models]]
-name = "tokenize"
-backend = "python"
-function = "heddle.backends.tokenizer:encode_text"
-inputs = [{{ name = "text", datatype = "BYTES", shape = [1] }}]
-outputs = [{{ name = "input_ids", datatype = "INT64", shape = [1, -1] }}]
-
-[[models]]
-name = "detokenize"
-backend = "python"
-function = "heddle.backends.tokenizer:decode_ids"
-inputs = [{{ name = "output_ids", datatype = "INT64", shape = [1, -1] }}]
-outputs = [{{ name = "text", datatype = "BYTES", shape = [1] }}]
-
+{TOKENIZER_MODELS_TOML}
 [[pipelines]]
 name = "chat"
 inputs = [{{ name = "input_ids", datatype = "INT64", shape = [1, -1] }}]
@@ -83,7 +71,7 @@ stages = [
 
 @pytest.fixture(scope="module")
 def llm_config(heddle_cache_dir: Path) -> Config:
-    return parse_test_config(_CONFIG.format(cache=heddle_cache_dir))
+    return parse_test_config(_CONFIG.format(cache=heddle_cache_dir, TOKENIZER_MODELS_TOML=TOKENIZER_MODELS_TOML))
 
 
 @pytest.fixture(scope="module")

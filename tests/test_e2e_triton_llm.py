@@ -24,7 +24,8 @@ from heddle.server.config import ConfigError
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, heddle_cache_dir, parse_test_config, running_server, scrape_metrics, wait_until,
+    TOKENIZER_MODELS_TOML, RunningServer, heddle_cache_dir, parse_test_config, running_server, scrape_metrics,
+    wait_until,
 )
 from test_e2e_llm import output_ids
 from test_llm_engine import reference_greedy
@@ -71,20 +72,7 @@ kind = "llm"
 backend = "triton"
 triton_model = "llm_slow"
 
-[[models]]
-name = "tokenize"
-backend = "python"
-function = "heddle.backends.tokenizer:encode_text"
-inputs = [{{ name = "text", datatype = "BYTES", shape = [1] }}]
-outputs = [{{ name = "input_ids", datatype = "INT64", shape = [1, -1] }}]
-
-[[models]]
-name = "detokenize"
-backend = "python"
-function = "heddle.backends.tokenizer:decode_ids"
-inputs = [{{ name = "output_ids", datatype = "INT64", shape = [1, -1] }}]
-outputs = [{{ name = "text", datatype = "BYTES", shape = [1] }}]
-
+{TOKENIZER_MODELS_TOML}
 {chat_toml("chat", "llm")}
 {chat_toml("chat_slow", "llm_slow")}
 [[pipelines]]
