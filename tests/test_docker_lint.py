@@ -164,12 +164,16 @@ def test_cuda_image_pins_a_cuda_12_onnxruntime_gpu_within_heddles_range() -> Non
     assert base.startswith("nvidia/cuda:12.") and "-cudnn-runtime-" in base
 
 
-def test_jetson_image_looks_for_onnxruntime_gpu_in_heddles_range() -> None:
-    """The Jetson image searches pyproject's onnxruntime range, on a Python heddle's requires-python accepts."""
-    assert SpecifierSet(_arg_default(JETSON_DOCKERFILE, "ORT_GPU_VERSION")) == _heddle_onnxruntime_range()
-    python = _arg_default(JETSON_DOCKERFILE, "PYTHON")
-    assert python.startswith("python3.")
-    assert Version(python.removeprefix("python")) in SpecifierSet(_pyproject()["project"]["requires-python"])
+def test_jetson_image_pins_a_jetpack_6_onnxruntime_gpu_within_heddles_range() -> None:
+    """The Jetson image pins an onnxruntime-gpu in pyproject's onnxruntime range from NVIDIA's JetPack 6
+    index, on JetPack 6's system Python (the one those cp310 wheels are for), which requires-python accepts."""
+    version = Version(_arg_default(JETSON_DOCKERFILE, "ORT_GPU_VERSION"))
+    assert version in _heddle_onnxruntime_range()
+    # PyPI's onnxruntime has no Python 3.10 build after 1.23.x: a newer cp310 Jetson wheel would be an outlier.
+    assert version < Version("1.24")
+    assert _arg_default(JETSON_DOCKERFILE, "ORT_GPU_INDEX_URL") == "https://pypi.jetson-ai-lab.io/jp6/cu126"
+    assert _arg_default(JETSON_DOCKERFILE, "PYTHON") == "python3.10"
+    assert Version("3.10") in SpecifierSet(_pyproject()["project"]["requires-python"])
     assert _arg_default(JETSON_DOCKERFILE, "L4T_IMAGE").startswith("nvcr.io/nvidia/l4t-jetpack:r36.")
 
 
