@@ -239,10 +239,12 @@ def split_trace(trace: Path, records: dict[str, list[RequestRecord]], work: Path
     return out
 
 
-def simulate(trace: Path, profile_path: Path, policy: str, work: Path, extra: list[str]) -> dict[str, Any]:
+def simulate(trace: Path, profile_path: Path, policy: str, work: Path, extra: list[str],
+             replicas: int) -> dict[str, Any]:
     out = work / f"sim_{policy}_{profile_path.stem}.json"
     subprocess.run([*HEDDLE, "simulate", "--trace", str(trace), "--profile", str(profile_path),
-                    "--platform", "local", "--policy", policy, "--closed", "background", "--json", str(out), *extra],
+                    "--platform", "local", "--policy", policy, "--closed", "background", "--json", str(out),
+                    "--replicas", str(replicas), *extra],
                    check=True, cwd=BENCH_DIR.parent, stdout=subprocess.DEVNULL)
     result = json.loads(out.read_text())["results"][0]
     return {"violation_rate": result["violation_rate"], "requests": result["requests"],
@@ -278,7 +280,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         profile_from_trace(traces[policy], own)
         for name, path in {**profiles, "same_run": own}.items():
             extra = ["--local-window-s", str(args.local_window_s)] if name == "same_run" else []
-            sim = simulate(traces[policy], path, policy, work, extra)
+            sim = simulate(traces[policy], path, policy, work, extra, args.sim_replicas)
             results[policy][f"sim_{name}"] = sim
             results[policy][f"compare_{name}"] = compare(live, sim, args.tolerance, args.dvr_floor)
     return {
@@ -322,6 +324,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="absolute DVR error always allowed (25%% of a rate near 0 is below one run's resolution)")
     p.add_argument("--local-window-s", type=float, default=0.5,
                    help="same-run replays draw each run time from the runs recorded this close to it")
+    p.add_argument("--sim-replicas", type=int, default=5,
+                   help="each prediction is the mean of this many replays (seeds seed, seed+1, ...)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--nice", type=int, default=-10,
                    help="niceness for the bench, profile and server processes (below 0 needs root): other "

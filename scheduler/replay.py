@@ -18,7 +18,7 @@ from heddle.scheduler.budget import critical_path_s
 from heddle.scheduler.core import Core
 from heddle.scheduler.dag import Pipeline
 from heddle.scheduler.policies import POLICIES, make_policy
-from heddle.scheduler.simulator import PolicyResult, RequestRecord, format_table, score
+from heddle.scheduler.simulator import PolicyResult, RequestRecord, _seeds_text, format_table, mean_result, score, seeds
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
 from heddle.scheduler.state import Request
 from heddle.scheduler.tracefile import MeasuredProfile, Trace, TraceArrival, TraceError, parse_profile, parse_trace
@@ -231,15 +231,17 @@ def run_replay_from_args(args, trace_text: str, profile_doc: Mapping) -> tuple[s
         trace = trace.segment(args.segment)
     names = list(POLICIES) if args.policy == "all" else [args.policy]
     options = {} if args.max_wait_s is None else {"max_wait_s": args.max_wait_s}
-    results = [replay(trace, profile, n, seed=args.seed, policy_options=options, closed=args.closed,
-                      local_window_s=args.local_window_s) for n in names]
+    results = [mean_result([replay(trace, profile, n, seed=seed, policy_options=options, closed=args.closed,
+                                   local_window_s=args.local_window_s) for seed in seeds(args)]) for n in names]
     live = recorded(trace, profile, f"recorded ({args.segment or 'live'})")
     span_s = trace.arrivals[-1].time_s - trace.arrivals[0].time_s
     where = f" (arrivals recorded under {args.segment})" if args.segment else ""
     title = (f"heddle simulate: trace {args.trace}{where}, {len(trace.arrivals)} arrivals over {span_s:.1f} s, "
-             f"devices {[d.id for d in (trace.devices or profile.devices)]} timed by {args.profile}")
+             f"devices {[d.id for d in (trace.devices or profile.devices)]} timed by {args.profile}, "
+             f"{_seeds_text(args)}")
     report = {"platform": LOCAL_PLATFORM, "trace": str(args.trace), "profile": str(args.profile),
               "segment": args.segment, "arrivals": len(trace.arrivals), "span_s": span_s, "seed": args.seed,
+              "replicas": args.replicas,
               "closed": list(args.closed), "local_window_s": args.local_window_s, "results": [asdict(r) for r in results],
               "recorded": None if live is None else asdict(live)}
     return f"{title}\n\n{_table(results, live)}", report

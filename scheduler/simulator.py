@@ -173,6 +173,41 @@ def score(policy, records, duration_s, energy_j, migrations, freezes) -> PolicyR
     )
 
 
+def mean_result(results: Sequence[PolicyResult]) -> PolicyResult:
+    """The mean of one policy's replications (runs with different seeds): what a single draw of
+    run times says is noisy (a few late frames more or less move a small DVR by points), the
+    expectation is the prediction. Counts are rounded means; placements are summed."""
+    if len(results) == 1:
+        return results[0]
+
+    def avg(values) -> float:
+        values = [v for v in values if not math.isnan(v)]
+        return sum(values) / len(values) if values else math.nan
+
+    def stats(maps: list[Mapping]) -> dict:
+        keys = sorted({k for m in maps for k in m}, key=str)
+        return {k: ClassStats(round(avg([m[k].requests for m in maps if k in m])),
+                              round(avg([m[k].with_deadline for m in maps if k in m])),
+                              avg([m[k].violation_rate for m in maps if k in m]),
+                              avg([m[k].p50_ms for m in maps if k in m]), avg([m[k].p99_ms for m in maps if k in m]))
+                for k in keys}
+
+    placements: dict[str, dict[str, int]] = {}
+    for r in results:
+        for model, devices in r.placements.items():
+            for device, n in devices.items():
+                placements.setdefault(model, {})[device] = placements.get(model, {}).get(device, 0) + n
+    first = results[0]
+    return PolicyResult(
+        policy=first.policy, requests=round(avg([r.requests for r in results])),
+        completed=round(avg([r.completed for r in results])), violation_rate=avg([r.violation_rate for r in results]),
+        antt=avg([r.antt for r in results]), throughput_rps=avg([r.throughput_rps for r in results]),
+        energy_j=avg([r.energy_j for r in results]), migrations=round(avg([r.migrations for r in results])),
+        freezes=round(avg([r.freezes for r in results])),
+        per_class=stats([r.per_class for r in results]), per_source=stats([r.per_source for r in results]),
+        placements=placements)
+
+
 def format_table(results: Sequence[PolicyResult]) -> str:
     """One row per policy: DVR, ANTT, p50/p99 latency (ms) per priority class, throughput."""
     classes = sorted({p for r in results for p in r.per_class}, reverse=True)
@@ -199,8 +234,20 @@ def add_simulate_arguments(parser, extra_platforms: Sequence[str] = ()) -> None:
     parser.add_argument("--platform", default=DEFAULT_PLATFORM, choices=[*sorted(PLATFORMS), *extra_platforms])
     parser.add_argument("--duration", type=float, default=None, help="seconds of arrivals (default: the scenario's)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="runs per policy with seeds seed, seed+1, ...; the table shows their mean")
     parser.add_argument("--max-wait-s", type=float, default=None, help="aging bound for every policy")
     parser.add_argument("--json", metavar="OUT", help="write the full report as JSON to OUT")
+
+
+def seeds(args) -> range:
+    if args.replicas < 1:
+        raise ValueError("--replicas must be >= 1")
+    return range(args.seed, args.seed + args.replicas)
+
+
+def _seeds_text(args) -> str:
+    return f"seed {args.seed}" if args.replicas == 1 else f"mean of seeds {args.seed}-{args.seed + args.replicas - 1}"
 
 
 def run_from_args(args) -> tuple[str, dict]:
@@ -210,12 +257,13 @@ def run_from_args(args) -> tuple[str, dict]:
     names = list(POLICIES) if args.policy == "all" else [args.policy]
     platform, scenario = PLATFORMS[args.platform], SCENARIOS[args.scenario]
     options = {} if args.max_wait_s is None else {"max_wait_s": args.max_wait_s}
-    results = [simulate(platform, scenario, n, duration_s=args.duration, seed=args.seed, policy_options=options)
-               for n in names]
+    results = [mean_result([simulate(platform, scenario, n, duration_s=args.duration, seed=seed, policy_options=options)
+                            for seed in seeds(args)]) for n in names]
     duration_s = scenario.duration_s if args.duration is None else args.duration
     title = (f"heddle simulate: scenario {scenario.name!r} ({scenario.description}) on {platform.description}, "
-             f"{duration_s:g} s of arrivals, seed {args.seed}")
+             f"{duration_s:g} s of arrivals, {_seeds_text(args)}")
     report = {"scenario": scenario.name, "platform": platform.name, "duration_s": duration_s, "seed": args.seed,
+              "replicas": args.replicas,
               "results": [asdict(r) for r in results]}
     best, worst = min(results, key=lambda r: r.violation_rate), max(results, key=lambda r: r.violation_rate)
     report["dvr_spread"] = {"best": best.policy, "worst": worst.policy,

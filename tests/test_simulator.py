@@ -9,7 +9,7 @@ import sys
 from heddle.scheduler.platforms import DEFAULT_PLATFORM, DEFAULT_SCENARIO, DLA_UNSUPPORTED_OPS, PLATFORMS, SCENARIOS
 from heddle.scheduler.policies import POLICIES
 from heddle.scheduler.profiles import compatible
-from heddle.scheduler.simulator import format_table, simulate
+from heddle.scheduler.simulator import format_table, mean_result, simulate
 from heddle.scheduler.workload import Periodic, Poisson, build_pipelines, chain, generate_arrivals, llm_pipeline
 from heddle.server.cli import main
 
@@ -85,6 +85,27 @@ def test_heddle_simulate_prints_a_table_and_writes_json(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["seed"] == 2 and [r["policy"] for r in report["results"]] == ["fcfs"]
     assert set(report["results"][0]["per_class"]) == {"9", "3", "1"}
+
+
+def test_replicas_report_the_mean_of_runs_with_consecutive_seeds(tmp_path, capsys):
+    """--replicas 3 --seed 2: each figure is the mean over seeds 2, 3 and 4 (a noisy single draw
+    is not the prediction); --replicas 0 is refused."""
+    platform, scenario = PLATFORMS[DEFAULT_PLATFORM], SCENARIOS[DEFAULT_SCENARIO]
+    runs = [simulate(platform, scenario, "fcfs", duration_s=1.0, seed=seed) for seed in (2, 3, 4)]
+    mean = mean_result(runs)
+    assert len({r.violation_rate for r in runs}) > 1  # the seeds do differ
+    assert mean.violation_rate == sum(r.violation_rate for r in runs) / 3
+    assert mean.per_class[9].p99_ms == sum(r.per_class[9].p99_ms for r in runs) / 3
+    assert sum(n for d in mean.placements.values() for n in d.values()) == sum(
+        n for r in runs for d in r.placements.values() for n in d.values())
+    out = tmp_path / "sim.json"
+    assert main(["simulate", "--policy", "fcfs", "--duration", "1", "--seed", "2", "--replicas", "3",
+                 "--json", str(out)]) == 0
+    assert "mean of seeds 2-4" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["replicas"] == 3 and report["results"][0]["violation_rate"] == mean.violation_rate
+    assert main(["simulate", "--policy", "fcfs", "--duration", "1", "--replicas", "0"]) == 2
+    assert "--replicas" in capsys.readouterr().err
 
 
 def test_heddle_simulate_rejects_an_unknown_policy(capsys):
