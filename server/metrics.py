@@ -9,11 +9,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
 from heddle.server.power_metrics import PowerMetrics
+from heddle.server.recovery import LOAD_STATES
 
 __all__ = ["LATENCY_BUCKETS_S", "Metrics", "MetricsHTTPServer"]
 
@@ -180,6 +181,12 @@ class Metrics:
             ["device"], registry=reg)
         self.device_queue_length = Gauge(
             "heddle_device_queue_length", "Stages queued for the device.", ["device"], registry=reg)
+        self.device_load_state = Enum(
+            "heddle_device_load_state", "Whether the device's models are loaded (server/recovery.py).",
+            ["device"], states=list(LOAD_STATES), registry=reg)
+        self.device_load_failures = Counter(
+            "heddle_device_load_failures", "Failed loads of a model on a device whose server came back.",
+            ["device", "model"], registry=reg)
         reg.register(_BusyFractionCollector(self._busy))
 
     def _register_llm_series(self) -> None:
@@ -254,6 +261,12 @@ class Metrics:
 
     def set_queue_length(self, device: str, n: int) -> None:
         self.device_queue_length.labels(device).set(n)
+
+    def set_device_load_state(self, device: str, state: str) -> None:
+        self.device_load_state.labels(device).state(state)
+
+    def observe_load_failure(self, device: str, model: str) -> None:
+        self.device_load_failures.labels(device, model).inc()
 
     def busy_fractions(self, window_s: float | None = None) -> dict[str, float]:
         """The busy fraction per device as a scrape would report it now (or over the last

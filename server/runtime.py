@@ -19,6 +19,7 @@ from heddle.server.energy import EnergyLedger, combine_sources
 from heddle.server.jobs import JobResult, StageTiming, _Job
 from heddle.server.llm_runtime import LlmDriver, TokenUpdate
 from heddle.server.logs import get_logger
+from heddle.server.recovery import DeviceLoader
 from heddle.server.trace import open_trace
 
 __all__ = ["JobResult", "Runtime", "StageTiming"]
@@ -48,7 +49,7 @@ class Runtime:
         self._draining = False
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_timer_s: float | None = None
-        self._unloaded: dict[str, list] = {}  # device -> models still to load when it is reachable
+        self.loader = DeviceLoader(self.executors, lambda device: self.set_device_health(device, True), metrics)
         self._llm = LlmDriver(self)
         self.trace = open_trace(config, clock)  # arrivals for `heddle simulate --trace`, or None
         # Power (server/power_loop.py sets these up): energy per stage, and how a DVFS level
@@ -60,41 +61,29 @@ class Runtime:
         """Load (and warm) every model on every device allowed to run it, off the event loop.
 
         A remote device that cannot be reached (a Triton server that is down) does not stop the
-        gateway: it starts unhealthy and its models load when it comes back (`device_recovered`)."""
+        gateway: it starts unhealthy and its models load when it comes back (server/recovery.py)."""
         self._loop = asyncio.get_running_loop()
         pending: dict[str, list] = {}
         for model in self.config.models.values():
             for device in self.core.eligible_devices(model.name):
                 pending.setdefault(device, []).append(self._llm.executor_spec(model))
-        await asyncio.gather(*(self._load_device(dev, models) for dev, models in pending.items()))
-
-    async def _load_device(self, device: str, models) -> bool:
-        ex = self.executors[device]
-        try:
-            await asyncio.gather(*(self._loop.run_in_executor(ex.pool, ex.load, m) for m in models))
-        except DeviceUnavailable as exc:
-            log.warning("device unreachable at load; serving without it", device=device, error=str(exc))
-            self._unloaded[device] = list(models)
-            self.set_device_health(device, False)
-            return False
-        self._unloaded.pop(device, None)
-        return True
+        loaded = await asyncio.gather(*(self.loader.load(dev, models) for dev, models in pending.items()))
+        for device, ok in zip(pending, loaded):
+            if not ok:
+                self.set_device_health(device, False)
 
     def set_device_health(self, device: str, healthy: bool) -> None:
         """Take a device out of rotation (its queue moves to peers) or bring it back."""
-        if healthy and device in self._unloaded:
-            # Models must load before the device takes work; it comes back when they have.
-            asyncio.ensure_future(self._recover(device))
-            return
+        if device in self.loader.pending:
+            if healthy:  # models must load before the device takes work; on_loaded brings it back
+                self.loader.start(device)
+                return
+            self.loader.stop(device)
         if self.core.is_healthy(device) == healthy:
             return
         log.warning("device health changed", device=device, healthy=healthy)
         self.core.set_device_health(device, healthy, self.clock())
         self._step()
-
-    async def _recover(self, device: str) -> None:
-        if await self._load_device(device, self._unloaded.get(device, [])):
-            self.set_device_health(device, True)
 
     @property
     def in_flight(self) -> int:
@@ -135,6 +124,7 @@ class Runtime:
 
         From the call on, new requests end UNAVAILABLE at once."""
         self._draining = True
+        self.loader.close()
         pending = [j.done for j in self._jobs.values()]
         if pending:
             await asyncio.wait(pending, timeout=grace_s)
