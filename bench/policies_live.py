@@ -213,8 +213,23 @@ def profile_under_load(config: Path, out: Path, args: argparse.Namespace) -> dic
     cmd = [*HEDDLE, "profile", "--config", str(config), "--under-load", str(args.profile_load_s),
            "--scenario", str(scenario_file), "--shape", f"background:input_ids=1x{args.seq}",
            "--shape", f"background:attention_mask=1x{args.seq}", "--seed", str(args.seed), "--out", str(out)]
-    subprocess.run(cmd, check=True, cwd=BENCH_DIR.parent)
+    subprocess.run(cmd, check=True, cwd=BENCH_DIR.parent, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies from /proc/stat: on a VM, CPU time the host gave to others, which
+    no table measured beforehand can know about; (0, 0) where it cannot be read."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
+
+
+def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    total = after[1] - before[1]
+    return round(100 * (after[0] - before[0]) / total, 2) if total > 0 else None
 
 
 def scenario_toml(load: Scenario) -> str:
@@ -260,7 +275,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     print("heddle profile (isolated, through the executors) ...", flush=True)
     isolated = profile(config, work / "profile.json", args)
     print(f"heddle profile --under-load {args.profile_load_s:g} (the bench's load, a server of its own) ...", flush=True)
+    t0 = cpu_ticks()
     under_load = profile_under_load(config, work / "profile_under_load.json", args)
+    t1 = cpu_ticks()
     trace = work / "trace.jsonl"
     target = f"127.0.0.1:{grpc_port}"
     print(f"serving {target}; warm-up {args.warmup_s:g} s, then {len(args.policy)} policies x {args.duration_s:g} s "
@@ -268,17 +285,22 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     with server_process([*HEDDLE, "serve", "--config", str(config), "--trace", str(trace), "--log-level",
                          "warning"], target, work / "server.log"):
         records = asyncio.run(run_live(target, args.policy, args))
+    t2 = cpu_ticks()
+    steal = {"profile_under_load": steal_pct(t0, t1), "live": steal_pct(t1, t2)}
+    print(f"CPU steal (host time given to other VMs): {steal['profile_under_load']}% while profiling under load, "
+          f"{steal['live']}% while live", flush=True)
     traces = split_trace(trace, records, work)
     for policy, rs in records.items():  # per request, for looking into a surprising figure
         (work / f"records_{policy}.json").write_text(json.dumps([asdict(r) for r in rs]) + "\n")
-    profiles = {"isolated": work / "profile.json", "under_load": work / "profile_under_load.json"}
     results = {}
     for policy in args.policy:
         live = live_figures(records[policy])
         results[policy] = {"live": live}
         own = work / f"profile_run_{policy}.json"
         profile_from_trace(traces[policy], own)
-        for name, path in {**profiles, "same_run": own}.items():
+        tables = {"isolated": work / "profile.json", "under_load": work / "profile_under_load.json",
+                  "same_run": own}
+        for name, path in tables.items():
             extra = ["--local-window-s", str(args.local_window_s)] if name == "same_run" else []
             sim = simulate(traces[policy], path, policy, work, extra, args.sim_replicas)
             results[policy][f"sim_{name}"] = sim
@@ -288,9 +310,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "params": {k: v for k, v in vars(args).items() if k != "out"},
         "scenario": [asdict(a) for a in scenario(args).apps],
         "warmup": live_figures(records[WARMUP]),
-        "profiles": {name: profile_summary(doc) for name, doc in (("isolated", isolated), ("under_load", under_load))},
+        "profiles": {"isolated": profile_summary(isolated), "under_load": profile_summary(under_load)},
+        "cpu_steal_pct": steal,
         "results": results, "acceptance": acceptance(results), "elapsed_s": time.monotonic() - started,
-        "files": {"config": str(config), "trace": str(trace), **{k: str(v) for k, v in profiles.items()}},
+        "files": {"config": str(config), "trace": str(trace), "work": str(work)},
     }
 
 
