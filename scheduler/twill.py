@@ -175,6 +175,9 @@ class TwillPolicy(BasePolicy):
         held: set[tuple[str, str]] = set()
         # Imminent stages are the waiting dependents of running ones: no need to scan requests.
         seen: set[tuple[str, str]] = set()
+        # Downstream chains by (pipeline, stage): requests of one pipeline share them, and no
+        # estimate changes within this call (a camera stream has many frames in flight).
+        downstream: dict[tuple[int, str], float] = {}
         for device in view.devices:
             for running in list(view.running(device)):
                 request = running.request
@@ -187,12 +190,12 @@ class TwillPolicy(BasePolicy):
                     seen.add(run.key)
                     ready_at = _ready_at(view, run, now)
                     if ready_at is not None and ready_at > now:
-                        self._protect(view, run, ready_at, now, held)
+                        self._protect(view, run, ready_at, now, held, downstream)
         return held
 
     def _protect(self, view: CoreView, run: StageRun, ready_at: float, now: float,
-                 held: set[tuple[str, str]]) -> None:
-        deadline = run.request.deadline_s - _downstream_s(view, run)
+                 held: set[tuple[str, str]], downstream: dict[tuple[int, str], float]) -> None:
+        deadline = run.request.deadline_s - _downstream_s(view, run, downstream)
         best = None
         for device in view.eligible_devices(run.model):
             finish = max(ready_at, now + _busy_s(view, device, now)) + view.tail_s(run.model, device)
@@ -239,15 +242,16 @@ def _ready_at(view: CoreView, run: StageRun, now: float) -> float | None:
     return ready_at
 
 
-def _downstream_s(view: CoreView, run: StageRun) -> float:
-    """Longest chain of best-case estimates after this stage (it excluded)."""
+def _downstream_s(view: CoreView, run: StageRun, memo: dict[tuple[int, str], float]) -> float:
+    """Longest chain of best-case estimates after this stage (it excluded); memo is keyed by
+    (pipeline object, stage) and must not outlive the estimates it was filled with."""
     pipeline = run.request.pipeline
-    memo: dict[str, float] = {}
 
     def after(stage: str) -> float:
-        if stage not in memo:
-            memo[stage] = max((view.best_estimate_s(run.request.runs[n].model) + after(n)
-                               for n in pipeline.dependents[stage]), default=0.0)
-        return memo[stage]
+        key = (id(pipeline), stage)  # the pipeline object requests share; alive for the call
+        if key not in memo:
+            memo[key] = max((view.best_estimate_s(run.request.runs[n].model) + after(n)
+                             for n in pipeline.dependents[stage]), default=0.0)
+        return memo[key]
 
     return after(run.stage)
