@@ -4,9 +4,26 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["default_config_text", "detect_device_tables"]
+__all__ = ["TOKENIZER_MODELS_TOML", "default_config_text", "detect_device_tables"]
 
 # Models come from the builder (backends/zoo) into the cache dir on first run.
+# The byte tokenizer's python stages around an LLM (text in, text out); tests reuse them.
+TOKENIZER_MODELS_TOML = """\
+[[models]]
+name = "tokenize"
+backend = "python"
+function = "heddle.backends.tokenizer:encode_text"
+inputs = [{ name = "text", datatype = "BYTES", shape = [1] }]
+outputs = [{ name = "input_ids", datatype = "INT64", shape = [1, -1] }]
+
+[[models]]
+name = "detokenize"
+backend = "python"
+function = "heddle.backends.tokenizer:decode_ids"
+inputs = [{ name = "output_ids", datatype = "INT64", shape = [1, -1] }]
+outputs = [{ name = "text", datatype = "BYTES", shape = [1] }]
+"""
+
 _MODELS = """
 [[models]]
 name = "cnn"
@@ -43,20 +60,7 @@ max_positions = 512
 max_batch = 8  # decode steps of up to 8 sequences share one forward pass (and one device slot)
 tokenizer = "byte"
 
-[[models]]
-name = "tokenize"
-backend = "python"
-function = "heddle.backends.tokenizer:encode_text"
-inputs = [{ name = "text", datatype = "BYTES", shape = [1] }]
-outputs = [{ name = "input_ids", datatype = "INT64", shape = [1, -1] }]
-
-[[models]]
-name = "detokenize"
-backend = "python"
-function = "heddle.backends.tokenizer:decode_ids"
-inputs = [{ name = "output_ids", datatype = "INT64", shape = [1, -1] }]
-outputs = [{ name = "text", datatype = "BYTES", shape = [1] }]
-
+""" + TOKENIZER_MODELS_TOML + """
 [[models]]
 name = "preprocess"
 backend = "python"

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from heddle.clients.client import HeddleClient
 from heddle.server.app import HeddleServer
 from heddle.server.config import Config, load_config, parse_config
+from heddle.server.default_config import TOKENIZER_MODELS_TOML
 
 __all__ = [
     "REPO_ROOT", "TESTS_DIR", "TOKENIZER_MODELS_TOML", "RunningServer", "ServerProcess", "chain_toml", "default_client",
@@ -98,24 +99,6 @@ def py_model_toml(name: str, function: str, *, inputs: Sequence[str] = ("x",),
     devs = f"devices = {json.dumps(list(devices))}\n" if devices else ""
     return (f'[[models]]\nname = "{name}"\nbackend = "python"\nfunction = "{function}"\n{devs}'
             f'inputs = [{ins}]\noutputs = [{{ name = "y", datatype = "FP32", shape = [-1] }}]\n\n')
-
-
-# The byte tokenizer's python stages around an LLM (text in, text out), as config TOML.
-TOKENIZER_MODELS_TOML = '''\
-[[models]]
-name = "tokenize"
-backend = "python"
-function = "heddle.backends.tokenizer:encode_text"
-inputs = [{ name = "text", datatype = "BYTES", shape = [1] }]
-outputs = [{ name = "input_ids", datatype = "INT64", shape = [1, -1] }]
-
-[[models]]
-name = "detokenize"
-backend = "python"
-function = "heddle.backends.tokenizer:decode_ids"
-inputs = [{ name = "output_ids", datatype = "INT64", shape = [1, -1] }]
-outputs = [{ name = "text", datatype = "BYTES", shape = [1] }]
-'''
 
 
 def chain_toml(name: str, models: Sequence[str]) -> str:
