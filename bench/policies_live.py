@@ -51,6 +51,7 @@ from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.loadgen import RequestRecord, run_load
 from heddle.clients.scenarios import App, Scenario
 from heddle.scheduler.policies import POLICIES
+from heddle.server.default_config import FRAME_OPS_TOML
 
 BENCH_DIR = Path(__file__).resolve().parent
 HEDDLE = [sys.executable, "-m", "heddle.server.cli"]
@@ -109,23 +110,7 @@ path = "{models['bg_encoder']}"
 name = "bg_cls"
 path = "{models['bg_cls']}"
 
-[[models]]
-name = "preprocess"
-backend = "python"
-function = "heddle.backends.zoo.ops:preprocess"
-inputs = [{{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }}]
-outputs = [{{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }}]
-
-[[models]]
-name = "postprocess"
-backend = "python"
-function = "heddle.backends.zoo.ops:postprocess"
-inputs = [{{ name = "logits", datatype = "FP32", shape = [-1, 10] }}]
-outputs = [
-  {{ name = "probs", datatype = "FP32", shape = [-1, 10] }},
-  {{ name = "label", datatype = "INT64", shape = [-1] }},
-]
-
+{FRAME_OPS_TOML}
 [[pipelines]]
 name = "frames"
 description = "camera frame: preprocess (python) -> CNN -> postprocess (python)"

@@ -38,6 +38,7 @@ import grpc
 import numpy as np
 
 from heddle.clients.tensors import to_tensor
+from heddle.server.default_config import PREPROCESS_TOML
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 
@@ -88,13 +89,7 @@ power = {{ idle_w = 0.5, active_w = [1.5] }}
 name = "cnn"
 path = "builtin:cnn"
 
-[[models]]
-name = "preprocess"
-backend = "python"
-function = "heddle.backends.zoo.ops:preprocess"
-inputs = [{{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }}]
-outputs = [{{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }}]
-
+{preprocess}
 [[pipelines]]
 name = "classify"
 inputs = [{{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }}]
@@ -308,7 +303,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     cores = sorted(os.sched_getaffinity(0))
     text = CONFIG.format(cache_dir=os.path.expanduser("~/.cache/heddle"), period_s=args.period_s, budget="",
-                         core1=cores[1] if len(cores) > 1 else cores[0])
+                         preprocess=PREPROCESS_TOML, core1=cores[1] if len(cores) > 1 else cores[0])
     trace = make_trace(args.duration, args.high_hz, args.low_hz, args.seed)
     server = InProcessServer(text)
     try:

@@ -38,6 +38,7 @@ import numpy as np
 from gateway_overhead import free_port, machine_info, server_process
 from heddle.backends.zoo.build import build_model
 from heddle.clients.tensors import to_tensor
+from heddle.server.default_config import FRAME_OPS_TOML
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 
@@ -81,23 +82,7 @@ max_positions = 1024
 max_batch = 8
 step_scheduling = {str(step_scheduling).lower()}
 
-[[models]]
-name = "preprocess"
-backend = "python"
-function = "heddle.backends.zoo.ops:preprocess"
-inputs = [{{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }}]
-outputs = [{{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }}]
-
-[[models]]
-name = "postprocess"
-backend = "python"
-function = "heddle.backends.zoo.ops:postprocess"
-inputs = [{{ name = "logits", datatype = "FP32", shape = [-1, 10] }}]
-outputs = [
-  {{ name = "probs", datatype = "FP32", shape = [-1, 10] }},
-  {{ name = "label", datatype = "INT64", shape = [-1] }},
-]
-
+{FRAME_OPS_TOML}
 [[pipelines]]
 name = "frames"
 inputs = [{{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }}]

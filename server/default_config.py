@@ -4,9 +4,35 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["TOKENIZER_MODELS_TOML", "default_config_text", "detect_device_tables"]
+__all__ = [
+    "FRAME_OPS_TOML", "POSTPROCESS_TOML", "PREPROCESS_TOML", "TOKENIZER_MODELS_TOML", "default_config_text",
+    "detect_device_tables",
+]
 
 # Models come from the builder (backends/zoo) into the cache dir on first run.
+# The python stages around the demo CNNs (64x64 UINT8 NHWC image in, 10-class probs and label
+# out); benchmarks and tests that build their own configs reuse them.
+PREPROCESS_TOML = """\
+[[models]]
+name = "preprocess"
+backend = "python"
+function = "heddle.backends.zoo.ops:preprocess"
+inputs = [{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }]
+outputs = [{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }]
+"""
+POSTPROCESS_TOML = """\
+[[models]]
+name = "postprocess"
+backend = "python"
+function = "heddle.backends.zoo.ops:postprocess"
+inputs = [{ name = "logits", datatype = "FP32", shape = [-1, 10] }]
+outputs = [
+  { name = "probs", datatype = "FP32", shape = [-1, 10] },
+  { name = "label", datatype = "INT64", shape = [-1] },
+]
+"""
+FRAME_OPS_TOML = PREPROCESS_TOML + "\n" + POSTPROCESS_TOML
+
 # The byte tokenizer's python stages around an LLM (text in, text out); tests reuse them.
 TOKENIZER_MODELS_TOML = """\
 [[models]]
@@ -61,23 +87,7 @@ max_batch = 8  # decode steps of up to 8 sequences share one forward pass (and o
 tokenizer = "byte"
 
 """ + TOKENIZER_MODELS_TOML + """
-[[models]]
-name = "preprocess"
-backend = "python"
-function = "heddle.backends.zoo.ops:preprocess"
-inputs = [{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }]
-outputs = [{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }]
-
-[[models]]
-name = "postprocess"
-backend = "python"
-function = "heddle.backends.zoo.ops:postprocess"
-inputs = [{ name = "logits", datatype = "FP32", shape = [-1, 10] }]
-outputs = [
-  { name = "probs", datatype = "FP32", shape = [-1, 10] },
-  { name = "label", datatype = "INT64", shape = [-1] },
-]
-
+""" + FRAME_OPS_TOML + """
 [[models]]
 name = "join"
 backend = "python"

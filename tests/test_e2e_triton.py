@@ -19,6 +19,7 @@ from heddle.backends.zoo import ops
 from heddle.backends.zoo.build import build_model
 from heddle.clients.client import HeddleClient, InferResult, build_request
 from heddle.server.config import ConfigError
+from heddle.server.default_config import FRAME_OPS_TOML
 from heddle.v1 import heddle_pb2_grpc
 from server_fixtures import RunningServer, parse_test_config, running_server, scrape_metrics, wait_until
 from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
@@ -60,23 +61,7 @@ slots = 2
 name = "cnn"
 path = "{cnn_onnx}"
 
-[[models]]
-name = "preprocess"
-backend = "python"
-function = "heddle.backends.zoo.ops:preprocess"
-inputs = [{{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }}]
-outputs = [{{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }}]
-
-[[models]]
-name = "postprocess"
-backend = "python"
-function = "heddle.backends.zoo.ops:postprocess"
-inputs = [{{ name = "logits", datatype = "FP32", shape = [-1, 10] }}]
-outputs = [
-  {{ name = "probs", datatype = "FP32", shape = [-1, 10] }},
-  {{ name = "label", datatype = "INT64", shape = [-1] }},
-]
-
+{FRAME_OPS_TOML}
 {classify_toml("classify", "cnn")}'''
 
 
