@@ -7,7 +7,7 @@ from typing import Iterable, Mapping
 
 from heddle.scheduler.budget import budget_run
 from heddle.scheduler.plan import (
-    CoreStats, Dispatch, Finished, Freeze, Migrate, Plan, PowerAction, Reject, SetLevel, Unfreeze,
+    Dispatch, Finished, Freeze, Migrate, Plan, PowerAction, Reject, SetLevel, Unfreeze,
 )
 from heddle.scheduler.policies import Policy, make_policy, tail
 from heddle.scheduler.profiles import ConstantProfiles, Profiles
@@ -195,19 +195,6 @@ class Core(CoreReads):
         self._make_ready(run, now)
         return not request.finished
 
-    def next_deadline_s(self) -> float | None:
-        """The earliest deadline of a request with work not yet started: when the driver must
-        step again even if nothing else happens, so the request is shed on time."""
-        deadlines = [
-            r.deadline_s for r in self._requests.values()
-            if not r.finished and r.deadline_s is not None
-            and any(run.state < RunState.RUNNING for run in r.runs.values())
-        ]
-        return min(deadlines, default=None)
-
-    def is_healthy(self, device: str) -> bool:
-        return self._healthy[device]
-
     def on_power_sample(self, samples, now: float, busy: Mapping[str, float] | None = None) -> None:
         """A control period's power readings: the controller's level changes show in the next
         plan (for the driver to apply), its freezes and refusals take effect from then on."""
@@ -265,27 +252,11 @@ class Core(CoreReads):
         self._check_invariants()
         return plan
 
-    def request(self, request_id: str) -> Request | None:
-        return self._requests.get(request_id)
-
     def forget(self, request_id: str) -> None:
         """Drop a finished request once the caller has read its timings."""
         request = self._requests.get(request_id)
         if request is not None and request.finished:
             del self._requests[request_id]
-
-    def healthy_devices(self) -> list[str]:
-        return [d for d, ok in self._healthy.items() if ok]
-
-    def stats(self) -> CoreStats:
-        return CoreStats(
-            queued={d: len(q) for d, q in self._queues.items()},
-            running={d: len(r) for d, r in self._running.items()},
-            active_requests=self._num_active,
-            frozen={d: sum(r.state is RunState.FROZEN for r in q) if self._num_frozen else 0
-                    for d, q in self._queues.items()},
-            levels=dict(self._levels),
-        )
 
     # ---- internals ----------------------------------------------------------------------
     def _make_ready(self, run: StageRun, now: float) -> None:

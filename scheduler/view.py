@@ -1,13 +1,15 @@
-"""What policies may read of the core: estimates, eligibility, queues, load (no state changes)."""
+"""What may be read of the core without changing it: estimates, eligibility, queues and load
+(what policies see), and the queries the runtime and the simulator make (stats, deadlines)."""
 
 from __future__ import annotations
 
 from typing import Iterable
 
+from heddle.scheduler.plan import CoreStats
 from heddle.scheduler.policies import Policy
 from heddle.scheduler.profiles import Profiles, compatible
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
-from heddle.scheduler.state import Request, StageRun
+from heddle.scheduler.state import Request, RunState, StageRun
 
 __all__ = ["CoreReads"]
 
@@ -27,6 +29,8 @@ class CoreReads:
     _compatible: dict[str, list[str]]
     _best_s: dict[str, float]
     _requests: dict[str, Request]
+    _num_active: int
+    _num_frozen: int
 
     def eligible_devices(self, model: str) -> list[str]:
         """Healthy devices allowed to run `model` and able to run all of its op types."""
@@ -79,3 +83,33 @@ class CoreReads:
         """Has the run waited its aging bound? Then it outranks everything not aged."""
         bound = self.policy.max_wait_s
         return bound is not None and run.ready_s is not None and now - run.ready_s >= bound
+
+    # ---- queries for the runtime and the simulator ----------------------------------------
+    def next_deadline_s(self) -> float | None:
+        """The earliest deadline of a request with work not yet started: when the driver must
+        step again even if nothing else happens, so the request is shed on time."""
+        deadlines = [
+            r.deadline_s for r in self._requests.values()
+            if not r.finished and r.deadline_s is not None
+            and any(run.state < RunState.RUNNING for run in r.runs.values())
+        ]
+        return min(deadlines, default=None)
+
+    def is_healthy(self, device: str) -> bool:
+        return self._healthy[device]
+
+    def request(self, request_id: str) -> Request | None:
+        return self._requests.get(request_id)
+
+    def healthy_devices(self) -> list[str]:
+        return [d for d, ok in self._healthy.items() if ok]
+
+    def stats(self) -> CoreStats:
+        return CoreStats(
+            queued={d: len(q) for d, q in self._queues.items()},
+            running={d: len(r) for d, r in self._running.items()},
+            active_requests=self._num_active,
+            frozen={d: sum(r.state is RunState.FROZEN for r in q) if self._num_frozen else 0
+                    for d, q in self._queues.items()},
+            levels=dict(self._levels),
+        )
