@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from heddle.backends.tritonserver import free_port
 from heddle.server.config import Config, load_config
 from heddle.server.profile_cmd import profile_from_trace, sample_inputs
 
@@ -76,7 +76,7 @@ def measure_under_load(config_path: str | None, scenario, *, duration_s: float, 
     inputs = load_inputs(config, scenario, shapes or {}, seed)
     with tempfile.TemporaryDirectory(prefix="heddle-profile-") as tmp:
         trace = Path(tmp) / "trace.jsonl"
-        grpc_port, metrics_port = _free_port(), _free_port()
+        grpc_port, metrics_port = free_port(), free_port()
         cmd = [sys.executable, "-m", "heddle.server.cli", "serve", "--grpc-host", "127.0.0.1",
                "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--trace", str(trace),
                "--log-level", "warning"]
@@ -96,15 +96,14 @@ def measure_under_load(config_path: str | None, scenario, *, duration_s: float, 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        full = trace.read_text()
-        text = _without(full, warmup_ids)
+        text, warmup_stage_runs = _without(trace.read_text(), warmup_ids)
     doc = profile_from_trace(text, f"{config_path or '<embedded default>'} under load", min_runs=min_runs)
     # The trace records an LLM stage once, at its last step: not a run time (see profile_cmd).
     llm = {name for name, m in config.models.items() if m.kind == "llm"}
     doc["entries"] = [e for e in doc["entries"] if e["model"] not in llm]
     doc["models"] = {k: v for k, v in doc["models"].items() if k not in llm}
     doc.update(method="under_load", scenario=scenario.name, duration_s=duration_s, warmup_s=warmup_s,
-               policy=policy or "(config)", warmup_stage_runs=_stage_lines(full) - _stage_lines(text))
+               policy=policy or "(config)", warmup_stage_runs=warmup_stage_runs)
     return doc
 
 
@@ -123,15 +122,17 @@ async def _drive(target: str, scenario, inputs, duration_s: float, warmup_s: flo
     return warmup
 
 
-def _without(trace_text: str, request_ids: set[str]) -> str:
-    """The trace without the lines of the warm-up's requests."""
-    lines = trace_text.splitlines()
-    return "\n".join([lines[0], *(line for line in lines[1:]
-                                  if json.loads(line).get("request_id") not in request_ids)]) + "\n"
-
-
-def _stage_lines(trace_text: str) -> int:
-    return trace_text.count('"event":"stage"') + trace_text.count('"event": "stage"')
+def _without(trace_text: str, request_ids: set[str]) -> tuple[str, int]:
+    """The trace without the lines of the warm-up's requests, and how many stage runs that left out."""
+    header, *lines = trace_text.splitlines()
+    kept, dropped_runs = [header], 0
+    for line in lines:
+        event = json.loads(line)
+        if event.get("request_id") in request_ids:
+            dropped_runs += event.get("event") == "stage"
+        else:
+            kept.append(line)
+    return "\n".join(kept) + "\n", dropped_runs
 
 
 def _wait_serving(target: str, proc: subprocess.Popen, log_path: Path) -> None:
@@ -150,9 +151,3 @@ def _wait_serving(target: str, proc: subprocess.Popen, log_path: Path) -> None:
                 pass
             time.sleep(0.1)
     raise RuntimeError(f"heddle serve did not become ready within {_READY_TIMEOUT_S:.0f} s")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
