@@ -203,7 +203,7 @@ def dispatch_gaps(trace: Trace, min_runs: int = 3) -> dict[str, float]:
         start = r.time_s - r.run_s
         if ready is None or start < ready:
             continue
-        free_since = index[r.device].free_since(ready, start, slots.get(r.device, 1))
+        free_since = index[r.device].free_since(ready, (start, r.time_s), slots.get(r.device, 1))
         if free_since is not None:
             gaps.setdefault(r.device, []).append(start - free_since)
     return {d: sorted(g)[len(g) // 2] for d, g in sorted(gaps.items()) if len(g) >= min_runs}
@@ -229,17 +229,18 @@ class _RunIndex:
         self.ends = sorted(e for _, e in runs)
         self.longest = max(e - s for s, e in runs)
 
-    def running(self, t: float, excluding_start: float) -> int:
+    def running(self, t: float, own: tuple[float, float]) -> int:
+        """Runs going on at t, the run `own` (its start, end) not counted."""
         lo = bisect.bisect_left(self.starts, t - self.longest)
         hi = bisect.bisect_right(self.starts, t)
-        return sum(1 for s, e in self.runs[lo:hi] if e > t and s != excluding_start)
+        return sum(1 for s, e in self.runs[lo:hi] if e > t) - (own[0] <= t < own[1])
 
-    def free_since(self, ready: float, start: float, slots: int) -> float | None:
+    def free_since(self, ready: float, own: tuple[float, float], slots: int) -> float | None:
         """The last moment in [ready, start] at which a slot was free (ready itself, or a run's
         end), or None if no slot was free at any of them: then the wait was queueing."""
-        lo, hi = bisect.bisect_left(self.ends, ready), bisect.bisect_right(self.ends, start)
+        lo, hi = bisect.bisect_left(self.ends, ready), bisect.bisect_right(self.ends, own[0])
         for t in [*reversed(self.ends[lo:hi]), ready]:
-            if self.running(t, start) < slots:
+            if self.running(t, own) < slots:
                 return t
         return None
 
