@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import heapq
+import math
 from typing import Iterable, Mapping
 
 from heddle.scheduler.budget import budget_run
+from heddle.scheduler.deadlines import DeadlineHeap, usable_deadline
 from heddle.scheduler.plan import (
     Dispatch, Finished, Freeze, Migrate, Plan, PowerAction, Reject, SetLevel, Unfreeze,
 )
@@ -63,7 +64,8 @@ class Core(CoreReads):
         self._num_active = 0
         # Deadlines in time order, and requests past theirs whose remaining stages were all
         # running then (shed later if a next stage is still to start): _expire needs no scan.
-        self._deadlines: list[tuple[float, int, Request]] = []
+        # Both let go of a request the moment it ends (_finish).
+        self._deadlines = DeadlineHeap()
         self._overdue: dict[str, Request] = {}
         # LLM decode steps started alongside another step of their model on the same device:
         # they share its forward pass, so they hold no slot of their own (_batch_riders).
@@ -90,10 +92,15 @@ class Core(CoreReads):
         }
         self._requests[request.id] = request
         self._num_active += 1
+        try:  # any float may arrive here; NaN would stop the deadline heap and order nothing
+            request.deadline_s = usable_deadline(request.deadline_s)
+        except ValueError as exc:
+            self._finish(request, Outcome.FAILED, str(exc), now)
+            return
         if self.admission is not None and self._refused(request, now):
             return
         if request.deadline_s is not None:
-            heapq.heappush(self._deadlines, (request.deadline_s, request.seq, request))
+            self._deadlines.push(request)
         for run in request.runs.values():
             if run.deps_left == 0 and not request.finished:
                 self._make_ready(run, now)
@@ -353,16 +360,11 @@ class Core(CoreReads):
 
     def _expire(self, now: float) -> None:
         """Requests past their deadline with work not yet started are shed, not run late."""
-        while self._deadlines and self._deadlines[0][0] <= now:
-            request = heapq.heappop(self._deadlines)[2]
-            if not request.finished:
-                self._overdue[request.id] = request
+        for request in self._deadlines.pop_due(now):  # ended requests have left it already
+            self._overdue[request.id] = request
         for request in list(self._overdue.values()):
-            if request.finished:
-                del self._overdue[request.id]
-            elif any(r.state < RunState.RUNNING for r in request.runs.values()):
-                del self._overdue[request.id]
-                self._finish(request, Outcome.DEADLINE_EXCEEDED,
+            if any(r.state < RunState.RUNNING for r in request.runs.values()):
+                self._finish(request, Outcome.DEADLINE_EXCEEDED,  # which drops it from _overdue
                              "deadline passed before all stages could start", now)
 
     def _finish(self, request: Request, outcome: Outcome, error: str, now: float) -> None:
@@ -372,6 +374,8 @@ class Core(CoreReads):
         request.finished_s = now
         self._num_active -= 1
         self.version += 1
+        self._deadlines.discard(request)
+        self._overdue.pop(request.id, None)
         if self.admission is not None:
             self.admission.forget(request.id)
         for run in request.runs.values():

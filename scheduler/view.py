@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from heddle.scheduler.plan import CoreStats
+from heddle.scheduler.deadlines import DeadlineHeap
+from heddle.scheduler.plan import CoreStats, Finished
 from heddle.scheduler.policies import Policy
 from heddle.scheduler.profiles import Profiles, compatible
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
@@ -31,6 +32,11 @@ class CoreReads:
     _requests: dict[str, Request]
     _num_active: int
     _num_frozen: int
+    _deadlines: DeadlineHeap
+    _overdue: dict[str, Request]
+    _orphans: dict[tuple[str, str], Request]
+    _riders: dict[tuple[str, str], StageRun]
+    _finished: list[Finished]
 
     def eligible_devices(self, model: str) -> list[str]:
         """Healthy devices allowed to run `model` and able to run all of its op types."""
@@ -113,3 +119,15 @@ class CoreReads:
                     for d, q in self._queues.items()},
             levels=dict(self._levels),
         )
+
+    def footprint(self) -> dict[str, int]:
+        """How many entries each per-request structure holds: all 0 once every request has ended,
+        been reported (schedule) and read (forget), and its running stages have returned. A
+        finished request must leave at once, whatever its deadline: this is how tests check."""
+        return {
+            "requests": len(self._requests), "deadlines": len(self._deadlines),
+            "deadline_entries": self._deadlines.num_entries, "overdue": len(self._overdue),
+            "orphans": len(self._orphans), "riders": len(self._riders),
+            "queued": sum(len(q) for q in self._queues.values()),
+            "running": sum(len(r) for r in self._running.values()), "unreported": len(self._finished),
+        }
