@@ -15,7 +15,7 @@ from heddle.clients.tensors import DATATYPE_TO_NUMPY, TensorError, numpy_to_data
 from heddle.scheduler import Pipeline
 from heddle.scheduler.specs import DATATYPES
 from heddle.server.config import ServerSettings
-from heddle.server.validation import RequestError, check_outputs_requested, decode_inputs
+from heddle.server.validation import MAX_DEADLINE_MS, RequestError, check_outputs_requested, decode_inputs
 
 __all__ = [
     "RawTensor",
@@ -30,6 +30,7 @@ __all__ = [
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 _UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
 _LEN = struct.Struct("<I")
+_MAX_TIMEOUT_US = int(MAX_DEADLINE_MS) * 1000
 
 # Which typed `contents` field carries each datatype (KServe v2 / Triton rule). FP16 and BF16 have
 # none: those travel only as raw_input_contents.
@@ -87,8 +88,9 @@ def kserve_deadline_ms(params) -> float:
     timeout_us = _int_param(params, "timeout")
     if timeout_us is None:
         return 0.0
-    if timeout_us < 0:
-        raise RequestError(_INVALID, f"timeout {timeout_us} us is negative")
+    if not 0 <= timeout_us <= _MAX_TIMEOUT_US:  # 2**64-1 us as a uint64 is someone's "forever"
+        raise RequestError(_INVALID, f"parameter 'timeout' {timeout_us} us is not a deadline: give 0 "
+                                     f"(none) or a number of microseconds up to {_MAX_TIMEOUT_US} (24 h)")
     return timeout_us / 1000.0
 
 

@@ -9,7 +9,16 @@ from heddle.clients.tensors import TensorError, from_tensor
 from heddle.scheduler import Pipeline
 from heddle.server.config import ServerSettings
 
-__all__ = ["RequestError", "check_outputs_requested", "decode_inputs", "effective_deadline_s", "resolve_priority"]
+__all__ = [
+    "MAX_DEADLINE_MS", "RequestError", "check_outputs_requested", "decode_inputs", "effective_deadline_s",
+    "resolve_priority",
+]
+
+# The longest deadline a request may ask for: 24 h. A live inference request takes seconds (a long
+# LLM generation, minutes), so a day leaves three orders of magnitude of room, while anything past
+# it is a unit mistake (microseconds sent as ms) or a hostile value (NaN, inf, 1e308, 2**64-1 us)
+# that the scheduler's deadline arithmetic has no use for.
+MAX_DEADLINE_MS = 24 * 3600 * 1000.0
 
 class RequestError(Exception):
     """A request that cannot be served: carries the gRPC status code to answer with."""
@@ -31,9 +40,14 @@ def resolve_priority(priority: int, settings: ServerSettings) -> int:
     return priority
 
 def effective_deadline_s(deadline_ms: float, grpc_remaining_s: float | None) -> float | None:
-    """The earlier of the request's own deadline and the gRPC deadline, relative to now."""
-    if deadline_ms < 0:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"deadline_ms {deadline_ms} is negative")
+    """The earlier of the request's own deadline (0 = none) and the gRPC deadline, relative to now.
+
+    deadline_ms must be a number in [0, MAX_DEADLINE_MS]: NaN, inf, negative or longer than 24 h is
+    INVALID_ARGUMENT (the comparison is written so that NaN fails it)."""
+    if not 0 <= deadline_ms <= MAX_DEADLINE_MS:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"deadline_ms {deadline_ms} is not a deadline: give 0 (none) or a number of "
+                           f"milliseconds up to {MAX_DEADLINE_MS:.0f} (24 h)")
     candidates = [s for s in (deadline_ms / 1000.0 if deadline_ms else None, grpc_remaining_s) if s is not None]
     if not candidates:
         return None

@@ -316,9 +316,10 @@ def test_priority_and_timeout_conversion() -> None:
     params["priority"].uint64_param = 1
     params["timeout"].int64_param = 2500
     assert kserve_priority(params, settings) == 3 and kserve_deadline_ms(params) == 2.5
-    params["timeout"].int64_param = -1
-    with pytest.raises(RequestError, match="negative"):
-        kserve_deadline_ms(params)
+    for kind, absurd in [("int64_param", -1), ("uint64_param", 2**64 - 1), ("int64_param", 86_400_000_001)]:
+        setattr(params["timeout"], kind, absurd)
+        with pytest.raises(RequestError, match=f"'timeout' {absurd} us is not a deadline"):
+            kserve_deadline_ms(params)
 
 
 def test_generous_timeout_is_met(client) -> None:
