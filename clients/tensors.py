@@ -14,6 +14,7 @@ from heddle.v1 import heddle_pb2
 __all__ = [
     "DATATYPE_TO_NUMPY",
     "TensorError",
+    "clipped",
     "expected_nbytes",
     "from_tensor",
     "numpy_to_datatype",
@@ -65,6 +66,14 @@ _KIND_SIZE_TO_DATATYPE: Mapping[tuple[str, int], str] = {
 _NUMPY_TO_DATATYPE: Mapping[np.dtype, str] = {v: k for k, v in DATATYPE_TO_NUMPY.items()}
 _LEN = struct.Struct("<I")
 _BIG_ENDIAN_HOST = sys.byteorder == "big"
+
+
+def clipped(text: str, limit: int = 64) -> str:
+    """A client-chosen string (a name, an id, a datatype) as error messages and logs show it: at
+    most `limit` characters, then "…". A status message travels in gRPC metadata, whose limit
+    (8 KB by default) a 16 KB pipeline name echoed whole exceeds; so every message that echoes a
+    client's string goes through here."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def numpy_to_datatype(dtype: Any) -> str:

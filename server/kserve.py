@@ -18,6 +18,7 @@ import structlog
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
+from heddle.clients.tensors import clipped
 from heddle.server.kserve_catalog import (
     MODEL_VERSION, CatalogEntry, build_catalog, model_config, model_metadata,
 )
@@ -29,7 +30,7 @@ from heddle.server.kserve_stats import KServeStats, RequestTimes
 from heddle.server.llm_runtime import TokenUpdate
 from heddle.server.logs import get_logger
 from heddle.server.runtime import JobResult, Runtime
-from heddle.server.validation import RequestError, effective_deadline_s
+from heddle.server.validation import MAX_REQUEST_ID_BYTES, RequestError, check_request_id, effective_deadline_s
 
 __all__ = ["EXTENSIONS", "SERVICE_NAME", "KServeServicer"]
 
@@ -137,7 +138,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
 
     # ---- inference ----------------------------------------------------------------------
     async def ModelInfer(self, request: kpb.ModelInferRequest, context) -> kpb.ModelInferResponse:
-        with structlog.contextvars.bound_contextvars(request_id=request.id or None):
+        with structlog.contextvars.bound_contextvars(request_id=_log_id(request)):
             try:
                 return await self._infer(request, context)
             except RequestError as exc:
@@ -173,7 +174,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
 
     async def _stream_one(self, request: kpb.ModelInferRequest, context,
                           emit=None) -> kpb.ModelStreamInferResponse:
-        with structlog.contextvars.bound_contextvars(request_id=request.id or None):
+        with structlog.contextvars.bound_contextvars(request_id=_log_id(request)):
             try:
                 on_token = _token_responder(request, emit) if emit is not None else None
                 response = await self._infer(request, context, on_token)
@@ -207,6 +208,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             self._observe_refused("<unknown>", "NOT_FOUND")  # never the client's string as a label
             raise
         try:
+            check_request_id(request.id, "id")
             wanted = check_requested_outputs(entry.pipeline, request)
             priority = kserve_priority(request.parameters, self.settings)
             deadline_s = effective_deadline_s(kserve_deadline_ms(request.parameters), context.time_remaining())
@@ -316,6 +318,11 @@ _SEND_TENSORS = "send tensors in the request (raw_input_contents or typed conten
 # Request parameters that set an LLM stage's GenerationConfig, with the parameter type each takes.
 _GENERATION_PARAMS = {"max_new_tokens": "int64_param", "temperature": "double_param", "top_k": "int64_param",
                       "top_p": "double_param", "seed": "int64_param"}
+
+
+def _log_id(request: kpb.ModelInferRequest) -> str | None:
+    """The id logs carry; one too long is cut (and the request refused in _infer)."""
+    return clipped(request.id, MAX_REQUEST_ID_BYTES) or None
 
 
 def _generation(params) -> dict | None:

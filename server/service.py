@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import structlog
 
-from heddle.clients.tensors import to_tensor
+from heddle.clients.tensors import clipped, to_tensor
 from heddle.scheduler import POLICIES
 from heddle.backends.power_sensors import box_power_w, domain_devices
 from heddle.server.logs import get_logger
@@ -15,7 +15,8 @@ from heddle.server.power_loop import PowerLoop
 from heddle.server.llm_runtime import TokenUpdate
 from heddle.server.runtime import JobResult, Runtime, StageTiming
 from heddle.server.validation import (
-    RequestError, check_outputs_requested, decode_inputs, effective_deadline_s, resolve_priority,
+    MAX_REQUEST_ID_BYTES, RequestError, check_outputs_requested, check_request_id, decode_inputs,
+    effective_deadline_s, resolve_priority,
 )
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
@@ -71,7 +72,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         self.settings = runtime.config.server
 
     async def Infer(self, request: pb.InferRequest, context: grpc.aio.ServicerContext) -> pb.InferResponse:
-        with structlog.contextvars.bound_contextvars(request_id=request.request_id or None):
+        rid = clipped(request.request_id, MAX_REQUEST_ID_BYTES) or None  # an id too long is refused in _run
+        with structlog.contextvars.bound_contextvars(request_id=rid):
             try:
                 result, wanted = await self._run(request, context, on_stage=None)
             except RequestError as exc:
@@ -106,6 +108,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown pipeline {request.pipeline!r}; "
                                f"known: {sorted(self.runtime.config.pipelines)}")
         try:
+            check_request_id(request.request_id)
             priority = resolve_priority(request.priority, self.settings)
             deadline_s = effective_deadline_s(request.deadline_ms, context.time_remaining())
             wanted = check_outputs_requested(pipeline, request.outputs)

@@ -10,8 +10,8 @@ from heddle.scheduler import Pipeline
 from heddle.server.config import ServerSettings
 
 __all__ = [
-    "MAX_DEADLINE_MS", "RequestError", "check_outputs_requested", "decode_inputs", "effective_deadline_s",
-    "resolve_priority",
+    "MAX_DEADLINE_MS", "MAX_REQUEST_ID_BYTES", "RequestError", "check_outputs_requested", "check_request_id",
+    "decode_inputs", "effective_deadline_s", "resolve_priority",
 ]
 
 # The longest deadline a request may ask for: 24 h. A live inference request takes seconds (a long
@@ -19,6 +19,10 @@ __all__ = [
 # it is a unit mistake (microseconds sent as ms) or a hostile value (NaN, inf, 1e308, 2**64-1 us)
 # that the scheduler's deadline arithmetic has no use for.
 MAX_DEADLINE_MS = 24 * 3600 * 1000.0
+# A request id is the client's own label, logged with every line of its request and held while it
+# runs: 256 bytes fits any UUID, trace id or "app/session/seq" scheme, and a megabyte id is refused
+# instead of being copied into logs, metrics of refusals and the scheduler's state.
+MAX_REQUEST_ID_BYTES = 256
 
 class RequestError(Exception):
     """A request that cannot be served: carries the gRPC status code to answer with."""
@@ -38,6 +42,16 @@ def resolve_priority(priority: int, settings: ServerSettings) -> int:
             f"priority {priority} is outside 1..{settings.priority_levels} (0 = default)",
         )
     return priority
+
+def check_request_id(request_id: str, field: str = "request_id") -> str:
+    """The client's request id (field: its name in the request), refused past MAX_REQUEST_ID_BYTES."""
+    if len(request_id) * 4 > MAX_REQUEST_ID_BYTES:  # UTF-8 takes at most 4 bytes a character
+        size = len(request_id.encode())
+        if size > MAX_REQUEST_ID_BYTES:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"{field} is {size} bytes long; the limit is {MAX_REQUEST_ID_BYTES} bytes")
+    return request_id
+
 
 def effective_deadline_s(deadline_ms: float, grpc_remaining_s: float | None) -> float | None:
     """The earlier of the request's own deadline (0 = none) and the gRPC deadline, relative to now.

@@ -3,7 +3,9 @@ gets a precise status against a real server, and leaves the server working and h
 
 from __future__ import annotations
 
+import asyncio
 import math
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -118,3 +120,59 @@ def test_a_day_is_still_a_deadline(client, channel):
     assert client.infer("fast", {"x": stage_fns.tagged(2)}, deadline_ms=86_400_000).outputs["y"][0] == 2
     stub = kpb_grpc.GRPCInferenceServiceStub(channel)
     stub.ModelInfer(kserve_request(timeout=("uint64_param", 86_400_000_000)), timeout=30)
+
+
+# ---- request ids and what the core keeps -------------------------------------------------------
+
+def rss_bytes() -> int:
+    """Resident set size of this process, which runs the server."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def core_footprint(gateway: RunningServer) -> dict[str, int]:
+    """The core's per-request structures, read on the loop that owns the core."""
+    async def read():
+        return gateway.server.runtime.core.footprint()
+    return asyncio.run_coroutine_threadsafe(read(), gateway.loop).result(30)
+
+
+def test_request_id_past_256_bytes_is_invalid(client, channel):
+    """An id over 256 bytes (UTF-8) is INVALID_ARGUMENT naming the limit on both frontends; 256 is fine."""
+    ok = "é" * 128  # 256 bytes
+    assert client.infer("fast", {"x": stage_fns.tagged(3)}, request_id=ok).request_id == ok
+    code, details = code_of(lambda: client.infer("fast", {"x": stage_fns.tagged(3)}, request_id=ok + "x"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "request_id is 257 bytes" in details, details
+    assert "256 bytes" in details
+    stub = kpb_grpc.GRPCInferenceServiceStub(channel)
+    request = kserve_request()
+    request.id = "k" * 100_000
+    code, details = code_of(lambda: stub.ModelInfer(request, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "id is 100000 bytes" in details, details
+    assert len(details) < 200
+
+
+def test_finished_requests_leave_the_core_empty(client, gateway):
+    """1,000 requests with 256-byte ids and a 1 h deadline leave nothing in the core once answered
+    (the deadline heap used to keep each request, id and all, until its deadline passed)."""
+    for i in range(1000):
+        rid = f"{i:06d}".ljust(256, "r")
+        assert client.infer("fast", {"x": stage_fns.tagged(i)}, request_id=rid,
+                            deadline_ms=3_600_000).request_id == rid
+    assert core_footprint(gateway) == dict.fromkeys(core_footprint(gateway), 0)
+
+
+def test_huge_request_ids_cost_no_memory(client):
+    """1,000 requests with 100 KB ids and a 1 h deadline are refused and grow the server's memory by
+    far less than the 100 MB their ids add up to (they were once all kept until the deadline)."""
+    base = "i" * 100_000
+
+    def send(n: int) -> None:
+        for i in range(n):
+            code, _ = code_of(lambda: client.infer("fast", {"x": stage_fns.tagged(i)},
+                                                   request_id=f"{base}{i}", deadline_ms=3_600_000))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+    send(100)  # the allocator's first growth for 100 KB messages (about 8 MB) is not what is measured
+    before = rss_bytes()
+    send(1000)
+    assert rss_bytes() - before < 20 << 20
