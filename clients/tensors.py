@@ -13,7 +13,10 @@ from heddle.v1 import heddle_pb2
 
 __all__ = [
     "DATATYPE_TO_NUMPY",
+    "MAX_DIMS",
+    "MAX_ELEMENTS",
     "TensorError",
+    "check_shape",
     "clipped",
     "expected_nbytes",
     "from_tensor",
@@ -65,6 +68,12 @@ _KIND_SIZE_TO_DATATYPE: Mapping[tuple[str, int], str] = {
 }
 _NUMPY_TO_DATATYPE: Mapping[np.dtype, str] = {v: k for k, v in DATATYPE_TO_NUMPY.items()}
 _LEN = struct.Struct("<I")
+# Bounds on a shape, checked before numpy sees it: numpy refuses (ValueError "array is too big")
+# a shape whose non-zero dimensions multiply past its index range, even with a zero among them
+# ([0, 2**63-1]), and a client can send 64 dimensions. ONNX models take at most 5 or 6 (video
+# N,C,T,H,W); 8 leaves room. 2**32 elements is more than any message gRPC carries (2 GB) holds.
+MAX_DIMS = 8
+MAX_ELEMENTS = 2**32
 _BIG_ENDIAN_HOST = sys.byteorder == "big"
 
 
@@ -98,9 +107,22 @@ def numpy_to_datatype(dtype: Any) -> str:
 def expected_nbytes(datatype: str, shape: Sequence[int]) -> int | None:
     """Byte length raw_data must have for a fixed-size datatype; None for BYTES (variable length).
 
-    Raises TensorError for an unknown datatype or a negative dimension.
+    Raises TensorError for an unknown datatype or a shape check_shape refuses.
     """
     return _expected_nbytes("", datatype, shape)
+
+
+def check_shape(name: str, shape: Sequence[int]) -> None:
+    """TensorError (naming the tensor, without echoing a huge shape) for more than MAX_DIMS
+    dimensions, a negative one, or non-zero dimensions that multiply past MAX_ELEMENTS."""
+    where = f"tensor {clipped(name)!r}: " if name else ""
+    if len(shape) > MAX_DIMS:
+        raise TensorError(f"{where}shape has {len(shape)} dimensions; at most {MAX_DIMS} are allowed")
+    if any(d < 0 for d in shape):
+        raise TensorError(f"{where}shape {_fmt_shape(shape)} has a negative dimension")
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise TensorError(f"{where}shape {_fmt_shape(shape)} is too large: its non-zero dimensions "
+                          f"multiply past {MAX_ELEMENTS} elements")
 
 
 def to_tensor(name: str, array: Any) -> heddle_pb2.Tensor:
@@ -125,6 +147,7 @@ def from_tensor(tensor: heddle_pb2.Tensor) -> np.ndarray:
     """
     name, datatype, shape = tensor.name, tensor.datatype, tuple(tensor.shape)
     nbytes = _expected_nbytes(name, datatype, shape)
+    name = clipped(name)  # only error messages use it from here on
     raw = tensor.raw_data  # each attribute read copies out of the message, so read it once
     if nbytes is None:
         return _decode_bytes(name, raw, shape)
@@ -145,12 +168,10 @@ def from_tensor(tensor: heddle_pb2.Tensor) -> np.ndarray:
 def _expected_nbytes(name: str, datatype: str, shape: Sequence[int]) -> int | None:
     itemsize = _ITEMSIZE.get(datatype)
     if itemsize is None and datatype != "BYTES":
-        where = f"tensor {name!r}: " if name else ""
+        where = f"tensor {clipped(name)!r}: " if name else ""
         known = ", ".join([*_ITEMSIZE, "BYTES"])
-        raise TensorError(f"{where}unknown datatype {datatype!r} (expected one of {known})")
-    if any(d < 0 for d in shape):
-        where = f"tensor {name!r}: " if name else ""
-        raise TensorError(f"{where}shape {_fmt_shape(shape)} has a negative dimension")
+        raise TensorError(f"{where}unknown datatype {clipped(datatype)!r} (expected one of {known})")
+    check_shape(name, shape)
     return None if itemsize is None else math.prod(shape) * itemsize
 
 
@@ -174,6 +195,7 @@ def _encode_bytes(name: str, arr: np.ndarray) -> bytes:
 
 
 def _decode_bytes(name: str, raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """KServe raw BYTES into an object array; `name` (clipped) is for messages."""
     count, size = math.prod(shape), len(raw)
     if count * _LEN.size > size:  # checked before allocating: a huge shape must not cost memory
         raise TensorError(

@@ -30,7 +30,9 @@ from heddle.server.kserve_stats import KServeStats, RequestTimes
 from heddle.server.llm_runtime import TokenUpdate
 from heddle.server.logs import get_logger
 from heddle.server.runtime import JobResult, Runtime
-from heddle.server.validation import MAX_REQUEST_ID_BYTES, RequestError, check_request_id, effective_deadline_s
+from heddle.server.validation import (
+    MAX_REQUEST_ID_BYTES, RequestError, check_generation, check_request_id, effective_deadline_s,
+)
 
 __all__ = ["EXTENSIONS", "SERVICE_NAME", "KServeServicer"]
 
@@ -75,9 +77,9 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         entry = self.catalog.get(name)
         if entry is None:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
-                               f"unknown model {name!r}; known: {sorted(self.catalog)}")
+                               f"unknown model {clipped(name)!r}; known: {sorted(self.catalog)}")
         if version not in ("", MODEL_VERSION):
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} has no version {version!r}; "
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} has no version {clipped(version)!r}; "
                                                           f"heddle serves every model as version {MODEL_VERSION}")
         return entry
 
@@ -213,6 +215,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             priority = kserve_priority(request.parameters, self.settings)
             deadline_s = effective_deadline_s(kserve_deadline_ms(request.parameters), context.time_remaining())
             refuse_sequence_parameters(request.parameters)
+            generation = check_generation(_generation(request.parameters), "parameter ")
             inputs = decode_kserve_inputs(entry.pipeline, request)
         except RequestError as exc:
             log.info("request refused", model=entry.name, code=exc.code.name, error=exc.message)
@@ -221,8 +224,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             raise
         t1 = time.perf_counter_ns()
         try:
-            result = await self._run(entry, inputs, priority, deadline_s, request.id, on_token,
-                                     _generation(request.parameters))
+            result = await self._run(entry, inputs, priority, deadline_s, request.id, on_token, generation)
         except BaseException:  # failed, or cancelled by the client: Triton counts both as failures
             self.stats.record_failure(entry.name, time.perf_counter_ns() - t0)
             raise

@@ -11,7 +11,9 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as kpb
 
-from heddle.clients.tensors import DATATYPE_TO_NUMPY, TensorError, numpy_to_datatype, to_tensor
+from heddle.clients.tensors import (
+    DATATYPE_TO_NUMPY, TensorError, check_shape, clipped, numpy_to_datatype, to_tensor,
+)
 from heddle.scheduler import Pipeline
 from heddle.scheduler.specs import DATATYPES
 from heddle.server.config import ServerSettings
@@ -106,15 +108,15 @@ def _typed_to_raw(t, shape: tuple[int, ...]) -> bytes:
         return b""  # decode_inputs names the bad datatype or dimension
     field = _CONTENTS_FIELD.get(t.datatype)
     if field is None:
-        raise RequestError(_INVALID, f"input {t.name!r}: datatype {t.datatype} has no typed contents "
+        raise RequestError(_INVALID, f"input {clipped(t.name)!r}: datatype {t.datatype} has no typed contents "
                                      "field; send it in raw_input_contents")
     for used, _ in t.contents.ListFields():
         if used.name != field:
-            raise RequestError(_INVALID, f"input {t.name!r}: datatype {t.datatype} goes in "
+            raise RequestError(_INVALID, f"input {clipped(t.name)!r}: datatype {t.datatype} goes in "
                                          f"contents.{field}, not contents.{used.name}")
     values = getattr(t.contents, field)
     if len(values) != math.prod(shape):
-        raise RequestError(_INVALID, f"input {t.name!r}: contents.{field} holds {len(values)} "
+        raise RequestError(_INVALID, f"input {clipped(t.name)!r}: contents.{field} holds {len(values)} "
                                      f"elements, shape {list(shape)} needs {math.prod(shape)}")
     if t.datatype == "BYTES":
         return b"".join(_LEN.pack(len(v)) + v for v in values)
@@ -122,7 +124,7 @@ def _typed_to_raw(t, shape: tuple[int, ...]) -> bytes:
     if dtype.kind in "iu" and len(values):
         info = np.iinfo(dtype)
         if min(values) < info.min or max(values) > info.max:
-            raise RequestError(_INVALID, f"input {t.name!r}: contents.{field} holds values outside "
+            raise RequestError(_INVALID, f"input {clipped(t.name)!r}: contents.{field} holds values outside "
                                          f"the {t.datatype} range [{info.min}, {info.max}]")
     return np.asarray(values, dtype=dtype).tobytes()
 
@@ -140,11 +142,15 @@ def decode_kserve_inputs(pipeline: Pipeline, request: kpb.ModelInferRequest) -> 
                                      f"{len(request.inputs)} inputs; it must hold one per input")
     tensors = []
     for i, t in enumerate(request.inputs):
-        _refuse_shared_memory(f"input {t.name!r}", t.parameters)
+        _refuse_shared_memory(f"input {clipped(t.name)!r}", t.parameters)
         shape = tuple(t.shape)
+        try:  # first: the typed contents' checks below multiply the shape out
+            check_shape(t.name, shape)
+        except TensorError as exc:
+            raise RequestError(_INVALID, str(exc)) from None
         has_typed = t.HasField("contents")
         if n_raw and has_typed:
-            raise RequestError(_INVALID, f"input {t.name!r} has typed contents while the request uses "
+            raise RequestError(_INVALID, f"input {clipped(t.name)!r} has typed contents while the request uses "
                                          "raw_input_contents; use one or the other")
         if n_raw:
             data = raw[i]
@@ -153,7 +159,7 @@ def decode_kserve_inputs(pipeline: Pipeline, request: kpb.ModelInferRequest) -> 
         elif 0 in shape:
             data = b""  # no elements: nothing to send
         else:
-            raise RequestError(_INVALID, f"input {t.name!r} carries no data (neither contents nor "
+            raise RequestError(_INVALID, f"input {clipped(t.name)!r} carries no data (neither contents nor "
                                          "raw_input_contents)")
         tensors.append(RawTensor(t.name, t.datatype, shape, data))
     return decode_inputs(pipeline, tensors)
@@ -162,9 +168,9 @@ def decode_kserve_inputs(pipeline: Pipeline, request: kpb.ModelInferRequest) -> 
 def check_requested_outputs(pipeline: Pipeline, request: kpb.ModelInferRequest) -> list[str]:
     """The output names to answer with, in request order (all outputs when none are named)."""
     for o in request.outputs:
-        _refuse_shared_memory(f"requested output {o.name!r}", o.parameters)
+        _refuse_shared_memory(f"requested output {clipped(o.name)!r}", o.parameters)
         if "classification" in o.parameters:
-            raise RequestError(_UNIMPLEMENTED, f"requested output {o.name!r} asks for classification; "
+            raise RequestError(_UNIMPLEMENTED, f"requested output {clipped(o.name)!r} asks for classification; "
                                                "heddle returns the tensors themselves")
     return check_outputs_requested(pipeline, [o.name for o in request.outputs])
 

@@ -15,8 +15,8 @@ from heddle.server.power_loop import PowerLoop
 from heddle.server.llm_runtime import TokenUpdate
 from heddle.server.runtime import JobResult, Runtime, StageTiming
 from heddle.server.validation import (
-    MAX_REQUEST_ID_BYTES, RequestError, check_outputs_requested, check_request_id, decode_inputs,
-    effective_deadline_s, resolve_priority,
+    MAX_REQUEST_ID_BYTES, RequestError, check_generation, check_outputs_requested, check_request_id,
+    decode_inputs, effective_deadline_s, resolve_priority,
 )
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
@@ -105,13 +105,14 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         if pipeline is None:
             if self.runtime.metrics is not None:  # never the client's string as a label: unbounded
                 self.runtime.metrics.observe_refused("<unknown>", "NOT_FOUND")
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown pipeline {request.pipeline!r}; "
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"unknown pipeline {clipped(request.pipeline)!r}; "
                                f"known: {sorted(self.runtime.config.pipelines)}")
         try:
             check_request_id(request.request_id)
             priority = resolve_priority(request.priority, self.settings)
             deadline_s = effective_deadline_s(request.deadline_ms, context.time_remaining())
             wanted = check_outputs_requested(pipeline, request.outputs)
+            generation = check_generation(generation_overrides(request), "generation.")
             inputs = decode_inputs(pipeline, request.inputs)
         except RequestError as exc:
             log.info("request refused", pipeline=request.pipeline, code=exc.code.name, error=exc.message)
@@ -121,7 +122,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         try:
             result = await self.runtime.run(pipeline, inputs, priority=priority, deadline_s=deadline_s,
                                             request_id=request.request_id, on_stage=on_stage,
-                                            generation=generation_overrides(request), on_token=on_token)
+                                            generation=generation, on_token=on_token)
         except ValueError as exc:  # the same request id is already in flight
             raise RequestError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
         if result.status_code != "OK":
@@ -188,7 +189,7 @@ class AdminServicer(pb_grpc.AdminServicer):
     async def SetPolicy(self, request, context) -> pb.PolicyInfo:
         if request.policy not in POLICIES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"unknown policy {request.policy!r}; known: {sorted(POLICIES)}")
+                                f"unknown policy {clipped(request.policy)!r}; known: {sorted(POLICIES)}")
         self.runtime.set_policy(request.policy)
         log.info("policy changed", policy=request.policy)
         return self._info()

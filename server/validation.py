@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
+from typing import Callable, Mapping
+
 import grpc
 import numpy as np
 
-from heddle.clients.tensors import TensorError, from_tensor
+from heddle.clients.tensors import TensorError, clipped, from_tensor
 from heddle.scheduler import Pipeline
 from heddle.server.config import ServerSettings
 
 __all__ = [
-    "MAX_DEADLINE_MS", "MAX_REQUEST_ID_BYTES", "RequestError", "check_outputs_requested", "check_request_id",
-    "decode_inputs", "effective_deadline_s", "resolve_priority",
+    "MAX_DEADLINE_MS", "MAX_REQUEST_ID_BYTES", "RequestError", "check_generation", "check_outputs_requested",
+    "check_request_id", "decode_inputs", "effective_deadline_s", "resolve_priority",
 ]
 
 # The longest deadline a request may ask for: 24 h. A live inference request takes seconds (a long
@@ -23,6 +26,17 @@ MAX_DEADLINE_MS = 24 * 3600 * 1000.0
 # runs: 256 bytes fits any UUID, trace id or "app/session/seq" scheme, and a megabyte id is refused
 # instead of being copied into logs, metrics of refusals and the scheduler's state.
 MAX_REQUEST_ID_BYTES = 256
+_INT32_MAX = 2**31 - 1
+# The values each generation option may take, checked here so that a bad one is INVALID_ARGUMENT
+# naming it, not an INTERNAL error from deep in the sampler (numpy refuses a negative seed; a
+# temperature of 1e-300 overflows the scaled logits to inf and the draw to NaN).
+_GENERATION_RULES: Mapping[str, tuple[Callable[[float], bool], str]] = {
+    "max_new_tokens": (lambda v: 1 <= v <= _INT32_MAX, f"must be in 1..{_INT32_MAX}"),
+    "temperature": (lambda v: v == 0 or 0.01 <= v < math.inf, "must be 0 (greedy) or a finite number >= 0.01"),
+    "top_k": (lambda v: 0 <= v <= _INT32_MAX, f"must be in 0..{_INT32_MAX} (0 = no top-k cut)"),
+    "top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "seed": (lambda v: 0 <= v < 2**64, "must be in 0..2**64-1"),
+}
 
 class RequestError(Exception):
     """A request that cannot be served: carries the gRPC status code to answer with."""
@@ -53,6 +67,17 @@ def check_request_id(request_id: str, field: str = "request_id") -> str:
     return request_id
 
 
+def check_generation(overrides: Mapping[str, object] | None, prefix: str) -> Mapping[str, object] | None:
+    """Generation overrides (None = the model's own value) checked against _GENERATION_RULES;
+    prefix names where the options came from in messages ("generation." or "parameter ")."""
+    for key, value in (overrides or {}).items():
+        rule = _GENERATION_RULES.get(key)
+        if rule is not None and value is not None and not rule[0](value):  # NaN fails every rule
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"{prefix}{key} {value!r} is out of range: it {rule[1]}")
+    return overrides
+
+
 def effective_deadline_s(deadline_ms: float, grpc_remaining_s: float | None) -> float | None:
     """The earlier of the request's own deadline (0 = none) and the gRPC deadline, relative to now.
 
@@ -78,12 +103,12 @@ def decode_inputs(pipeline: Pipeline, tensors) -> dict[str, np.ndarray]:
         if spec is None:
             known = [i.name for i in pipeline.inputs]
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"pipeline {pipeline.name!r} has no input {t.name!r}; inputs: {known}")
+                               f"pipeline {pipeline.name!r} has no input {clipped(t.name)!r}; inputs: {known}")
         if t.name in arrays:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {t.name!r} is given twice")
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {clipped(t.name)!r} is given twice")
         if t.datatype != spec.datatype:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {t.name!r} has datatype {t.datatype}, pipeline "
+                               f"input {clipped(t.name)!r} has datatype {clipped(t.datatype)}, pipeline "
                                f"{pipeline.name!r} expects {spec.datatype}")
         try:
             arr = from_tensor(t)
@@ -91,7 +116,7 @@ def decode_inputs(pipeline: Pipeline, tensors) -> dict[str, np.ndarray]:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         if not spec.accepts_shape(tuple(arr.shape)):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {t.name!r} has shape {list(arr.shape)}, pipeline "
+                               f"input {clipped(t.name)!r} has shape {list(arr.shape)}, pipeline "
                                f"{pipeline.name!r} expects {list(spec.shape)} (-1 = any)")
         arrays[t.name] = arr
     missing = [i.name for i in pipeline.inputs if i.name not in arrays]
@@ -106,6 +131,6 @@ def check_outputs_requested(pipeline: Pipeline, names) -> list[str]:
     for n in names:
         if n not in known:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"pipeline {pipeline.name!r} has no output {n!r}; outputs: {known}")
+                               f"pipeline {pipeline.name!r} has no output {clipped(n)!r}; outputs: {known}")
     return list(names) or known
 

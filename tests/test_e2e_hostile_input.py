@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
+import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
@@ -20,7 +21,7 @@ from heddle.clients.tensors import to_tensor
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, chain_toml, heddle_cache_dir, py_model_toml, serve_toml,
+    RunningServer, chain_toml, default_config, default_server, heddle_cache_dir, py_model_toml, serve_toml,
 )
 
 # Its own server: on code without these fixes, a NaN deadline disables shedding for the server's life.
@@ -176,3 +177,102 @@ def test_huge_request_ids_cost_no_memory(client):
     before = rss_bytes()
     send(1000)
     assert rss_bytes() - before < 20 << 20
+
+
+# ---- shapes, generation options and names --------------------------------------------------------
+
+# Each with the raw bytes its shape would need: only the shape is wrong.
+ABSURD_SHAPES = {"zero times 2**63-1": ([0, 2**63 - 1], 0), "64 dimensions": ([1] * 64, 4),
+                 "2**20 * 2**20 * 2**20": ([2**20] * 3, 0)}
+
+
+@pytest.mark.parametrize("case", list(ABSURD_SHAPES))
+def test_absurd_shape_is_invalid_on_both_frontends(case: str, client, channel):
+    """A shape numpy cannot hold ([0, 2**63-1], 64 dimensions, 2**60 elements) is INVALID_ARGUMENT
+    naming the tensor on heddle.v1 and KServe (it was UNKNOWN "array is too big"), briefly."""
+    shape, nbytes = ABSURD_SHAPES[case]
+    tensor = pb.Tensor(name="x", datatype="FP32", shape=shape, raw_data=bytes(nbytes))
+    v1 = code_of(lambda: pb_grpc.GatewayStub(channel).Infer(
+        pb.InferRequest(pipeline="fast", inputs=[tensor]), timeout=30))
+    request = kserve_request()
+    request.raw_input_contents[0] = bytes(nbytes)
+    request.inputs[0].shape[:] = shape
+    kserve = code_of(lambda: kpb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30))
+    for code, details in (v1, kserve):
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "tensor 'x'" in details, (code, details)
+        assert len(details) < 300
+    assert client.infer("fast", {"x": stage_fns.tagged(4)}).outputs["y"][0] == 4
+
+
+def chat_request(**options) -> pb.InferRequest:
+    ids = np.array([[1, 2]], dtype=np.int64)
+    return pb.InferRequest(pipeline="chat", inputs=[to_tensor("input_ids", ids)],
+                           generation=pb.GenerationOptions(**{"max_new_tokens": 2, **options}))
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"seed": -1}, "generation.seed"), ({"temperature": 1e-300}, "generation.temperature"),
+    ({"temperature": math.nan}, "generation.temperature"), ({"temperature": math.inf}, "generation.temperature"),
+    ({"top_p": math.nan}, "generation.top_p"), ({"top_k": -1}, "generation.top_k"),
+    ({"max_new_tokens": -3}, "generation.max_new_tokens")])
+def test_out_of_range_generation_option_is_invalid(default_server: RunningServer, options, field):
+    """A generation option out of range (seed -1 was INTERNAL from numpy) is INVALID_ARGUMENT naming it."""
+    with grpc.insecure_channel(default_server.target) as ch:
+        stub = pb_grpc.GatewayStub(ch)
+        code, details = code_of(lambda: stub.Infer(chat_request(**options), timeout=30))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and field in details, (code, details)
+        assert len(stub.Infer(chat_request(seed=7), timeout=30).outputs) == 1
+
+
+@pytest.mark.parametrize(("param", "kind", "value"), [
+    ("seed", "int64_param", -1), ("temperature", "double_param", math.nan),
+    ("temperature", "double_param", 1e-300), ("max_new_tokens", "uint64_param", 2**64 - 1),
+    ("top_k", "int64_param", -5), ("top_p", "double_param", 0.0)])
+def test_out_of_range_kserve_generation_parameter_is_invalid(default_server: RunningServer, param, kind, value):
+    """The same options as KServe parameters: INVALID_ARGUMENT naming the parameter."""
+    request = kpb.ModelInferRequest(model_name="chat", raw_input_contents=[np.array([[1, 2]], np.int64).tobytes()],
+                                    inputs=[kpb.ModelInferRequest.InferInputTensor(
+                                        name="input_ids", datatype="INT64", shape=[1, 2])])
+    request.parameters["max_new_tokens"].int64_param = 2
+    setattr(request.parameters[param], kind, value)
+    with grpc.insecure_channel(default_server.target) as ch:
+        code, details = code_of(lambda: kpb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(request, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and f"parameter {param}" in details, (code, details)
+
+
+HUGE = "n" * 16_384
+
+
+def huge_name_requests() -> dict[str, tuple[str, object, grpc.StatusCode]]:
+    """Requests that each carry a 16 KB client string the refusal would echo."""
+    x = to_tensor("x", stage_fns.tagged(1))
+    bad_input = kserve_request()
+    bad_input.inputs[0].name = HUGE
+    bad_model = kserve_request()
+    bad_model.model_name = HUGE
+    return {
+        "pipeline": ("v1", pb.InferRequest(pipeline=HUGE, inputs=[x]), grpc.StatusCode.NOT_FOUND),
+        "input name": ("v1", pb.InferRequest(pipeline="fast", inputs=[to_tensor(HUGE, stage_fns.tagged(1))]),
+                       grpc.StatusCode.INVALID_ARGUMENT),
+        "datatype": ("v1", pb.InferRequest(pipeline="fast", inputs=[
+            pb.Tensor(name="x", datatype=HUGE, shape=[1], raw_data=bytes(4))]), grpc.StatusCode.INVALID_ARGUMENT),
+        "output name": ("v1", pb.InferRequest(pipeline="fast", inputs=[x], outputs=[HUGE]),
+                        grpc.StatusCode.INVALID_ARGUMENT),
+        "kserve model": ("kserve", bad_model, grpc.StatusCode.NOT_FOUND),
+        "kserve input name": ("kserve", bad_input, grpc.StatusCode.INVALID_ARGUMENT),
+    }
+
+
+@pytest.mark.parametrize("case", list(huge_name_requests()))
+def test_huge_client_names_are_cut_in_messages(case: str, client, channel):
+    """A 16 KB name is refused with its own code and a message that shows only its start (echoed
+    whole, the message passed gRPC's metadata limit and the client got no status of ours)."""
+    frontend, request, expected = huge_name_requests()[case]
+    if frontend == "v1":
+        call = lambda: pb_grpc.GatewayStub(channel).Infer(request, timeout=30)  # noqa: E731
+    else:
+        call = lambda: kpb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)  # noqa: E731
+    code, details = code_of(call)
+    assert code == expected, (code, details[:200])
+    assert "n" * 64 + "…" in details and len(details) < 1000, details[:200]
+    assert client.infer("fast", {"x": stage_fns.tagged(5)}).outputs["y"][0] == 5

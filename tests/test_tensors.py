@@ -13,7 +13,11 @@ from hypothesis.extra import numpy as hnp
 from heddle.clients import tensors
 from heddle.clients.tensors import (
     DATATYPE_TO_NUMPY,
+    MAX_DIMS,
+    MAX_ELEMENTS,
     TensorError,
+    check_shape,
+    clipped,
     expected_nbytes,
     from_tensor,
     numpy_to_datatype,
@@ -161,6 +165,33 @@ class TestErrors:
         with pytest.raises(TensorError, match=r"tensor 'x': shape \[-1,4\] has a negative"):
             from_tensor(_tensor("FP32", [-1, 4], b""))
 
+    @pytest.mark.parametrize(("shape", "message"), [
+        ([0, 2**63 - 1], "is too large: its non-zero dimensions multiply past 4294967296"),
+        ([2**16, 2**16, 2], "is too large"),
+        ([1] * 64, "shape has 64 dimensions; at most 8"),
+        ([1] * 100_000, "shape has 100000 dimensions; at most 8"),
+    ])
+    def test_absurd_shape(self, shape: list[int], message: str) -> None:
+        """A shape numpy could not hold, or with too many dimensions, raises TensorError before numpy
+        sees it, naming the tensor and never echoing a huge shape."""
+        for datatype in ("FP32", "BYTES"):
+            with pytest.raises(TensorError, match=f"tensor 'x': .*{message}") as err:
+                from_tensor(_tensor(datatype, shape, b""))
+            assert len(str(err.value)) < 300
+
+    def test_shape_limits_are_inclusive(self) -> None:
+        """MAX_DIMS dimensions and MAX_ELEMENTS elements are still accepted by check_shape."""
+        check_shape("x", [1] * MAX_DIMS)
+        check_shape("x", [MAX_ELEMENTS, 0, 1])
+
+    def test_long_names_are_clipped_in_messages(self) -> None:
+        """A 16 KB tensor name or datatype shows as its first 64 characters and an ellipsis."""
+        assert clipped("abc") == "abc" and clipped("a" * 65) == "a" * 64 + "…"
+        with pytest.raises(TensorError) as err:
+            from_tensor(_tensor("F" * 16384, [1], b"", name="n" * 16384))
+        assert "n" * 64 + "…" in str(err.value) and "F" * 64 + "…" in str(err.value)
+        assert len(str(err.value)) < 400
+
     def test_bool_bytes_other_than_0_and_1(self) -> None:
         """BOOL raw data may hold only 0 and 1."""
         with pytest.raises(TensorError, match="tensor 'x': BOOL raw_data holds bytes other than"):
@@ -170,7 +201,7 @@ class TestErrors:
         (b"\x02\x00", [1], "has 2 bytes, too few for the 1 elements"),
         (b"\x05\x00\x00\x00abc", [1], "element 0 declares 5 bytes but only 3 remain"),
         (b"\x01\x00\x00\x00abcd", [2], "ends inside the length of element 1"),
-        (b"\x00" * 8, [10**12, 10**6], "too few for the 1000000000000000000 elements"),
+        (b"\x00" * 8, [2**16, 2**15], "too few for the 2147483648 elements"),
         (b"\x01\x00\x00\x00ab", [1], "1 bytes left over after 1 elements"),
         (b"\x00\x00\x00\x00", [0], "4 bytes left over after 0 elements"),
     ])
