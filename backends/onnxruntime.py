@@ -184,7 +184,9 @@ class OrtExecutor:
         return list(self._obtained or [])
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        # Never wait: a long run (a huge graph, a large batch) would hold the shutdown past
+        # its grace period; what is still running is abandoned with the process.
+        self.pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._sessions.clear()
 

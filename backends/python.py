@@ -98,6 +98,8 @@ class PythonExecutor:
         return ["python"]
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        # Never wait: a stage stuck in operator code would hold the shutdown past
+        # its grace period; what is still running is abandoned with the process.
+        self.pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._stages.clear()

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
+import sys
+import threading
+import time
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,9 +27,12 @@ from heddle.server.service import AdminServicer, GatewayServicer
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 
-__all__ = ["HeddleServer", "serve"]
+__all__ = ["FLUSH_S", "HeddleServer", "exit_now", "serve"]
 
 log = get_logger("heddle.server")
+# After the drain, how long the responses of the requests it ended get to leave: they are
+# encoded and handed to gRPC within a few loop turns; this bounds the wait, not the common case.
+FLUSH_S = 0.25
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Gateway"].full_name,
     pb.DESCRIPTOR.services_by_name["Admin"].full_name,
@@ -101,8 +110,12 @@ class HeddleServer:
             period_s=period_s,
         ).start()
 
-    async def stop(self, grace_s: float | None = None) -> None:
-        """Stop accepting, let in-flight requests finish up to the grace period, then release all."""
+    async def stop(self, grace_s: float | None = None, *, exiting: bool = False) -> None:
+        """Stop accepting, let in-flight requests finish up to the grace period, then release all.
+
+        Takes at most about grace_s + FLUSH_S whatever stages do: a stage thread still running is
+        not waited for (Python cannot kill a thread; `serve` ends the process without it).
+        exiting: the process ends right after (`heddle serve`), so gRPC's own stop is skipped."""
         grace_s = self.config.server.grace_period_s if grace_s is None else grace_s
         self.kserve.set_serving(False)
         await self.health.enter_graceful_shutdown()
@@ -110,8 +123,7 @@ class HeddleServer:
         # Drain before server.stop: gRPC core holds calls that arrive during stop(grace) until the
         # grace ends and then CANCELs them (grpc/grpc#41785); the runtime answers them UNAVAILABLE now.
         await self.runtime.drain(grace_s)
-        if self.server is not None:
-            await self.server.stop(grace_s)  # only responses of finished requests are left to send
+        await self._stop_grpc(exiting)
         if self._watcher is not None:
             self._watcher.stop()
         await self.power.stop()  # after the drain: frozen requests need it until they end
@@ -121,9 +133,23 @@ class HeddleServer:
             self._metrics_http.close()
         log.info("heddle stopped")
 
+    async def _stop_grpc(self, exiting: bool) -> None:
+        """Let the responses of the drained requests leave; then stop gRPC, unless the process exits.
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+        gRPC's stop CANCELs the calls its core has accepted but not yet handed to heddle (calls
+        that crossed the stop on the wire; under load every busy client has one), although heddle
+        documents UNAVAILABLE. An exiting process keeps answering UNAVAILABLE for FLUSH_S and then
+        lets the exit close the connections, which clients see as UNAVAILABLE."""
+        if self.server is None:
+            return
+        if exiting:
+            await asyncio.sleep(FLUSH_S)
+        else:  # in-process (tests, profiling): the port must be released and the process lives on
+            await self.server.stop(FLUSH_S)
+
+
+async def serve(config: Config) -> NoReturn:
+    """Run until SIGTERM or SIGINT, shut down within the grace period, then end the process."""
     server = HeddleServer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -133,4 +159,23 @@ async def serve(config: Config) -> None:
     try:
         await stop.wait()
     finally:
-        await server.stop()
+        await server.stop(exiting=True)
+    exit_now(0)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process without joining threads: a stage stuck in operator code would hold a normal
+    exit for as long as it runs (concurrent.futures joins its workers at exit), past any grace."""
+    joined_by = time.monotonic() + 0.1  # idle pool workers, told to stop, are gone in microseconds
+    stuck = []
+    for t in threading.enumerate():
+        if not t.daemon and t is not threading.current_thread():
+            t.join(max(joined_by - time.monotonic(), 0.0))
+            if t.is_alive():
+                stuck.append(t.name)
+    if stuck:
+        log.warning("exiting without waiting for threads still running", threads=stuck)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

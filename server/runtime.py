@@ -10,7 +10,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from heddle.backends.base import BackendTimeout, DeviceUnavailable, Executor, InputError
+from heddle.backends.base import BackendError, BackendTimeout, DeviceUnavailable, Executor, InputError
 from heddle.backends.graph_summary import summarize_file
 from heddle.scheduler.profiles import ProfileTable
 from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Request, RunState
@@ -211,6 +211,9 @@ class Runtime:
         """A bug while handling a completion must end its request INTERNAL, not leave it hanging
         until its deadline (or forever): log it with the request id and keep serving."""
         try:
+            if fut.cancelled():  # never started: its pool was shut down (server stopping)
+                fut = self._loop.create_future()
+                fut.set_exception(BackendError("stage not run: the server is shutting down"))
             self._on_done(d, fut)
         except Exception:
             log.exception("internal error handling a stage completion", request_id=d.request_id,

@@ -15,12 +15,16 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "WAIT_LIMIT_S", "barrier_branch", "boom", "calls", "gate", "join2", "open_gate", "reset", "sleep_50ms",
+    "HANG_S", "WAIT_LIMIT_S", "barrier_branch", "boom", "calls", "gate", "hang", "join2", "open_gate", "reset",
+    "sleep_50ms",
     "tagged", "tail", "wait_for_call", "wait_for_file",
 ]
 
 # Safety net only: a stage never blocks longer than this, so a failing test cannot hang the suite.
 WAIT_LIMIT_S = 10.0
+# How long `hang` sleeps: far past any timeout or grace period a test sets, so a test that waits
+# for it to return (old code) takes this long instead of failing fast.
+HANG_S = 60.0
 # Where wait_for_file looks (set in the environment of a server subprocess).
 GATE_FILE_ENV = "HEDDLE_TEST_GATE_FILE"
 
@@ -113,4 +117,12 @@ def wait_for_file(x: np.ndarray) -> dict[str, np.ndarray]:
         if time.monotonic() > deadline:
             raise TimeoutError(f"gate file {path} never appeared")
         time.sleep(0.005)
+    return {"y": x}
+
+
+def hang(x: np.ndarray) -> dict[str, np.ndarray]:
+    """A stuck operator: sleeps HANG_S (only for server processes or process-isolated stages,
+    which can be killed; a thread running it cannot)."""
+    _record("hang", x)
+    time.sleep(HANG_S)
     return {"y": x}
