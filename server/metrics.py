@@ -181,6 +181,8 @@ class Metrics:
             ["device"], registry=reg)
         self.device_queue_length = Gauge(
             "heddle_device_queue_length", "Stages queued for the device.", ["device"], registry=reg)
+        self.requests_in_flight = Gauge(
+            "heddle_requests_in_flight", "Requests submitted and not answered yet.", registry=reg)
         self.device_load_state = Enum(
             "heddle_device_load_state", "Whether the device's models are loaded (server/recovery.py).",
             ["device"], states=list(LOAD_STATES), registry=reg)
@@ -261,6 +263,9 @@ class Metrics:
 
     def set_queue_length(self, device: str, n: int) -> None:
         self.device_queue_length.labels(device).set(n)
+
+    def set_in_flight(self, n: int) -> None:
+        self.requests_in_flight.set(n)
 
     def set_device_load_state(self, device: str, state: str) -> None:
         self.device_load_state.labels(device).state(state)

@@ -171,6 +171,7 @@ class Runtime:
             stats = self.core.stats()
             for device, n in stats.queued.items():
                 self.metrics.set_queue_length(device, n)
+            self.metrics.set_in_flight(len(self._jobs))
             self.metrics.power.set_frozen_tasks(sum(stats.frozen.values()))
 
     def _arm_deadline_timer(self) -> None:
