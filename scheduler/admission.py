@@ -1,6 +1,8 @@
 """Admission control: on submit, predict a request's latency at current load and the power it
 adds, and accept it, queue it (admitted, but held while its class is frozen; bounded), or reject
-it with a reason and a retry hint, by priority class. Pure: the core calls `decide` at submit."""
+it with a reason and a retry hint, by priority class; under overload, lower classes first (their
+predicted latency, and a bound on requests in flight shared out by class). Pure: the core calls
+`decide` at submit and `forget` when a request ends."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Collection
 
+from heddle.scheduler.admission_settings import class_limit
 from heddle.scheduler.budget import critical_path_s
 from heddle.scheduler.power import PowerController
 from heddle.scheduler.state import Request, RunState
@@ -19,8 +22,9 @@ __all__ = ["ACCEPT", "QUEUE", "REJECT", "REJECT_REASONS", "Admission", "Decision
 
 ACCEPT, QUEUE, REJECT = "accept", "queue", "reject"
 # power: the controller refuses the class, or the request would push the box over budget;
-# queue_full: too many requests wait frozen already; overload: its deadline cannot be met at
-# the current load (a retry later may); deadline: not even on an idle box (no retry helps).
+# queue_full: too many requests wait frozen already, or its class's share of the in-flight bound
+# is taken; overload: its deadline cannot be met at the current load (a retry later may);
+# deadline: not even on an idle box (no retry helps).
 REJECT_REASONS = ("power", "queue_full", "overload", "deadline")
 
 
@@ -35,19 +39,22 @@ class Decision:
 
 
 class Admission:
-    """Decides at submit; counts admitted requests per class to bound the frozen queue.
+    """Decides at submit; counts admitted requests per class until they end.
 
     The top class (priority >= top_priority) is rejected only when its deadline cannot be met
-    even on an idle box. check_latency=False keeps only the power rules (refused classes, the
-    queue bound): what a server without a [power] table gets once a budget is set at run time.
+    even on an idle box, or when `max_in_flight` requests are in flight (every lower class is
+    refused well before: class p of top may fill p/top of the bound). check_latency=False keeps
+    only the power rules and the bound (what `[admission] enabled = false` or `[power]
+    admission = false` leaves); max_in_flight=None: no bound.
     """
 
     def __init__(self, controller: PowerController | None, top_priority: int, queue_bound: int = 64,
-                 check_latency: bool = True) -> None:
+                 check_latency: bool = True, max_in_flight: int | None = None) -> None:
         self.controller = controller
         self.top = top_priority
         self.queue_bound = queue_bound
         self.check_latency = check_latency
+        self.max_in_flight = max_in_flight
         self._admitted: dict[str, int] = {}  # request id -> class, until the request ends
 
     def decide(self, request: Request, view: CoreView, now: float) -> Decision:
@@ -60,6 +67,11 @@ class Admission:
     def forget(self, request_id: str) -> None:
         """The request ended (the core calls this from its one way to finish a request)."""
         self._admitted.pop(request_id, None)
+
+    @property
+    def in_flight(self) -> int:
+        """Admitted requests that have not ended: what the in-flight bound counts."""
+        return len(self._admitted)
 
     def waiting_frozen(self) -> int:
         """Admitted requests of classes frozen somewhere: the queue the bound applies to."""
@@ -77,6 +89,10 @@ class Admission:
                 return Decision(REJECT, "deadline", None, best_s, message=(
                     f"deadline {left_s * 1e3:.1f} ms is shorter than the pipeline's best-case latency "
                     f"{best_s * 1e3:.1f} ms on an idle box"))
+        if self.max_in_flight is not None:
+            limit = class_limit(self.max_in_flight, cls, self.top)
+            if self.in_flight >= limit:
+                return self._over_bound(request, view, now, cls, limit)
         if cls >= self.top:
             return Decision(ACCEPT)
         ctl = self.controller
@@ -90,17 +106,28 @@ class Admission:
             # Devices where its class is frozen do not count: it would wait there for power.
             skip = {d for d in ctl.devices if ctl.freeze_max(d) >= cls} if frozen else set()
             predicted_s = predicted_latency_s(request, view, now, skip)
-            if predicted_s > left_s and math.isinf(predicted_s):
+            if math.isinf(predicted_s) and frozen:
                 return Decision(REJECT, "power", ctl.retry_after_s(cls), message=(
                     f"power budget: priority {cls} is frozen on every device that could run it "
                     f"and its deadline is {left_s * 1e3:.1f} ms away"))
-            if predicted_s > left_s:
+            # inf unfrozen: no healthy device can run a stage; the core answers UNAVAILABLE.
+            if math.isfinite(predicted_s) and predicted_s > left_s:
                 return Decision(REJECT, "overload", predicted_s - left_s, predicted_s, message=(
                     f"predicted latency {predicted_s * 1e3:.1f} ms at the current load exceeds the "
                     f"deadline {left_s * 1e3:.1f} ms"))
         if frozen:
             return self._frozen_class(request, view, cls, ctl)
         return Decision(ACCEPT, predicted_s=predicted_s)
+
+    def _over_bound(self, request: Request, view: CoreView, now: float, cls: int, limit: int) -> Decision:
+        """Its class's share of the in-flight bound is taken. The hint: its predicted latency at
+        this load (about when the work ahead of it has drained), never under its best case."""
+        predicted_s = predicted_latency_s(request, view, now)
+        best_s = critical_path_s(request.pipeline, lambda s: _fastest_s(view, request.pipeline.stage(s).model))
+        retry_s = max(predicted_s, best_s) if math.isfinite(predicted_s) else best_s
+        return Decision(REJECT, "queue_full", retry_s, predicted_s, message=(
+            f"overloaded: {self.in_flight} requests in flight; priority {cls} is admitted while "
+            f"fewer than {limit} are (max_in_flight {self.max_in_flight})"))
 
     def _frozen_class(self, request: Request, view: CoreView, cls: int, ctl: PowerController) -> Decision:
         """Its class is held somewhere: queue it (it runs where and when power allows) unless

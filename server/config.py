@@ -15,6 +15,7 @@ from heddle.scheduler import (
     POLICIES, DeviceSpec, ModelSpec, Pipeline, PipelineError, PipelineSpec, StageSpec, TensorSpec,
     validate_pipeline,
 )
+from heddle.scheduler.admission_settings import AdmissionSettings
 from heddle.scheduler.power import PowerSettings
 from heddle.scheduler.specs import DATATYPES
 
@@ -59,6 +60,7 @@ class Config:
     source: str = "<embedded default>"
     extra: Mapping[str, Any] = field(default_factory=dict)
     power: PowerSettings = field(default_factory=PowerSettings)  # the [power] table
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)  # the [admission] table
 
 
 def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Config:
@@ -102,7 +104,15 @@ def parse_config(text: str, source: str, base_dir: Path, overrides: Mapping[str,
         if pipeline.name in pipelines:
             raise ConfigError(f"{source}: pipeline name {pipeline.name!r} is used twice")
         pipelines[pipeline.name] = pipeline
-    return Config(server, devices, models, pipelines, source, power=_power(source, doc, devices))
+    return Config(server, devices, models, pipelines, source, power=_power(source, doc, devices),
+                  admission=_admission(source, doc))
+
+
+def _admission(source: str, doc: Mapping[str, Any]) -> AdmissionSettings:
+    try:
+        return AdmissionSettings.from_table(doc.get("admission", {}) or {})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _power(source: str, doc: Mapping[str, Any], devices: tuple[DeviceSpec, ...]) -> PowerSettings:

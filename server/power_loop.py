@@ -77,8 +77,12 @@ class PowerLoop:
         self.controller = PowerController(self.settings, models, counts, top_priority=top)
         core = self.runtime.core
         core.power = self.controller
+        # Overload admission is on by default ([admission] enabled): lower classes are refused
+        # first, by predicted latency and by their share of the in-flight bound.
+        overload = self.config.admission
         core.admission = Admission(self.controller, top, self.settings.queue_bound,
-                                   check_latency=self.settings.configured and self.settings.admission)
+                                   check_latency=overload.enabled and self.settings.admission,
+                                   max_in_flight=overload.bound)
         self.runtime.apply_level = self._apply_level
         log.info("power sensing", sensors=[s.name for s in self.sensors],
                  actuators={d: a.kind for d, a in self.actuators.items()}, budget_w=self.settings.budget_w,
