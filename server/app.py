@@ -16,13 +16,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from heddle.backends.base import make_executor
+from heddle.server.binding import bind_grpc, check_before_start, start_metrics_http
 from heddle.server.config import Config
 from heddle.server.kserve import SERVICE_NAME as KSERVE_SERVICE, KServeServicer
 from heddle.server.logs import get_logger
 from heddle.server.metrics import Metrics
 from heddle.server.power_loop import PowerLoop
 from heddle.server.runtime import Runtime
-from heddle.server.security import AdminAuthInterceptor, server_credentials
+from heddle.server.security import AdminAuthInterceptor
 from heddle.server.service import AdminServicer, GatewayServicer
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
@@ -63,6 +64,7 @@ class HeddleServer:
 
     async def start(self) -> None:
         s = self.config.server
+        check_before_start(s, with_metrics_http=self._with_metrics_http)  # before the slow model loading
         await self.runtime.load_models()
         self.power.start()
         self._watch_remote_devices()
@@ -79,16 +81,11 @@ class HeddleServer:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.server)
-        address = f"{s.grpc_host}:{s.grpc_port}"
-        if s.tls_cert:
-            creds = server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca or None)
-            self.grpc_port = self.server.add_secure_port(address, creds)
-        else:
-            self.grpc_port = self.server.add_insecure_port(address)
-        await self.server.start()
-        if self._with_metrics_http:
-            self._metrics_http = self.metrics.start_http(s.metrics_host, s.metrics_port)
+        self.grpc_port = bind_grpc(self.server, s)
+        if self._with_metrics_http:  # bound before the gRPC server starts, so a taken port starts nothing
+            self._metrics_http = start_metrics_http(self.metrics, s.metrics_host, s.metrics_port)
             self.metrics_port = self._metrics_http.port
+        await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("heddle serving", grpc=f"{s.grpc_host}:{self.grpc_port}",

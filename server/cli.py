@@ -17,6 +17,8 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--metrics-host")
     p.add_argument("--metrics-port", type=int)
     p.add_argument("--policy")
+    p.add_argument("--insecure-admin", action="store_true", default=None,
+                   help="serve the Admin RPCs beyond loopback with no admin token (refused otherwise)")
     p.add_argument("--log-level")
     p.add_argument("--log-json", action="store_true", default=None, help="JSON logs even on a terminal")
     p.add_argument("--trace", metavar="FILE", help="record arrivals as a JSON-lines trace (heddle simulate --trace)")
@@ -31,16 +33,21 @@ def _serve(args) -> int:
     try:
         config = load_config(args.config, grpc_host=args.grpc_host, grpc_port=args.grpc_port,
                              metrics_host=args.metrics_host, metrics_port=args.metrics_port,
-                             policy=args.policy, log_level=args.log_level, trace_file=args.trace)
+                             policy=args.policy, log_level=args.log_level, trace_file=args.trace,
+                             insecure_admin=args.insecure_admin)
     except ConfigError as exc:
         print(f"heddle: config error: {exc}", file=sys.stderr)
         return 2
     if args.log_level is None and config.server.log_level != "info":
         configure_logging(config.server.log_level, json_output=args.log_json)
     from heddle.backends.base import BackendError
+    from heddle.server.binding import StartError
 
     try:
         asyncio.run(serve(config))
+    except StartError as exc:  # exposed admin RPCs, a taken port, a bad TLS file: one line, no traceback
+        print(f"heddle: {exc}", file=sys.stderr)
+        return 2
     except BackendError as exc:  # a model or device that cannot load: say so, without a traceback
         print(f"heddle: cannot start: {exc}", file=sys.stderr)
         return 1

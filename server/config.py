@@ -43,6 +43,8 @@ class ServerSettings:
     default_priority: int = 2
     cache_dir: str = DEFAULT_CACHE_DIR
     admin_token: str = ""
+    # Serve the Admin RPCs beyond loopback with no token and no mutual TLS (refused otherwise).
+    insecure_admin: bool = False
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -83,7 +85,7 @@ def parse_config(text: str, source: str, base_dir: Path, overrides: Mapping[str,
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    server = _server_settings(source, doc.get("server", {}), overrides or {})
+    server = _server_settings(source, doc.get("server", {}), overrides or {}, base_dir)
     devices = tuple(_device(source, i, d) for i, d in enumerate(doc.get("devices", [])))
     _unique(source, "device", [d.id for d in devices])
     if not devices:
@@ -134,7 +136,8 @@ def _power(source: str, doc: Mapping[str, Any], devices: tuple[DeviceSpec, ...])
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def _server_settings(source: str, raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> ServerSettings:
+def _server_settings(source: str, raw: Mapping[str, Any], overrides: Mapping[str, Any],
+                     base_dir: Path) -> ServerSettings:
     raw = dict(raw)
     tls = raw.pop("tls", {}) or {}
     for key in ("cert", "key", "client_ca"):
@@ -145,7 +148,15 @@ def _server_settings(source: str, raw: Mapping[str, Any], overrides: Mapping[str
     if unknown:
         raise ConfigError(f"{source}: unknown [server] keys {unknown}")
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    raw.setdefault("admin_token", os.environ.get("HEDDLE_ADMIN_TOKEN", ""))
+    # An empty admin_token means "not set here", never "no token": it must not switch off a token
+    # the environment gives (a config template with admin_token = "" would open the Admin RPCs).
+    if not raw.get("admin_token"):
+        raw["admin_token"] = os.environ.get("HEDDLE_ADMIN_TOKEN", "")
+    if not isinstance(raw.get("insecure_admin", False), bool):
+        raise ConfigError(f"{source}: [server] insecure_admin must be true or false")
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
+        if raw.get(key):
+            raw[key] = _tls_path(source, key, raw[key], base_dir)
     settings = ServerSettings(**raw)
     if settings.policy not in POLICIES:
         raise ConfigError(f"{source}: unknown policy {settings.policy!r}; known: {sorted(POLICIES)}")
@@ -155,6 +166,14 @@ def _server_settings(source: str, raw: Mapping[str, Any], overrides: Mapping[str
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError(f"{source}: [server.tls] needs both cert and key")
     return settings
+
+
+def _tls_path(source: str, key: str, path: str, base_dir: Path) -> str:
+    """A [server.tls] file, relative to the config file's folder (as model paths are), checked to exist."""
+    resolved = (base_dir / os.path.expanduser(str(path))).resolve()
+    if not resolved.is_file():
+        raise ConfigError(f"{source}: [server.tls] {key.removeprefix('tls_')} file {str(resolved)!r} does not exist")
+    return str(resolved)
 
 
 def _device(source: str, index: int, raw: Mapping[str, Any]) -> DeviceSpec:

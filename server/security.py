@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,35 @@ from typing import Any
 import grpc
 import grpc.aio
 
-__all__ = ["AdminAuthInterceptor", "server_credentials"]
+__all__ = ["AdminAuthInterceptor", "admin_exposure", "is_loopback", "server_credentials"]
 
 _MISSING_TOKEN_MESSAGE = "admin RPCs need 'authorization: Bearer <token>' metadata"
 _WRONG_TOKEN_MESSAGE = "the admin token in 'authorization: Bearer <token>' is not the server's"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface, so not loopback
+        return False
+
+
+def admin_exposure(grpc_host: str, admin_token: str, client_ca: str) -> str | None:
+    """Why the Admin RPCs would be open to the network, or None when they are not.
+
+    They are open when the gRPC port is bound beyond loopback and nothing authenticates a caller:
+    no admin token and no mutual TLS (a client certificate signed by the operator's CA counts).
+    """
+    if admin_token or client_ca or is_loopback(grpc_host):
+        return None
+    return (f"grpc_host {grpc_host!r} is reachable beyond this machine and no admin token is set, so anyone "
+            f"who reaches the gRPC port could call the Admin RPCs (SetPowerBudget, SetPolicy); set "
+            f"HEDDLE_ADMIN_TOKEN (or [server] admin_token), bind to 127.0.0.1, or pass --insecure-admin "
+            f"(insecure_admin = true) to accept that")
 
 
 def _read_pem(path: str | Path, what: str) -> bytes:

@@ -163,3 +163,33 @@ def test_eight_cores_are_split_into_four_devices_of_two():
     devices = tomllib.loads(detect_device_tables(cpu_count=8, gpu_count=0))["devices"]
     assert [d.get("cpu_affinity") for d in devices] == [[0, 1], [2, 3], [4, 5], [6, 7], None]
     assert [d.get("intra_op_threads") for d in devices[:4]] == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("server, env, token", [
+    ('admin_token = ""', "from-env", "from-env"),         # an empty value does not switch the env token off
+    ("", "from-env", "from-env"),
+    ('admin_token = "from-file"', "from-env", "from-file"),
+    ('admin_token = ""', "", ""),
+])
+def test_admin_token_from_file_else_environment(monkeypatch: pytest.MonkeyPatch, server: str, env: str, token: str):
+    """A non-empty admin_token in the file wins; an empty or absent one leaves HEDDLE_ADMIN_TOKEN in force."""
+    monkeypatch.setenv("HEDDLE_ADMIN_TOKEN", env)
+    config = parse_config(f"[server]\n{server}\n" + GOOD, "<test>", TESTS_DIR)
+    assert config.server.admin_token == token
+
+
+def test_insecure_admin_must_be_a_boolean():
+    """insecure_admin = "yes" is refused rather than read as true."""
+    with pytest.raises(ConfigError, match="insecure_admin must be true or false"):
+        parse_config('[server]\ninsecure_admin = "yes"\n' + GOOD, "<test>", TESTS_DIR)
+
+
+def test_tls_files_resolve_beside_the_config(tmp_path: Path):
+    """[server.tls] paths are relative to the config file's folder, not the working directory."""
+    (tmp_path / "tls").mkdir()
+    for name in ("s.pem", "s.key"):
+        (tmp_path / "tls" / name).write_text("-----BEGIN X-----\n")
+    config = parse_config('[server.tls]\ncert = "tls/s.pem"\nkey = "tls/s.key"\n' + GOOD, "<test>", tmp_path)
+    assert config.server.tls_cert == str((tmp_path / "tls" / "s.pem").resolve())
+    with pytest.raises(ConfigError, match=r"cert file .*nope\.pem' does not exist"):
+        parse_config('[server.tls]\ncert = "nope.pem"\nkey = "tls/s.key"\n' + GOOD, "<test>", tmp_path)

@@ -3,64 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import grpc.aio
 import pytest
 
-from heddle.server.security import AdminAuthInterceptor, server_credentials
+from heddle.server.security import AdminAuthInterceptor, admin_exposure, is_loopback, server_credentials
+from pki_fixtures import Pki, pki  # noqa: F401  (fixtures are found by name)
 
 GET_POLICY = "/heddle.v1.Admin/GetPolicy"
 WATCH_POLICY = "/heddle.v1.Admin/WatchPolicy"  # not in the proto: exercises the unary-stream shape
 LIST_MODELS = "/heddle.v1.Gateway/ListModels"
 TOKEN = "s3cret-admin-token"
-
-
-# ---- certificates -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _issue(tmp: Path, name: str, extensions: str) -> None:
-    """A P-256 key and a cert for it signed by the CA in `tmp`."""
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=heddle-test-{name}", cwd=tmp)
-    (tmp / f"{name}.ext").write_text(extensions)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "1", "-sha256", "-extfile", f"{name}.ext",
-             "-out", f"{name}.pem", cwd=tmp)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """A throwaway CA with one server cert (localhost, 127.0.0.1) and one client cert."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is needed to make test certificates")
-    tmp = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=heddle-test-ca",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=tmp)
-    _issue(tmp, "server", "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
-                          "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _issue(tmp, "client", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
-    return Pki(tmp / "ca.pem", tmp / "server.pem", tmp / "server.key",
-               tmp / "client.pem", tmp / "client.key")
 
 
 # ---- a tiny server --------------------------------------------------------------------------------
@@ -257,3 +213,21 @@ def test_unknown_method_stays_unimplemented() -> None:
         assert await _call_code(channel, "/heddle.v1.Admin/NoSuchMethod") == grpc.StatusCode.UNIMPLEMENTED
 
     _with_interceptor(TOKEN, body)
+
+
+# ---- exposure of the admin RPCs -------------------------------------------------------------------
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.3.4.5", "::1", "[::1]", "localhost", "LOCALHOST"])
+def test_loopback_hosts_are_loopback(host: str) -> None:
+    """Addresses only this machine can reach count as loopback."""
+    assert is_loopback(host) and admin_exposure(host, "", "") is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "[::]", "", "10.0.0.7", "edge-box.local"])
+def test_other_hosts_expose_the_admin_rpcs_without_a_token(host: str) -> None:
+    """Any other address (a host name included) exposes the admin RPCs unless a token or mutual TLS guards them."""
+    assert not is_loopback(host)
+    problem = admin_exposure(host, "", "")
+    assert problem is not None and "--insecure-admin" in problem and "HEDDLE_ADMIN_TOKEN" in problem
+    assert admin_exposure(host, TOKEN, "") is None
+    assert admin_exposure(host, "", "/etc/heddle/clients-ca.pem") is None
