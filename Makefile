@@ -1,29 +1,47 @@
-# Two commands for a newcomer: `make serve` and `make test`. Both install into .venv first.
+# Two commands for a newcomer: `make serve` and `make test`. Both install into .venv first:
+# serve only what serving needs; test adds the test extras (pytest, a Triton server, plotting).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Stamps: the serving install, and the test extras on top of it. A stamp older than
+# pyproject.toml reinstalls, so `make serve` then `make test` adds the extras once.
+SERVE_STAMP := $(BIN)/.heddle-installed
+TEST_STAMP := $(BIN)/.heddle-test-installed
 
-.PHONY: install serve test bench bench-all lint-docker proto
+.PHONY: install install-test serve test bench bench-all lint-docker proto
 
-$(BIN)/.heddle-installed: pyproject.toml
+$(BIN)/python:
+	@echo "== creating the virtual environment $(VENV)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --upgrade pip
+
+# pip runs without --quiet on purpose: a first install takes a minute or more, and a silent one looks hung.
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	@echo "== installing heddle and what serving needs into $(VENV)"
+	$(BIN)/python -m pip install -e .
 	touch $@
 
-install: $(BIN)/.heddle-installed
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	@echo "== installing heddle with its test extras into $(VENV) (pytest, a Triton server, plotting)"
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@ $(SERVE_STAMP)
+
+install: $(SERVE_STAMP)
+
+install-test: $(TEST_STAMP)
 
 serve: install
+	@echo "== starting heddle serve (a first run also builds the demo models, a line each)"
 	$(BIN)/heddle serve $(ARGS)
 
-test: install
+test: install-test
 	$(BIN)/python -m pytest $(ARGS)
 
-bench: install
+bench: install-test
 	$(BIN)/python bench/gateway_overhead.py $(ARGS)
 
-bench-all: install
+bench-all: install-test
 	$(BIN)/python bench/run_all.py $(ARGS)
 
-proto: install
+proto: install-test
 	PATH=$(BIN):$$PATH tools/gen_proto.sh

@@ -80,7 +80,11 @@ def run_infer(args: argparse.Namespace) -> int:
     """Run `heddle infer`; 0 on success, 1 on an RPC error, 2 on a bad --input."""
     try:
         with HeddleClient(args.target, token=args.token) as client:
-            declared = _declared_inputs(client.list_pipelines(), args.pipeline)
+            # An unknown pipeline yields no declarations; the server's NOT_FOUND then says what is wrong.
+            info = next((p for p in client.list_pipelines() if p.name == args.pipeline), None)
+            declared = {} if info is None else {t.name: t for t in info.inputs}
+            if info is not None and info.description and not args.json:  # e.g. that a demo LLM is random
+                print(f"{args.pipeline}: {info.description}", flush=True)
             inputs = build_inputs(args.inputs, declared, np.random.default_rng(args.seed))
             kwargs = dict(priority=args.priority, deadline_ms=args.deadline_ms,
                           outputs=args.outputs or None, generation=parse_generation(args.generation))
@@ -116,13 +120,6 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 # --- inputs ---------------------------------------------------------------------------------
-
-def _declared_inputs(pipelines: Sequence[heddle_pb2.PipelineInfo], name: str
-                     ) -> dict[str, heddle_pb2.TensorInfo]:
-    # An unknown pipeline yields no declarations; the server's NOT_FOUND then says what is wrong.
-    info = next((p for p in pipelines if p.name == name), None)
-    return {} if info is None else {t.name: t for t in info.inputs}
-
 
 def build_inputs(specs: Sequence[str], declared: Mapping[str, heddle_pb2.TensorInfo],
                  rng: np.random.Generator) -> dict[str, np.ndarray]:

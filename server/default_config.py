@@ -142,7 +142,7 @@ stages = [
 
 [[pipelines]]
 name = "chat"
-description = "token ids -> decoder LLM with KV cache (tokens stream with InferStream) -> generated ids"
+description = "token ids -> decoder LLM with KV cache (tokens stream with InferStream) -> generated ids; the demo LLM has random weights: its output is random tokens, not language"
 inputs = [{ name = "input_ids", datatype = "INT64", shape = [1, -1] }]
 outputs = { output_ids = "llm.output_ids" }
 stages = [
@@ -151,7 +151,7 @@ stages = [
 
 [[pipelines]]
 name = "chat_text"
-description = "text -> byte tokenizer (python) -> LLM -> detokenizer (python) -> text"
+description = "text -> byte tokenizer (python) -> LLM -> detokenizer (python) -> text; the demo LLM has random weights: its text is random bytes, not language"
 inputs = [{ name = "text", datatype = "BYTES", shape = [1] }]
 outputs = { text = "detok.text", output_ids = "llm.output_ids" }
 stages = [

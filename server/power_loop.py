@@ -86,9 +86,10 @@ class PowerLoop:
         self.runtime.apply_level = self._apply_level
         log.info("power sensing", sensors=[s.name for s in self.sensors],
                  actuators={d: a.kind for d, a in self.actuators.items()}, budget_w=self.settings.budget_w,
-                 device_budget_w=dict(self.settings.device_budget_w), period_s=self.settings.period_s)
-        for note in self.unavailable:
-            log.info("power: not used", what=note.what, reason=note.reason)
+                 device_budget_w=dict(self.settings.device_budget_w), period_s=self.settings.period_s,
+                 not_used=[note.what for note in self.unavailable])
+        for note in self.unavailable:  # a line each is too many for every start: reasons at debug
+            log.debug("power: not used", what=note.what, reason=note.reason)
         self._publish_budgets()
         self.tick()
         self._task = asyncio.ensure_future(self._run())

@@ -1,5 +1,5 @@
 """`heddle serve` as an operator starts it: exposed admin RPCs refused, taken ports and TLS files said in
-one line (exit 2), TLS paths relative to the config file."""
+one line (exit 2), TLS paths relative to the config file, a first start that says what it does."""
 
 from __future__ import annotations
 
@@ -146,3 +146,19 @@ def test_tls_paths_are_relative_to_the_config_file(tmp_path: Path, pki: Pki):
     finally:
         proc.stop()
 
+
+# ---- what a first start says ------------------------------------------------------------------------
+
+def test_first_start_names_each_model_it_builds_and_sums_up_power_in_one_line(tmp_path: Path):
+    """On the embedded default with an empty cache: a line per demo model built, one power line at info, then serving."""
+    proc = ServerProcess(["--grpc-port", "0", "--metrics-port", "0"], env={"HEDDLE_CACHE_DIR": str(tmp_path)})
+    try:
+        started(proc)
+        records = [json.loads(line) for line in proc.lines if line.startswith("{")]
+    finally:
+        proc.stop()
+    built = [r["event"] for r in records if r["event"].startswith("building demo model")]
+    assert len(built) == len(list((tmp_path / "models").glob("*.onnx"))) == 7
+    assert all(f"into {tmp_path / 'models'} (first run only)" in line for line in built)
+    power = [r for r in records if r["logger"] == "heddle.power" and r["level"] == "info"]
+    assert [r["event"] for r in power] == ["power sensing"] and power[0]["not_used"], power

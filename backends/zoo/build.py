@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +32,8 @@ _BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
     "llm": llm,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+# stdlib logging: backends do not import the server's structlog setup, which renders these records too.
+log = logging.getLogger("heddle.zoo")
 
 
 def model_sizes(name: str, **sizes: Any) -> dict[str, Any]:
@@ -70,6 +73,8 @@ def build_model(name: str, out_dir: str | Path, **sizes: Any) -> Path:
     if path.exists():
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Seconds per model on a small box: without this line a first start looks hung.
+    log.info("building demo model %s into %s (first run only)", name, out_dir)
     _write_atomically(path, _BUILDERS[name](**full_sizes).SerializeToString())
     return path
 
