@@ -126,7 +126,7 @@ class HeddleServer:
         await self.power.stop()  # after the drain: frozen requests need it until they end
         for ex in self.executors.values():
             ex.close()
-        if self._metrics_http is not None:
+        if self._metrics_http is not None and not exiting:  # its close waits out a 0.5 s poll
             self._metrics_http.close()
         log.info("heddle stopped")
 
