@@ -54,8 +54,11 @@ class Executor(Protocol):
             timeout_s: float | None = None) -> dict[str, np.ndarray]:
         """Run a loaded model; safe for `device.slots` concurrent callers.
 
-        priority (heddle's scale) and timeout_s (time left to the request's deadline) are for
-        backends that can use them, like a Triton server's queue; local backends ignore them."""
+        priority (heddle's scale) is for backends that can use it, like a Triton server's queue.
+        timeout_s is the run's limit (its model's timeout_ms or the time left to the request's
+        deadline, the smaller; None = none): a backend that can stop a run there raises
+        BackendTimeout (ONNX Runtime terminates it, Triton's call times out, a process-isolated
+        python stage is killed); a python stage in a thread cannot be stopped, and ignores it."""
 
     def providers(self) -> list[str]:
         """What the device really runs on (for ONNX Runtime: the providers obtained)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from heddle.backends.base import BackendError, check_inputs, make_pool, numpy_dtype
+from heddle.backends.base import BackendError, BackendTimeout, check_inputs, make_pool, numpy_dtype
+from heddle.backends.watchdog import WATCHDOG
 from heddle.scheduler.specs import DeviceSpec, ModelSpec, TensorSpec
 
 __all__ = ["OrtExecutor", "read_io_spec", "session_options", "warm_inputs"]
@@ -161,21 +163,39 @@ class OrtExecutor:
         with self._lock:
             self._sessions[model.name] = loaded
 
-    def _run(self, loaded: _Loaded, feed: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def _run(self, loaded: _Loaded, feed: Mapping[str, Any],
+             options: ort.RunOptions | None = None) -> dict[str, np.ndarray]:
         try:
-            arrays = loaded.session.run(list(loaded.output_names), dict(feed))
+            arrays = loaded.session.run(list(loaded.output_names), dict(feed), options)
         except Exception as e:  # onnxruntime's errors are not one hierarchy
             raise BackendError(f"model {loaded.spec.name} on device {self.device.id}: {e}") from e
         return dict(zip(loaded.output_names, arrays))
 
     def run(self, model: str, inputs: Mapping[str, np.ndarray], *, priority: int = 0,
             timeout_s: float | None = None) -> dict[str, np.ndarray]:
-        """Check inputs against the spec and run; blocks the calling thread (ORT releases the GIL)."""
+        """Check inputs against the spec and run; blocks the calling thread (ORT releases the GIL).
+
+        A run still going at timeout_s is terminated (RunOptions.terminate, set from the watchdog
+        thread; ORT checks it between nodes) and raises BackendTimeout; the session stays usable."""
         loaded = self._sessions.get(model)
         if loaded is None:
             raise BackendError(f"model {model} is not loaded on device {self.device.id}")
         check_inputs(loaded.spec, inputs)
-        return self._run(loaded, inputs)
+        if timeout_s is None:
+            return self._run(loaded, inputs)
+        options = ort.RunOptions()
+        alarm = WATCHDOG.arm(timeout_s, functools.partial(setattr, options, "terminate", True))
+        try:
+            return self._run(loaded, inputs, options)
+        except BackendError:
+            # ORT says "Exiting due to terminate flag being set to true" as a plain Fail; the flag
+            # (set only by the alarm) is the reliable sign.
+            if options.terminate:
+                raise BackendTimeout(f"model {model} on device {self.device.id}: run terminated at its "
+                                     f"timeout of {timeout_s * 1e3:.0f} ms") from None
+            raise
+        finally:
+            alarm.cancel()
 
     def providers(self) -> list[str]:
         """The providers sessions on this device obtained (probed with a one-node model if none yet)."""

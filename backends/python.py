@@ -1,4 +1,8 @@
-"""The Python backend: operator-registered `module:function` callables run as pipeline stages."""
+"""The Python backend: operator-registered `module:function` callables run as pipeline stages.
+
+A stage runs in a worker thread of the device (isolation = "thread", the default: no copies, but
+a hung call cannot be stopped), or in one of its worker processes (isolation = "process",
+backends/python_process.py: killed and replaced at its timeout)."""
 
 from __future__ import annotations
 
@@ -9,10 +13,18 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from heddle.backends.base import BackendError, check_inputs, make_pool, numpy_dtype
+from heddle.backends.base import BackendError, BackendTimeout, check_inputs, make_pool, numpy_dtype
+from heddle.backends.python_process import ProcessPool
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
 
-__all__ = ["PythonExecutor", "check_outputs", "resolve_callable"]
+__all__ = ["ISOLATIONS", "PythonExecutor", "check_outputs", "isolation_of", "resolve_callable"]
+
+ISOLATIONS = ("thread", "process")
+
+
+def isolation_of(model: ModelSpec) -> str:
+    """How a python stage runs: "thread" (the default) or "process"."""
+    return str(model.options.get("isolation", "thread"))
 
 
 def resolve_callable(ref: str) -> Callable[..., Any]:
@@ -62,32 +74,50 @@ def check_outputs(model: ModelSpec, result: Any) -> dict[str, np.ndarray]:
 
 
 class PythonExecutor:
-    """Runs resolved Python callables as stages, on the device's pool."""
+    """Runs resolved Python callables as stages, on the device's pool (and its worker processes)."""
 
     def __init__(self, device: DeviceSpec) -> None:
         self.device = device
         self.pool = make_pool(device)
-        self._stages: dict[str, tuple[ModelSpec, Callable[..., Any]]] = {}
+        # A process-isolated stage's callable is None here: it is imported in the workers only.
+        self._stages: dict[str, tuple[ModelSpec, Callable[..., Any] | None]] = {}
+        self._processes: ProcessPool | None = None
         self._lock = threading.Lock()
 
     def load(self, model: ModelSpec) -> None:
-        """Resolve the model's `module:function` artifact.
+        """Resolve the model's `module:function` artifact (in every worker process, if isolated).
 
         Not warmed: unlike an ONNX graph, an operator's function may not accept zeros
         (e.g. it decodes image bytes), and importing it is the costly part anyway.
         """
-        fn = resolve_callable(model.artifact)
+        if isolation_of(model) == "process":
+            with self._lock:
+                if self._processes is None:
+                    self._processes = ProcessPool(self.device.id, self.device.slots)
+            self._processes.load(model.artifact)
+            fn = None
+        else:
+            fn = resolve_callable(model.artifact)
         with self._lock:
             self._stages[model.name] = (model, fn)
 
     def run(self, model: str, inputs: Mapping[str, np.ndarray], *, priority: int = 0,
             timeout_s: float | None = None) -> dict[str, np.ndarray]:
-        """Call fn(**inputs) and return its declared outputs."""
+        """Call fn(**inputs) and return its declared outputs. timeout_s bounds a process-isolated
+        stage (BackendTimeout); a thread cannot be stopped, so the runtime bounds its request."""
         stage = self._stages.get(model)
         if stage is None:
             raise BackendError(f"model {model} is not loaded on device {self.device.id}")
         spec, fn = stage
         check_inputs(spec, inputs)
+        if fn is None:
+            try:
+                result = self._processes.run(spec.artifact, inputs, timeout_s)
+            except BackendTimeout as e:
+                raise BackendTimeout(f"python stage {model}: {e}") from None
+            except BackendError as e:
+                raise BackendError(f"python stage {model}: {e}") from None
+            return check_outputs(spec, result)
         try:
             result = fn(**inputs)
         except Exception as e:  # whatever the operator's code raises is a failed stage
@@ -103,3 +133,6 @@ class PythonExecutor:
         self.pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             self._stages.clear()
+            processes, self._processes = self._processes, None
+        if processes is not None:
+            processes.close()

@@ -18,6 +18,7 @@ from heddle.scheduler import (
 from heddle.scheduler.admission_settings import AdmissionSettings
 from heddle.scheduler.power import PowerSettings
 from heddle.scheduler.specs import DATATYPES
+from heddle.server.stage_timeouts import check_stage_limits
 
 __all__ = ["Config", "ConfigError", "ServerSettings", "load_config", "parse_config"]
 
@@ -227,6 +228,10 @@ def _model(source, index, raw, base_dir: Path, cache_dir: Path, devices) -> Mode
     if not any(d.backend == backend for d in candidates):
         raise ConfigError(f"{where}: no configured device has backend {backend!r}")
     kind = raw.pop("kind", "python" if backend == "python" else "dnn")
+    try:
+        check_stage_limits(backend, kind, raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     inputs, outputs = _tensors(where, raw.pop("inputs", None)), _tensors(where, raw.pop("outputs", None))
     if backend == "onnxruntime":
         artifact = _onnx_path(where, raw.pop("path", None), base_dir, cache_dir)

@@ -150,6 +150,7 @@ class Metrics:
         self._register_device_series()
         self.power = PowerMetrics(self.registry)  # power, budget, energy, DVFS, admission series
         self._register_llm_series()
+        self._register_timeout_series()
 
     def _register_stage_and_request_series(self) -> None:
         reg, buckets = self.registry, LATENCY_BUCKETS_S
@@ -209,6 +210,25 @@ class Metrics:
         self.llm_queue_seconds = Histogram(
             "heddle_llm_queue_seconds", "Time an LLM stage waited between ready and its prefill.",
             ["priority"], buckets=buckets, registry=reg)
+
+    def _register_timeout_series(self) -> None:
+        reg = self.registry
+        self.stage_timeouts = Counter(
+            "heddle_stage_timeouts", "Stage runs stopped at their timeout (timeout_ms or the time left "
+            "to the request's deadline); a python thread, which cannot be stopped, is given up on.",
+            ["model", "device"], registry=reg)
+        self.stage_threads_overrunning = Gauge(
+            "heddle_stage_threads_overrunning", "Python stage threads still running past their timeout; "
+            "each keeps its device slot until it returns.", ["device"], registry=reg)
+
+    def observe_stage_timeout(self, model: str, device: str) -> None:
+        self.stage_timeouts.labels(model, device).inc()
+
+    def stage_overrun_started(self, device: str) -> None:
+        self.stage_threads_overrunning.labels(device).inc()
+
+    def stage_overrun_ended(self, device: str) -> None:
+        self.stage_threads_overrunning.labels(device).dec()
 
     def llm_sequence_started(self, priority: int, queue_s: float) -> None:
         self.llm_live_sequences.labels(str(priority)).inc()

@@ -20,6 +20,7 @@ from heddle.server.jobs import JobResult, StageTiming, _Job
 from heddle.server.llm_runtime import LlmDriver, TokenUpdate
 from heddle.server.logs import get_logger
 from heddle.server.recovery import DeviceLoader
+from heddle.server.stage_timeouts import OverrunWatch, stage_timeout_s, stops_itself
 from heddle.server.trace import open_trace
 
 __all__ = ["JobResult", "Runtime", "StageTiming"]
@@ -51,6 +52,7 @@ class Runtime:
         self._deadline_timer_s: float | None = None
         self.loader = DeviceLoader(self.executors, lambda device: self.set_device_health(device, True), metrics)
         self._llm = LlmDriver(self)
+        self.overruns = OverrunWatch(self._end_overrun, metrics)  # thread stages past their timeout
         self.trace = open_trace(config, clock)  # arrivals for `heddle simulate --trace`, or None
         # Power (server/power_loop.py sets these up): energy per stage, and how a DVFS level
         # from the plan is applied to a device's actuator.
@@ -202,11 +204,17 @@ class Runtime:
         if self._llm.handles(d.model):  # one step of a generation; the stage re-queues until done
             self._llm.dispatch(d, job, inputs)
             return
-        deadline_s = job.request.deadline_s
-        timeout_s = None if deadline_s is None else max(deadline_s - self.clock(), 1e-3)
+        model = self.config.models[d.model]
+        timeout_s = stage_timeout_s(model, job.request.deadline_s, self.clock())
         fut = self._loop.run_in_executor(executor.pool, _timed_run, executor, d.model, inputs,
                                          job.request.priority, timeout_s)
         fut.add_done_callback(lambda f, d=d: self._on_done_guarded(d, f))
+        if timeout_s is not None and not stops_itself(model):
+            self.overruns.watch(d, fut, timeout_s)
+
+    def _end_overrun(self, request_id: str, error: str) -> None:
+        if self.core.cancel(request_id, self.clock(), Outcome.DEADLINE_EXCEEDED, error):
+            self._step()
 
     def _on_done_guarded(self, d: Dispatch, fut: asyncio.Future) -> None:
         """A bug while handling a completion must end its request INTERNAL, not leave it hanging
@@ -224,6 +232,7 @@ class Runtime:
 
     def _on_done(self, d: Dispatch, fut: asyncio.Future) -> None:
         now = self.clock()
+        self.overruns.returned(d)
         job = self._jobs.get(d.request_id)
         energy_j, source = self.energy.finished((d.request_id, d.stage), now)
         if job is not None and source:  # a retried stage adds up the energy of every attempt
@@ -237,6 +246,8 @@ class Runtime:
                     job.tensors[(d.stage, name)] = arr
         else:
             status, error = _classify(exc)
+            if isinstance(exc, BackendTimeout) and self.metrics is not None:
+                self.metrics.observe_stage_timeout(d.model, d.device)
             if isinstance(exc, DeviceUnavailable):
                 self.set_device_health(d.device, False)
                 if self.metrics is not None:

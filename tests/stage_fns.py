@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "HANG_S", "WAIT_LIMIT_S", "barrier_branch", "boom", "calls", "gate", "hang", "join2", "open_gate", "reset",
-    "sleep_50ms",
+    "HANG_S", "WAIT_LIMIT_S", "barrier_branch", "boom", "calls", "crash", "gate", "hang", "join2", "nap_then_pid",
+    "open_gate", "reset", "sleep_50ms",
     "tagged", "tail", "wait_for_call", "wait_for_file",
 ]
 
@@ -126,3 +126,16 @@ def hang(x: np.ndarray) -> dict[str, np.ndarray]:
     _record("hang", x)
     time.sleep(HANG_S)
     return {"y": x}
+
+
+def nap_then_pid(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Sleeps x[0] seconds (at most HANG_S), then returns the id of the process it ran in
+    (exact in FP32: Linux pids stay below 2**22), so a test can tell worker processes apart."""
+    time.sleep(min(float(x[0]), HANG_S))
+    return {"y": np.array([os.getpid()], dtype=np.float32)}
+
+
+def crash(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Ends the process it runs in at once, as a segfaulting extension would: only ever load it
+    as a process-isolated stage."""
+    os._exit(3)
