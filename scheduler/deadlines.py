@@ -49,11 +49,8 @@ class DeadlineHeap:
 
     def discard(self, request: Request) -> None:
         """Forget a request (it ended); no-op if it is not tracked."""
-        if self._live.pop(request.seq, None) is None:
-            return
-        if len(self._heap) > 2 * len(self._live):
-            self._heap = [entry for entry in self._heap if entry[1] in self._live]
-            heapq.heapify(self._heap)
+        if self._live.pop(request.seq, None) is not None:
+            self._compact()
 
     def pop_due(self, now: float) -> Iterator[Request]:
         """The live requests whose deadline is at or before `now`, earliest first; each leaves."""
@@ -61,6 +58,13 @@ class DeadlineHeap:
             request = self._live.pop(heapq.heappop(self._heap)[1], None)
             if request is not None:
                 yield request
+        # A pop can leave stale entries of requests that ended earlier behind the last live one.
+        self._compact()
+
+    def _compact(self) -> None:
+        if len(self._heap) > 2 * len(self._live):
+            self._heap = [entry for entry in self._heap if entry[1] in self._live]
+            heapq.heapify(self._heap)
 
     def __len__(self) -> int:
         """Live requests tracked."""
