@@ -31,8 +31,9 @@ class DeadlineHeap:
     large, its deadline far away), but removing from the middle of a heap costs O(n). So the heap
     holds only `(deadline_s, seq)` and a map holds the live requests: `discard` drops the request
     from the map and leaves a stale entry that `pop_due` skips. The heap is rebuilt when stale
-    entries outnumber live ones, so it never grows past twice the live requests (and empties when
-    none is left), each pop stays O(log n), and a rebuild is paid for by the discards before it.
+    entries outnumber live ones (checked after a discard and after popping), so it holds at most
+    twice the live requests and empties when none is left; each pop stays O(log n), and a rebuild
+    is paid for by the discards before it.
     """
 
     def __init__(self) -> None:
@@ -58,10 +59,11 @@ class DeadlineHeap:
             request = self._live.pop(heapq.heappop(self._heap)[1], None)
             if request is not None:
                 yield request
-        # A pop can leave stale entries of requests that ended earlier behind the last live one.
-        self._compact()
+        self._compact()  # popping live requests can leave the stale ones the majority too
 
     def _compact(self) -> None:
+        """Drop the stale entries once they outnumber the live ones: O(n), paid for by the
+        discards that made at least half of them stale."""
         if len(self._heap) > 2 * len(self._live):
             self._heap = [entry for entry in self._heap if entry[1] in self._live]
             heapq.heapify(self._heap)

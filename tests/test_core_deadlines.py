@@ -85,6 +85,21 @@ def test_heap_stays_within_twice_the_live_requests():
     assert heap.num_entries == 0 and len(heap) == 0
 
 
+def test_heap_empties_when_its_last_live_request_is_popped():
+    """A stale entry left by a discard goes when the live ones are popped (found by hypothesis:
+    it outlived every request until its own deadline passed)."""
+    p = validated(chain("c", ["m"]))
+    heap = DeadlineHeap()
+    requests = [Request(f"r{i}", p, 1, 0.0, float(i)) for i in (1, 2, 3)]
+    for seq, r in enumerate(requests, 1):
+        r.seq = seq
+        heap.push(r)
+    heap.discard(requests[2])
+    assert heap.num_entries == 3  # one stale of three: not yet worth a rebuild
+    assert [r.id for r in heap.pop_due(2.5)] == ["r1", "r2"]
+    assert heap.num_entries == 0 and len(heap) == 0
+
+
 def test_usable_deadline():
     """+inf means none, NaN is refused, every other float is kept as it is."""
     assert usable_deadline(math.inf) is None and usable_deadline(None) is None
