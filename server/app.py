@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from heddle.backends.base import make_executor
 from heddle.server.binding import bind_grpc, check_before_start, start_metrics_http
 from heddle.server.config import Config
+from heddle.server.decode_guard import DecodeGuard
 from heddle.server.kserve import SERVICE_NAME as KSERVE_SERVICE, KServeServicer
 from heddle.server.logs import get_logger
 from heddle.server.metrics import Metrics
@@ -69,6 +70,7 @@ class HeddleServer:
         self.power.start()
         self._watch_remote_devices()
         interceptors = [AdminAuthInterceptor(s.admin_token)] if s.admin_token else []
+        interceptors.append(DecodeGuard())  # junk bytes: INVALID_ARGUMENT, not UNKNOWN and a traceback
         self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
