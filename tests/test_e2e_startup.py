@@ -1,11 +1,13 @@
 """`heddle serve` as an operator starts it: exposed admin RPCs refused, taken ports and TLS files said in
-one line (exit 2), TLS paths relative to the config file, a first start that says what it does."""
+one line (exit 2), TLS paths relative to the config file, junk protobuf in a few log lines, and a first
+start that says what it does."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -13,9 +15,11 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import stage_fns
 from heddle.clients.client import HeddleClient
 from pki_fixtures import Pki, pki  # noqa: F401  (fixtures are found by name)
 from server_fixtures import REPO_ROOT, TESTS_DIR, ServerProcess, chain_toml, py_model_toml
@@ -145,6 +149,38 @@ def test_tls_paths_are_relative_to_the_config_file(tmp_path: Path, pki: Pki):
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         proc.stop()
+
+
+# ---- junk protobuf ----------------------------------------------------------------------------------
+
+JUNK_METHODS = ("/heddle.v1.Gateway/Infer", "/inference.GRPCInferenceService/ModelInfer")
+
+
+def test_junk_protobuf_is_logged_in_a_few_lines_and_serving_goes_on(tmp_path: Path):
+    """200 junk messages to each of Infer and KServe ModelInfer: a few warning lines naming the method, no traceback,
+    and echo is still served."""
+    proc = ServerProcess(["--config", str(write_config(tmp_path)), "--grpc-port", "0", "--metrics-port", "0"])
+    try:
+        target = started(proc)
+        first_junk_line = len(proc.lines)
+        with grpc.insecure_channel(target) as channel:
+            for method in JUNK_METHODS:
+                call = channel.unary_unary(method)  # no serializers: the bytes go out as they are
+                for i in range(200):
+                    with pytest.raises(grpc.RpcError):
+                        call(b"\xff\xfe junk %d" % i, timeout=10)
+        with HeddleClient(target) as client:
+            np.testing.assert_array_equal(client.infer("echo", {"x": stage_fns.tagged(5)}).outputs["y"], [5.0])
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(timeout=30) == 0
+    finally:
+        proc.stop()
+    logged = proc.lines[first_junk_line:]
+    assert "Traceback" not in "".join(logged)
+    warnings = [json.loads(line) for line in logged if JUNK_METHODS[0] in line]
+    assert warnings and warnings[0]["level"] == "warning" and warnings[0]["event"] == "undecodable request"
+    # Before: a ~2 KB traceback per message (800 KB here). A line per 10 s leaves a handful.
+    assert len(logged) <= 20, "".join(logged)
 
 
 # ---- what a first start says ------------------------------------------------------------------------
