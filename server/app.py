@@ -20,6 +20,7 @@ from heddle.server.binding import bind_grpc, check_before_start, start_metrics_h
 from heddle.server.config import Config
 from heddle.server.decode_guard import DecodeGuard
 from heddle.server.kserve import SERVICE_NAME as KSERVE_SERVICE, KServeServicer
+from heddle.server.limits import RequestLimits
 from heddle.server.logs import get_logger
 from heddle.server.metrics import Metrics
 from heddle.server.power_loop import PowerLoop
@@ -54,7 +55,8 @@ class HeddleServer:
                 ex.priority_levels = config.server.priority_levels
         self.runtime = Runtime(config, self.executors, self.metrics)
         self.power = PowerLoop(self.runtime, self.metrics)  # sensors, DVFS, budget controller
-        self.kserve = KServeServicer(self.runtime)
+        self.limits = RequestLimits(config, self.metrics)  # one memory budget for both front doors
+        self.kserve = KServeServicer(self.runtime, self.limits)
         self.health = health.aio.HealthServicer()
         self._with_metrics_http = with_metrics_http
         self._metrics_http = None
@@ -76,7 +78,7 @@ class HeddleServer:
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ])
-        pb_grpc.add_GatewayServicer_to_server(GatewayServicer(self.runtime), self.server)
+        pb_grpc.add_GatewayServicer_to_server(GatewayServicer(self.runtime, self.limits), self.server)
         pb_grpc.add_AdminServicer_to_server(AdminServicer(self.runtime, self.power), self.server)
         self.kserve.add_to_server(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

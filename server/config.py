@@ -52,6 +52,10 @@ class ServerSettings:
     log_level: str = "info"
     # JSON-lines arrival trace for `heddle simulate --trace` (server/trace.py); "" = off.
     trace_file: str = ""
+    # Request memory (server/limits.py): 0 = derived from the machine's memory (docs/CONFIG.md).
+    max_inflight_bytes: int = 0
+    max_request_bytes: int = 0
+    inflight_top_reserve_fraction: float = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +170,13 @@ def _server_settings(source: str, raw: Mapping[str, Any], overrides: Mapping[str
                           f"1..{settings.priority_levels}")
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError(f"{source}: [server.tls] needs both cert and key")
+    from heddle.server.limits import memory_budgets
+
+    try:
+        memory_budgets(settings.max_inflight_bytes, settings.max_request_bytes,
+                       settings.inflight_top_reserve_fraction)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: [server] {exc}") from None
     return settings
 
 
@@ -232,6 +243,10 @@ def _model(source, index, raw, base_dir: Path, cache_dir: Path, devices) -> Mode
         check_stage_limits(backend, kind, raw)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    from heddle.server.limits import check_model_limit_options
+
+    if (problem := check_model_limit_options(raw)) is not None:
+        raise ConfigError(f"{where}: {problem}")
     inputs, outputs = _tensors(where, raw.pop("inputs", None)), _tensors(where, raw.pop("outputs", None))
     if backend == "onnxruntime":
         artifact = _onnx_path(where, raw.pop("path", None), base_dir, cache_dir)

@@ -27,6 +27,7 @@ from heddle.server.kserve_convert import (
     refuse_sequence_parameters,
 )
 from heddle.server.kserve_stats import KServeStats, RequestTimes
+from heddle.server.limits import RequestLimits
 from heddle.server.llm_runtime import TokenUpdate
 from heddle.server.logs import get_logger
 from heddle.server.runtime import JobResult, Runtime
@@ -55,9 +56,10 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     """Models are the config's models (each wrapped in a one-stage pipeline) and pipelines; a
     pipeline that shares a model's name hides that model. Every model is version "1"."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, limits: RequestLimits | None = None) -> None:
         self.runtime = runtime
         self.settings = runtime.config.server
+        self.limits = limits or RequestLimits(runtime.config)  # app.py passes the shared one
         self.catalog: dict[str, CatalogEntry] = build_catalog(runtime.config)
         self.stats = KServeStats(self.catalog)
         # Models that count stage runs of pipelines in their statistics (not hidden by a pipeline).
@@ -144,6 +146,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             try:
                 return await self._infer(request, context)
             except RequestError as exc:
+                exc.__traceback__ = None  # gRPC keeps the abort, which would keep the inputs (service.py)
                 await context.abort(exc.code, exc.message, getattr(exc, "trailing_metadata", ()))
 
     async def ModelStreamInfer(self, request_iterator, context):
@@ -217,6 +220,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             refuse_sequence_parameters(request.parameters)
             generation = check_generation(_generation(request.parameters), "parameter ")
             inputs = decode_kserve_inputs(entry.pipeline, request)
+            held = self.limits.admit(entry.pipeline, inputs, priority)  # released when the request ends
         except RequestError as exc:
             log.info("request refused", model=entry.name, code=exc.code.name, error=exc.message)
             self._observe_refused(entry.name, exc.code.name)
@@ -228,6 +232,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         except BaseException:  # failed, or cancelled by the client: Triton counts both as failures
             self.stats.record_failure(entry.name, time.perf_counter_ns() - t0)
             raise
+        finally:
+            held.release()
         t2 = time.perf_counter_ns()
         response = self._response(entry, request.id, result, wanted)
         t3 = time.perf_counter_ns()

@@ -10,6 +10,7 @@ import structlog
 from heddle.clients.tensors import clipped, to_tensor
 from heddle.scheduler import POLICIES
 from heddle.backends.power_sensors import box_power_w, domain_devices
+from heddle.server.limits import RequestLimits
 from heddle.server.logs import get_logger
 from heddle.server.power_loop import PowerLoop
 from heddle.server.llm_runtime import TokenUpdate
@@ -42,7 +43,11 @@ def stage_to_proto(t: StageTiming) -> pb.StageResult:
 
 
 def _abort_args(exc: RequestError) -> tuple:
-    """abort()'s arguments: a refusal carries its retry hint as trailing metadata."""
+    """abort()'s arguments: a refusal carries its retry hint as trailing metadata.
+
+    gRPC keeps the abort's exception, and so this one and its frames, after the call: without its
+    traceback it no longer holds the request's decoded inputs (a refused 61 MB request did)."""
+    exc.__traceback__ = None
     return exc.code, exc.message, getattr(exc, "trailing_metadata", ())
 
 
@@ -67,9 +72,10 @@ def _tensor_info(t) -> pb.TensorInfo:
 
 
 class GatewayServicer(pb_grpc.GatewayServicer):
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, limits: RequestLimits | None = None) -> None:
         self.runtime = runtime
         self.settings = runtime.config.server
+        self.limits = limits or RequestLimits(runtime.config)  # app.py passes the shared one
 
     async def Infer(self, request: pb.InferRequest, context: grpc.aio.ServicerContext) -> pb.InferResponse:
         rid = clipped(request.request_id, MAX_REQUEST_ID_BYTES) or None  # an id too long is refused in _run
@@ -114,6 +120,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             wanted = check_outputs_requested(pipeline, request.outputs)
             generation = check_generation(generation_overrides(request), "generation.")
             inputs = decode_inputs(pipeline, request.inputs)
+            held = self.limits.admit(pipeline, inputs, priority)  # released when the request ends
         except RequestError as exc:
             log.info("request refused", pipeline=request.pipeline, code=exc.code.name, error=exc.message)
             if self.runtime.metrics is not None:
@@ -125,6 +132,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                                             generation=generation, on_token=on_token)
         except ValueError as exc:  # the same request id is already in flight
             raise RequestError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
+        finally:
+            held.release()
         if result.status_code != "OK":
             error = RequestError(getattr(grpc.StatusCode, result.status_code),
                                  f"request {result.request_id}: {result.error}")
