@@ -179,7 +179,9 @@ class TestSyncClient:
         with HeddleClient(target) as client:
             result = client.infer("compute", INPUTS, outputs=["ids"], timeout_s=30)
         assert list(result.outputs) == ["ids"] and result.request_id == "generated-1"
-        assert 0 < servicer.time_remaining_s[-1] <= 30
+        # The deadline arrived (not none); its precision is gRPC's: under load the server's
+        # figure was seen 0.1 s over the 30 s sent, so allow a second rather than flake.
+        assert 0 < servicer.time_remaining_s[-1] <= 31
 
     def test_stream_yields_stages_then_result(self, gateway) -> None:
         """infer_stream yields one StageEvent per stage, in order, then the InferResult."""
