@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from heddle.clients.loadgen import RequestRecord
-from heddle.scheduler.tracefile import percentile
+from heddle.scheduler.sim.tracefile import percentile
 
 FRAME_PRIORITY, BACKGROUND_PRIORITY = 4, 1
 # Profiles the simulator is fed, in the table's order: `heddle profile` alone on each device

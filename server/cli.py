@@ -57,49 +57,11 @@ def _serve(args) -> int:
     return 0
 
 
-def _add_simulate_parser(sub) -> None:
-    from heddle.scheduler.replay import LOCAL_PLATFORM, add_replay_arguments
-    from heddle.scheduler.simulator import add_simulate_arguments
-
-    p = sub.add_parser("simulate", help="compare scheduling policies on a simulated platform (virtual clock)")
-    add_simulate_arguments(p, extra_platforms=(LOCAL_PLATFORM,))
-    add_replay_arguments(p)
-
-
-def _simulate(args) -> int:
-    import json
-    from pathlib import Path
-
-    from heddle.scheduler.simulator import run_from_args
-
-    try:
-        table, report = _replay(args) if args.trace or args.platform == "local" else run_from_args(args)
-    except (OSError, ValueError) as exc:
-        print(f"heddle: {exc}", file=sys.stderr)
-        return 2
-    print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
-
-
-def _replay(args) -> tuple[str, dict]:
-    """`heddle simulate --trace FILE --profile FILE --platform local`: a live trace, replayed."""
-    from heddle.scheduler.replay import run_replay_from_args
-    from heddle.server.profile_cmd import load_profile_file
-
-    if not (args.trace and args.profile and args.platform == "local"):
-        raise ValueError("replaying a trace needs --trace FILE, --profile FILE (from `heddle profile`) "
-                         "and --platform local together")
-    with open(args.trace) as f:
-        trace_text = f.read()
-    return run_replay_from_args(args, trace_text, load_profile_file(args.profile))
-
-
 def main(argv: list[str] | None = None) -> int:
     from heddle.clients.infer_cli import add_infer_parser, add_list_parser, run_infer, run_list
     from heddle.clients.bench_cli import add_bench_parser, run_bench
     from heddle.server.profile_cmd import add_profile_parser, run_profile
+    from heddle.server.simulate_cmd import add_simulate_parser, run_simulate
 
     parser = argparse.ArgumentParser(prog="heddle", description="gRPC gateway for compound-AI pipelines")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,13 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     add_infer_parser(sub)
     add_list_parser(sub)
     add_bench_parser(sub)
-    _add_simulate_parser(sub)
+    add_simulate_parser(sub)
     add_profile_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "simulate":
-        return _simulate(args)
+        return run_simulate(args)
     if args.command == "profile":
         return run_profile(args)
     if args.command == "bench":

@@ -21,7 +21,7 @@ import numpy as np
 from heddle.backends.base import Executor, make_executor, numpy_dtype
 from heddle.scheduler import Core
 from heddle.scheduler.profiles import ProfileTable
-from heddle.scheduler.tracefile import PROFILE_FORMAT, dispatch_gaps, parse_trace, percentile
+from heddle.scheduler.sim.tracefile import PROFILE_FORMAT, dispatch_gaps, parse_trace, percentile
 from heddle.scheduler.specs import ModelSpec, TensorSpec
 from heddle.server.config import Config
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import numpy as np
 
 from heddle.scheduler import Dispatch, Pipeline, Request
-from heddle.scheduler.tracefile import TRACE_FORMAT
+from heddle.scheduler.sim.tracefile import TRACE_FORMAT
 from heddle.server.config import Config
 
 if TYPE_CHECKING:  # the runtime imports this module

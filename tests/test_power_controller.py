@@ -361,8 +361,8 @@ def test_simulated_orin_budget_holds_and_beats_a_plain_governor():
     """On the simulated Orin NX-like platform at 15 W, twill with the controller keeps power
     within budget + 5% in >= 95% of periods, and its top class misses fewer deadlines than
     under a throttling governor (the simulator itself asserts no request is lost)."""
-    from heddle.scheduler.platforms import PLATFORMS, SCENARIOS
-    from heddle.scheduler.power_sim import simulate_budget
+    from heddle.scheduler.sim.platforms import PLATFORMS, SCENARIOS
+    from heddle.scheduler.sim.power_budget import simulate_budget
 
     platform, scenario = PLATFORMS["orin-nx"], SCENARIOS["mixed"]
     heddle = simulate_budget(platform, scenario, "twill", 15.0, "heddle", duration_s=6.0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from heddle.scheduler import Core, ModelSpec, TensorSpec
-from heddle.scheduler.tracefile import TRACE_FORMAT, parse_profile
+from heddle.scheduler.sim.tracefile import TRACE_FORMAT, parse_profile
 from heddle.server.cli import main
 from heddle.server.profile_cmd import (
     load_profile_file, measure_profile, parse_shape_overrides, profile_from_trace, sample_inputs,

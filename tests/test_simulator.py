@@ -6,12 +6,14 @@ import json
 import subprocess
 import sys
 
-from heddle.scheduler.platforms import DEFAULT_PLATFORM, DEFAULT_SCENARIO, DLA_UNSUPPORTED_OPS, PLATFORMS, SCENARIOS
 from heddle.scheduler.policies import POLICIES
 from heddle.scheduler.profiles import compatible
-from heddle.scheduler.simulator import format_table, mean_result, simulate
-from heddle.scheduler.workload import Periodic, Poisson, build_pipelines, chain, generate_arrivals, llm_pipeline
+from heddle.scheduler.sim.platforms import DEFAULT_PLATFORM, DEFAULT_SCENARIO, DLA_UNSUPPORTED_OPS, PLATFORMS, SCENARIOS
+from heddle.scheduler.sim.scoring import mean_result
+from heddle.scheduler.sim.simulator import simulate
+from heddle.scheduler.sim.workload import Periodic, Poisson, build_pipelines, chain, generate_arrivals, llm_pipeline
 from heddle.server.cli import main
+from heddle.server.sim_tables import format_table
 
 PLATFORM, SCENARIO = PLATFORMS[DEFAULT_PLATFORM], SCENARIOS[DEFAULT_SCENARIO]
 
@@ -123,8 +125,44 @@ def test_policy_options_reach_the_policy():
 
 def test_the_scheduler_package_stays_pure():
     """Importing the whole scheduler, simulator included, pulls in no I/O or runtime library."""
-    code = ("import sys, heddle.scheduler, heddle.scheduler.simulator, heddle.scheduler.twill;"
+    code = ("import sys, heddle.scheduler, heddle.scheduler.sim, heddle.scheduler.twill;"
             "print(sorted(m for m in ('asyncio', 'grpc', 'onnxruntime', 'onnx', 'tritonclient', 'socket')"
             " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_scheduler_package_imports_only_itself_and_the_standard_library():
+    """Every import in scheduler/ (the simulation included) names the standard library or
+    heddle.scheduler: no numpy, no server code, no argparse wiring."""
+    import ast
+    from pathlib import Path
+
+    import heddle.scheduler
+
+    root = Path(heddle.scheduler.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [(path.relative_to(root).as_posix(), n) for n in names]
+    outside = [(f, n) for f, n in found if not (n == "heddle.scheduler" or n.startswith("heddle.scheduler.")
+                                               or n.split(".")[0] in sys.stdlib_module_names or n == "__future__")]
+    assert len({f for f, _ in found}) > 20 and outside == []
+    assert not any(n == "argparse" for _, n in found)
+
+
+def test_power_budgets_print_the_budget_table(tmp_path, capsys):
+    """`heddle simulate --power-budgets 15 --duration 1`: the markdown table with the unconstrained
+    row and four rows for the budget, and the rows in the JSON report; a bad list exits 2."""
+    out = tmp_path / "budgets.json"
+    assert main(["simulate", "--power-budgets", "15", "--duration", "1", "--json", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| budget W | control + policy |") and len(lines) == 2 + 1 + 4
+    assert lines[2].startswith("| none | none + twill |") and lines[3].startswith("| 15 | heddle + twill |")
+    report = json.loads(out.read_text())
+    assert report["budgets_w"] == [15.0] and [r["control"] for r in report["rows"]] == [
+        "none", "heddle", "governor", "heddle", "governor"]
+    assert main(["simulate", "--power-budgets", "15,lots"]) == 2
+    assert "--power-budgets '15,lots'" in capsys.readouterr().err

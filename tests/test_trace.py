@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from heddle.scheduler.tracefile import TRACE_FORMAT, parse_trace
+from heddle.scheduler.sim.tracefile import TRACE_FORMAT, parse_trace
 from heddle.server.config import load_config
 from heddle.server.trace import TraceWriter, pipeline_record
 from server_fixtures import chain_toml, parse_test_config, py_model_toml, running_server

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from heddle.scheduler.profiles import ProfileEntry
+from heddle.scheduler.sim.workload import LlmSource, Periodic, Poisson, Scenario, chain
 from heddle.scheduler.specs import DeviceSpec
-from heddle.scheduler.workload import LlmSource, Periodic, Poisson, Scenario, chain
 
 __all__ = ["DEFAULT_PLATFORM", "DEFAULT_SCENARIO", "PLATFORMS", "SCENARIOS", "ModelFigures", "Platform"]
 

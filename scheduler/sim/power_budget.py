@@ -15,17 +15,18 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from heddle.scheduler.admission import Admission
 from heddle.scheduler.budget import critical_path_s
 from heddle.scheduler.core import Core
-from heddle.scheduler.admission import Admission
-from heddle.scheduler.platforms import Platform
 from heddle.scheduler.policies import make_policy
 from heddle.scheduler.power import LevelPower, PowerController, PowerSettings
 from heddle.scheduler.profiles import ProfileTable
-from heddle.scheduler.simulator import PolicyResult, _noise, _submit, score
-from heddle.scheduler.workload import Scenario, build_pipelines, generate_arrivals
+from heddle.scheduler.sim.platforms import Platform
+from heddle.scheduler.sim.scoring import PolicyResult, score
+from heddle.scheduler.sim.simulator import _noise, _submit
+from heddle.scheduler.sim.workload import Scenario, build_pipelines, generate_arrivals
 
-__all__ = ["BASE_W", "IDLE_W", "BudgetResult", "ThrottlingGovernor", "format_budget_table", "simulate_budget"]
+__all__ = ["BASE_W", "BASELINES", "IDLE_W", "BudgetResult", "ThrottlingGovernor", "budget_table", "simulate_budget"]
 
 IDLE_W = {"cpu": 0.5, "gpu": 1.0, "dla": 0.2}  # ASSUMED idle power of one device of each kind
 BASE_W = 3.0  # ASSUMED: SoC, memory and I/O, always on (an Orin NX module idles at a few W)
@@ -170,28 +171,11 @@ def simulate_budget(platform: Platform, scenario: Scenario, policy: str, budget_
     return BudgetResult(control, budget_w, result, sum(settled) / len(settled) if settled else math.nan, within)
 
 
-def format_budget_table(rows: Sequence[BudgetResult], top: int) -> str:
-    """A markdown table: budget, control and policy, violation rates, p99 per class, power."""
-    classes = sorted({p for r in rows for p in r.result.per_class}, reverse=True)
-    head = ["budget W", "control + policy", "DVR % (all)", f"DVR % prio {top}"] + [
-        f"p99 ms prio {p}" for p in classes] + ["completed", "mean W", "periods <= budget+5%"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        res = r.result
-        cells = [f"{r.budget_w:g}" if r.budget_w else "none", f"{r.control} + {res.policy}",
-                 f"{100 * res.violation_rate:.1f}", f"{100 * res.per_class[top].violation_rate:.1f}"]
-        cells += [f"{res.per_class[p].p99_ms:.0f}" if p in res.per_class else "-" for p in classes]
-        cells += [f"{res.completed}/{res.requests}", f"{r.mean_power_w:.1f}",
-                  "-" if math.isnan(r.within_budget) else f"{100 * r.within_budget:.1f}%"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 BASELINES = ("fcfs", "priority", "edf", "least_slack", "sjf", "dream")
 
 
 def budget_table(platform: Platform, scenario: Scenario, budgets: Sequence[float] = (10.0, 15.0, 20.0),
-                 *, seed: int = 1, duration_s: float | None = None) -> tuple[str, list[BudgetResult]]:
+                 *, seed: int = 1, duration_s: float | None = None) -> list[BudgetResult]:
     """Per budget: twill with heddle's controller, the best baseline policy (lowest violation
     rate) under the throttling governor, and the two crossed (controller + that baseline,
     governor + twill) so the controller's and the policy's shares can be told apart."""
@@ -204,10 +188,4 @@ def budget_table(platform: Platform, scenario: Scenario, budgets: Sequence[float
         best = min(governed, key=lambda r: (r.result.violation_rate, r.result.per_class[top].violation_rate))
         rows += [run("twill", budget, "heddle"), best, run(best.result.policy, budget, "heddle"),
                  run("twill", budget, "governor")]
-    return format_budget_table(rows, top), rows
-
-
-if __name__ == "__main__":  # python -m heddle.scheduler.power_sim: the table in docs/POWER.md
-    from heddle.scheduler.platforms import DEFAULT_PLATFORM, DEFAULT_SCENARIO, PLATFORMS, SCENARIOS
-
-    print(budget_table(PLATFORMS[DEFAULT_PLATFORM], SCENARIOS[DEFAULT_SCENARIO])[0])
+    return rows

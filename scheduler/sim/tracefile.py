@@ -10,8 +10,8 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from heddle.scheduler.profiles import ProfileEntry, ProfileTable
+from heddle.scheduler.sim.workload import PipelineDef, StageDef
 from heddle.scheduler.specs import DeviceSpec
-from heddle.scheduler.workload import PipelineDef, StageDef
 
 __all__ = [
     "PROFILE_FORMAT", "TRACE_FORMAT", "EndRecord", "MeasuredProfile", "StageRecord", "Trace", "TraceArrival",

@@ -2,7 +2,8 @@
 clock with run times measured on the same machine (`heddle profile`), under any policy.
 
 Pure like the simulator: callers read the files and hand their text (trace) or parsed
-document (profile) in; `heddle simulate --trace FILE --profile FILE --platform local` does so.
+document (profile) in; `heddle simulate --trace FILE --profile FILE --platform local`
+(server/simulate_cmd.py) does so.
 """
 
 from __future__ import annotations
@@ -11,24 +12,21 @@ import bisect
 import hashlib
 import heapq
 from collections import deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from heddle.scheduler.budget import critical_path_s
 from heddle.scheduler.core import Core
 from heddle.scheduler.dag import Pipeline
-from heddle.scheduler.policies import POLICIES, make_policy
-from heddle.scheduler.simulator import PolicyResult, RequestRecord, _seeds_text, format_table, mean_result, score, seeds
+from heddle.scheduler.policies import make_policy
+from heddle.scheduler.sim.scoring import PolicyResult, RequestRecord, score
+from heddle.scheduler.sim.tracefile import MeasuredProfile, Trace, TraceArrival, TraceError
+from heddle.scheduler.sim.workload import build_pipelines
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
 from heddle.scheduler.state import Request
-from heddle.scheduler.tracefile import MeasuredProfile, Trace, TraceArrival, TraceError, parse_profile, parse_trace
-from heddle.scheduler.workload import build_pipelines
 
-__all__ = [
-    "LOCAL_PLATFORM", "add_replay_arguments", "closed_loop_links", "recorded", "replay", "run_replay_from_args",
-]
+__all__ = ["closed_loop_links", "recorded", "replay"]
 
-LOCAL_PLATFORM = "local"  # --platform value: the devices of the trace, timed by the profile
 _MIN_LOCAL_RUNS = 5  # fewer measured runs than this near a moment: draw from all of them
 
 
@@ -205,54 +203,3 @@ def _draw(profile: MeasuredProfile, key: tuple[str, str, int], run_key: str,
     digest = hashlib.blake2b(run_key.encode(), digest_size=8).digest()
     u = int.from_bytes(digest, "little") / 2.0**64
     return measured[min(int(u * len(measured)), len(measured) - 1)]
-
-
-def add_replay_arguments(parser) -> None:
-    """--trace/--profile/--segment for `heddle simulate` (with --platform local)."""
-    parser.add_argument("--trace", metavar="FILE", help="replay a live server's JSON-lines trace "
-                        "(heddle serve --trace); needs --profile and --platform local")
-    parser.add_argument("--profile", metavar="FILE", help="run times measured by `heddle profile` (JSON or TOML)")
-    parser.add_argument("--segment", metavar="POLICY", help="replay only the arrivals recorded while the "
-                        "live server ran POLICY")
-    parser.add_argument("--closed", metavar="PIPELINE", action="append", default=[],
-                        help="the trace's requests for PIPELINE came from closed-loop clients: each arrives "
-                             "its recorded gap after the request it followed ends in the replay (repeatable)")
-    parser.add_argument("--local-window-s", type=float, metavar="S",
-                        help="draw each run time from the runs recorded within S seconds of the same moment "
-                             "(needs a profile made from this trace: heddle profile --from-trace)")
-
-
-def run_replay_from_args(args, trace_text: str, profile_doc: Mapping) -> tuple[str, dict]:
-    """Replay what the arguments ask for; returns the table and a JSON-ready report."""
-    if args.policy != "all" and args.policy not in POLICIES:
-        raise TraceError(f"unknown policy {args.policy!r}; known: {sorted(POLICIES)} or 'all'")
-    trace, profile = parse_trace(trace_text), parse_profile(profile_doc)
-    if args.segment:
-        trace = trace.segment(args.segment)
-    names = list(POLICIES) if args.policy == "all" else [args.policy]
-    options = {} if args.max_wait_s is None else {"max_wait_s": args.max_wait_s}
-    results = [mean_result([replay(trace, profile, n, seed=seed, policy_options=options, closed=args.closed,
-                                   local_window_s=args.local_window_s) for seed in seeds(args)]) for n in names]
-    live = recorded(trace, profile, f"recorded ({args.segment or 'live'})")
-    span_s = trace.arrivals[-1].time_s - trace.arrivals[0].time_s
-    where = f" (arrivals recorded under {args.segment})" if args.segment else ""
-    title = (f"heddle simulate: trace {args.trace}{where}, {len(trace.arrivals)} arrivals over {span_s:.1f} s, "
-             f"devices {[d.id for d in (trace.devices or profile.devices)]} timed by {args.profile}, "
-             f"{_seeds_text(args)}")
-    report = {"platform": LOCAL_PLATFORM, "trace": str(args.trace), "profile": str(args.profile),
-              "segment": args.segment, "arrivals": len(trace.arrivals), "span_s": span_s, "seed": args.seed,
-              "replicas": args.replicas,
-              "closed": list(args.closed), "local_window_s": args.local_window_s, "results": [asdict(r) for r in results],
-              "recorded": None if live is None else asdict(live)}
-    return f"{title}\n\n{_table(results, live)}", report
-
-
-def _table(results: list[PolicyResult], live: PolicyResult | None) -> str:
-    """The simulator's table with what really happened as its last row; the spread line stays
-    about the simulated policies."""
-    table = format_table(results)
-    if live is None:
-        return table
-    rows, _, _ = format_table([*results, live]).partition("\n\nDVR spread")
-    _, spread, rest = table.partition("\n\nDVR spread")
-    return rows + spread + rest

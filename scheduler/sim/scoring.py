@@ -1,0 +1,118 @@
+"""Scoring a simulated (or recorded) run: one record per request, and the figures per policy
+(deadline violations, ANTT, latency per priority class and source, throughput)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from heddle.scheduler.state import Outcome
+
+__all__ = ["ClassStats", "PolicyResult", "RequestRecord", "mean_result", "score"]
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request_id: str
+    source: str
+    priority: int
+    arrival_s: float
+    deadline_s: float | None  # absolute
+    isolated_s: float
+    finish_s: float | None = None
+    outcome: str = ""
+
+    @property
+    def violated(self) -> bool:
+        return self.deadline_s is not None and (
+            self.outcome != Outcome.OK.value or self.finish_s is None or self.finish_s > self.deadline_s)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassStats:
+    requests: int
+    with_deadline: int
+    violation_rate: float
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyResult:
+    policy: str
+    requests: int
+    completed: int
+    violation_rate: float  # over requests with a deadline: late, shed or failed
+    antt: float  # mean (finish - arrival) / isolated latency, completed requests
+    throughput_rps: float  # completed requests per simulated second of arrivals
+    energy_j: float  # active energy of every run
+    migrations: int
+    freezes: int
+    per_class: Mapping[int, ClassStats] = field(default_factory=dict)
+    per_source: Mapping[str, ClassStats] = field(default_factory=dict)
+    placements: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # model -> device -> runs
+
+
+def _stats(records: Sequence[RequestRecord]) -> ClassStats:
+    deadline = [r for r in records if r.deadline_s is not None]
+    done = sorted((r.finish_s - r.arrival_s) * 1000 for r in records if r.outcome == Outcome.OK.value)
+    return ClassStats(len(records), len(deadline),
+                      sum(r.violated for r in deadline) / len(deadline) if deadline else 0.0,
+                      _pct(done, 50), _pct(done, 99))
+
+
+def _pct(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return math.nan
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+def score(policy, records, duration_s, energy_j, migrations, freezes) -> PolicyResult:
+    """One policy's figures from its ended requests (the simulator's and trace replay's)."""
+    done = [r for r in records if r.outcome == Outcome.OK.value]
+    overall = _stats(records)
+    classes = sorted({r.priority for r in records}, reverse=True)
+    sources = sorted({r.source for r in records})
+    return PolicyResult(
+        policy=policy, requests=len(records), completed=len(done), violation_rate=overall.violation_rate,
+        antt=sum((r.finish_s - r.arrival_s) / r.isolated_s for r in done) / len(done) if done else math.nan,
+        throughput_rps=len(done) / duration_s, energy_j=energy_j, migrations=migrations, freezes=freezes,
+        per_class={p: _stats([r for r in records if r.priority == p]) for p in classes},
+        per_source={s: _stats([r for r in records if r.source == s]) for s in sources},
+    )
+
+
+def mean_result(results: Sequence[PolicyResult]) -> PolicyResult:
+    """The mean of one policy's replications (runs with different seeds): what a single draw of
+    run times says is noisy (a few late frames more or less move a small DVR by points), the
+    expectation is the prediction. Counts are rounded means; placements are summed."""
+    if len(results) == 1:
+        return results[0]
+
+    def avg(values) -> float:
+        values = [v for v in values if not math.isnan(v)]
+        return sum(values) / len(values) if values else math.nan
+
+    def stats(maps: list[Mapping]) -> dict:
+        keys = sorted({k for m in maps for k in m}, key=str)
+        return {k: ClassStats(round(avg([m[k].requests for m in maps if k in m])),
+                              round(avg([m[k].with_deadline for m in maps if k in m])),
+                              avg([m[k].violation_rate for m in maps if k in m]),
+                              avg([m[k].p50_ms for m in maps if k in m]), avg([m[k].p99_ms for m in maps if k in m]))
+                for k in keys}
+
+    placements: dict[str, dict[str, int]] = {}
+    for r in results:
+        for model, devices in r.placements.items():
+            for device, n in devices.items():
+                placements.setdefault(model, {})[device] = placements.get(model, {}).get(device, 0) + n
+    first = results[0]
+    return PolicyResult(
+        policy=first.policy, requests=round(avg([r.requests for r in results])),
+        completed=round(avg([r.completed for r in results])), violation_rate=avg([r.violation_rate for r in results]),
+        antt=avg([r.antt for r in results]), throughput_rps=avg([r.throughput_rps for r in results]),
+        energy_j=avg([r.energy_j for r in results]), migrations=round(avg([r.migrations for r in results])),
+        freezes=round(avg([r.freezes for r in results])),
+        per_class=stats([r.per_class for r in results]), per_source=stats([r.per_source for r in results]),
+        placements=placements)
