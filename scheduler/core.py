@@ -72,6 +72,9 @@ class Core(CoreReads):
         self._riders: dict[tuple[str, str], StageRun] = {}
         # Running stages of requests that already ended, so their slots are still released.
         self._orphans: dict[tuple[str, str], Request] = {}
+        # Orphaned stages per request id: the id stays taken until they return, or a new request
+        # reusing it would be handed the old one's stage (runs are found by id and stage name).
+        self._orphan_ids: dict[str, int] = {}
         self._seq = 0
         # Bumped by every change to queues, running work, estimates or levels, so a policy
         # may cache what it derives from them within a step (twill's queue forecasts).
@@ -80,7 +83,7 @@ class Core(CoreReads):
     # ---- events -------------------------------------------------------------------------
     def submit(self, request: Request, now: float) -> None:
         """Accept a request: its source stages become ready at once."""
-        if request.id in self._requests:
+        if request.id in self._requests or request.id in self._orphan_ids:
             raise ValueError(f"request id {request.id!r} is already in flight")
         self._seq += 1
         self.version += 1
@@ -109,6 +112,10 @@ class Core(CoreReads):
         """The one way back from a dispatch to its run: also finds runs of requests that ended
         while they ran (orphans), whose slots must still be released."""
         orphan = self._orphans.pop((request_id, stage), None)
+        if orphan is not None:
+            left = self._orphan_ids.pop(request_id) - 1
+            if left:
+                self._orphan_ids[request_id] = left
         request = self._requests.get(request_id) or orphan
         if request is None:
             raise KeyError(f"no running stage {stage!r} of request {request_id!r}")
@@ -386,6 +393,7 @@ class Core(CoreReads):
                 run.state = RunState.CANCELLED
             elif run.state is RunState.RUNNING:
                 self._orphans[run.key] = request
+                self._orphan_ids[request.id] = self._orphan_ids.get(request.id, 0) + 1
         self._finished.append(Finished(request.id, outcome, error))
 
     def _check_invariants(self) -> None:

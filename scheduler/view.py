@@ -35,6 +35,7 @@ class CoreReads:
     _deadlines: DeadlineHeap
     _overdue: dict[str, Request]
     _orphans: dict[tuple[str, str], Request]
+    _orphan_ids: dict[str, int]
     _riders: dict[tuple[str, str], StageRun]
     _finished: list[Finished]
 
@@ -127,7 +128,7 @@ class CoreReads:
         return {
             "requests": len(self._requests), "deadlines": len(self._deadlines),
             "deadline_entries": self._deadlines.num_entries, "overdue": len(self._overdue),
-            "orphans": len(self._orphans), "riders": len(self._riders),
+            "orphans": len(self._orphans), "orphan_ids": len(self._orphan_ids), "riders": len(self._riders),
             "queued": sum(len(q) for q in self._queues.values()),
             "running": sum(len(r) for r in self._running.values()), "unreported": len(self._finished),
         }

@@ -107,8 +107,8 @@ class Runtime:
         request = Request(rid, pipeline, priority, now, None if deadline_s is None else now + deadline_s)
         job = _Job(request, {(None, k): v for k, v in inputs.items()}, self._loop.create_future(), on_stage,
                    generation=generation, on_token=on_token)
+        self.core.submit(request, now)  # first: it refuses an id an earlier request's stage still holds
         self._jobs[rid] = job
-        self.core.submit(request, now)
         if self.trace is not None:
             self.trace.arrival(request, inputs)
         if self._draining:  # ended through the core like any request, so metrics count it

@@ -1,5 +1,6 @@
 """The core's deadlines: any float it is handed leaves shedding working, and a finished request
-leaves every core structure at once, whatever its deadline."""
+leaves every core structure at once, whatever its deadline; its id is free again once its last
+running stage returns."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from heddle.scheduler.policies import POLICIES
 from sched_fixtures import chain, devices, standard_models, validated
 from test_core import drive
 
-EMPTY = {"requests": 0, "deadlines": 0, "deadline_entries": 0, "overdue": 0, "orphans": 0,
+EMPTY = {"requests": 0, "deadlines": 0, "deadline_entries": 0, "overdue": 0, "orphans": 0, "orphan_ids": 0,
          "riders": 0, "queued": 0, "running": 0, "unreported": 0}
 
 # Every kind of float a driver could hand the core as an absolute deadline.
@@ -66,6 +67,28 @@ def test_finished_request_leaves_the_core_at_once():
     core.on_stage_done("other", "s0", 2.0)
     core.schedule(2.0)
     core.forget("other")
+    assert core.footprint() == EMPTY
+
+
+def test_an_id_is_taken_until_its_ended_requests_stage_returns():
+    """A request cancelled while its stage runs keeps its id taken until the stage returns: a new
+    request reusing it is refused, else the old stage's completion would be taken for the new
+    one's (runs are found by id and stage) and its slot never freed."""
+    core = Core(devices(2), standard_models(), "fcfs")
+    p = validated(chain("c", ["m"]))
+    core.submit(Request("same", p, 1, 0.0), 0.0)
+    [d] = core.schedule(0.0).dispatches
+    assert core.cancel("same", 0.5)
+    core.schedule(0.5)
+    core.forget("same")
+    with pytest.raises(ValueError, match="'same' is already in flight"):
+        core.submit(Request("same", p, 1, 1.0), 1.0)
+    core.on_stage_done("same", d.stage, 2.0)
+    core.submit(Request("same", p, 1, 2.0), 2.0)
+    [d2] = core.schedule(2.0).dispatches
+    core.on_stage_done("same", d2.stage, 3.0)
+    assert [f.outcome for f in core.schedule(3.0).finished] == [Outcome.OK]
+    core.forget("same")
     assert core.footprint() == EMPTY
 
 

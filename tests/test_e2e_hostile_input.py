@@ -22,6 +22,7 @@ from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
     RunningServer, chain_toml, default_config, default_server, heddle_cache_dir, py_model_toml, serve_toml,
+    wait_until,
 )
 
 # Its own server: on code without these fixes, a NaN deadline disables shedding for the server's life.
@@ -38,8 +39,10 @@ slots = 2
 
 {py_model_toml("tail", "stage_fns:tail", devices=["py0"])}
 {py_model_toml("slow", "stage_fns:sleep_50ms", devices=["pyslow"])}
+{py_model_toml("gate", "stage_fns:gate", devices=["pyslow"])}
 {chain_toml("fast", ["tail"])}
 {chain_toml("slow_chain", ["slow", "tail"])}
+{chain_toml("gated", ["gate"])}
 """
 
 
@@ -53,7 +56,10 @@ def gateway(heddle_cache_dir: Path) -> Iterator[RunningServer]:
 def client(gateway: RunningServer) -> Iterator[HeddleClient]:
     stage_fns.reset()
     with gateway.client() as c:
-        yield c
+        try:
+            yield c
+        finally:
+            stage_fns.open_gate()  # never leave a stage blocked into the next test
 
 
 @pytest.fixture()
@@ -161,6 +167,24 @@ def test_finished_requests_leave_the_core_empty(client, gateway):
         assert client.infer("fast", {"x": stage_fns.tagged(i)}, request_id=rid,
                             deadline_ms=3_600_000).request_id == rid
     assert core_footprint(gateway) == dict.fromkeys(core_footprint(gateway), 0)
+
+
+def test_id_of_a_cancelled_request_is_taken_while_its_stage_runs(client, channel, gateway):
+    """A client cancels a request while its stage runs and reuses the id at once: ALREADY_EXISTS
+    until that stage returns (the new request was handed the old stage's completion, which then
+    found no request and never freed its slot); then the id serves again, the core left empty."""
+    call = pb_grpc.GatewayStub(channel).Infer.future(pb.InferRequest(
+        pipeline="gated", request_id="reused", inputs=[to_tensor("x", stage_fns.tagged(40))]))
+    assert stage_fns.wait_for_call("gate", 40)
+    assert call.cancel()
+    wait_until(lambda: gateway.server.runtime.in_flight == 0, "the cancelled request to end")
+    code, details = code_of(lambda: client.infer("fast", {"x": stage_fns.tagged(41)}, request_id="reused",
+                                                 timeout_s=30))
+    stage_fns.open_gate()
+    assert code == grpc.StatusCode.ALREADY_EXISTS and "'reused'" in details, (code, details)
+    wait_until(lambda: core_footprint(gateway)["running"] == 0, "the cancelled request's stage to return")
+    assert client.infer("fast", {"x": stage_fns.tagged(42)}, request_id="reused").outputs["y"][0] == 42
+    assert not any(core_footprint(gateway).values()), core_footprint(gateway)
 
 
 def test_huge_request_ids_cost_no_memory(client):
