@@ -13,9 +13,9 @@ request cut or corrupted).
    and raw bytes, to a `heddle serve` process of its own.
 
 Every answer must be an allowed status code (ALLOWED_CODES); "unexpected" counts the others and
-any crash (an exception instead of a status, or a hang). Afterwards both servers must answer their
-health check SERVING, the process must be alive, and the in-process server's core must hold no
-request. Prints the counts and writes bench/results/<date>/fuzz_decoders.json; exits 1 on any
+any crash (an exception instead of a status, or a hang). Neither server may log an error (a bug a
+fine status code can hide). Afterwards both must answer their health check SERVING, the process
+must be alive, and the in-process server's core must hold no request. Prints the counts and writes bench/results/<date>/fuzz_decoders.json; exits 1 on any
 unexpected answer. There is no reference to compare with: the result is a count, not a speed.
 
     .venv/bin/python bench/fuzz_decoders.py                                # ~10 minutes on 2 cores
@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent / "tests"))  # the fuzz strategies and callers live with the tests
 
-from fuzz_callers import InProcess, OverGrpc, Tally  # noqa: E402
+from fuzz_callers import ErrorLog, InProcess, OverGrpc, Tally  # noqa: E402
 from fuzz_requests import ALLOWED_CODES, FUZZ_TOML, Case, cases  # noqa: E402
 from gateway_overhead import free_port, machine_info, server_process  # noqa: E402
 from server_fixtures import parse_test_config, running_server  # noqa: E402
@@ -93,14 +93,15 @@ def part_report(tally: Tally, elapsed_s: float, **extra: Any) -> dict[str, Any]:
 def in_process(n: int, cache_dir: str | None) -> dict[str, Any]:
     """The bulk: through the servicers of a server on a loop thread of this process."""
     overrides = {"cache_dir": cache_dir} if cache_dir else {}
-    with running_server(parse_test_config(FUZZ_TOML, **overrides)) as running:
+    with running_server(parse_test_config(FUZZ_TOML, **overrides)) as running, ErrorLog() as errors:
         caller, tally = InProcess(running.server, running.loop), Tally()
         elapsed = run_cases(cases(raw=False), n, caller.answer, tally, "in-process")
 
         async def footprint():
             return running.server.runtime.core.footprint()
         held = asyncio.run_coroutine_threadsafe(footprint(), running.loop).result(30)
-        return part_report(tally, elapsed, serving_after=serving(running.target), core_footprint_after=held)
+        return part_report(tally, elapsed, serving_after=serving(running.target), core_footprint_after=held,
+                           errors_logged=len(errors.messages), error_examples=errors.messages[:10])
 
 
 def over_grpc(n: int, out_dir: Path) -> dict[str, Any]:
@@ -112,7 +113,8 @@ def over_grpc(n: int, out_dir: Path) -> dict[str, Any]:
         target = f"127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "heddle.server.cli", "serve", "--config", str(config), "--grpc-port",
                str(port), "--metrics-port", str(free_port()), "--log-level", "warning", "--log-json"]
-        with server_process(cmd, target, out_dir / "logs" / "fuzz_decoders_server.log", timeout_s=300) as proc:
+        log_path = out_dir / "logs" / "fuzz_decoders_server.log"
+        with server_process(cmd, target, log_path, timeout_s=300) as proc:
             caller, tally = OverGrpc(target), Tally()
             # One message in four on a stream; raw bytes go unary.
             streams = st.tuples(cases(), st.integers(0, 3)).map(lambda t: (t[0], t[1] == 0 and t[0].raw is None))
@@ -121,8 +123,12 @@ def over_grpc(n: int, out_dir: Path) -> dict[str, Any]:
             finally:
                 caller.close()
             alive = proc.poll() is None
-            return part_report(tally, elapsed, server_alive=alive, serving_after=alive and serving(target),
-                               command=shlex.join(cmd))
+            serving_after = alive and serving(target)
+        errors = [line for line in log_path.read_text(errors="replace").splitlines()
+                  if '"level": "error"' in line or '"level": "critical"' in line]
+        return part_report(tally, elapsed, server_alive=alive, serving_after=serving_after,
+                           errors_logged=len(errors), error_examples=[e[:400] for e in errors[:10]],
+                           command=shlex.join(cmd))
 
 
 def main() -> int:
@@ -142,13 +148,15 @@ def main() -> int:
     print(f"over gRPC: {args.wire_cases} cases", flush=True)
     report["over_grpc"] = over_grpc(args.wire_cases, out.parent)
     parts = (report["in_process"], report["over_grpc"])
-    report["passed"] = all(part["unexpected"] == 0 and part["serving_after"] for part in parts) and not any(
-        report["in_process"]["core_footprint_after"].values())
+    report["passed"] = all(part["unexpected"] == 0 and part["errors_logged"] == 0 and part["serving_after"]
+                           for part in parts) and not any(report["in_process"]["core_footprint_after"].values())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     for name, part in (("in-process", parts[0]), ("over gRPC", parts[1])):
         print(f"{name}: {part['cases']} cases in {part['elapsed_s']} s, unexpected {part['unexpected']}, "
-              f"serving after: {part['serving_after']}")
+              f"errors logged {part['errors_logged']}, serving after: {part['serving_after']}")
+        for line in part["error_examples"]:
+            print(f"  ERROR LOGGED: {line}")
         for kind, codes in part["by_kind"].items():
             print(f"  {kind:14} " + ", ".join(f"{c} {n}" for c, n in codes.items()))
         for answer, case in part["unexpected_examples"]:

@@ -4,10 +4,13 @@ servicers, or over gRPC against a real server. Anything but a status is a crash,
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
 import grpc
+from structlog.testing import capture_logs
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from fuzz_requests import ALLOWED_CODES, Case
@@ -15,10 +18,36 @@ from heddle.server.app import HeddleServer
 from heddle.server.service import GatewayServicer
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 
-__all__ = ["InProcess", "OverGrpc", "Tally"]
+__all__ = ["ErrorLog", "InProcess", "OverGrpc", "Tally"]
 
 HANG_S = 60.0  # no case takes this long unless something hangs, which is a defect too
 _INFER = {"v1": "/heddle.v1.Gateway/Infer", "kserve": "/inference.GRPCInferenceService/ModelInfer"}
+
+
+class ErrorLog(logging.Handler):
+    """The server's log records at ERROR or above while in use: a bug a status code can hide (a
+    stage completion the runtime could not place still lets its request end with a fine code).
+    Heard both ways structlog may be set up: routed to stdlib logging (configure_logging, as
+    `heddle serve` and the bench do), or left at its default (tests), captured then."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+        self._stack = contextlib.ExitStack()
+        self._captured: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(str(record.msg)[:400])
+
+    def __enter__(self) -> ErrorLog:
+        logging.getLogger("heddle").addHandler(self)
+        self._captured = self._stack.enter_context(capture_logs())
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stack.close()
+        logging.getLogger("heddle").removeHandler(self)
+        self.messages += [str(e)[:400] for e in self._captured if e.get("log_level") in ("error", "critical")]
 
 
 class _Aborted(Exception):

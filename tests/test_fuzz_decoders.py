@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzz_callers import InProcess, OverGrpc
+from fuzz_callers import ErrorLog, InProcess, OverGrpc
 from fuzz_requests import ALLOWED_CODES, FUZZ_TOML, Case, cases
 from server_fixtures import RunningServer, heddle_cache_dir, serve_toml  # noqa: F401
 
@@ -50,7 +50,7 @@ def serving_and_empty(gateway: RunningServer) -> None:
 
 def test_in_process_cases_get_allowed_codes(gateway: RunningServer):
     """300 requests through the real servicers, validators, scheduler and stages, without the
-    transport: each answered with an allowed code, never a crash."""
+    transport: each answered with an allowed code, never a crash, and no error in the server's log."""
     caller = InProcess(gateway.server, gateway.loop)
 
     @settings(FUZZ, max_examples=300)
@@ -58,19 +58,23 @@ def test_in_process_cases_get_allowed_codes(gateway: RunningServer):
     def check(case: Case) -> None:
         answer = caller.answer(case)
         assert answer in ALLOWED_CODES, (answer, case)
-    check()
+    with ErrorLog() as errors:
+        check()
+    assert not errors.messages
     serving_and_empty(gateway)
 
 
 def test_wire_cases_get_allowed_codes(gateway: RunningServer, wire: OverGrpc):
     """200 requests and raw byte strings over gRPC (unary, and on InferStream / ModelStreamInfer
-    one time in four): allowed codes only, and the server still SERVING after."""
+    one time in four): allowed codes only, no error in the server's log, still SERVING after."""
     @settings(FUZZ, max_examples=200)
     @given(case=cases(), stream=st_streams)
     def check(case: Case, stream: bool) -> None:
         answer = wire.answer(case, stream=stream and case.raw is None)
         assert answer in ALLOWED_CODES, (answer, case)
-    check()
+    with ErrorLog() as errors:
+        check()
+    assert not errors.messages
     serving_and_empty(gateway)
 
 
