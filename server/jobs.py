@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import numpy as np
 
 from heddle.scheduler import Outcome, Request
+from heddle.server.error_kind import ErrorKind
 
 if TYPE_CHECKING:
     from heddle.server.llm_runtime import TokenUpdate
@@ -44,7 +45,7 @@ class JobResult:
     pipeline: str
     outcome: Outcome
     error: str
-    status_code: str  # gRPC status name the servicer should answer with
+    error_kind: ErrorKind | None  # why, when the outcome is FAILED (server/status.py maps both)
     outputs: dict[str, np.ndarray]
     stages: tuple[StageTiming, ...]
     total_s: float
@@ -62,7 +63,7 @@ class _Job:
     done: asyncio.Future
     on_stage: Callable[[StageTiming], None] | None
     compute_s: dict[str, float] = field(default_factory=dict)
-    status_code: str = ""
+    error_kind: ErrorKind | None = None  # its first failed stage's kind
     generation: Mapping[str, object] | None = None  # GenerationConfig overrides for LLM stages
     on_token: Callable[[TokenUpdate], None] | None = None
     llm: dict = field(default_factory=dict)  # stage -> its generation state (llm_runtime._Gen)

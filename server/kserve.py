@@ -31,6 +31,7 @@ from heddle.server.limits import RequestLimits
 from heddle.server.llm_runtime import TokenUpdate
 from heddle.server.logs import get_logger
 from heddle.server.runtime import JobResult, Runtime
+from heddle.server.status import RETRY_AFTER_KEY, request_error
 from heddle.server.validation import (
     MAX_REQUEST_ID_BYTES, RequestError, check_generation, check_request_id, effective_deadline_s,
 )
@@ -147,7 +148,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
                 return await self._infer(request, context)
             except RequestError as exc:
                 exc.__traceback__ = None  # gRPC keeps the abort, which would keep the inputs (service.py)
-                await context.abort(exc.code, exc.message, getattr(exc, "trailing_metadata", ()))
+                await context.abort(exc.code, exc.message, exc.trailing_metadata)
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests on one stream run concurrently; each gets one response, in completion order
@@ -189,14 +190,14 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
                 return kpb.ModelStreamInferResponse(infer_response=response)
             except RequestError as exc:
                 message = f"{exc.code.name}: {exc.message}"
-                hint = dict(getattr(exc, "trailing_metadata", ())).get("retry-after-ms")
+                hint = dict(exc.trailing_metadata).get(RETRY_AFTER_KEY)
             except Exception as exc:  # a bug must not end the client's stream
                 log.exception("stream request failed", model=request.model_name)
                 message, hint = f"INTERNAL: {type(exc).__name__}: {exc}", None
         echo = kpb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
                                       id=request.id)
         if hint is not None:  # a stream has no trailers per request: the hint rides in parameters
-            echo.parameters["retry-after-ms"].int64_param = int(hint)
+            echo.parameters[RETRY_AFTER_KEY].int64_param = int(hint)
         return kpb.ModelStreamInferResponse(error_message=message, infer_response=echo)
 
     def _has_llm(self, name: str) -> bool:
@@ -252,11 +253,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
                                request_id=request_id)
         except ValueError:  # the same id is already in flight
             result = await run(entry.pipeline, inputs, priority=priority, deadline_s=deadline_s)
-        if result.status_code != "OK":
-            error = RequestError(getattr(grpc.StatusCode, result.status_code),
-                                 f"request {result.request_id}: {result.error}")
-            if result.retry_after_s is not None:  # refused at admission: the same hint heddle.v1 sends
-                error.trailing_metadata = (("retry-after-ms", str(max(1, round(result.retry_after_s * 1e3)))),)
+        error = request_error(result)  # the same status and retry hint heddle.v1 sends
+        if error is not None:
             raise error
         return result
 

@@ -22,6 +22,7 @@ from heddle.server.logs import get_logger
 from heddle.server.memory_estimate import (
     ModelCost, PipelineCost, array_bytes, machine_memory_bytes, model_cost, pipeline_cost, reference_elements,
 )
+from heddle.server.status import retry_metadata
 from heddle.server.validation import RequestError
 
 __all__ = ["MODEL_LIMIT_KEYS", "ModelLimits", "RequestLimits", "check_model_limit_options", "memory_budgets"]
@@ -168,14 +169,13 @@ class RequestLimits:
 
     def _refuse_busy(self, pipeline: Pipeline, nbytes: int, priority: int) -> None:
         hint_s = self.budget.retry_after_s()
-        error = RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, (
+        self._count(pipeline, "max_inflight_bytes")
+        raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, (
             f"pipeline {pipeline.name!r}: the in-flight memory budget is full: this request needs an estimated "
             f"{_size(nbytes)}, {_size(self.budget.used_bytes)} of max_inflight_bytes = "
             f"{_size(self.max_inflight_bytes)} is held and priority {priority} may use "
-            f"{_size(self.budget.capacity_for(priority))}; retry after about {hint_s * 1e3:.0f} ms"))
-        error.trailing_metadata = (("retry-after-ms", str(max(1, round(hint_s * 1e3)))),)
-        self._count(pipeline, "max_inflight_bytes")
-        raise error
+            f"{_size(self.budget.capacity_for(priority))}; retry after about {hint_s * 1e3:.0f} ms"),
+            trailing_metadata=retry_metadata(hint_s))
 
     def _refuse(self, pipeline: Pipeline, limit: str, message: str) -> None:
         self._count(pipeline, limit)

@@ -19,6 +19,7 @@ import numpy as np
 from heddle.backends.base import BackendError, DeviceUnavailable, InputError
 from heddle.backends.llm import GenerationConfig, LlmSequence
 from heddle.scheduler import Dispatch
+from heddle.server.error_kind import ErrorKind
 from heddle.server.logs import get_logger
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ class TritonLlmStreams:
             # Tokens already streamed cannot be unsent, so no retry elsewhere: the request ends
             # UNAVAILABLE, and the device goes out of rotation until its health comes back.
             if job is not None:
-                job.status_code = "UNAVAILABLE"
+                job.error_kind = ErrorKind.DEVICE_LOST
             rt.set_device_health(d.device, False)
             error = BackendError(f"{error} (after {gen.emitted} streamed tokens: not retried)")
         elif isinstance(error, DeviceUnavailable) and job is not None:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -15,6 +16,10 @@ from prometheus_client.exposition import start_http_server
 
 from heddle.server.power_metrics import PowerMetrics
 from heddle.server.recovery import LOAD_STATES
+from heddle.server.status import status_code
+
+if TYPE_CHECKING:
+    from heddle.server.jobs import JobResult
 
 __all__ = ["LATENCY_BUCKETS_S", "Metrics", "MetricsHTTPServer"]
 
@@ -264,6 +269,11 @@ class Metrics:
         """Record one finished request; `status` is a gRPC code name such as OK or INVALID_ARGUMENT."""
         self.requests.labels(pipeline, status).inc()
         self.request_latency_seconds.labels(pipeline, str(priority)).observe(max(latency_s, 0.0))
+
+    def observe_result(self, result: JobResult) -> None:
+        """Record one request the runtime ended, labelled with the status its client sees."""
+        status = status_code(result.outcome, result.error_kind).name
+        self.observe_request(result.pipeline, status, result.total_s, result.priority)
 
     def observe_refused(self, pipeline: str, status: str) -> None:
         """Count a request refused before it ran: no latency sample, it would skew the histogram."""

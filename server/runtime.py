@@ -10,12 +10,13 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from heddle.backends.base import BackendError, BackendTimeout, DeviceUnavailable, Executor, InputError
+from heddle.backends.base import BackendError, BackendTimeout, DeviceUnavailable, Executor
 from heddle.backends.graph_summary import summarize_file
 from heddle.scheduler.profiles import ProfileTable
 from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Request, RunState
 from heddle.server.config import Config
 from heddle.server.energy import EnergyLedger, combine_sources
+from heddle.server.error_kind import ErrorKind, classify
 from heddle.server.jobs import JobResult, StageTiming, _Job
 from heddle.server.llm_runtime import LlmDriver, TokenUpdate
 from heddle.server.logs import get_logger
@@ -26,13 +27,6 @@ from heddle.server.trace import open_trace
 __all__ = ["JobResult", "Runtime", "StageTiming"]
 
 log = get_logger("heddle.runtime")
-
-
-_STATUS_OF = {
-    Outcome.OK: "OK", Outcome.CANCELLED: "CANCELLED", Outcome.UNAVAILABLE: "UNAVAILABLE",
-    Outcome.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED", Outcome.FAILED: "INTERNAL",
-    Outcome.REJECTED: "RESOURCE_EXHAUSTED",
-}
 
 
 class Runtime:
@@ -245,7 +239,7 @@ class Runtime:
                 for name, arr in outputs.items():
                     job.tensors[(d.stage, name)] = arr
         else:
-            status, error = _classify(exc)
+            kind, error = classify(exc)
             if isinstance(exc, BackendTimeout) and self.metrics is not None:
                 self.metrics.observe_stage_timeout(d.model, d.device)
             if isinstance(exc, DeviceUnavailable):
@@ -258,14 +252,13 @@ class Runtime:
                                 device=d.device, error=error)
                     self._step()
                     return
-                status = "UNAVAILABLE"
                 if job is not None:
-                    job.status_code = status
+                    job.error_kind = ErrorKind.DEVICE_LOST
                 self._step()
                 return
-            if job is not None and not job.status_code:
-                job.status_code = status
-            if status == "INTERNAL":
+            if job is not None and job.error_kind is None:
+                job.error_kind = kind
+            if kind is ErrorKind.INTERNAL:
                 log.error("stage failed", request_id=d.request_id, stage=d.stage, device=d.device,
                           error=error)
         if self.metrics is not None:
@@ -292,10 +285,10 @@ class Runtime:
         outputs = {}
         if f.outcome is Outcome.OK:
             outputs = {name: job.tensors[(w.stage, w.tensor)] for name, w in req.pipeline.output_wires.items()}
-        status = _STATUS_OF[f.outcome] if f.outcome is not Outcome.FAILED else (job.status_code or "INTERNAL")
+        kind = (job.error_kind or ErrorKind.INTERNAL) if f.outcome is Outcome.FAILED else None
         result = JobResult(
             request_id=req.id, pipeline=req.pipeline.name, outcome=f.outcome, error=f.error,
-            status_code=status, outputs=outputs,
+            error_kind=kind, outputs=outputs,
             stages=tuple(self._timing(job, s.name) for s in req.pipeline.stages),
             total_s=(req.finished_s or self.clock()) - req.arrival_s, priority=req.priority,
             deadline_missed=req.deadline_missed, energy_j=sum(j for j, _ in job.energy.values()),
@@ -305,7 +298,7 @@ class Runtime:
         self.core.forget(req.id)
         if self.metrics is not None:
             self.metrics.power.observe_energy(req.pipeline.name, req.priority, result.energy_j)
-            self.metrics.observe_request(req.pipeline.name, status, result.total_s, req.priority)
+            self.metrics.observe_result(result)
             if result.deadline_missed or f.outcome is Outcome.DEADLINE_EXCEEDED:
                 self.metrics.observe_deadline_missed(req.pipeline.name)
         if self.trace is not None:
@@ -341,17 +334,6 @@ def _profiles(config: Config) -> ProfileTable:
             except Exception as exc:  # an estimate is an aid; never a reason not to serve
                 log.warning("no graph summary for model", model=model.name, error=str(exc))
     return ProfileTable(summaries=summaries)
-
-
-def _classify(exc: BaseException) -> tuple[str, str]:
-    """The gRPC status a failed stage gives its request, and the error text to report."""
-    if isinstance(exc, InputError):
-        return "INVALID_ARGUMENT", str(exc)
-    if isinstance(exc, BackendTimeout):
-        return "DEADLINE_EXCEEDED", str(exc)
-    if isinstance(exc, DeviceUnavailable):
-        return "UNAVAILABLE", str(exc)
-    return "INTERNAL", f"{type(exc).__name__}: {exc}"
 
 
 def _timed_run(executor: Executor, model: str, inputs, priority: int, timeout_s: float | None):

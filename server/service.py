@@ -15,6 +15,7 @@ from heddle.server.logs import get_logger
 from heddle.server.power_loop import PowerLoop
 from heddle.server.llm_runtime import TokenUpdate
 from heddle.server.runtime import JobResult, Runtime, StageTiming
+from heddle.server.status import request_error
 from heddle.server.validation import (
     MAX_REQUEST_ID_BYTES, RequestError, check_generation, check_outputs_requested, check_request_id,
     decode_inputs, effective_deadline_s, resolve_priority,
@@ -48,7 +49,7 @@ def _abort_args(exc: RequestError) -> tuple:
     gRPC keeps the abort's exception, and so this one and its frames, after the call: without its
     traceback it no longer holds the request's decoded inputs (a refused 61 MB request did)."""
     exc.__traceback__ = None
-    return exc.code, exc.message, getattr(exc, "trailing_metadata", ())
+    return exc.code, exc.message, exc.trailing_metadata
 
 
 def tokens_to_proto(u: TokenUpdate) -> pb.TokenEvent:
@@ -134,11 +135,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             raise RequestError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
         finally:
             held.release()
-        if result.status_code != "OK":
-            error = RequestError(getattr(grpc.StatusCode, result.status_code),
-                                 f"request {result.request_id}: {result.error}")
-            if result.retry_after_s is not None:  # refused at admission: when to try again
-                error.trailing_metadata = (("retry-after-ms", str(max(1, round(result.retry_after_s * 1e3)))),)
+        error = request_error(result)  # a refusal at admission carries when to try again
+        if error is not None:
             raise error
         return result, wanted
 

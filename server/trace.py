@@ -23,6 +23,7 @@ import numpy as np
 from heddle.scheduler import Dispatch, Pipeline, Request
 from heddle.scheduler.sim.tracefile import TRACE_FORMAT
 from heddle.server.config import Config
+from heddle.server.status import status_code
 
 if TYPE_CHECKING:  # the runtime imports this module
     from heddle.server.runtime import JobResult
@@ -89,7 +90,7 @@ class TraceWriter:
     def end(self, result: JobResult) -> None:
         self._write({
             "event": "end", "t_s": self._now(), "request_id": result.request_id,
-            "outcome": result.outcome.value, "status": result.status_code,
+            "outcome": result.outcome.value, "status": status_code(result.outcome, result.error_kind).name,
             "latency_s": round(result.total_s, 6), "deadline_missed": result.deadline_missed,
         })
 

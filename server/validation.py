@@ -39,12 +39,15 @@ _GENERATION_RULES: Mapping[str, tuple[Callable[[float], bool], str]] = {
 }
 
 class RequestError(Exception):
-    """A request that cannot be served: carries the gRPC status code to answer with."""
+    """A request that cannot be served: the gRPC status code to answer with, its message, and
+    trailing metadata (a refusal's retry hint, server/status.py) for the abort."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str,
+                 trailing_metadata: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.trailing_metadata = trailing_metadata
 
 def resolve_priority(priority: int, settings: ServerSettings) -> int:
     """0 means the default level; anything outside 1..levels is refused, never clamped."""
