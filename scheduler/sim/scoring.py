@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 from heddle.scheduler.state import Outcome
 
-__all__ = ["ClassStats", "PolicyResult", "RequestRecord", "mean_result", "score"]
+__all__ = ["ClassStats", "PolicyResult", "RequestRecord", "ended_records", "mean_result", "score", "sorted_placements"]
 
 
 @dataclass(slots=True)
@@ -116,3 +116,17 @@ def mean_result(results: Sequence[PolicyResult]) -> PolicyResult:
         freezes=round(avg([r.freezes for r in results])),
         per_class=stats([r.per_class for r in results]), per_source=stats([r.per_source for r in results]),
         placements=placements)
+
+
+def ended_records(records: Mapping[str, RequestRecord],
+                  finished: Mapping[str, tuple[Outcome, float]]) -> list[RequestRecord]:
+    """The records (in arrival order), each with how and when its request ended."""
+    for request_id, record in records.items():
+        assert request_id in finished, f"{request_id} never ended"
+        outcome, record.finish_s = finished[request_id]
+        record.outcome = outcome.value
+    return list(records.values())
+
+
+def sorted_placements(placements: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    return {m: dict(sorted(c.items())) for m, c in sorted(placements.items())}

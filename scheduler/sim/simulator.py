@@ -1,99 +1,84 @@
-"""Discrete-event simulator: drives the real scheduler Core on a virtual clock with a profile
-table (a shipped platform and scenario), and scores the policy it ran.
+"""Simulating a shipped platform and scenario: the scenario's arrivals through the real Core on
+the driver, run times from the platform's profile table with seeded noise, and the policy's score.
 
 Pure: no wall clock and no I/O; `heddle simulate` (server/simulate_cmd.py) prints the tables.
 """
 
 from __future__ import annotations
 
-import hashlib
-import heapq
-import math
-from dataclasses import replace
-from typing import Mapping
+from dataclasses import dataclass, replace
+from typing import Iterable, Mapping
 
 from heddle.scheduler.budget import critical_path_s
 from heddle.scheduler.core import Core
+from heddle.scheduler.dag import Pipeline
 from heddle.scheduler.policies import make_policy
-from heddle.scheduler.profiles import ProfileTable
+from heddle.scheduler.profiles import ProfileEntry, ProfileTable
+from heddle.scheduler.sim.driver import Driver, RunTimeModel
 from heddle.scheduler.sim.platforms import Platform
-from heddle.scheduler.sim.scoring import PolicyResult, RequestRecord, score
+from heddle.scheduler.sim.run_times import NoisyTable
+from heddle.scheduler.sim.scoring import PolicyResult, RequestRecord, ended_records, score, sorted_placements
 from heddle.scheduler.sim.workload import Arrival, Scenario, build_pipelines, generate_arrivals
+from heddle.scheduler.specs import ModelSpec
 from heddle.scheduler.state import Request
 
-__all__ = ["simulate"]
+__all__ = ["ScenarioSetup", "run_scenario", "scenario_setup", "simulate"]
 
-_ARRIVE, _DONE = 0, 1
+
+@dataclass(frozen=True, slots=True)
+class ScenarioSetup:
+    """What a scenario on a platform needs before the first arrival."""
+
+    truth: Mapping[tuple[str, str, int], ProfileEntry]  # the platform's table: what runs really take
+    cv: Mapping[str, float]  # per model: run-to-run variation
+    pipelines: Mapping[str, Pipeline]
+    models: Mapping[str, ModelSpec]
+    profiles: ProfileTable  # what the core plans with (here: the truth)
+    isolated_s: Mapping[str, float]  # per pipeline: its critical path on the fastest devices
+
+
+def scenario_setup(platform: Platform, scenario: Scenario) -> ScenarioSetup:
+    truth = platform.table()
+    pipelines, models = build_pipelines([s.pipeline for s in scenario.sources],
+                                        {m: platform.devices_of(m) for m in platform.models})
+    profiles = ProfileTable(table=truth, ops={m: f.op_types for m, f in platform.models.items()})
+
+    def best_s(model: str) -> float:
+        return min(truth[(model, d, 0)].latency_s for d in platform.devices_of(model))
+
+    isolated = {name: critical_path_s(p, lambda s, p=p: best_s(p.stage(s).model)) for name, p in pipelines.items()}
+    return ScenarioSetup(truth, {m: f.cv for m, f in platform.models.items()}, pipelines, models, profiles, isolated)
 
 
 def simulate(platform: Platform, scenario: Scenario, policy: str, *, duration_s: float | None = None,
              seed: int = 1, policy_options: Mapping | None = None) -> PolicyResult:
     """Run the scenario's arrivals through a Core under `policy` until every request ends."""
     duration_s = scenario.duration_s if duration_s is None else duration_s
-    truth = platform.table()
-    pipelines, models = build_pipelines([s.pipeline for s in scenario.sources],
-                                        {m: platform.devices_of(m) for m in platform.models})
-    profiles = ProfileTable(table=truth, ops={m: f.op_types for m, f in platform.models.items()})
-    core = Core(platform.devices, models, make_policy(policy, **dict(policy_options or {})), profiles)
+    setup = scenario_setup(platform, scenario)
+    core = Core(platform.devices, setup.models, make_policy(policy, **dict(policy_options or {})), setup.profiles)
+    run_times = NoisyTable(setup.truth, setup.cv, seed)
+    driver, records = run_scenario(core, run_times, setup, generate_arrivals(scenario.sources, duration_s, seed))
+    result = score(policy, records, duration_s, run_times.energy_j, driver.migrations, driver.freezes)
+    return replace(result, placements=sorted_placements(driver.placements))
 
-    def best_s(model: str) -> float:
-        return min(truth[(model, d, 0)].latency_s for d in platform.devices_of(model))
 
-    isolated = {name: critical_path_s(p, lambda s, p=p: best_s(p.stage(s).model)) for name, p in pipelines.items()}
-    events: list[tuple[float, int, int, object]] = []
-    for i, arrival in enumerate(generate_arrivals(scenario.sources, duration_s, seed)):
-        events.append((arrival.time_s, i, _ARRIVE, arrival))
-    heapq.heapify(events)
+def run_scenario(core: Core, run_times: RunTimeModel, setup: ScenarioSetup,
+                 arrivals: Iterable[Arrival]) -> tuple[Driver, list[RequestRecord]]:
+    """Drive `core` through the arrivals; returns the driver and one ended record per arrival."""
     records: dict[str, RequestRecord] = {}
-    counter, energy_j, migrations, freezes = len(events), 0.0, 0, 0
-    placements: dict[str, dict[str, int]] = {}
-    while events:
-        now, _, kind, item = heapq.heappop(events)
-        if kind == _ARRIVE:
-            _submit(core, item, pipelines, isolated, records, now)
-        else:
-            core.on_stage_done(item[0], item[1], now)
-        plan = core.schedule(now)
-        for d in plan.dispatches:
-            level = core.level(d.device)
-            entry = truth[(d.model, d.device, level)]
-            run_s = entry.latency_s * _noise(seed, d.request_id, d.stage, platform.models[d.model].cv)
-            energy_j += entry.power_w * run_s
-            per_model = placements.setdefault(d.model, {})
-            per_model[d.device] = per_model.get(d.device, 0) + 1
-            counter += 1
-            heapq.heappush(events, (now + run_s, counter, _DONE, (d.request_id, d.stage)))
-        for f in plan.finished:
-            record = records[f.request_id]
-            assert not record.outcome, f"{f.request_id} ended twice"
-            record.outcome, record.finish_s = f.outcome.value, now
-            core.forget(f.request_id)
-        migrations += len(plan.migrated)
-        freezes += len(plan.frozen)
-    assert all(r.outcome for r in records.values()), "a request never ended"
-    result = score(policy, list(records.values()), duration_s, energy_j, migrations, freezes)
-    return replace(result, placements={m: dict(sorted(c.items())) for m, c in sorted(placements.items())})
 
+    def submit(arrival: Arrival, now: float) -> Request:
+        isolated_s = setup.isolated_s[arrival.pipeline]
+        deadline = arrival.deadline_s
+        if arrival.deadline_factor is not None:
+            deadline = arrival.deadline_factor * isolated_s
+        absolute = None if deadline is None else now + deadline
+        records[arrival.request_id] = RequestRecord(arrival.request_id, arrival.source, arrival.priority,
+                                                    now, absolute, isolated_s)
+        return Request(arrival.request_id, setup.pipelines[arrival.pipeline], arrival.priority, now, absolute)
 
-def _submit(core: Core, arrival: Arrival, pipelines, isolated, records, now: float) -> None:
-    isolated_s = isolated[arrival.pipeline]
-    deadline = arrival.deadline_s
-    if arrival.deadline_factor is not None:
-        deadline = arrival.deadline_factor * isolated_s
-    absolute = None if deadline is None else now + deadline
-    records[arrival.request_id] = RequestRecord(arrival.request_id, arrival.source, arrival.priority,
-                                                now, absolute, isolated_s)
-    core.submit(Request(arrival.request_id, pipelines[arrival.pipeline], arrival.priority, now, absolute), now)
-
-
-def _noise(seed: int, request_id: str, stage: str, cv: float) -> float:
-    """Mean-1 lognormal run-time factor, the same for a given run under every policy
-    (common random numbers make policy differences sharper)."""
-    if cv <= 0:
-        return 1.0
-    digest = hashlib.blake2b(f"{seed}/{request_id}/{stage}".encode(), digest_size=16).digest()
-    u1 = (int.from_bytes(digest[:8], "little") + 1) / 2.0**64  # (0, 1]
-    u2 = int.from_bytes(digest[8:], "little") / 2.0**64
-    normal = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)  # Box-Muller
-    sigma = math.sqrt(math.log1p(cv * cv))
-    return math.exp(sigma * normal - sigma * sigma / 2)
+    driver = Driver(core, run_times, make_request=submit)
+    for arrival in arrivals:
+        driver.arrive(arrival.time_s, arrival)
+    driver.run()
+    return driver, ended_records(records, driver.finished)
