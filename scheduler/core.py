@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from heddle.scheduler.budget import budget_run
 from heddle.scheduler.deadlines import DeadlineHeap, usable_deadline
@@ -15,6 +15,10 @@ from heddle.scheduler.profiles import ConstantProfiles, Profiles
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
 from heddle.scheduler.state import Outcome, Request, RunState, StageRun
 from heddle.scheduler.view import CoreReads
+
+if TYPE_CHECKING:
+    from heddle.scheduler.admission import Admission
+    from heddle.scheduler.power import PowerController
 
 __all__ = ["Core"]
 
@@ -36,6 +40,8 @@ class Core(CoreReads):
         models: Mapping[str, ModelSpec],
         policy: Policy | str = "fcfs",
         profiles: Profiles | None = None,
+        power: PowerController | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.devices = {d.id: d for d in devices}
         self.models = dict(models)
@@ -55,8 +61,9 @@ class Core(CoreReads):
         self._log_migrated: list[Migrate] = []
         # Power control and admission (scheduler/power.py, admission.py), both optional: the
         # controller's decisions arrive through on_power_sample, admission runs at submit.
-        self.power = None
-        self.admission = None
+        # Given here or by attach_power, never assigned from outside.
+        self.power = power
+        self.admission = admission
         self._log_levels: list[SetLevel] = []
         self._log_rejected: list[Reject] = []
         self._log_power: list[PowerAction] = []
@@ -231,6 +238,27 @@ class Core(CoreReads):
         outcome = Outcome.DEADLINE_EXCEEDED if decision.reason == "deadline" else Outcome.REJECTED
         self._finish(request, outcome, decision.message, now)
         return True
+
+    def attach_power(self, power: PowerController, admission: Admission | None = None) -> None:
+        """Power control and admission for a core built before its sensors were known: a server
+        detects its DVFS actuators (and so each device's level count) at start, after the core
+        exists. The one way besides the constructor to give them."""
+        self.power, self.admission = power, admission
+        self.version += 1
+
+    def on_level_refused(self, device: str, level: int, level_count: int) -> None:
+        """The device's actuator did not take the plan's level: it holds `level` and offers
+        `level_count` levels from now on (a knob that was lost). The controller and the
+        estimates take the actuator's word; the controller plans from there."""
+        if self.power is not None:
+            self.power.pin_level(device, level, level_count)
+        self.set_device_level(device, level)
+
+    def on_level_shared(self, device: str, level: int) -> None:
+        """The device shares its DVFS knob with one the plan moved: it runs at `level` too."""
+        if self.power is not None:
+            self.power.levels[device] = level
+        self.set_device_level(device, level)
 
     def set_device_level(self, device: str, level: int) -> None:
         """The device now runs at DVFS level `level` (0 = fastest); estimates follow."""

@@ -75,15 +75,13 @@ class PowerLoop:
         counts = {d: (1 if a.kind == "none" else len(a.levels())) for d, a in self.actuators.items()}
         top = self.config.server.priority_levels
         self.controller = PowerController(self.settings, models, counts, top_priority=top)
-        core = self.runtime.core
-        core.power = self.controller
         # Overload admission is on by default ([admission] enabled): lower classes are refused
         # first, by predicted latency and by their share of the in-flight bound.
         overload = self.config.admission
-        core.admission = Admission(self.controller, top, self.settings.queue_bound,
-                                   check_latency=overload.enabled and self.settings.admission,
-                                   max_in_flight=overload.bound)
-        self.runtime.apply_level = self._apply_level
+        admission = Admission(self.controller, top, self.settings.queue_bound,
+                              check_latency=overload.enabled and self.settings.admission,
+                              max_in_flight=overload.bound)
+        self.runtime.attach_power(self, self.controller, admission)
         log.info("power sensing", sensors=[s.name for s in self.sensors],
                  actuators={d: a.kind for d, a in self.actuators.items()}, budget_w=self.settings.budget_w,
                  device_budget_w=dict(self.settings.device_budget_w), period_s=self.settings.period_s,
@@ -157,8 +155,9 @@ class PowerLoop:
         self.metrics.power.set_levels({d: self._level_of(d) for d in self.actuators})
 
     # ---- DVFS and budgets -----------------------------------------------------------
-    def _apply_level(self, action: SetLevel) -> None:
-        """Carry a level from the plan to the device's knob; a refusal pins the level it keeps."""
+    def apply_level(self, action: SetLevel) -> None:
+        """Carry a level from the plan to the device's knob (LevelActuator, for the runtime); a
+        refusal, and a knob shared with other devices, are reported to the core as events."""
         actuator = self.actuators.get(action.device)
         if actuator is None:
             return
@@ -170,12 +169,10 @@ class PowerLoop:
             log.warning("dvfs level not applied", device=action.device, level=action.level,
                         result=type(result).__name__, reason=result.reason)
             count = 1 if actuator.kind == "none" else len(actuator.levels())
-            self.controller.pin_level(action.device, result.level, count)
-            self.runtime.core.set_device_level(action.device, result.level)
+            self.runtime.core.on_level_refused(action.device, result.level, count)
         for other, shared in self.actuators.items():  # devices on the same knob follow it
             if shared is actuator and other != action.device:
-                self.controller.levels[other] = actuator.level()
-                self.runtime.core.set_device_level(other, actuator.level())
+                self.runtime.core.on_level_shared(other, actuator.level())
 
     def set_budget(self, budget_w: float | None, device_budget_w: Mapping[str, float] | None = None) -> None:
         """New budgets at run time (the admin RPC); ValueError for unknown devices or bad watts."""

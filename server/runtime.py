@@ -6,12 +6,15 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
 from heddle.backends.base import BackendError, BackendTimeout, DeviceUnavailable, Executor
 from heddle.backends.graph_summary import summarize_file
+from heddle.scheduler.admission import Admission
+from heddle.scheduler.plan import SetLevel
+from heddle.scheduler.power import PowerController
 from heddle.scheduler.profiles import ProfileTable
 from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Request, RunState
 from heddle.server.config import Config
@@ -24,9 +27,15 @@ from heddle.server.recovery import DeviceLoader
 from heddle.server.stage_timeouts import OverrunWatch, stage_timeout_s, stops_itself
 from heddle.server.trace import open_trace
 
-__all__ = ["JobResult", "Runtime", "StageTiming"]
+__all__ = ["JobResult", "LevelActuator", "Runtime", "StageTiming"]
 
 log = get_logger("heddle.runtime")
+
+
+class LevelActuator(Protocol):
+    """Where the runtime sends the plan's DVFS levels (the power loop's actuators)."""
+
+    def apply_level(self, action: SetLevel) -> None: ...
 
 
 class Runtime:
@@ -48,10 +57,10 @@ class Runtime:
         self._llm = LlmDriver(self)
         self.overruns = OverrunWatch(self._end_overrun, metrics)  # thread stages past their timeout
         self.trace = open_trace(config, clock)  # arrivals for `heddle simulate --trace`, or None
-        # Power (server/power_loop.py sets these up): energy per stage, and how a DVFS level
-        # from the plan is applied to a device's actuator.
+        # Power (server/power_loop.py attaches it): energy per stage, and where a DVFS level
+        # from the plan goes to be applied to a device's actuator.
         self.energy = EnergyLedger()
-        self.apply_level: Callable | None = None
+        self._levels: LevelActuator | None = None
 
     async def load_models(self) -> None:
         """Load (and warm) every model on every device allowed to run it, off the event loop.
@@ -140,6 +149,13 @@ class Runtime:
             self.trace.policy(self.core.policy.name)
         self._step()
 
+    def attach_power(self, levels: LevelActuator, controller: PowerController,
+                     admission: Admission | None = None) -> None:
+        """Power control from start (server/power_loop.py): the core gets the controller and
+        admission, and the plan's DVFS levels go to `levels`."""
+        self._levels = levels
+        self.core.attach_power(controller, admission)
+
     # ---- carrying out plans -------------------------------------------------------------
     def on_power_sample(self, samples, busy: Mapping[str, float] | None = None) -> None:
         """A control period's power readings (server/power_loop.py): the controller decides,
@@ -150,8 +166,8 @@ class Runtime:
     def _step(self) -> None:
         plan = self.core.schedule(self.clock())
         for level in plan.levels:
-            if self.apply_level is not None:
-                self.apply_level(level)
+            if self._levels is not None:
+                self._levels.apply_level(level)
         for d in plan.dispatches:
             self._dispatch(d)
         for r in plan.rejected:  # before _resolve: the refusal's hint goes into its result

@@ -30,9 +30,9 @@ def make_core(n_devices: int = 1, run_s: float = 0.1, budget_w: float | None = 3
               check_latency: bool = True):
     devices = [DeviceSpec(f"cpu{i}", "cpu", "onnxruntime", 1) for i in range(n_devices)]
     models = {"m": model("m")}
-    core = Core(devices, models, "priority", ConstantProfiles(run_s))
-    core.power = PowerController(PowerSettings(budget_w=budget_w), {d.id: CPU for d in devices}, top_priority=TOP)
-    core.admission = Admission(core.power, TOP, queue_bound, check_latency)
+    power = PowerController(PowerSettings(budget_w=budget_w), {d.id: CPU for d in devices}, top_priority=TOP)
+    core = Core(devices, models, "priority", ConstantProfiles(run_s), power=power,
+                admission=Admission(power, TOP, queue_bound, check_latency))
     return core, validated(chain("p2", ["m", "m"]), models)
 
 
@@ -150,10 +150,10 @@ def test_without_latency_checks_only_power_rules_apply():
 def drive(w: Workload, budget_w: float, watts: list[float], queue_bound: int):
     """Run a random workload through a core with admission and a controller fed one reading
     per 0.1 s from `watts` (cycled); returns the finished outcomes and the rejections."""
-    core = Core(w.devices, w.models, "priority", w.profiles())
     models = {d.id: CPU for d in w.devices}
-    core.power = PowerController(PowerSettings(budget_w=budget_w, relax_periods=2), models, top_priority=TOP)
-    core.admission = Admission(core.power, TOP, queue_bound)
+    power = PowerController(PowerSettings(budget_w=budget_w, relax_periods=2), models, top_priority=TOP)
+    core = Core(w.devices, w.models, "priority", w.profiles(), power=power,
+                admission=Admission(power, TOP, queue_bound))
     events = [(t, i, "arrive", a) for i, (t, *a) in enumerate(w.arrivals)]
     events += [(0.1 * k, len(events) + k, "tick", watts[k % len(watts)]) for k in range(1, 120)]
     heapq.heapify(events)

@@ -22,9 +22,9 @@ def make_core(max_in_flight: int | None = 8, run_s: float = 0.1, slots: int = 1)
     with no budget, latency checks and the in-flight bound on."""
     devices = [DeviceSpec("cpu0", "cpu", "onnxruntime", slots)]
     models = {"m": model("m")}
-    core = Core(devices, models, "priority", ConstantProfiles(run_s))
-    core.power = PowerController(PowerSettings(), {"cpu0": LevelPower(1.0, (6.0,))}, top_priority=TOP)
-    core.admission = Admission(core.power, TOP, check_latency=True, max_in_flight=max_in_flight)
+    power = PowerController(PowerSettings(), {"cpu0": LevelPower(1.0, (6.0,))}, top_priority=TOP)
+    core = Core(devices, models, "priority", ConstantProfiles(run_s), power=power,
+                admission=Admission(power, TOP, check_latency=True, max_in_flight=max_in_flight))
     return core, validated(chain("p", ["m"]), models)
 
 

@@ -35,10 +35,10 @@ def make_core(n_devices: int = 2, budget_w: float | None = 10.0, run_s: float = 
               **settings):
     devices = [DeviceSpec(f"cpu{i}", "cpu", "onnxruntime", 1, SPEED if clocks else {}) for i in range(n_devices)]
     models = {"m": model("m")}
-    core = Core(devices, models, "priority", ConstantProfiles(run_s))
-    core.power = PowerController(PowerSettings(budget_w=budget_w, **settings), {d.id: CPU for d in devices},
-                                 top_priority=TOP)
-    core.admission = Admission(core.power, TOP, queue_bound=settings.get("queue_bound", 64), check_latency=False)
+    power = PowerController(PowerSettings(budget_w=budget_w, **settings), {d.id: CPU for d in devices},
+                            top_priority=TOP)
+    core = Core(devices, models, "priority", ConstantProfiles(run_s), power=power,
+                admission=Admission(power, TOP, queue_bound=settings.get("queue_bound", 64), check_latency=False))
     return core, validated(chain("p", ["m"]), models)
 
 
@@ -226,14 +226,38 @@ def test_budgets_change_at_run_time_and_are_validated():
 
 
 def test_lost_knob_pins_the_level():
-    """A device whose actuator stopped working keeps its level and is never lowered again."""
+    """A device whose actuator refused a level (a core event) keeps its level and is never lowered again."""
     core, pipe = make_core(n_devices=1, budget_w=3.0)
-    core.power.pin_level("cpu0", 0, count=1)
+    core.on_level_refused("cpu0", 0, level_count=1)
     submit(core, pipe, "low0", 1)
     core.schedule(0.0)
     submit(core, pipe, "low1", 1)
     plan = feed(core, 6.0, 0.1)
     assert not plan.levels and [a.kind for a in plan.power] == ["freeze"]
+
+
+def test_refused_level_is_the_truth_for_controller_and_core():
+    """After a refusal the controller and the core's estimates both hold the actuator's level."""
+    core, _ = make_core(n_devices=2)
+    core.on_level_refused("cpu0", 2, level_count=3)
+    assert (core.power.levels["cpu0"], core.power.level_counts["cpu0"], core.level("cpu0")) == (2, 3, 2)
+
+
+def test_a_shared_knob_moves_its_other_devices():
+    """A device on the same DVFS knob as one the plan moved runs at that level, in controller and core."""
+    core, _ = make_core(n_devices=2)
+    counts = dict(core.power.level_counts)
+    core.on_level_shared("cpu1", 1)
+    assert (core.power.levels["cpu1"], core.level("cpu1"), core.power.level_counts) == (1, 1, counts)
+
+
+def test_power_attached_after_construction():
+    """attach_power gives a core built without power its controller and admission."""
+    plain, _ = make_core(n_devices=1)
+    core = Core(list(plain.devices.values()), plain.models, "priority", ConstantProfiles(0.05))
+    assert core.power is None and core.admission is None
+    core.attach_power(plain.power, plain.admission)
+    assert (core.power, core.admission) == (plain.power, plain.admission)
 
 
 # ---- a simulated plant --------------------------------------------------------------------
@@ -258,10 +282,10 @@ def run_plant(budget_w: float, low_rate_hz: float, top_rate_hz: float, seed: int
     devices = [DeviceSpec(f"cpu{i}", "cpu", "onnxruntime", 1, SPEED) for i in range(n_devices)]
     models = {"m": model("m")}
     pipe = validated(chain("p", ["m", "m"]), models)
-    core = Core(devices, models, "priority", ConstantProfiles(run_s))
-    core.power = PowerController(PowerSettings(budget_w=budget_w, period_s=period_s, relax_periods=relax_periods),
-                                 {d.id: CPU for d in devices}, top_priority=TOP)
-    core.admission = Admission(core.power, TOP, queue_bound=32)
+    power = PowerController(PowerSettings(budget_w=budget_w, period_s=period_s, relax_periods=relax_periods),
+                            {d.id: CPU for d in devices}, top_priority=TOP)
+    core = Core(devices, models, "priority", ConstantProfiles(run_s), power=power,
+                admission=Admission(power, TOP, queue_bound=32))
     events: list = []
     n = 0
 

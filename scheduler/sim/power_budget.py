@@ -45,8 +45,8 @@ def simulate_budget(platform: Platform, scenario: Scenario, policy: str, budget_
     controlled = budget_w is not None and control == "heddle"
     if controlled:
         top = max(s.priority for s in scenario.sources)
-        core.power = PowerController(PowerSettings(budget_w=budget_w, period_s=period_s), power_models, counts, top)
-        core.admission = Admission(core.power, top, queue_bound=64)
+        power = PowerController(PowerSettings(budget_w=budget_w, period_s=period_s), power_models, counts, top)
+        core.attach_power(power, Admission(power, top, queue_bound=64))
     governor = ThrottlingGovernor(budget_w, counts) if budget_w is not None and not controlled else None
     plant = PowerPlant(platform.devices, setup.truth, setup.cv, seed, period_s=period_s, horizon_s=duration_s,
                        governor=governor, feed_core=controlled)
