@@ -3,7 +3,6 @@ reason and a retry hint; the top class only when its deadline is out of reach; n
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 
 from hypothesis import given, settings, strategies as st
@@ -12,6 +11,7 @@ from heddle.scheduler import Core, DeviceSpec, Outcome, Request
 from heddle.scheduler.admission import ACCEPT, QUEUE, REJECT, Admission, predicted_latency_s
 from heddle.scheduler.power import LevelPower, PowerController, PowerSettings
 from heddle.scheduler.profiles import ConstantProfiles
+from heddle.scheduler.sim.driver import Driver, TimedBy
 from sched_fixtures import chain, model, validated
 from strategies import Workload, workloads
 
@@ -147,6 +147,24 @@ def test_without_latency_checks_only_power_rules_apply():
 
 # ---- nothing is lost ----------------------------------------------------------------------
 
+class _Sampled(TimedBy):
+    """The workload's run times; a control period every 0.1 s up to 11.9 s, each feeding the
+    controller one box reading from `watts` (cycled), split evenly over the devices."""
+
+    def __init__(self, w: Workload, watts: list[float]) -> None:
+        super().__init__(w.run_time_s)
+        self.devices, self.watts, self.period = [d.id for d in w.devices], watts, 1
+
+    def first_tick_s(self) -> float:
+        return 0.1
+
+    def tick(self, core, now: float) -> float | None:
+        box_w = self.watts[self.period % len(self.watts)]
+        core.on_power_sample([Reading(d, box_w / len(self.devices)) for d in self.devices], now)
+        self.period += 1
+        return 0.1 * self.period if self.period < 120 else None
+
+
 def drive(w: Workload, budget_w: float, watts: list[float], queue_bound: int):
     """Run a random workload through a core with admission and a controller fed one reading
     per 0.1 s from `watts` (cycled); returns the finished outcomes and the rejections."""
@@ -154,30 +172,21 @@ def drive(w: Workload, budget_w: float, watts: list[float], queue_bound: int):
     power = PowerController(PowerSettings(budget_w=budget_w, relax_periods=2), models, top_priority=TOP)
     core = Core(w.devices, w.models, "priority", w.profiles(), power=power,
                 admission=Admission(power, TOP, queue_bound))
-    events = [(t, i, "arrive", a) for i, (t, *a) in enumerate(w.arrivals)]
-    events += [(0.1 * k, len(events) + k, "tick", watts[k % len(watts)]) for k in range(1, 120)]
-    heapq.heapify(events)
-    finished, rejected, requests, n = {}, {}, {}, len(events)
-    while events:
-        now, _, kind, item = heapq.heappop(events)
-        if kind == "arrive":
-            rid, index, priority, deadline = item
-            requests[rid] = Request(rid, w.pipelines[index], priority, now, deadline)
-            core.submit(requests[rid], now)
-        elif kind == "tick":
-            core.on_power_sample([Reading(d.id, item / len(w.devices)) for d in w.devices], now)
-        else:
-            core.on_stage_done(item[0], item[1], now)
-        plan = core.schedule(now)
-        for d in plan.dispatches:
-            n += 1
-            heapq.heappush(events, (now + w.run_time_s(d.model, d.device), n, "done", (d.request_id, d.stage)))
-        for r in plan.rejected:
-            rejected[r.request_id] = r
-        for f in plan.finished:
-            assert f.request_id not in finished, f"{f.request_id} ended twice"
-            finished[f.request_id] = f.outcome
-    return core, requests, finished, rejected
+    requests, rejected = {}, {}
+
+    def make_request(item, now: float) -> Request:
+        rid, index, priority, deadline = item
+        requests[rid] = Request(rid, w.pipelines[index], priority, now, deadline)
+        return requests[rid]
+
+    def after_step(now: float, plan) -> None:
+        rejected.update((r.request_id, r) for r in plan.rejected)
+
+    driver = Driver(core, _Sampled(w, watts), make_request=make_request, forget=False, after_step=after_step)
+    for t, *item in w.arrivals:
+        driver.arrive(t, item)
+    driver.run()
+    return core, requests, {rid: outcome for rid, (outcome, _) in driver.finished.items()}, rejected
 
 
 @settings(max_examples=60, deadline=None)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import heapq
-
 from hypothesis import given, settings, strategies as st
 
 from heddle.scheduler import Core, Outcome, Request, RunState
+from heddle.scheduler.sim.driver import Driver, TimedBy
 from sched_fixtures import chain, devices, fork_join, model, standard_models, validated
 
 
@@ -14,27 +13,24 @@ def make_request(rid, pipeline, now, priority=1, deadline_s=None):
     return Request(rid, pipeline, priority, now, deadline_s)
 
 
+class _Failing(TimedBy):
+    """Every run takes run_time_s; the (request, stage) runs in `fail` end with an error."""
+
+    def __init__(self, run_time_s: float, fail) -> None:
+        super().__init__(lambda model, device: run_time_s)
+        self.fail = set(fail)
+
+    def finish(self, run, now: float) -> str:
+        return "boom" if (run.request_id, run.stage) in self.fail else ""
+
+
 def drive(core, arrivals, run_time_s=1.0, fail=()):
-    """Discrete-event loop: each dispatch takes run_time_s; returns (dispatch log, finished)."""
-    events = [(t, i, "arrive", req) for i, (t, req) in enumerate(arrivals)]
-    heapq.heapify(events)
-    log, finished, n = [], {}, len(events)
-    while events:
-        now, _, kind, item = heapq.heappop(events)
-        if kind == "arrive":
-            core.submit(item, now)
-        else:
-            rid, stage = item
-            core.on_stage_done(rid, stage, now, error="boom" if (rid, stage) in fail else "")
-        plan = core.schedule(now)
-        for d in plan.dispatches:
-            log.append((now, d))
-            n += 1
-            heapq.heappush(events, (now + run_time_s, n, "done", (d.request_id, d.stage)))
-        for f in plan.finished:
-            assert f.request_id not in finished, "a request ended twice"
-            finished[f.request_id] = (f.outcome, now)
-    return log, finished
+    """Virtual-time driver: each dispatch takes run_time_s; returns (dispatch log, finished)."""
+    driver = Driver(core, _Failing(run_time_s, fail), forget=False, log_runs=True)
+    for t, req in arrivals:
+        driver.arrive(t, req)
+    driver.run()
+    return [(start, d) for start, _, d in driver.runs], driver.finished
 
 
 def test_branches_run_in_parallel_on_two_devices():

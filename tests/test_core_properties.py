@@ -3,55 +3,51 @@
 from __future__ import annotations
 
 import copy
-import heapq
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from heddle.scheduler import Core, Request, RunState
 from heddle.scheduler.policies import POLICIES, make_policy, tail
+from heddle.scheduler.sim.driver import Driver, TimedBy
 from strategies import Workload, workloads
 
 ALL_POLICIES = sorted(POLICIES)
 
 
 def run(w: Workload, policy: str, max_wait_s: float | None = None, twin_check: bool = False):
-    """Drive a fresh core through the workload on a virtual clock; returns what happened.
+    """Drive a fresh core through the workload on the virtual-time driver; returns what happened.
 
     Checks along the way: each plan equals the plan of a deep copy of the core taken just
     before the step (twin_check), and aged runs are overtaken only by older aged runs.
     """
     options = {} if max_wait_s is None else {"max_wait_s": max_wait_s}
     core = Core(w.devices, w.models, make_policy(policy, **options), w.profiles())
-    events = [(t, i, "arrive", a) for i, (t, *a) in enumerate(w.arrivals)]
-    heapq.heapify(events)
-    log, finished, requests, n = [], {}, {}, len(events)
-    while events:
-        now, _, kind, item = heapq.heappop(events)
-        if kind == "arrive":
-            rid, index, priority, deadline = item
-            requests[rid] = Request(rid, w.pipelines[index], priority, now, deadline)
-            core.submit(requests[rid], now)
-        else:
-            core.on_stage_done(item[0], item[1], now)
-        twin = copy.deepcopy(core) if twin_check else None
-        waiting = [r for d in core.devices for r in core.queued(d)]
-        plan = core.schedule(now)
-        if twin is not None:
-            assert twin.schedule(now) == plan, "same state, different plan"
+    requests, before = {}, {}
+
+    def make_request(item, now: float) -> Request:
+        rid, index, priority, deadline = item
+        requests[rid] = Request(rid, w.pipelines[index], priority, now, deadline)
+        return requests[rid]
+
+    def before_step(now: float) -> None:
+        before["twin"] = copy.deepcopy(core) if twin_check else None
+        before["waiting"] = [r for d in core.devices for r in core.queued(d)]
+
+    def after_step(now: float, plan) -> None:
+        if before["twin"] is not None:
+            assert before["twin"].schedule(now) == plan, "same state, different plan"
         if max_wait_s is not None:
-            _check_aging(core, plan, waiting, now)
-        for d in plan.dispatches:
-            end = now + w.run_time_s(d.model, d.device)
-            log.append((now, end, d))
-            n += 1
-            heapq.heappush(events, (end, n, "done", (d.request_id, d.stage)))
-        for f in plan.finished:
-            assert f.request_id not in finished, f"{f.request_id} ended twice"
-            finished[f.request_id] = f.outcome
+            _check_aging(core, plan, before["waiting"], now)
         for d in core.devices:
             assert not any(r.state is RunState.FROZEN and core.aged(r, now) for r in core.queued(d))
-    return core, log, finished, requests
+
+    driver = Driver(core, TimedBy(w.run_time_s), make_request=make_request, forget=False, log_runs=True,
+                    before_step=before_step, after_step=after_step)
+    for t, *item in w.arrivals:
+        driver.arrive(t, item)
+    driver.run()
+    return core, driver.runs, {rid: outcome for rid, (outcome, _) in driver.finished.items()}, requests
 
 
 def _check_aging(core: Core, plan, waiting, now: float) -> None:

@@ -3,14 +3,13 @@ migration and freezing, all on a virtual clock."""
 
 from __future__ import annotations
 
-import heapq
-
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from heddle.scheduler import Core, DeviceSpec, Request
 from heddle.scheduler.policies import POLICIES, PriorityPolicy, make_policy
 from heddle.scheduler.profiles import ProfileEntry, ProfileTable
+from heddle.scheduler.sim.driver import Driver, TimedBy
 from sched_fixtures import chain, model, validated
 
 ALL_POLICIES = sorted(POLICIES)
@@ -19,20 +18,11 @@ ALL_POLICIES = sorted(POLICIES)
 def drive(core, arrivals, run_s):
     """Arrivals are (time, Request); run_s(model, device) gives each run's time.
     Returns every plan with its time, and the requests by id."""
-    events = [(t, i, "arrive", r) for i, (t, r) in enumerate(arrivals)]
-    heapq.heapify(events)
-    plans, n = [], len(events)
-    while events:
-        now, _, kind, item = heapq.heappop(events)
-        if kind == "arrive":
-            core.submit(item, now)
-        elif kind == "done":
-            core.on_stage_done(*item, now)
-        plan = core.schedule(now)
-        plans.append((now, plan))
-        for d in plan.dispatches:
-            n += 1
-            heapq.heappush(events, (now + run_s(d.model, d.device), n, "done", (d.request_id, d.stage)))
+    plans = []
+    driver = Driver(core, TimedBy(run_s), forget=False, after_step=lambda now, plan: plans.append((now, plan)))
+    for t, r in arrivals:
+        driver.arrive(t, r)
+    driver.run()
     return plans, {r.id: r for _, r in arrivals}
 
 

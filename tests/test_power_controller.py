@@ -4,7 +4,6 @@ under its budget."""
 
 from __future__ import annotations
 
-import heapq
 import random
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ from heddle.scheduler.admission import Admission
 from heddle.scheduler.plan import PowerAction, SetLevel
 from heddle.scheduler.power import LevelPower, PowerController, PowerSettings, box_power_w
 from heddle.scheduler.profiles import ConstantProfiles
+from heddle.scheduler.sim.driver import Driver, RunTimeModel
 from sched_fixtures import chain, model, validated
 
 CPU = LevelPower(1.0, (6.0, 4.0, 2.5))
@@ -270,13 +270,49 @@ class PlantResult:
     top_frozen: bool = False
 
 
+class _Plant(RunTimeModel):
+    """Single-slot devices with CPU's power model: a run takes run_s / the device's clock at its
+    level; each control period, power is the model at the period's busy fraction (as the
+    estimate sensor computes it), fed to the core's controller, every period_s until horizon_s
+    and then while requests are active."""
+
+    def __init__(self, devices, run_s: float, period_s: float, horizon_s: float) -> None:
+        self.run_s, self.period_s, self.horizon_s = run_s, period_s, horizon_s
+        self.busy_since: dict[str, float] = {}
+        self.busy_s = {d.id: 0.0 for d in devices}
+        self.last_tick_s = 0.0
+        self.periods: list[tuple[float, float]] = []  # (time, box power)
+
+    def start(self, core, run, now: float) -> float:
+        self.busy_since[run.device] = now
+        return self.run_s / CLOCKS[core.level(run.device)]
+
+    def finish(self, run, now: float) -> str:
+        self.busy_s[run.device] += now - self.busy_since.pop(run.device)
+        return ""
+
+    def first_tick_s(self) -> float:
+        return self.period_s
+
+    def tick(self, core, now: float) -> float | None:
+        busy = {}
+        for d in core.devices:
+            if d in self.busy_since:
+                self.busy_s[d] += now - self.busy_since[d]
+                self.busy_since[d] = now
+            busy[d], self.busy_s[d] = self.busy_s[d] / (now - self.last_tick_s), 0.0
+        self.last_tick_s = now
+        watts = [Reading(d, CPU.power_w(core.level(d), busy[d])) for d in core.devices]
+        core.on_power_sample(watts, now, busy)
+        self.periods.append((now, box_power_w(watts)))
+        return now + self.period_s if now < self.horizon_s or core.stats().active_requests else None
+
+
 def run_plant(budget_w: float, low_rate_hz: float, top_rate_hz: float, seed: int, duration_s: float = 12.0,
               relax_periods: int = 5, period_s: float = 0.1, n_devices: int = 3) -> PlantResult:
     """Three single-slot devices with CPU's power model; two-stage requests of 50 ms a stage at
     level 0 (slower at lower levels, clock 1 / 0.75 / 0.5): the top class periodic (camera
-    frames), the lowest class Poisson. Power per period = the model at the period's busy
-    fraction, as the estimate sensor computes it."""
-    clock = CLOCKS
+    frames), the lowest class Poisson, on the virtual-time driver with _Plant as the machine."""
     run_s = 0.05
     rng = random.Random(seed)
     devices = [DeviceSpec(f"cpu{i}", "cpu", "onnxruntime", 1, SPEED) for i in range(n_devices)]
@@ -286,59 +322,32 @@ def run_plant(budget_w: float, low_rate_hz: float, top_rate_hz: float, seed: int
                             {d.id: CPU for d in devices}, top_priority=TOP)
     core = Core(devices, models, "priority", ConstantProfiles(run_s), power=power,
                 admission=Admission(power, TOP, queue_bound=32))
-    events: list = []
-    n = 0
-
-    def push(t, kind, item):
-        nonlocal n
-        n += 1
-        heapq.heappush(events, (t, n, kind, item))
-
-    t = 0.0
+    arrivals, t = [], 0.0  # (time, priority, relative deadline)
     while (t := t + rng.expovariate(low_rate_hz)) < duration_s:
-        push(t, "arrive", (1, 1.0))
+        arrivals.append((t, 1, 1.0))
     t = rng.random() / top_rate_hz
     while t < duration_s:
-        push(t, "arrive", (TOP, 0.5))
+        arrivals.append((t, TOP, 0.5))
         t += 1 / top_rate_hz
-    push(period_s, "tick", None)
     result = PlantResult()
-    busy_since: dict[str, float] = {}
-    busy_s = {d.id: 0.0 for d in devices}
-    last_tick = 0.0
-    while events:
-        now, seq, kind, item = heapq.heappop(events)
-        if kind == "arrive":
-            rid = f"r{seq}-{item[0]}"
-            result.requests[rid] = Request(rid, pipe, item[0], now, now + item[1])
-            core.submit(result.requests[rid], now)
-        elif kind == "done":
-            device, rid, stage = item
-            busy_s[device] += now - busy_since.pop(device)
-            core.on_stage_done(rid, stage, now)
-        else:
-            busy = {}
-            for d in core.devices:
-                if d in busy_since:
-                    busy_s[d] += now - busy_since[d]
-                    busy_since[d] = now
-                busy[d], busy_s[d] = busy_s[d] / (now - last_tick), 0.0
-            last_tick = now
-            watts = [Reading(d, CPU.power_w(core.level(d), busy[d])) for d in core.devices]
-            core.on_power_sample(watts, now, busy)
-            result.periods.append((now, box_power_w(watts)))
-            if now < duration_s or core.stats().active_requests:
-                push(now + period_s, "tick", None)
-        plan = core.schedule(now)
-        for d in plan.dispatches:
-            busy_since[d.device] = now
-            push(now + run_s / clock[core.level(d.device)], "done", (d.device, d.request_id, d.stage))
-        for f in plan.finished:
-            assert f.request_id not in result.outcomes, f"{f.request_id} ended twice"
-            result.outcomes[f.request_id] = f.outcome
-            core.forget(f.request_id)
+
+    def make_request(item, now: float) -> Request:
+        k, priority, deadline_s = item
+        rid = f"r{k}-{priority}"
+        result.requests[rid] = Request(rid, pipe, priority, now, now + deadline_s)
+        return result.requests[rid]
+
+    def after_step(now: float, plan) -> None:
         result.top_frozen |= any(r.state is RunState.FROZEN and r.request.priority >= TOP
                                  for d in core.devices for r in core.queued(d))
+
+    plant = _Plant(devices, run_s, period_s, duration_s)
+    driver = Driver(core, plant, make_request=make_request, after_step=after_step)
+    for k, (t, priority, deadline_s) in enumerate(arrivals, start=1):
+        driver.arrive(t, (k, priority, deadline_s))
+    driver.run()
+    result.periods = plant.periods
+    result.outcomes = {rid: outcome for rid, (outcome, _) in driver.finished.items()}
     return result
 
 
