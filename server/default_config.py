@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import os
+try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
+    import tomllib
+except ModuleNotFoundError:
+    import tomli as tomllib
+from typing import Any
+
+from heddle.server.config_tables import DEFAULT_CACHE_DIR
 
 __all__ = [
-    "FRAME_OPS_TOML", "POSTPROCESS_TOML", "PREPROCESS_TOML", "TOKENIZER_MODELS_TOML", "default_config_text",
-    "detect_device_tables",
+    "FRAME_OPS_TOML", "POSTPROCESS_TOML", "PREPROCESS_TOML", "TOKENIZER_MODELS_TOML", "default_config_document",
+    "default_config_text", "detect_device_tables", "detect_devices",
 ]
 
 # Models come from the builder (backends/zoo) into the cache dir on first run.
@@ -180,8 +187,8 @@ def _cuda_gpu_count() -> int:
         return 0
 
 
-def detect_device_tables(cpu_count: int | None = None, gpu_count: int | None = None) -> str:
-    """TOML [[devices]] for this machine: CPU cores split into pinned devices, one per GPU, a python pool."""
+def detect_devices(cpu_count: int | None = None, gpu_count: int | None = None) -> list[dict[str, Any]]:
+    """[[devices]] tables for this machine: CPU cores split into pinned devices, one per GPU, a python pool."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     if cpu_count is not None:
         cores = list(range(cpu_count))
@@ -189,26 +196,38 @@ def detect_device_tables(cpu_count: int | None = None, gpu_count: int | None = N
     # then really run in parallel, and one busy model cannot steal another device's cores.
     n_dev = max(1, min(4, len(cores)))
     per = max(1, len(cores) // n_dev)
-    tables = []
+    devices: list[dict[str, Any]] = []
     for i in range(n_dev):
         mine = cores[i * per:(i + 1) * per] or cores[:1]
-        tables.append(
-            f'[[devices]]\nid = "cpu{i}"\nkind = "cpu"\nbackend = "onnxruntime"\nslots = 1\n'
-            f'providers = ["CPUExecutionProvider"]\nintra_op_threads = {len(mine)}\ncpu_affinity = {mine}\n'
-        )
+        devices.append({"id": f"cpu{i}", "kind": "cpu", "backend": "onnxruntime", "slots": 1,
+                        "providers": ["CPUExecutionProvider"], "intra_op_threads": len(mine),
+                        "cpu_affinity": mine})
     for g in range(_cuda_gpu_count() if gpu_count is None else gpu_count):
-        tables.append(
-            f'[[devices]]\nid = "gpu{g}"\nkind = "gpu"\nbackend = "onnxruntime"\nslots = 1\n'
-            f'providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]\n'
-            f'provider_options = [{{ device_id = {g} }}, {{}}]\n'
-        )
+        devices.append({"id": f"gpu{g}", "kind": "gpu", "backend": "onnxruntime", "slots": 1,
+                        "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                        "provider_options": [{"device_id": g}, {}]})
     # Python pre/post-processing is light; two slots so it never serialises two pipelines.
-    tables.append('[[devices]]\nid = "py0"\nkind = "cpu"\nbackend = "python"\nslots = 2\n')
-    return "\n".join(tables)
+    devices.append({"id": "py0", "kind": "cpu", "backend": "python", "slots": 2})
+    return devices
+
+
+def detect_device_tables(cpu_count: int | None = None, gpu_count: int | None = None) -> str:
+    """detect_devices() as TOML text, for configs written as text."""
+    from heddle.server.config_builder import to_toml
+
+    return to_toml({"devices": detect_devices(cpu_count, gpu_count)})
+
+
+def default_config_document() -> dict[str, Any]:
+    """The whole embedded default config as a document (what TOML would parse to). Built as data,
+    so an environment value (HEDDLE_CACHE_DIR) is a value, never TOML text to escape."""
+    doc = tomllib.loads(_MODELS + _PIPELINES)
+    server = {"policy": "priority", "cache_dir": os.environ.get("HEDDLE_CACHE_DIR", DEFAULT_CACHE_DIR)}
+    return {"server": server, "devices": detect_devices(), **doc}
 
 
 def default_config_text() -> str:
-    """The whole embedded default config as TOML."""
-    cache = os.environ.get("HEDDLE_CACHE_DIR", "~/.cache/heddle")
-    server = f'[server]\npolicy = "priority"\ncache_dir = "{cache}"\n'
-    return server + "\n" + detect_device_tables() + _MODELS + _PIPELINES
+    """The embedded default config as TOML: every value escaped (config_builder.to_toml)."""
+    from heddle.server.config_builder import to_toml
+
+    return to_toml(default_config_document())

@@ -14,39 +14,19 @@ operator grow the process without bound.
 from __future__ import annotations
 
 import asyncio
-import math
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Callable
 
-from heddle.backends.python import ISOLATIONS, isolation_of
+from heddle.backends.python import isolation_of
 from heddle.scheduler import Dispatch
 from heddle.server.logs import get_logger
 
 if TYPE_CHECKING:
     from heddle.scheduler.specs import ModelSpec
 
-__all__ = ["MAX_TIMEOUT_MS", "OverrunWatch", "check_stage_limits", "stage_timeout_s", "stops_itself"]
+__all__ = ["MAX_TIMEOUT_MS", "OverrunWatch", "stage_timeout_s", "stops_itself"]
 
 log = get_logger("heddle.runtime")
 MAX_TIMEOUT_MS = 24 * 3600 * 1000.0  # as long as the longest deadline a request may ask for
-
-
-def check_stage_limits(backend: str, kind: str, options: Mapping[str, Any]) -> None:
-    """ValueError naming the key unless a model's timeout_ms and isolation can be served."""
-    timeout_ms = options.get("timeout_ms")
-    if timeout_ms is not None:
-        if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) \
-                or not math.isfinite(timeout_ms) or not 0 < timeout_ms <= MAX_TIMEOUT_MS:
-            raise ValueError(f"timeout_ms must be a number of milliseconds in (0, {MAX_TIMEOUT_MS:.0f}], "
-                             f"got {timeout_ms!r}")
-        if kind == "llm":
-            raise ValueError("timeout_ms does not apply to LLM stages: each token step is scheduled "
-                             "on its own, and the request's deadline bounds the generation")
-    isolation = options.get("isolation")
-    if isolation is not None:
-        if backend != "python":
-            raise ValueError(f"isolation is for python stages; this model's backend is {backend!r}")
-        if isolation not in ISOLATIONS:
-            raise ValueError(f"isolation must be one of {list(ISOLATIONS)}, got {isolation!r}")
 
 
 def stage_timeout_s(model: ModelSpec, deadline_s: float | None, now: float) -> float | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from heddle.server.config import Config, ConfigError, parse_config
+from heddle.server.config import Config, ConfigError, load_config, parse_config
 from heddle.server.default_config import default_config_text, detect_device_tables
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
     REPO_ROOT, TESTS_DIR, default_config, heddle_cache_dir, py_model_toml,
@@ -50,7 +50,8 @@ BAD_CONFIGS = {
                      + py_model_toml("b", "stage_fns:tail") + pipeline(),
                      ["model 'a'", "unknown datatype 'FLOAT32'"]),
     "unknown policy": ('[server]\npolicy = "lottery"\n' + GOOD, ["unknown policy 'lottery'", "fcfs"]),
-    "unknown server key": ('[server]\ngrpc_prot = 1\n' + GOOD, ["unknown [server] keys ['grpc_prot']"]),
+    "unknown server key": ('[server]\ngrpc_prot = 1\n' + GOOD,
+                           ["[server]: unknown key 'grpc_prot' (did you mean 'grpc_port'?)"]),
     "default priority out of range": ('[server]\ndefault_priority = 9\n' + GOOD, ["default_priority 9"]),
     "device used twice": (DEVICE + GOOD, ["device id 'py0' is used twice"]),
     "no devices": (MODELS + pipeline(), ["no [[devices]]"]),
@@ -116,6 +117,16 @@ def test_serve_with_a_bad_config_exits_nonzero_with_the_message(tmp_path: Path):
     assert "Traceback" not in done.stderr
 
 
+def test_serve_with_a_misspelled_key_exits_2_naming_it(tmp_path: Path):
+    """`heddle serve --config` with a misspelled device key exits 2 at start with the key and what was meant."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace('backend = "python"', 'backend = "python"\nslot = 2', 1))
+    done = run_serve(bad)
+    assert done.returncode == 2, done.stderr
+    assert f"{bad}: devices[0] ('py0'): unknown key 'slot' (did you mean 'slots'?)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_serve_with_an_unimportable_stage_exits_nonzero_with_the_message(tmp_path: Path):
     """A python stage whose module cannot be imported stops `heddle serve` at start with a message, not a traceback."""
     bad = tmp_path / "bad.toml"
@@ -144,6 +155,18 @@ def test_default_config_text_uses_heddle_cache_dir(monkeypatch: pytest.MonkeyPat
     """HEDDLE_CACHE_DIR becomes the default config's cache_dir."""
     monkeypatch.setenv("HEDDLE_CACHE_DIR", "/somewhere/cache")
     assert tomllib.loads(default_config_text())["server"]["cache_dir"] == "/somewhere/cache"
+
+
+def test_default_config_loads_with_a_quote_in_heddle_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                               heddle_cache_dir: Path):
+    """A HEDDLE_CACHE_DIR with a quote and a backslash is a value, not TOML text: the default loads there."""
+    odd = tmp_path / 'my "models" \\ cache'
+    odd.symlink_to(heddle_cache_dir)  # the models built once for the session, under the odd name
+    monkeypatch.setenv("HEDDLE_CACHE_DIR", str(odd))
+    config = load_config(None)
+    assert config.server.cache_dir == str(odd)
+    assert Path(config.models["cnn"].artifact).parent == odd / "models"
+    assert tomllib.loads(default_config_text())["server"]["cache_dir"] == str(odd)
 
 
 def test_four_cores_and_one_gpu_make_four_pinned_cpu_devices_a_gpu_and_py0():
