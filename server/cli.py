@@ -1,4 +1,4 @@
-"""The `heddle` command line: serve, infer, list, bench, simulate, profile."""
+"""The `heddle` command line: serve, infer, list, bench, simulate, profile, config."""
 
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ def _serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from heddle.clients.infer_cli import add_infer_parser, add_list_parser, run_infer, run_list
     from heddle.clients.bench_cli import add_bench_parser, run_bench
+    from heddle.server.config_cmd import add_config_parser, run_config
     from heddle.server.profile_cmd import add_profile_parser, run_profile
     from heddle.server.simulate_cmd import add_simulate_parser, run_simulate
 
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     add_bench_parser(sub)
     add_simulate_parser(sub)
     add_profile_parser(sub)
+    add_config_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_simulate(args)
     if args.command == "profile":
         return run_profile(args)
+    if args.command == "config":
+        return run_config(args)
     if args.command == "bench":
         return run_bench(args)
     if args.command == "infer":
