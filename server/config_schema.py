@@ -117,14 +117,14 @@ def _unknown_hint(table: type[BaseModel] | None, key: str) -> str:
     table, an LLM's), else the keys the table has."""
     if table is None:
         return ""
+    if table in (MODEL_TABLES["onnxruntime llm"], MODEL_TABLES["triton llm"]) and key in LLM_KEYS_WHY:
+        return f": {LLM_KEYS_WHY[key]}"
     close = difflib.get_close_matches(key, list(table.model_fields), n=1)
     if close:
         return f" (did you mean {close[0]!r}?)"
     for family, noun in ((DEVICE_TABLES, "device"), (MODEL_TABLES, "model")):
         if table in family.values():
             this = next(tag for tag, cls in family.items() if cls is table)
-            if this.endswith(" llm") and key in LLM_KEYS_WHY:
-                return f": {LLM_KEYS_WHY[key]}"
             keys = {k for cls in family.values() for k in cls.model_fields}
             close = [] if key in keys else difflib.get_close_matches(key, sorted(keys), n=1)
             meant = close[0] if close else key

@@ -25,10 +25,9 @@ from heddle.server.memory_estimate import (
 from heddle.server.status import retry_metadata
 from heddle.server.validation import RequestError
 
-__all__ = ["MODEL_LIMIT_KEYS", "ModelLimits", "RequestLimits", "check_model_limit_options", "memory_budgets"]
+__all__ = ["ModelLimits", "RequestLimits", "memory_budgets"]
 
 log = get_logger("heddle.limits")
-MODEL_LIMIT_KEYS = ("max_batch_size", "max_input_elements")
 # A request estimated at this much, or sent with this many input bytes, trims malloc's heaps
 # when it ends or is refused (server/inflight.py).
 TRIM_MIN_BYTES = 64 * 1024 * 1024
@@ -51,15 +50,6 @@ def memory_budgets(max_inflight_bytes: int, max_request_bytes: int, top_reserve_
         raise ValueError(f"max_request_bytes {per_request} is over the {lower} bytes of max_inflight_bytes "
                          f"that classes below the top may use (1 - inflight_top_reserve_fraction)")
     return inflight, per_request
-
-
-def check_model_limit_options(options: Mapping[str, object]) -> str | None:
-    """What is wrong with a model's limit keys, or None."""
-    for key in MODEL_LIMIT_KEYS:
-        value = options.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            return f"{key} must be a positive integer, got {value!r}"
-    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -258,8 +258,8 @@ def test_memory_returns_near_its_level_after_big_requests(tmp_path: Path, heddle
 
 @pytest.mark.parametrize("server, fragment", [
     ("max_inflight_bytes = 1000\nmax_request_bytes = 900", "max_request_bytes 900 is over the 800 bytes"),
-    ("inflight_top_reserve_fraction = 1.0", "inflight_top_reserve_fraction 1.0 is outside [0, 1)"),
-    ("max_inflight_bytes = -1", "must be >= 0"),
+    ("inflight_top_reserve_fraction = 1.0", "[server]: inflight_top_reserve_fraction must be less than 1, got 1.0"),
+    ("max_inflight_bytes = -1", "[server]: max_inflight_bytes must be greater than or equal to 0, got -1"),
 ])
 def test_memory_settings_that_cannot_work_are_refused_at_load(server: str, fragment: str):
     """A per-request cap the lower classes could never be admitted under, a reserve of everything, or
@@ -268,9 +268,13 @@ def test_memory_settings_that_cannot_work_are_refused_at_load(server: str, fragm
         parse_test_config(f"[server]\n{server}\n\n[[devices]]\nid = \"py0\"\nbackend = \"python\"\n")
 
 
-@pytest.mark.parametrize("value", ["0", "-3", "2.5", "true", '"8"'])
-def test_model_limits_must_be_positive_integers(value: str):
-    with pytest.raises(ConfigError, match="max_batch_size must be a positive integer"):
+@pytest.mark.parametrize("value, said", [
+    ("0", "greater than or equal to 1, got 0"), ("-3", "greater than or equal to 1, got -3"),
+    ("2.5", "an integer, got 2.5"), ("true", "an integer, got True"), ('"8"', "an integer, got '8'"),
+])
+def test_model_limits_must_be_positive_integers(value: str, said: str):
+    """max_batch_size is a positive integer: 0, a fraction, a boolean or a string is refused naming it."""
+    with pytest.raises(ConfigError, match=re.escape(f"model 'tail': max_batch_size must be {said}")):
         parse_test_config('[[devices]]\nid = "py0"\nbackend = "python"\n\n'
                           + py_model_toml("tail", "stage_fns:tail").replace(
                               'backend = "python"', f'backend = "python"\nmax_batch_size = {value}'))
