@@ -1,13 +1,87 @@
-"""Config documents as data: TOML text from a document, for configs that must be files (a
-`heddle serve --config` process) or shown; every string escaped, so no value can break the file."""
+"""Config documents as data: small functions that build the tables of a config (what TOML parses
+to), for tests, benchmarks and the embedded default instead of TOML f-strings, and to_toml for the
+configs that must be files (a `heddle serve --config` process); every string escaped on the way.
+
+    doc = document(devices=[python_device()],
+                   models=[python_model("tail", "stage_fns:tail", [tensor("x")], [tensor("y")])],
+                   pipelines=[pipeline("p", [tensor("x")], {"y": "s0.y"}, [stage("s0", "tail", x="input:x")])])
+    config = parse_document(doc, "<test>", base_dir)
+
+Keyword arguments past the named ones are the table's other keys as they are (timeout_ms = 200,
+power = {...}): the schema checks them when the document is parsed, so a misspelled one is said
+there, as in a file.
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["to_toml", "toml_value"]
+__all__ = [
+    "document", "onnx_device", "onnx_model", "pipeline", "python_device", "python_model", "stage", "tensor",
+    "to_toml", "toml_value", "triton_device", "triton_model",
+]
+
+Table = dict[str, Any]
+
+
+def tensor(name: str, datatype: str = "FP32", shape: Sequence[int] = (-1,)) -> Table:
+    return {"name": name, "datatype": datatype, "shape": list(shape)}
+
+
+def python_device(id: str = "py0", *, slots: int = 1, **keys: Any) -> Table:
+    return {"id": id, "backend": "python", "slots": slots, **keys}
+
+
+def onnx_device(id: str = "cpu0", *, cores: Sequence[int] | None = None, slots: int = 1, **keys: Any) -> Table:
+    """An ONNX Runtime device; `cores` pins it (cpu_affinity) with one intra-op thread per core."""
+    pinned = {} if cores is None else {"intra_op_threads": len(cores), "cpu_affinity": list(cores)}
+    return {"id": id, "backend": "onnxruntime", "slots": slots, **pinned, **keys}
+
+
+def triton_device(id: str, url: str, *, slots: int = 1, **keys: Any) -> Table:
+    return {"id": id, "kind": "remote", "backend": "triton", "url": url, "slots": slots, **keys}
+
+
+def python_model(name: str, function: str, inputs: Iterable[Table], outputs: Iterable[Table], *,
+                 devices: Sequence[str] = (), **keys: Any) -> Table:
+    return {"name": name, "backend": "python", "function": function, **_devices(devices), **keys,
+            "inputs": list(inputs), "outputs": list(outputs)}
+
+
+def onnx_model(name: str, path: str, *, devices: Sequence[str] = (), **keys: Any) -> Table:
+    """An ONNX model: a file (relative to the config's folder) or "builtin:NAME"."""
+    return {"name": name, "path": path, **_devices(devices), **keys}
+
+
+def triton_model(name: str, *, devices: Sequence[str] = (), **keys: Any) -> Table:
+    return {"name": name, "backend": "triton", **_devices(devices), **keys}
+
+
+def _devices(devices: Sequence[str]) -> Table:
+    return {"devices": list(devices)} if devices else {}
+
+
+def stage(name: str, model: str, **inputs: str) -> Table:
+    """A pipeline stage; each keyword wires a model input from "input:NAME" or "STAGE.OUTPUT"."""
+    return {"name": name, "model": model, "inputs": inputs}
+
+
+def pipeline(name: str, inputs: Iterable[Table], outputs: Mapping[str, str], stages: Iterable[Table],
+             description: str = "") -> Table:
+    table = {"name": name, "description": description, "inputs": list(inputs), "outputs": dict(outputs),
+             "stages": list(stages)}
+    return table if description else {k: v for k, v in table.items() if k != "description"}
+
+
+def document(*, server: Mapping[str, Any] | None = None, admission: Mapping[str, Any] | None = None,
+             power: Mapping[str, Any] | None = None, devices: Iterable[Table] = (), models: Iterable[Table] = (),
+             pipelines: Iterable[Table] = ()) -> Table:
+    """A whole config; tables left None are left out (their defaults apply, and no [power] means none)."""
+    doc: Table = {k: dict(v) for k, v in (("server", server), ("admission", admission), ("power", power))
+                  if v is not None}
+    return {**doc, "devices": list(devices), "models": list(models), "pipelines": list(pipelines)}
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}

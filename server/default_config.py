@@ -1,172 +1,83 @@
-"""The embedded default config: detected devices plus built-in models and demo pipelines."""
+"""The embedded default config: detected devices plus built-in models and demo pipelines, built as
+data (server/config_builder.py), so no value from the environment is ever pasted into TOML text."""
 
 from __future__ import annotations
 
 import os
-try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
-    import tomllib
-except ModuleNotFoundError:
-    import tomli as tomllib
 from typing import Any
 
+from heddle.server.config_builder import (
+    document, onnx_model, pipeline, python_model, stage, tensor, to_toml,
+)
 from heddle.server.config_tables import DEFAULT_CACHE_DIR
 
 __all__ = [
-    "FRAME_OPS_TOML", "POSTPROCESS_TOML", "PREPROCESS_TOML", "TOKENIZER_MODELS_TOML", "default_config_document",
-    "default_config_text", "detect_device_tables", "detect_devices",
+    "FRAME_OPS", "FRAME_OPS_TOML", "POSTPROCESS", "POSTPROCESS_TOML", "PREPROCESS", "PREPROCESS_TOML",
+    "TOKENIZER_MODELS", "TOKENIZER_MODELS_TOML", "default_config_document", "default_config_text",
+    "detect_device_tables", "detect_devices",
 ]
 
-# Models come from the builder (backends/zoo) into the cache dir on first run.
+IMAGE_U8, IMAGE = tensor("image", "UINT8", (-1, 64, 64, 3)), tensor("image", "FP32", (-1, 3, 64, 64))
+LOGITS, LABEL = tensor("logits", "FP32", (-1, 10)), tensor("label", "INT64", (-1,))
+PROBS, EMBEDDING = tensor("probs", "FP32", (-1, 10)), tensor("embedding", "FP32", (-1, 32))
+TEXT, IDS = tensor("text", "BYTES", (1,)), (1, -1)
+
 # The python stages around the demo CNNs (64x64 UINT8 NHWC image in, 10-class probs and label
 # out); benchmarks and tests that build their own configs reuse them.
-PREPROCESS_TOML = """\
-[[models]]
-name = "preprocess"
-backend = "python"
-function = "heddle.backends.zoo.ops:preprocess"
-inputs = [{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }]
-outputs = [{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }]
-"""
-POSTPROCESS_TOML = """\
-[[models]]
-name = "postprocess"
-backend = "python"
-function = "heddle.backends.zoo.ops:postprocess"
-inputs = [{ name = "logits", datatype = "FP32", shape = [-1, 10] }]
-outputs = [
-  { name = "probs", datatype = "FP32", shape = [-1, 10] },
-  { name = "label", datatype = "INT64", shape = [-1] },
-]
-"""
-FRAME_OPS_TOML = PREPROCESS_TOML + "\n" + POSTPROCESS_TOML
-
+PREPROCESS = python_model("preprocess", "heddle.backends.zoo.ops:preprocess", [IMAGE_U8], [IMAGE])
+POSTPROCESS = python_model("postprocess", "heddle.backends.zoo.ops:postprocess", [LOGITS], [PROBS, LABEL])
+FRAME_OPS = [PREPROCESS, POSTPROCESS]
 # The byte tokenizer's python stages around an LLM (text in, text out); tests reuse them.
-TOKENIZER_MODELS_TOML = """\
-[[models]]
-name = "tokenize"
-backend = "python"
-function = "heddle.backends.tokenizer:encode_text"
-inputs = [{ name = "text", datatype = "BYTES", shape = [1] }]
-outputs = [{ name = "input_ids", datatype = "INT64", shape = [1, -1] }]
-
-[[models]]
-name = "detokenize"
-backend = "python"
-function = "heddle.backends.tokenizer:decode_ids"
-inputs = [{ name = "output_ids", datatype = "INT64", shape = [1, -1] }]
-outputs = [{ name = "text", datatype = "BYTES", shape = [1] }]
-"""
-
-_MODELS = """
-[[models]]
-name = "cnn"
-path = "builtin:cnn"
-
-[[models]]
-name = "backbone"
-path = "builtin:backbone"
-
-[[models]]
-name = "head_cls"
-path = "builtin:head_cls"
-
-[[models]]
-name = "head_emb"
-path = "builtin:head_emb"
-
-[[models]]
-name = "encoder"
-kind = "transformer"
-path = "builtin:encoder"
-
-[[models]]
-name = "text_cls"
-path = "builtin:text_cls"
-
-[[models]]
-name = "llm"
-kind = "llm"
-path = "builtin:llm"
-# Generation defaults; requests override them with GenerationOptions.
-max_new_tokens = 32
-max_positions = 512
-max_batch = 8  # decode steps of up to 8 sequences share one forward pass (and one device slot)
-tokenizer = "byte"
-
-""" + TOKENIZER_MODELS_TOML + """
-""" + FRAME_OPS_TOML + """
-[[models]]
-name = "join"
-backend = "python"
-function = "heddle.backends.zoo.ops:join"
-inputs = [
-  { name = "logits", datatype = "FP32", shape = [-1, 10] },
-  { name = "embedding", datatype = "FP32", shape = [-1, 32] },
+TOKENIZER_MODELS = [
+    python_model("tokenize", "heddle.backends.tokenizer:encode_text", [TEXT], [tensor("input_ids", "INT64", IDS)]),
+    python_model("detokenize", "heddle.backends.tokenizer:decode_ids", [tensor("output_ids", "INT64", IDS)], [TEXT]),
 ]
-outputs = [
-  { name = "probs", datatype = "FP32", shape = [-1, 10] },
-  { name = "label", datatype = "INT64", shape = [-1] },
-  { name = "embedding", datatype = "FP32", shape = [-1, 32] },
-]
-"""
+# The same as TOML text, for configs still written as text.
+PREPROCESS_TOML, POSTPROCESS_TOML = to_toml({"models": [PREPROCESS]}), to_toml({"models": [POSTPROCESS]})
+FRAME_OPS_TOML = to_toml({"models": FRAME_OPS})
+TOKENIZER_MODELS_TOML = to_toml({"models": TOKENIZER_MODELS})
 
-_PIPELINES = """
-[[pipelines]]
-name = "classify"
-description = "image (uint8 NHWC) -> preprocess (python) -> CNN -> postprocess (python)"
-inputs = [{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }]
-outputs = { probs = "post.probs", label = "post.label" }
-stages = [
-  { name = "pre", model = "preprocess", inputs = { image = "input:image" } },
-  { name = "cnn", model = "cnn", inputs = { image = "pre.image" } },
-  { name = "post", model = "postprocess", inputs = { logits = "cnn.logits" } },
+# Built-in models come from the builder (backends/zoo) into the cache dir on first run.
+_MODELS = [
+    *(onnx_model(name, f"builtin:{name}") for name in ("cnn", "backbone", "head_cls", "head_emb")),
+    onnx_model("encoder", "builtin:encoder", kind="transformer"),
+    onnx_model("text_cls", "builtin:text_cls"),
+    # Generation defaults; requests override them with GenerationOptions. Decode steps of up to
+    # 8 sequences share one forward pass (and one device slot).
+    onnx_model("llm", "builtin:llm", kind="llm", max_new_tokens=32, max_positions=512, max_batch=8, tokenizer="byte"),
+    *TOKENIZER_MODELS,
+    *FRAME_OPS,
+    python_model("join", "heddle.backends.zoo.ops:join", [LOGITS, EMBEDDING], [PROBS, LABEL, EMBEDDING]),
 ]
 
-[[pipelines]]
-name = "multihead"
-description = "image -> CNN backbone -> two heads in parallel -> join (python)"
-inputs = [{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }]
-outputs = { probs = "join.probs", label = "join.label", embedding = "join.embedding" }
-stages = [
-  { name = "backbone", model = "backbone", inputs = { image = "input:image" } },
-  { name = "cls", model = "head_cls", inputs = { features = "backbone.features" } },
-  { name = "emb", model = "head_emb", inputs = { features = "backbone.features" } },
-  { name = "join", model = "join", inputs = { logits = "cls.logits", embedding = "emb.embedding" } },
+_RANDOM = "the demo LLM has random weights: its {} is random {}, not language"
+_PIPELINES = [
+    pipeline("classify", [IMAGE_U8], {"probs": "post.probs", "label": "post.label"}, [
+        stage("pre", "preprocess", image="input:image"),
+        stage("cnn", "cnn", image="pre.image"),
+        stage("post", "postprocess", logits="cnn.logits"),
+    ], "image (uint8 NHWC) -> preprocess (python) -> CNN -> postprocess (python)"),
+    pipeline("multihead", [IMAGE], {"probs": "join.probs", "label": "join.label", "embedding": "join.embedding"}, [
+        stage("backbone", "backbone", image="input:image"),
+        stage("cls", "head_cls", features="backbone.features"),
+        stage("emb", "head_emb", features="backbone.features"),
+        stage("join", "join", logits="cls.logits", embedding="emb.embedding"),
+    ], "image -> CNN backbone -> two heads in parallel -> join (python)"),
+    pipeline("text_classify", [tensor("input_ids", "INT64", (-1, -1)), tensor("attention_mask", "INT64", (-1, -1))],
+             {"logits": "cls.logits"}, [
+        stage("encoder", "encoder", input_ids="input:input_ids", attention_mask="input:attention_mask"),
+        stage("cls", "text_cls", pooled="encoder.pooled"),
+    ], "token ids -> transformer encoder -> classifier"),
+    pipeline("chat", [tensor("input_ids", "INT64", IDS)], {"output_ids": "llm.output_ids"}, [
+        stage("llm", "llm", input_ids="input:input_ids"),
+    ], "token ids -> decoder LLM with KV cache (tokens stream with InferStream) -> generated ids; "
+       + _RANDOM.format("output", "tokens")),
+    pipeline("chat_text", [TEXT], {"text": "detok.text", "output_ids": "llm.output_ids"}, [
+        stage("tok", "tokenize", text="input:text"),
+        stage("llm", "llm", input_ids="tok.input_ids"),
+        stage("detok", "detokenize", output_ids="llm.output_ids"),
+    ], "text -> byte tokenizer (python) -> LLM -> detokenizer (python) -> text; " + _RANDOM.format("text", "bytes")),
 ]
-
-[[pipelines]]
-name = "text_classify"
-description = "token ids -> transformer encoder -> classifier"
-inputs = [
-  { name = "input_ids", datatype = "INT64", shape = [-1, -1] },
-  { name = "attention_mask", datatype = "INT64", shape = [-1, -1] },
-]
-outputs = { logits = "cls.logits" }
-stages = [
-  { name = "encoder", model = "encoder", inputs = { input_ids = "input:input_ids", attention_mask = "input:attention_mask" } },
-  { name = "cls", model = "text_cls", inputs = { pooled = "encoder.pooled" } },
-]
-
-[[pipelines]]
-name = "chat"
-description = "token ids -> decoder LLM with KV cache (tokens stream with InferStream) -> generated ids; the demo LLM has random weights: its output is random tokens, not language"
-inputs = [{ name = "input_ids", datatype = "INT64", shape = [1, -1] }]
-outputs = { output_ids = "llm.output_ids" }
-stages = [
-  { name = "llm", model = "llm", inputs = { input_ids = "input:input_ids" } },
-]
-
-[[pipelines]]
-name = "chat_text"
-description = "text -> byte tokenizer (python) -> LLM -> detokenizer (python) -> text; the demo LLM has random weights: its text is random bytes, not language"
-inputs = [{ name = "text", datatype = "BYTES", shape = [1] }]
-outputs = { text = "detok.text", output_ids = "llm.output_ids" }
-stages = [
-  { name = "tok", model = "tokenize", inputs = { text = "input:text" } },
-  { name = "llm", model = "llm", inputs = { input_ids = "tok.input_ids" } },
-  { name = "detok", model = "detokenize", inputs = { output_ids = "llm.output_ids" } },
-]
-"""
 
 
 def _cuda_gpu_count() -> int:
@@ -213,21 +124,16 @@ def detect_devices(cpu_count: int | None = None, gpu_count: int | None = None) -
 
 def detect_device_tables(cpu_count: int | None = None, gpu_count: int | None = None) -> str:
     """detect_devices() as TOML text, for configs written as text."""
-    from heddle.server.config_builder import to_toml
-
     return to_toml({"devices": detect_devices(cpu_count, gpu_count)})
 
 
 def default_config_document() -> dict[str, Any]:
     """The whole embedded default config as a document (what TOML would parse to). Built as data,
     so an environment value (HEDDLE_CACHE_DIR) is a value, never TOML text to escape."""
-    doc = tomllib.loads(_MODELS + _PIPELINES)
     server = {"policy": "priority", "cache_dir": os.environ.get("HEDDLE_CACHE_DIR", DEFAULT_CACHE_DIR)}
-    return {"server": server, "devices": detect_devices(), **doc}
+    return document(server=server, devices=detect_devices(), models=_MODELS, pipelines=_PIPELINES)
 
 
 def default_config_text() -> str:
     """The embedded default config as TOML: every value escaped (config_builder.to_toml)."""
-    from heddle.server.config_builder import to_toml
-
     return to_toml(default_config_document())

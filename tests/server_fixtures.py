@@ -20,13 +20,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from heddle.clients.client import HeddleClient
 from heddle.server.app import HeddleServer
-from heddle.server.config import Config, load_config, parse_config
+from heddle.server.config import Config, load_config, parse_config, parse_document
+from heddle.server.config_builder import pipeline, python_model, stage, tensor, to_toml
 from heddle.server.default_config import TOKENIZER_MODELS_TOML
 
 __all__ = [
-    "REPO_ROOT", "TESTS_DIR", "TOKENIZER_MODELS_TOML", "RunningServer", "ServerProcess", "chain_toml", "default_client",
-    "default_config", "default_server", "heddle_cache_dir", "parse_test_config", "py_model_toml",
-    "running_server", "scrape_metrics", "serve_toml", "wait_until",
+    "REPO_ROOT", "TESTS_DIR", "TOKENIZER_MODELS_TOML", "RunningServer", "ServerProcess", "chain", "chain_toml",
+    "default_client", "default_config", "default_server", "heddle_cache_dir", "parse_test_config",
+    "parse_test_document", "py_model", "py_model_toml", "running_server", "scrape_metrics", "serve_toml", "wait_until",
 ]
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -85,6 +86,12 @@ def parse_test_config(text: str, base_dir: Path | None = None, **overrides: Any)
     return parse_config(text, "<test config>", base_dir or TESTS_DIR, overrides)
 
 
+def parse_test_document(doc: Mapping[str, Any], base_dir: Path | None = None, **overrides: Any) -> Config:
+    """A test config from a document (heddle.server.config_builder): free ports (0) unless overridden."""
+    overrides = {"grpc_port": 0, "metrics_port": 0, **overrides}
+    return parse_document(doc, "<test config>", base_dir or TESTS_DIR, overrides)
+
+
 @contextmanager
 def serve_toml(text: str, **overrides: Any) -> Iterator[RunningServer]:
     """A running gateway for a TOML config text (ports 0)."""
@@ -92,24 +99,27 @@ def serve_toml(text: str, **overrides: Any) -> Iterator[RunningServer]:
         yield running
 
 
-def py_model_toml(name: str, function: str, *, inputs: Sequence[str] = ("x",),
-                  devices: Sequence[str] = ()) -> str:
-    """A python-backend model taking FP32 [N] inputs and returning FP32 [N] "y"."""
-    ins = ", ".join(f'{{ name = "{i}", datatype = "FP32", shape = [-1] }}' for i in inputs)
-    devs = f"devices = {json.dumps(list(devices))}\n" if devices else ""
-    return (f'[[models]]\nname = "{name}"\nbackend = "python"\nfunction = "{function}"\n{devs}'
-            f'inputs = [{ins}]\noutputs = [{{ name = "y", datatype = "FP32", shape = [-1] }}]\n\n')
+def py_model(name: str, function: str, *, inputs: Sequence[str] = ("x",), devices: Sequence[str] = (),
+             **keys: Any) -> dict[str, Any]:
+    """A python-backend model taking FP32 [N] inputs and returning FP32 [N] "y" (more keys as given)."""
+    return python_model(name, function, [tensor(i) for i in inputs], [tensor("y")], devices=devices, **keys)
+
+
+def py_model_toml(name: str, function: str, *, inputs: Sequence[str] = ("x",), devices: Sequence[str] = (),
+                  **keys: Any) -> str:
+    """py_model as TOML text, for configs written as text."""
+    return to_toml({"models": [py_model(name, function, inputs=inputs, devices=devices, **keys)]}) + "\n"
+
+
+def chain(name: str, models: Sequence[str]) -> dict[str, Any]:
+    """A linear pipeline x -> models[0] -> models[1] ... -> y, over models taking x and giving y."""
+    stages = [stage(f"s{i}", model, x="input:x" if i == 0 else f"s{i - 1}.y") for i, model in enumerate(models)]
+    return pipeline(name, [tensor("x")], {"y": f"s{len(models) - 1}.y"}, stages)
 
 
 def chain_toml(name: str, models: Sequence[str]) -> str:
-    """A linear pipeline x -> models[0] -> models[1] ... -> y, over models taking x and giving y."""
-    stages, source = [], "input:x"
-    for i, model in enumerate(models):
-        stages.append(f'  {{ name = "s{i}", model = "{model}", inputs = {{ x = "{source}" }} }},')
-        source = f"s{i}.y"
-    body = "\n".join(stages)
-    return (f'[[pipelines]]\nname = "{name}"\ninputs = [{{ name = "x", datatype = "FP32", shape = [-1] }}]\n'
-            f'outputs = {{ y = "{source}" }}\nstages = [\n{body}\n]\n\n')
+    """chain as TOML text, for configs written as text."""
+    return to_toml({"pipelines": [chain(name, models)]}) + "\n"
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:

@@ -11,8 +11,8 @@ except ModuleNotFoundError:
 import pytest
 from hypothesis import given, strategies as st
 
-from heddle.server.config import ConfigError, parse_config
-from heddle.server.config_builder import to_toml
+from heddle.server.config import ConfigError, parse_config, parse_document
+from heddle.server.config_builder import document, onnx_device, python_device, python_model, tensor, to_toml
 from server_fixtures import TESTS_DIR, py_model_toml
 
 PY = '[[devices]]\nid = "py0"\nbackend = "python"\n{extra}\n'
@@ -153,3 +153,15 @@ def test_any_string_survives_a_round_trip_through_to_toml(value: str):
     """to_toml escapes every string: what tomllib reads back is the value written."""
     doc = {"server": {"cache_dir": value}, "devices": [{"id": value, "options": [{"k": value}]}]}
     assert tomllib.loads(to_toml(doc)) == doc
+
+
+def test_a_built_document_is_checked_like_a_file():
+    """config_builder documents go through the same schema: a misspelled keyword is said as in a file,
+    and the same document written with to_toml parses to the same config."""
+    bad = document(devices=[python_device(), onnx_device("cpu0", cores=[0], cpu_afinity=[1])])
+    with pytest.raises(ConfigError) as info:
+        parse_document(bad, "built", TESTS_DIR)
+    assert str(info.value) == "built: devices[1] ('cpu0'): unknown key 'cpu_afinity' (did you mean 'cpu_affinity'?)"
+    good = document(devices=[python_device(slots=2)],
+                    models=[python_model("m", "stage_fns:tail", [tensor("x")], [tensor("y")], timeout_ms=50)])
+    assert parse_document(good, "built", TESTS_DIR) == parse_config(to_toml(good), "built", TESTS_DIR)

@@ -16,8 +16,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 import stage_fns
 from heddle.server.config import ConfigError
+from heddle.server.config_builder import document, onnx_device, onnx_model, pipeline, python_device, stage, tensor
 from server_fixtures import (
-    RunningServer, chain_toml, parse_test_config, py_model_toml, scrape_metrics, serve_toml, wait_until,
+    RunningServer, chain, parse_test_config, parse_test_document, py_model, py_model_toml, running_server,
+    scrape_metrics, wait_until,
 )
 
 WIDTH, DEPTH = 256, 2000
@@ -45,29 +47,22 @@ def _rows(n: int) -> dict[str, np.ndarray]:
     return {"x": np.ones((n, WIDTH), np.float32)}
 
 
-def _config(onnx_path: Path) -> str:
-    wide = f'[{{ name = "x", datatype = "FP32", shape = [-1, {WIDTH}] }}]'
-    return (
-        '[[devices]]\nid = "cpu0"\nbackend = "onnxruntime"\nslots = 1\n\n'
-        '[[devices]]\nid = "py0"\nbackend = "python"\nslots = 1\n\n'
-        '[[devices]]\nid = "py1"\nbackend = "python"\nslots = 1\n\n'
-        f'[[models]]\nname = "chain"\npath = "{onnx_path}"\ntimeout_ms = {TIMEOUT_MS}\n\n'
-        f'[[models]]\nname = "chain_free"\npath = "{onnx_path}"\n\n'
-        + py_model_toml("napper", "stage_fns:nap_then_pid", devices=["py0"]).replace(
-            "\ninputs", '\nisolation = "process"\ntimeout_ms = 1000\ninputs', 1)
-        + py_model_toml("gated", "stage_fns:gate", devices=["py1"]).replace("\ninputs", "\ntimeout_ms = 200\ninputs", 1)
-        + f'[[pipelines]]\nname = "mm"\ninputs = {wide}\noutputs = {{ y = "s0.y" }}\n'
-          'stages = [ { name = "s0", model = "chain", inputs = { x = "input:x" } } ]\n\n'
-        + f'[[pipelines]]\nname = "mm_free"\ninputs = {wide}\noutputs = {{ y = "s0.y" }}\n'
-          'stages = [ { name = "s0", model = "chain_free", inputs = { x = "input:x" } } ]\n\n'
-        + chain_toml("nap", ["napper"]) + chain_toml("gated", ["gated"])
-    )
+def _config(onnx_path: Path) -> dict:
+    wide = [tensor("x", "FP32", (-1, WIDTH))]
+    return document(
+        devices=[onnx_device("cpu0"), python_device("py0"), python_device("py1")],
+        models=[onnx_model("chain", str(onnx_path), timeout_ms=TIMEOUT_MS), onnx_model("chain_free", str(onnx_path)),
+                py_model("napper", "stage_fns:nap_then_pid", devices=["py0"], isolation="process", timeout_ms=1000),
+                py_model("gated", "stage_fns:gate", devices=["py1"], timeout_ms=200)],
+        pipelines=[pipeline("mm", wide, {"y": "s0.y"}, [stage("s0", "chain", x="input:x")]),
+                   pipeline("mm_free", wide, {"y": "s0.y"}, [stage("s0", "chain_free", x="input:x")]),
+                   chain("nap", ["napper"]), chain("gated", ["gated"])])
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     onnx_path = _matmul_chain(tmp_path_factory.mktemp("chain") / "chain.onnx")
-    with serve_toml(_config(onnx_path)) as running:
+    with running_server(parse_test_document(_config(onnx_path))) as running:
         yield running
 
 
@@ -161,6 +156,7 @@ def test_config_refuses_bad_stage_limits(extra: str, message: str):
 def test_config_refuses_isolation_on_an_onnx_model(tmp_path: Path):
     """isolation is a python-stage key; on an ONNX model it is an unknown key, said with the backend it is for."""
     path = _matmul_chain(tmp_path / "chain.onnx")
-    text = f'[[devices]]\nid = "cpu0"\nbackend = "onnxruntime"\n\n[[models]]\nname = "m"\npath = "{path}"\nisolation = "process"\n'
-    with pytest.raises(ConfigError, match=re.escape("unknown key 'isolation' (a key of python models; this model is onnxruntime)")):
-        parse_test_config(text)
+    doc = document(devices=[onnx_device("cpu0")], models=[onnx_model("m", str(path), isolation="process")])
+    said = "model 'm': unknown key 'isolation' (a key of python models; this model is onnxruntime)"
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        parse_test_document(doc)
