@@ -1,20 +1,30 @@
-"""What a request is while it runs (_Job) and what it ends as (JobResult, StageTiming per stage)."""
+"""What a request is while it runs (Job), what it streams (TokenUpdate) and what it ends as
+(JobResult, StageTiming per stage)."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
 from heddle.scheduler import Outcome, Request
 from heddle.server.error_kind import ErrorKind
 
-if TYPE_CHECKING:
-    from heddle.server.llm_runtime import TokenUpdate
+__all__ = ["Job", "JobResult", "StageTiming", "TokenUpdate"]
 
-__all__ = ["JobResult", "StageTiming"]
+
+@dataclass(frozen=True, slots=True)
+class TokenUpdate:
+    """Tokens an LLM stage just produced; index is the first one's position in its output."""
+
+    request_id: str
+    stage: str
+    token_ids: tuple[int, ...]
+    index: int
+    offset_s: float  # from the request's arrival
+    text: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +67,9 @@ class JobResult:
 
 
 @dataclass(slots=True, eq=False)
-class _Job:
+class Job:
+    """One request in flight: its tensors so far, the future its caller awaits, its callbacks."""
+
     request: Request
     tensors: dict[tuple[str | None, str], np.ndarray]
     done: asyncio.Future
@@ -66,6 +78,6 @@ class _Job:
     error_kind: ErrorKind | None = None  # its first failed stage's kind
     generation: Mapping[str, object] | None = None  # GenerationConfig overrides for LLM stages
     on_token: Callable[[TokenUpdate], None] | None = None
-    llm: dict = field(default_factory=dict)  # stage -> its generation state (llm_runtime._Gen)
+    llm: dict = field(default_factory=dict)  # stage -> its Generation (server/llm_gen.py)
     energy: dict[str, tuple[float, str]] = field(default_factory=dict)  # stage -> (joules, source)
     retry_after_s: float | None = None

@@ -28,7 +28,7 @@ from heddle.server.kserve_convert import (
 )
 from heddle.server.kserve_stats import KServeStats, RequestTimes
 from heddle.server.limits import RequestLimits
-from heddle.server.llm_runtime import TokenUpdate
+from heddle.server.jobs import TokenUpdate
 from heddle.server.logs import get_logger
 from heddle.server.runtime import JobResult, Runtime
 from heddle.server.status import RETRY_AFTER_KEY, request_error

@@ -19,76 +19,43 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
+from heddle.backends.base import Executor
 from heddle.backends.llm import DecoderLayout, GenerationConfig, LlmEngine, LlmSequence, decoder_spec
 from heddle.backends.tokenizer import StreamDecoder, load_tokenizer
 from heddle.scheduler import Dispatch
 from heddle.scheduler.specs import ModelSpec
-from heddle.server.llm_triton import TritonLlmStreams
+from heddle.server.jobs import Job, TokenUpdate
+from heddle.server.llm_gen import Generation
 from heddle.server.logs import get_logger
 
 if TYPE_CHECKING:
-    from heddle.server.runtime import Runtime
+    from heddle.server.stage_runner import StageEvents
 
-__all__ = ["LlmDriver", "TokenUpdate"]
+__all__ = ["LlmDriver"]
 
 log = get_logger("heddle.llm")
 
 
-@dataclass(frozen=True, slots=True)
-class TokenUpdate:
-    """Tokens an LLM stage just produced; index is the first one's position in its output."""
-
-    request_id: str
-    stage: str
-    token_ids: tuple[int, ...]
-    index: int
-    offset_s: float  # from the request's arrival
-    text: str = ""
-
-
-@dataclass(slots=True, eq=False)
-class _Gen:
-    """One LLM stage run of one request, across its steps."""
-
-    request_id: str
-    stage: str
-    priority: int
-    arrival_s: float
-    seq: LlmSequence
-    decoder: StreamDecoder | None
-    on_token: Callable[[TokenUpdate], None] | None
-    device: str = ""
-    first_start_s: float | None = None
-    queue_s: float = 0.0  # ready to prefill dispatch
-    first_token_s: float | None = None
-    last_token_s: float | None = None
-    compute_s: float = 0.0
-    live: bool = True
-    in_flight: bool = False  # dispatched, its step not reported yet
-    emitted: int = 0  # tokens already handed to on_token
-    cancel: Callable[[], None] | None = None  # stops its Triton stream (Triton-hosted LLMs)
-
-
 @dataclass(slots=True)
 class _Gate:
-    pending: list[tuple[Dispatch, _Gen]] = field(default_factory=list)
+    pending: list[tuple[Dispatch, Generation]] = field(default_factory=list)
     busy: bool = False
     flush_scheduled: bool = False
 
 
 class LlmDriver:
-    """Runs the steps of `kind = "llm"` models for a Runtime and reports them back to it."""
+    """The StageRunner of `kind = "llm"` models run locally, step by step; it also keeps the
+    sequence bookkeeping (LlmSequences) that Triton streams share. Reports through StageEvents."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
-        self._llm = {n: m for n, m in runtime.config.models.items() if m.kind == "llm"}
+    def __init__(self, events: StageEvents, models: Mapping[str, ModelSpec], executors: Mapping[str, Executor],
+                 metrics=None) -> None:
+        self.events = events
+        self.executors = executors
+        self.metrics = metrics
+        self._llm = {n: m for n, m in models.items() if m.kind == "llm"}
         self._engines: dict[tuple[str, str], LlmEngine] = {}
         self._gates: dict[tuple[str, str], _Gate] = {}
         self.live_sequences = 0
-        self._streams = TritonLlmStreams(self)
-
-    def handles(self, model: str) -> bool:
-        return model in self._llm
 
     def executor_spec(self, model: ModelSpec) -> ModelSpec:
         """What to load on executors: an LLM's decoder graph, not its stage IO (on Triton: the
@@ -98,17 +65,13 @@ class LlmDriver:
         return dataclasses.replace(model, inputs=(), outputs=()) if model.backend == "triton" else decoder_spec(model)
 
     # ---- dispatch ------------------------------------------------------------------------
-    def dispatch(self, d: Dispatch, job: Any, inputs: Mapping[str, np.ndarray]) -> None:
-        if self._streams.hosts(d.model):  # Triton runs the whole generation: one dispatch
-            self._streams.dispatch(d, job, inputs)
-            return
+    def dispatch(self, d: Dispatch, job: Job, inputs: Mapping[str, np.ndarray]) -> None:
         gen = job.llm.get(d.stage)
         if gen is None:
             try:
-                gen = job.llm[d.stage] = self._start(d, job, inputs)
+                gen = job.llm[d.stage] = self.open_gen(d, job, inputs, self._engine(d.device, d.model).check)
             except Exception as exc:  # a bad prompt or bad options fail this stage alone
-                self._report(d, None, exc, 0.0)
-                self.rt._step()
+                self.report(d, None, exc, 0.0)
                 return
         if gen.device and gen.device != d.device:
             log.debug("sequence migrated", request_id=d.request_id, stage=d.stage,
@@ -120,13 +83,10 @@ class LlmDriver:
         # Dispatches of one plan arrive together: flush after them, so they share one pass.
         if not gate.busy and not gate.flush_scheduled:
             gate.flush_scheduled = True
-            self.rt._loop.call_soon(self._flush, d.device, d.model)
+            self.events.loop.call_soon(self._flush, d.device, d.model)
 
-    def _start(self, d: Dispatch, job: Any, inputs: Mapping[str, np.ndarray]) -> _Gen:
-        return self.open_gen(d, job, inputs, self._engine(d.device, d.model).check)
-
-    def open_gen(self, d: Dispatch, job: Any, inputs: Mapping[str, np.ndarray],
-                 check: Callable[[LlmSequence], None]) -> _Gen:
+    def open_gen(self, d: Dispatch, job: Job, inputs: Mapping[str, np.ndarray],
+                 check: Callable[[LlmSequence], None]) -> Generation:
         """A new live sequence for this stage run, its prompt and options checked (InputError)."""
         spec = self._llm[d.model]
         config = GenerationConfig.from_options(spec.options).with_overrides(**(job.generation or {}))
@@ -135,18 +95,18 @@ class LlmDriver:
         tokenizer = spec.options.get("tokenizer")
         request = job.request
         run = request.runs[d.stage]
-        gen = _Gen(request.id, d.stage, request.priority, request.arrival_s, seq,
-                   StreamDecoder(load_tokenizer(tokenizer)) if tokenizer else None, job.on_token,
-                   first_start_s=run.started_s, queue_s=run.started_s - run.ready_s)
+        gen = Generation(request.id, d.stage, request.priority, request.arrival_s, seq,
+                         StreamDecoder(load_tokenizer(tokenizer)) if tokenizer else None, job.on_token is not None,
+                         first_start_s=run.started_s, queue_s=run.started_s - run.ready_s)
         self.live_sequences += 1
-        if self.rt.metrics is not None:
-            self.rt.metrics.llm_sequence_started(request.priority, gen.queue_s)
+        if self.metrics is not None:
+            self.metrics.llm_sequence_started(request.priority, gen.queue_s)
         return gen
 
     def _engine(self, device: str, model: str) -> LlmEngine:
         engine = self._engines.get((device, model))
         if engine is None:
-            executor, spec = self.rt.executors[device], decoder_spec(self._llm[model])
+            executor, spec = self.executors[device], decoder_spec(self._llm[model])
             engine = self._engines[(device, model)] = LlmEngine(
                 lambda feed: executor.run(model, feed), DecoderLayout.from_spec(spec))
         return engine
@@ -161,8 +121,8 @@ class LlmDriver:
         # step_scheduling = false makes a whole generation one dispatch: nothing can go between
         # its tokens (the baseline token-level scheduling is measured against).
         work = _run_step if self._llm[model].options.get("step_scheduling", True) else _run_to_end
-        fut = self.rt._loop.run_in_executor(self.rt.executors[device].pool, work, engine,
-                                            [g.seq for _, g in items])
+        fut = self.events.loop.run_in_executor(self.executors[device].pool, work, engine,
+                                               [g.seq for _, g in items])
         fut.add_done_callback(lambda f: self._on_step_done(device, model, items, f))
 
     # ---- completion -----------------------------------------------------------------------
@@ -173,87 +133,86 @@ class LlmDriver:
             errors, elapsed_s = fut.result()
         except BaseException as exc:  # a bug in the pass itself: fail its sequences, not the gateway
             errors, elapsed_s = [exc] * len(items), 0.0
-        now = self.rt.clock()
+        now = self.events.clock()
         share_s = elapsed_s / len(items)  # the pass's time, split so device busy time adds up
-        if self.rt.metrics is not None:
-            self.rt.metrics.llm_pass(len(items))
+        if self.metrics is not None:
+            self.metrics.llm_pass(len(items))
         for (d, gen), error in zip(items, errors):
             gen.in_flight = False
-            request = self.rt.core.request(d.request_id)
-            if error is None and request is not None and not request.finished:
-                self._emit(gen, now)
-            self._report(d, gen, error, share_s)
-        self.rt._step()
+            job = self.events.job(d.request_id)
+            if error is None and job is not None and not job.request.finished:
+                self.emit(gen, now)
+            self.report(d, gen, error, share_s)
         if gate.pending:
             self._flush(device, model)
 
-    def _emit(self, gen: _Gen, now: float) -> None:
+    def emit(self, gen: Generation, now: float) -> None:
+        """The sequence's tokens not handed out yet, to the client through the runtime."""
         tokens = gen.seq.generated[gen.emitted:]
         if not tokens:
             return
         index, gen.emitted = gen.emitted, len(gen.seq.generated)
         gen.first_token_s = gen.first_token_s if gen.first_token_s is not None else now
         gen.last_token_s = now
-        if self.rt.metrics is not None:
-            self.rt.metrics.llm_tokens(gen.priority, len(tokens))
-        if gen.on_token is not None:
+        if self.metrics is not None:
+            self.metrics.llm_tokens(gen.priority, len(tokens))
+        if gen.streaming:
             text = gen.decoder.push(tokens) if gen.decoder is not None else ""
-            gen.on_token(TokenUpdate(gen.request_id, gen.stage, tuple(tokens), index, now - gen.arrival_s, text))
+            self.events.tokens(TokenUpdate(gen.request_id, gen.stage, tuple(tokens), index,
+                                           now - gen.arrival_s, text))
 
-    def _report(self, d: Dispatch, gen: _Gen | None, error: BaseException | None, compute_s: float) -> None:
-        """Tell the runtime and the core how the step went; free the sequence if it is over."""
-        rt = self.rt
+    def report(self, d: Dispatch, gen: Generation | None, error: BaseException | None, compute_s: float) -> None:
+        """Tell the runtime how the step went (the stage is done, or goes on); free the sequence if it is over."""
+        events = self.events
         if gen is not None:
             gen.compute_s += compute_s
         if error is not None or gen is None or gen.seq.done:
-            fut = rt._loop.create_future()
+            fut = events.loop.create_future()
             if error is not None:
                 fut.set_exception(error)
             else:
                 fut.set_result(({"output_ids": gen.seq.output_ids()}, compute_s))
             if gen is not None and error is None:
-                self._observe_finished(gen)
-            rt._on_done(d, fut)
-            request = rt.core.request(d.request_id)
+                self.observe_finished(gen)
+            events.stage_done(d, fut)
+            job = events.job(d.request_id)
             # Done, or failed for good; a step lost with its device is retried from its cache.
-            if gen is not None and (gen.seq.done or request is None or request.finished):
+            if gen is not None and (gen.seq.done or job is None or job.request.finished):
                 self.free(gen)
             return
-        # Between steps the stage holds no device: stop charging it energy until the next one.
-        rt.energy.stopped((d.request_id, d.stage), rt.clock())
-        if rt.metrics is not None:
-            rt.metrics.device_finished(d.device, compute_s)
-        if not rt.core.on_stage_step(d.request_id, d.stage, rt.clock()):
+        if not events.step_done(d, compute_s):
             self.free(gen)  # its request ended while this step ran
 
-    def _observe_finished(self, gen: _Gen) -> None:
-        if self.rt.metrics is None or gen.first_token_s is None:
+    def observe_finished(self, gen: Generation) -> None:
+        if self.metrics is None or gen.first_token_s is None:
             return
         n = len(gen.seq.generated)
         tpot_s = (gen.last_token_s - gen.first_token_s) / (n - 1) if n > 1 else None
-        self.rt.metrics.llm_sequence_timings(gen.priority, gen.first_token_s - gen.arrival_s, tpot_s)
+        self.metrics.llm_sequence_timings(gen.priority, gen.first_token_s - gen.arrival_s, tpot_s)
 
     # ---- ending ----------------------------------------------------------------------------
-    def free(self, gen: _Gen) -> None:
+    def free(self, gen: Generation) -> None:
         """Drop a sequence's KV cache (once)."""
         if not gen.live:
             return
         gen.live = False
         gen.seq.release()
         self.live_sequences -= 1
-        if self.rt.metrics is not None:
-            self.rt.metrics.llm_sequence_ended(gen.priority)
+        if self.metrics is not None:
+            self.metrics.llm_sequence_ended(gen.priority)
 
-    def release(self, job: Any) -> None:
+    def release(self, job: Job) -> None:
         """The request ended: free its sequences, except those in a step now (freed after it,
-        so a cancelled generation stops within one step; a Triton stream is cancelled now)."""
+        so a cancelled generation stops within one step; a Triton stream is cancelled now, once:
+        both LLM runners call this)."""
         for gen in job.llm.values():
             if gen.cancel is not None:
-                gen.cancel()
+                gen.cancel, cancel = None, gen.cancel
+                cancel()
             if not gen.in_flight:
                 self.free(gen)
 
-    def stage_fields(self, job: Any, stage: str) -> dict[str, Any]:
+    def stage_fields(self, job: Job, stage: str) -> dict[str, Any]:
         """StageTiming fields of an LLM stage: queue before prefill, first start, tokens, TTFT, TPOT."""
         gen = job.llm.get(stage)
         if gen is None:

@@ -4,7 +4,7 @@ Triton owns the token loop, so the core sees the whole generation as one dispatc
 slot from the first token to the last, and no policy can freeze, reorder or migrate it between
 tokens (that needs a local decoder: server/llm_runtime.py). A worker thread of the device pumps
 the stream and hands each token to the event loop, which streams it to the client exactly like a
-local generation's (LlmDriver._emit). heddle enforces max_new_tokens and stop_token_ids on what
+local generation's (LlmSequences.emit). heddle enforces max_new_tokens and stop_token_ids on what
 comes back: a model that sends more has the surplus dropped and its request cancelled.
 """
 
@@ -18,13 +18,17 @@ import numpy as np
 
 from heddle.backends.base import BackendError, DeviceUnavailable, InputError
 from heddle.backends.llm import GenerationConfig, LlmSequence
+from heddle.backends.base import Executor
 from heddle.scheduler import Dispatch
+from heddle.scheduler.specs import ModelSpec
 from heddle.server.error_kind import ErrorKind
+from heddle.server.jobs import Job
+from heddle.server.llm_gen import Generation, LlmSequences
 from heddle.server.logs import get_logger
 
 if TYPE_CHECKING:
     from heddle.backends.triton import TritonStream
-    from heddle.server.llm_runtime import LlmDriver, _Gen
+    from heddle.server.stage_runner import StageEvents
 
 __all__ = ["TritonLlmStreams", "generation_parameters"]
 
@@ -55,30 +59,29 @@ def check_prompt(options: Mapping[str, Any], seq: LlmSequence) -> None:
 
 
 class TritonLlmStreams:
-    """Runs the generations of `kind = "llm"` models whose backend is triton, for an LlmDriver."""
+    """The StageRunner of `kind = "llm"` models whose backend is triton: one stream per generation,
+    its sequence kept by an LlmSequences (the local LLM runner's), reported through StageEvents."""
 
-    def __init__(self, driver: LlmDriver) -> None:
-        self.driver = driver
-        self.rt = driver.rt
-        self._models = {n for n, m in self.rt.config.models.items() if m.kind == "llm" and m.backend == "triton"}
+    def __init__(self, events: StageEvents, sequences: LlmSequences, models: Mapping[str, ModelSpec],
+                 executors: Mapping[str, Executor]) -> None:
+        self.events = events
+        self.sequences = sequences
+        self.models = models
+        self.executors = executors
 
-    def hosts(self, model: str) -> bool:
-        return model in self._models
-
-    def dispatch(self, d: Dispatch, job: Any, inputs: Mapping[str, np.ndarray]) -> None:
-        rt, driver = self.rt, self.driver
+    def dispatch(self, d: Dispatch, job: Job, inputs: Mapping[str, np.ndarray]) -> None:
+        events, sequences = self.events, self.sequences
         try:
-            options = rt.config.models[d.model].options
-            gen = driver.open_gen(d, job, inputs, lambda seq: check_prompt(options, seq))
+            options = self.models[d.model].options
+            gen = sequences.open_gen(d, job, inputs, lambda seq: check_prompt(options, seq))
         except Exception as exc:  # bad options or prompt: this stage fails alone, INVALID_ARGUMENT
-            driver._report(d, None, exc, 0.0)
-            rt._step()
+            sequences.report(d, None, exc, 0.0)
             return
         job.llm[d.stage] = gen
         gen.device, gen.in_flight = d.device, True
-        executor = rt.executors[d.device]
+        executor = self.executors[d.device]
         deadline_s = job.request.deadline_s
-        timeout_s = None if deadline_s is None else max(deadline_s - rt.clock(), 1e-3)
+        timeout_s = None if deadline_s is None else max(deadline_s - events.clock(), 1e-3)
         try:
             served = executor.served_spec(d.model).input("input_ids")
             ids = gen.seq.prompt_ids.reshape((1, -1) if len(served.shape) == 2 else (-1,))
@@ -88,21 +91,26 @@ class TritonLlmStreams:
             self._ended(d, gen, None, exc)
             return
         gen.cancel = stream.cancel
-        fut = rt._loop.run_in_executor(executor.pool, self._pump, stream, gen)
+        loop = events.loop
+        fut = loop.run_in_executor(executor.pool, self._pump, loop, stream, gen)
         fut.add_done_callback(lambda f: self._ended(d, gen, f, None))
 
-    def _pump(self, stream: TritonStream, gen: _Gen) -> float:
+    def release(self, job: Job) -> None:
+        """The request ended: cancel its streams and free its sequences (the shared bookkeeping's)."""
+        self.sequences.release(job)
+
+    def _pump(self, loop: asyncio.AbstractEventLoop, stream: TritonStream, gen: Generation) -> float:
         """On a device worker: every response's ids to the event loop, in order; the stream's time."""
         t0 = time.perf_counter()
         for outputs in stream:
             ids = outputs.get("output_ids")
             if ids is not None and ids.size:
-                self.rt._loop.call_soon_threadsafe(self._on_tokens, gen, stream, [int(i) for i in ids.reshape(-1)])
+                loop.call_soon_threadsafe(self._on_tokens, gen, stream, [int(i) for i in ids.reshape(-1)])
         return time.perf_counter() - t0
 
-    def _on_tokens(self, gen: _Gen, stream: TritonStream, tokens: list[int]) -> None:
-        request = self.rt.core.request(gen.request_id)
-        if not gen.live or request is None or request.finished:
+    def _on_tokens(self, gen: Generation, stream: TritonStream, tokens: list[int]) -> None:
+        job = self.events.job(gen.request_id)
+        if not gen.live or job is None or job.request.finished:
             return
         seq, took = gen.seq, 0
         for token in tokens:
@@ -116,11 +124,11 @@ class TritonLlmStreams:
                 seq.finish_reason = "length"
         if took < len(tokens):  # the model went past the request's limits: stop paying for it
             stream.cancel()
-        self.driver._emit(gen, self.rt.clock())
+        self.sequences.emit(gen, self.events.clock())
 
-    def _ended(self, d: Dispatch, gen: _Gen, fut: asyncio.Future | None, error: BaseException | None) -> None:
+    def _ended(self, d: Dispatch, gen: Generation, fut: asyncio.Future | None, error: BaseException | None) -> None:
         """The stream is over: report the stage (its ids, or why not) and free the sequence."""
-        rt, driver = self.rt, self.driver
+        events, sequences = self.events, self.sequences
         gen.in_flight, gen.cancel = False, None
         elapsed_s = 0.0
         if fut is not None:
@@ -129,23 +137,23 @@ class TritonLlmStreams:
             except BaseException as exc:  # noqa: BLE001  (reported as the stage's error)
                 error = exc
         gen.compute_s += elapsed_s
-        job = rt._jobs.get(d.request_id)
+        job = events.job(d.request_id)
         if error is None and job is not None and not job.request.finished:
             gen.seq.finish_reason = gen.seq.finish_reason or "end"  # the model ended it (its own stop)
-            driver._observe_finished(gen)
+            sequences.observe_finished(gen)
         elif isinstance(error, DeviceUnavailable) and gen.emitted:
             # Tokens already streamed cannot be unsent, so no retry elsewhere: the request ends
             # UNAVAILABLE, and the device goes out of rotation until its health comes back.
             if job is not None:
                 job.error_kind = ErrorKind.DEVICE_LOST
-            rt.set_device_health(d.device, False)
+            events.device_lost(d.device)
             error = BackendError(f"{error} (after {gen.emitted} streamed tokens: not retried)")
         elif isinstance(error, DeviceUnavailable) and job is not None:
             job.llm.pop(d.stage, None)  # a retry starts a fresh generation
-        result = rt._loop.create_future()
+        result = events.loop.create_future()
         if error is not None:
             result.set_exception(error)
         else:
             result.set_result(({"output_ids": gen.seq.output_ids()}, elapsed_s))
-        driver.free(gen)
-        rt._on_done_guarded(d, result)
+        sequences.free(gen)
+        events.stage_done(d, result)

@@ -1,4 +1,9 @@
-"""The asyncio runtime: the only place that knows both the scheduler core and the backends."""
+"""The asyncio runtime: the only place that knows both the scheduler core and the backends.
+
+Events (a submit, a stage's end, a step, a timer, a health change) change the core and mark it
+dirty; one step runs per event-loop turn (_step_once), so completions that arrive together share
+a step and no handler steps the core from inside another. Stages run through StageRunners
+(server/stage_runner.py), which report back through the StageEvents methods below."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
-from heddle.backends.base import BackendError, BackendTimeout, DeviceUnavailable, Executor
+from heddle.backends.base import BackendTimeout, DeviceUnavailable, Executor
 from heddle.backends.graph_summary import summarize_file
 from heddle.scheduler.admission import Admission
 from heddle.scheduler.plan import SetLevel
@@ -20,11 +25,13 @@ from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Reques
 from heddle.server.config import Config
 from heddle.server.energy import EnergyLedger, combine_sources
 from heddle.server.error_kind import ErrorKind, classify
-from heddle.server.jobs import JobResult, StageTiming, _Job
-from heddle.server.llm_runtime import LlmDriver, TokenUpdate
+from heddle.server.jobs import Job, JobResult, StageTiming, TokenUpdate
+from heddle.server.llm_runtime import LlmDriver
+from heddle.server.llm_triton import TritonLlmStreams
 from heddle.server.logs import get_logger
 from heddle.server.recovery import DeviceLoader
-from heddle.server.stage_timeouts import OverrunWatch, stage_timeout_s, stops_itself
+from heddle.server.stage_runner import ExecutorRunner, StageRunner
+from heddle.server.stage_timeouts import OverrunWatch
 from heddle.server.trace import open_trace
 
 __all__ = ["JobResult", "LevelActuator", "Runtime", "StageTiming"]
@@ -48,14 +55,17 @@ class Runtime:
         self.metrics = metrics
         self.clock = clock
         self.core = Core(config.devices, config.models, config.server.policy, profiles=_profiles(config))
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, Job] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_timer_s: float | None = None
         self.loader = DeviceLoader(self.executors, lambda device: self.set_device_health(device, True), metrics)
-        self._llm = LlmDriver(self)
+        self._dirty = False  # an event changed the core since the last step
         self.overruns = OverrunWatch(self._end_overrun, metrics)  # thread stages past their timeout
+        self.llm = LlmDriver(self, config.models, self.executors, metrics)
+        self._runners = _runners(self, config, self.executors, self.llm, self.overruns)
+        self._distinct_runners = list({id(r): r for r in self._runners.values()}.values())
         self.trace = open_trace(config, clock)  # arrivals for `heddle simulate --trace`, or None
         # Power (server/power_loop.py attaches it): energy per stage, and where a DVFS level
         # from the plan goes to be applied to a device's actuator.
@@ -71,7 +81,7 @@ class Runtime:
         pending: dict[str, list] = {}
         for model in self.config.models.values():
             for device in self.core.eligible_devices(model.name):
-                pending.setdefault(device, []).append(self._llm.executor_spec(model))
+                pending.setdefault(device, []).append(self.llm.executor_spec(model))
         loaded = await asyncio.gather(*(self.loader.load(dev, models) for dev, models in pending.items()))
         for device, ok in zip(pending, loaded):
             if not ok:
@@ -88,7 +98,7 @@ class Runtime:
             return
         log.warning("device health changed", device=device, healthy=healthy)
         self.core.set_device_health(device, healthy, self.clock())
-        self._step()
+        self._mark_dirty()
 
     @property
     def in_flight(self) -> int:
@@ -108,7 +118,7 @@ class Runtime:
         if rid in self._jobs:
             raise ValueError(f"request id {rid!r} is already in flight")
         request = Request(rid, pipeline, priority, now, None if deadline_s is None else now + deadline_s)
-        job = _Job(request, {(None, k): v for k, v in inputs.items()}, self._loop.create_future(), on_stage,
+        job = Job(request, {(None, k): v for k, v in inputs.items()}, self._loop.create_future(), on_stage,
                    generation=generation, on_token=on_token)
         self.core.submit(request, now)  # first: it refuses an id an earlier request's stage still holds
         self._jobs[rid] = job
@@ -116,12 +126,12 @@ class Runtime:
             self.trace.arrival(request, inputs)
         if self._draining:  # ended through the core like any request, so metrics count it
             self.core.cancel(rid, now, Outcome.UNAVAILABLE, "server is shutting down")
-        self._step()
+        self._mark_dirty()
         try:
             return await asyncio.shield(job.done)
         except asyncio.CancelledError:
             if self.core.cancel(rid, self.clock()):
-                self._step()
+                self._mark_dirty()
             raise
 
     async def drain(self, grace_s: float) -> int:
@@ -138,7 +148,7 @@ class Runtime:
         for rid in left:
             self.core.cancel(rid, now, Outcome.UNAVAILABLE, "server is shutting down")
         if left:
-            self._step()
+            self._step_now()  # now, not next turn: the trace closes below
         if self.trace is not None:
             self.trace.close()
         return len(left)
@@ -147,7 +157,7 @@ class Runtime:
         self.core.set_policy(name)
         if self.trace is not None:
             self.trace.policy(self.core.policy.name)
-        self._step()
+        self._mark_dirty()
 
     def attach_power(self, levels: LevelActuator, controller: PowerController,
                      admission: Admission | None = None) -> None:
@@ -161,6 +171,28 @@ class Runtime:
         """A control period's power readings (server/power_loop.py): the controller decides,
         and this step carries out its levels and holds."""
         self.core.on_power_sample(samples, self.clock(), busy)
+        self._step_now()  # the period's levels reach the actuators before the loop charges energy
+
+    def _mark_dirty(self) -> None:
+        """An event changed the core: step once, at the end of this event-loop turn."""
+        if self._dirty:
+            return
+        self._dirty = True
+        if self._loop is None:  # no loop yet (nothing runs): no turn to wait for
+            self._step_now()
+            return
+        self._loop.call_soon(self._step_once)
+
+    def _step_once(self) -> None:
+        if not self._dirty:  # a step ran already since (_step_now)
+            return
+        try:
+            self._step_now()
+        except Exception:  # a bug in a step must not stop the next ones
+            log.exception("internal error in a scheduling step")
+
+    def _step_now(self) -> None:
+        self._dirty = False
         self._step()
 
     def _step(self) -> None:
@@ -199,50 +231,63 @@ class Runtime:
 
     def _on_deadline_timer(self) -> None:
         self._deadline_timer = self._deadline_timer_s = None
-        self._step()
+        self._mark_dirty()
 
     def _dispatch(self, d: Dispatch) -> None:
         job = self._jobs[d.request_id]
         wires = job.request.pipeline.wires[d.stage]
         inputs = {name: job.tensors[(w.stage, w.tensor)] for name, w in wires.items()}
-        executor = self.executors[d.device]
         if self.metrics is not None:
             self.metrics.device_started(d.device)
         if self.trace is not None:
             self.trace.dispatched(d)
         self.energy.started(d.device, (d.request_id, d.stage), self.clock())
-        if self._llm.handles(d.model):  # one step of a generation; the stage re-queues until done
-            self._llm.dispatch(d, job, inputs)
-            return
-        model = self.config.models[d.model]
-        timeout_s = stage_timeout_s(model, job.request.deadline_s, self.clock())
-        fut = self._loop.run_in_executor(executor.pool, _timed_run, executor, d.model, inputs,
-                                         job.request.priority, timeout_s)
-        fut.add_done_callback(lambda f, d=d: self._on_done_guarded(d, f))
-        if timeout_s is not None and not stops_itself(model):
-            self.overruns.watch(d, fut, timeout_s)
+        self._runners[d.model].dispatch(d, job, inputs)
 
     def _end_overrun(self, request_id: str, error: str) -> None:
         if self.core.cancel(request_id, self.clock(), Outcome.DEADLINE_EXCEEDED, error):
-            self._step()
+            self._mark_dirty()
 
-    def _on_done_guarded(self, d: Dispatch, fut: asyncio.Future) -> None:
+    # ---- StageEvents: what the runners report ------------------------------------------------
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def job(self, request_id: str) -> Job | None:
+        return self._jobs.get(request_id)
+
+    def tokens(self, update: TokenUpdate) -> None:
+        job = self._jobs.get(update.request_id)
+        if job is not None and job.on_token is not None:
+            job.on_token(update)
+
+    def device_lost(self, device: str) -> None:
+        self.set_device_health(device, False)
+
+    def step_done(self, d: Dispatch, compute_s: float) -> bool:
+        """An LLM step is over and its stage re-queues for the next; False if its request ended."""
+        now = self.clock()
+        # Between steps the stage holds no device: stop charging it energy until the next one.
+        self.energy.stopped((d.request_id, d.stage), now)
+        if self.metrics is not None:
+            self.metrics.device_finished(d.device, compute_s)
+        going_on = self.core.on_stage_step(d.request_id, d.stage, now)
+        self._mark_dirty()
+        return going_on
+
+    def stage_done(self, d: Dispatch, fut: asyncio.Future) -> None:
         """A bug while handling a completion must end its request INTERNAL, not leave it hanging
         until its deadline (or forever): log it with the request id and keep serving."""
         try:
-            if fut.cancelled():  # never started: its pool was shut down (server stopping)
-                fut = self._loop.create_future()
-                fut.set_exception(BackendError("stage not run: the server is shutting down"))
             self._on_done(d, fut)
         except Exception:
             log.exception("internal error handling a stage completion", request_id=d.request_id,
                           stage=d.stage, device=d.device)
             if self.core.cancel(d.request_id, self.clock(), Outcome.FAILED, "internal error in heddle"):
-                self._step()
+                self._mark_dirty()
 
     def _on_done(self, d: Dispatch, fut: asyncio.Future) -> None:
         now = self.clock()
-        self.overruns.returned(d)
         job = self._jobs.get(d.request_id)
         energy_j, source = self.energy.finished((d.request_id, d.stage), now)
         if job is not None and source:  # a retried stage adds up the energy of every attempt
@@ -266,11 +311,11 @@ class Runtime:
                 if self.core.retry_stage(d.request_id, d.stage, now, error):
                     log.warning("stage retried elsewhere", request_id=d.request_id, stage=d.stage,
                                 device=d.device, error=error)
-                    self._step()
+                    self._mark_dirty()
                     return
                 if job is not None:
                     job.error_kind = ErrorKind.DEVICE_LOST
-                self._step()
+                self._mark_dirty()
                 return
             if job is not None and job.error_kind is None:
                 job.error_kind = kind
@@ -290,13 +335,14 @@ class Runtime:
                                            timing.status, timing.queue_s, compute_s)
             if job.on_stage is not None:
                 job.on_stage(timing)
-        self._step()
+        self._mark_dirty()
 
     def _resolve(self, f: Finished) -> None:
         job = self._jobs.pop(f.request_id, None)
         if job is None or job.done.done():
             return
-        self._llm.release(job)
+        for runner in self._distinct_runners:
+            runner.release(job)
         req = job.request
         outputs = {}
         if f.outcome is Outcome.OK:
@@ -321,7 +367,7 @@ class Runtime:
             self.trace.end(result)
         job.done.set_result(result)
 
-    def _timing(self, job: _Job, stage: str) -> StageTiming:
+    def _timing(self, job: Job, stage: str) -> StageTiming:
         req = job.request
         run = req.runs[stage]
         status = {RunState.DONE: "OK", RunState.FAILED: "FAILED", RunState.CANCELLED: "CANCELLED"}.get(
@@ -336,7 +382,7 @@ class Runtime:
             error=run.error, energy_j=job.energy.get(stage, (0.0, ""))[0],
             energy_source=job.energy.get(stage, (0.0, ""))[1],
         )
-        llm_fields = self._llm.stage_fields(job, stage)
+        llm_fields = self.llm.stage_fields(job, stage)
         return dataclasses.replace(timing, **llm_fields) if llm_fields else timing
 
 
@@ -352,8 +398,11 @@ def _profiles(config: Config) -> ProfileTable:
     return ProfileTable(summaries=summaries)
 
 
-def _timed_run(executor: Executor, model: str, inputs, priority: int, timeout_s: float | None):
-    """Runs in a device worker thread; the compute time is the backend's alone."""
-    t0 = time.perf_counter()
-    outputs = executor.run(model, inputs, priority=priority, timeout_s=timeout_s)
-    return outputs, time.perf_counter() - t0
+def _runners(events: Runtime, config: Config, executors: Mapping[str, Executor], llm: LlmDriver,
+             overruns: OverrunWatch) -> dict[str, StageRunner]:
+    """Each model's StageRunner: LLMs step locally or stream from Triton; every other stage
+    (ONNX Runtime, Python, Triton unary) is one call of its device's executor."""
+    pool = ExecutorRunner(events, executors, config.models, overruns)
+    streams = TritonLlmStreams(events, llm, config.models, executors)
+    return {name: (streams if m.backend == "triton" else llm) if m.kind == "llm" else pool
+            for name, m in config.models.items()}

@@ -13,7 +13,7 @@ from heddle.backends.power_sensors import box_power_w, domain_devices
 from heddle.server.limits import RequestLimits
 from heddle.server.logs import get_logger
 from heddle.server.power_loop import PowerLoop
-from heddle.server.llm_runtime import TokenUpdate
+from heddle.server.jobs import TokenUpdate
 from heddle.server.runtime import JobResult, Runtime, StageTiming
 from heddle.server.status import request_error
 from heddle.server.validation import (

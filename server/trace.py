@@ -25,8 +25,8 @@ from heddle.scheduler.sim.tracefile import TRACE_FORMAT
 from heddle.server.config import Config
 from heddle.server.status import status_code
 
-if TYPE_CHECKING:  # the runtime imports this module
-    from heddle.server.runtime import JobResult
+if TYPE_CHECKING:
+    from heddle.server.jobs import JobResult
 
 __all__ = ["TraceWriter", "open_trace", "pipeline_record"]
 

@@ -211,9 +211,9 @@ def test_cancel_stops_generation_within_one_decode_step(llm_config: Config) -> N
             await task
         loop = asyncio.get_running_loop()
         give_up_s = loop.time() + 20
-        while runtime._llm.live_sequences and loop.time() < give_up_s:
+        while runtime.llm.live_sequences and loop.time() < give_up_s:
             await asyncio.sleep(0)  # the step in flight ends on a worker thread; nothing to await
-        return len(tokens), len(counting.calls) - calls_at_cancel[0], runtime._llm.live_sequences
+        return len(tokens), len(counting.calls) - calls_at_cancel[0], runtime.llm.live_sequences
 
     try:
         received, passes_after_cancel, live = asyncio.run(scenario())
