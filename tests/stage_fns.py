@@ -16,7 +16,7 @@ import numpy as np
 
 __all__ = [
     "HANG_S", "WAIT_LIMIT_S", "barrier_branch", "boom", "calls", "crash", "gate", "hang", "join2", "nap_then_pid",
-    "open_gate", "reset", "sleep_50ms",
+    "open_gate", "reset", "sleep_50ms", "stall_on_1",
     "tagged", "tail", "wait_for_call", "wait_for_file",
 ]
 
@@ -81,6 +81,14 @@ def gate(x: np.ndarray) -> dict[str, np.ndarray]:
     _record("gate", x)
     if not _gate.wait(WAIT_LIMIT_S):
         raise TimeoutError("the test never opened the gate")
+    return {"y": x}
+
+
+def stall_on_1(x: np.ndarray) -> dict[str, np.ndarray]:
+    """A stage that stalls once: 0.3 s of sleep for tag 1 (a GC pause, a busy box), else at once."""
+    _record("stall_on_1", x)
+    if int(x[0]) == 1:
+        time.sleep(0.3)
     return {"y": x}
 
 

@@ -11,7 +11,7 @@ from heddle.scheduler import Core, DeviceSpec, Outcome, Request
 from heddle.scheduler.admission import ACCEPT, REJECT, Admission
 from heddle.scheduler.admission_settings import AdmissionSettings, class_limit
 from heddle.scheduler.power import LevelPower, PowerController, PowerSettings
-from heddle.scheduler.profiles import ConstantProfiles
+from heddle.scheduler.profiles import ConstantProfiles, ProfileTable
 from sched_fixtures import chain, model, validated
 
 TOP = 4
@@ -125,6 +125,33 @@ def test_no_healthy_device_is_unavailable_not_a_refusal():
     core.set_device_health("cpu0", False, 0.0)
     request = submit(core, pipe, "orphan", 2, deadline_s=1.0)
     assert request.outcome is Outcome.UNAVAILABLE and not core.schedule(0.0).rejected
+
+
+def test_one_slow_run_does_not_lock_a_pipeline_out():
+    """After one stalled run (0.3 s, where runs take 5 ms) the live estimate says 0.3 s: a request
+    with a 0.1 s deadline is still admitted while its device is idle (it runs, and the estimate
+    comes down), and refused only while work is queued ahead of it."""
+    devices = [DeviceSpec("cpu0", "cpu", "onnxruntime", 1)]
+    models = {"m": model("m")}
+    core = Core(devices, models, "priority", ProfileTable())
+    core.power = PowerController(PowerSettings(), {"cpu0": LevelPower(1.0, (6.0,))}, top_priority=TOP)
+    core.admission = Admission(core.power, TOP, check_latency=True, max_in_flight=8)
+    pipe = validated(chain("p", ["m"]), models)
+    submit(core, pipe, "stall", TOP, 0.0)
+    core.schedule(0.0)
+    core.on_stage_done("stall", "s0", 0.3)
+    for i, priority in enumerate((2, TOP, 2)):
+        now = 1.0 + i
+        assert submit(core, pipe, f"after{i}", priority, now, deadline_s=0.1).outcome is None
+        core.schedule(now)
+        core.on_stage_done(f"after{i}", "s0", now + 0.005)
+    assert core.estimate_s("m", "cpu0") < 0.3
+    for i in range(2):  # work queued ahead: the (still high) estimate refuses again
+        submit(core, pipe, f"busy{i}", TOP, 9.0)
+    core.schedule(9.0)
+    assert [r.reason for r in core.schedule(9.0).rejected] == []
+    submit(core, pipe, "late", 2, 9.0, deadline_s=0.1)
+    assert [r.reason for r in core.schedule(9.0).rejected] == ["deadline"]
 
 
 def test_settings_from_table():
