@@ -64,17 +64,21 @@ stages = [
 """
 
 
-def config_text(cache_dir: Path, power: str) -> str:
-    server = (f'[server]\nadmin_token = "{TOKEN}"\npriority_levels = {TOP}\ndefault_priority = 2\n'
-              f'cache_dir = "{cache_dir}"\n\n')
+def config_text(power: str) -> str:
+    """The config's text; its cache_dir comes as a value (parse_cached), never pasted into the TOML."""
+    server = f'[server]\nadmin_token = "{TOKEN}"\npriority_levels = {TOP}\ndefault_priority = 2\n\n'
     return server + power + DEVICES + MODELS
+
+
+def parse_cached(text: str, cache_dir: Path):
+    return parse_test_config(text, cache_dir=str(cache_dir))
 
 
 @pytest.fixture(scope="module")
 def power_server(heddle_cache_dir: Path) -> Iterator[RunningServer]:
     """One gateway whose budget (0.1 W) is below its idle power, ticking every 20 ms."""
     power = "[power]\nbudget_w = 0.1\nperiod_s = 0.02\nrelax_periods = 1\npeak_window_s = 0.0\n\n"
-    with running_server(parse_test_config(config_text(heddle_cache_dir, power))) as running:
+    with running_server(parse_cached(config_text(power), heddle_cache_dir)) as running:
         yield running
 
 
@@ -189,19 +193,19 @@ def test_power_metrics_are_exported(stubs, power_server: RunningServer):
 def test_bad_power_table_is_a_config_error(heddle_cache_dir: Path, power: str, message: str):
     """A malformed [power] table stops the start with a ConfigError naming the problem."""
     with pytest.raises(ConfigError, match=re.escape(message)):
-        parse_test_config(config_text(heddle_cache_dir, power))
+        parse_cached(config_text(power), heddle_cache_dir)
 
 
 def test_bad_device_power_tables_are_config_errors(heddle_cache_dir: Path):
     """Device power/sensor/dvfs tables are checked by the backends' parsers at load."""
-    text = config_text(heddle_cache_dir, "")
+    text = config_text("")
     for old, new, message in [
         ('dvfs = { kind = "virtual" }', 'dvfs = { kind = "turbo" }', "unknown dvfs kind"),
         ("power = { idle_w = 0.5, active_w = [2.0] }", "power = { idle_w = 3.0, active_w = [2.0] }", "below idle_w"),
         ('dvfs = { kind = "virtual" }', 'sensor = { kind = "psychic" }', "unknown sensor kind"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            parse_test_config(text.replace(old, new, 1))
+            parse_cached(text.replace(old, new, 1), heddle_cache_dir)
 
 
 # ---- energy accounting (server/energy.py), on a fake clock -----------------------------------

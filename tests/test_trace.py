@@ -10,15 +10,19 @@ import pytest
 from heddle.scheduler.sim.tracefile import TRACE_FORMAT, parse_trace
 from heddle.server.config import load_config
 from heddle.server.trace import TraceWriter, pipeline_record
-from server_fixtures import chain_toml, parse_test_config, py_model_toml, running_server
+from heddle.server.config_builder import document, python_device, to_toml
+from server_fixtures import chain, parse_test_document, py_model, running_server
 
-DEVICES = '[[devices]]\nid = "py0"\nkind = "cpu"\nbackend = "python"\nslots = 2\n\n'
 ECHO = "heddle.backends.zoo.ops:echo"
 
 
-def _config_text(trace_path) -> str:
-    return (f'[server]\npolicy = "fcfs"\ntrace_file = "{trace_path}"\n\n' + DEVICES
-            + py_model_toml("echo", ECHO) + chain_toml("two", ["echo", "echo"]))
+def _doc(server: dict | None = None) -> dict:
+    return document(server=server, devices=[python_device("py0", slots=2, kind="cpu")],
+                    models=[py_model("echo", ECHO)], pipelines=[chain("two", ["echo", "echo"])])
+
+
+def _config(trace_path):
+    return parse_test_document(_doc({"policy": "fcfs", "trace_file": str(trace_path)}))
 
 
 def _events(path) -> list[dict]:
@@ -30,7 +34,7 @@ def test_a_serving_gateway_records_arrivals_stages_ends_and_policy_switches(tmp_
     pipeline's stages, one arrival per request (id, priority, relative deadline, input shapes),
     each stage with its device, each end with its outcome, and the switch between them."""
     trace = tmp_path / "trace.jsonl"
-    config = parse_test_config(_config_text(trace))
+    config = _config(trace)
     with running_server(config) as running:
         with running.client() as client:
             client.infer("two", {"x": np.ones(3, np.float32)}, priority=3, deadline_ms=5000, request_id="first")
@@ -60,7 +64,7 @@ def test_the_replay_reads_what_the_gateway_wrote(tmp_path):
     """parse_trace turns a recorded trace into pipelines, arrivals tagged with the live policy,
     stage runs and ends."""
     trace = tmp_path / "trace.jsonl"
-    with running_server(parse_test_config(_config_text(trace))) as running:
+    with running_server(_config(trace)) as running:
         with running.client() as client:
             client.infer("two", {"x": np.ones(3, np.float32)}, request_id="a")
             client.set_policy("edf")
@@ -76,10 +80,10 @@ def test_the_replay_reads_what_the_gateway_wrote(tmp_path):
 
 def test_tracing_is_off_unless_configured_and_the_flag_reaches_the_settings(tmp_path):
     """No trace_file: no writer; `heddle serve --trace FILE` arrives as settings.trace_file."""
-    config = parse_test_config(DEVICES + py_model_toml("echo", ECHO) + chain_toml("two", ["echo", "echo"]))
+    config = parse_test_document(_doc())
     assert config.server.trace_file == ""
     path = tmp_path / "c.toml"
-    path.write_text(DEVICES + py_model_toml("echo", ECHO))
+    path.write_text(to_toml(_doc()))
     assert load_config(path, trace_file=str(tmp_path / "t.jsonl")).server.trace_file == str(tmp_path / "t.jsonl")
 
 
@@ -89,7 +93,7 @@ def test_writer_truncates_an_old_trace_and_drops_writes_after_close(tmp_path):
     trace = tmp_path / "sub" / "trace.jsonl"
     trace.parent.mkdir()
     trace.write_text("old line\n")
-    config = parse_test_config(_config_text(trace))
+    config = _config(trace)
     clock = iter([10.0, 10.5, 11.0]).__next__
     writer = TraceWriter(trace, config, clock)
     writer.policy("edf")
