@@ -13,7 +13,7 @@ import numpy as np
 from heddle.backends.base import BackendError, Executor
 from heddle.scheduler import Dispatch
 from heddle.scheduler.specs import ModelSpec
-from heddle.server.stage_timeouts import OverrunWatch, stage_timeout_s, stops_itself
+from heddle.server.stage_timeouts import OverrunWatch, limit_cause, stage_timeout_s, stops_itself
 
 if TYPE_CHECKING:
     from heddle.server.jobs import Job, TokenUpdate
@@ -76,7 +76,7 @@ class ExecutorRunner:
                                           job.request.priority, timeout_s)
         fut.add_done_callback(lambda f, d=d: self._done(d, f))
         if timeout_s is not None and not stops_itself(model):
-            self.overruns.watch(d, fut, timeout_s)
+            self.overruns.watch(d, fut, timeout_s, limit_cause(model, timeout_s))
 
     def _done(self, d: Dispatch, fut: asyncio.Future) -> None:
         self.overruns.returned(d)

@@ -23,7 +23,7 @@ from heddle.server.logs import get_logger
 if TYPE_CHECKING:
     from heddle.scheduler.specs import ModelSpec
 
-__all__ = ["MAX_TIMEOUT_MS", "OverrunWatch", "stage_timeout_s", "stops_itself"]
+__all__ = ["MAX_TIMEOUT_MS", "OverrunWatch", "limit_cause", "stage_timeout_s", "stops_itself"]
 
 log = get_logger("heddle.runtime")
 MAX_TIMEOUT_MS = 24 * 3600 * 1000.0  # as long as the longest deadline a request may ask for
@@ -36,6 +36,15 @@ def stage_timeout_s(model: ModelSpec, deadline_s: float | None, now: float) -> f
     if timeout_ms is not None:
         limits.append(float(timeout_ms) / 1e3)
     return min(limits, default=None)
+
+
+def limit_cause(model: ModelSpec, timeout_s: float) -> str:
+    """Which bound set a run's limit, for the client's message: its model's timeout_ms, or what was
+    left of the request's deadline (then the client must read that its deadline was too short)."""
+    timeout_ms = model.options.get("timeout_ms")
+    if timeout_ms is not None and float(timeout_ms) / 1e3 == timeout_s:
+        return f"model {model.name}'s timeout_ms"
+    return "the time left to the request's deadline"
 
 
 def stops_itself(model: ModelSpec) -> bool:
@@ -52,9 +61,10 @@ class OverrunWatch:
         self._metrics = metrics
         self._overrunning: set[tuple[str, str]] = set()
 
-    def watch(self, d: Dispatch, fut: asyncio.Future, timeout_s: float) -> None:
-        """Call once the run is submitted: a timer on the loop, cancelled when the run ends first."""
-        timer = asyncio.get_running_loop().call_later(timeout_s, self._expired, d, fut, timeout_s)
+    def watch(self, d: Dispatch, fut: asyncio.Future, timeout_s: float, cause: str) -> None:
+        """Call once the run is submitted: a timer on the loop, cancelled when the run ends first.
+        cause: which bound set timeout_s (limit_cause), named in the request's error."""
+        timer = asyncio.get_running_loop().call_later(timeout_s, self._expired, d, fut, timeout_s, cause)
         fut.add_done_callback(lambda _: timer.cancel())
 
     def returned(self, d: Dispatch) -> None:
@@ -66,14 +76,15 @@ class OverrunWatch:
             log.info("overrunning stage thread returned", request_id=d.request_id, stage=d.stage,
                      device=d.device)
 
-    def _expired(self, d: Dispatch, fut: asyncio.Future, timeout_s: float) -> None:
+    def _expired(self, d: Dispatch, fut: asyncio.Future, timeout_s: float, cause: str) -> None:
         if fut.done():  # finished in the same loop turn; its completion is on its way
             return
         self._overrunning.add((d.request_id, d.stage))
         if self._metrics is not None:
             self._metrics.observe_stage_timeout(d.model, d.device)
             self._metrics.stage_overrun_started(d.device)
-        error = (f"stage {d.stage!r} (model {d.model}) ran past its timeout of {timeout_s * 1e3:.0f} ms; "
+        error = (f"stage {d.stage!r} (model {d.model}) ran past its limit of {timeout_s * 1e3:.0f} ms "
+                 f"({cause}); "
                  f"its thread cannot be stopped and keeps its slot on device {d.device} until it returns")
         log.warning("stage thread overran its timeout", request_id=d.request_id, stage=d.stage,
                     model=d.model, device=d.device, timeout_ms=round(timeout_s * 1e3))

@@ -127,6 +127,7 @@ def test_thread_stage_past_its_timeout_ends_its_request_and_keeps_its_slot(serve
                 client.infer("gated", {"x": stage_fns.tagged(1)}, timeout_s=60)
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, info.value.details()
             assert "cannot be stopped" in info.value.details()
+            assert "timeout_ms" in info.value.details()  # the model's limit, not the 60 s deadline
             assert _timeouts(server, "gated", "py1") == 1
             assert _overrunning(server, "py1") == 1
             assert next(d.running for d in client.list_devices() if d.id == "py1") == 1
