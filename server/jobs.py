@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import numpy as np
 
-from heddle.scheduler import Outcome, Request
+from heddle.scheduler import Outcome, Request, RunState
+from heddle.server.energy import combine_sources
 from heddle.server.error_kind import ErrorKind
 
-__all__ = ["Job", "JobResult", "StageTiming", "TokenUpdate"]
+__all__ = ["Job", "JobResult", "StageTiming", "TokenUpdate", "job_result", "stage_timing"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +83,43 @@ class Job:
     llm: dict = field(default_factory=dict)  # stage -> its Generation (server/llm_gen.py)
     energy: dict[str, tuple[float, str]] = field(default_factory=dict)  # stage -> (joules, source)
     retry_after_s: float | None = None
+
+
+_STAGE_STATUS = {RunState.DONE: "OK", RunState.FAILED: "FAILED", RunState.CANCELLED: "CANCELLED"}
+
+
+def job_result(job: Job, outcome: Outcome, error: str, now: float,
+               llm_fields: Callable[[Job, str], Mapping[str, object]]) -> JobResult:
+    """What an ended request answers: its outputs if OK, why if not, and every stage's timing
+    (llm_fields: an LLM stage's tokens, TTFT and TPOT)."""
+    req = job.request
+    outputs = {}
+    if outcome is Outcome.OK:
+        outputs = {name: job.tensors[(w.stage, w.tensor)] for name, w in req.pipeline.output_wires.items()}
+    return JobResult(
+        request_id=req.id, pipeline=req.pipeline.name, outcome=outcome, error=error,
+        error_kind=(job.error_kind or ErrorKind.INTERNAL) if outcome is Outcome.FAILED else None,
+        outputs=outputs, stages=tuple(stage_timing(job, s.name, llm_fields) for s in req.pipeline.stages),
+        total_s=(req.finished_s or now) - req.arrival_s, priority=req.priority,
+        deadline_missed=req.deadline_missed, energy_j=sum(j for j, _ in job.energy.values()),
+        energy_source=combine_sources(src for _, src in job.energy.values()),
+        retry_after_s=job.retry_after_s,
+    )
+
+
+def stage_timing(job: Job, stage: str, llm_fields: Callable[[Job, str], Mapping[str, object]]) -> StageTiming:
+    """Where and how long one stage of the request ran, so far."""
+    req = job.request
+    run = req.runs[stage]
+    started = run.started_s
+    energy_j, energy_source = job.energy.get(stage, (0.0, ""))
+    timing = StageTiming(
+        stage=stage, model=run.model, device=run.device or "", status=_STAGE_STATUS.get(run.state, "SKIPPED"),
+        queue_s=(started - run.ready_s) if started is not None and run.ready_s is not None else 0.0,
+        compute_s=job.compute_s.get(stage, 0.0),
+        start_offset_s=(started - req.arrival_s) if started is not None else 0.0,
+        end_offset_s=(run.finished_s - req.arrival_s) if run.finished_s is not None else 0.0,
+        error=run.error, energy_j=energy_j, energy_source=energy_source,
+    )
+    extra = llm_fields(job, stage)
+    return dataclasses.replace(timing, **extra) if extra else timing

@@ -1,14 +1,13 @@
 """The asyncio runtime: the only place that knows both the scheduler core and the backends.
 
 Events (a submit, a stage's end, a step, a timer, a health change) change the core and mark it
-dirty; one step runs per event-loop turn (_step_once), so completions that arrive together share
-a step and no handler steps the core from inside another. Stages run through StageRunners
+dirty; one step runs per event-loop turn (server/stepping.py), so completions that arrive
+together share a step and no handler steps the core from inside another. Stages run through StageRunners
 (server/stage_runner.py), which report back through the StageEvents methods below."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from typing import Callable, Mapping, Protocol
@@ -21,17 +20,18 @@ from heddle.scheduler.admission import Admission
 from heddle.scheduler.plan import SetLevel
 from heddle.scheduler.power import PowerController
 from heddle.scheduler.profiles import ProfileTable
-from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Request, RunState
+from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Request
 from heddle.server.config import Config
-from heddle.server.energy import EnergyLedger, combine_sources
+from heddle.server.energy import EnergyLedger
 from heddle.server.error_kind import ErrorKind, classify
-from heddle.server.jobs import Job, JobResult, StageTiming, TokenUpdate
+from heddle.server.jobs import Job, JobResult, StageTiming, TokenUpdate, job_result, stage_timing
 from heddle.server.llm_runtime import LlmDriver
 from heddle.server.llm_triton import TritonLlmStreams
 from heddle.server.logs import get_logger
 from heddle.server.recovery import DeviceLoader
 from heddle.server.stage_runner import ExecutorRunner, StageRunner
 from heddle.server.stage_timeouts import OverrunWatch
+from heddle.server.stepping import Stepper
 from heddle.server.trace import open_trace
 
 __all__ = ["JobResult", "LevelActuator", "Runtime", "StageTiming"]
@@ -58,10 +58,8 @@ class Runtime:
         self._jobs: dict[str, Job] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
-        self._deadline_timer: asyncio.TimerHandle | None = None
-        self._deadline_timer_s: float | None = None
         self.loader = DeviceLoader(self.executors, lambda device: self.set_device_health(device, True), metrics)
-        self._dirty = False  # an event changed the core since the last step
+        self._stepper = Stepper(self._step, self.core.next_deadline_s, clock, lambda: self._loop)
         self.overruns = OverrunWatch(self._end_overrun, metrics)  # thread stages past their timeout
         self.llm = LlmDriver(self, config.models, self.executors, metrics)
         self._runners = _runners(self, config, self.executors, self.llm, self.overruns)
@@ -98,7 +96,7 @@ class Runtime:
             return
         log.warning("device health changed", device=device, healthy=healthy)
         self.core.set_device_health(device, healthy, self.clock())
-        self._mark_dirty()
+        self._stepper.mark_dirty()
 
     @property
     def in_flight(self) -> int:
@@ -126,12 +124,12 @@ class Runtime:
             self.trace.arrival(request, inputs)
         if self._draining:  # ended through the core like any request, so metrics count it
             self.core.cancel(rid, now, Outcome.UNAVAILABLE, "server is shutting down")
-        self._mark_dirty()
+        self._stepper.mark_dirty()
         try:
             return await asyncio.shield(job.done)
         except asyncio.CancelledError:
             if self.core.cancel(rid, self.clock()):
-                self._mark_dirty()
+                self._stepper.mark_dirty()
             raise
 
     async def drain(self, grace_s: float) -> int:
@@ -148,7 +146,7 @@ class Runtime:
         for rid in left:
             self.core.cancel(rid, now, Outcome.UNAVAILABLE, "server is shutting down")
         if left:
-            self._step_now()  # now, not next turn: the trace closes below
+            self._stepper.step_now()  # now, not next turn: the trace closes below
         if self.trace is not None:
             self.trace.close()
         return len(left)
@@ -157,7 +155,7 @@ class Runtime:
         self.core.set_policy(name)
         if self.trace is not None:
             self.trace.policy(self.core.policy.name)
-        self._mark_dirty()
+        self._stepper.mark_dirty()
 
     def attach_power(self, levels: LevelActuator, controller: PowerController,
                      admission: Admission | None = None) -> None:
@@ -171,29 +169,7 @@ class Runtime:
         """A control period's power readings (server/power_loop.py): the controller decides,
         and this step carries out its levels and holds."""
         self.core.on_power_sample(samples, self.clock(), busy)
-        self._step_now()  # the period's levels reach the actuators before the loop charges energy
-
-    def _mark_dirty(self) -> None:
-        """An event changed the core: step once, at the end of this event-loop turn."""
-        if self._dirty:
-            return
-        self._dirty = True
-        if self._loop is None:  # no loop yet (nothing runs): no turn to wait for
-            self._step_now()
-            return
-        self._loop.call_soon(self._step_once)
-
-    def _step_once(self) -> None:
-        if not self._dirty:  # a step ran already since (_step_now)
-            return
-        try:
-            self._step_now()
-        except Exception:  # a bug in a step must not stop the next ones
-            log.exception("internal error in a scheduling step")
-
-    def _step_now(self) -> None:
-        self._dirty = False
-        self._step()
+        self._stepper.step_now()  # the period's levels reach the actuators before the loop charges energy
 
     def _step(self) -> None:
         plan = self.core.schedule(self.clock())
@@ -210,28 +186,12 @@ class Runtime:
                 self.metrics.power.observe_rejected(r.reason, r.priority)
         for f in plan.finished:
             self._resolve(f)
-        self._arm_deadline_timer()
         if self.metrics is not None:
             stats = self.core.stats()
             for device, n in stats.queued.items():
                 self.metrics.set_queue_length(device, n)
             self.metrics.set_in_flight(len(self._jobs))
             self.metrics.power.set_frozen_tasks(sum(stats.frozen.values()))
-
-    def _arm_deadline_timer(self) -> None:
-        """Wake at the earliest queued deadline: without an event then, an expired request would
-        sit in its queue until the next arrival or completion."""
-        next_s = self.core.next_deadline_s()
-        if next_s is None or (self._deadline_timer_s is not None and self._deadline_timer_s <= next_s):
-            return
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-        self._deadline_timer_s = next_s
-        self._deadline_timer = self._loop.call_later(max(next_s - self.clock(), 0.0), self._on_deadline_timer)
-
-    def _on_deadline_timer(self) -> None:
-        self._deadline_timer = self._deadline_timer_s = None
-        self._mark_dirty()
 
     def _dispatch(self, d: Dispatch) -> None:
         job = self._jobs[d.request_id]
@@ -246,7 +206,7 @@ class Runtime:
 
     def _end_overrun(self, request_id: str, error: str) -> None:
         if self.core.cancel(request_id, self.clock(), Outcome.DEADLINE_EXCEEDED, error):
-            self._mark_dirty()
+            self._stepper.mark_dirty()
 
     # ---- StageEvents: what the runners report ------------------------------------------------
     @property
@@ -272,7 +232,7 @@ class Runtime:
         if self.metrics is not None:
             self.metrics.device_finished(d.device, compute_s)
         going_on = self.core.on_stage_step(d.request_id, d.stage, now)
-        self._mark_dirty()
+        self._stepper.mark_dirty()
         return going_on
 
     def stage_done(self, d: Dispatch, fut: asyncio.Future) -> None:
@@ -284,7 +244,7 @@ class Runtime:
             log.exception("internal error handling a stage completion", request_id=d.request_id,
                           stage=d.stage, device=d.device)
             if self.core.cancel(d.request_id, self.clock(), Outcome.FAILED, "internal error in heddle"):
-                self._mark_dirty()
+                self._stepper.mark_dirty()
 
     def _on_done(self, d: Dispatch, fut: asyncio.Future) -> None:
         now = self.clock()
@@ -311,11 +271,11 @@ class Runtime:
                 if self.core.retry_stage(d.request_id, d.stage, now, error):
                     log.warning("stage retried elsewhere", request_id=d.request_id, stage=d.stage,
                                 device=d.device, error=error)
-                    self._mark_dirty()
+                    self._stepper.mark_dirty()
                     return
                 if job is not None:
                     job.error_kind = ErrorKind.DEVICE_LOST
-                self._mark_dirty()
+                self._stepper.mark_dirty()
                 return
             if job is not None and job.error_kind is None:
                 job.error_kind = kind
@@ -329,13 +289,13 @@ class Runtime:
         self.core.on_stage_done(d.request_id, d.stage, now, error)
         if job is not None:
             job.compute_s[d.stage] = compute_s
-            timing = self._timing(job, d.stage)
+            timing = stage_timing(job, d.stage, self.llm.stage_fields)
             if self.metrics is not None:
                 self.metrics.observe_stage(job.request.pipeline.name, d.stage, d.model, d.device,
                                            timing.status, timing.queue_s, compute_s)
             if job.on_stage is not None:
                 job.on_stage(timing)
-        self._mark_dirty()
+        self._stepper.mark_dirty()
 
     def _resolve(self, f: Finished) -> None:
         job = self._jobs.pop(f.request_id, None)
@@ -344,19 +304,7 @@ class Runtime:
         for runner in self._distinct_runners:
             runner.release(job)
         req = job.request
-        outputs = {}
-        if f.outcome is Outcome.OK:
-            outputs = {name: job.tensors[(w.stage, w.tensor)] for name, w in req.pipeline.output_wires.items()}
-        kind = (job.error_kind or ErrorKind.INTERNAL) if f.outcome is Outcome.FAILED else None
-        result = JobResult(
-            request_id=req.id, pipeline=req.pipeline.name, outcome=f.outcome, error=f.error,
-            error_kind=kind, outputs=outputs,
-            stages=tuple(self._timing(job, s.name) for s in req.pipeline.stages),
-            total_s=(req.finished_s or self.clock()) - req.arrival_s, priority=req.priority,
-            deadline_missed=req.deadline_missed, energy_j=sum(j for j, _ in job.energy.values()),
-            energy_source=combine_sources(src for _, src in job.energy.values()),
-            retry_after_s=job.retry_after_s,
-        )
+        result = job_result(job, f.outcome, f.error, self.clock(), self.llm.stage_fields)
         self.core.forget(req.id)
         if self.metrics is not None:
             self.metrics.power.observe_energy(req.pipeline.name, req.priority, result.energy_j)
@@ -366,24 +314,6 @@ class Runtime:
         if self.trace is not None:
             self.trace.end(result)
         job.done.set_result(result)
-
-    def _timing(self, job: Job, stage: str) -> StageTiming:
-        req = job.request
-        run = req.runs[stage]
-        status = {RunState.DONE: "OK", RunState.FAILED: "FAILED", RunState.CANCELLED: "CANCELLED"}.get(
-            run.state, "SKIPPED")
-        started = run.started_s
-        timing = StageTiming(
-            stage=stage, model=run.model, device=run.device or "", status=status,
-            queue_s=(started - run.ready_s) if started is not None and run.ready_s is not None else 0.0,
-            compute_s=job.compute_s.get(stage, 0.0),
-            start_offset_s=(started - req.arrival_s) if started is not None else 0.0,
-            end_offset_s=(run.finished_s - req.arrival_s) if run.finished_s is not None else 0.0,
-            error=run.error, energy_j=job.energy.get(stage, (0.0, ""))[0],
-            energy_source=job.energy.get(stage, (0.0, ""))[1],
-        )
-        llm_fields = self.llm.stage_fields(job, stage)
-        return dataclasses.replace(timing, **llm_fields) if llm_fields else timing
 
 
 def _profiles(config: Config) -> ProfileTable:

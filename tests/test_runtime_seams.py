@@ -10,7 +10,7 @@ from pathlib import Path
 import heddle.server
 
 SERVER = Path(next(iter(heddle.server.__path__)))
-SEAM = ("runtime", "stage_runner", "llm_runtime", "llm_gen", "llm_triton", "jobs", "trace", "error_kind",
+SEAM = ("runtime", "stepping", "stage_runner", "llm_runtime", "llm_gen", "llm_triton", "jobs", "trace", "error_kind",
         "status")
 
 
