@@ -47,8 +47,10 @@ class Stepper:
         self._arm_deadline_timer()
 
     def _step_once(self) -> None:
-        if not self._dirty:  # a step ran already since (step_now)
-            return
+        if self._dirty:  # else a step ran already since (step_now)
+            self._guarded_step()
+
+    def _guarded_step(self) -> None:
         try:
             self.step_now()
         except Exception:  # a bug in a step must not stop the next ones
@@ -66,5 +68,8 @@ class Stepper:
         self._timer = loop.call_later(max(next_s - self._clock(), 0.0), self._on_timer)
 
     def _on_timer(self) -> None:
+        """A deadline fell due: step now, not next turn. Its request ends by its deadline before
+        other timers due in the same turn act on it (a thread stage's overrun watch, set to the
+        same instant, would end it with its own message)."""
         self._timer = self._timer_s = None
-        self.mark_dirty()
+        self._guarded_step()
