@@ -10,7 +10,7 @@ import numpy as np
 
 from heddle.clients.tensors import TensorError, clipped, from_tensor
 from heddle.scheduler import Pipeline
-from heddle.server.config import ServerSettings
+from heddle.server.config_tables import ServerSettings
 
 __all__ = [
     "MAX_DEADLINE_MS", "MAX_REQUEST_ID_BYTES", "RequestError", "check_generation", "check_outputs_requested",
