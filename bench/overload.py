@@ -45,6 +45,7 @@ from gateway_overhead import free_port, machine_info, process_cpu_s, server_proc
 from load_workers import run_by_class
 from process_sampler import Sampler, gauges, sample, series_summary
 
+from heddle.clients.bench_metrics import parse_samples, scrape
 from heddle.clients.loadgen import LoadResult
 from heddle.clients.report import summarize
 from heddle.clients.scenarios import App, Scenario, load_scenario
@@ -88,6 +89,19 @@ def settle(metrics_url: str, timeout_s: float) -> float | None:
     return None
 
 
+def server_counts(metrics_url: str) -> dict[str, float]:
+    """Requests heddle itself answered so far (`answered`, every status: a call gRPC cancelled
+    before handing it to heddle is not among them), and admission's refusals by reason and class."""
+    counts = {"answered": 0.0}
+    for (name, labels), value in parse_samples(scrape(metrics_url)).items():
+        if name == "heddle_requests_total":
+            counts["answered"] += value
+        elif name == "heddle_admission_rejected_total":
+            d = dict(labels)
+            counts[f"refused {d.get('reason')} p{d.get('priority_class')}"] = value
+    return counts
+
+
 def box_busy() -> tuple[int, int]:
     """(busy, total) jiffies of the whole box from /proc/stat: busy = all but idle and iowait."""
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -95,7 +109,7 @@ def box_busy() -> tuple[int, int]:
 
 
 # ---- figures ------------------------------------------------------------------------------------------
-def class_figures(result: LoadResult, scenario: Scenario, duration_s: float) -> dict[str, Any]:
+def class_figures(result: LoadResult, scenario: Scenario) -> dict[str, Any]:
     """Per priority class: offered rate, goodput, latency, SLO attainment, statuses and hints."""
     summary = summarize(result.records, result.window_s, [a.name for a in scenario.apps])
     out = {}
@@ -126,6 +140,17 @@ def process_summary(samples: list[dict[str, Any]], before: dict[str, Any], after
     return out
 
 
+def measure_capacity(target: str, base: Scenario, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The box's capacity: requests answered OK per second with every app a closed loop."""
+    closed = closed_loop(base, args.capacity_concurrency)
+    result, _ = run_by_class(target, closed, args.capacity_s, 10.0, args.seed, work / "load")
+    ok = sum(r.status == "OK" for r in result.records)
+    print(f"capacity: {ok / result.window_s:.0f} req/s answered OK (closed loop, {len(base.apps)} apps x "
+          f"{args.capacity_concurrency} in flight, {result.window_s:.0f} s)", flush=True)
+    return {"rps": ok / result.window_s, "requests": len(result.records), "ok": ok,
+            "window_s": result.window_s, "concurrency_per_app": args.capacity_concurrency}
+
+
 # ---- one mode ------------------------------------------------------------------------------------------
 def run_mode(mode: str, args: argparse.Namespace, work: Path, base: Scenario,
              capacity: dict[str, Any] | None) -> dict[str, Any]:
@@ -138,19 +163,12 @@ def run_mode(mode: str, args: argparse.Namespace, work: Path, base: Scenario,
         cmd += ["--config", str(config)]
     with server_process(cmd, target, work / f"server_{mode}.log", timeout_s=600) as proc:
         run_by_class(target, base, args.warmup_s, 10.0, args.seed, work / "load")
-        if capacity is None:
-            closed = closed_loop(base, args.capacity_concurrency)
-            result, _ = run_by_class(target, closed, args.capacity_s, 10.0, args.seed, work / "load")
-            ok = sum(r.status == "OK" for r in result.records)
-            capacity = {"rps": ok / result.window_s, "requests": len(result.records), "ok": ok,
-                        "window_s": result.window_s, "concurrency_per_app": args.capacity_concurrency}
-            print(f"capacity: {capacity['rps']:.0f} req/s answered OK (closed loop, {len(base.apps)} apps x "
-                  f"{args.capacity_concurrency} in flight, {result.window_s:.0f} s)", flush=True)
+        capacity = capacity or measure_capacity(target, base, args, work)
         settle(metrics_url, args.settle_s)
         scenario = overload_scenario(base, capacity["rps"], args.factor, args.background_hz)
         offered = sum(a.offered_rps for a in scenario.apps)
         print(f"[{mode}] offering {offered:.0f} req/s ({args.factor:g} x capacity) for {args.duration:g} s ...", flush=True)
-        before = sample(proc.pid, metrics_url, time.monotonic())
+        before, counts_before = sample(proc.pid, metrics_url, time.monotonic()), server_counts(metrics_url)
         cpu0, box0 = process_cpu_s(proc.pid), box_busy()
         sampler = Sampler(proc.pid, metrics_url, args.sample_s).start()
         result, client_cpu_s = run_by_class(target, scenario, args.duration, args.drain_s, args.seed + 1, work / "load")
@@ -158,11 +176,13 @@ def run_mode(mode: str, args: argparse.Namespace, work: Path, base: Scenario,
         settle_s = settle(metrics_url, args.settle_s)
         samples = sampler.stop()
         after = sample(proc.pid, metrics_url, sampler.t0)
+        counts = {k: v - counts_before.get(k, 0.0) for k, v in server_counts(metrics_url).items()}
     wall_s = samples[-1]["t_s"] if samples else result.window_s
     return {
         "mode": mode, "scenario": [asdict(a) for a in scenario.apps], "offered_rps": offered,
-        "window_s": result.window_s, "classes": class_figures(result, scenario, args.duration),
+        "window_s": result.window_s, "classes": class_figures(result, scenario),
         "hangs": sum(r.client_cancelled for r in result.records), "settled_after_s": settle_s,
+        "server_counts": counts, "sent": len(result.records),
         "process": process_summary(samples, before, after), "samples": samples,
         "cpu": {"server_cores": (cpu1 - cpu0) / wall_s if cpu0 is not None else None,
                 "client_cores": client_cpu_s / wall_s,
@@ -205,15 +225,23 @@ def print_report(report: dict[str, Any]) -> None:
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     for name, mode in report["modes"].items():
-        p, cpu = mode["process"], mode["cpu"]
-        print(f"{name}: RSS {p['rss_mb']['before']:.0f} -> max {p['rss_mb']['max']:.0f} -> {p['rss_mb']['after']:.0f} MB; "
-              f"threads {p['threads']['before']}/{p['threads']['max']}/{p['threads']['after']}, fds "
-              f"{p['fds']['before']}/{p['fds']['max']}/{p['fds']['after']}; max in flight {p['in_flight']['max']}, "
-              f"queued {p['queued']['max']}; after: " + ", ".join(f"{k} {p[k]['after']}" for k in GAUGE_KEYS)
-              + f"; hangs {mode['hangs']}; cores: server {cpu['server_cores']:.2f}, client {cpu['client_cores']:.2f}, "
-              f"box {cpu['box_busy_cores']:.2f}")
-        if name in report["checks"]:
-            print(f"{name} checks: " + ", ".join(f"{k} {'ok' if v else 'FAIL'}" for k, v in report["checks"][name].items()))
+        print_mode(name, mode, report["checks"].get(name))
+
+
+def print_mode(name: str, mode: dict[str, Any], checks_of: dict[str, bool] | None) -> None:
+    p, cpu = mode["process"], mode["cpu"]
+    print(f"{name}: RSS {p['rss_mb']['before']:.0f} -> max {p['rss_mb']['max']:.0f} -> {p['rss_mb']['after']:.0f} MB; "
+          f"threads {p['threads']['before']}/{p['threads']['max']}/{p['threads']['after']}, fds "
+          f"{p['fds']['before']}/{p['fds']['max']}/{p['fds']['after']}; max in flight {p['in_flight']['max']}, "
+          f"queued {p['queued']['max']}")
+    print(f"{name}: after the drain " + ", ".join(f"{k} {p[k]['after']}" for k in GAUGE_KEYS)
+          + f"; hangs {mode['hangs']}; heddle answered {mode['server_counts']['answered']:.0f} of {mode['sent']} "
+          f"sent; cores: server {cpu['server_cores']:.2f}, load generators {cpu['client_cores']:.2f}, "
+          f"box {cpu['box_busy_cores']:.2f}")
+    refusals = {k: v for k, v in mode["server_counts"].items() if k.startswith("refused") and v}
+    print(f"{name} admission: " + (", ".join(f"{k} {v:.0f}" for k, v in sorted(refusals.items())) or "nothing refused"))
+    if checks_of is not None:
+        print(f"{name} checks: " + ", ".join(f"{k} {'ok' if v else 'FAIL'}" for k, v in checks_of.items()))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
