@@ -46,6 +46,7 @@ def run_by_class(target: str, scenario: Scenario, duration_s: float, drain_s: fl
                  work: Path) -> tuple[LoadResult, float]:
     """Run the scenario with one worker process per priority class; all records, the shortest
     window, and the CPU seconds the workers used."""
+    work = work.resolve()  # the workers run from bench/
     work.mkdir(parents=True, exist_ok=True)
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     start_at = time.time() + _STARTUP_S
@@ -58,9 +59,10 @@ def run_by_class(target: str, scenario: Scenario, duration_s: float, drain_s: fl
                repr(start_at)]
         procs.append((subprocess.Popen(cmd, cwd=Path(__file__).parent), out))
     records, windows = [], []
-    for proc, out in procs:
-        if proc.wait() != 0:
-            raise RuntimeError(f"load worker {proc.args} exited with {proc.returncode}")
+    failed = [proc.args for proc, _ in procs if proc.wait() != 0]  # every worker ends before a raise
+    if failed:
+        raise RuntimeError(f"load workers failed: {failed}")
+    for _, out in procs:
         records += read_records(out)
         windows.append(json.loads(out.with_suffix(".json").read_text())["window_s"])
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
