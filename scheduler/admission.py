@@ -56,17 +56,35 @@ class Admission:
         self.check_latency = check_latency
         self.max_in_flight = max_in_flight
         self._admitted: dict[str, int] = {}  # request id -> class, until the request ends
+        self._pipeline_of: dict[str, str] = {}  # request id -> pipeline, until the request ends
+        self._pipeline_in_flight: dict[str, int] = {}  # admitted requests per pipeline
 
     def decide(self, request: Request, view: CoreView, now: float) -> Decision:
         """The verdict for a request about to be submitted; an admitted one is counted."""
         decision = self._decide(request, view, now)
         if decision.action != REJECT:
             self._admitted[request.id] = min(request.priority, self.top)
+            name = self._pipeline_of[request.id] = request.pipeline.name
+            self._pipeline_in_flight[name] = self._pipeline_in_flight.get(name, 0) + 1
         return decision
 
     def forget(self, request_id: str) -> None:
         """The request ended (the core calls this from its one way to finish a request)."""
-        self._admitted.pop(request_id, None)
+        if self._admitted.pop(request_id, None) is None:
+            return
+        name = self._pipeline_of.pop(request_id)
+        left = self._pipeline_in_flight[name] - 1
+        if left:
+            self._pipeline_in_flight[name] = left
+        else:
+            del self._pipeline_in_flight[name]
+
+    def _probe(self, request: Request) -> bool:
+        """Nothing of its pipeline is in flight: admit it whatever the estimates say. A refused
+        request never runs, so a run-time estimate inflated by one slow run (a stall, a GC pause:
+        one 0.3 s run puts a 5 ms stage's estimate at 0.3 s) would keep its pipeline refused for
+        good; one request at a time goes through, runs, and corrects it."""
+        return request.pipeline.name not in self._pipeline_in_flight
 
     @property
     def in_flight(self) -> int:
@@ -85,7 +103,7 @@ class Admission:
         left_s = None if request.deadline_s is None else request.deadline_s - now
         if self.check_latency and left_s is not None:
             best_s = critical_path_s(request.pipeline, lambda s: _fastest_s(view, request.pipeline.stage(s).model))
-            if best_s > left_s and not nothing_ahead(request, view, now):
+            if best_s > left_s and not self._probe(request):
                 return Decision(REJECT, "deadline", None, best_s, message=(
                     f"deadline {left_s * 1e3:.1f} ms is shorter than the pipeline's best-case latency "
                     f"{best_s * 1e3:.1f} ms on an idle box"))
@@ -106,22 +124,22 @@ class Admission:
             # Devices where its class is frozen do not count: it would wait there for power.
             skip = {d for d in ctl.devices if ctl.freeze_max(d) >= cls} if frozen else set()
             predicted_s = predicted_latency_s(request, view, now, skip)
-            late = self._late(request, view, now, cls, left_s, predicted_s, skip)
+            late = self._late(request, cls, left_s, predicted_s, skip)
             if late is not None:
                 return late
         if frozen:
             return self._frozen_class(request, view, cls, ctl)
         return Decision(ACCEPT, predicted_s=predicted_s)
 
-    def _late(self, request: Request, view: CoreView, now: float, cls: int, left_s: float,
-              predicted_s: float, skip: Collection[str]) -> Decision | None:
+    def _late(self, request: Request, cls: int, left_s: float, predicted_s: float,
+              skip: Collection[str]) -> Decision | None:
         """The refusal of a lower-class request predicted to miss its deadline, if it is."""
         if math.isinf(predicted_s) and skip:
             return Decision(REJECT, "power", self.controller.retry_after_s(cls), message=(
                 f"power budget: priority {cls} is frozen on every device that could run it "
                 f"and its deadline is {left_s * 1e3:.1f} ms away"))
         # inf unfrozen: no healthy device can run a stage; the core answers UNAVAILABLE.
-        if math.isfinite(predicted_s) and predicted_s > left_s and not nothing_ahead(request, view, now, skip):
+        if math.isfinite(predicted_s) and predicted_s > left_s and not self._probe(request):
             return Decision(REJECT, "overload", predicted_s - left_s, predicted_s, message=(
                 f"predicted latency {predicted_s * 1e3:.1f} ms at the current load exceeds the "
                 f"deadline {left_s * 1e3:.1f} ms"))
@@ -170,16 +188,6 @@ def _wait_s(view: CoreView, device: str, priority: int, now: float) -> float:
     running_s = sum(max(0.0, r.started_s + view.estimate_s(r.model, device) - now) for r in view.running(device))
     queued_s = sum(view.estimate_s(r.model, device) for r in ahead)
     return (running_s + queued_s) / view.devices[device].slots
-
-
-def nothing_ahead(request: Request, view: CoreView, now: float, skip: Collection[str] = ()) -> bool:
-    """Could every stage start at once on some device (a free slot, no ready work of its priority
-    or above queued there)? Then admission refuses nothing on estimates alone: a refused request
-    never runs, so a run-time estimate inflated by one slow run (a stall, a GC pause) would keep
-    its pipeline refused for good; admitted while its devices are idle, it runs and corrects it."""
-    return all(any(_wait_s(view, d, request.priority, now) == 0.0
-                   for d in view.eligible_devices(stage.model) if d not in skip)
-               for stage in request.pipeline.stages)
 
 
 def predicted_latency_s(request: Request, view: CoreView, now: float, skip: Collection[str] = ()) -> float:

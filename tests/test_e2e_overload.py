@@ -99,8 +99,8 @@ def test_default_refuses_a_lower_class_request_that_would_be_late(enabled: bool)
 
 def test_one_stalled_run_does_not_lock_a_pipeline_out():
     """A stage that stalled once (0.3 s) leaves an estimate over a 100 ms deadline; requests with
-    that deadline are still admitted while the box is idle and answered OK in time, both the top
-    class and a lower one (before: every later request refused DEADLINE_EXCEEDED, for good)."""
+    that deadline are still admitted, one at a time, and answered OK in time, both the top class
+    and a lower one (before: every later request refused DEADLINE_EXCEEDED, for good)."""
     stage_fns.reset()
     config = py_model_toml("stall", "stage_fns:stall_on_1") + chain_toml("stalls", ["stall"])
     config = '[[devices]]\nid = "py0"\nbackend = "python"\nslots = 1\n\n' + config
