@@ -6,7 +6,7 @@ import enum
 
 from heddle.backends.base import BackendTimeout, DeviceUnavailable, InputError
 
-__all__ = ["ErrorKind", "classify"]
+__all__ = ["DeviceLostMidStream", "ErrorKind", "classify"]
 
 
 class ErrorKind(enum.Enum):
@@ -20,12 +20,18 @@ class ErrorKind(enum.Enum):
     INTERNAL = "internal"  # anything else: a bug, logged with the request id
 
 
+class DeviceLostMidStream(Exception):
+    """The device went away after tokens were already streamed to the client: they cannot be
+    unsent, so the stage is not retried elsewhere (unlike DeviceUnavailable) and its request
+    ends UNAVAILABLE."""
+
+
 def classify(exc: BaseException) -> tuple[ErrorKind, str]:
     """The kind of a failed stage's exception, and the error text to report."""
     if isinstance(exc, InputError):
         return ErrorKind.INVALID_INPUT, str(exc)
     if isinstance(exc, BackendTimeout):
         return ErrorKind.TIMEOUT, str(exc)
-    if isinstance(exc, DeviceUnavailable):
+    if isinstance(exc, (DeviceUnavailable, DeviceLostMidStream)):
         return ErrorKind.DEVICE_LOST, str(exc)
     return ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}"

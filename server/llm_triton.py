@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from heddle.backends.base import BackendError, DeviceUnavailable, InputError
+from heddle.backends.base import DeviceUnavailable, InputError
 from heddle.backends.llm import GenerationConfig, LlmSequence
 from heddle.backends.base import Executor
 from heddle.scheduler import Dispatch
 from heddle.scheduler.specs import ModelSpec
-from heddle.server.error_kind import ErrorKind
+from heddle.server.error_kind import DeviceLostMidStream
 from heddle.server.jobs import Job
 from heddle.server.llm_gen import Generation, LlmSequences
 from heddle.server.logs import get_logger
@@ -144,10 +144,8 @@ class TritonLlmStreams:
         elif isinstance(error, DeviceUnavailable) and gen.emitted:
             # Tokens already streamed cannot be unsent, so no retry elsewhere: the request ends
             # UNAVAILABLE, and the device goes out of rotation until its health comes back.
-            if job is not None:
-                job.error_kind = ErrorKind.DEVICE_LOST
             events.device_lost(d.device)
-            error = BackendError(f"{error} (after {gen.emitted} streamed tokens: not retried)")
+            error = DeviceLostMidStream(f"{error} (after {gen.emitted} streamed tokens: not retried)")
         elif isinstance(error, DeviceUnavailable) and job is not None:
             job.llm.pop(d.stage, None)  # a retry starts a fresh generation
         result = events.loop.create_future()

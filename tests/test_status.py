@@ -7,7 +7,7 @@ import pytest
 
 from heddle.backends.base import BackendError, BackendTimeout, DeviceUnavailable, InputError
 from heddle.scheduler import Outcome
-from heddle.server.error_kind import ErrorKind, classify
+from heddle.server.error_kind import DeviceLostMidStream, ErrorKind, classify
 from heddle.server.jobs import JobResult
 from heddle.server.status import RETRY_AFTER_KEY, request_error, retry_metadata, status_code
 
@@ -55,6 +55,7 @@ def test_every_kind_and_outcome_is_mapped() -> None:
     (InputError("bad shape"), ErrorKind.INVALID_INPUT, "bad shape"),
     (BackendTimeout("too slow"), ErrorKind.TIMEOUT, "too slow"),
     (DeviceUnavailable("gone"), ErrorKind.DEVICE_LOST, "gone"),
+    (DeviceLostMidStream("gone after 3 tokens"), ErrorKind.DEVICE_LOST, "gone after 3 tokens"),
     (BackendError("broke"), ErrorKind.INTERNAL, "BackendError: broke"),
     (ZeroDivisionError("x"), ErrorKind.INTERNAL, "ZeroDivisionError: x"),
 ])
