@@ -44,7 +44,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent / "tests"))  # the fuzz strategies and callers live with the tests
 
 from fuzz_callers import ErrorLog, InProcess, OverGrpc, Tally  # noqa: E402
-from fuzz_requests import ALLOWED_CODES, FUZZ_TOML, Case, cases  # noqa: E402
+from fuzz_requests import ALLOWED_CODES, FUZZ_TOML, cases  # noqa: E402
 from gateway_overhead import free_port, machine_info, server_process  # noqa: E402
 from server_fixtures import parse_test_config, running_server  # noqa: E402
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 from heddle.scheduler.budget import budget_run

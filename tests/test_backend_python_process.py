@@ -6,7 +6,6 @@ import os
 import threading
 from typing import Iterator
 
-import numpy as np
 import pytest
 
 import stage_fns

@@ -8,7 +8,6 @@ import asyncio
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 

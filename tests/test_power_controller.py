@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from heddle.scheduler import Core, DeviceSpec, Outcome, Request, RunState
 from heddle.scheduler.admission import Admission
-from heddle.scheduler.plan import PowerAction, SetLevel
+from heddle.scheduler.plan import SetLevel
 from heddle.scheduler.power import LevelPower, PowerController, PowerSettings, box_power_w
 from heddle.scheduler.profiles import ConstantProfiles
 from heddle.scheduler.sim.driver import Driver, RunTimeModel

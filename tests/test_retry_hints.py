@@ -18,7 +18,6 @@ from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.client import HeddleClient, HeddleError
 from heddle.clients.report import summarize
 from heddle.clients.scenarios import App, Scenario
-from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 from server_fixtures import RunningServer, heddle_cache_dir  # noqa: F401  (fixtures are found by name)
 from test_e2e_power import TOP, power_server, wait_for_state  # noqa: F401  (power_server is a fixture)
