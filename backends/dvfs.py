@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 from heddle.backends.power_sensors import Unavailable, domain_of
 
@@ -64,7 +64,7 @@ class Disabled:
     reason: str
 
 
-SetResult = Union[Applied, NoPermission, Failed, Disabled]
+SetResult = Applied | NoPermission | Failed | Disabled
 
 
 class DvfsActuator(Protocol):
