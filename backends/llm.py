@@ -166,7 +166,9 @@ class LlmSequence:
             self.finish_reason = "cancelled"
         return freed
 
-    def _absorb(self, logits: np.ndarray, cache: KVCache) -> int:
+    def absorb(self, logits: np.ndarray, cache: KVCache) -> int:
+        """The engine's forward pass for this sequence: sample its next token from `logits`, keep
+        the grown cache, and end it on a stop token or at max_new_tokens. The token."""
         token = sample_token(logits, self.config, self.rng)
         self.cache = cache
         self.generated.append(token)
@@ -234,7 +236,7 @@ class LlmEngine:
                 "position_ids": np.arange(n, dtype=np.int64).reshape(1, n)}
         feed.update(_past_feed(KVCache.empty(self.layout)))
         out = self.run(feed)
-        return seq._absorb(out["logits"][0, -1], _present(out, self.layout, 0, 0))
+        return seq.absorb(out["logits"][0, -1], _present(out, self.layout, 0, 0))
 
     def decode(self, seqs: list[LlmSequence]) -> list[int]:
         """One token for each sequence in one pass: caches left-padded to the longest, the
@@ -251,7 +253,7 @@ class LlmEngine:
                                  ("value", [s.cache.values[i] for s in seqs])):
                 feed[f"past_key_values.{i}.{kind}"] = _left_pad(arrays, longest)
         out = self.run(feed)
-        return [s._absorb(out["logits"][row, -1], _present(out, self.layout, row, longest - n))
+        return [s.absorb(out["logits"][row, -1], _present(out, self.layout, row, longest - n))
                 for row, (s, n) in enumerate(zip(seqs, lengths))]
 
     def generate(self, prompt_ids: Any, config: GenerationConfig) -> list[int]:

@@ -64,7 +64,9 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
             cached = self._handlers[method] = (handler, self._wrap(method, handler))
         return cached[1]
 
-    async def _refuse(self, method: str, bad: Undecodable, context: grpc.aio.ServicerContext) -> None:
+    async def refuse(self, method: str, bad: Undecodable, context: grpc.aio.ServicerContext) -> None:
+        """Abort the call INVALID_ARGUMENT naming the method; log it unless a line went out less
+        than `log_every_s` ago (then counted, and the next line says how many were left out)."""
         now = self._clock()
         if now >= self._next_log_s:
             log.warning("undecodable request", method=method, error=bad.error, left_out=self._unlogged)
@@ -93,7 +95,7 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
             if request_streaming:
                 return self._checked(method, request, context)
             if isinstance(request, Undecodable):
-                await self._refuse(method, request, context)
+                await self.refuse(method, request, context)
             return request
 
         if inspect.isasyncgenfunction(behaviour):
@@ -109,5 +111,5 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
     async def _checked(self, method: str, requests: AsyncIterator[Any], context) -> AsyncIterator[Any]:
         async for request in requests:
             if isinstance(request, Undecodable):
-                await self._refuse(method, request, context)
+                await self.refuse(method, request, context)
             yield request

@@ -35,7 +35,7 @@ def test_refusals_are_logged_once_a_period_with_a_count():
     async def refuse_at(t: float) -> None:
         now[0] = t
         with pytest.raises(_Refused):
-            await guard._refuse("/m", Undecodable("DecodeError: junk"), context)
+            await guard.refuse("/m", Undecodable("DecodeError: junk"), context)
 
     with capture_logs() as logs:
         for t in (0.0, 1.0, 2.0, 3.0, 9.9, 10.0):

@@ -221,7 +221,7 @@ def test_cancel_stops_generation_within_one_decode_step(llm_config: Config) -> N
         counting.close()
         python.close()
     assert received == 3 and passes_after_cancel <= 1 and live == 0
-    assert metrics.llm_live_sequences.labels("2")._value.get() == 0
+    assert metrics.registry.get_sample_value("heddle_llm_live_sequences", {"priority": "2"}) == 0
 
 
 def test_kserve_stream_sends_token_responses_then_a_final_one(llm_server, session) -> None:
