@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import functools
 import json
 import os
 import signal
@@ -177,12 +178,13 @@ def bench_timeouts(workdir: Path, reps: int, timeout_ms: int) -> dict[str, Any]:
     try:
         with _client(server.target) as client:
             for kind, (pipeline, slow, fast) in kinds.items():
-                call = lambda x, p=pipeline: client.infer(p, {"x": x}, timeout_s=60)  # noqa: E731
-                reference = [_timed(lambda: call(fast))[0] for _ in range(reps)]
+                send_fast = functools.partial(client.infer, pipeline, {"x": fast}, timeout_s=60)
+                send_slow = functools.partial(client.infer, pipeline, {"x": slow}, timeout_s=60)
+                reference = [_timed(send_fast)[0] for _ in range(reps)]
                 runs = []
                 for _ in range(reps):
-                    hit_s, hit_code = _timed(lambda: call(slow))
-                    next_s, next_code = _timed(lambda: call(fast))
+                    hit_s, hit_code = _timed(send_slow)
+                    next_s, next_code = _timed(send_fast)
                     runs.append({"timed_out_ms": round(hit_s * 1e3, 1), "code": hit_code,
                                  "overshoot_ms": round(hit_s * 1e3 - timeout_ms, 1),
                                  "next_ms": round(next_s * 1e3, 1), "next_code": next_code})
@@ -204,7 +206,7 @@ def bench_isolation(workdir: Path, requests: int) -> dict[str, Any]:
                 x = np.zeros(256, np.float32)
                 for _ in range(20):
                     client.infer(pipeline, {"x": x})
-                lat = [_timed(lambda: client.infer(pipeline, {"x": x}))[0] for _ in range(requests)]
+                lat = [_timed(functools.partial(client.infer, pipeline, {"x": x}))[0] for _ in range(requests)]
                 out[pipeline] = {"p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 3),
                                  "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 3)}
         out["process/thread_p50"] = round(out["in_process"]["p50_ms"] / out["in_thread"]["p50_ms"], 2)

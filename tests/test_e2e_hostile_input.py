@@ -4,6 +4,7 @@ gets a precise status against a real server, and leaves the server working and h
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 from pathlib import Path
@@ -194,8 +195,8 @@ def test_huge_request_ids_cost_no_memory(client):
 
     def send(n: int) -> None:
         for i in range(n):
-            code, _ = code_of(lambda: client.infer("fast", {"x": stage_fns.tagged(i)},
-                                                   request_id=f"{base}{i}", deadline_ms=3_600_000))
+            code, _ = code_of(functools.partial(client.infer, "fast", {"x": stage_fns.tagged(i)},
+                                                request_id=f"{base}{i}", deadline_ms=3_600_000))
             assert code == grpc.StatusCode.INVALID_ARGUMENT
     send(100)  # the allocator's first growth for 100 KB messages (about 8 MB) is not what is measured
     before = rss_bytes()
