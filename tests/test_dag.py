@@ -18,7 +18,10 @@ def test_fork_join_is_ordered_and_wired():
     assert p.outputs[0].name == "y" and p.outputs[0].datatype == "FP32"
 
 
-def _spec(stages, outputs=None, inputs=(tensor("x"),)):
+X_INPUT = (tensor("x"),)
+
+
+def _spec(stages, outputs=None, inputs=X_INPUT):
     return PipelineSpec("p", inputs, tuple(stages), outputs or {"y": f"{stages[-1].name}.y"})
 
 

@@ -149,7 +149,7 @@ def test_top_class_is_never_frozen_or_refused():
     """However far over budget, requests of the top class are admitted and dispatched."""
     core, pipe = make_core(n_devices=1, budget_w=3.0)
     now = 0.0
-    for k in range(30):
+    for _ in range(30):
         now += 0.1
         feed(core, 50.0, now)
     assert core.power.refuse == TOP - 1 and core.power.freeze["cpu0"] == 0  # nothing of class <= 3 ran
