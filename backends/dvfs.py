@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
@@ -152,10 +153,8 @@ class LevelActuator:
 
     def close(self) -> None:
         if self._changed and not self._reason:
-            try:
+            with contextlib.suppress(ActuatorError):  # shutting down: the knob stays where it is
                 self._restore()
-            except ActuatorError:
-                pass  # shutting down: the knob stays where it is, nothing more to do
             self._changed = False
 
     def _apply(self, index: int) -> None:

@@ -244,9 +244,8 @@ def test_kserve_bad_max_new_tokens_and_out_of_vocab_prompt_are_invalid_argument(
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "prompt token ids" in err.value.details()
     ids = tgrpc.InferInput("input_ids", [1, 2], "INT64")
     ids.set_data_from_numpy(np.array([[1, 2]], np.int64))
-    with tgrpc.InferenceServerClient(gateway.target) as client:
-        with pytest.raises(InferenceServerException) as kerr:
-            client.infer("chat", [ids], parameters={"max_new_tokens": -1}, client_timeout=WAIT_S)
+    with tgrpc.InferenceServerClient(gateway.target) as client, pytest.raises(InferenceServerException) as kerr:
+        client.infer("chat", [ids], parameters={"max_new_tokens": -1}, client_timeout=WAIT_S)
     assert "INVALID_ARGUMENT" in str(kerr.value.status()) and "max_new_tokens" in kerr.value.message()
 
 

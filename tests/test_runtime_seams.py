@@ -31,9 +31,9 @@ def _private_reads(name: str, tree: ast.Module | None = None) -> list[str]:
     """`x._name` where x is not self or cls, and `from ... import _name`: another object's privates."""
     reads = []
     for node in ast.walk(tree or _tree(name)):
-        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
-            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
-                reads.append(f"{name}.py:{node.lineno} {ast.unparse(node)}")
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+            reads.append(f"{name}.py:{node.lineno} {ast.unparse(node)}")
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("heddle."):
             reads += [f"{name}.py:{node.lineno} import {a.name}" for a in node.names if a.name.startswith("_")]
     return reads

@@ -51,10 +51,7 @@ async def _serve(
     """Run `body(target)` against a fresh server on a free loopback port, then stop the server."""
     server = grpc.aio.server(interceptors=interceptors)
     server.add_generic_rpc_handlers(_generic_handlers())
-    if creds is None:
-        port = server.add_insecure_port("127.0.0.1:0")
-    else:
-        port = server.add_secure_port("127.0.0.1:0", creds)
+    port = server.add_insecure_port("127.0.0.1:0") if creds is None else server.add_secure_port("127.0.0.1:0", creds)
     await server.start()
     try:
         await body(f"127.0.0.1:{port}")

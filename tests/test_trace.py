@@ -35,11 +35,10 @@ def test_a_serving_gateway_records_arrivals_stages_ends_and_policy_switches(tmp_
     each stage with its device, each end with its outcome, and the switch between them."""
     trace = tmp_path / "trace.jsonl"
     config = _config(trace)
-    with running_server(config) as running:
-        with running.client() as client:
-            client.infer("two", {"x": np.ones(3, np.float32)}, priority=3, deadline_ms=5000, request_id="first")
-            client.set_policy("twill")
-            client.infer("two", {"x": np.ones(5, np.float32)}, request_id="second")
+    with running_server(config) as running, running.client() as client:
+        client.infer("two", {"x": np.ones(3, np.float32)}, priority=3, deadline_ms=5000, request_id="first")
+        client.set_policy("twill")
+        client.infer("two", {"x": np.ones(5, np.float32)}, request_id="second")
     events = _events(trace)
     header = events[0]
     assert header["event"] == "header" and header["format"] == TRACE_FORMAT and header["policy"] == "fcfs"
@@ -64,11 +63,10 @@ def test_the_replay_reads_what_the_gateway_wrote(tmp_path):
     """parse_trace turns a recorded trace into pipelines, arrivals tagged with the live policy,
     stage runs and ends."""
     trace = tmp_path / "trace.jsonl"
-    with running_server(_config(trace)) as running:
-        with running.client() as client:
-            client.infer("two", {"x": np.ones(3, np.float32)}, request_id="a")
-            client.set_policy("edf")
-            client.infer("two", {"x": np.ones(3, np.float32)}, request_id="b")
+    with running_server(_config(trace)) as running, running.client() as client:
+        client.infer("two", {"x": np.ones(3, np.float32)}, request_id="a")
+        client.set_policy("edf")
+        client.infer("two", {"x": np.ones(3, np.float32)}, request_id="b")
     parsed = parse_trace(trace.read_text())
     assert [(s.name, s.model, s.after) for s in parsed.pipelines["two"].stages] == [
         ("s0", "echo", ()), ("s1", "echo", ("s0",))]

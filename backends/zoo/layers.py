@@ -60,10 +60,7 @@ class GraphBuilder:
 
     def op(self, op_type: str, inputs: Sequence[str], outputs: int | Sequence[str] = 1, **attrs: Any) -> Any:
         """Add a node; returns its output name, or a list of names when it has several."""
-        if isinstance(outputs, int):
-            names = [self.fresh(op_type.lower()) for _ in range(outputs)]
-        else:
-            names = list(outputs)
+        names = [self.fresh(op_type.lower()) for _ in range(outputs)] if isinstance(outputs, int) else list(outputs)
         self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
         return names[0] if len(names) == 1 else names
 
