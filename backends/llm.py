@@ -225,7 +225,7 @@ class LlmEngine:
         if going:
             groups = [going] if self.layout.batchable else [[s] for s in going]
             for group in groups:
-                tokens.update(zip(map(id, group), self.decode(group)))
+                tokens.update(zip(map(id, group), self.decode(group), strict=True))
         return [tokens[id(s)] for s in seqs]
 
     def prefill(self, seq: LlmSequence) -> int:
@@ -254,7 +254,7 @@ class LlmEngine:
                 feed[f"past_key_values.{i}.{kind}"] = _left_pad(arrays, longest)
         out = self.run(feed)
         return [s.absorb(out["logits"][row, -1], _present(out, self.layout, row, longest - n))
-                for row, (s, n) in enumerate(zip(seqs, lengths))]
+                for row, (s, n) in enumerate(zip(seqs, lengths, strict=True))]
 
     def generate(self, prompt_ids: Any, config: GenerationConfig) -> list[int]:
         """A whole generation, one sequence, start to end (for direct use and tests)."""
@@ -266,7 +266,7 @@ class LlmEngine:
 
 def _past_feed(cache: KVCache) -> dict[str, np.ndarray]:
     feed = {}
-    for i, (k, v) in enumerate(zip(cache.keys, cache.values)):
+    for i, (k, v) in enumerate(zip(cache.keys, cache.values, strict=True)):
         feed[f"past_key_values.{i}.key"], feed[f"past_key_values.{i}.value"] = k, v
     return feed
 

@@ -173,7 +173,7 @@ class OrtExecutor:
             arrays = loaded.session.run(list(loaded.output_names), dict(feed), options)
         except Exception as e:  # onnxruntime's errors are not one hierarchy
             raise BackendError(f"model {loaded.spec.name} on device {self.device.id}: {e}") from e
-        return dict(zip(loaded.output_names, arrays))
+        return dict(zip(loaded.output_names, arrays, strict=True))
 
     def run(self, model: str, inputs: Mapping[str, np.ndarray], *, priority: int = 0,
             timeout_s: float | None = None) -> dict[str, np.ndarray]:

@@ -194,7 +194,7 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"gateway overhead: {p['requests']} requests, request {p['request_bytes']} bytes, "
           f"concurrency {p['concurrency']}, {report['machine']['cpu_count']} CPUs")
     for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 # --- clients and measurement -------------------------------------------------------------------

@@ -96,6 +96,6 @@ def series_summary(samples: Sequence[dict[str, Any]], key: str) -> dict[str, flo
     points = [(s["t_s"], s[key]) for s in samples if s.get(key) is not None]
     if not points:
         return {"samples": 0, "first": None, "last": None, "min": None, "max": None, "slope_per_h": None}
-    t, v = zip(*points)
+    t, v = zip(*points, strict=True)
     return {"samples": len(v), "first": v[0], "last": v[-1], "min": min(v), "max": max(v),
             "slope_per_h": slope_per_hour(t, v)}

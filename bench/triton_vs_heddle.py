@@ -224,7 +224,7 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"triton_vs_heddle: {m['cpu_count']} CPUs ({m['cpu_model']}), {p['duration_s']} s per point, "
           f"batch {p['batch']}; ratios (x) are target / triton_ensemble")
     for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _versions() -> dict[str, str | None]:

@@ -103,10 +103,10 @@ def _timeline(records: Sequence[RequestRecord], app_order: Sequence[str], path: 
         ok = [(r.sent_s, r.latency_ms) for r in records if r.app == name and r.status == "OK"]
         bad = [(r.sent_s, r.latency_ms) for r in records
                if r.app == name and r.status != "OK" and not r.client_cancelled]
-        line = ax.scatter(*zip(*ok), s=6, label=name) if ok else None
+        line = ax.scatter(*zip(*ok, strict=True), s=6, label=name) if ok else None
         if bad:
             color = line.get_facecolor()[0] if line is not None else None
-            ax.scatter(*zip(*bad), s=22, marker="x", color=color,
+            ax.scatter(*zip(*bad, strict=True), s=22, marker="x", color=color,
                        label=f"{name}: errors" if line is None else None)
     ax.set_yscale("log")
     _log_axis(ax.yaxis)
@@ -186,7 +186,7 @@ def write_policy_violations(path: Path, rates: Mapping[str, Mapping[str, float |
         xs = np.arange(len(scenarios)) + (j - (len(policies) - 1) / 2) * width
         values = [rates[s].get(policy) for s in scenarios]
         ax.bar(xs, [100.0 * (v or 0.0) for v in values], width, label=policy)
-        for x, v in zip(xs, values):  # labelled, so a 0% bar is told apart from a missing one
+        for x, v in zip(xs, values, strict=True):  # labelled, so a 0% bar is told apart from a missing one
             ax.text(x, 100.0 * (v or 0.0) + 0.5, "n/a" if v is None else f"{100 * v:.0f}",
                     ha="center", va="bottom", rotation=90, fontsize=6.5)
     ax.set_xticks(range(len(scenarios)), scenarios)

@@ -33,13 +33,13 @@ class TensorSpec:
     def accepts_shape(self, shape: tuple[int, ...]) -> bool:
         """True when a concrete shape fits this spec (same rank, fixed dims equal)."""
         return len(shape) == len(self.shape) and all(
-            want < 0 or want == got for want, got in zip(self.shape, shape)
+            want < 0 or want == got for want, got in zip(self.shape, shape, strict=True)
         )
 
 
 def shapes_compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     """Two declared shapes can carry the same tensor: same rank, fixed dims agree."""
-    return len(a) == len(b) and all(x < 0 or y < 0 or x == y for x, y in zip(a, b))
+    return len(a) == len(b) and all(x < 0 or y < 0 or x == y for x, y in zip(a, b, strict=True))
 
 
 @dataclass(frozen=True, slots=True)

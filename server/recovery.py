@@ -130,7 +130,7 @@ class DeviceLoader:
         results = await asyncio.gather(*(loop.run_in_executor(ex.pool, ex.load, m) for m in models),
                                        return_exceptions=True)
         errors = {}
-        for model, result in zip(models, results):
+        for model, result in zip(models, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, Exception):
                     raise result  # cancellation and the like are not load failures

@@ -22,7 +22,8 @@ def format_table(results: Sequence[PolicyResult]) -> str:
         rows.append([r.policy, f"{100 * r.violation_rate:.1f}", f"{r.antt:.2f}", *lat,
                      f"{r.throughput_rps:.1f}", f"{r.energy_j:.1f}", str(r.migrations), str(r.freezes)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     if len(results) > 1:
         best = min(results, key=lambda r: r.violation_rate)

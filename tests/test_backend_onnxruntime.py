@@ -178,7 +178,7 @@ def test_executor_matches_plain_session(executor: OrtExecutor, zoo: dict[str, Pa
     plain = ort.InferenceSession(str(zoo[name]), providers=["CPUExecutionProvider"])
     want = plain.run(None, feed)
     assert list(got) == [t.name for t in spec.outputs]
-    for array, expected in zip(got.values(), want):
+    for array, expected in zip(got.values(), want, strict=True):
         np.testing.assert_allclose(array, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -188,7 +188,7 @@ def test_concurrent_runs_agree(executor: OrtExecutor, zoo: dict[str, Path]) -> N
     feeds = [sample_inputs(spec, seed) for seed in range(6)]
     serial = [executor.run("encoder", f)["pooled"] for f in feeds]
     futures = [executor.pool.submit(executor.run, "encoder", f) for f in feeds]
-    for future, expected in zip(futures, serial):
+    for future, expected in zip(futures, serial, strict=True):
         np.testing.assert_array_equal(future.result()["pooled"], expected)
 
 

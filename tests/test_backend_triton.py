@@ -71,7 +71,7 @@ def test_zoo_model_via_triton_equals_onnxruntime(executor: TritonExecutor, trito
     path = triton_zoo_paths[name]
     feed = random_inputs(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+    expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed), strict=True))
     got = executor.run(name, feed)
     assert sorted(got) == sorted(expected)
     for out_name, array in expected.items():

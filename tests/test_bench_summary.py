@@ -112,7 +112,7 @@ def md_table(text: str, heading: str, prefix: str = "## ") -> list[dict[str, str
         elif rows:
             break
     header, _, *body = rows
-    return [dict(zip(header, row)) for row in body]
+    return [dict(zip(header, row, strict=True)) for row in body]
 
 
 def policy_rows(results: Path) -> dict[str, dict[str, str]]:
@@ -238,7 +238,7 @@ class TestPlots:
         from heddle.clients.plots import power_series
 
         recs = [rec(FRAME, 0, 100.0), rec(FRAME, 5, 600.0), rec(FRAME, 12, 10.0)]
-        for r, joules in zip(recs, (2.0, 3.0, 4.0)):
+        for r, joules in zip(recs, (2.0, 3.0, 4.0), strict=True):
             r.extra["energy_j"] = joules  # done at 0.1 s, 1.1 s and 1.21 s
         t_s, power_w = power_series(recs)
         assert t_s.tolist() == [0.0, 1.0] and power_w.tolist() == [2.0, 7.0]

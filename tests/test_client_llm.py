@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 
 import grpc
@@ -42,7 +43,7 @@ def test_stream_yields_token_events_then_the_stage_then_the_result(server, sessi
     assert [type(e) for e in events] == [TokenEvent] * 5 + [StageEvent, InferResult]
     assert [t.index for t in tokens] == list(range(5)) and {t.stage for t in tokens} == {"llm"}
     assert [t.token_ids[0] for t in tokens] == reference_greedy(session, PROMPT, 5)
-    assert all(0 < a.offset_ms <= b.offset_ms for a, b in zip(tokens, tokens[1:]))
+    assert all(0 < a.offset_ms <= b.offset_ms for a, b in itertools.pairwise(tokens))
     assert events[-2].tokens == 5 and events[-2].ttft_ms > 0
     assert events[-1].outputs["output_ids"].reshape(-1).tolist() == [t.token_ids[0] for t in tokens]
 

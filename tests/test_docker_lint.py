@@ -194,7 +194,7 @@ def test_gpu_image_swaps_onnxruntime_for_its_gpu_build(dockerfile: Path) -> None
              "onnxruntime_gpu-*.whl" if dockerfile == JETSON_DOCKERFILE else '"onnxruntime-gpu==',
              "'CUDAExecutionProvider' not in o.get_available_providers()"]
     positions = [install.find(step) for step in steps]
-    assert -1 not in positions, dict(zip(steps, positions))
+    assert -1 not in positions, dict(zip(steps, positions, strict=True))
     assert positions == sorted(positions)
 
 

@@ -121,9 +121,9 @@ def test_concurrent_requests_batch_and_each_equals_its_reference(stub, session, 
     cases = [([i + 1] * (2 + 3 * i), 10 + 7 * i) for i in range(6)]
     with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:
         responses = list(pool.map(lambda c: stub.Infer(chat(*c)), cases))
-    for (prompt, n), response in zip(cases, responses):
+    for (prompt, n), response in zip(cases, responses, strict=True):
         assert output_ids(response) == reference_greedy(session, prompt, n)
-    count, total = (after - was for after, was in zip(_passes(llm_server), before))
+    count, total = (after - was for after, was in zip(_passes(llm_server), before, strict=True))
     assert total == sum(n for _, n in cases)  # every step of every sequence ran once
     assert count < total  # ... in fewer passes than steps: some passes carried several sequences
 
@@ -188,7 +188,8 @@ def test_cancel_stops_generation_within_one_decode_step(llm_config: Config) -> N
     session = ort.InferenceSession(llm_config.models["llm"].artifact, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     device, py0 = (next(d for d in llm_config.devices if d.id == i) for i in ("cpu0", "py0"))
-    counting = FunctionExecutor(device, lambda model, feed: dict(zip(names, session.run(names, dict(feed)))))
+    counting = FunctionExecutor(
+        device, lambda model, feed: dict(zip(names, session.run(names, dict(feed)), strict=True)))
     python = FunctionExecutor(py0, lambda model, feed: {})
     metrics = Metrics()
 

@@ -26,7 +26,7 @@ def ort_run(config: Config, model: str, feed: dict[str, np.ndarray]) -> dict[str
     session = ort.InferenceSession(str(Path(config.models[model].artifact)),
                                    providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feed)))
+    return dict(zip(names, session.run(names, feed), strict=True))
 
 
 def assert_outputs(result: InferResult, expected: dict[str, np.ndarray]) -> None:

@@ -56,7 +56,7 @@ def in_loop(running: RunningServer, fn: Callable[[], Any]) -> Any:
 def ort_run(config: Config, model: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(str(Path(config.models[model].artifact)), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feed)))
+    return dict(zip(names, session.run(names, feed), strict=True))
 
 
 def multihead_direct(config: Config, image: np.ndarray) -> dict[str, np.ndarray]:
@@ -193,7 +193,7 @@ def test_typed_uint8_contents_run_the_classify_pipeline(stub, default_config: Co
         contents=kpb.InferTensorContents(uint_contents=image.ravel().tolist()))])
     response = stub.ModelInfer(request)
     outputs = {o.name: np.frombuffer(raw, dtype="<f4" if o.datatype == "FP32" else "<i8").reshape(o.shape)
-               for o, raw in zip(response.outputs, response.raw_output_contents)}
+               for o, raw in zip(response.outputs, response.raw_output_contents, strict=True)}
     logits = ort_run(default_config, "cnn", {"image": ops.preprocess(image)["image"]})["logits"]
     expected = ops.postprocess(logits)
     np.testing.assert_allclose(outputs["probs"], expected["probs"], rtol=RTOL, atol=ATOL)

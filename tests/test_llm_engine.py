@@ -39,7 +39,8 @@ def engine(llm_path: Path, session: ort.InferenceSession) -> LlmEngine:
     inputs, outputs = read_io_spec(llm_path)
     spec = ModelSpec("llm", "onnxruntime", str(llm_path), inputs, outputs, "llm", options={"max_positions": 512})
     names = [o.name for o in session.get_outputs()]
-    return LlmEngine(lambda feed: dict(zip(names, session.run(names, dict(feed)))), DecoderLayout.from_spec(spec))
+    return LlmEngine(lambda feed: dict(zip(names, session.run(names, dict(feed)), strict=True)),
+                     DecoderLayout.from_spec(spec))
 
 
 def reference_greedy(session: ort.InferenceSession, prompt: list[int], new_tokens: int) -> list[int]:
@@ -53,7 +54,7 @@ def reference_greedy(session: ort.InferenceSession, prompt: list[int], new_token
     while len(out) < new_tokens:
         feed = {"input_ids": feed_ids, "position_ids": position,
                 "attention_mask": np.ones((1, len(ids)), np.int64), **past}
-        result = dict(zip(names, session.run(names, feed)))
+        result = dict(zip(names, session.run(names, feed), strict=True))
         token = int(np.argmax(result["logits"][0, -1]))
         out.append(token)
         ids.append(token)
@@ -76,7 +77,7 @@ def test_batched_decode_of_different_lengths_equals_one_at_a_time(engine: LlmEng
     while live := [s for s in seqs if not s.done]:
         engine.step(live)
         passes += 1
-    for i, (seq, prompt) in enumerate(zip(seqs, PROMPTS)):
+    for i, (seq, prompt) in enumerate(zip(seqs, PROMPTS, strict=True)):
         assert seq.generated == reference_greedy(session, prompt, 6 + 3 * i)
         assert seq.finish_reason == "length"
     assert passes == 6 + 3 * (len(PROMPTS) - 1)  # one pass per step, not one per sequence

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import urllib.error
 import urllib.request
 
@@ -61,7 +62,7 @@ def test_buckets_span_half_a_millisecond_to_ten_seconds() -> None:
     """The latency buckets start at 0.5 ms, end at 10 s, and increase strictly."""
     assert LATENCY_BUCKETS_S[0] == 0.0005
     assert LATENCY_BUCKETS_S[-1] == 10.0
-    assert all(a < b for a, b in zip(LATENCY_BUCKETS_S, LATENCY_BUCKETS_S[1:]))
+    assert all(a < b for a, b in itertools.pairwise(LATENCY_BUCKETS_S))
 
 
 def test_device_gauges_track_running_busy_and_queue() -> None:

@@ -4,6 +4,7 @@ under its budget."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 
@@ -181,7 +182,7 @@ def test_relaxes_in_reverse_order_only_after_the_dwell():
         undone += [(a.kind, a.priority, periods) for a in plan.power]
         undone += [("level", a.level, periods) for a in plan.levels]
     assert [u[:2] for u in undone] == [("readmit", 1), ("unfreeze", 1), ("level", 1), ("level", 0)]
-    assert all(b[2] - a[2] >= 3 for a, b in zip([("", 0, 0)] + undone, undone))  # one step per dwell
+    assert all(b[2] - a[2] >= 3 for a, b in itertools.pairwise([("", 0, 0), *undone]))  # one step per dwell
 
 
 def test_no_relax_step_that_would_overshoot():

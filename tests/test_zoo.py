@@ -121,7 +121,7 @@ def test_encoder_pooling_ignores_padding(zoo: dict[str, Path]) -> None:
 def _llm_step(session: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray,
               past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
     inputs, _ = llm_io_names(len(past) // 2)
-    feed = dict(zip(inputs, [ids, mask, positions, *past]))
+    feed = dict(zip(inputs, [ids, mask, positions, *past], strict=True))
     logits, *present = session.run(None, feed)
     return logits, present
 
