@@ -15,8 +15,9 @@ request cut or corrupted).
 Every answer must be an allowed status code (ALLOWED_CODES); "unexpected" counts the others and
 any crash (an exception instead of a status, or a hang). Neither server may log an error (a bug a
 fine status code can hide). Afterwards both must answer their health check SERVING, the process
-must be alive, and the in-process server's core must hold no request. Prints the counts and writes bench/results/<date>/fuzz_decoders.json; exits 1 on any
-unexpected answer. There is no reference to compare with: the result is a count, not a speed.
+must be alive, and the in-process server's core must hold no request. Prints the counts and writes
+bench/results/<date>/fuzz_decoders.json; exits 1 on any unexpected answer. There is no reference to
+compare with: the result is a count, not a speed.
 
     .venv/bin/python bench/fuzz_decoders.py                                # ~10 minutes on 2 cores
     .venv/bin/python bench/fuzz_decoders.py --cases 2000 --wire-cases 500  # a quick look

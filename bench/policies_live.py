@@ -134,7 +134,7 @@ stages = [
   {{ name = "encoder", model = "bg_encoder", inputs = {{ input_ids = "input:input_ids", attention_mask = "input:attention_mask" }} }},
   {{ name = "cls", model = "bg_cls", inputs = {{ pooled = "encoder.pooled" }} }},
 ]
-"""
+"""  # noqa: E501 (a TOML inline table must be one line)
     path = work / "config.toml"
     path.write_text(text)
     return path
@@ -259,7 +259,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     config = write_config(work, models, grpc_port, metrics_port)
     print("heddle profile (isolated, through the executors) ...", flush=True)
     isolated = profile(config, work / "profile.json", args)
-    print(f"heddle profile --under-load {args.profile_load_s:g} (the bench's load, a server of its own) ...", flush=True)
+    print(f"heddle profile --under-load {args.profile_load_s:g} (the bench's load, a server of its own) ...",
+          flush=True)
     t0 = cpu_ticks()
     under_load = profile_under_load(config, work / "profile_under_load.json", args)
     t1 = cpu_ticks()

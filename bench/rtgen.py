@@ -229,7 +229,8 @@ async def measure_server(target: str, args: argparse.Namespace) -> dict[str, Any
         admin = pb_grpc.AdminStub(channel)
         await admin.SetPolicy(pb.SetPolicyRequest(policy="priority"))
         await phase(target, args, dnn=True, llm=True)  # warm-up: profiles learn both models
-        alone_llm = [r for _ in range(args.rounds) for r in (await phase(target, args, dnn=False, llm=True, raw=True))["llm"]]
+        alone_llm = [r for _ in range(args.rounds)
+                     for r in (await phase(target, args, dnn=False, llm=True, raw=True))["llm"]]
         out: dict[str, Any] = {"llm_alone": llm_figures(alone_llm, args.duration_s * args.rounds), "policies": {}}
         for policy in args.policy:
             await admin.SetPolicy(pb.SetPolicyRequest(policy=policy))

@@ -71,7 +71,8 @@ class Server:
     def __init__(self, config_text: str, workdir: Path) -> None:
         config = workdir / "heddle.toml"
         config.write_text(config_text)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))}
+        path = os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "heddle.server.cli", "serve", "--log-json", "--config", str(config),
              "--grpc-port", "0", "--metrics-port", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -27,7 +27,8 @@ from heddle.server.default_config import detect_device_tables
 
 __all__ = [
     "ENSEMBLE", "HEDDLE_LOCAL", "HEDDLE_TRITON", "OUTPUTS", "POSTPROCESS_MODEL_PY", "ChainModels",
-    "build_chain", "check_answer", "ensemble_config_text", "heddle_config_text", "reference_outputs", "write_triton_repository",
+    "build_chain", "check_answer", "ensemble_config_text", "heddle_config_text", "reference_outputs",
+    "write_triton_repository",
 ]
 
 ENSEMBLE = "chain"                # the Triton ensemble

@@ -35,7 +35,7 @@ td:first-child { white-space: normal; max-width: 250px; }
 .plots img { max-width: 100%; border: 1px solid #e3e7ee; margin: 6px 0; }
 .meta { color: #5a6372; font-size: 12px; }
 .note { color: #5a6372; font-size: 12.5px; } dt { font-weight: 600; } dd { margin: 0 0 6px 16px; }
-"""
+"""  # noqa: E501 (CSS, one line per group of rules)
 
 
 def _num(value: Any, digits: int = 1) -> str:
@@ -248,7 +248,7 @@ def render_html(doc: Mapping[str, Any], images: Mapping[str, Path] | None = None
 <dt>errors by reason</dt><dd>per status code, how many requests ended so and how many carried a retry hint (the server's retry-after-ms, sent with admission refusals).</dd>
 <dt>source</dt><dd>every figure is recomputed from {escape(str(run.get('records_file', 'requests.jsonl')))} beside this page; see docs/BENCHMARKS.md.</dd>
 </dl></body></html>
-"""
+"""  # noqa: E501 (HTML prose, one line per definition)
 
 
 def write_html(path: Path, doc: Mapping[str, Any], images: Mapping[str, Path] | None = None) -> Path:

@@ -221,7 +221,7 @@ arrival = "poisson"
 rate_hz = 1
 stream = true
 max_new_tokens = 32
-""",
+""",  # noqa: E501 (a description is one TOML string)
     "video_conferencing": """
 name = "video_conferencing"
 description = "XRBench-style video call: background segmentation per frame, a speech encoder on audio chunks, and occasional LLM meeting summaries."
@@ -250,7 +250,7 @@ arrival = "poisson"
 rate_hz = 0.5
 stream = true
 max_new_tokens = 64
-""",
+""",  # noqa: E501 (a description is one TOML string)
     "ar_assistant": """
 name = "ar_assistant"
 description = "XRBench-style AR assistant: object detection at 30 FPS, hand tracking at 45 FPS, and LLM answers to questions."
@@ -279,7 +279,7 @@ arrival = "poisson"
 rate_hz = 1
 stream = true
 max_new_tokens = 32
-""",
+""",  # noqa: E501 (a description is one TOML string)
     "gaming": """
 name = "gaming"
 description = "RTGen-style game: a per-frame DNN at 60 FPS and NPC dialogue that arrives in bursts when the player talks."
@@ -301,7 +301,7 @@ rate_hz = 0.5
 burst_size = 4
 stream = true
 max_new_tokens = 24
-""",
+""",  # noqa: E501 (a description is one TOML string)
     "camera_analytics": """
 name = "camera_analytics"
 description = "RTGen-style analytics box: a detector per frame over 8 cameras at 10 FPS, a classifier on detections, and a closed-loop re-indexing job."
@@ -327,5 +327,5 @@ pipeline = "classify"
 priority = 1
 arrival = "closed"
 concurrency = 2
-""",
+""",  # noqa: E501 (a description is one TOML string)
 }

@@ -75,7 +75,8 @@ def parse_shape_overrides(specs: Sequence[str]) -> dict[tuple[str, str], tuple[i
             model, name = target.split(":", 1)
             shapes[(model, name)] = tuple(int(d) for d in dims.lower().split("x"))
         except ValueError:
-            raise ValueError(f"--shape {spec!r}: expected MODEL:INPUT=DIMxDIM..., e.g. encoder:input_ids=1x64") from None
+            raise ValueError(f"--shape {spec!r}: expected MODEL:INPUT=DIMxDIM..., "
+                             "e.g. encoder:input_ids=1x64") from None
     return shapes
 
 

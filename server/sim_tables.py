@@ -15,7 +15,7 @@ __all__ = ["format_budget_table", "format_table", "with_recorded_row"]
 def format_table(results: Sequence[PolicyResult]) -> str:
     """One row per policy: DVR, ANTT, p50/p99 latency (ms) per priority class, throughput."""
     classes = sorted({p for r in results for p in r.per_class}, reverse=True)
-    head = ["policy", "DVR %", "ANTT"] + [f"prio {p} p50/p99 ms" for p in classes] + ["req/s", "energy J", "migr", "frz"]
+    head = ["policy", "DVR %", "ANTT", *(f"prio {p} p50/p99 ms" for p in classes), "req/s", "energy J", "migr", "frz"]
     rows = [head]
     for r in results:
         lat = [f"{r.per_class[p].p50_ms:.1f}/{r.per_class[p].p99_ms:.1f}" if p in r.per_class else "-" for p in classes]

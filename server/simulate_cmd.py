@@ -140,8 +140,8 @@ def run_replay_from_args(args, trace_text: str, profile_doc: Mapping) -> tuple[s
              f"{_seeds_text(args)}")
     report = {"platform": LOCAL_PLATFORM, "trace": str(args.trace), "profile": str(args.profile),
               "segment": args.segment, "arrivals": len(trace.arrivals), "span_s": span_s, "seed": args.seed,
-              "replicas": args.replicas,
-              "closed": list(args.closed), "local_window_s": args.local_window_s, "results": [asdict(r) for r in results],
+              "replicas": args.replicas, "closed": list(args.closed), "local_window_s": args.local_window_s,
+              "results": [asdict(r) for r in results],
               "recorded": None if live is None else asdict(live)}
     return f"{title}\n\n{with_recorded_row(results, live)}", report
 

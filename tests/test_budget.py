@@ -45,7 +45,8 @@ def test_off_critical_branch_gets_slack():
 
 def test_no_deadline_gives_infinite_budgets_and_a_late_request_gets_its_deadline():
     """Without a deadline every budget is infinite; past it, every stage is due at the deadline."""
-    assert all(math.isinf(b.sub_deadline_s) for b in split_deadline(CHAIN, list(EST), EST.__getitem__, 0.0, None).values())
+    budgets = split_deadline(CHAIN, list(EST), EST.__getitem__, 0.0, None)
+    assert all(math.isinf(b.sub_deadline_s) for b in budgets.values())
     late = split_deadline(CHAIN, list(EST), EST.__getitem__, 9.0, 8.0)
     assert {b.sub_deadline_s for b in late.values()} == {9.0}
     assert slack_s(late["s0"].sub_deadline_s, 9.0, 1.0) == -1.0

@@ -90,7 +90,7 @@ stages = [
 
 {py_model_toml("gate", "stage_fns:gate", devices=["py0"])}
 {chain_toml("gated", ["gate"])}
-"""
+"""  # noqa: E501 (a TOML inline table must be one line)
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +222,7 @@ stages = [
   { name = "enc", model = "encoder", inputs = { input_ids = "input:input_ids", attention_mask = "input:attention_mask" } },
   { name = "cls", model = "text_cls", inputs = { pooled = "enc.pooled" } },
 ]
-"""
+"""  # noqa: E501 (a TOML inline table must be one line)
 BIG_BATCH = 512  # x 128 tokens: 1 MiB of ids, about 450 MB of activations in the encoder
 
 

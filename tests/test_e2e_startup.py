@@ -88,7 +88,8 @@ def test_serve_on_all_interfaces_without_a_token_is_refused(tmp_path: Path):
 
 
 def test_empty_config_token_keeps_the_environment_token(tmp_path: Path):
-    """admin_token = "" in the file and HEDDLE_ADMIN_TOKEN set: it starts on 0.0.0.0 and the admin RPCs need that token."""
+    """admin_token = "" in the file and HEDDLE_ADMIN_TOKEN set: it starts on 0.0.0.0 and the admin RPCs
+    need that token."""
     config = write_config(tmp_path, 'admin_token = ""')
     proc = ServerProcess(["--config", str(config), "--grpc-host", "0.0.0.0", "--grpc-port", "0",
                           "--metrics-port", "0"], env={"HEDDLE_ADMIN_TOKEN": TOKEN})
@@ -186,7 +187,8 @@ def test_junk_protobuf_is_logged_in_a_few_lines_and_serving_goes_on(tmp_path: Pa
 # ---- what a first start says ------------------------------------------------------------------------
 
 def test_first_start_names_each_model_it_builds_and_sums_up_power_in_one_line(tmp_path: Path):
-    """On the embedded default with an empty cache: a line per demo model built, one power line at info, then serving."""
+    """On the embedded default with an empty cache: a line per demo model built, one power line at info,
+    then serving."""
     proc = ServerProcess(["--grpc-port", "0", "--metrics-port", "0"], env={"HEDDLE_CACHE_DIR": str(tmp_path)})
     try:
         started(proc)

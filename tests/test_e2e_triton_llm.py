@@ -88,7 +88,8 @@ stages = [
 
 
 def chat_toml(name: str, model: str) -> str:
-    return (f'[[pipelines]]\nname = "{name}"\ninputs = [{{ name = "input_ids", datatype = "INT64", shape = [1, -1] }}]\n'
+    return (f'[[pipelines]]\nname = "{name}"\n'
+            'inputs = [{ name = "input_ids", datatype = "INT64", shape = [1, -1] }]\n'
             f'outputs = {{ output_ids = "llm.output_ids" }}\n'
             f'stages = [{{ name = "llm", model = "{model}", inputs = {{ input_ids = "input:input_ids" }} }}]\n')
 

@@ -28,8 +28,9 @@ from server_fixtures import (  # noqa: F401  (fixtures are found by name)
 )
 
 RTOL, ATOL = 1e-4, 1e-5
-MODELS_AND_PIPELINES = {"backbone", "chat", "chat_text", "detokenize", "llm", "tokenize", "classify", "cnn", "encoder", "head_cls", "head_emb", "join",
-                        "multihead", "postprocess", "preprocess", "text_classify", "text_cls"}
+MODELS_AND_PIPELINES = {"backbone", "chat", "chat_text", "detokenize", "llm", "tokenize", "classify", "cnn", "encoder",
+                        "head_cls", "head_emb", "join", "multihead", "postprocess", "preprocess", "text_classify",
+                        "text_cls"}
 
 
 @pytest.fixture()
@@ -379,8 +380,11 @@ def test_statistics_count_requests_and_composing_models(client) -> None:
     with pytest.raises(InferenceServerException):
         client.infer("cnn", [image_input(np.zeros((1, 3, 8, 8), np.float32))])
     after = {n: _stats(client, n) for n in before}
-    delta = lambda n, field: getattr(after[n].inference_stats, field).count - getattr(before[n].inference_stats, field).count  # noqa: E731
-    assert (delta("cnn", "success"), delta("cnn", "fail"), delta("multihead", "success"), delta("head_emb", "success")) == (2, 1, 1, 1)
+    def delta(n: str, field: str) -> int:
+        return getattr(after[n].inference_stats, field).count - getattr(before[n].inference_stats, field).count
+
+    assert (delta("cnn", "success"), delta("cnn", "fail"), delta("multihead", "success"),
+            delta("head_emb", "success")) == (2, 1, 1, 1)
     assert after["cnn"].inference_count - before["cnn"].inference_count == 2
     assert after["cnn"].execution_count - before["cnn"].execution_count == 2
     s = after["cnn"].inference_stats

@@ -66,8 +66,8 @@ def test_run_times_are_drawn_from_the_measured_samples():
 
 def test_segment_keeps_only_what_arrived_under_one_live_policy():
     """A policy line splits the trace: each segment replays its own arrivals."""
-    text = URGENT + json.dumps({"event": "policy", "t_s": 1.0, "policy": "edf"}) + "\n" + json.dumps(
-        {"event": "arrival", "t_s": 1.5, "request_id": "later", "pipeline": "p", "priority": 1, "deadline_s": None}) + "\n"
+    later = {"event": "arrival", "t_s": 1.5, "request_id": "later", "pipeline": "p", "priority": 1, "deadline_s": None}
+    text = URGENT + json.dumps({"event": "policy", "t_s": 1.0, "policy": "edf"}) + "\n" + json.dumps(later) + "\n"
     trace = parse_trace(text)
     assert [a.request_id for a in trace.segment("edf").arrivals] == ["later"]
     assert len(trace.segment("fcfs").arrivals) == 3
@@ -123,7 +123,8 @@ def test_closed_loop_replay_needs_the_ends_of_the_requests():
 
 def test_recorded_scores_what_really_happened_like_a_replay():
     """The end lines give the live row: latencies and deadline verdicts as recorded."""
-    text = _trace([(0.0, "a", "p", 4, 0.020), (0.0, "b", "p", 4, 0.020)], ends=[(0.010, "a", 0.010), (0.030, "b", 0.030)])
+    text = _trace([(0.0, "a", "p", 4, 0.020), (0.0, "b", "p", 4, 0.020)],
+                  ends=[(0.010, "a", 0.010), (0.030, "b", 0.030)])
     live = recorded(parse_trace(text), parse_profile(_profile({("m", "d0"): 0.01})), "live")
     assert live.policy == "live" and live.violation_rate == pytest.approx(0.5)
     assert live.per_class[4].p99_ms == pytest.approx(30.0)
