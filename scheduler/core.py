@@ -245,6 +245,13 @@ class Core(CoreReads):
         self.power, self.admission = power, admission
         self.version += 1
 
+    def set_power_budget(self, budget_w: float | None, device_budget_w: Mapping[str, float] | None = None) -> None:
+        """New power budgets (the admin RPC): the controller acts on them from its next sample.
+        ValueError for unknown devices or bad watts, or when the core has no power control."""
+        if self.power is None:
+            raise ValueError("this core has no power controller")
+        self.power.set_budget(budget_w, device_budget_w)
+
     def on_level_refused(self, device: str, level: int, level_count: int) -> None:
         """The device's actuator did not take the plan's level: it holds `level` and offers
         `level_count` levels from now on (a knob that was lost). The controller and the

@@ -176,7 +176,7 @@ class PowerLoop:
 
     def set_budget(self, budget_w: float | None, device_budget_w: Mapping[str, float] | None = None) -> None:
         """New budgets at run time (the admin RPC); ValueError for unknown devices or bad watts."""
-        self.controller.set_budget(budget_w, device_budget_w)
+        self.runtime.core.set_power_budget(budget_w, device_budget_w)
         self._publish_budgets()
         log.info("power budget changed", budget_w=budget_w, device_budget_w=dict(device_budget_w or {}))
 

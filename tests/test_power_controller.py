@@ -216,12 +216,12 @@ def test_device_budget_acts_on_that_device_only():
 def test_budgets_change_at_run_time_and_are_validated():
     """set_budget takes new watts; unknown devices and non-positive watts are refused."""
     core, _ = make_core()
-    core.power.set_budget(5.0, {"cpu0": 2.0})
+    core.set_power_budget(5.0, {"cpu0": 2.0})
     assert core.power.budget_w == 5.0 and core.power.device_budget_w == {"cpu0": 2.0}
     with pytest.raises(ValueError, match="unknown device"):
-        core.power.set_budget(5.0, {"gpu9": 1.0})
+        core.set_power_budget(5.0, {"gpu9": 1.0})
     with pytest.raises(ValueError, match="positive"):
-        core.power.set_budget(-1.0)
+        core.set_power_budget(-1.0)
     with pytest.raises(ValueError, match="low < high"):
         PowerSettings(low=0.9, high=0.8)
 
