@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Collection
 from heddle.scheduler.admission_settings import class_limit
 from heddle.scheduler.budget import critical_path_s
 from heddle.scheduler.power import PowerController
-from heddle.scheduler.state import Request, RunState
+from heddle.scheduler.state import Request, RunState, started_s_of
 
 if TYPE_CHECKING:
     from heddle.scheduler.policies import CoreView
@@ -122,12 +122,12 @@ class Admission:
         predicted_s = None
         if self.check_latency and left_s is not None:
             # Devices where its class is frozen do not count: it would wait there for power.
-            skip = {d for d in ctl.devices if ctl.freeze_max(d) >= cls} if frozen else set()
+            skip = {d for d in ctl.devices if ctl.freeze_max(d) >= cls} if frozen and ctl is not None else set()
             predicted_s = predicted_latency_s(request, view, now, skip)
             late = self._late(request, cls, left_s, predicted_s, skip)
             if late is not None:
                 return late
-        if frozen:
+        if frozen and ctl is not None:
             return self._frozen_class(request, view, cls, ctl)
         return Decision(ACCEPT, predicted_s=predicted_s)
 
@@ -135,6 +135,7 @@ class Admission:
               skip: Collection[str]) -> Decision | None:
         """The refusal of a lower-class request predicted to miss its deadline, if it is."""
         if math.isinf(predicted_s) and skip:
+            assert self.controller is not None  # devices are skipped for frozen classes only
             return Decision(REJECT, "power", self.controller.retry_after_s(cls), message=(
                 f"power budget: priority {cls} is frozen on every device that could run it "
                 f"and its deadline is {left_s * 1e3:.1f} ms away"))
@@ -185,7 +186,7 @@ def _wait_s(view: CoreView, device: str, priority: int, now: float) -> float:
     ahead = [r for r in view.queued(device) if r.state is RunState.READY and r.request.priority >= priority]
     if view.free_slots(device) > len(ahead):
         return 0.0
-    running_s = sum(max(0.0, r.started_s + view.estimate_s(r.model, device) - now) for r in view.running(device))
+    running_s = sum(max(0.0, started_s_of(r) + view.estimate_s(r.model, device) - now) for r in view.running(device))
     queued_s = sum(view.estimate_s(r.model, device) for r in ahead)
     return (running_s + queued_s) / view.devices[device].slots
 

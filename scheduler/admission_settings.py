@@ -4,7 +4,7 @@ share of the in-flight bound each priority class may fill. Pure data; decisions 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 __all__ = ["AdmissionSettings", "class_limit"]
 
@@ -27,7 +27,7 @@ class AdmissionSettings:
             raise ValueError(f"[admission] max_in_flight must be an integer >= 0, got {self.max_in_flight!r}")
 
     @classmethod
-    def from_table(cls, raw: Mapping) -> AdmissionSettings:
+    def from_table(cls, raw: Mapping[str, Any]) -> AdmissionSettings:
         """The `[admission]` table of a config; ValueError names an unknown key or a bad value."""
         unknown = sorted(set(raw) - {"enabled", "max_in_flight"})
         if unknown:

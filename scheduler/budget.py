@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Collection, Mapping
 
 from heddle.scheduler.dag import Pipeline
-from heddle.scheduler.state import RunState, StageRun
+from heddle.scheduler.state import RunState, StageRun, device_of, started_s_of
 
 if TYPE_CHECKING:
     from heddle.scheduler.view import CoreReads
 
-__all__ = ["PathTimes", "StageBudget", "budget_run", "critical_path_s", "path_times", "slack_s", "split_deadline"]
+__all__ = [
+    "PathTimes", "StageBudget", "budget_run", "by_model", "critical_path_s", "path_times", "slack_s", "split_deadline",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,11 @@ def path_times(pipeline: Pipeline, remaining: Collection[str],
     return PathTimes(up, down, max(up.values(), default=0.0))
 
 
+def by_model(pipeline: Pipeline, model_s: Callable[[str], float]) -> Callable[[str], float]:
+    """A stage's time as its model's figure: the estimate critical_path_s takes, from a per-model one."""
+    return lambda stage: model_s(pipeline.stage(stage).model)
+
+
 def critical_path_s(pipeline: Pipeline, estimate: Callable[[str], float]) -> float:
     """The whole pipeline's critical path: its latency on an idle machine."""
     return path_times(pipeline, [s.name for s in pipeline.stages], estimate).critical_s
@@ -91,7 +98,7 @@ def budget_run(run: StageRun, now: float, view: CoreReads) -> None:
     def remaining_s(stage: str) -> float:
         other = request.runs[stage]
         if other.state is RunState.RUNNING:
-            return max(0.0, other.started_s + view.estimate_s(other.model, other.device) - now)
+            return max(0.0, started_s_of(other) + view.estimate_s(other.model, device_of(other)) - now)
         return view.best_estimate_s(other.model)
 
     left = [s for s, r in request.runs.items() if r.state < RunState.DONE]

@@ -9,15 +9,16 @@ from heddle.scheduler.deadlines import DeadlineHeap, usable_deadline
 from heddle.scheduler.plan import (
     Dispatch, Finished, Freeze, Migrate, Plan, PowerAction, Reject, SetLevel, Unfreeze,
 )
-from heddle.scheduler.policies import Policy, make_policy, tail
+from heddle.scheduler.policies import Policy, SortKey, make_policy, tail
 from heddle.scheduler.profiles import ConstantProfiles, Profiles
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
-from heddle.scheduler.state import Outcome, Request, RunState, StageRun
+from heddle.scheduler.state import Outcome, Request, RunState, StageRun, device_of, started_s_of
 from heddle.scheduler.view import CoreReads
 
 if TYPE_CHECKING:
     from heddle.scheduler.admission import Admission
     from heddle.scheduler.power import PowerController
+    from heddle.scheduler.power_settings import PowerReading
 
 __all__ = ["Core"]
 
@@ -139,7 +140,7 @@ class Core(CoreReads):
         run.state = RunState.FAILED if error else RunState.DONE
         run.error = error
         if not error:
-            self.profiles.observe(run.model, self.devices[run.device], run.level, now - run.started_s)
+            self.profiles.observe(run.model, self.devices[device_of(run)], run.level, now - started_s_of(run))
             self._best_s.pop(run.model, None)
         if request.finished:
             return  # cancelled or expired while this stage ran: its result is not wanted
@@ -163,7 +164,7 @@ class Core(CoreReads):
         request, run = self._running_run(request_id, stage)
         self._free_slot(run)
         self.version += 1
-        self.profiles.observe(run.model, self.devices[run.device], run.level, now - run.started_s)
+        self.profiles.observe(run.model, self.devices[device_of(run)], run.level, now - started_s_of(run))
         self._best_s.pop(run.model, None)
         if request.finished:
             run.state, run.finished_s = RunState.CANCELLED, now
@@ -215,7 +216,8 @@ class Core(CoreReads):
         self._make_ready(run, now)
         return not request.finished
 
-    def on_power_sample(self, samples, now: float, busy: Mapping[str, float] | None = None) -> None:
+    def on_power_sample(self, samples: Iterable[PowerReading], now: float,
+                        busy: Mapping[str, float] | None = None) -> None:
         """A control period's power readings: the controller's level changes show in the next
         plan (for the driver to apply), its freezes and refusals take effect from then on."""
         if self.power is None:
@@ -230,6 +232,7 @@ class Core(CoreReads):
 
     def _refused(self, request: Request, now: float) -> bool:
         """Admission's verdict on a just-registered request; a rejected one ends here."""
+        assert self.admission is not None  # submit asks only when there is one
         decision = self.admission.decide(request, self, now)
         if decision.action != "reject":
             return False
@@ -322,8 +325,8 @@ class Core(CoreReads):
         self._queues[run.device].append(run)
         self.version += 1
 
-    def _rank(self, run: StageRun, now: float) -> tuple:
-        if self.policy.max_wait_s is not None and self.aged(run, now):
+    def _rank(self, run: StageRun, now: float) -> SortKey:
+        if self.policy.max_wait_s is not None and run.ready_s is not None and self.aged(run, now):
             return (0, run.ready_s, *tail(run))  # aged runs: oldest ready first
         return (1, *self.policy.key(run, now, self))
 
@@ -345,9 +348,10 @@ class Core(CoreReads):
         return min(pool, key=lambda r: self._rank(r, now)) if pool else None
 
     def _start(self, run: StageRun, device: str, now: float) -> Dispatch:
-        self._queues[run.device].remove(run)
-        if run.device != device:
-            self._log_migrated.append(Migrate(run.request.id, run.stage, run.device, device))
+        queued = device_of(run)
+        self._queues[queued].remove(run)
+        if queued != device:
+            self._log_migrated.append(Migrate(run.request.id, run.stage, queued, device))
         run.device = device
         run.state = RunState.RUNNING
         run.started_s = now
@@ -374,7 +378,7 @@ class Core(CoreReads):
 
     def _free_slot(self, run: StageRun) -> None:
         if self._riders.pop(run.key, None) is None:
-            del self._running[run.device][run.key]
+            del self._running[device_of(run)][run.key]
 
     def _apply_holds(self, now: float) -> None:
         """The one way runs are frozen and unfrozen: the policy names the queued runs to hold
@@ -421,7 +425,7 @@ class Core(CoreReads):
             self.admission.forget(request.id)
         for run in request.runs.values():
             if run.state in _QUEUED:
-                self._queues[run.device].remove(run)
+                self._queues[device_of(run)].remove(run)
                 self._num_frozen -= run.state is RunState.FROZEN
             if run.state < RunState.RUNNING:
                 run.state = RunState.CANCELLED

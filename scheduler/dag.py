@@ -89,7 +89,8 @@ def validate_pipeline(spec: PipelineSpec, models: Mapping[str, ModelSpec]) -> Pi
     )
 
 
-def _source_spec(where: str, wire: Wire, stages, models, inputs) -> TensorSpec:
+def _source_spec(where: str, wire: Wire, stages: Mapping[str, StageSpec], models: Mapping[str, ModelSpec],
+                 inputs: Mapping[str, TensorSpec]) -> TensorSpec:
     if wire.stage is None:
         if wire.tensor not in inputs:
             raise PipelineError(f"{where}: no pipeline input named {wire.tensor!r}")
@@ -105,7 +106,8 @@ def _source_spec(where: str, wire: Wire, stages, models, inputs) -> TensorSpec:
     return out
 
 
-def _wire_stage(where, stage: StageSpec, model: ModelSpec, stages, models, inputs) -> dict[str, Wire]:
+def _wire_stage(where: str, stage: StageSpec, model: ModelSpec, stages: Mapping[str, StageSpec],
+                models: Mapping[str, ModelSpec], inputs: Mapping[str, TensorSpec]) -> dict[str, Wire]:
     here = f"{where}, stage {stage.name!r}"
     for name in stage.inputs:
         if model.input(name) is None:
@@ -135,7 +137,7 @@ def _wire_stage(where, stage: StageSpec, model: ModelSpec, stages, models, input
     return wires
 
 
-def _topological_order(where: str, names: list[str], depends_on) -> list[str]:
+def _topological_order(where: str, names: list[str], depends_on: Mapping[str, tuple[str, ...]]) -> list[str]:
     """Kahn's algorithm, keeping config order among peers so plans stay deterministic."""
     remaining = {n: set(depends_on[n]) for n in names}
     order: list[str] = []
@@ -152,10 +154,12 @@ def _topological_order(where: str, names: list[str], depends_on) -> list[str]:
     return order
 
 
-def _resolve_outputs(where, spec: PipelineSpec, stages, models):
+def _resolve_outputs(where: str, spec: PipelineSpec, stages: Mapping[str, StageSpec],
+                     models: Mapping[str, ModelSpec]) -> tuple[tuple[TensorSpec, ...], dict[str, Wire]]:
     if not spec.outputs:
         raise PipelineError(f"{where}: declares no outputs")
-    outputs, wires = [], {}
+    outputs: list[TensorSpec] = []
+    wires: dict[str, Wire] = {}
     for name, source in spec.outputs.items():
         wire = parse_source(source)
         if wire.stage is None:

@@ -3,22 +3,27 @@ also choose where a run is queued, whether an idle device takes it, and what to 
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from heddle.scheduler.specs import DeviceSpec
-from heddle.scheduler.state import Request, RunState, StageRun
+from heddle.scheduler.state import Request, RunState, StageRun, device_of
 
 __all__ = [
     "POLICIES", "BasePolicy", "CoreView", "DreamPolicy", "EdfPolicy", "FcfsPolicy",
-    "LeastSlackPolicy", "Policy", "PriorityPolicy", "SjfPolicy", "make_policy", "tail",
+    "LeastSlackPolicy", "Policy", "PriorityPolicy", "SjfPolicy", "SortKey", "make_policy", "tail",
 ]
+
+# A policy's order for one run: compared element by element, numbers first, the tail last.
+SortKey = tuple[float, ...]
 
 
 class CoreView(Protocol):
     """What a policy may read of the core (the Core itself); nothing here changes state."""
 
-    devices: Mapping[str, DeviceSpec]
-    version: int  # changes whenever anything below may have changed
+    @property
+    def devices(self) -> Mapping[str, DeviceSpec]: ...
+    @property
+    def version(self) -> int: ...  # changes whenever anything below may have changed
 
     def estimate_s(self, model: str, device: str) -> float: ...
     def tail_s(self, model: str, device: str) -> float: ...
@@ -43,14 +48,14 @@ class Policy(Protocol):
     max_wait_s: float | None
     steal_when_busy: bool
 
-    def key(self, run: StageRun, now: float, view: CoreView) -> tuple: ...
+    def key(self, run: StageRun, now: float, view: CoreView) -> SortKey: ...
     def place(self, run: StageRun, devices: list[str], view: CoreView, now: float) -> str: ...
     def may_steal(self, run: StageRun, device: str, view: CoreView, now: float) -> bool: ...
     def steal_candidates(self, device: str, view: CoreView, now: float) -> list[StageRun]: ...
     def hold(self, view: CoreView, now: float) -> set[tuple[str, str]]: ...
 
 
-def tail(run: StageRun) -> tuple:
+def tail(run: StageRun) -> SortKey:
     # Arrival, then arrival counter, then topological index: a total order, so plans are
     # a deterministic function of the state.
     return (run.request.arrival_s, run.request.seq, run.index)
@@ -68,7 +73,7 @@ class BasePolicy:
             raise ValueError(f"max_wait_s must be >= 0 or None, not {max_wait_s!r}")
         self.max_wait_s = max_wait_s
 
-    def key(self, run: StageRun, now: float, view: CoreView | None = None) -> tuple:
+    def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
         return tail(run)
 
     def place(self, run: StageRun, devices: list[str], view: CoreView, now: float) -> str:
@@ -113,7 +118,7 @@ class PriorityPolicy(BasePolicy):
     def __init__(self, max_wait_s: float | None = DEFAULT_MAX_WAIT_S) -> None:
         super().__init__(max_wait_s)
 
-    def key(self, run: StageRun, now: float, view: CoreView | None = None) -> tuple:
+    def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
         return (-run.request.priority, *tail(run))
 
 
@@ -122,7 +127,7 @@ class EdfPolicy(BasePolicy):
 
     name = "edf"
 
-    def key(self, run: StageRun, now: float, view: CoreView | None = None) -> tuple:
+    def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
         return (run.sub_deadline_s, *tail(run))
 
 
@@ -131,8 +136,8 @@ class LeastSlackPolicy(BasePolicy):
 
     name = "least_slack"
 
-    def key(self, run: StageRun, now: float, view: CoreView | None = None) -> tuple:
-        return (run.sub_deadline_s - now - view.estimate_s(run.model, run.device), *tail(run))
+    def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
+        return (run.sub_deadline_s - now - view.estimate_s(run.model, device_of(run)), *tail(run))
 
 
 class SjfPolicy(BasePolicy):
@@ -140,8 +145,8 @@ class SjfPolicy(BasePolicy):
 
     name = "sjf"
 
-    def key(self, run: StageRun, now: float, view: CoreView | None = None) -> tuple:
-        return (view.estimate_s(run.model, run.device), *tail(run))
+    def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
+        return (view.estimate_s(run.model, device_of(run)), *tail(run))
 
 
 class DreamPolicy(BasePolicy):
@@ -157,9 +162,9 @@ class DreamPolicy(BasePolicy):
         super().__init__(max_wait_s)
         self.alpha = alpha
 
-    def key(self, run: StageRun, now: float, view: CoreView | None = None) -> tuple:
+    def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
         req = run.request
-        run_s = view.estimate_s(run.model, run.device)
+        run_s = view.estimate_s(run.model, device_of(run))
         urgency = 0.0
         if req.deadline_s is not None:
             remaining_s = run_s + (req.deadline_s - run.latest_finish_s)
@@ -169,7 +174,7 @@ class DreamPolicy(BasePolicy):
         return (-(urgency + self.alpha * fairness), *tail(run))
 
 
-def _twill(**options) -> Policy:
+def _twill(**options: Any) -> Policy:
     from heddle.scheduler.twill import TwillPolicy  # twill builds on this module
 
     return TwillPolicy(**options)
@@ -186,7 +191,7 @@ POLICIES: dict[str, Callable[..., Policy]] = {
 }
 
 
-def make_policy(name: str, **options) -> Policy:
+def make_policy(name: str, **options: Any) -> Policy:
     """Build a policy by name (options such as max_wait_s go to its constructor);
     ValueError lists the known ones."""
     try:

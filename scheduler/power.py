@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from heddle.scheduler.plan import PowerAction, SetLevel
 from heddle.scheduler.power_settings import (
@@ -180,15 +180,17 @@ class PowerController:
             self._dwell = min(2 * self._dwell, _MAX_DWELL_FACTOR * self.settings.relax_periods)
         self._last_escalate_s = now
         step = self._context(view, busy)
-        actions = []
+        actions: list[SetLevel | PowerAction] = []
         for devices, budget_w, power_w, name, raw_w in over:
+            assert power_w is not None  # `over` holds measured scopes only
             why = (f"{name} {power_w:.2f} W > {self.settings.high:g} x budget {budget_w:g} W"
                    if power_w > self.settings.high * budget_w else
                    f"{name} read {raw_w:.2f} W > {_HARD_LIMIT:g} x budget {budget_w:g} W")
             actions += self._escalate(devices, step, why, is_box=name == "box")
         return actions
 
-    def _maybe_relax(self, now: float, view: CoreView, busy: Mapping[str, float] | None) -> list:
+    def _maybe_relax(self, now: float, view: CoreView,
+                     busy: Mapping[str, float] | None) -> list[SetLevel | PowerAction]:
         calm = all(power_w is None or power_w < self.settings.low * budget_w
                    for _, budget_w, power_w, _, _ in self._scopes())
         self._calm = self._calm + 1 if calm else 0
@@ -207,7 +209,7 @@ class PowerController:
         self._last_relax_s = now
         return [action]
 
-    def _rebalance(self, step: _Step) -> list[SetLevel]:
+    def _rebalance(self, step: _Step) -> list[SetLevel | PowerAction]:
         """Between the thresholds: when work moved, give a level back to a device now serving
         the top class, taken from one that does not, if that does not add power."""
         slowed = [d for d in self.devices if self.levels[d] > 0 and step.urgency[d] >= self.top
@@ -315,7 +317,7 @@ class PowerController:
             return None  # in order: nothing below this class is undone first
         return self._to_raise(self.devices, step, why)
 
-    def _to_lower(self, devices: list[str], step: _Step, allowed) -> str | None:
+    def _to_lower(self, devices: list[str], step: _Step, allowed: Callable[[str], bool]) -> str | None:
         candidates = [(step.urgency[d], -self._saving_w(d, step), self._order[d], d) for d in devices
                       if allowed(d) and self.levels[d] < self.level_counts[d] - 1 and self._saving_w(d, step) > 0]
         return min(candidates)[3] if candidates else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 __all__ = ["BOARD", "LevelPower", "PowerReading", "PowerSettings", "PowerSnapshot", "box_power_w"]
 
@@ -16,9 +16,13 @@ BOARD = "board"  # the domain of a whole-module reading (as backends.power_senso
 class PowerReading(Protocol):
     """What the controller reads of a sample (backends.power_sensors.PowerSample has it)."""
 
-    device: str  # a device id, "+"-joined ids, BOARD or "rail:NAME"
-    power_w: float
-    source: str  # "measured" | "estimated"
+    # Read-only properties, so frozen dataclasses (PowerSample, the simulator's Reading) match.
+    @property
+    def device(self) -> str: ...  # a device id, "+"-joined ids, BOARD or "rail:NAME"
+    @property
+    def power_w(self) -> float: ...
+    @property
+    def source(self) -> str: ...  # "measured" | "estimated"
 
 
 def box_power_w(readings: Sequence[PowerReading]) -> float:
@@ -63,7 +67,7 @@ class PowerSettings:
 
 
     @classmethod
-    def from_table(cls, raw: Mapping, device_ids: Sequence[str]) -> PowerSettings:
+    def from_table(cls, raw: Mapping[str, Any], device_ids: Sequence[str]) -> PowerSettings:
         """The `[power]` table of a config: `budget_w`, `devices = { id = watts }` and the
         tuning keys above; ValueError names an unknown key or device or a bad value."""
         raw = dict(raw)

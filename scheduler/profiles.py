@@ -145,7 +145,7 @@ class _Series:
     """Measured runs of one (model, device, level): EWMA plus a bounded window for the tail."""
 
     ewma_s: float
-    window: deque
+    window: deque[float]
     count: int = 0
 
 
@@ -163,8 +163,8 @@ class ProfileTable:
     alpha: float = 0.2  # EWMA weight of the newest run
     window: int = 64
     percentile: float = 95.0
-    _series: dict = field(default_factory=dict)
-    _cache: dict = field(default_factory=dict)
+    _series: dict[tuple[str, str, int], _Series] = field(default_factory=dict)
+    _cache: dict[tuple[str, str, int], Estimate] = field(default_factory=dict)
 
     def estimate(self, model: str, device: DeviceSpec, level: int = 0) -> Estimate:
         key = (model, device.id, level)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from heddle.scheduler.dag import Pipeline
 
-__all__ = ["Outcome", "Request", "RunState", "StageRun"]
+__all__ = ["Outcome", "Request", "RunState", "StageRun", "device_of", "started_s_of"]
 
 
 class RunState(enum.IntEnum):
@@ -89,3 +89,17 @@ class Request:
             and self.finished_s is not None
             and self.finished_s > self.deadline_s
         )
+
+
+# Typed reads of what a run has once the core placed or started it: a run is placed on a device
+# before any policy orders it, and started before anyone asks how long it has been running.
+def device_of(run: StageRun) -> str:
+    """The device a placed run (READY and after) is queued on or ran on."""
+    assert run.device is not None, f"run {run.key} has no device: it was never placed"
+    return run.device
+
+
+def started_s_of(run: StageRun) -> float:
+    """When a started run (RUNNING and after) was dispatched."""
+    assert run.started_s is not None, f"run {run.key} has no start time: it never started"
+    return run.started_s

@@ -28,13 +28,18 @@ from __future__ import annotations
 import bisect
 import math
 
-from heddle.scheduler.policies import BasePolicy, CoreView, tail
-from heddle.scheduler.state import Request, RunState, StageRun
+from heddle.scheduler.policies import BasePolicy, CoreView, SortKey, tail
+from heddle.scheduler.state import Request, RunState, StageRun, device_of, started_s_of
 
 __all__ = ["TwillPolicy"]
 
 _FEASIBLE, _AFTER_FEASIBLE = 0, 1
 _HOPELESS, _BEST_EFFORT = 0, 1  # order within _AFTER_FEASIBLE at equal priority
+# A device a run may go to: (finish, on_time, energy, run time, config index, device).
+_Option = tuple[float, bool, float, float, int, str]
+# A device's queue as it would run: READY runs' keys in order, prefix sums of their estimates,
+# the running work left, and the runs themselves.
+_Forecast = tuple[list[SortKey], list[float], float, list[StageRun]]
 # Among devices that meet a run's sub-deadline: the slowest ("fit": keeps fast devices for
 # work only they can do on time), the most frugal ("energy"), or the first to finish.
 MAPPINGS = ("fit", "energy", "fastest")
@@ -58,10 +63,10 @@ class TwillPolicy(BasePolicy):
         self._reserved_at = math.nan
         # Per device, valid while the core's version and the clock stand still: its READY runs
         # in key order, prefix sums of their estimates, and the running work left.
-        self._forecasts: dict[str, tuple] = {}
+        self._forecasts: dict[str, tuple[tuple[int, float], _Forecast]] = {}
 
     # ---- order --------------------------------------------------------------------------
-    def key(self, run: StageRun, now: float, view: CoreView | None = None) -> tuple:
+    def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
         request = run.request
         priority = max(request.priority, 1)
         if request.deadline_s is None:
@@ -77,12 +82,12 @@ class TwillPolicy(BasePolicy):
 
     # ---- mapping ------------------------------------------------------------------------
     def place(self, run: StageRun, devices: list[str], view: CoreView, now: float) -> str:
-        options = []  # (finish, on_time, energy, run time, config index, device)
+        options: list[_Option] = []
         for i, device in enumerate(devices):
             mean_s = view.estimate_s(run.model, device)
             finish = now + self._wait_ahead_s(view, run, device, now) + mean_s
-            on_time = finish - mean_s + view.tail_s(run.model, device) <= run.sub_deadline_s
-            options.append((finish, on_time, view.power_w(run.model, device) * mean_s, mean_s, i, device))
+            meets = finish - mean_s + view.tail_s(run.model, device) <= run.sub_deadline_s
+            options.append((finish, meets, view.power_w(run.model, device) * mean_s, mean_s, i, device))
         on_time = [o for o in options if o[1]]
         if on_time and math.isfinite(run.sub_deadline_s):
             if self.mapping == "energy":
@@ -92,10 +97,10 @@ class TwillPolicy(BasePolicy):
         return min(options, key=lambda o: (o[0], o[4]))[5]
 
     @staticmethod
-    def _fit(on_time: list[tuple], view: CoreView) -> str:
+    def _fit(on_time: list[_Option], view: CoreView) -> str:
         """Of the on-time options, the slowest speed class (devices of one kind and backend, by
         their fastest estimate); within it, the earliest finish."""
-        classes: dict[tuple[str, str], list[tuple]] = {}
+        classes: dict[tuple[str, str], list[_Option]] = {}
         for option in on_time:
             spec = view.devices[option[5]]
             classes.setdefault((spec.kind, spec.backend), []).append(option)
@@ -111,20 +116,21 @@ class TwillPolicy(BasePolicy):
         here_s = view.estimate_s(run.model, device)
         if self._reserved_at == now and now + here_s > self._reserved.get(device, math.inf):
             return False
-        wait_s = self._wait_ahead_s(view, run, run.device, now)
+        queued = device_of(run)
+        wait_s = self._wait_ahead_s(view, run, queued, now)
         if (not math.isfinite(run.sub_deadline_s) and wait_s > 0
                 and not any(q.state is RunState.READY for q in view.queued(device))):
             return True
-        there_s = view.estimate_s(run.model, run.device)
+        there_s = view.estimate_s(run.model, queued)
         there = now + wait_s + there_s
         margin = max(self.min_margin_s, self.migrate_margin * here_s)
         if now + here_s + margin >= there:
             return False
         if not math.isfinite(run.sub_deadline_s):
             return True
-        if there - there_s + view.tail_s(run.model, run.device) > run.sub_deadline_s:
+        if there - there_s + view.tail_s(run.model, queued) > run.sub_deadline_s:
             return True
-        return view.power_w(run.model, device) * here_s < view.power_w(run.model, run.device) * there_s
+        return view.power_w(run.model, device) * here_s < view.power_w(run.model, queued) * there_s
 
     def steal_candidates(self, device: str, view: CoreView, now: float) -> list[StageRun]:
         """From each other queue, the best-ranked runs this device can run and may take:
@@ -152,7 +158,7 @@ class TwillPolicy(BasePolicy):
             return 0.0
         return (busy_s + prefix_s[ahead]) / view.devices[device].slots
 
-    def _forecast(self, view: CoreView, device: str, now: float) -> tuple[list, list[float], float, list]:
+    def _forecast(self, view: CoreView, device: str, now: float) -> _Forecast:
         stamp = (view.version, now)
         cached = self._forecasts.get(device)
         if cached is not None and cached[0] == stamp:
@@ -162,7 +168,8 @@ class TwillPolicy(BasePolicy):
         prefix = [0.0]
         for _, est, _ in entries:
             prefix.append(prefix[-1] + est)
-        forecast = ([k for k, _, _ in entries], prefix, _busy_total_s(view, device, now), [q for _, _, q in entries])
+        forecast: _Forecast = ([k for k, _, _ in entries], prefix, _busy_total_s(view, device, now),
+                               [q for _, _, q in entries])
         self._forecasts[device] = (stamp, forecast)
         return forecast
 
@@ -195,8 +202,9 @@ class TwillPolicy(BasePolicy):
 
     def _protect(self, view: CoreView, run: StageRun, ready_at: float, now: float,
                  held: set[tuple[str, str]], downstream: dict[tuple[int, str], float]) -> None:
+        assert run.request.deadline_s is not None  # hold() protects stages of requests with one only
         deadline = run.request.deadline_s - _downstream_s(view, run, downstream)
-        best = None
+        best: tuple[float, str] | None = None
         for device in view.eligible_devices(run.model):
             finish = max(ready_at, now + _busy_s(view, device, now)) + view.tail_s(run.model, device)
             if best is None or finish < best[0]:
@@ -216,14 +224,14 @@ class TwillPolicy(BasePolicy):
 
 
 def _busy_total_s(view: CoreView, device: str, now: float) -> float:
-    return sum(max(0.0, r.started_s + view.estimate_s(r.model, device) - now) for r in view.running(device))
+    return sum(max(0.0, started_s_of(r) + view.estimate_s(r.model, device) - now) for r in view.running(device))
 
 
 def _busy_s(view: CoreView, device: str, now: float) -> float:
     """Until the first slot of the device frees (0 if one is free now)."""
     if view.free_slots(device) > 0:
         return 0.0
-    return min(max(0.0, r.started_s + view.estimate_s(r.model, device) - now) for r in view.running(device))
+    return min(max(0.0, started_s_of(r) + view.estimate_s(r.model, device) - now) for r in view.running(device))
 
 
 def _ready_at(view: CoreView, run: StageRun, now: float) -> float | None:
@@ -236,7 +244,7 @@ def _ready_at(view: CoreView, run: StageRun, now: float) -> float | None:
     for dep in request.pipeline.depends_on[run.stage]:
         other = request.runs[dep]
         if other.state is RunState.RUNNING:
-            ready_at = max(ready_at, other.started_s + view.estimate_s(other.model, other.device))
+            ready_at = max(ready_at, started_s_of(other) + view.estimate_s(other.model, device_of(other)))
         elif other.state is not RunState.DONE:
             return None
     return ready_at

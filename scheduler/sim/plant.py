@@ -56,7 +56,8 @@ class ThrottlingGovernor:
             core.set_device_level(device, min(count - 1, max(0, core.level(device) + move)))
 
 
-def device_power_models(platform: Platform, truth) -> tuple[dict[str, LevelPower], dict[str, int]]:
+def device_power_models(platform: Platform, truth: Mapping[tuple[str, str, int], ProfileEntry]
+                        ) -> tuple[dict[str, LevelPower], dict[str, int]]:
     """Each device's power model for the controller: idle (assumed) and, per level, the mean
     active power of the models it runs; and its number of levels."""
     models, counts = {}, {}

@@ -21,7 +21,7 @@ Sources:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 from heddle.scheduler.profiles import ProfileEntry
 from heddle.scheduler.sim.workload import LlmSource, Periodic, Poisson, Scenario, chain
@@ -76,7 +76,7 @@ class Platform:
         return tuple(d.id for d in self.devices if d.kind in kinds)
 
 
-def _device(id_: str, kind: str, clocks: tuple[float, ...], **options) -> DeviceSpec:
+def _device(id_: str, kind: str, clocks: tuple[float, ...], **options: Any) -> DeviceSpec:
     return DeviceSpec(id_, kind, "sim", 1, {"speed": {"level_clock": clocks}, **options})
 
 

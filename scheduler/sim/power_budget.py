@@ -63,8 +63,10 @@ def budget_table(platform: Platform, scenario: Scenario, budgets: Sequence[float
     rate) under the throttling governor, and the two crossed (controller + that baseline,
     governor + twill) so the controller's and the policy's shares can be told apart."""
     top = max(s.priority for s in scenario.sources)
-    run = lambda policy, budget, control: simulate_budget(  # noqa: E731
-        platform, scenario, policy, budget, control, seed=seed, duration_s=duration_s)
+
+    def run(policy: str, budget: float | None, control: str) -> BudgetResult:
+        return simulate_budget(platform, scenario, policy, budget, control, seed=seed, duration_s=duration_s)
+
     rows = [run("twill", None, "none")]
     for budget in budgets:
         governed = [run(p, budget, "governor") for p in BASELINES]

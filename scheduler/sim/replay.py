@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from heddle.scheduler.budget import critical_path_s
+from heddle.scheduler.budget import by_model, critical_path_s
 from heddle.scheduler.core import Core
 from heddle.scheduler.dag import Pipeline
 from heddle.scheduler.plan import Finished
@@ -48,7 +48,7 @@ def _setup(trace: Trace, profile: MeasuredProfile) -> _Setup:
                          f"{[d.id for d in devices]}: run `heddle profile` with the server's config")
     pipelines, models = build_pipelines([trace.pipelines[n] for n in names], devices_of)
     best = {m: min(profile.entries[(m, d, 0)].latency_s for d in ds) for m, ds in devices_of.items()}
-    isolated = {n: critical_path_s(p, lambda s, p=p: best[p.stage(s).model]) for n, p in pipelines.items()}
+    isolated = {n: critical_path_s(p, by_model(p, best.__getitem__)) for n, p in pipelines.items()}
     return _Setup(devices, pipelines, models, isolated)
 
 
@@ -76,7 +76,7 @@ def closed_loop_links(trace: Trace, pipelines: Sequence[str]) -> dict[str, tuple
 
 
 def replay(trace: Trace, profile: MeasuredProfile, policy: str, *, seed: int = 1,
-           policy_options: Mapping | None = None, closed: Sequence[str] = (),
+           policy_options: Mapping[str, Any] | None = None, closed: Sequence[str] = (),
            local_window_s: float | None = None) -> PolicyResult:
     """Every request of the trace through a Core under `policy`; each run takes a time drawn from
     that (model, device)'s measured runs (run_times.MeasuredRuns). Requests arrive at their

@@ -83,7 +83,7 @@ class MeasuredRuns(RunTimeModel):
             at_s, window_s = near
             lo, hi = bisect.bisect_left(timed[0], at_s - window_s), bisect.bisect_right(timed[0], at_s + window_s)
             if hi - lo >= _MIN_LOCAL_RUNS:
-                measured = sorted(timed[1][lo:hi])
+                measured = tuple(sorted(timed[1][lo:hi]))
         digest = hashlib.blake2b(run_key.encode(), digest_size=8).digest()
         u = int.from_bytes(digest, "little") / 2.0**64
         return measured[min(int(u * len(measured)), len(measured) - 1)]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence, TypeVar
 
 from heddle.scheduler.state import Outcome
 
 __all__ = ["ClassStats", "PolicyResult", "RequestRecord", "ended_records", "mean_result", "score", "sorted_placements"]
+
+_K = TypeVar("_K")  # a per-class (int) or per-source (str) table
 
 
 @dataclass(slots=True)
@@ -22,6 +24,12 @@ class RequestRecord:
     isolated_s: float
     finish_s: float | None = None
     outcome: str = ""
+
+    @property
+    def latency_s(self) -> float:
+        """Arrival to finish, of a request that finished."""
+        assert self.finish_s is not None, f"request {self.request_id} has not finished"
+        return self.finish_s - self.arrival_s
 
     @property
     def violated(self) -> bool:
@@ -56,7 +64,7 @@ class PolicyResult:
 
 def _stats(records: Sequence[RequestRecord]) -> ClassStats:
     deadline = [r for r in records if r.deadline_s is not None]
-    done = sorted((r.finish_s - r.arrival_s) * 1000 for r in records if r.outcome == Outcome.OK.value)
+    done = sorted(r.latency_s * 1000 for r in records if r.outcome == Outcome.OK.value)
     return ClassStats(len(records), len(deadline),
                       sum(r.violated for r in deadline) / len(deadline) if deadline else 0.0,
                       _pct(done, 50), _pct(done, 99))
@@ -68,7 +76,8 @@ def _pct(ordered: list[float], q: float) -> float:
     return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
-def score(policy, records, duration_s, energy_j, migrations, freezes) -> PolicyResult:
+def score(policy: str, records: Sequence[RequestRecord], duration_s: float, energy_j: float, migrations: int,
+          freezes: int) -> PolicyResult:
     """One policy's figures from its ended requests (the simulator's and trace replay's)."""
     done = [r for r in records if r.outcome == Outcome.OK.value]
     overall = _stats(records)
@@ -76,7 +85,7 @@ def score(policy, records, duration_s, energy_j, migrations, freezes) -> PolicyR
     sources = sorted({r.source for r in records})
     return PolicyResult(
         policy=policy, requests=len(records), completed=len(done), violation_rate=overall.violation_rate,
-        antt=sum((r.finish_s - r.arrival_s) / r.isolated_s for r in done) / len(done) if done else math.nan,
+        antt=sum(r.latency_s / r.isolated_s for r in done) / len(done) if done else math.nan,
         throughput_rps=len(done) / duration_s, energy_j=energy_j, migrations=migrations, freezes=freezes,
         per_class={p: _stats([r for r in records if r.priority == p]) for p in classes},
         per_source={s: _stats([r for r in records if r.source == s]) for s in sources},
@@ -90,11 +99,11 @@ def mean_result(results: Sequence[PolicyResult]) -> PolicyResult:
     if len(results) == 1:
         return results[0]
 
-    def avg(values) -> float:
-        values = [v for v in values if not math.isnan(v)]
-        return sum(values) / len(values) if values else math.nan
+    def avg(values: Iterable[float]) -> float:
+        known = [v for v in values if not math.isnan(v)]
+        return sum(known) / len(known) if known else math.nan
 
-    def stats(maps: list[Mapping]) -> dict:
+    def stats(maps: list[Mapping[_K, ClassStats]]) -> dict[_K, ClassStats]:
         keys = sorted({k for m in maps for k in m}, key=str)
         return {k: ClassStats(round(avg([m[k].requests for m in maps if k in m])),
                               round(avg([m[k].with_deadline for m in maps if k in m])),

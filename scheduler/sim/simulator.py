@@ -7,9 +7,9 @@ Pure: no wall clock and no I/O; `heddle simulate` (server/simulate_cmd.py) print
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
-from heddle.scheduler.budget import critical_path_s
+from heddle.scheduler.budget import by_model, critical_path_s
 from heddle.scheduler.core import Core
 from heddle.scheduler.dag import Pipeline
 from heddle.scheduler.policies import make_policy
@@ -46,12 +46,12 @@ def scenario_setup(platform: Platform, scenario: Scenario) -> ScenarioSetup:
     def best_s(model: str) -> float:
         return min(truth[(model, d, 0)].latency_s for d in platform.devices_of(model))
 
-    isolated = {name: critical_path_s(p, lambda s, p=p: best_s(p.stage(s).model)) for name, p in pipelines.items()}
+    isolated = {name: critical_path_s(p, by_model(p, best_s)) for name, p in pipelines.items()}
     return ScenarioSetup(truth, {m: f.cv for m, f in platform.models.items()}, pipelines, models, profiles, isolated)
 
 
 def simulate(platform: Platform, scenario: Scenario, policy: str, *, duration_s: float | None = None,
-             seed: int = 1, policy_options: Mapping | None = None) -> PolicyResult:
+             seed: int = 1, policy_options: Mapping[str, Any] | None = None) -> PolicyResult:
     """Run the scenario's arrivals through a Core under `policy` until every request ends."""
     duration_s = scenario.duration_s if duration_s is None else duration_s
     setup = scenario_setup(platform, scenario)

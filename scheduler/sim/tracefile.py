@@ -7,7 +7,7 @@ import bisect
 import json
 import math
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from heddle.scheduler.profiles import ProfileEntry, ProfileTable
 from heddle.scheduler.sim.workload import PipelineDef, StageDef
@@ -99,7 +99,7 @@ class MeasuredProfile:
         return ProfileTable(table=dict(self.entries), ops=dict(self.ops))
 
 
-def _device(raw: Mapping) -> DeviceSpec:
+def _device(raw: Mapping[str, Any]) -> DeviceSpec:
     options = {k: tuple(v) for k, v in (raw.get("options") or {}).items() if k in _SCHEDULING_OPTIONS}
     return DeviceSpec(str(raw["id"]), str(raw.get("kind", "cpu")), str(raw.get("backend", "sim")),
                       int(raw.get("slots", 1)), options)
@@ -158,7 +158,7 @@ def parse_trace(text: str) -> Trace:
                  started_unix_s)
 
 
-def parse_profile(doc: Mapping) -> MeasuredProfile:
+def parse_profile(doc: Mapping[str, Any]) -> MeasuredProfile:
     """A parsed `heddle profile` file (JSON or TOML, same structure)."""
     if doc.get("format") != PROFILE_FORMAT:
         raise TraceError(f"profile format {doc.get('format')!r}, expected {PROFILE_FORMAT!r}")
@@ -214,10 +214,11 @@ def _ready_s(trace: Trace, arrival: TraceArrival | None, run: StageRecord,
     """When the run's inputs existed: its request's arrival or its last upstream stage's end."""
     pipeline = trace.pipelines.get(arrival.pipeline) if arrival else None
     stage = next((s for s in pipeline.stages if s.name == run.stage), None) if pipeline else None
-    if stage is None:
+    if stage is None or arrival is None:
         return None
     upstream = [ends.get((run.request_id, u)) for u in stage.after]
-    return None if any(t is None for t in upstream) else max([arrival.time_s, *upstream])
+    ended = [t for t in upstream if t is not None]
+    return None if len(ended) < len(upstream) else max([arrival.time_s, *ended])
 
 
 class _RunIndex:

@@ -35,7 +35,8 @@ class PipelineDef:
 
 def chain(name: str, *models: str) -> PipelineDef:
     """model0 -> model1 -> ...; stage names are the model names (numbered if repeated)."""
-    stages, prev = [], ()
+    stages: list[StageDef] = []
+    prev: tuple[str, ...] = ()
     for i, model in enumerate(models):
         stage = model if models.count(model) == 1 else f"{model}{i}"
         stages.append(StageDef(stage, model, prev))
@@ -117,7 +118,7 @@ class Arrival:
 def build_pipelines(defs: Sequence[PipelineDef], devices_of: Mapping[str, tuple[str, ...]]
                     ) -> tuple[dict[str, Pipeline], dict[str, ModelSpec]]:
     """Validated pipelines and synthetic model specs; `devices_of[model]`: devices with a profile."""
-    fan_in = {}
+    fan_in: dict[str, int] = {}
     for d in defs:
         for s in d.stages:
             fan_in[s.model] = max(fan_in.get(s.model, 1), len(s.after))
