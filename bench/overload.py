@@ -48,7 +48,7 @@ from process_sampler import Sampler, gauges, sample, series_summary
 from heddle.clients.bench_metrics import parse_samples, scrape
 from heddle.clients.loadgen import LoadResult
 from heddle.clients.report import summarize
-from heddle.clients.scenarios import App, Scenario, load_scenario
+from heddle.clients.scenarios import Scenario, load_scenario
 from heddle.server.default_config import default_config_text
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -156,7 +156,8 @@ def run_mode(mode: str, args: argparse.Namespace, work: Path, base: Scenario,
              capacity: dict[str, Any] | None) -> dict[str, Any]:
     grpc_port, metrics_port = free_port(), free_port()
     target, metrics_url = f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics"
-    cmd = [*HEDDLE, "serve", "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--log-level", "warning"]
+    cmd = [*HEDDLE, "serve", "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
+           "--log-level", "warning"]
     if MODES[mode]:  # `on` is the embedded default itself, no --config
         config = work / f"default_admission_{mode}.toml"
         config.write_text(default_config_text() + MODES[mode])
@@ -167,7 +168,8 @@ def run_mode(mode: str, args: argparse.Namespace, work: Path, base: Scenario,
         settle(metrics_url, args.settle_s)
         scenario = overload_scenario(base, capacity["rps"], args.factor, args.background_hz)
         offered = sum(a.offered_rps for a in scenario.apps)
-        print(f"[{mode}] offering {offered:.0f} req/s ({args.factor:g} x capacity) for {args.duration:g} s ...", flush=True)
+        print(f"[{mode}] offering {offered:.0f} req/s ({args.factor:g} x capacity) for {args.duration:g} s ...",
+              flush=True)
         before, counts_before = sample(proc.pid, metrics_url, time.monotonic()), server_counts(metrics_url)
         cpu0, box0 = process_cpu_s(proc.pid), box_busy()
         sampler = Sampler(proc.pid, metrics_url, args.sample_s).start()
@@ -223,7 +225,7 @@ def print_report(report: dict[str, Any]) -> None:
                          ", ".join(f"{k} {v}" for k, v in c["status_counts"].items())))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     for name, mode in report["modes"].items():
         print_mode(name, mode, report["checks"].get(name))
 

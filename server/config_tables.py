@@ -9,7 +9,7 @@ settings the process runs with is config.py's and config_resolve.py's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -215,4 +215,4 @@ class TritonDeviceTable(_DeviceBase):
     client_timeout_s: float | None = Field(None, gt=0, description="a call's deadline when the request has none")
 
 
-DeviceTable = Annotated[Union[OnnxDeviceTable, PythonDeviceTable, TritonDeviceTable], Field(discriminator="backend")]
+DeviceTable = Annotated[OnnxDeviceTable | PythonDeviceTable | TritonDeviceTable, Field(discriminator="backend")]

@@ -137,7 +137,7 @@ class LlmDriver:
         share_s = elapsed_s / len(items)  # the pass's time, split so device busy time adds up
         if self.metrics is not None:
             self.metrics.llm_pass(len(items))
-        for (d, gen), error in zip(items, errors):
+        for (d, gen), error in zip(items, errors, strict=True):
             gen.in_flight = False
             job = self.events.job(d.request_id)
             if error is None and job is not None and not job.request.finished:
@@ -258,6 +258,6 @@ def _run_to_end(engine: LlmEngine, seqs: list[LlmSequence]) -> tuple[list[BaseEx
     while live := [i for i, s in enumerate(seqs) if errors[i] is None and not s.done]:
         step_errors, step_s = _run_step(engine, [seqs[i] for i in live])
         elapsed_s += step_s
-        for i, error in zip(live, step_errors):
+        for i, error in zip(live, step_errors, strict=True):
             errors[i] = error
     return errors, elapsed_s

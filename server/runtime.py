@@ -81,7 +81,7 @@ class Runtime:
             for device in self.core.eligible_devices(model.name):
                 pending.setdefault(device, []).append(self.llm.executor_spec(model))
         loaded = await asyncio.gather(*(self.loader.load(dev, models) for dev, models in pending.items()))
-        for device, ok in zip(pending, loaded):
+        for device, ok in zip(pending, loaded, strict=True):
             if not ok:
                 self.set_device_health(device, False)
 
