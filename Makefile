@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SERVE_STAMP := $(BIN)/.heddle-installed
 TEST_STAMP := $(BIN)/.heddle-test-installed
 
-.PHONY: install install-test serve test bench bench-all lint-docker proto
+.PHONY: install install-test serve test lint bench bench-all proto
 
 $(BIN)/python:
 	@echo "== creating the virtual environment $(VENV)"
@@ -34,8 +34,15 @@ serve: install
 	@echo "== starting heddle serve (a first run also builds the demo models, a line each)"
 	$(BIN)/heddle serve $(ARGS)
 
-test: install-test
+# The suite runs the linters first: a few seconds, and a finding fails before two minutes of tests.
+test: install-test lint
 	$(BIN)/python -m pytest $(ARGS)
+
+# ruff (pyproject's [tool.ruff]), mypy strict on scheduler/ (tools/typecheck.py), hadolint on the images.
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/python tools/typecheck.py
+	$(BIN)/hadolint docker/Dockerfile.*
 
 bench: install-test
 	$(BIN)/python bench/gateway_overhead.py $(ARGS)
