@@ -38,7 +38,8 @@ serve: install
 test: install-test lint
 	$(BIN)/python -m pytest $(ARGS)
 
-# ruff (pyproject's [tool.ruff]), mypy strict on scheduler/ (tools/typecheck.py), hadolint on the images.
+# ruff (pyproject's [tool.ruff]), mypy strict on scheduler/ and the runtime seam (tools/typecheck.py),
+# hadolint on the images.
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/python tools/typecheck.py

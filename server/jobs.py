@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
-import numpy as np
+from numpy.typing import NDArray
 
 from heddle.scheduler import Outcome, Request, RunState
 from heddle.server.energy import combine_sources
@@ -58,7 +58,7 @@ class JobResult:
     outcome: Outcome
     error: str
     error_kind: ErrorKind | None  # why, when the outcome is FAILED (server/status.py maps both)
-    outputs: dict[str, np.ndarray]
+    outputs: dict[str, NDArray[Any]]
     stages: tuple[StageTiming, ...]
     total_s: float
     priority: int
@@ -73,14 +73,15 @@ class Job:
     """One request in flight: its tensors so far, the future its caller awaits, its callbacks."""
 
     request: Request
-    tensors: dict[tuple[str | None, str], np.ndarray]
-    done: asyncio.Future
+    tensors: dict[tuple[str | None, str], NDArray[Any]]
+    done: asyncio.Future[JobResult]
     on_stage: Callable[[StageTiming], None] | None
     compute_s: dict[str, float] = field(default_factory=dict)
     error_kind: ErrorKind | None = None  # its first failed stage's kind
     generation: Mapping[str, object] | None = None  # GenerationConfig overrides for LLM stages
     on_token: Callable[[TokenUpdate], None] | None = None
-    llm: dict = field(default_factory=dict)  # stage -> its Generation (server/llm_gen.py)
+    # stage -> its Generation (server/llm_gen.py, which imports this module: typed Any, not a cycle)
+    llm: dict[str, Any] = field(default_factory=dict)
     energy: dict[str, tuple[float, str]] = field(default_factory=dict)  # stage -> (joules, source)
     retry_after_s: float | None = None
 
@@ -89,7 +90,7 @@ _STAGE_STATUS = {RunState.DONE: "OK", RunState.FAILED: "FAILED", RunState.CANCEL
 
 
 def job_result(job: Job, outcome: Outcome, error: str, now: float,
-               llm_fields: Callable[[Job, str], Mapping[str, object]]) -> JobResult:
+               llm_fields: Callable[[Job, str], Mapping[str, Any]]) -> JobResult:
     """What an ended request answers: its outputs if OK, why if not, and every stage's timing
     (llm_fields: an LLM stage's tokens, TTFT and TPOT)."""
     req = job.request
@@ -107,7 +108,7 @@ def job_result(job: Job, outcome: Outcome, error: str, now: float,
     )
 
 
-def stage_timing(job: Job, stage: str, llm_fields: Callable[[Job, str], Mapping[str, object]]) -> StageTiming:
+def stage_timing(job: Job, stage: str, llm_fields: Callable[[Job, str], Mapping[str, Any]]) -> StageTiming:
     """Where and how long one stage of the request ran, so far."""
     req = job.request
     run = req.runs[stage]

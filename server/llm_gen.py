@@ -5,9 +5,9 @@ runner needs of the step runner's sequence bookkeeping (LlmSequences)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
-import numpy as np
+from numpy.typing import NDArray
 
 from heddle.backends.llm import LlmSequence
 from heddle.backends.tokenizer import StreamDecoder
@@ -46,7 +46,7 @@ class LlmSequences(Protocol):
     """Sequence bookkeeping the Triton stream runner shares with the local LLM runner: opening,
     token emission, reporting, timings and freeing are the same for both."""
 
-    def open_gen(self, d: Dispatch, job: Job, inputs: Mapping[str, np.ndarray],
+    def open_gen(self, d: Dispatch, job: Job, inputs: Mapping[str, NDArray[Any]],
                  check: Callable[[LlmSequence], None]) -> Generation: ...
 
     def emit(self, gen: Generation, now: float) -> None: ...

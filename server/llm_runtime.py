@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import numpy as np
-
 from heddle.backends.base import Executor
 from heddle.backends.llm import DecoderLayout, GenerationConfig, LlmEngine, LlmSequence, decoder_spec
 from heddle.backends.tokenizer import StreamDecoder, load_tokenizer
@@ -29,7 +27,8 @@ from heddle.server.llm_gen import Generation
 from heddle.server.logs import get_logger
 
 if TYPE_CHECKING:
-    from heddle.server.stage_runner import StageEvents
+    from heddle.server.metrics import Metrics
+    from heddle.server.stage_runner import StageEvents, Tensors
 
 __all__ = ["LlmDriver"]
 
@@ -48,7 +47,7 @@ class LlmDriver:
     sequence bookkeeping (LlmSequences) that Triton streams share. Reports through StageEvents."""
 
     def __init__(self, events: StageEvents, models: Mapping[str, ModelSpec], executors: Mapping[str, Executor],
-                 metrics=None) -> None:
+                 metrics: Metrics | None = None) -> None:
         self.events = events
         self.executors = executors
         self.metrics = metrics
@@ -65,7 +64,7 @@ class LlmDriver:
         return dataclasses.replace(model, inputs=(), outputs=()) if model.backend == "triton" else decoder_spec(model)
 
     # ---- dispatch ------------------------------------------------------------------------
-    def dispatch(self, d: Dispatch, job: Job, inputs: Mapping[str, np.ndarray]) -> None:
+    def dispatch(self, d: Dispatch, job: Job, inputs: Tensors) -> None:
         gen = job.llm.get(d.stage)
         if gen is None:
             try:
@@ -74,9 +73,11 @@ class LlmDriver:
                 self.report(d, None, exc, 0.0)
                 return
         if gen.device and gen.device != d.device:
+            cache = gen.seq.cache
+            assert cache is not None  # it moves between steps, and its first step (prefill) made its cache
             log.debug("sequence migrated", request_id=d.request_id, stage=d.stage,
-                      from_device=gen.device, to_device=d.device, kv_bytes=gen.seq.cache.nbytes)
-            gen.seq.cache.moved_to(d.device)
+                      from_device=gen.device, to_device=d.device, kv_bytes=cache.nbytes)
+            cache.moved_to(d.device)
         gen.device, gen.in_flight = d.device, True
         gate = self._gates.setdefault((d.device, d.model), _Gate())
         gate.pending.append((d, gen))
@@ -85,7 +86,7 @@ class LlmDriver:
             gate.flush_scheduled = True
             self.events.loop.call_soon(self._flush, d.device, d.model)
 
-    def open_gen(self, d: Dispatch, job: Job, inputs: Mapping[str, np.ndarray],
+    def open_gen(self, d: Dispatch, job: Job, inputs: Tensors,
                  check: Callable[[LlmSequence], None]) -> Generation:
         """A new live sequence for this stage run, its prompt and options checked (InputError)."""
         spec = self._llm[d.model]
@@ -95,9 +96,11 @@ class LlmDriver:
         tokenizer = spec.options.get("tokenizer")
         request = job.request
         run = request.runs[d.stage]
+        started_s, ready_s = run.started_s, run.ready_s
+        assert started_s is not None and ready_s is not None  # dispatched: it was ready, then started
         gen = Generation(request.id, d.stage, request.priority, request.arrival_s, seq,
                          StreamDecoder(load_tokenizer(tokenizer)) if tokenizer else None, job.on_token is not None,
-                         first_start_s=run.started_s, queue_s=run.started_s - run.ready_s)
+                         first_start_s=started_s, queue_s=started_s - ready_s)
         self.live_sequences += 1
         if self.metrics is not None:
             self.metrics.llm_sequence_started(request.priority, gen.queue_s)
@@ -126,7 +129,8 @@ class LlmDriver:
         fut.add_done_callback(lambda f: self._on_step_done(device, model, items, f))
 
     # ---- completion -----------------------------------------------------------------------
-    def _on_step_done(self, device: str, model: str, items: list, fut: asyncio.Future) -> None:
+    def _on_step_done(self, device: str, model: str, items: list[tuple[Dispatch, Generation]],
+                      fut: asyncio.Future[tuple[list[BaseException | None], float]]) -> None:
         gate = self._gates[(device, model)]
         gate.busy = False
         try:
@@ -171,6 +175,7 @@ class LlmDriver:
             if error is not None:
                 fut.set_exception(error)
             else:
+                assert gen is not None  # a stage fails without a sequence only with an error
                 fut.set_result(({"output_ids": gen.seq.output_ids()}, compute_s))
             if gen is not None and error is None:
                 self.observe_finished(gen)
@@ -187,7 +192,8 @@ class LlmDriver:
         if self.metrics is None or gen.first_token_s is None:
             return
         n = len(gen.seq.generated)
-        tpot_s = (gen.last_token_s - gen.first_token_s) / (n - 1) if n > 1 else None
+        last_s = gen.last_token_s  # set with first_token_s
+        tpot_s = (last_s - gen.first_token_s) / (n - 1) if n > 1 and last_s is not None else None
         self.metrics.llm_sequence_timings(gen.priority, gen.first_token_s - gen.arrival_s, tpot_s)
 
     # ---- ending ----------------------------------------------------------------------------
@@ -206,8 +212,9 @@ class LlmDriver:
         so a cancelled generation stops within one step; a Triton stream is cancelled now, once:
         both LLM runners call this)."""
         for gen in job.llm.values():
-            if gen.cancel is not None:
-                gen.cancel, cancel = None, gen.cancel
+            cancel = gen.cancel
+            if cancel is not None:
+                gen.cancel = None
                 cancel()
             if not gen.in_flight:
                 self.free(gen)
@@ -222,7 +229,7 @@ class LlmDriver:
                    "start_offset_s": (gen.first_start_s or gen.arrival_s) - gen.arrival_s}
         if gen.first_token_s is not None:
             fields_["ttft_s"] = gen.first_token_s - gen.arrival_s
-            if n > 1:
+            if n > 1 and gen.last_token_s is not None:  # set with first_token_s
                 fields_["tpot_s"] = (gen.last_token_s - gen.first_token_s) / (n - 1)
         return fields_
 

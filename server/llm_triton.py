@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, cast
 
-import numpy as np
 
 from heddle.backends.base import DeviceUnavailable, InputError
 from heddle.backends.llm import GenerationConfig, LlmSequence
@@ -27,8 +26,8 @@ from heddle.server.llm_gen import Generation, LlmSequences
 from heddle.server.logs import get_logger
 
 if TYPE_CHECKING:
-    from heddle.backends.triton import TritonStream
-    from heddle.server.stage_runner import StageEvents
+    from heddle.backends.triton import TritonExecutor, TritonStream
+    from heddle.server.stage_runner import StageEvents, Tensors
 
 __all__ = ["TritonLlmStreams", "generation_parameters"]
 
@@ -69,7 +68,7 @@ class TritonLlmStreams:
         self.models = models
         self.executors = executors
 
-    def dispatch(self, d: Dispatch, job: Job, inputs: Mapping[str, np.ndarray]) -> None:
+    def dispatch(self, d: Dispatch, job: Job, inputs: Tensors) -> None:
         events, sequences = self.events, self.sequences
         try:
             options = self.models[d.model].options
@@ -79,11 +78,13 @@ class TritonLlmStreams:
             return
         job.llm[d.stage] = gen
         gen.device, gen.in_flight = d.device, True
-        executor = self.executors[d.device]
+        # A Triton-hosted LLM runs on triton devices only (the config refuses anything else).
+        executor = cast("TritonExecutor", self.executors[d.device])
         deadline_s = job.request.deadline_s
         timeout_s = None if deadline_s is None else max(deadline_s - events.clock(), 1e-3)
         try:
             served = executor.served_spec(d.model).input("input_ids")
+            assert served is not None  # the executor checked the served LLM's ids at load
             ids = gen.seq.prompt_ids.reshape((1, -1) if len(served.shape) == 2 else (-1,))
             stream = executor.open_stream(d.model, {"input_ids": ids}, priority=job.request.priority,
                                           timeout_s=timeout_s, parameters=generation_parameters(gen.seq.config))
@@ -126,7 +127,8 @@ class TritonLlmStreams:
             stream.cancel()
         self.sequences.emit(gen, self.events.clock())
 
-    def _ended(self, d: Dispatch, gen: Generation, fut: asyncio.Future | None, error: BaseException | None) -> None:
+    def _ended(self, d: Dispatch, gen: Generation, fut: asyncio.Future[float] | None,
+               error: BaseException | None) -> None:
         """The stream is over: report the stage (its ids, or why not) and free the sequence."""
         events, sequences = self.events, self.sequences
         gen.in_flight, gen.cancel = False, None

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Callable, Mapping, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
 
 from heddle.backends.base import BackendTimeout, DeviceUnavailable, Executor
 from heddle.backends.graph_summary import summarize_file
@@ -29,10 +27,15 @@ from heddle.server.llm_runtime import LlmDriver
 from heddle.server.llm_triton import TritonLlmStreams
 from heddle.server.logs import get_logger
 from heddle.server.recovery import DeviceLoader
-from heddle.server.stage_runner import ExecutorRunner, StageRunner
+from heddle.server.stage_runner import ExecutorRunner, StageFuture, StageRunner, Tensors
 from heddle.server.stage_timeouts import OverrunWatch
 from heddle.server.stepping import Stepper
 from heddle.server.trace import open_trace
+
+if TYPE_CHECKING:
+    from heddle.scheduler.power_settings import PowerReading
+    from heddle.scheduler.specs import ModelSpec
+    from heddle.server.metrics import Metrics
 
 __all__ = ["JobResult", "LevelActuator", "Runtime", "StageTiming"]
 
@@ -48,7 +51,7 @@ class LevelActuator(Protocol):
 class Runtime:
     """Submits requests to the core, carries out its plans on executor pools, resolves futures."""
 
-    def __init__(self, config: Config, executors: Mapping[str, Executor], metrics=None,
+    def __init__(self, config: Config, executors: Mapping[str, Executor], metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.executors = dict(executors)
@@ -76,7 +79,7 @@ class Runtime:
         A remote device that cannot be reached (a Triton server that is down) does not stop the
         gateway: it starts unhealthy and its models load when it comes back (server/recovery.py)."""
         self._loop = asyncio.get_running_loop()
-        pending: dict[str, list] = {}
+        pending: dict[str, list[ModelSpec]] = {}
         for model in self.config.models.values():
             for device in self.core.eligible_devices(model.name):
                 pending.setdefault(device, []).append(self.llm.executor_spec(model))
@@ -102,7 +105,7 @@ class Runtime:
     def in_flight(self) -> int:
         return len(self._jobs)
 
-    async def run(self, pipeline: Pipeline, inputs: Mapping[str, np.ndarray], *, priority: int,
+    async def run(self, pipeline: Pipeline, inputs: Tensors, *, priority: int,
                   deadline_s: float | None = None, request_id: str = "",
                   on_stage: Callable[[StageTiming], None] | None = None,
                   generation: Mapping[str, object] | None = None,
@@ -165,7 +168,7 @@ class Runtime:
         self.core.attach_power(controller, admission)
 
     # ---- carrying out plans -------------------------------------------------------------
-    def on_power_sample(self, samples, busy: Mapping[str, float] | None = None) -> None:
+    def on_power_sample(self, samples: Iterable[PowerReading], busy: Mapping[str, float] | None = None) -> None:
         """A control period's power readings (server/power_loop.py): the controller decides,
         and this step carries out its levels and holds."""
         self.core.on_power_sample(samples, self.clock(), busy)
@@ -211,6 +214,7 @@ class Runtime:
     # ---- StageEvents: what the runners report ------------------------------------------------
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "the runtime has no loop before load_models or run"
         return self._loop
 
     def job(self, request_id: str) -> Job | None:
@@ -235,7 +239,7 @@ class Runtime:
         self._stepper.mark_dirty()
         return going_on
 
-    def stage_done(self, d: Dispatch, fut: asyncio.Future) -> None:
+    def stage_done(self, d: Dispatch, fut: StageFuture) -> None:
         """A bug while handling a completion must end its request INTERNAL, not leave it hanging
         until its deadline (or forever): log it with the request id and keep serving."""
         try:
@@ -246,7 +250,7 @@ class Runtime:
             if self.core.cancel(d.request_id, self.clock(), Outcome.FAILED, "internal error in heddle"):
                 self._stepper.mark_dirty()
 
-    def _on_done(self, d: Dispatch, fut: asyncio.Future) -> None:
+    def _on_done(self, d: Dispatch, fut: StageFuture) -> None:
         now = self.clock()
         job = self._jobs.get(d.request_id)
         energy_j, source = self.energy.finished((d.request_id, d.stage), now)

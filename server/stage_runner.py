@@ -5,10 +5,11 @@ each reporting back through the small StageEvents protocol that the Runtime impl
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from typing import TYPE_CHECKING, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
-import numpy as np
+from numpy.typing import NDArray
 
 from heddle.backends.base import BackendError, Executor
 from heddle.scheduler import Dispatch
@@ -18,7 +19,11 @@ from heddle.server.stage_timeouts import OverrunWatch, limit_cause, stage_timeou
 if TYPE_CHECKING:
     from heddle.server.jobs import Job, TokenUpdate
 
-__all__ = ["ExecutorRunner", "StageEvents", "StageRunner"]
+__all__ = ["ExecutorRunner", "StageEvents", "StageFuture", "StageRunner", "Tensors"]
+
+Tensors = Mapping[str, NDArray[Any]]
+# A stage run's end: its outputs and compute time, or the exception it failed with.
+StageFuture = asyncio.Future[tuple[Tensors, float]]
 
 
 class StageEvents(Protocol):
@@ -33,7 +38,7 @@ class StageEvents(Protocol):
     def job(self, request_id: str) -> Job | None:
         """The running request, or None once it ended."""
 
-    def stage_done(self, d: Dispatch, fut: asyncio.Future) -> None:
+    def stage_done(self, d: Dispatch, fut: StageFuture) -> None:
         """The run is over: fut holds (outputs, compute_s) or the exception it failed with."""
 
     def step_done(self, d: Dispatch, compute_s: float) -> bool:
@@ -49,7 +54,7 @@ class StageEvents(Protocol):
 class StageRunner(Protocol):
     """One way of running a dispatched stage; the runtime picks it by the stage's model."""
 
-    def dispatch(self, d: Dispatch, job: Job, inputs: Mapping[str, np.ndarray]) -> None:
+    def dispatch(self, d: Dispatch, job: Job, inputs: Tensors) -> None:
         """Start the run; report its end (and steps, tokens) through StageEvents."""
 
     def release(self, job: Job) -> None:
@@ -67,18 +72,18 @@ class ExecutorRunner:
         self.models = models
         self.overruns = overruns
 
-    def dispatch(self, d: Dispatch, job: Job, inputs: Mapping[str, np.ndarray]) -> None:
+    def dispatch(self, d: Dispatch, job: Job, inputs: Tensors) -> None:
         events = self.events
         executor = self.executors[d.device]
         model = self.models[d.model]
         timeout_s = stage_timeout_s(model, job.request.deadline_s, events.clock())
         fut = events.loop.run_in_executor(executor.pool, _timed_run, executor, d.model, inputs,
                                           job.request.priority, timeout_s)
-        fut.add_done_callback(lambda f, d=d: self._done(d, f))
+        fut.add_done_callback(functools.partial(self._done, d))
         if timeout_s is not None and not stops_itself(model):
             self.overruns.watch(d, fut, timeout_s, limit_cause(model, timeout_s))
 
-    def _done(self, d: Dispatch, fut: asyncio.Future) -> None:
+    def _done(self, d: Dispatch, fut: StageFuture) -> None:
         self.overruns.returned(d)
         if fut.cancelled():  # never started: its pool was shut down (server stopping)
             fut = self.events.loop.create_future()
@@ -89,7 +94,8 @@ class ExecutorRunner:
         """Nothing held past the run itself."""
 
 
-def _timed_run(executor: Executor, model: str, inputs, priority: int, timeout_s: float | None):
+def _timed_run(executor: Executor, model: str, inputs: Tensors, priority: int,
+               timeout_s: float | None) -> tuple[Tensors, float]:
     """Runs in a device worker thread; the compute time is the backend's alone."""
     t0 = time.perf_counter()
     outputs = executor.run(model, inputs, priority=priority, timeout_s=timeout_s)

@@ -1,5 +1,5 @@
 """The linters as part of the suite, so a full run before landing catches what CI's `make lint` would:
-ruff finds nothing, and mypy finds nothing in scheduler/ (strict)."""
+ruff finds nothing, and mypy (strict) finds nothing in scheduler/ and the runtime seam."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_ruff_finds_nothing() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_finds_nothing_in_the_scheduler() -> None:
-    """tools/typecheck.py (mypy, strict on heddle.scheduler) is clean."""
+def test_mypy_finds_nothing_in_the_scheduler_and_the_runtime_seam() -> None:
+    """tools/typecheck.py (mypy, strict on heddle.scheduler and the runtime seam modules) is clean."""
     result = _run("tools/typecheck.py")
     assert result.returncode == 0, result.stdout + result.stderr
