@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SERVE_STAMP := $(BIN)/.heddle-installed
 TEST_STAMP := $(BIN)/.heddle-test-installed
 
-.PHONY: install install-test serve test lint bench bench-all proto
+.PHONY: install install-test serve test test-fast lint bench bench-all proto
 
 $(BIN)/python:
 	@echo "== creating the virtual environment $(VENV)"
@@ -37,6 +37,10 @@ serve: install
 # The suite runs the linters first: a few seconds, and a finding fails before two minutes of tests.
 test: install-test lint
 	$(BIN)/python -m pytest $(ARGS)
+
+# While you work: the suite without the tests marked slow or triton (no tritonserver starts), no lint.
+test-fast: install-test
+	$(BIN)/python -m pytest -q -m "not slow and not triton" $(ARGS)
 
 # ruff (pyproject's [tool.ruff]), mypy strict on scheduler/ and the runtime seam (tools/typecheck.py),
 # hadolint on the images.

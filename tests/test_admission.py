@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from heddle.scheduler import Core, DeviceSpec, Outcome, Request
@@ -192,6 +193,7 @@ def drive(w: Workload, budget_w: float, watts: list[float], queue_bound: int):
 @settings(max_examples=60, deadline=None)
 @given(w=workloads(max_requests=12), budget_w=st.floats(1.0, 20.0),
        watts=st.lists(st.floats(0.0, 40.0), min_size=1, max_size=8), queue_bound=st.integers(0, 4))
+@pytest.mark.slow
 def test_every_request_ends_exactly_once(w, budget_w, watts, queue_bound):
     """Whatever the load, budget and readings: every request ends once; a rejection is always
     in the plan with a reason; the top class is never rejected but for an unreachable deadline

@@ -65,6 +65,7 @@ def test_a_worker_that_dies_is_replaced(executor: PythonExecutor):
     assert _pid(executor) not in (pid, os.getpid())
 
 
+@pytest.mark.slow
 def test_a_call_past_its_timeout_is_killed_and_replaced(executor: PythonExecutor):
     """A call still running at timeout_s raises BackendTimeout; its worker is gone, a new one serves."""
     pid = _pid(executor)

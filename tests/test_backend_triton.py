@@ -27,6 +27,9 @@ from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
     triton_zoo_paths, wait_until,
 )
 
+# Each test here starts or talks to a real tritonserver (`make test-fast` leaves them out).
+pytestmark = pytest.mark.triton
+
 LOW, HIGH = 1, 4  # heddle priorities at the executor's default of 4 levels
 
 

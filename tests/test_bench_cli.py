@@ -101,6 +101,7 @@ def _check_report(out: Path) -> tuple[dict, list[dict], dict]:
     return run, raw, doc
 
 
+@pytest.mark.slow
 def test_bench_writes_a_report_whose_figures_recompute(default_server: RunningServer, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture):
     """A 3 s default-scenario run writes every file; figures recompute (LLM ones included: the
@@ -130,6 +131,7 @@ def test_bench_writes_a_report_whose_figures_recompute(default_server: RunningSe
     assert (out / "summary.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_keeps_partial_results(default_server: RunningServer, tmp_path: Path):
     """SIGINT to a running `heddle bench` ends it with 130 and a report of what ran, recomputable."""
     def served() -> float:

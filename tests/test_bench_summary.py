@@ -226,6 +226,7 @@ class TestOtherParts:
 
 
 class TestPlots:
+    @pytest.mark.slow
     def test_policy_violation_plot_is_a_png_linked_from_the_summary(self, results: Path):
         """With matplotlib, build draws policy_violations.png and SUMMARY.md embeds it."""
         pytest.importorskip("matplotlib", reason="plots need the bench extra (matplotlib)")
@@ -244,6 +245,7 @@ class TestPlots:
         assert t_s.tolist() == [0.0, 1.0] and power_w.tolist() == [2.0, 7.0]
         assert power_series(FCFS)[0].size == 0
 
+    @pytest.mark.slow
     def test_power_plot_only_when_records_have_energy(self, tmp_path: Path):
         """write_plots adds power.png for records with energy_j and leaves it out otherwise."""
         pytest.importorskip("matplotlib", reason="plots need the bench extra (matplotlib)")

@@ -107,6 +107,7 @@ def test_infer_cli_prints_streamed_tokens(server, capsys) -> None:
     assert bad.func(bad) == 2 and "not a number" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_loadgen_records_streamed_generations(server) -> None:
     """A streamed chat app's records carry tokens, server and client TTFT, TPOT; the report's
     LLM figures follow from them."""

@@ -107,6 +107,7 @@ def run_serve(config: Path, timeout_s: float = 60) -> subprocess.CompletedProces
         capture_output=True, text=True, timeout=timeout_s, cwd=REPO_ROOT, env=env)
 
 
+@pytest.mark.slow
 def test_serve_with_a_bad_config_exits_nonzero_with_the_message(tmp_path: Path):
     """`heddle serve --config bad.toml` exits 2 and prints the config error on stderr."""
     bad = tmp_path / "bad.toml"
@@ -117,6 +118,7 @@ def test_serve_with_a_bad_config_exits_nonzero_with_the_message(tmp_path: Path):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_serve_with_a_misspelled_key_exits_2_naming_it(tmp_path: Path):
     """`heddle serve --config` with a misspelled device key exits 2 at start with the key and what was meant."""
     bad = tmp_path / "bad.toml"
@@ -127,6 +129,7 @@ def test_serve_with_a_misspelled_key_exits_2_naming_it(tmp_path: Path):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_serve_with_an_unimportable_stage_exits_nonzero_with_the_message(tmp_path: Path):
     """A python stage whose module cannot be imported stops `heddle serve` at start with a message, not a traceback."""
     bad = tmp_path / "bad.toml"

@@ -58,6 +58,7 @@ def test_example_configs_are_valid_under_the_schema(name: str):
     validate_document(EXAMPLES[name], name)
 
 
+@pytest.mark.slow
 def test_json_schema_accepts_the_examples_and_the_default_and_refuses_typos():
     """`heddle config schema` prints a JSON Schema (draft 2020-12) that editors can trust: it accepts
     every example and the embedded default, and refuses the misspellings heddle refuses."""
@@ -79,6 +80,7 @@ def test_json_schema_accepts_the_examples_and_the_default_and_refuses_typos():
     assert list(validator.iter_errors(bad))
 
 
+@pytest.mark.slow
 def test_config_check_says_ok_in_one_line(tmp_path: Path):
     """`heddle config check FILE` on a good config: exit 0 and one summary line."""
     good = tmp_path / "good.toml"
@@ -88,6 +90,7 @@ def test_config_check_says_ok_in_one_line(tmp_path: Path):
     assert done.stdout == f"{good}: ok: 1 device (py0), 2 models, 1 pipeline, policy priority\n"
 
 
+@pytest.mark.slow
 def test_config_check_of_the_embedded_default(heddle_cache_dir: Path):
     """`heddle config check` with no file checks the embedded default config."""
     done = heddle("config", "check", env={"HEDDLE_CACHE_DIR": str(heddle_cache_dir)})
@@ -95,6 +98,7 @@ def test_config_check_of_the_embedded_default(heddle_cache_dir: Path):
     assert done.stdout.startswith("<embedded default>: ok: ") and "5 pipelines" in done.stdout
 
 
+@pytest.mark.slow
 def test_config_check_exits_2_with_the_error(tmp_path: Path):
     """`heddle config check FILE` on a misspelled key: exit 2, the error on stderr, no traceback."""
     bad = tmp_path / "bad.toml"

@@ -123,6 +123,7 @@ def _package_inits() -> list[str]:
                   for folder, prefix in roots.items() for init in (REPO / folder).rglob("__init__.py"))
 
 
+@pytest.mark.slow
 def test_cpu_build_stage_copies_enough_to_build_the_wheel(tmp_path: Path) -> None:
     """The files the CPU build stage COPYs, alone, build a wheel holding every heddle package and the CLI."""
     _require_build_backend()

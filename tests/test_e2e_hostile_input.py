@@ -160,6 +160,7 @@ def test_request_id_past_256_bytes_is_invalid(client, channel):
     assert len(details) < 200
 
 
+@pytest.mark.slow
 def test_finished_requests_leave_the_core_empty(client, gateway):
     """1,000 requests with 256-byte ids and a 1 h deadline leave nothing in the core once answered
     (the deadline heap used to keep each request, id and all, until its deadline passed)."""
@@ -188,6 +189,7 @@ def test_id_of_a_cancelled_request_is_taken_while_its_stage_runs(client, channel
     assert not any(core_footprint(gateway).values()), core_footprint(gateway)
 
 
+@pytest.mark.slow
 def test_huge_request_ids_cost_no_memory(client):
     """1,000 requests with 100 KB ids and a 1 h deadline are refused and grow the server's memory by
     far less than the 100 MB their ids add up to (they were once all kept until the deadline)."""

@@ -146,6 +146,7 @@ SHUTDOWN_CONFIG = ('[server]\ngrace_period_s = 30\n\n[[devices]]\nid = "py0"\nba
                    + chain_toml("held", ["hold"]) + chain_toml("quick", ["tail"]))
 
 
+@pytest.mark.slow
 def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(tmp_path: Path):
     """On SIGTERM `heddle serve` refuses new requests, completes the one in flight, and exits 0."""
     config, gate = tmp_path / "heddle.toml", tmp_path / "gate"

@@ -36,6 +36,7 @@ def burst(pool, client: HeddleClient, priority: int, tags: range) -> list[concur
     return [pool.submit(client.infer, "held", {"x": stage_fns.tagged(t)}, priority=priority) for t in tags]
 
 
+@pytest.mark.slow
 def test_lower_classes_refused_under_a_burst_while_the_top_class_is_served():
     """Bound 8 on 4 levels: of a burst of 10 priority-1 requests 2 are admitted (held), 8 refused;
     of 10 priority-2 ones then 2 more, 8 refused; every refusal is RESOURCE_EXHAUSTED with a
@@ -70,6 +71,7 @@ def test_lower_classes_refused_under_a_burst_while_the_top_class_is_served():
 
 
 @pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.slow
 def test_default_refuses_a_lower_class_request_that_would_be_late(enabled: bool):
     """With no [power] or [admission] table, a priority-2 request whose 30 ms deadline the queue
     ahead (5 runs of 10 ms estimated) makes unreachable is refused at once, RESOURCE_EXHAUSTED
@@ -97,6 +99,7 @@ def test_default_refuses_a_lower_class_request_that_would_be_late(enabled: bool)
         assert err.value.retry_after_s is None
 
 
+@pytest.mark.slow
 def test_one_stalled_run_does_not_lock_a_pipeline_out():
     """A stage that stalled once (0.3 s) leaves an estimate over a 100 ms deadline; requests with
     that deadline are still admitted, one at a time, and answered OK in time, both the top class

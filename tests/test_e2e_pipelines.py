@@ -124,6 +124,7 @@ stages = [
 """
 
 
+@pytest.mark.slow
 def test_fork_join_branches_run_concurrently_on_two_devices():
     """Both branches wait on one two-party barrier, so the request succeeds only if they truly overlap."""
     stage_fns.reset()
@@ -169,12 +170,14 @@ def run_behind_a_queue(policy: str) -> list[int]:
     return [tag for name, tag in stage_fns.calls() if name == "gate"]
 
 
+@pytest.mark.slow
 def test_priority_policy_runs_a_late_urgent_request_before_queued_low_ones():
     """Under the priority policy, a priority-4 request overtakes every low request queued before it."""
     order = run_behind_a_queue("priority")
     assert order[:2] == [1, HIGH_TAG], order
 
 
+@pytest.mark.slow
 def test_fcfs_policy_runs_the_urgent_request_last():
     """Under fcfs the same arrival sequence runs the priority-4 request after every queued low one."""
     order = run_behind_a_queue("fcfs")

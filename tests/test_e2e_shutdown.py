@@ -45,6 +45,7 @@ def _wait_exit(proc: ServerProcess, sigterm_at: float) -> tuple[int, float]:
     return code, time.monotonic() - sigterm_at
 
 
+@pytest.mark.slow
 def test_sigterm_with_a_stuck_stage_exits_within_the_grace_period(server: ServerProcess):
     """A python stage stuck for 60 s does not hold the exit: the process ends (code 0) within the
     grace period and a little, the stuck request ends UNAVAILABLE, and a call during the drain is
@@ -70,6 +71,7 @@ def test_sigterm_with_a_stuck_stage_exits_within_the_grace_period(server: Server
     assert any(name.startswith("heddle-py0") for name in left), left
 
 
+@pytest.mark.slow
 def test_calls_racing_the_shutdown_get_unavailable_never_cancelled(server: ServerProcess):
     """Clients calling in a loop through SIGTERM and the exit get OK or UNAVAILABLE, never CANCELLED
     (gRPC's own stop cancels the calls its core holds at that moment)."""

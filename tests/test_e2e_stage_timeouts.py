@@ -76,6 +76,7 @@ def _overrunning(server: RunningServer, device: str) -> float:
     return scrape_metrics(server.metrics_url).get(key, 0.0)
 
 
+@pytest.mark.slow
 def test_ort_run_past_timeout_ms_is_terminated_and_the_next_run_is_ok(server: RunningServer):
     """A run past its model's timeout_ms is terminated (DEADLINE_EXCEEDED, counted); the session
     and its one slot serve the next request."""
@@ -89,6 +90,7 @@ def test_ort_run_past_timeout_ms_is_terminated_and_the_next_run_is_ok(server: Ru
         assert result.outputs["y"].shape == (1, WIDTH)
 
 
+@pytest.mark.slow
 def test_ort_run_is_terminated_at_the_request_deadline(server: RunningServer):
     """With no timeout_ms, a run's limit is the time left to its request's deadline: it is
     terminated there (counted as a timeout) instead of running on past it."""
@@ -100,6 +102,7 @@ def test_ort_run_is_terminated_at_the_request_deadline(server: RunningServer):
         assert client.infer("mm_free", _rows(1), timeout_s=60).outputs["y"].shape == (1, WIDTH)
 
 
+@pytest.mark.slow
 def test_hung_process_stage_is_killed_and_its_worker_replaced(server: RunningServer):
     """A process-isolated stage that sleeps 10 s is killed at its 1 s timeout (DEADLINE_EXCEEDED);
     its worker process is gone, a new one serves the next request."""
@@ -117,6 +120,7 @@ def test_hung_process_stage_is_killed_and_its_worker_replaced(server: RunningSer
         assert _timeouts(server, "napper", "py0") == 1
 
 
+@pytest.mark.slow
 def test_thread_stage_past_its_timeout_ends_its_request_and_keeps_its_slot(server: RunningServer):
     """A thread stage past its timeout ends its request DEADLINE_EXCEEDED at once; the thread runs
     on holding its slot (gauge 1) until it returns, then the slot serves again."""

@@ -77,6 +77,7 @@ def admin_code(target: str, token: str | None = None) -> grpc.StatusCode:
 
 # ---- admin RPCs beyond loopback --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_serve_on_all_interfaces_without_a_token_is_refused(tmp_path: Path):
     """--grpc-host 0.0.0.0 with no admin token: exit 2 and one line naming the ways out."""
     done = serve_once(["--config", str(write_config(tmp_path)), "--grpc-host", "0.0.0.0",
@@ -87,6 +88,7 @@ def test_serve_on_all_interfaces_without_a_token_is_refused(tmp_path: Path):
     assert "HEDDLE_ADMIN_TOKEN" in line and "--insecure-admin" in line
 
 
+@pytest.mark.slow
 def test_empty_config_token_keeps_the_environment_token(tmp_path: Path):
     """admin_token = "" in the file and HEDDLE_ADMIN_TOKEN set: it starts on 0.0.0.0 and the admin RPCs
     need that token."""
@@ -101,6 +103,7 @@ def test_empty_config_token_keeps_the_environment_token(tmp_path: Path):
         proc.stop()
 
 
+@pytest.mark.slow
 def test_insecure_admin_starts_and_warns(tmp_path: Path):
     """--insecure-admin allows 0.0.0.0 with no token, with a warning line; the admin RPCs are then open."""
     proc = ServerProcess(["--config", str(write_config(tmp_path)), "--grpc-host", "0.0.0.0", "--insecure-admin",
@@ -117,6 +120,7 @@ def test_insecure_admin_starts_and_warns(tmp_path: Path):
 # ---- ports and TLS files ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag", ["--grpc-port", "--metrics-port"])
+@pytest.mark.slow
 def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path, held_port: int, flag: str):
     """A port another program holds: exit 2 and one line naming the port, no traceback."""
     ports = {"--grpc-port": "0", "--metrics-port": "0", flag: str(held_port)}
@@ -126,6 +130,7 @@ def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path, held_port: int, flag
     assert f"127.0.0.1:{held_port}" in line and "already in use" in line and flag in line
 
 
+@pytest.mark.slow
 def test_missing_tls_file_is_one_line_and_exit_2(tmp_path: Path):
     """A [server.tls] cert that does not exist: exit 2 and one line naming the file, resolved beside the config."""
     config = write_config(tmp_path, '[server.tls]\ncert = "missing.pem"\nkey = "missing.key"')
@@ -135,6 +140,7 @@ def test_missing_tls_file_is_one_line_and_exit_2(tmp_path: Path):
     assert str((tmp_path / "missing.pem").resolve()) in line and "does not exist" in line
 
 
+@pytest.mark.slow
 def test_tls_paths_are_relative_to_the_config_file(tmp_path: Path, pki: Pki):
     """cert and key named relative to the config file are found although the server runs elsewhere."""
     shutil.copy(pki.server_cert, tmp_path / "server.pem")
@@ -157,6 +163,7 @@ def test_tls_paths_are_relative_to_the_config_file(tmp_path: Path, pki: Pki):
 JUNK_METHODS = ("/heddle.v1.Gateway/Infer", "/inference.GRPCInferenceService/ModelInfer")
 
 
+@pytest.mark.slow
 def test_junk_protobuf_is_logged_in_a_few_lines_and_serving_goes_on(tmp_path: Path):
     """200 junk messages to each of Infer and KServe ModelInfer: a few warning lines naming the method, no traceback,
     and echo is still served."""
@@ -186,6 +193,7 @@ def test_junk_protobuf_is_logged_in_a_few_lines_and_serving_goes_on(tmp_path: Pa
 
 # ---- what a first start says ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_first_start_names_each_model_it_builds_and_sums_up_power_in_one_line(tmp_path: Path):
     """On the embedded default with an empty cache: a line per demo model built, one power line at info,
     then serving."""

@@ -27,6 +27,9 @@ from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
     write_zoo_models,
 )
 
+# Each test here starts or talks to a real tritonserver (`make test-fast` leaves them out).
+pytestmark = pytest.mark.triton
+
 LOW, HIGH = 1, 4  # heddle's priority levels at the default of 4; 4 is the most urgent
 WAIT_S = 30.0  # bound on any one call or wait; reached only when something is broken
 RTOL, ATOL = 1e-4, 1e-5

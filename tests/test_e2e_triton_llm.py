@@ -33,6 +33,9 @@ from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
     Gate, triton_llm_path, triton_server, write_llm_models,
 )
 
+# Each test here starts or talks to a real tritonserver (`make test-fast` leaves them out).
+pytestmark = pytest.mark.triton
+
 WAIT_S = 30.0  # bound on any one call; reached only when something is broken
 
 

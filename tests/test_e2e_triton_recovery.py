@@ -22,6 +22,9 @@ from test_e2e_triton import (
 )
 from triton_fixtures import require_triton, triton_server, triton_zoo_paths  # noqa: F401  (fixtures)
 
+# Each test here starts or talks to a real tritonserver (`make test-fast` leaves them out).
+pytestmark = pytest.mark.triton
+
 # Models load only when asked (LoadModel), so the server can be up without the model, then get it.
 EXPLICIT = ("--model-control-mode=explicit",)
 # Backoff grows to 30 s: a wait that spans retries must outlast one full delay.

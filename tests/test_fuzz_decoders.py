@@ -48,6 +48,7 @@ def serving_and_empty(gateway: RunningServer) -> None:
     assert not any(held.values()), held
 
 
+@pytest.mark.slow
 def test_in_process_cases_get_allowed_codes(gateway: RunningServer):
     """300 requests through the real servicers, validators, scheduler and stages, without the
     transport: each answered with an allowed code, never a crash, and no error in the server's log."""
@@ -64,6 +65,7 @@ def test_in_process_cases_get_allowed_codes(gateway: RunningServer):
     serving_and_empty(gateway)
 
 
+@pytest.mark.slow
 def test_wire_cases_get_allowed_codes(gateway: RunningServer, wire: OverGrpc):
     """200 requests and raw byte strings over gRPC (unary, and on InferStream / ModelStreamInfer
     one time in four): allowed codes only, no error in the server's log, still SERVING after."""

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 # Folder -> import name, as pyproject's package-dir maps them.
 FOLDERS = {"scheduler": "heddle.scheduler", "backends": "heddle.backends", "server": "heddle.server",
@@ -74,6 +76,7 @@ def test_importing_every_client_module_loads_no_server_backend_or_runtime() -> N
     assert forbidden == []
 
 
+@pytest.mark.slow
 def test_no_two_packages_import_each_other() -> None:
     """The graph of imports between packages (scheduler.sim and backends.zoo count as their own)
     has no cycle, lazy imports included: a cycle would make the layers one."""

@@ -433,6 +433,7 @@ HEALTH_TOML = (
 )
 
 
+@pytest.mark.slow
 def test_readiness_follows_device_health_and_pipelines_hide_models() -> None:
     """A model whose only device is unhealthy, and every pipeline using it, stop being ready; so does the server."""
     with serve_toml(HEALTH_TOML) as running:

@@ -6,6 +6,7 @@ import asyncio
 import queue
 
 import numpy as np
+import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
 
@@ -133,6 +134,7 @@ GATE_TOML = (
 )
 
 
+@pytest.mark.slow
 def test_cancelling_a_stream_drops_its_queued_requests() -> None:
     """Closing a stream with cancel_requests=True cancels its requests: the queued one never runs."""
     stage_fns.reset()

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -20,6 +22,7 @@ def test_ruff_finds_nothing() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_mypy_finds_nothing_in_the_scheduler_and_the_runtime_seam() -> None:
     """tools/typecheck.py (mypy, strict on heddle.scheduler and the runtime seam modules) is clean."""
     result = _run("tools/typecheck.py")

@@ -164,6 +164,7 @@ def _max_overlap(intervals: list[tuple[float, float]]) -> int:
     return peak
 
 
+@pytest.mark.slow
 def test_open_and_closed_loops_record_every_request(gateway: RunningServer):
     """Open-loop apps send exactly their arrivals; a closed loop never has more than its concurrency."""
     poisson = App("poisson app", "echo", "poisson", priority=3, deadline_ms=60_000.0, rate_hz=40.0)

@@ -143,6 +143,7 @@ def test_two_instances_do_not_share_series() -> None:
     assert _value(b, "heddle_requests_total", pipeline="p", status="OK") is None
 
 
+@pytest.mark.slow
 def test_http_endpoint_serves_metrics_on_loopback_and_stops() -> None:
     """/metrics answers on the loopback address it was bound to, and refuses connections once stopped."""
     m = Metrics()

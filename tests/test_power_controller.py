@@ -378,6 +378,7 @@ def test_plant_under_twice_the_budget_stays_within_it():
           suppress_health_check=[HealthCheck.too_slow])
 @given(headroom_w=st.floats(2.0, 8.0), low_rate_hz=st.floats(40.0, 80.0), top_rate_hz=st.floats(1.0, 4.0),
        relax_periods=st.sampled_from([2, 5, 10]), seed=st.integers(0, 10_000))
+@pytest.mark.slow
 def test_plant_power_cap_holds_and_no_request_is_lost(headroom_w, low_rate_hz, top_rate_hz, relax_periods, seed):
     """Under sustained overload and any budget the top class alone fits in (its work at the
     lowest level plus headroom), power settles within budget + 5% in at least 99% of periods;

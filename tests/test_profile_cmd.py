@@ -115,6 +115,7 @@ HEAD_PIPELINE = ('[[pipelines]]\nname = "h"\ninputs = [{ name = "features", data
                  'inputs = { features = "input:features" } }]\n\n')
 
 
+@pytest.mark.slow
 def test_a_profile_under_load_times_the_stage_runs_a_served_load_recorded(config_text, tmp_path):
     """--under-load serves the config in a child process and drives it: every model of the loaded
     pipelines gets an entry of run times from dispatch to completion, pipelines left out of the

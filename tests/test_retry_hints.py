@@ -67,6 +67,7 @@ def test_async_client_and_stream_errors_carry_the_hint(refusing: RunningServer) 
     assert all(e.retry_after_s is not None and e.retry_after_s > 0 for e in errors)
 
 
+@pytest.mark.slow
 def test_loadgen_records_hints_and_the_report_counts_them(refusing: RunningServer) -> None:
     """Refused records carry retry_after_ms; the summary counts them by status with their hints."""
     low = App("low", "classify", "poisson", priority=1, rate_hz=20.0)

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from heddle.scheduler.policies import POLICIES
 from heddle.scheduler.profiles import compatible
 from heddle.scheduler.sim.platforms import DEFAULT_PLATFORM, DEFAULT_SCENARIO, DLA_UNSUPPORTED_OPS, PLATFORMS, SCENARIOS
@@ -70,6 +72,7 @@ def test_every_policy_finishes_every_request_and_runs_are_reproducible():
     assert len(table.splitlines()) == 2 + len(POLICIES) + 2 and "DVR %" in table and "DVR spread" in table
 
 
+@pytest.mark.slow
 def test_twill_violates_at_most_half_as_many_deadlines_as_fcfs_on_the_default_scenario():
     """On the Orin NX-like platform, twill's deadline violation rate is at most half of fcfs's."""
     fcfs = simulate(PLATFORM, SCENARIO, "fcfs", seed=1)

@@ -29,6 +29,7 @@ def _events(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_serving_gateway_records_arrivals_stages_ends_and_policy_switches(tmp_path):
     """Two requests and a policy switch through a real server: the trace has a header with the
     pipeline's stages, one arrival per request (id, priority, relative deadline, input shapes),
@@ -59,6 +60,7 @@ def test_a_serving_gateway_records_arrivals_stages_ends_and_policy_switches(tmp_
     assert next(e for e in events if e["event"] == "policy")["policy"] == "twill"
 
 
+@pytest.mark.slow
 def test_the_replay_reads_what_the_gateway_wrote(tmp_path):
     """parse_trace turns a recorded trace into pipelines, arrivals tagged with the live policy,
     stage runs and ends."""

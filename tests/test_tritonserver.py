@@ -16,6 +16,9 @@ from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
     LLM_ON_TRITON, ZOO_ON_TRITON, require_triton, triton_server,
 )
 
+# Each test here starts or talks to a real tritonserver (`make test-fast` leaves them out).
+pytestmark = pytest.mark.triton
+
 
 def _accepts(port: int) -> bool:
     with socket.socket() as s:
