@@ -1,14 +1,9 @@
-"""Shared pytest setup: make the tests folder importable for its helper modules, and mark the tests
-that need a real tritonserver."""
+"""Shared pytest setup: mark the tests that need a real tritonserver. (pyproject's `pythonpath` makes
+the fixture modules here importable by name.)"""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,4 +1,4 @@
-"""Hostile requests for the decoder fuzz (tests/test_fuzz_decoders.py, bench/fuzz_decoders.py): a
+"""Hostile requests for the decoder fuzz (tests/e2e/test_fuzz_decoders.py, bench/fuzz_decoders.py): a
 config declaring every datatype, hypothesis strategies for heddle.v1 and KServe requests and raw
 bytes, and what each case may be answered with. Callers live in fuzz_callers.py."""
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the committed heddle.v1 stubs; tests/test_proto_stubs.py checks they are current.
+# Regenerates the committed heddle.v1 stubs; tests/e2e/test_proto_stubs.py checks they are current.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-proto}"

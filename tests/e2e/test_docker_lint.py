@@ -24,7 +24,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCKER_DIR = REPO / "docker"
 CPU_DOCKERFILE = DOCKER_DIR / "Dockerfile.cpu"
 CUDA_DOCKERFILE = DOCKER_DIR / "Dockerfile.cuda"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Folder -> import name, as pyproject's package-dir maps them.
 FOLDERS = {"scheduler": "heddle.scheduler", "backends": "heddle.backends", "server": "heddle.server",
            "clients": "heddle.clients"}

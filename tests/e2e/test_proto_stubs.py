@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GENERATED = ("heddle_pb2.py", "heddle_pb2.pyi", "heddle_pb2_grpc.py")
 
 

@@ -23,7 +23,7 @@ from heddle.server.config import Config, parse_config
 from server_fixtures import running_server
 from triton_fixtures import triton_server  # noqa: F401  (fixtures are found by name)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCKER_DIR = REPO / "docker"
 COMPOSE = DOCKER_DIR / "compose.yaml"
 COMPOSE_GPU = DOCKER_DIR / "compose.gpu.yaml"

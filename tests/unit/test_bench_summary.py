@@ -15,7 +15,7 @@ from heddle.clients.loadgen import RequestRecord
 from heddle.clients.report import write_records
 
 _SPEC = importlib.util.spec_from_file_location(
-    "bench_summary", Path(__file__).resolve().parents[1] / "bench" / "summary.py")
+    "bench_summary", Path(__file__).resolve().parents[2] / "bench" / "summary.py")
 summary = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(summary)
 
