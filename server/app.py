@@ -9,13 +9,13 @@ import signal
 import sys
 import threading
 import time
-from typing import NoReturn
+from typing import Callable, Mapping, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from heddle.backends.base import make_executor
+from heddle.backends.base import Executor, make_executor
 from heddle.server.binding import bind_grpc, check_before_start, start_metrics_http
 from heddle.server.config import Config
 from heddle.server.decode_guard import DecodeGuard
@@ -46,14 +46,17 @@ SERVICE_NAMES = (
 class HeddleServer:
     """One gateway: `await start()`, then `await stop()`; ports 0 pick free ones."""
 
-    def __init__(self, config: Config, *, with_metrics_http: bool = True) -> None:
+    def __init__(self, config: Config, *, executors: Mapping[str, Executor] | None = None,
+                 clock: Callable[[], float] = time.monotonic, with_metrics_http: bool = True) -> None:
+        """executors: one per configured device, in place of the backends' own (a test's
+        heddle.server.testing.function_executors); clock: the runtime's, in seconds (a FakeClock)."""
         self.config = config
         self.metrics = Metrics()
-        self.executors = {d.id: make_executor(d) for d in config.devices}
+        self.executors = _executors(config, executors)
         for ex in self.executors.values():
             if ex.device.backend == "triton":  # it maps heddle's scale onto Triton's, so needs its top
                 ex.priority_levels = config.server.priority_levels
-        self.runtime = Runtime(config, self.executors, self.metrics)
+        self.runtime = Runtime(config, self.executors, self.metrics, clock=clock)
         self.power = PowerLoop(self.runtime, self.metrics)  # sensors, DVFS, budget controller
         self.limits = RequestLimits(config, self.metrics)  # one memory budget for both front doors
         self.kserve = KServeServicer(self.runtime, self.limits)
@@ -147,6 +150,17 @@ class HeddleServer:
             await asyncio.sleep(FLUSH_S)
         else:  # in-process (tests, profiling): the port must be released and the process lives on
             await self.server.stop(FLUSH_S)
+
+
+def _executors(config: Config, given: Mapping[str, Executor] | None) -> dict[str, Executor]:
+    """The backends' executors, or the given ones, which must be exactly one per configured device."""
+    if given is None:
+        return {d.id: make_executor(d) for d in config.devices}
+    missing = sorted({d.id for d in config.devices} - set(given))
+    unknown = sorted(set(given) - {d.id for d in config.devices})
+    if missing or unknown:
+        raise ValueError(f"executors must be one per configured device: missing {missing}, not configured {unknown}")
+    return dict(given)
 
 
 async def serve(config: Config) -> NoReturn:

@@ -55,21 +55,22 @@ class RunningServer:
         return HeddleClient(self.target, **kwargs)
 
 
-async def _start(config: Config) -> HeddleServer:
+async def _start(config: Config, server_kwargs: Mapping[str, Any]) -> HeddleServer:
     # Built inside the loop: grpc.aio and the health servicer bind to the running loop.
-    server = HeddleServer(config)
+    server = HeddleServer(config, **server_kwargs)
     await server.start()
     return server
 
 
 @contextmanager
-def running_server(config: Config, *, grace_s: float = 1.0) -> Iterator[RunningServer]:
-    """Start a gateway for `config` on a fresh loop thread; stop it (grace_s) and the loop after."""
+def running_server(config: Config, *, grace_s: float = 1.0, **server_kwargs: Any) -> Iterator[RunningServer]:
+    """Start a gateway for `config` on a fresh loop thread; stop it (grace_s) and the loop after.
+    server_kwargs go to HeddleServer (executors=, clock=: heddle.server.testing)."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="heddle-test-loop", daemon=True)
     thread.start()
     try:
-        server = asyncio.run_coroutine_threadsafe(_start(config), loop).result(WAIT_S * 3)
+        server = asyncio.run_coroutine_threadsafe(_start(config, server_kwargs), loop).result(WAIT_S * 3)
         try:
             yield RunningServer(server, loop)
         finally:
