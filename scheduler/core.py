@@ -190,9 +190,12 @@ class Core(CoreReads):
         self.version += 1
         if not healthy:
             stranded, self._queues[device] = self._queues[device], []
-            for run in stranded:
+            for run in stranded:  # in no queue now: a request that ends must not look for them in one
                 self._num_frozen -= run.state is RunState.FROZEN
-                self._make_ready(run, now)
+                run.state = RunState.WAITING
+            for run in stranded:
+                if not run.request.finished:  # another stranded run of its request may have ended it
+                    self._make_ready(run, now)
 
     def retry_stage(self, request_id: str, stage: str, now: float, error: str,
                     max_attempts: int = 1) -> bool:

@@ -155,3 +155,39 @@ def test_plan_is_a_deterministic_function_of_the_state(w):
         return drive(Core(devices(n_dev, slots), standard_models(), policy), fresh)[0]
 
     assert run_once() == run_once()
+
+
+def test_losing_the_only_device_ends_its_queued_requests_once() -> None:
+    """The only device of a model goes away with requests queued on it: each ends UNAVAILABLE once
+    (the one running goes on), and nothing is left queued or counted active twice."""
+    only = {"m": model("m", devices=["cpu0"])}
+    core = Core(devices(1), only, "fcfs")
+    p = validated(chain("c", ["m"]), only)
+    for rid in ("a", "b", "c"):
+        core.submit(make_request(rid, p, 0.0), 0.0)
+    assert [d.request_id for d in core.schedule(0.0).dispatches] == ["a"]
+    core.set_device_health("cpu0", False, 0.1)
+    ended = core.schedule(0.1).finished
+    assert sorted((f.request_id, f.outcome) for f in ended) == [("b", Outcome.UNAVAILABLE), ("c", Outcome.UNAVAILABLE)]
+    assert core.stats().queued == {"cpu0": 0}
+    core.on_stage_done("a", "s0", 1.0)
+    assert [f.request_id for f in core.schedule(1.0).finished] == ["a"]
+    assert core.stats().running == {"cpu0": 0}
+
+
+
+def test_losing_the_only_device_with_two_runs_of_a_request_queued_ends_it_once() -> None:
+    """A fork's two branches wait in the lost device's queue: their request ends UNAVAILABLE once."""
+    only = {"m": model("m", devices=["cpu0"]), "join": model("join", inputs=("x1", "x2"), devices=["cpu0"])}
+    core = Core(devices(1), only, "priority")
+    core.submit(make_request("r", validated(fork_join(), only), 0.0, priority=1), 0.0)
+    assert [d.stage for d in core.schedule(0.0).dispatches] == ["a"]
+    core.submit(make_request("q", validated(chain("c", ["m"]), only), 0.5, priority=4), 0.5)
+    core.on_stage_done("r", "a", 1.0)  # b and c are ready, but the urgent q takes the one slot
+    assert [d.request_id for d in core.schedule(1.0).dispatches] == ["q"]
+    assert core.stats().queued == {"cpu0": 2}
+    core.set_device_health("cpu0", False, 1.5)
+    assert [(f.request_id, f.outcome) for f in core.schedule(1.5).finished] == [("r", Outcome.UNAVAILABLE)]
+    core.on_stage_done("q", "s0", 2.0)
+    assert [(f.request_id, f.outcome) for f in core.schedule(2.0).finished] == [("q", Outcome.OK)]
+    assert core.stats().running == {"cpu0": 0} and core.stats().queued == {"cpu0": 0}

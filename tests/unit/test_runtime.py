@@ -168,3 +168,34 @@ def test_a_request_id_already_in_flight_is_refused_and_the_first_goes_on() -> No
         return (await first).outcome
 
     assert run_on(clock, main()) is Outcome.OK
+
+
+def test_losing_the_only_device_ends_the_running_and_the_queued_requests_unavailable() -> None:
+    """The only device fails its running stage with DeviceUnavailable while another request waits in
+    its queue: both end UNAVAILABLE (nowhere to go), neither with heddle's internal error."""
+    clock, held = FakeClock(), Held()
+    config = _config()
+
+    def lost(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        held(model, inputs)
+        raise DeviceUnavailable("py0 is gone")
+
+    runtime = Runtime(config, function_executors(config.devices, lost), clock=clock)
+
+    async def main() -> list[tuple[Outcome, str] | None]:
+        running = asyncio.ensure_future(runtime.run(config.pipelines["p"], _tagged(0), priority=1, deadline_s=10.0))
+        await held.wait_started()
+        queued = asyncio.ensure_future(runtime.run(config.pipelines["p"], _tagged(1), priority=1, deadline_s=10.0))
+        await turns()
+        held.release()
+        await running
+        await turns()
+        if not queued.done():
+            queued.cancel()  # it would wait forever: let the loop close
+            return [(running.result().outcome, running.result().error), None]
+        return [(task.result().outcome, task.result().error) for task in (running, queued)]
+
+    ended = run_on(clock, main())
+    assert None not in ended, f"the queued request never ended: {ended}"
+    assert [e[0] for e in ended if e] == [Outcome.UNAVAILABLE, Outcome.UNAVAILABLE], ended
+    assert all("internal error" not in e[1] for e in ended if e), ended
