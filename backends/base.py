@@ -19,7 +19,6 @@ __all__ = [
     "InputError",
     "check_inputs",
     "datatype_of",
-    "make_executor",
     "make_pool",
     "numpy_dtype",
 ]
@@ -179,24 +178,4 @@ def make_pool(device: DeviceSpec) -> concurrent.futures.ThreadPoolExecutor:
         thread_name_prefix=f"heddle-{device.id}",
         initializer=initializer,
         initargs=initargs,
-    )
-
-
-def make_executor(device: DeviceSpec) -> Executor:
-    """The executor for a device, chosen by `device.backend`."""
-    # Imported here so that importing the seam does not import every backend's runtime.
-    if device.backend == "onnxruntime":
-        from heddle.backends.onnxruntime import OrtExecutor
-
-        return OrtExecutor(device)
-    if device.backend == "python":
-        from heddle.backends.python import PythonExecutor
-
-        return PythonExecutor(device)
-    if device.backend == "triton":
-        from heddle.backends.triton import TritonExecutor
-
-        return TritonExecutor(device)
-    raise BackendError(
-        f"device {device.id}: unknown backend {device.backend!r}; expected onnxruntime, python or triton"
     )

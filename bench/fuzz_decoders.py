@@ -49,7 +49,7 @@ from fuzz_requests import ALLOWED_CODES, FUZZ_TOML, cases  # noqa: E402
 from gateway_overhead import free_port, machine_info, server_process  # noqa: E402
 from server_fixtures import parse_test_config, running_server  # noqa: E402
 
-from heddle.server.logs import configure_logging  # noqa: E402
+from heddle.server.observe.logs import configure_logging  # noqa: E402
 
 
 def run_cases(strategy: st.SearchStrategy, n: int, answer: Callable[[Any], str], tally: Tally,

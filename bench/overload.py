@@ -49,7 +49,7 @@ from heddle.clients.bench_metrics import parse_samples, scrape
 from heddle.clients.loadgen import LoadResult
 from heddle.clients.report import summarize
 from heddle.clients.scenarios import Scenario, load_scenario
-from heddle.server.default_config import default_config_text
+from heddle.server.config.default import default_config_text
 
 BENCH_DIR = Path(__file__).resolve().parent
 HEDDLE = [sys.executable, "-m", "heddle.server.cli"]

@@ -204,8 +204,8 @@ def started_triton(models: list[str], config_path: str | None, max_batch_size: i
     """A real Triton (the nvidia-pytriton binary) serving each requested ONNX model of the heddle config
     as a python-backend model that runs the same ONNX file with onnxruntime; yields (url, models)."""
     from heddle.backends.onnxruntime import read_io_spec
-    from heddle.backends.tritonserver import TritonServer, write_onnx_python_model
-    from heddle.server.config import load_config
+    from heddle.backends.triton.server import TritonServer, write_onnx_python_model
+    from heddle.server.config.load import load_config
 
     config = load_config(config_path)
     served = set()

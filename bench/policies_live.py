@@ -51,7 +51,7 @@ from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.loadgen import RequestRecord, run_load
 from heddle.clients.scenarios import App, Scenario
 from heddle.scheduler.policies import POLICIES
-from heddle.server.default_config import FRAME_OPS_TOML
+from heddle.server.config.default import FRAME_OPS_TOML
 
 BENCH_DIR = Path(__file__).resolve().parent
 HEDDLE = [sys.executable, "-m", "heddle.server.cli"]

@@ -38,7 +38,7 @@ import grpc
 import numpy as np
 
 from heddle.clients.tensors import to_tensor
-from heddle.server.default_config import PREPROCESS_TOML
+from heddle.server.config.default import PREPROCESS_TOML
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 
@@ -162,8 +162,8 @@ def drive_main(target: str, trace_path: str, out_path: str) -> None:
 class InProcessServer:
     def __init__(self, config_text: str) -> None:
         from heddle.server.app import HeddleServer
-        from heddle.server.config import parse_config
-        from heddle.server.logs import configure_logging
+        from heddle.server.config.load import parse_config
+        from heddle.server.observe.logs import configure_logging
 
         configure_logging("warning")
 

@@ -38,7 +38,7 @@ import numpy as np
 from gateway_overhead import free_port, machine_info, server_process
 from heddle.backends.zoo.build import build_model
 from heddle.clients.tensors import to_tensor
-from heddle.server.default_config import FRAME_OPS_TOML
+from heddle.server.config.default import FRAME_OPS_TOML
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 

@@ -19,11 +19,11 @@ import numpy as np
 import tritonclient.grpc as tgrpc
 
 from heddle.backends.onnxruntime import read_io_spec
-from heddle.backends.triton_repo import model_config_text, write_onnx_python_model, write_python_model
+from heddle.backends.triton.repo import model_config_text, write_onnx_python_model, write_python_model
 from heddle.backends.zoo.build import build_model
 from heddle.backends.zoo.ops import OP_IO, postprocess
 from heddle.scheduler.specs import TensorSpec
-from heddle.server.default_config import detect_device_tables
+from heddle.server.config.default import detect_device_tables
 
 __all__ = [
     "ENSEMBLE", "HEDDLE_LOCAL", "HEDDLE_TRITON", "OUTPUTS", "POSTPROCESS_MODEL_PY", "ChainModels",
@@ -117,7 +117,7 @@ def write_triton_repository(repo: str | os.PathLike, chain: ChainModels, *, max_
     """backbone, head_cls (python backend running the ONNX file), postprocess and the ensemble.
 
     No priority levels and no queue timeouts: on Triton 2.51 either one makes the dynamic batcher
-    sometimes sleep its 500 ms idle wait with requests queued (see backends/triton_repo.py).
+    sometimes sleep its 500 ms idle wait with requests queued (see backends/triton/repo.py).
     """
     repo = Path(repo)
     for stage in ("backbone", "head_cls"):

@@ -42,8 +42,8 @@ from triton_ensemble import (
     reference_outputs, write_triton_repository,
 )
 
-from heddle.backends.tritonserver import TritonServer
-from heddle.server.default_config import detect_device_tables
+from heddle.backends.triton.server import TritonServer
+from heddle.server.config.default import detect_device_tables
 
 __all__ = ["main"]
 
@@ -52,7 +52,7 @@ TARGETS = {"triton_ensemble": ENSEMBLE, "heddle_local": HEDDLE_LOCAL, "heddle_tr
 NOTES = [
     "No priority levels and no queue-timeout policy in any Triton model: on Triton 2.51 with one "
     "python-backend instance either makes the dynamic batcher sometimes sleep its full 500 ms idle wait "
-    "with requests queued (p99 ~0.5 s at 4-8 clients; see backends/triton_repo.py). heddle sends no "
+    "with requests queued (p99 ~0.5 s at 4-8 clients; see backends/triton/repo.py). heddle sends no "
     "priority to models without priority levels.",
     "Triton models are python-backend models running the same ONNX files with onnxruntime (1 intra-op "
     "thread); Triton's native onnxruntime backend is not in the nvidia-pytriton wheel.",

@@ -15,18 +15,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from heddle.backends.base import Executor, make_executor
+from heddle.backends.base import Executor
+from heddle.server.runtime.executors import make_executor
 from heddle.server.binding import bind_grpc, check_before_start, start_metrics_http
-from heddle.server.config import Config
-from heddle.server.decode_guard import DecodeGuard
-from heddle.server.kserve import SERVICE_NAME as KSERVE_SERVICE, KServeServicer
-from heddle.server.limits import RequestLimits
-from heddle.server.logs import get_logger
-from heddle.server.metrics import Metrics
-from heddle.server.power_loop import PowerLoop
-from heddle.server.runtime import Runtime
+from heddle.server.config.load import Config
+from heddle.server.frontends.decode_guard import DecodeGuard
+from heddle.server.frontends.kserve import SERVICE_NAME as KSERVE_SERVICE, KServeServicer
+from heddle.server.runtime.limits import RequestLimits
+from heddle.server.observe.logs import get_logger
+from heddle.server.runtime.metrics import Metrics
+from heddle.server.power.loop import PowerLoop
+from heddle.server.runtime.runtime import Runtime
 from heddle.server.security import AdminAuthInterceptor
-from heddle.server.service import AdminServicer, GatewayServicer
+from heddle.server.frontends.service import AdminServicer, GatewayServicer
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 
@@ -105,7 +106,7 @@ class HeddleServer:
         urls = {d.id: d.options["url"] for d in self.config.devices if d.backend == "triton"}
         if not urls:
             return
-        from heddle.backends.triton_health import TritonHealthWatcher
+        from heddle.backends.triton.health import TritonHealthWatcher
 
         loop = asyncio.get_running_loop()
         period_s = float(self.config.extra.get("health_period_s", 0.5))

@@ -7,8 +7,8 @@ import socket
 
 import grpc
 
-from heddle.server.config import ServerSettings
-from heddle.server.logs import get_logger
+from heddle.server.config.load import ServerSettings
+from heddle.server.observe.logs import get_logger
 from heddle.server.security import admin_exposure, server_credentials
 
 __all__ = ["StartError", "bind_grpc", "check_before_start", "start_metrics_http"]

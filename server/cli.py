@@ -26,8 +26,8 @@ def _add_serve_parser(sub) -> None:
 
 def _serve(args) -> int:
     from heddle.server.app import serve
-    from heddle.server.config import ConfigError, load_config
-    from heddle.server.logs import configure_logging, get_logger
+    from heddle.server.config.load import ConfigError, load_config
+    from heddle.server.observe.logs import configure_logging, get_logger
 
     configure_logging(args.log_level or "info", json_output=args.log_json)
     try:
@@ -60,9 +60,9 @@ def _serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from heddle.clients.infer_cli import add_infer_parser, add_list_parser, run_infer, run_list
     from heddle.clients.bench_cli import add_bench_parser, run_bench
-    from heddle.server.config_cmd import add_config_parser, run_config
-    from heddle.server.profile_cmd import add_profile_parser, run_profile
-    from heddle.server.simulate_cmd import add_simulate_parser, run_simulate
+    from heddle.server.tools.config_cmd import add_config_parser, run_config
+    from heddle.server.tools.profile_cmd import add_profile_parser, run_profile
+    from heddle.server.tools.simulate_cmd import add_simulate_parser, run_simulate
 
     parser = argparse.ArgumentParser(prog="heddle", description="gRPC gateway for compound-AI pipelines")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -15,7 +15,7 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from fuzz_requests import ALLOWED_CODES, Case
 from heddle.server.app import HeddleServer
-from heddle.server.service import GatewayServicer
+from heddle.server.frontends.service import GatewayServicer
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 
 __all__ = ["ErrorLog", "InProcess", "OverGrpc", "Tally"]

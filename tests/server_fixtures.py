@@ -20,9 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from heddle.clients.client import HeddleClient
 from heddle.server.app import HeddleServer
-from heddle.server.config import Config, load_config, parse_config, parse_document
-from heddle.server.config_builder import pipeline, python_model, stage, tensor, to_toml
-from heddle.server.default_config import TOKENIZER_MODELS_TOML
+from heddle.server.config.load import Config, load_config, parse_config, parse_document
+from heddle.server.config.builder import pipeline, python_model, stage, tensor, to_toml
+from heddle.server.config.default import TOKENIZER_MODELS_TOML
 
 __all__ = [
     "REPO_ROOT", "TESTS_DIR", "TOKENIZER_MODELS_TOML", "RunningServer", "ServerProcess", "chain", "chain_toml",
@@ -88,7 +88,7 @@ def parse_test_config(text: str, base_dir: Path | None = None, **overrides: Any)
 
 
 def parse_test_document(doc: Mapping[str, Any], base_dir: Path | None = None, **overrides: Any) -> Config:
-    """A test config from a document (heddle.server.config_builder): free ports (0) unless overridden."""
+    """A test config from a document (heddle.server.config.builder): free ports (0) unless overridden."""
     overrides = {"grpc_port": 0, "metrics_port": 0, **overrides}
     return parse_document(doc, "<test config>", base_dir or TESTS_DIR, overrides)
 

@@ -13,8 +13,8 @@ from typing import Callable, Iterator
 import pytest
 
 from heddle.backends.onnxruntime import read_io_spec
-from heddle.backends.triton_repo import HOLD_PY, write_llm_python_model
-from heddle.backends.tritonserver import (
+from heddle.backends.triton.repo import HOLD_PY, write_llm_python_model
+from heddle.backends.triton.server import (
     TritonServer, find_triton, model_config_text, write_onnx_python_model, write_python_model,
 )
 from heddle.backends.zoo.build import build_model
@@ -141,7 +141,7 @@ def write_zoo_models(repo: Path, models_dir: Path, names: tuple[str, ...] = ZOO_
 
 def write_llm_models(repo: Path, models_dir: Path, names: tuple[str, ...] = LLM_ON_TRITON,
                      hold: tuple[str, ...] = ()) -> Path:
-    """The zoo's KV-cache decoder as decoupled python-backend LLMs (backends/triton_repo.py
+    """The zoo's KV-cache decoder as decoupled python-backend LLMs (backends/triton/repo.py
     LLM_MODEL_PY): `llm`, and `llm_slow` (LLM_TOKEN_DELAY_S after each token); the ONNX file.
     Models in `hold` get the gate's FIFOs: with a Gate(server, name) listening, a generation
     holds before its first token."""

@@ -2,7 +2,7 @@
 arrivals, run completions and control-period ticks; run times come from a pluggable model (a
 profile table with seeded noise, runs measured live, a power plant). On it: `simulate` (shipped
 platforms and scenarios), `simulate_budget` (power budgets) and `replay` (a live server's trace).
-Pure like the rest of scheduler/: `heddle simulate` (server/simulate_cmd.py) does the I/O."""
+Pure like the rest of scheduler/: `heddle simulate` (server/tools/simulate_cmd.py) does the I/O."""
 
 from heddle.scheduler.sim.driver import Driver, RunTimeModel, TimedBy
 from heddle.scheduler.sim.plant import PowerPlant

@@ -3,7 +3,7 @@ clock with run times measured on the same machine (`heddle profile`), under any 
 
 Pure like the simulator: callers read the files and hand their text (trace) or parsed
 document (profile) in; `heddle simulate --trace FILE --profile FILE --platform local`
-(server/simulate_cmd.py) does so.
+(server/tools/simulate_cmd.py) does so.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Simulating a shipped platform and scenario: the scenario's arrivals through the real Core on
 the driver, run times from the platform's profile table with seeded noise, and the policy's score.
 
-Pure: no wall clock and no I/O; `heddle simulate` (server/simulate_cmd.py) prints the tables.
+Pure: no wall clock and no I/O; `heddle simulate` (server/tools/simulate_cmd.py) prints the tables.
 """
 
 from __future__ import annotations

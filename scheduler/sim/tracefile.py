@@ -1,4 +1,4 @@
-"""Trace and profile files as data: the JSON-lines trace a live server records (server/trace.py)
+"""Trace and profile files as data: the JSON-lines trace a live server records (server/runtime/trace.py)
 and the run-time table `heddle profile` writes, parsed for the replay. Pure: text in, data out."""
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from heddle.server.config import Config, ConfigError, load_config, parse_config
-from heddle.server.default_config import default_config_text, detect_device_tables
+from heddle.server.config.load import Config, ConfigError, load_config, parse_config
+from heddle.server.config.default import default_config_text, detect_device_tables
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
     REPO_ROOT, TESTS_DIR, default_config, heddle_cache_dir, py_model_toml,
 )

@@ -18,8 +18,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from heddle.server.config_schema import json_schema, validate_document
-from heddle.server.default_config import default_config_document
+from heddle.server.config.schema import json_schema, validate_document
+from heddle.server.config.default import default_config_document
 from server_fixtures import REPO_ROOT, TESTS_DIR, heddle_cache_dir  # noqa: F401  (fixture found by name)
 from test_config import GOOD
 

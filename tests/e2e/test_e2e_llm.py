@@ -14,9 +14,9 @@ import pytest
 
 from heddle.backends.testing import FunctionExecutor
 from heddle.clients.tensors import from_tensor, to_tensor
-from heddle.server.config import Config
-from heddle.server.metrics import Metrics
-from heddle.server.runtime import Runtime
+from heddle.server.config.load import Config
+from heddle.server.runtime.metrics import Metrics
+from heddle.server.runtime.runtime import Runtime
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)

@@ -19,14 +19,14 @@ import tritonclient.grpc as tgrpc
 import stage_fns
 from heddle.backends.graph_summary import peak_live_bytes
 from heddle.clients.client import HeddleClient
-from heddle.server.config import ConfigError
+from heddle.server.config.load import ConfigError
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
     RunningServer, ServerProcess, chain_toml, heddle_cache_dir, parse_test_config, py_model_toml, scrape_metrics,
     serve_toml, wait_until,
 )
 
 MIB = 1 << 20
-# The gate chain costs 3x its input (input, stage input, stage output; server/memory_estimate.py):
+# The gate chain costs 3x its input (input, stage input, stage output; server/config/memory_estimate.py):
 # 300,000 floats are 1.2 MB in and an estimated 3.6 MB. One fits; two (7.2 MB) pass the 6.7 MB
 # that classes below the top may use of 8 MiB, but not the top class's 8 MiB.
 HELD_FLOATS = 300_000

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import stage_fns
 from heddle.clients.client import HeddleClient
-from heddle.server.config import Config
+from heddle.server.config.load import Config
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
     RunningServer, ServerProcess, chain_toml, default_client, default_config, default_server,
     heddle_cache_dir, py_model_toml, scrape_metrics, serve_toml, wait_until,

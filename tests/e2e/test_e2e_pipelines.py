@@ -12,7 +12,7 @@ import pytest
 import stage_fns
 from heddle.backends.zoo import ops
 from heddle.clients.client import HeddleClient, InferResult
-from heddle.server.config import Config
+from heddle.server.config.load import Config
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
     chain_toml, default_client, default_config, default_server, heddle_cache_dir, py_model_toml,
     serve_toml, wait_until,

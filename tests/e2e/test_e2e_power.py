@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from heddle.clients.tensors import to_tensor
-from heddle.server.config import ConfigError
+from heddle.server.config.load import ConfigError
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
@@ -208,12 +208,12 @@ def test_bad_device_power_tables_are_config_errors(heddle_cache_dir: Path):
             parse_cached(text.replace(old, new, 1), heddle_cache_dir)
 
 
-# ---- energy accounting (server/energy.py), on a fake clock -----------------------------------
+# ---- energy accounting (server/power/energy.py), on a fake clock -----------------------------------
 
 def test_ledger_charges_busy_power_shared_among_concurrent_stages():
     """A stage alone on a domain is charged its busy power x its run time; two at once split it;
     a rate change applies from its time on; idle time is charged to no one."""
-    from heddle.server.energy import EnergyLedger
+    from heddle.server.power.energy import EnergyLedger
 
     ledger = EnergyLedger()
     ledger.assign("cpu0", "cpu0")
@@ -229,7 +229,7 @@ def test_ledger_charges_busy_power_shared_among_concurrent_stages():
 
 def test_ledger_adds_up_the_steps_of_a_multi_step_stage_and_skips_unmetered_devices():
     """Steps of one stage (LLM decode) add up; a device with no power domain reports nothing."""
-    from heddle.server.energy import EnergyLedger, combine_sources
+    from heddle.server.power.energy import EnergyLedger, combine_sources
 
     ledger = EnergyLedger()
     ledger.assign("gpu0", "gpu0")

@@ -15,8 +15,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import stage_fns
-from heddle.server.config import ConfigError
-from heddle.server.config_builder import document, onnx_device, onnx_model, pipeline, python_device, stage, tensor
+from heddle.server.config.load import ConfigError
+from heddle.server.config.builder import document, onnx_device, onnx_model, pipeline, python_device, stage, tensor
 from server_fixtures import (
     RunningServer, chain, parse_test_config, parse_test_document, py_model, py_model_toml, running_server,
     scrape_metrics, wait_until,

@@ -18,11 +18,16 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
 from heddle.backends.zoo import ops
-from heddle.server.config import Config, ServerSettings
+from heddle.server.config.load import Config, ServerSettings
 from heddle.scheduler import ModelSpec, TensorSpec
-from heddle.server.kserve_catalog import model_pipeline
-from heddle.server.kserve_convert import decode_kserve_inputs, encode_output, kserve_deadline_ms, kserve_priority
-from heddle.server.validation import RequestError
+from heddle.server.frontends.kserve_catalog import model_pipeline
+from heddle.server.frontends.kserve_convert import (
+    decode_kserve_inputs,
+    encode_output,
+    kserve_deadline_ms,
+    kserve_priority,
+)
+from heddle.server.frontends.validation import RequestError
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
     RunningServer, chain_toml, default_config, default_server, heddle_cache_dir, py_model_toml, serve_toml,
 )

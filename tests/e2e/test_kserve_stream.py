@@ -11,7 +11,7 @@ import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
 
 import stage_fns
-from heddle.server.config import Config
+from heddle.server.config.load import Config
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
     RunningServer, default_config, default_server, heddle_cache_dir, py_model_toml, serve_toml, wait_until,
 )

@@ -1,4 +1,5 @@
-"""Tests for heddle.server.metrics: series names and labels, buckets, the busy-fraction window, /metrics over HTTP."""
+"""Tests for heddle.server.runtime.metrics: series names and labels, buckets, the busy-fraction window,
+/metrics over HTTP."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from heddle.server.metrics import LATENCY_BUCKETS_S, Metrics
+from heddle.server.runtime.metrics import LATENCY_BUCKETS_S, Metrics
 
 
 class FakeClock:

@@ -10,12 +10,12 @@ import pytest
 from heddle.scheduler import Core, ModelSpec, TensorSpec
 from heddle.scheduler.sim.tracefile import TRACE_FORMAT, parse_profile
 from heddle.server.cli import main
-from heddle.server.profile_cmd import (
+from heddle.server.tools.profile_cmd import (
     load_profile_file, measure_profile, parse_shape_overrides, profile_from_trace, sample_inputs,
     write_profile_file,
 )
 from heddle.clients.scenarios import App, Scenario
-from heddle.server.profile_load import default_load, measure_under_load
+from heddle.server.tools.profile_load import default_load, measure_under_load
 from server_fixtures import chain_toml, heddle_cache_dir, parse_test_config, py_model_toml  # noqa: F401 (fixture)
 
 ECHO = "heddle.backends.zoo.ops:echo"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from heddle.server.app import HeddleServer
-from heddle.server.config_builder import document, python_device
+from heddle.server.config.builder import document, python_device
 from heddle.server.testing import FakeClock, function_executors
 from server_fixtures import chain, parse_test_document, py_model, running_server
 

@@ -15,7 +15,7 @@ from heddle.scheduler.sim.scoring import mean_result
 from heddle.scheduler.sim.simulator import simulate
 from heddle.scheduler.sim.workload import Periodic, Poisson, build_pipelines, chain, generate_arrivals, llm_pipeline
 from heddle.server.cli import main
-from heddle.server.sim_tables import format_table
+from heddle.server.tools.sim_tables import format_table
 
 PLATFORM, SCENARIO = PLATFORMS[DEFAULT_PLATFORM], SCENARIOS[DEFAULT_SCENARIO]
 

@@ -15,12 +15,13 @@ import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
 from heddle.backends.base import (
-    BackendError, BackendTimeout, DeviceUnavailable, InputError, make_executor,
+    BackendError, BackendTimeout, DeviceUnavailable, InputError,
 )
+from heddle.server.runtime.executors import make_executor
 from heddle.backends.onnxruntime import read_io_spec
-from heddle.backends.triton import TritonExecutor, map_error, read_triton_io_spec, triton_priority
-from heddle.backends.triton_health import HealthTracker, TritonHealthWatcher
-from heddle.backends.tritonserver import TritonServer, free_port
+from heddle.backends.triton.executor import TritonExecutor, map_error, read_triton_io_spec, triton_priority
+from heddle.backends.triton.health import HealthTracker, TritonHealthWatcher
+from heddle.backends.triton.server import TritonServer, free_port
 from heddle.scheduler.specs import DeviceSpec, ModelSpec, TensorSpec
 from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
     ZOO_ON_TRITON, Gate, build_probe_repository, pending_requests, require_triton, triton_server,

@@ -19,7 +19,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from heddle.scheduler.specs import TensorSpec
-from heddle.server.config import Config, parse_config
+from heddle.server.config.load import Config, parse_config
 from server_fixtures import running_server
 from triton_fixtures import triton_server  # noqa: F401  (fixtures are found by name)
 

@@ -14,12 +14,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from heddle.backends.tritonserver import TritonServer, free_port
+from heddle.backends.triton.server import TritonServer, free_port
 from heddle.backends.zoo import ops
 from heddle.backends.zoo.build import build_model
 from heddle.clients.client import HeddleClient, InferResult, build_request
-from heddle.server.config import ConfigError
-from heddle.server.default_config import FRAME_OPS_TOML
+from heddle.server.config.load import ConfigError
+from heddle.server.config.default import FRAME_OPS_TOML
 from heddle.v1 import heddle_pb2_grpc
 from server_fixtures import RunningServer, parse_test_config, running_server, scrape_metrics, wait_until
 from triton_fixtures import (  # noqa: F401  (fixtures are found by name)

@@ -16,11 +16,11 @@ import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
 from heddle.backends.base import BackendError
-from heddle.backends.triton import TritonExecutor
-from heddle.backends.tritonserver import TritonServer
+from heddle.backends.triton.executor import TritonExecutor
+from heddle.backends.triton.server import TritonServer
 from heddle.clients.tensors import from_tensor, to_tensor
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
-from heddle.server.config import ConfigError
+from heddle.server.config.load import ConfigError
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)

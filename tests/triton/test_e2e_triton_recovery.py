@@ -12,9 +12,9 @@ import pytest
 import tritonclient.grpc as tgrpc
 
 from heddle.backends.onnxruntime import read_io_spec
-from heddle.backends.tritonserver import TritonServer, free_port, write_onnx_python_model
+from heddle.backends.triton.server import TritonServer, free_port, write_onnx_python_model
 from heddle.scheduler.specs import TensorSpec
-from heddle.server.recovery import LoadStatus, backoff_delays
+from heddle.server.runtime.recovery import LoadStatus, backoff_delays
 from server_fixtures import RunningServer, parse_test_config, running_server, scrape_metrics, wait_until
 from test_e2e_triton import (
     CNN_IO, WAIT_S, assert_outputs, classify_direct, classify_toml, device_info, image_batch, local_toml,

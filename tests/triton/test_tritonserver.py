@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as tgrpc
 
-from heddle.backends.tritonserver import (
+from heddle.backends.triton.server import (
     TritonServer, TritonServerError, find_triton, model_config_text, write_python_model,
 )
 from heddle.scheduler.specs import TensorSpec
@@ -98,7 +98,7 @@ def test_stop_ends_the_process_and_frees_ports(tmp_path: Path) -> None:
 def test_start_retries_when_a_port_is_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """When another process takes a picked port first, start() picks new ports and the server comes up."""
     require_triton()
-    import heddle.backends.tritonserver as launcher
+    import heddle.backends.triton.server as launcher
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -13,7 +13,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from heddle.backends.base import BackendError, InputError, datatype_of, make_executor, make_pool, numpy_dtype
+from heddle.backends.base import BackendError, InputError, datatype_of, make_pool, numpy_dtype
+from heddle.server.runtime.executors import make_executor
 from heddle.backends.onnxruntime import OrtExecutor, read_io_spec, session_options, warm_inputs
 from heddle.backends.python import PythonExecutor
 from heddle.backends.zoo import MODEL_NAMES, build_default_models

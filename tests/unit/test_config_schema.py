@@ -11,8 +11,8 @@ except ModuleNotFoundError:
 import pytest
 from hypothesis import given, strategies as st
 
-from heddle.server.config import ConfigError, parse_config, parse_document
-from heddle.server.config_builder import document, onnx_device, python_device, python_model, tensor, to_toml
+from heddle.server.config.load import ConfigError, parse_config, parse_document
+from heddle.server.config.builder import document, onnx_device, python_device, python_model, tensor, to_toml
 from server_fixtures import TESTS_DIR, py_model_toml
 
 PY = '[[devices]]\nid = "py0"\nbackend = "python"\n{extra}\n'

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from heddle.server.decode_guard import DecodeGuard, Undecodable
+from heddle.server.frontends.decode_guard import DecodeGuard, Undecodable
 
 
 class _Refused(Exception):

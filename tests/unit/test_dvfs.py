@@ -5,11 +5,11 @@ from __future__ import annotations
 import pynvml
 import pytest
 
-from heddle.backends.dvfs import (
+from heddle.backends.power.dvfs import (
     Applied, Disabled, Failed, NoneActuator, NoPermission, VirtualActuator, detect_actuators, pick_levels,
 )
-from heddle.backends.dvfs_nvml import NvmlClockActuator, NvmlPowerLimitActuator
-from heddle.backends.power_testing import FakeGpu, FakeNvml, SysfsTree, run_unprivileged, shared_tempdir
+from heddle.backends.power.dvfs_nvml import NvmlClockActuator, NvmlPowerLimitActuator
+from heddle.backends.power.testing import FakeGpu, FakeNvml, SysfsTree, run_unprivileged, shared_tempdir
 from heddle.scheduler.specs import DeviceSpec
 
 POLICY0 = "sys/devices/system/cpu/cpufreq/policy0"

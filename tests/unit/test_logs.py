@@ -1,4 +1,4 @@
-"""Tests for heddle.server.logs: JSON or console lines, request ids from contextvars, stdlib routing, levels."""
+"""Tests for heddle.server.observe.logs: JSON or console lines, request ids from contextvars, stdlib routing, levels."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import pytest
 import structlog
 
-from heddle.server.logs import configure_logging, get_logger
+from heddle.server.observe.logs import configure_logging, get_logger
 
 
 class TerminalStream(io.StringIO):

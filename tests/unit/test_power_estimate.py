@@ -8,14 +8,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from heddle.backends.power_estimate import (
+from heddle.backends.power.estimate import (
     DEFAULT_POWER_MODELS, EstimateSensor, PowerModel, detect_estimate, estimate_power_w, parse_power_model,
     power_model_of,
 )
-from heddle.backends.power_sensors import ESTIMATED, PowerSample
+from heddle.backends.power.sensors import ESTIMATED, PowerSample
 from heddle.backends.zoo.build import build_model
 from heddle.scheduler.specs import DeviceSpec
-from heddle.server.metrics import Metrics
+from heddle.server.runtime.metrics import Metrics
 
 MODEL = PowerModel(idle_w=2.0, active_w=(10.0, 6.0, 4.0))
 

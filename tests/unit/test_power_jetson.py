@@ -5,9 +5,9 @@ from __future__ import annotations
 import pynvml
 import pytest
 
-from heddle.backends.power_jetson import detect_ina3221, discover_rails, rail_device_kinds
-from heddle.backends.power_sensors import BOARD, ESTIMATED, MEASURED, box_power_w, detect_sensors
-from heddle.backends.power_testing import FakeNvml, SysfsTree
+from heddle.backends.power.jetson import detect_ina3221, discover_rails, rail_device_kinds
+from heddle.backends.power.sensors import BOARD, ESTIMATED, MEASURED, box_power_w, detect_sensors
+from heddle.backends.power.testing import FakeNvml, SysfsTree
 from heddle.scheduler.specs import DeviceSpec
 
 CPU = DeviceSpec("cpu0", "cpu", "onnxruntime", 1, {"cpu_affinity": [0, 1]})

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pynvml
 import pytest
 
-from heddle.backends.power_nvml import NvmlSensor, detect_nvml, nvml_index, open_nvml
-from heddle.backends.power_sensors import ESTIMATED, MEASURED, detect_sensors
-from heddle.backends.power_testing import FakeGpu, FakeNvml
+from heddle.backends.power.nvml import NvmlSensor, detect_nvml, nvml_index, open_nvml
+from heddle.backends.power.sensors import ESTIMATED, MEASURED, detect_sensors
+from heddle.backends.power.testing import FakeGpu, FakeNvml
 from heddle.scheduler.specs import DeviceSpec
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from heddle.backends.power_rapl import RaplSensor, detect_rapl, discover_zones, energy_delta_uj
-from heddle.backends.power_sensors import BOARD, MEASURED, detect_sensors
-from heddle.backends.power_testing import SysfsTree, run_unprivileged, shared_tempdir
+from heddle.backends.power.rapl import RaplSensor, detect_rapl, discover_zones, energy_delta_uj
+from heddle.backends.power.sensors import BOARD, MEASURED, detect_sensors
+from heddle.backends.power.testing import SysfsTree, run_unprivileged, shared_tempdir
 from heddle.scheduler.specs import DeviceSpec
 
 ZONE0 = "sys/class/powercap/intel-rapl:0"

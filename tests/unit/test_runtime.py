@@ -13,9 +13,9 @@ import pytest
 
 from heddle.backends.base import DeviceUnavailable
 from heddle.scheduler import Outcome
-from heddle.server.config import Config
-from heddle.server.config_builder import document, python_device
-from heddle.server.runtime import Runtime
+from heddle.server.config.load import Config
+from heddle.server.config.builder import document, python_device
+from heddle.server.runtime.runtime import Runtime
 from heddle.server.testing import FakeClock, function_executors, run_on, turns
 from server_fixtures import chain, parse_test_document, py_model
 

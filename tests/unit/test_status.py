@@ -7,9 +7,9 @@ import pytest
 
 from heddle.backends.base import BackendError, BackendTimeout, DeviceUnavailable, InputError
 from heddle.scheduler import Outcome
-from heddle.server.error_kind import DeviceLostMidStream, ErrorKind, classify
-from heddle.server.jobs import JobResult
-from heddle.server.status import RETRY_AFTER_KEY, request_error, retry_metadata, status_code
+from heddle.server.runtime.error_kind import DeviceLostMidStream, ErrorKind, classify
+from heddle.server.runtime.jobs import JobResult
+from heddle.server.runtime.status import RETRY_AFTER_KEY, request_error, retry_metadata, status_code
 
 C = grpc.StatusCode
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from heddle.server.stepping import Stepper
+from heddle.server.runtime.stepping import Stepper
 
 
 class Counting:

@@ -1,0 +1,1 @@
+"""Sensing and setting power: sensors (NVML, RAPL, Jetson rails, the estimate) and DVFS actuators."""

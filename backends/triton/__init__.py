@@ -1,0 +1,1 @@
+"""Triton Inference Server as a backend: the executor, its health watch, model repositories, the launcher."""

@@ -1,0 +1,159 @@
+"""The config file's [[models]] (one table per backend, LLMs apart) and [[pipelines]] tables.
+
+A model table is chosen by its `backend` (default "onnxruntime") and, for onnxruntime and
+triton, whether `kind = "llm"`: generation keys belong to LLMs only, `isolation` to python
+stages only, so each of those keys is unknown elsewhere and a misplaced one is said at start.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AfterValidator, Discriminator, Field, Tag
+
+from heddle.backends.python import ISOLATIONS
+from heddle.server.config.tables import Table, TensorTable
+
+__all__ = [
+    "LLM_KEYS_WHY", "MAX_TIMEOUT_MS", "MODEL_TABLES", "ModelTable", "OnnxLlmTable", "OnnxModelTable", "PipelineTable",
+    "PythonModelTable", "StageTable", "TritonLlmTable", "TritonModelTable", "model_tag",
+]
+
+NonLlmKind = Literal["dnn", "transformer", "python"]
+MAX_TIMEOUT_MS = 24 * 3600 * 1000.0  # as long as the longest deadline a request may ask for
+
+# Why a key is not a key of some model tables: said after "unknown key" when one is found there.
+LLM_KEYS_WHY = {
+    "timeout_ms": "timeout_ms does not apply to LLM stages: each token step is scheduled on its own, "
+                  "and the request's deadline bounds the generation",
+    "max_batch": "max_batch is for LLMs heddle runs itself; a Triton-hosted LLM is batched by its "
+                 "Triton server",
+}
+
+
+def _module_function(value: str) -> str:
+    module, _, function = value.partition(":")
+    if not (module and function):
+        raise ValueError(f"function must be 'module:function' (a python model's callable), got {value!r}")
+    return value
+
+
+class _ModelBase(Table):
+    name: str
+    devices: list[str] = Field(default_factory=list, description="default: every device of its backend")
+    max_batch_size: int | None = Field(None, ge=1, description="most items (first dim) per input a request "
+                                       "may send it; default derived (server/runtime/limits.py)")
+    max_input_elements: int | None = Field(None, ge=1, description="most elements in any one of its inputs; "
+                                           "default derived")
+
+
+class _Timeout(Table):
+    timeout_ms: float | None = Field(None, gt=0, le=MAX_TIMEOUT_MS, allow_inf_nan=False,
+                                     description="a run's limit in milliseconds")
+
+
+class _Generation(Table):
+    """Generation defaults of an LLM; a request's GenerationOptions override them (docs/LLM.md)."""
+
+    kind: Literal["llm"]
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop_token_ids: list[int] | None = None
+    max_positions: int | None = Field(None, ge=1, description="prompt + max_new_tokens beyond it: INVALID_ARGUMENT")
+    tokenizer: str | None = Field(None, description='"byte" or a tokenizer.json (or its folder)')
+
+
+class OnnxModelTable(_ModelBase, _Timeout):
+    """An ONNX model heddle runs with ONNX Runtime; its inputs and outputs are read from the file."""
+
+    backend: Literal["onnxruntime"] = "onnxruntime"
+    kind: NonLlmKind = "dnn"
+    path: str = Field(min_length=1, description='a .onnx file, relative to the config file, or "builtin:NAME"')
+
+
+class OnnxLlmTable(_ModelBase, _Generation):
+    """A KV-cache decoder ONNX model heddle runs token by token (docs/LLM.md)."""
+
+    backend: Literal["onnxruntime"] = "onnxruntime"
+    path: str = Field(min_length=1, description='a .onnx file, relative to the config file, or "builtin:NAME"')
+    max_batch: int | None = Field(None, ge=1, description="decode steps of up to this many sequences share a pass")
+    step_scheduling: bool | None = Field(None, description="false: a whole generation is one dispatch")
+    num_heads: int | None = Field(None, description="KV heads, when the graph's KV dims are dynamic")
+    head_dim: int | None = Field(None, description="KV head size, when the graph's KV dims are dynamic")
+
+
+class PythonModelTable(_ModelBase, _Timeout):
+    """An operator-registered python function, called as fn(**inputs) -> {name: ndarray}."""
+
+    backend: Literal["python"]
+    kind: NonLlmKind = "python"
+    function: Annotated[str, AfterValidator(_module_function)] = Field(description='"module:function"')
+    inputs: list[TensorTable] = Field(min_length=1)
+    outputs: list[TensorTable] = Field(min_length=1)
+    isolation: Literal[ISOLATIONS] | None = Field(  # type: ignore[valid-type]
+        None, description='"thread" (default) or "process": a killable worker process per slot')
+
+
+class _TritonBase(Table):
+    backend: Literal["triton"]
+    triton_model: str | None = Field(None, description="its name on the Triton server (default: name)")
+    triton_version: str | int | None = Field(None, description="default: the server's choice")
+
+
+class TritonModelTable(_ModelBase, _TritonBase, _Timeout):
+    """A model hosted on Triton servers; undeclared inputs and outputs are asked of a server."""
+
+    kind: NonLlmKind = "dnn"
+    inputs: list[TensorTable] = Field(default_factory=list, description="default: asked of a server")
+    outputs: list[TensorTable] = Field(default_factory=list, description="default: asked of a server")
+
+
+class TritonLlmTable(_ModelBase, _TritonBase, _Generation):
+    """An LLM hosted on Triton as a decoupled model that streams its tokens (docs/LLM.md)."""
+
+    vocab_size: int | None = Field(None, ge=1, description="prompt ids outside [0, vocab_size): INVALID_ARGUMENT")
+
+
+MODEL_TABLES: dict[str, type[Table]] = {
+    "onnxruntime": OnnxModelTable, "onnxruntime llm": OnnxLlmTable, "python": PythonModelTable,
+    "triton": TritonModelTable, "triton llm": TritonLlmTable,
+}
+
+
+def model_tag(raw: Any) -> str | None:
+    """Which model table a [[models]] entry is: its backend, and " llm" for LLMs of a backend that
+    has them; a backend that is no string or unknown is returned as is, for the error to name."""
+    if not isinstance(raw, dict):
+        return None
+    backend = raw.get("backend", "onnxruntime")
+    if not isinstance(backend, str) or backend not in ("onnxruntime", "triton"):
+        return backend if isinstance(backend, str) else repr(backend)
+    return f"{backend} llm" if raw.get("kind") == "llm" else backend
+
+
+ModelTable = Annotated[
+    # A Union over a computed tuple has no `X | Y` spelling, hence the noqa.
+    Union[tuple(Annotated[cls, Tag(tag)] for tag, cls in MODEL_TABLES.items())],  # type: ignore[misc]  # noqa: UP007
+    Discriminator(model_tag),
+]
+
+
+class StageTable(Table):
+    """A pipeline stage: runs `model`, each input wired from "input:NAME" or "STAGE.OUTPUT"."""
+
+    name: str
+    model: str
+    inputs: dict[str, str] = Field(default_factory=dict)
+
+
+class PipelineTable(Table):
+    """A named DAG of stages; `outputs` maps names to "STAGE.OUTPUT"."""
+
+    name: str
+    description: str = ""
+    inputs: list[TensorTable] = Field(default_factory=list)
+    outputs: dict[str, str] = Field(default_factory=dict)
+    stages: list[StageTable] = Field(default_factory=list)

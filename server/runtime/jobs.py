@@ -1,0 +1,126 @@
+"""What a request is while it runs (Job), what it streams (TokenUpdate) and what it ends as
+(JobResult, StageTiming per stage)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from numpy.typing import NDArray
+
+from heddle.scheduler import Outcome, Request, RunState
+from heddle.server.power.energy import combine_sources
+from heddle.server.runtime.error_kind import ErrorKind
+
+__all__ = ["Job", "JobResult", "StageTiming", "TokenUpdate", "job_result", "stage_timing"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUpdate:
+    """Tokens an LLM stage just produced; index is the first one's position in its output."""
+
+    request_id: str
+    stage: str
+    token_ids: tuple[int, ...]
+    index: int
+    offset_s: float  # from the request's arrival
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StageTiming:
+    """Where and how long one stage of a request ran; offsets are from the request's arrival."""
+
+    stage: str
+    model: str
+    device: str
+    status: str  # OK | FAILED | CANCELLED | SKIPPED
+    queue_s: float
+    compute_s: float
+    start_offset_s: float
+    end_offset_s: float
+    error: str = ""
+    # LLM stages: tokens generated, time from the request's arrival to the first, mean between them.
+    tokens: int = 0
+    ttft_s: float = 0.0
+    tpot_s: float = 0.0
+    # Joules charged to this run (server/power/energy.py) and whether "measured" or "estimated".
+    energy_j: float = 0.0
+    energy_source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    request_id: str
+    pipeline: str
+    outcome: Outcome
+    error: str
+    error_kind: ErrorKind | None  # why, when the outcome is FAILED (server/runtime/status.py maps both)
+    outputs: dict[str, NDArray[Any]]
+    stages: tuple[StageTiming, ...]
+    total_s: float
+    priority: int
+    deadline_missed: bool
+    energy_j: float = 0.0  # sum over stages
+    energy_source: str = ""  # measured | estimated | mixed | "" (nothing metered)
+    retry_after_s: float | None = None  # refused at admission: when a retry may succeed
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One request in flight: its tensors so far, the future its caller awaits, its callbacks."""
+
+    request: Request
+    tensors: dict[tuple[str | None, str], NDArray[Any]]
+    done: asyncio.Future[JobResult]
+    on_stage: Callable[[StageTiming], None] | None
+    compute_s: dict[str, float] = field(default_factory=dict)
+    error_kind: ErrorKind | None = None  # its first failed stage's kind
+    generation: Mapping[str, object] | None = None  # GenerationConfig overrides for LLM stages
+    on_token: Callable[[TokenUpdate], None] | None = None
+    # stage -> its Generation (server/runtime/llm_gen.py, which imports this module: typed Any, not a cycle)
+    llm: dict[str, Any] = field(default_factory=dict)
+    energy: dict[str, tuple[float, str]] = field(default_factory=dict)  # stage -> (joules, source)
+    retry_after_s: float | None = None
+
+
+_STAGE_STATUS = {RunState.DONE: "OK", RunState.FAILED: "FAILED", RunState.CANCELLED: "CANCELLED"}
+
+
+def job_result(job: Job, outcome: Outcome, error: str, now: float,
+               llm_fields: Callable[[Job, str], Mapping[str, Any]]) -> JobResult:
+    """What an ended request answers: its outputs if OK, why if not, and every stage's timing
+    (llm_fields: an LLM stage's tokens, TTFT and TPOT)."""
+    req = job.request
+    outputs = {}
+    if outcome is Outcome.OK:
+        outputs = {name: job.tensors[(w.stage, w.tensor)] for name, w in req.pipeline.output_wires.items()}
+    return JobResult(
+        request_id=req.id, pipeline=req.pipeline.name, outcome=outcome, error=error,
+        error_kind=(job.error_kind or ErrorKind.INTERNAL) if outcome is Outcome.FAILED else None,
+        outputs=outputs, stages=tuple(stage_timing(job, s.name, llm_fields) for s in req.pipeline.stages),
+        total_s=(req.finished_s or now) - req.arrival_s, priority=req.priority,
+        deadline_missed=req.deadline_missed, energy_j=sum(j for j, _ in job.energy.values()),
+        energy_source=combine_sources(src for _, src in job.energy.values()),
+        retry_after_s=job.retry_after_s,
+    )
+
+
+def stage_timing(job: Job, stage: str, llm_fields: Callable[[Job, str], Mapping[str, Any]]) -> StageTiming:
+    """Where and how long one stage of the request ran, so far."""
+    req = job.request
+    run = req.runs[stage]
+    started = run.started_s
+    energy_j, energy_source = job.energy.get(stage, (0.0, ""))
+    timing = StageTiming(
+        stage=stage, model=run.model, device=run.device or "", status=_STAGE_STATUS.get(run.state, "SKIPPED"),
+        queue_s=(started - run.ready_s) if started is not None and run.ready_s is not None else 0.0,
+        compute_s=job.compute_s.get(stage, 0.0),
+        start_offset_s=(started - req.arrival_s) if started is not None else 0.0,
+        end_offset_s=(run.finished_s - req.arrival_s) if run.finished_s is not None else 0.0,
+        error=run.error, energy_j=energy_j, energy_source=energy_source,
+    )
+    extra = llm_fields(job, stage)
+    return dataclasses.replace(timing, **extra) if extra else timing

@@ -1,0 +1,102 @@
+"""The seam between the runtime and the ways a stage runs: a StageRunner per way (executor
+pools for ONNX Runtime, Python and Triton unary stages; local LLM steps; Triton LLM streams),
+each reporting back through the small StageEvents protocol that the Runtime implements."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+
+from numpy.typing import NDArray
+
+from heddle.backends.base import BackendError, Executor
+from heddle.scheduler import Dispatch
+from heddle.scheduler.specs import ModelSpec
+from heddle.server.runtime.stage_timeouts import OverrunWatch, limit_cause, stage_timeout_s, stops_itself
+
+if TYPE_CHECKING:
+    from heddle.server.runtime.jobs import Job, TokenUpdate
+
+__all__ = ["ExecutorRunner", "StageEvents", "StageFuture", "StageRunner", "Tensors"]
+
+Tensors = Mapping[str, NDArray[Any]]
+# A stage run's end: its outputs and compute time, or the exception it failed with.
+StageFuture = asyncio.Future[tuple[Tensors, float]]
+
+
+class StageEvents(Protocol):
+    """What a runner tells the runtime. Every call is on the event loop's thread; each marks the
+    core dirty and the runtime steps once per loop turn, so a runner never steps the core itself."""
+
+    clock: Callable[[], float]
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def job(self, request_id: str) -> Job | None:
+        """The running request, or None once it ended."""
+
+    def stage_done(self, d: Dispatch, fut: StageFuture) -> None:
+        """The run is over: fut holds (outputs, compute_s) or the exception it failed with."""
+
+    def step_done(self, d: Dispatch, compute_s: float) -> bool:
+        """One step of an LLM stage is over and it goes on; False if its request ended meanwhile."""
+
+    def tokens(self, update: TokenUpdate) -> None:
+        """An LLM stage produced tokens: on to its request's client."""
+
+    def device_lost(self, device: str) -> None:
+        """The device stopped answering: out of rotation until its health comes back."""
+
+
+class StageRunner(Protocol):
+    """One way of running a dispatched stage; the runtime picks it by the stage's model."""
+
+    def dispatch(self, d: Dispatch, job: Job, inputs: Tensors) -> None:
+        """Start the run; report its end (and steps, tokens) through StageEvents."""
+
+    def release(self, job: Job) -> None:
+        """The request ended: let go of what its runs hold."""
+
+
+class ExecutorRunner:
+    """A stage as one call of its device's Executor in the device's worker pool (ONNX Runtime,
+    Python, Triton unary), with its timeout watched when the backend cannot stop itself."""
+
+    def __init__(self, events: StageEvents, executors: Mapping[str, Executor], models: Mapping[str, ModelSpec],
+                 overruns: OverrunWatch) -> None:
+        self.events = events
+        self.executors = executors
+        self.models = models
+        self.overruns = overruns
+
+    def dispatch(self, d: Dispatch, job: Job, inputs: Tensors) -> None:
+        events = self.events
+        executor = self.executors[d.device]
+        model = self.models[d.model]
+        timeout_s = stage_timeout_s(model, job.request.deadline_s, events.clock())
+        fut = events.loop.run_in_executor(executor.pool, _timed_run, executor, d.model, inputs,
+                                          job.request.priority, timeout_s)
+        fut.add_done_callback(functools.partial(self._done, d))
+        if timeout_s is not None and not stops_itself(model):
+            self.overruns.watch(d, fut, timeout_s, limit_cause(model, timeout_s))
+
+    def _done(self, d: Dispatch, fut: StageFuture) -> None:
+        self.overruns.returned(d)
+        if fut.cancelled():  # never started: its pool was shut down (server stopping)
+            fut = self.events.loop.create_future()
+            fut.set_exception(BackendError("stage not run: the server is shutting down"))
+        self.events.stage_done(d, fut)
+
+    def release(self, job: Job) -> None:
+        """Nothing held past the run itself."""
+
+
+def _timed_run(executor: Executor, model: str, inputs: Tensors, priority: int,
+               timeout_s: float | None) -> tuple[Tensors, float]:
+    """Runs in a device worker thread; the compute time is the backend's alone."""
+    t0 = time.perf_counter()
+    outputs = executor.run(model, inputs, priority=priority, timeout_s=timeout_s)
+    return outputs, time.perf_counter() - t0

@@ -1,0 +1,1 @@
+"""What is behind the CLI's offline commands: heddle profile, simulate and config."""

@@ -1,0 +1,308 @@
+"""`heddle profile`: measure run times of the configured models on this machine's devices,
+through the real executors, into a table the simulator and ProfileTable load (JSON or TOML)."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
+    import tomllib
+except ModuleNotFoundError:
+    import tomli as tomllib
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from heddle.backends.base import Executor, numpy_dtype
+from heddle.server.runtime.executors import make_executor
+from heddle.scheduler import Core
+from heddle.scheduler.profiles import ProfileTable
+from heddle.scheduler.sim.tracefile import PROFILE_FORMAT, dispatch_gaps, parse_trace, percentile
+from heddle.scheduler.specs import ModelSpec, TensorSpec
+from heddle.server.config.load import Config
+
+__all__ = [
+    "add_profile_parser", "load_profile_file", "measure_profile", "parse_shape_overrides", "profile_from_trace",
+    "run_profile", "sample_inputs", "write_profile_file",
+]
+
+# The load generator's rule for dynamic dims (clients/infer_cli.generate_input): batch 1, others 16,
+# so a profile measures what `heddle bench` sends unless --shape says otherwise.
+_BATCH_DIM, _OTHER_DIM, _ID_HIGH = 1, 16, 100
+_SCHEDULING_OPTIONS = ("unsupported_ops", "supported_ops")  # device options the replay needs
+
+
+def add_profile_parser(sub) -> None:
+    p = sub.add_parser("profile", help="measure a profile table (latency per model x device) on this machine")
+    p.add_argument("--config", help="TOML config file (default: the embedded default)")
+    p.add_argument("--runs", type=int, default=30, help="timed runs per (model, device) (default 30)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    p.add_argument("--model", action="append", default=[], help="only this model (repeatable)")
+    p.add_argument("--device", action="append", default=[], help="only this device (repeatable)")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME:INPUT=1x64",
+                   help="input shape for a model (dynamic dims default to 1 for the first, 16 after); "
+                        "with --under-load, PIPELINE:INPUT=... for a pipeline's input")
+    p.add_argument("--parallel", action="store_true",
+                   help="measure every device at once (as under load) instead of one after another")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--from-trace", metavar="TRACE",
+                   help="instead of running the models: take the stage runs a live server recorded "
+                        "(heddle serve --trace), i.e. run times under serving load")
+    p.add_argument("--under-load", type=float, metavar="S",
+                   help="instead: serve the config in a child process and time the stage runs during S "
+                        "seconds of load (run times as serving sees them: shared cores, thread hand-offs)")
+    p.add_argument("--scenario", metavar="NAME|FILE",
+                   help="with --under-load: the load (a heddle bench scenario); default every non-LLM "
+                        "pipeline in a closed loop")
+    p.add_argument("--clients", type=int, default=2,
+                   help="with --under-load and no --scenario: closed-loop clients per pipeline (default 2)")
+    p.add_argument("--policy", help="with --under-load: the server's policy (default: the config's)")
+    p.add_argument("--load-warmup-s", type=float, default=2.0,
+                   help="with --under-load: seconds of load first, left out of the table (default 2)")
+    p.add_argument("--out", default="profile.json", help="output file, .json or .toml (default profile.json)")
+
+
+def parse_shape_overrides(specs: Sequence[str]) -> dict[tuple[str, str], tuple[int, ...]]:
+    """'model:input=1x64' -> {(model, input): (1, 64)}; ValueError says which spec is wrong."""
+    shapes = {}
+    for spec in specs:
+        try:
+            target, dims = spec.split("=", 1)
+            model, name = target.split(":", 1)
+            shapes[(model, name)] = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--shape {spec!r}: expected MODEL:INPUT=DIMxDIM..., "
+                             "e.g. encoder:input_ids=1x64") from None
+    return shapes
+
+
+def sample_inputs(model: ModelSpec, shapes: Mapping[tuple[str, str], tuple[int, ...]],
+                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random inputs for a model's declared inputs, with the load generator's rules."""
+    arrays = {}
+    for t in model.inputs:
+        shape = shapes.get((model.name, t.name)) or _default_shape(t)
+        if not t.accepts_shape(shape):
+            raise ValueError(f"--shape {model.name}:{t.name}: {list(shape)} does not fit {list(t.shape)}")
+        dtype = numpy_dtype(t.datatype)
+        if t.datatype == "BOOL":
+            arrays[t.name] = rng.random(shape) < 0.5
+        elif t.datatype == "BYTES":  # words like the load generator's
+            words = rng.integers(0, _ID_HIGH, size=shape)
+            arrays[t.name] = np.vectorize(lambda i: f"w{i}".encode(), otypes=[object])(words).reshape(shape)
+        elif dtype.kind in "iu":
+            arrays[t.name] = rng.integers(0, _ID_HIGH, size=shape).astype(dtype)
+        elif dtype.kind == "f":
+            arrays[t.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            raise ValueError(f"model {model.name}: cannot generate {t.datatype} input {t.name!r}")
+    return arrays
+
+
+def _default_shape(t: TensorSpec) -> tuple[int, ...]:
+    return tuple((_BATCH_DIM if i == 0 else _OTHER_DIM) if d < 0 else d for i, d in enumerate(t.shape))
+
+
+def _eligible(config: Config, models: Sequence[str], devices: Sequence[str]) -> tuple[dict, dict]:
+    """(device -> models it may run, model -> op types), as the live scheduler decides it."""
+    from heddle.backends.graph_summary import summarize_file
+
+    summaries = {m.name: summarize_file(m.artifact) for m in config.models.values()
+                 if m.backend == "onnxruntime" and (not models or m.name in models)}
+    core = Core(config.devices, config.models, "fcfs", ProfileTable(summaries=summaries))
+    plan: dict[str, list[str]] = {}
+    for name, spec in config.models.items():
+        # An LLM stage runs as prefill and decode steps the live runtime drives token by token;
+        # its per-step times come from a trace (--from-trace), not from one run of the stage.
+        if (models and name not in models) or spec.kind == "llm":
+            continue
+        for device in core.eligible_devices(name):
+            if not devices or device in devices:
+                plan.setdefault(device, []).append(name)
+    return plan, {name: sorted(s.op_types) for name, s in summaries.items()}
+
+
+def _time_runs(executor: Executor, inputs: Mapping[str, Mapping[str, np.ndarray]], runs: int,
+               warmup: int) -> dict[str, list[float]]:
+    """In the device's worker thread: warm-up, then `runs` rounds over its models (interleaved,
+    as a serving device alternates between them); the time is the backend's run alone."""
+    for name, arrays in inputs.items():
+        for _ in range(warmup):
+            executor.run(name, arrays)
+    times: dict[str, list[float]] = {name: [] for name in inputs}
+    for _ in range(runs):
+        for name, arrays in inputs.items():
+            t0 = time.perf_counter()
+            executor.run(name, arrays)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def measure_profile(config: Config, *, runs: int = 30, warmup: int = 3, models: Sequence[str] = (),
+                    devices: Sequence[str] = (), shapes: Mapping | None = None, parallel: bool = False,
+                    seed: int = 0) -> dict[str, Any]:
+    """Load each selected model on each device allowed to run it and time it; the profile document."""
+    if runs < 1 or warmup < 0:
+        raise ValueError("--runs must be >= 1 and --warmup >= 0")
+    unknown = sorted(set(models) - set(config.models)) + sorted(set(devices) - {d.id for d in config.devices})
+    if unknown:
+        raise ValueError(f"unknown model or device {unknown}")
+    plan, ops = _eligible(config, models, devices)
+    rng = np.random.default_rng(seed)
+    inputs = {name: sample_inputs(config.models[name], shapes or {}, rng)
+              for name in sorted({m for ms in plan.values() for m in ms})}
+    executors = {s.id: make_executor(s) for s in config.devices if s.id in plan}
+    try:
+        for device, names in plan.items():
+            ex = executors[device]
+            for f in [ex.pool.submit(ex.load, config.models[n]) for n in names]:
+                f.result()
+        measured: dict[str, dict[str, list[float]]] = {}
+        pending: dict[str, Future] = {}
+        for device, names in plan.items():
+            ex = executors[device]
+            pending[device] = ex.pool.submit(_time_runs, ex, {n: inputs[n] for n in names}, runs, warmup)
+            if not parallel:
+                measured[device] = pending.pop(device).result()
+        measured.update({device: f.result() for device, f in pending.items()})
+    finally:
+        for ex in executors.values():
+            ex.close()
+    samples = {(name, device): measured[device][name] for device, names in plan.items() for name in names}
+    models = {name: {"backend": config.models[name].backend, "op_types": ops.get(name, []),
+                     "inputs": {k: list(v.shape) for k, v in arrays.items()}} for name, arrays in inputs.items()}
+    devices = [d for d in config.devices if d.id in plan]
+    return _document(config.source, devices, models, samples,
+                     {"method": "executors", "runs": runs, "warmup": warmup, "parallel": parallel})
+
+
+def profile_from_trace(trace_text: str, source: str, min_runs: int = 3) -> dict[str, Any]:
+    """A profile from a live server's trace: per (model, device), the recorded stage runs as its
+    scheduler saw them (dispatch to completion), i.e. measured under serving load."""
+    trace = parse_trace(trace_text)
+    runs: dict[tuple[str, str], list] = {}
+    for r in sorted(trace.stage_runs, key=lambda r: r.time_s - r.run_s):
+        runs.setdefault((r.model, r.device), []).append(r)
+    runs = {k: v for k, v in runs.items() if len(v) >= min_runs}
+    if not runs:
+        raise ValueError(f"trace {source} has no stage runs recorded ({min_runs} or more per model and device)")
+    used = {d for _, d in runs}
+    models = {m: {"backend": "", "op_types": [], "inputs": {}} for m, _ in sorted(runs)}
+    doc = _document(source, [d for d in trace.devices if d.id in used], models,
+                    {k: [r.run_s for r in v] for k, v in runs.items()},
+                    {"method": "trace", "stage_runs": len(trace.stage_runs),
+                     "trace_started_unix_s": trace.started_unix_s})
+    for entry in doc["entries"]:  # when each run was dispatched, for replays that follow the machine's drift
+        entry["sample_t_s"] = [round(r.time_s - r.run_s, 6) for r in runs[(entry["model"], entry["device"])]]
+    doc["dispatch_gap_s"] = {d: round(g, 7) for d, g in dispatch_gaps(trace).items() if d in used}
+    return doc
+
+
+def _document(source: str, devices, models: Mapping, samples: Mapping[tuple[str, str], list[float]],
+              method: Mapping[str, Any]) -> dict[str, Any]:
+    entries = [{
+        "model": name, "device": device, "level": 0, "runs": len(runs),
+        "latency_s": sum(runs) / len(runs), "tail_s": percentile(runs, 95),
+        "p50_s": percentile(runs, 50), "p99_s": percentile(runs, 99), "min_s": min(runs), "max_s": max(runs),
+        "samples_s": [round(s, 7) for s in runs],
+    } for (name, device), runs in samples.items()]
+    return {
+        "format": PROFILE_FORMAT, "created_unix_s": time.time(), "source": source, **method,
+        "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
+                    "processor": platform.processor() or platform.machine()},
+        "devices": [{"id": d.id, "kind": d.kind, "backend": d.backend, "slots": d.slots,
+                     "options": {k: list(v) for k, v in d.options.items() if k in _SCHEDULING_OPTIONS}}
+                    for d in devices],
+        "models": dict(models),
+        "entries": entries,
+    }
+
+
+def write_profile_file(doc: Mapping[str, Any], path: str | Path) -> Path:
+    """Write the document as JSON, or TOML when the name ends in .toml."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_to_toml(doc) if path.suffix == ".toml" else json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def load_profile_file(path: str | Path) -> dict[str, Any]:
+    """Read a profile written by write_profile_file (JSON or TOML by its suffix)."""
+    path = Path(path)
+    text = path.read_text()
+    return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"TOML profile cannot hold {v}")
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+
+
+def _to_toml(doc: Mapping[str, Any]) -> str:
+    """The profile's shape only: scalars, then tables (machine, models.*), then arrays of tables."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in doc.items() if not isinstance(v, (Mapping, list))]
+    for key in ("machine", "dispatch_gap_s"):
+        if key in doc:
+            lines += ["", f"[{key}]"] + [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in doc[key].items()]
+    for name, info in doc["models"].items():
+        lines += ["", f"[models.{json.dumps(name)}]"] + [f"{k} = {_toml_value(v)}" for k, v in info.items()]
+    for key in ("devices", "entries"):
+        for row in doc[key]:
+            lines += ["", f"[[{key}]]"] + [f"{k} = {_toml_value(v)}" for k, v in row.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _format_rows(doc: Mapping[str, Any]) -> str:
+    head = f"{'model':<16} {'device':<8} {'runs':>5} {'mean ms':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+    rows = [f"{e['model']:<16} {e['device']:<8} {e['runs']:>5} {1e3 * e['latency_s']:>9.3f} "
+            f"{1e3 * e['p50_s']:>8.3f} {1e3 * e['tail_s']:>8.3f} {1e3 * e['p99_s']:>8.3f}" for e in doc["entries"]]
+    return "\n".join([head, *rows])
+
+
+def _under_load(args) -> dict[str, Any]:
+    from heddle.clients.scenarios import load_scenario
+    from heddle.server.tools.profile_load import default_load, measure_under_load
+
+    if args.clients < 1:
+        raise ValueError("--clients must be >= 1")
+    scenario = load_scenario(args.scenario) if args.scenario else default_load(args.config, args.clients)
+    return measure_under_load(args.config, scenario, duration_s=args.under_load, warmup_s=args.load_warmup_s,
+                              seed=args.seed, policy=args.policy, shapes=parse_shape_overrides(args.shape))
+
+
+def run_profile(args) -> int:
+    from heddle.backends.base import BackendError
+    from heddle.server.config.load import ConfigError, load_config
+
+    try:
+        if args.from_trace:
+            doc = profile_from_trace(Path(args.from_trace).read_text(), args.from_trace)
+        elif args.under_load is not None:
+            doc = _under_load(args)
+        else:
+            doc = measure_profile(load_config(args.config), runs=args.runs, warmup=args.warmup,
+                                  models=args.model, devices=args.device, seed=args.seed,
+                                  shapes=parse_shape_overrides(args.shape), parallel=args.parallel)
+    except (ConfigError, BackendError, OSError, ValueError, RuntimeError) as exc:
+        print(f"heddle: {exc}", file=sys.stderr)
+        return 2
+    path = write_profile_file(doc, args.out)
+    print(_format_rows(doc))
+    how = (f"from {doc['stage_runs']} recorded stage runs" if args.from_trace or args.under_load is not None
+           else f"{args.runs} runs each after {args.warmup} warm-up")
+    print(f"\nwrote {path} ({len(doc['entries'])} entries, {how})")
+    return 0
