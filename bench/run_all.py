@@ -10,6 +10,8 @@ Parts run one after another on this machine, never at once (they would share the
             with a note, when the script is absent)
   policies  one `heddle serve` (embedded default); per scenario and policy: Admin.SetPolicy, then
             `heddle bench --scenario S --duration D` into policies/S/P/ (same seed: same arrivals)
+  sched     bench/sched_cost.py: the scheduler core's cost per stage decision at 10/100/1,000
+            queued runs and per request on the recorded camera_analytics trace (in process)
 Writes --out (default bench/results/<date>/): each part's JSON and logs, run_all.json (settings,
 machine, each part's status and time), then bench/summary.py's policies.json, policy_violations.png
 and SUMMARY.md. Exit status 0 when every part that ran succeeded, 1 otherwise, 130 on Ctrl-C.
@@ -42,7 +44,8 @@ __all__ = ["DEFAULT", "QUICK", "Settings", "main"]
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
-PARTS = ("gateway", "triton", "policies")
+PARTS = ("gateway", "triton", "policies", "sched")
+SCHED_JSON = "sched_cost.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +211,8 @@ def _run_part(name: str, out: Path, settings: Settings, args: argparse.Namespace
     elif name == "triton":
         run_script("triton_vs_heddle.py", TRITON_JSON, settings.triton_args, out,
                    settings.triton_timeout_s, part)
+    elif name == "sched":  # pure and in process: no server, minutes at most
+        run_script("sched_cost.py", SCHED_JSON, ("--quick",) if settings.mode == "quick" else (), out, 600.0, part)
     else:
         run_policies(out, settings, args, part)
 
