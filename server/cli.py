@@ -1,4 +1,4 @@
-"""The `heddle` command line: serve, infer, list, bench, simulate, profile, config."""
+"""The `heddle` command line: serve, infer, list, top, bench, simulate, profile, config."""
 
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ def _serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from heddle.clients.infer_cli import add_infer_parser, add_list_parser, run_infer, run_list
     from heddle.clients.bench_cli import add_bench_parser, run_bench
+    from heddle.clients.top import add_top_parser, run_top
     from heddle.server.tools.config_cmd import add_config_parser, run_config
     from heddle.server.tools.profile_cmd import add_profile_parser, run_profile
     from heddle.server.tools.simulate_cmd import add_simulate_parser, run_simulate
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_serve_parser(sub)
     add_infer_parser(sub)
     add_list_parser(sub)
+    add_top_parser(sub)
     add_bench_parser(sub)
     add_simulate_parser(sub)
     add_profile_parser(sub)
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_config(args)
     if args.command == "bench":
         return run_bench(args)
+    if args.command == "top":
+        return run_top(args)
     if args.command == "infer":
         return run_infer(args)
     return run_list(args)
