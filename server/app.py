@@ -37,6 +37,8 @@ log = get_logger("heddle.server")
 # After the drain, how long the responses of the requests it ended get to leave: they are
 # encoded and handed to gRPC within a few loop turns; this bounds the wait, not the common case.
 FLUSH_S = 0.25
+# How often Triton devices' readiness is polled: a lost server is rerouted around within this.
+TRITON_HEALTH_PERIOD_S = 0.5
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Gateway"].full_name,
     pb.DESCRIPTOR.services_by_name["Admin"].full_name,
@@ -109,10 +111,9 @@ class HeddleServer:
         from heddle.backends.triton.health import TritonHealthWatcher
 
         loop = asyncio.get_running_loop()
-        period_s = float(self.config.extra.get("health_period_s", 0.5))
         self._watcher = TritonHealthWatcher(
             urls, lambda dev, ok: loop.call_soon_threadsafe(self.runtime.set_device_health, dev, ok),
-            period_s=period_s,
+            period_s=TRITON_HEALTH_PERIOD_S,
         ).start()
 
     async def stop(self, grace_s: float | None = None, *, exiting: bool = False) -> None:

@@ -40,7 +40,6 @@ class Config:
     models: Mapping[str, ModelSpec]
     pipelines: Mapping[str, Pipeline]
     source: str = "<embedded default>"
-    extra: Mapping[str, Any] = field(default_factory=dict)
     power: PowerSettings = field(default_factory=PowerSettings)  # the [power] table
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)  # the [admission] table
 
