@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Mapping, NoReturn
+from typing import Any, Callable, Mapping, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +23,7 @@ from heddle.server.frontends.decode_guard import DecodeGuard
 from heddle.server.frontends.kserve import SERVICE_NAME as KSERVE_SERVICE, KServeServicer
 from heddle.server.runtime.limits import RequestLimits
 from heddle.server.observe.logs import get_logger
+from heddle.server.observe.tracing import make_tracer
 from heddle.server.runtime.metrics import Metrics
 from heddle.server.power.loop import PowerLoop
 from heddle.server.runtime.runtime import Runtime
@@ -50,9 +51,12 @@ class HeddleServer:
     """One gateway: `await start()`, then `await stop()`; ports 0 pick free ones."""
 
     def __init__(self, config: Config, *, executors: Mapping[str, Executor] | None = None,
-                 clock: Callable[[], float] = time.monotonic, with_metrics_http: bool = True) -> None:
+                 clock: Callable[[], float] = time.monotonic, with_metrics_http: bool = True,
+                 span_exporter: Any = None) -> None:
         """executors: one per configured device, in place of the backends' own (a test's
-        heddle.server.testing.function_executors); clock: the runtime's, in seconds (a FakeClock)."""
+        heddle.server.testing.function_executors); clock: the runtime's, in seconds (a FakeClock);
+        span_exporter: an OpenTelemetry exporter that gets every request's spans, [tracing] or not
+        (a test's InMemorySpanExporter)."""
         self.config = config
         self.metrics = Metrics()
         self.executors = _executors(config, executors)
@@ -62,7 +66,8 @@ class HeddleServer:
         self.runtime = Runtime(config, self.executors, self.metrics, clock=clock)
         self.power = PowerLoop(self.runtime, self.metrics)  # sensors, DVFS, budget controller
         self.limits = RequestLimits(config, self.metrics)  # one memory budget for both front doors
-        self.kserve = KServeServicer(self.runtime, self.limits)
+        self.tracer = make_tracer(config.tracing, span_exporter)  # None when tracing is off
+        self.kserve = KServeServicer(self.runtime, self.limits, self.tracer)
         self.health = health.aio.HealthServicer()
         self._with_metrics_http = with_metrics_http
         self._metrics_http = None
@@ -84,7 +89,7 @@ class HeddleServer:
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ])
-        pb_grpc.add_GatewayServicer_to_server(GatewayServicer(self.runtime, self.limits), self.server)
+        pb_grpc.add_GatewayServicer_to_server(GatewayServicer(self.runtime, self.limits, self.tracer), self.server)
         pb_grpc.add_AdminServicer_to_server(AdminServicer(self.runtime, self.power), self.server)
         self.kserve.add_to_server(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -133,6 +138,8 @@ class HeddleServer:
         if self._watcher is not None:
             self._watcher.stop()
         await self.power.stop()  # after the drain: frozen requests need it until they end
+        if self.tracer is not None:  # the spans of the drained requests go out before the exit
+            self.tracer.shutdown()
         for ex in self.executors.values():
             ex.close()
         if self._metrics_http is not None and not exiting:  # its close waits out a 0.5 s poll

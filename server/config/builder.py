@@ -76,11 +76,11 @@ def pipeline(name: str, inputs: Iterable[Table], outputs: Mapping[str, str], sta
 
 
 def document(*, server: Mapping[str, Any] | None = None, admission: Mapping[str, Any] | None = None,
-             power: Mapping[str, Any] | None = None, devices: Iterable[Table] = (), models: Iterable[Table] = (),
-             pipelines: Iterable[Table] = ()) -> Table:
+             power: Mapping[str, Any] | None = None, tracing: Mapping[str, Any] | None = None,
+             devices: Iterable[Table] = (), models: Iterable[Table] = (), pipelines: Iterable[Table] = ()) -> Table:
     """A whole config; tables left None are left out (their defaults apply, and no [power] means none)."""
-    doc: Table = {k: dict(v) for k, v in (("server", server), ("admission", admission), ("power", power))
-                  if v is not None}
+    tables = (("server", server), ("admission", admission), ("power", power), ("tracing", tracing))
+    doc: Table = {k: dict(v) for k, v in tables if v is not None}
     return {**doc, "devices": list(devices), "models": list(models), "pipelines": list(pipelines)}
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")

@@ -29,6 +29,7 @@ from heddle.server.config.memory_estimate import memory_budgets
 from heddle.server.config.resolve import Resolving, resolve_model
 from heddle.server.config.schema import ConfigError, Document, validate_document
 from heddle.server.config.tables import ServerSettings
+from heddle.server.observe.tracing import TracingSettings
 
 __all__ = ["Config", "ConfigError", "ServerSettings", "load_config", "parse_config", "parse_document"]
 
@@ -42,6 +43,7 @@ class Config:
     source: str = "<embedded default>"
     power: PowerSettings = field(default_factory=PowerSettings)  # the [power] table
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)  # the [admission] table
+    tracing: TracingSettings = field(default_factory=TracingSettings)  # the [tracing] table
 
 
 def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Config:
@@ -95,7 +97,8 @@ def parse_document(doc: Mapping[str, Any], source: str, base_dir: Path,
             raise ConfigError(f"{source}: pipeline name {pipeline.name!r} is used twice")
         pipelines[pipeline.name] = pipeline
     return Config(server, devices, models, pipelines, source, power=_power(source, typed, devices),
-                  admission=AdmissionSettings(**typed.admission.model_dump()))
+                  admission=AdmissionSettings(**typed.admission.model_dump()),
+                  tracing=TracingSettings(**typed.tracing.model_dump()))
 
 
 def _with_overrides(doc: Mapping[str, Any], overrides: Mapping[str, Any]) -> Mapping[str, Any]:

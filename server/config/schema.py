@@ -16,7 +16,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from heddle.server.config.models import LLM_KEYS_WHY, MODEL_TABLES, ModelTable, PipelineTable, StageTable, model_tag
 from heddle.server.config.tables import (
     AdmissionTable, DeviceTable, OnnxDeviceTable, PowerTable, PythonDeviceTable, ServerTable, Table, TlsTable,
-    TritonDeviceTable,
+    TracingTable, TritonDeviceTable,
 )
 
 __all__ = ["ConfigError", "Document", "json_schema", "validate_document"]
@@ -36,6 +36,7 @@ class Document(Table):
 
     server: ServerTable = ServerTable()
     admission: AdmissionTable = AdmissionTable()
+    tracing: TracingTable = TracingTable()
     power: PowerTable | None = Field(None, description="a power budget (docs/POWER.md); absent: none")
     devices: list[DeviceTable] = Field(default_factory=list)
     models: list[ModelTable] = Field(default_factory=list)
@@ -145,7 +146,7 @@ def _locate(doc: Mapping[str, Any], loc: tuple) -> tuple[str, type[BaseModel] | 
         return _locate_item(doc, loc[0], loc[1], loc[2:])
     if loc[:2] == ("server", "tls"):
         return "[server.tls]", *_walk(TlsTable, loc[2:])
-    if loc and loc[0] in ("server", "admission", "power"):
+    if loc and loc[0] in ("server", "admission", "power", "tracing"):
         return f"[{loc[0]}]", *_walk(Document.model_fields[loc[0]].annotation, loc[1:])
     return "", Document, loc
 

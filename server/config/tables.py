@@ -19,10 +19,11 @@ from heddle.scheduler.admission_settings import AdmissionSettings
 from heddle.scheduler.policies import POLICIES
 from heddle.scheduler.power_settings import PowerSettings
 from heddle.scheduler.specs import DATATYPES
+from heddle.server.observe.tracing import TracingSettings
 
 __all__ = [
     "AdmissionTable", "DEVICE_KINDS", "DeviceTable", "OnnxDeviceTable", "PowerTable", "PythonDeviceTable",
-    "ServerSettings", "ServerTable", "Table", "TensorTable", "TlsTable", "TritonDeviceTable",
+    "ServerSettings", "ServerTable", "Table", "TensorTable", "TlsTable", "TracingTable", "TritonDeviceTable",
 ]
 
 DEFAULT_CACHE_DIR = "~/.cache/heddle"
@@ -71,6 +72,7 @@ class ServerSettings:
 _S = ServerSettings()
 _P = PowerSettings()
 _A = AdmissionSettings()
+_T = TracingSettings()
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
@@ -117,6 +119,17 @@ class AdmissionTable(Table):
 
     enabled: bool = Field(_A.enabled, description="refuse lower classes first under overload")
     max_in_flight: int = Field(_A.max_in_flight, ge=0, description="admitted requests at once; 0 = no bound")
+
+
+class TracingTable(Table):
+    """[tracing]: OpenTelemetry spans of requests and their stage runs (docs/TRACING.md); off by default."""
+
+    enabled: bool = Field(_T.enabled, description="export a span per request and a child per stage run")
+    exporter: Literal["otlp", "console"] = Field(_T.exporter, description="otlp: OTLP over gRPC to endpoint")
+    endpoint: str = Field(_T.endpoint, description="the OTLP collector's gRPC address")
+    sampling_ratio: float = Field(_T.sampling_ratio, ge=0, le=1, description=(
+        "share of requests traced when the caller sent no sampled traceparent"))
+    service_name: str = Field(_T.service_name, min_length=1, description="the service.name resource attribute")
 
 
 class PowerTable(Table):

@@ -30,6 +30,7 @@ from heddle.server.frontends.kserve_stats import KServeStats, RequestTimes
 from heddle.server.runtime.limits import RequestLimits
 from heddle.server.runtime.jobs import TokenUpdate
 from heddle.server.observe.logs import get_logger
+from heddle.server.observe.tracing import RequestTracer, trace_request
 from heddle.server.runtime.runtime import JobResult, Runtime
 from heddle.server.runtime.status import RETRY_AFTER_KEY, request_error
 from heddle.server.frontends.validation import (
@@ -57,10 +58,12 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     """Models are the config's models (each wrapped in a one-stage pipeline) and pipelines; a
     pipeline that shares a model's name hides that model. Every model is version "1"."""
 
-    def __init__(self, runtime: Runtime, limits: RequestLimits | None = None) -> None:
+    def __init__(self, runtime: Runtime, limits: RequestLimits | None = None,
+                 tracer: RequestTracer | None = None) -> None:
         self.runtime = runtime
         self.settings = runtime.config.server
         self.limits = limits or RequestLimits(runtime.config)  # app.py passes the shared one
+        self.tracer = tracer
         self.catalog: dict[str, CatalogEntry] = build_catalog(runtime.config)
         self.stats = KServeStats(self.catalog)
         # Models that count stage runs of pipelines in their statistics (not hidden by a pipeline).
@@ -229,7 +232,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             raise
         t1 = time.perf_counter_ns()
         try:
-            result = await self._run(entry, inputs, priority, deadline_s, request.id, on_token, generation)
+            result = await self._run(entry, inputs, priority, deadline_s, request.id, on_token, generation,
+                                     context=context)
         except BaseException:  # failed, or cancelled by the client: Triton counts both as failures
             self.stats.record_failure(entry.name, time.perf_counter_ns() - t0)
             raise
@@ -245,7 +249,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def _run(self, entry: CatalogEntry, inputs, priority: int, deadline_s: float | None,
-                   request_id: str, on_token=None, generation=None) -> JobResult:
+                   request_id: str, on_token=None, generation=None, context=None) -> JobResult:
         """Run on the runtime; KServe ids need not be unique, so a clash gets a generated id."""
         run = functools.partial(self.runtime.run, on_token=on_token, generation=generation)
         try:
@@ -254,6 +258,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         except ValueError:  # the same id is already in flight
             result = await run(entry.pipeline, inputs, priority=priority, deadline_s=deadline_s)
         error = request_error(result)  # the same status and retry hint heddle.v1 sends
+        trace_request(self.tracer, result, error, deadline_s, context)
         if error is not None:
             raise error
         return result

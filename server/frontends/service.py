@@ -15,6 +15,7 @@ from heddle.server.observe.logs import get_logger
 from heddle.server.power.loop import PowerLoop
 from heddle.server.runtime.jobs import TokenUpdate
 from heddle.server.runtime.runtime import JobResult, Runtime, StageTiming
+from heddle.server.observe.tracing import RequestTracer, trace_request
 from heddle.server.runtime.status import request_error
 from heddle.server.frontends.validation import (
     MAX_REQUEST_ID_BYTES, RequestError, check_generation, check_outputs_requested, check_request_id,
@@ -73,10 +74,12 @@ def _tensor_info(t) -> pb.TensorInfo:
 
 
 class GatewayServicer(pb_grpc.GatewayServicer):
-    def __init__(self, runtime: Runtime, limits: RequestLimits | None = None) -> None:
+    def __init__(self, runtime: Runtime, limits: RequestLimits | None = None,
+                 tracer: RequestTracer | None = None) -> None:
         self.runtime = runtime
         self.settings = runtime.config.server
         self.limits = limits or RequestLimits(runtime.config)  # app.py passes the shared one
+        self.tracer = tracer
 
     async def Infer(self, request: pb.InferRequest, context: grpc.aio.ServicerContext) -> pb.InferResponse:
         rid = clipped(request.request_id, MAX_REQUEST_ID_BYTES) or None  # an id too long is refused in _run
@@ -136,6 +139,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         finally:
             held.release()
         error = request_error(result)  # a refusal at admission carries when to try again
+        trace_request(self.tracer, result, error, deadline_s, context)
         if error is not None:
             raise error
         return result, wanted

@@ -40,6 +40,8 @@ MISSPELLED = {
     "[admission]": (config(server="[admission]\nmax_inflight = 3\n\n"),
                     "[admission]: unknown key 'max_inflight' (did you mean 'max_in_flight'?)"),
     "[power]": (config(server="[power]\nbudget = 3.0\n\n"), "[power]: unknown key 'budget' (did you mean 'budget_w'?)"),
+    "[tracing]": (config(server="[tracing]\nsampling_rate = 0.1\n\n"),
+                  "[tracing]: unknown key 'sampling_rate' (did you mean 'sampling_ratio'?)"),
     "onnxruntime device": (config(devices=ORT.format(extra="cpu_afinity = [0]")),
                            "devices[1] ('cpu0'): unknown key 'cpu_afinity' (did you mean 'cpu_affinity'?)"),
     "onnxruntime device threads": (config(devices=ORT.format(extra="intra_op_thread = 1")),
