@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Iterator
+from typing import Callable, Iterator
 
 from heddle.scheduler.state import Request
 
@@ -60,6 +60,22 @@ class DeadlineHeap:
             if request is not None:
                 yield request
         self._compact()  # popping live requests can leave the stale ones the majority too
+
+    def first(self, accept: Callable[[Request], bool]) -> float | None:
+        """The earliest deadline among live requests that `accept` takes (None if none does).
+        Walks the heap in deadline order through a frontier of positions, so it costs
+        O(k log k) for the k entries before the answer instead of a scan of every request."""
+        heap = self._heap
+        frontier = [(heap[0], 0)] if heap else []
+        while frontier:
+            (deadline_s, seq), i = heapq.heappop(frontier)
+            request = self._live.get(seq)  # a seq is pushed once: a live one's entry is never stale
+            if request is not None and accept(request):
+                return deadline_s
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+        return None
 
     def _compact(self) -> None:
         """Drop the stale entries once they outnumber the live ones: O(n), paid for by the

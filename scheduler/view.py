@@ -95,11 +95,14 @@ class CoreReads:
     def next_deadline_s(self) -> float | None:
         """The earliest deadline of a request with work not yet started: when the driver must
         step again even if nothing else happens, so the request is shed on time."""
-        deadlines = [
-            r.deadline_s for r in self._requests.values()
-            if not r.finished and r.deadline_s is not None
-            and any(run.state < RunState.RUNNING for run in r.runs.values())
-        ]
+        # Every unfinished request with a deadline is in the heap, or in _overdue once it has
+        # passed: the heap's walk stops at its first request with work to start (only requests
+        # whose every remaining stage runs come before it), where a scan of every request each
+        # step made the step quadratic under deep queues.
+        deadlines = [r.deadline_s for r in self._overdue.values() if r.deadline_s is not None and _unstarted(r)]
+        first = self._deadlines.first(_unstarted)
+        if first is not None:
+            deadlines.append(first)
         return min(deadlines, default=None)
 
     def is_healthy(self, device: str) -> bool:
@@ -132,3 +135,8 @@ class CoreReads:
             "queued": sum(len(q) for q in self._queues.values()),
             "running": sum(len(r) for r in self._running.values()), "unreported": len(self._finished),
         }
+
+
+def _unstarted(request: Request) -> bool:
+    """Has the request a stage not started yet (one a deadline would shed)?"""
+    return any(run.state < RunState.RUNNING for run in request.runs.values())

@@ -123,6 +123,27 @@ def test_heap_empties_when_its_last_live_request_is_popped():
     assert heap.num_entries == 0 and len(heap) == 0
 
 
+@settings(max_examples=60, deadline=None)
+@given(deadlines=st.lists(st.integers(0, 20), min_size=0, max_size=40),
+       discarded=st.sets(st.integers(0, 39)), accepted=st.sets(st.integers(0, 39)))
+def test_first_is_the_earliest_accepted_live_deadline(deadlines, discarded, accepted):
+    """first(accept) walks the heap in deadline order, past stale entries and refused requests,
+    to the deadline a scan of the live requests finds (ties and compactions included)."""
+    p = validated(chain("c", ["m"]))
+    heap = DeadlineHeap()
+    requests = [Request(f"r{i}", p, 1, 0.0, float(d)) for i, d in enumerate(deadlines)]
+    for seq, r in enumerate(requests, 1):
+        r.seq = seq
+        heap.push(r)
+    live = [r for i, r in enumerate(requests) if i not in discarded]
+    for i in sorted(discarded):
+        if i < len(requests):
+            heap.discard(requests[i])
+    ids = {f"r{i}" for i in accepted}
+    want = min((r.deadline_s for r in live if r.id in ids), default=None)
+    assert heap.first(lambda r: r.id in ids) == want
+
+
 def test_usable_deadline():
     """+inf means none, NaN is refused, every other float is kept as it is."""
     assert usable_deadline(math.inf) is None and usable_deadline(None) is None

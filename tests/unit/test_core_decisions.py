@@ -29,7 +29,7 @@ from heddle.scheduler.sim.plant import PowerPlant, device_power_models
 from heddle.scheduler.sim.platforms import MIXED, ORIN_NX
 from heddle.scheduler.sim.run_times import NoisyTable
 from heddle.scheduler.sim.simulator import scenario_setup
-from heddle.scheduler.state import Request
+from heddle.scheduler.state import Request, RunState
 
 FIXTURE = Path(__file__).parent / "data" / "core_decisions.json"
 CHUNK = 100
@@ -53,8 +53,15 @@ def _arrivals(seed: int, burst_s: float, rate_hz: float) -> list[tuple[float, st
     return out
 
 
+def _reference_next_deadline_s(core: Core) -> float | None:
+    """next_deadline_s as first written: a scan of every request (the core's now walks a heap)."""
+    return min((r.deadline_s for r in core.active_requests() if r.deadline_s is not None
+                and any(run.state < RunState.RUNNING for run in r.runs.values())), default=None)
+
+
 def _drive(core: Core, run_times: RunTimeModel, seed: int, flap: bool) -> dict[str, Any]:
-    """Every arrival through `core`; each step's plan hashed with its time."""
+    """Every arrival through `core`; each step's plan hashed with its time, and the deadline the
+    driver would wake for checked against a plain scan after each event and each step."""
     def make(item: tuple[float, str, str, int, float | None], now: float) -> Request:
         _, rid, name, priority, deadline = item
         return Request(rid, _SETUP.pipelines[name], priority, now, None if deadline is None else now + deadline)
@@ -63,12 +70,16 @@ def _drive(core: Core, run_times: RunTimeModel, seed: int, flap: bool) -> dict[s
     flaps = [(0.8, "gpu0", False), (1.3, "gpu0", True), (1.6, "dla1", False), (2.4, "dla1", True)] if flap else []
 
     def before(now: float) -> None:
+        if steps % 7 == 0:  # a scan per step would be most of this test's time
+            assert core.next_deadline_s() == _reference_next_deadline_s(core)
         while flaps and flaps[0][0] <= now:  # a device lost and back: queues move, estimates drop
             _, device, healthy = flaps.pop(0)
             core.set_device_health(device, healthy, now)
 
     def after(now: float, plan: Plan) -> None:
         nonlocal digest, steps, dispatches
+        if steps % 7 == 3:
+            assert core.next_deadline_s() == _reference_next_deadline_s(core)
         digest.update(f"{now!r} {plan!r}\n".encode())
         steps += 1
         dispatches += len(plan.dispatches)
