@@ -11,6 +11,7 @@ from heddle.scheduler.plan import (
 )
 from heddle.scheduler.policies import Policy, SortKey, make_policy, tail
 from heddle.scheduler.profiles import ConstantProfiles, Profiles
+from heddle.scheduler.queues import QueueIndex
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
 from heddle.scheduler.state import Outcome, Request, RunState, StageRun, device_of, started_s_of
 from heddle.scheduler.view import CoreReads
@@ -48,6 +49,9 @@ class Core(CoreReads):
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.profiles: Profiles = profiles if profiles is not None else ConstantProfiles()
         self._queues: dict[str, list[StageRun]] = {d: [] for d in self.devices}
+        # The same runs by (device, model) in the policy's fixed order, when it has one: a pick
+        # then reads group heads, not every queued run (scheduler/queues.py).
+        self._index = QueueIndex(self.devices, self.policy)
         # Dicts, not sets: iteration order must not depend on string hashing.
         self._running: dict[str, dict[tuple[str, str], StageRun]] = {d: {} for d in self.devices}
         self._healthy = {d: True for d in self.devices}
@@ -190,6 +194,7 @@ class Core(CoreReads):
         self.version += 1
         if not healthy:
             stranded, self._queues[device] = self._queues[device], []
+            self._index.clear(device, stranded)
             for run in stranded:  # in no queue now: a request that ends must not look for them in one
                 self._num_frozen -= run.state is RunState.FROZEN
                 run.state = RunState.WAITING
@@ -282,6 +287,7 @@ class Core(CoreReads):
 
     def set_policy(self, policy: Policy | str) -> None:
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self._index.reorder(self.policy, self._queues)
         self.version += 1
 
     # ---- the step -----------------------------------------------------------------------
@@ -326,6 +332,7 @@ class Core(CoreReads):
         run.state = RunState.READY
         run.device = self.policy.place(run, devices, self, now)
         self._queues[run.device].append(run)
+        self._index.add(run, run.device)
         self.version += 1
 
     def _rank(self, run: StageRun, now: float) -> SortKey:
@@ -337,6 +344,8 @@ class Core(CoreReads):
         """Best ready run for a free slot of `device`: from its own queue, runs the policy lets
         it steal (when its queue is empty, or always if the policy says so), and aged runs
         queued anywhere it can run them."""
+        if self._index.usable(self.power is not None and self.power.freezing):
+            return self._index.pick(device, now, self, lambda r: self._rank(r, now))
         pool = [r for r in self._queues[device] if r.state is RunState.READY]
         if not pool or self.policy.steal_when_busy:
             pool += self.policy.steal_candidates(device, self, now)
@@ -353,6 +362,7 @@ class Core(CoreReads):
     def _start(self, run: StageRun, device: str, now: float) -> Dispatch:
         queued = device_of(run)
         self._queues[queued].remove(run)
+        self._index.remove(run, queued)
         if queued != device:
             self._log_migrated.append(Migrate(run.request.id, run.stage, queued, device))
         run.device = device
@@ -429,6 +439,7 @@ class Core(CoreReads):
         for run in request.runs.values():
             if run.state in _QUEUED:
                 self._queues[device_of(run)].remove(run)
+                self._index.remove(run, device_of(run))
                 self._num_frozen -= run.state is RunState.FROZEN
             if run.state < RunState.RUNNING:
                 run.state = RunState.CANCELLED

@@ -10,7 +10,8 @@ from heddle.scheduler.state import Request, RunState, StageRun, device_of
 
 __all__ = [
     "POLICIES", "BasePolicy", "CoreView", "DreamPolicy", "EdfPolicy", "FcfsPolicy",
-    "LeastSlackPolicy", "Policy", "PriorityPolicy", "SjfPolicy", "SortKey", "make_policy", "tail",
+    "LeastSlackPolicy", "Policy", "PriorityPolicy", "SjfPolicy", "SortKey", "fixed_group_order", "make_policy",
+    "tail",
 ]
 
 # A policy's order for one run: compared element by element, numbers first, the tail last.
@@ -76,6 +77,11 @@ class BasePolicy:
     def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
         return tail(run)
 
+    def group_order(self, run: StageRun) -> SortKey:
+        """The order of one model's runs on one device, which `key` keeps while they wait; a
+        subclass that overrides `key` has none unless it gives its own (fixed_group_order)."""
+        return tail(run)
+
     def place(self, run: StageRun, devices: list[str], view: CoreView, now: float) -> str:
         return min(devices, key=view.load)  # ties: config order
 
@@ -121,6 +127,9 @@ class PriorityPolicy(BasePolicy):
     def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
         return (-run.request.priority, *tail(run))
 
+    def group_order(self, run: StageRun) -> SortKey:
+        return (-run.request.priority, *tail(run))
+
 
 class EdfPolicy(BasePolicy):
     """Earliest sub-deadline first (runs without a deadline last, in arrival order)."""
@@ -130,14 +139,22 @@ class EdfPolicy(BasePolicy):
     def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
         return (run.sub_deadline_s, *tail(run))
 
+    def group_order(self, run: StageRun) -> SortKey:
+        return (run.sub_deadline_s, *tail(run))
+
 
 class LeastSlackPolicy(BasePolicy):
     """Least slack first: sub-deadline minus now minus the run's estimate where it is queued."""
 
     name = "least_slack"
 
+    group_ties = True  # sub-deadlines apart by less than a rounding step may give equal keys
+
     def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
         return (run.sub_deadline_s - now - view.estimate_s(run.model, device_of(run)), *tail(run))
+
+    def group_order(self, run: StageRun) -> SortKey:
+        return (run.sub_deadline_s, *tail(run))
 
 
 class SjfPolicy(BasePolicy):
@@ -147,6 +164,9 @@ class SjfPolicy(BasePolicy):
 
     def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
         return (view.estimate_s(run.model, device_of(run)), *tail(run))
+
+    def group_order(self, run: StageRun) -> SortKey:  # one model on one device: one estimate
+        return tail(run)
 
 
 class DreamPolicy(BasePolicy):
@@ -172,6 +192,23 @@ class DreamPolicy(BasePolicy):
             urgency = 1.0 if left_s <= 0 else min(1.0, remaining_s / left_s)
         fairness = (now - req.last_progress_s) / max(run_s, 1e-9)
         return (-(urgency + self.alpha * fairness), *tail(run))
+
+
+def fixed_group_order(policy: Policy) -> tuple[Callable[[StageRun], SortKey], bool] | None:
+    """The policy's order of the runs of one model queued on one device, if it holds while they
+    wait (group_order, defined beside the key it follows), and whether keys computed from `now`
+    may tie where that order does not (group_ties); None when the core must rank every run: an
+    order that moves with `now`, or stealing or holding of the policy's own (scheduler/queues.py)."""
+    if not isinstance(policy, BasePolicy):
+        return None
+    cls = type(policy)
+    key_owner = next(c for c in cls.__mro__ if "key" in vars(c))  # BasePolicy's at the latest
+    if "group_order" not in vars(key_owner):
+        return None
+    if cls.steal_when_busy or (cls.may_steal, cls.steal_candidates, cls.hold) != (
+            BasePolicy.may_steal, BasePolicy.steal_candidates, BasePolicy.hold):
+        return None
+    return policy.group_order, bool(getattr(policy, "group_ties", False))
 
 
 def _twill(**options: Any) -> Policy:
