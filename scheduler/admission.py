@@ -14,13 +14,23 @@ from heddle.scheduler.admission_settings import class_limit
 from heddle.scheduler.budget import critical_path_s
 from heddle.scheduler.power import PowerController
 from heddle.scheduler.state import Request, RunState, started_s_of
+from heddle.scheduler.str_enum import StrEnum
 
 if TYPE_CHECKING:
     from heddle.scheduler.policies import CoreView
 
-__all__ = ["ACCEPT", "QUEUE", "REJECT", "REJECT_REASONS", "Admission", "Decision"]
+__all__ = ["ACCEPT", "QUEUE", "REJECT", "REJECT_REASONS", "Action", "Admission", "Decision"]
 
-ACCEPT, QUEUE, REJECT = "accept", "queue", "reject"
+
+class Action(StrEnum):
+    """What admission does with a request: run it, hold it (admitted, while its class is frozen), refuse it."""
+
+    ACCEPT = "accept"
+    QUEUE = "queue"
+    REJECT = "reject"
+
+
+ACCEPT, QUEUE, REJECT = Action.ACCEPT, Action.QUEUE, Action.REJECT
 # power: the controller refuses the class, or the request would push the box over budget;
 # queue_full: too many requests wait frozen already, or its class's share of the in-flight bound
 # is taken; overload: its deadline cannot be met at the current load (a retry later may);
@@ -30,7 +40,7 @@ REJECT_REASONS = ("power", "queue_full", "overload", "deadline")
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    action: str  # ACCEPT | QUEUE | REJECT
+    action: Action
     reason: str = ""  # one of REJECT_REASONS when rejected
     retry_after_s: float | None = None
     predicted_s: float | None = None  # latency at current load, when it was predicted

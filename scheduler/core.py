@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, Mapping
 
+from heddle.scheduler.admission import Action
 from heddle.scheduler.budget import budget_run
 from heddle.scheduler.deadlines import DeadlineHeap, usable_deadline
 from heddle.scheduler.plan import (
@@ -242,7 +243,7 @@ class Core(CoreReads):
         """Admission's verdict on a just-registered request; a rejected one ends here."""
         assert self.admission is not None  # submit asks only when there is one
         decision = self.admission.decide(request, self, now)
-        if decision.action != "reject":
+        if decision.action is not Action.REJECT:
             return False
         self._log_rejected.append(Reject(request.id, decision.reason, request.priority, decision.retry_after_s))
         outcome = Outcome.DEADLINE_EXCEEDED if decision.reason == "deadline" else Outcome.REJECTED

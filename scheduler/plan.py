@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from heddle.scheduler.state import Outcome
+from heddle.scheduler.str_enum import StrEnum
 
 __all__ = [
-    "CoreStats", "Dispatch", "Finished", "Freeze", "Migrate", "Plan", "PowerAction", "Reject", "SetLevel",
-    "Unfreeze",
+    "CoreStats", "Dispatch", "Finished", "Freeze", "Migrate", "Plan", "PowerAction", "PowerActionKind", "Reject",
+    "SetLevel", "Unfreeze",
 ]
 
 
@@ -69,13 +70,22 @@ class SetLevel:
     reason: str = ""
 
 
+class PowerActionKind(StrEnum):
+    """What a PowerAction does (its value is what metrics and traces show)."""
+
+    FREEZE = "freeze"
+    UNFREEZE = "unfreeze"
+    REFUSE = "refuse"
+    READMIT = "readmit"
+
+
 @dataclass(frozen=True, slots=True)
 class PowerAction:
-    """A power-controller step other than DVFS, for metrics and traces: kind is "freeze" /
-    "unfreeze" (requests of priority <= `priority` held on `device`, or no longer) or "refuse"
-    / "readmit" (new requests of priority <= `priority` refused at admission, device "box")."""
+    """A power-controller step other than DVFS, for metrics and traces: kind is FREEZE /
+    UNFREEZE (requests of priority <= `priority` held on `device`, or no longer) or REFUSE
+    / READMIT (new requests of priority <= `priority` refused at admission, device "box")."""
 
-    kind: str
+    kind: PowerActionKind
     device: str
     priority: int
     reason: str = ""

@@ -18,9 +18,9 @@ import math
 from collections import deque
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
-from heddle.scheduler.plan import PowerAction, SetLevel
+from heddle.scheduler.plan import PowerAction, PowerActionKind, SetLevel
 from heddle.scheduler.power_settings import (
-    BOARD, LevelPower, PowerReading, PowerSettings, PowerSnapshot, box_power_w,
+    BOARD, LevelPower, PowerReading, PowerSettings, PowerSnapshot, PowerSource, box_power_w,
 )
 from heddle.scheduler.profiles import device_speed
 from heddle.scheduler.state import RunState
@@ -100,7 +100,7 @@ class PowerController:
         self.smoothed_w: float | None = None
         self.domain_w: dict[str, float] = {}
         self.smoothed_domain_w: dict[str, float] = {}
-        self.source = ""
+        self.source = PowerSource.NONE
         self._recent: deque[tuple[float, float, dict[str, float]]] = deque()  # (t, box, domains)
         self._top_seen: dict[str, float] = {}  # device -> last step it ran or queued top-class work
         self._now = -math.inf
@@ -244,7 +244,7 @@ class PowerController:
             old = self.smoothed_domain_w.get(r.device)
             self.smoothed_domain_w[r.device] = r.power_w if old is None else old + alpha * (r.power_w - old)
         sources = {r.source for r in readings}
-        self.source = sources.pop() if len(sources) == 1 else "mixed"
+        self.source = sources.pop() if len(sources) == 1 else PowerSource.MIXED
 
     def _scopes(self) -> list[tuple[list[str], float, float | None, str, float]]:
         """(devices, budget, smoothed power, name, last reading) of every budget in force. A
@@ -281,11 +281,11 @@ class PowerController:
                 return [self._set_freeze(device, p, step, why)]
             if is_box and self.refuse < p:
                 self.refuse = p
-                return [PowerAction("refuse", "box", p, why)]
+                return [PowerAction(PowerActionKind.REFUSE, "box", p, why)]
         actions: list[SetLevel | PowerAction] = []
         if is_box and self.refuse < self.top - 1:  # nothing below the top left to hold: refuse it all
             self.refuse = self.top - 1
-            actions.append(PowerAction("refuse", "box", self.top - 1, why))
+            actions.append(PowerAction(PowerActionKind.REFUSE, "box", self.top - 1, why))
         device = self._to_lower(devices, step, lambda d: True)
         if device is not None:
             actions.append(self._set_level(device, self.levels[device] + 1, step, why))
@@ -305,7 +305,7 @@ class PowerController:
             below = max((c for c in step.present if c < p), default=0)
             if self.refuse >= p:
                 self.refuse = below
-                return PowerAction("readmit", "box", p, why)
+                return PowerAction(PowerActionKind.READMIT, "box", p, why)
             for device in sorted((d for d in self.devices if self.freeze[d] >= p),
                                  key=lambda d: (-step.urgency[d], self._order[d])):
                 model, level = self.models[device], self.levels[device]
@@ -369,7 +369,8 @@ class PowerController:
         old = self.freeze[device]
         self.freeze[device] = p
         self._feed_forward(device, extra_w)
-        return PowerAction("freeze", device, p, why) if p > old else PowerAction("unfreeze", device, old, why)
+        return PowerAction(PowerActionKind.FREEZE, device, p, why) if p > old else PowerAction(
+            PowerActionKind.UNFREEZE, device, old, why)
 
     def _feed_forward(self, device: str, extra_w: float) -> None:
         """Move the smoothed power by what an action is predicted to change at once, so the

@@ -8,9 +8,21 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
-__all__ = ["BOARD", "LevelPower", "PowerReading", "PowerSettings", "PowerSnapshot", "box_power_w"]
+from heddle.scheduler.str_enum import StrEnum
+
+__all__ = ["BOARD", "LevelPower", "PowerReading", "PowerSettings", "PowerSnapshot", "PowerSource", "box_power_w"]
 
 BOARD = "board"  # the domain of a whole-module reading (as backends.power_sensors.BOARD)
+
+
+class PowerSource(StrEnum):
+    """Where a power or energy figure comes from: read from hardware, from the power model, a sum
+    of both, or nothing metered (NONE, "", falsy)."""
+
+    MEASURED = "measured"
+    ESTIMATED = "estimated"
+    MIXED = "mixed"
+    NONE = ""
 
 
 class PowerReading(Protocol):
@@ -22,7 +34,7 @@ class PowerReading(Protocol):
     @property
     def power_w(self) -> float: ...
     @property
-    def source(self) -> str: ...  # "measured" | "estimated"
+    def source(self) -> PowerSource: ...  # MEASURED | ESTIMATED
 
 
 def box_power_w(readings: Sequence[PowerReading]) -> float:
@@ -111,7 +123,7 @@ class PowerSnapshot:
     box_w: float | None
     smoothed_w: float | None
     domain_w: Mapping[str, float]
-    source: str  # measured | estimated | mixed | "" before the first reading
+    source: PowerSource  # NONE before the first reading
     levels: Mapping[str, int]
     freeze: Mapping[str, int]
     refuse: int

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence
 
+from heddle.scheduler.power_settings import PowerSource
+
 if TYPE_CHECKING:
     from heddle.scheduler.specs import DeviceSpec
 
@@ -26,8 +28,7 @@ __all__ = [
     "sensor_options",
 ]
 
-MEASURED = "measured"
-ESTIMATED = "estimated"
+MEASURED, ESTIMATED = PowerSource.MEASURED, PowerSource.ESTIMATED
 # The domain of a reading that covers the whole module (Jetson VDD_IN, RAPL psys), not one device.
 BOARD = "board"
 SENSOR_KINDS = ("auto", "nvml", "ina3221", "rapl", "estimate", "none")
@@ -49,13 +50,16 @@ class PowerSample:
     device: str
     power_w: float
     energy_j: float | None
-    source: str
+    source: PowerSource
     sensor: str
     t_s: float
 
     def __post_init__(self) -> None:
         if self.source not in (MEASURED, ESTIMATED):
-            raise ValueError(f"power sample source must be {MEASURED!r} or {ESTIMATED!r}, got {self.source!r}")
+            raise ValueError(f"power sample source must be {MEASURED.value!r} or {ESTIMATED.value!r}, "
+                             f"got {self.source!r}")
+        # A sensor passing the plain string gets the enum member, so every sample's source is one.
+        object.__setattr__(self, "source", PowerSource(self.source))
 
 
 class PowerSensor(Protocol):

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 from heddle.scheduler.core import Core
 from heddle.scheduler.plan import Dispatch
 from heddle.scheduler.power import LevelPower
+from heddle.scheduler.power_settings import PowerSource
 from heddle.scheduler.profiles import ProfileEntry
 from heddle.scheduler.sim.platforms import Platform
 from heddle.scheduler.sim.run_times import NoisyTable
@@ -30,7 +31,7 @@ BASE_W = 3.0  # ASSUMED: SoC, memory and I/O, always on (an Orin NX module idles
 class Reading:
     device: str
     power_w: float
-    source: str = "estimated"
+    source: PowerSource = PowerSource.ESTIMATED
 
 
 class ThrottlingGovernor:

@@ -28,7 +28,7 @@ from heddle.server.frontends.kserve_convert import (
 )
 from heddle.server.frontends.kserve_stats import KServeStats, RequestTimes
 from heddle.server.runtime.limits import RequestLimits
-from heddle.server.runtime.jobs import TokenUpdate
+from heddle.server.runtime.jobs import StageStatus, TokenUpdate
 from heddle.server.observe.logs import get_logger
 from heddle.server.observe.tracing import RequestTracer, trace_request
 from heddle.server.runtime.runtime import JobResult, Runtime
@@ -281,7 +281,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         self.stats.record_success(entry.name, times)
         if entry.is_pipeline:
             for stage in result.stages:
-                if stage.status == "OK" and stage.model in self._visible_models:
+                if stage.status is StageStatus.OK and stage.model in self._visible_models:
                     self.stats.record_stage(stage.model, stage.queue_s, stage.compute_s)
 
     def _observe_refused(self, name: str, code: str) -> None:

@@ -14,6 +14,7 @@ from heddle.server.runtime.limits import RequestLimits
 from heddle.server.observe.logs import get_logger
 from heddle.server.power.loop import PowerLoop
 from heddle.server.runtime.jobs import TokenUpdate
+from heddle.server.runtime.jobs import StageStatus
 from heddle.server.runtime.runtime import JobResult, Runtime, StageTiming
 from heddle.server.observe.tracing import RequestTracer, trace_request
 from heddle.server.runtime.status import request_error
@@ -29,8 +30,8 @@ __all__ = ["AdminServicer", "GatewayServicer", "power_status"]
 log = get_logger("heddle.service")
 
 _STAGE_STATUS = {
-    "OK": pb.STAGE_STATUS_OK, "FAILED": pb.STAGE_STATUS_FAILED,
-    "CANCELLED": pb.STAGE_STATUS_CANCELLED, "SKIPPED": pb.STAGE_STATUS_SKIPPED,
+    StageStatus.OK: pb.STAGE_STATUS_OK, StageStatus.FAILED: pb.STAGE_STATUS_FAILED,
+    StageStatus.CANCELLED: pb.STAGE_STATUS_CANCELLED, StageStatus.SKIPPED: pb.STAGE_STATUS_SKIPPED,
 }
 
 

@@ -12,6 +12,9 @@ start. Runs on the event loop thread only (no locks).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
+
+from heddle.scheduler.power_settings import PowerSource
 
 __all__ = ["EnergyLedger", "combine_sources"]
 
@@ -19,7 +22,7 @@ __all__ = ["EnergyLedger", "combine_sources"]
 @dataclass(slots=True)
 class _Domain:
     rate_w: float = 0.0  # power while busy
-    source: str = ""
+    source: PowerSource = PowerSource.NONE
     running: int = 0
     share_j: float = 0.0  # energy charged so far to one stage running since the start
     last_s: float = 0.0
@@ -52,7 +55,7 @@ class EnergyLedger:
         self._domain_of[device] = domain
         self._domains.setdefault(domain, _Domain())
 
-    def set_rate(self, domain: str, rate_w: float, source: str, now_s: float) -> None:
+    def set_rate(self, domain: str, rate_w: float, source: PowerSource, now_s: float) -> None:
         d = self._domains.setdefault(domain, _Domain(last_s=now_s))
         d.advance(now_s)
         d.rate_w, d.source = max(0.0, rate_w), source
@@ -76,12 +79,12 @@ class EnergyLedger:
         if opened is not None:
             self._carried[key] = opened.carried_j + self._close(opened, now_s)
 
-    def finished(self, key: tuple[str, str], now_s: float) -> tuple[float, str]:
-        """The stage ended: (joules, "measured" | "estimated"), or (0.0, "") when unmetered."""
+    def finished(self, key: tuple[str, str], now_s: float) -> tuple[float, PowerSource]:
+        """The stage ended: (joules, MEASURED | ESTIMATED), or (0.0, NONE) when unmetered."""
         opened = self._open.pop(key, None)
         carried_j = self._carried.pop(key, 0.0)
         if opened is None:
-            return carried_j, ""
+            return carried_j, PowerSource.NONE
         energy_j = opened.carried_j + carried_j + self._close(opened, now_s)
         return energy_j, self._domains[opened.domain].source
 
@@ -92,9 +95,9 @@ class EnergyLedger:
         return d.share_j - opened.start_share_j
 
 
-def combine_sources(sources) -> str:
-    """The source of a sum of energies: the one source they share, "mixed", or "" if none."""
+def combine_sources(sources: Iterable[PowerSource]) -> PowerSource:
+    """The source of a sum of energies: the one source they share, MIXED, or NONE if none."""
     found = {s for s in sources if s}
     if not found:
-        return ""
-    return found.pop() if len(found) == 1 else "mixed"
+        return PowerSource.NONE
+    return found.pop() if len(found) == 1 else PowerSource.MIXED

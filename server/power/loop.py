@@ -16,6 +16,7 @@ from heddle.backends.power.sensors import ESTIMATED, PowerSample, box_power_w, d
 from heddle.scheduler.admission import Admission
 from heddle.scheduler.plan import SetLevel
 from heddle.scheduler.power import LevelPower, PowerController
+from heddle.scheduler.power_settings import PowerSource
 from heddle.server.observe.logs import get_logger
 
 __all__ = ["PeriodRecord", "PowerLoop"]
@@ -31,7 +32,7 @@ class PeriodRecord:
     box_w: float
     smoothed_w: float | None
     budget_w: float | None
-    source: str
+    source: PowerSource
     state: str
     levels: Mapping[str, int]
     frozen_tasks: int
@@ -143,7 +144,7 @@ class PowerLoop:
             for device in devices:
                 ledger.assign(device, s.device)
             rate_w = s.power_w
-            if s.source == ESTIMATED and len(devices) == 1 and devices[0] in self.controller.models:
+            if s.source is ESTIMATED and len(devices) == 1 and devices[0] in self.controller.models:
                 rate_w = self.controller.models[devices[0]].busy_w(self._level_of(devices[0]))
             ledger.set_rate(s.device, rate_w, s.source, now)
 

@@ -11,10 +11,12 @@ from typing import Any, Callable, Mapping
 from numpy.typing import NDArray
 
 from heddle.scheduler import Outcome, Request, RunState
+from heddle.scheduler.power_settings import PowerSource
+from heddle.scheduler.str_enum import StrEnum
 from heddle.server.power.energy import combine_sources
 from heddle.server.runtime.error_kind import ErrorKind
 
-__all__ = ["Job", "JobResult", "StageTiming", "TokenUpdate", "job_result", "stage_timing"]
+__all__ = ["Job", "JobResult", "StageStatus", "StageTiming", "TokenUpdate", "job_result", "stage_timing"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,15 @@ class TokenUpdate:
     text: str = ""
 
 
+class StageStatus(StrEnum):
+    """How one stage of an ended request ended (heddle.v1's StageResult.Status by the same names)."""
+
+    OK = "OK"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    SKIPPED = "SKIPPED"  # never ran: an earlier stage failed or the request ended first
+
+
 @dataclass(frozen=True, slots=True)
 class StageTiming:
     """Where and how long one stage of a request ran; offsets are from the request's arrival."""
@@ -36,7 +47,7 @@ class StageTiming:
     stage: str
     model: str
     device: str
-    status: str  # OK | FAILED | CANCELLED | SKIPPED
+    status: StageStatus
     queue_s: float
     compute_s: float
     start_offset_s: float
@@ -46,9 +57,9 @@ class StageTiming:
     tokens: int = 0
     ttft_s: float = 0.0
     tpot_s: float = 0.0
-    # Joules charged to this run (server/power/energy.py) and whether "measured" or "estimated".
+    # Joules charged to this run (server/power/energy.py) and whether measured or estimated.
     energy_j: float = 0.0
-    energy_source: str = ""
+    energy_source: PowerSource = PowerSource.NONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +75,7 @@ class JobResult:
     priority: int
     deadline_missed: bool
     energy_j: float = 0.0  # sum over stages
-    energy_source: str = ""  # measured | estimated | mixed | "" (nothing metered)
+    energy_source: PowerSource = PowerSource.NONE  # over its stages: MIXED when they differ
     retry_after_s: float | None = None  # refused at admission: when a retry may succeed
 
 
@@ -82,11 +93,12 @@ class Job:
     on_token: Callable[[TokenUpdate], None] | None = None
     # stage -> its Generation (server/runtime/llm_gen.py, which imports this module: typed Any, not a cycle)
     llm: dict[str, Any] = field(default_factory=dict)
-    energy: dict[str, tuple[float, str]] = field(default_factory=dict)  # stage -> (joules, source)
+    energy: dict[str, tuple[float, PowerSource]] = field(default_factory=dict)  # stage -> (joules, source)
     retry_after_s: float | None = None
 
 
-_STAGE_STATUS = {RunState.DONE: "OK", RunState.FAILED: "FAILED", RunState.CANCELLED: "CANCELLED"}
+_STAGE_STATUS = {RunState.DONE: StageStatus.OK, RunState.FAILED: StageStatus.FAILED,
+                 RunState.CANCELLED: StageStatus.CANCELLED}
 
 
 def job_result(job: Job, outcome: Outcome, error: str, now: float,
@@ -113,9 +125,9 @@ def stage_timing(job: Job, stage: str, llm_fields: Callable[[Job, str], Mapping[
     req = job.request
     run = req.runs[stage]
     started = run.started_s
-    energy_j, energy_source = job.energy.get(stage, (0.0, ""))
+    energy_j, energy_source = job.energy.get(stage, (0.0, PowerSource.NONE))
     timing = StageTiming(
-        stage=stage, model=run.model, device=run.device or "", status=_STAGE_STATUS.get(run.state, "SKIPPED"),
+        stage=stage, model=run.model, device=run.device or "", status=_STAGE_STATUS.get(run.state, StageStatus.SKIPPED),
         queue_s=(started - run.ready_s) if started is not None and run.ready_s is not None else 0.0,
         compute_s=job.compute_s.get(stage, 0.0),
         start_offset_s=(started - req.arrival_s) if started is not None else 0.0,
