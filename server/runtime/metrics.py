@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections import deque
-
-import threading
+import asyncio
+import concurrent.futures
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
 from prometheus_client.exposition import start_http_server
 
 from heddle.server.power.metrics import PowerMetrics
+from heddle.server.runtime.busy_window import BusyFractionCollector, BusyWindow
 from heddle.server.runtime.recovery import LOAD_STATES
 from heddle.server.runtime.status import status_code
 
@@ -29,96 +29,45 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
 )
 
 
-@dataclass(slots=True)
-class _DeviceActivity:
-    """Busy intervals of one device: finished ones inside the window and starts still running."""
+class _ScrapeRefresh(Collector):
+    """Exports nothing: runs the runtime's refresh on its loop's thread (the state it reads is the
+    loop's alone) before the registry collects the gauges registered after it."""
 
-    # Appended in end-time order (one clock), so pruning pops from the left: O(1) per stage
-    # instead of rescanning the window on every finish (that scan showed in profiles).
-    finished: deque[tuple[float, float]] = field(default_factory=deque)
-    running_starts: list[float] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.target: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
 
+    def collect(self) -> Iterator[Any]:
+        if self.target is not None:
+            loop, refresh = self.target
+            _on_loop(loop, refresh)
+        return iter(())
 
-class _BusyWindow:
-    """Fraction of a sliding window during which each device ran at least one stage."""
-
-    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
-        if window_s <= 0:
-            raise ValueError(f"busy window must be positive, got {window_s} s")
-        self.window_s = window_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._devices: dict[str, _DeviceActivity] = {}
-
-    def started(self, device: str) -> None:
-        now = self._clock()
-        with self._lock:
-            self._devices.setdefault(device, _DeviceActivity()).running_starts.append(now)
-
-    def finished(self, device: str, busy_s: float) -> None:
-        now = self._clock()
-        begin = now - max(busy_s, 0.0)
-        with self._lock:
-            activity = self._devices.setdefault(device, _DeviceActivity())
-            if activity.running_starts:
-                # Slots overlap, so match the start nearest to the one this busy time implies.
-                nearest = min(activity.running_starts, key=lambda start: abs(start - begin))
-                activity.running_starts.remove(nearest)
-            activity.finished.append((begin, now))
-            self._prune(activity, now)
-
-    def fractions(self, window_s: float | None = None) -> dict[str, float]:
-        """Busy share of the last window_s (at most the whole window; default all of it)."""
-        now = self._clock()
-        window_s = self.window_s if window_s is None else min(window_s, self.window_s)
-        with self._lock:
-            result = {}
-            for device, activity in self._devices.items():
-                self._prune(activity, now)
-                intervals = list(activity.finished) + [(start, now) for start in activity.running_starts]
-                result[device] = _covered_s(intervals, now - window_s, now) / window_s
-            return result
-
-    def _prune(self, activity: _DeviceActivity, now: float) -> None:
-        horizon = now - self.window_s
-        finished = activity.finished
-        while finished and finished[0][1] <= horizon:
-            finished.popleft()
+    def describe(self) -> Iterator[Any]:  # so registering it does not call collect()
+        return iter(())
 
 
-def _covered_s(intervals: Iterable[tuple[float, float]], lo: float, hi: float) -> float:
-    """Length of the union of `intervals` clipped to [lo, hi]."""
-    covered_s = 0.0
-    cursor = lo
-    for begin, end in sorted(intervals):
-        begin, end = max(begin, cursor), min(end, hi)
-        if end > begin:
-            covered_s += end - begin
-            cursor = end
-    return covered_s
+def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
+    """fn() on the loop's thread: at once from that thread, else queued there and waited for (a
+    loop that is closed or busy past a second leaves the gauges as they were)."""
+    try:
+        on_loop_thread = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        on_loop_thread = False
+    if on_loop_thread:
+        fn()
+        return
+    done: concurrent.futures.Future[None] = concurrent.futures.Future()
 
-
-class _BusyFractionCollector:
-    """Exports the busy window as a gauge computed at scrape time."""
-
-    def __init__(self, window: _BusyWindow) -> None:
-        self._window = window
-
-    def describe(self) -> Iterator[GaugeMetricFamily]:
-        yield self._family()
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = self._family()
-        for device, fraction in sorted(self._window.fractions().items()):
-            family.add_metric([device], fraction)
-        yield family
-
-    def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "heddle_device_busy_fraction",
-            f"Fraction of the last {self._window.window_s:g} s the device ran at least one stage.",
-            labels=["device"],
-        )
+    def run() -> None:
+        try:
+            fn()
+        finally:
+            done.set_result(None)
+    try:
+        loop.call_soon_threadsafe(run)
+        done.result(timeout=1.0)
+    except (RuntimeError, concurrent.futures.TimeoutError):
+        pass
 
 
 class MetricsHTTPServer:
@@ -150,7 +99,11 @@ class Metrics:
     ) -> None:
         # A private registry by default, so several servers can live in one test process.
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._busy = _BusyWindow(busy_window_s, clock)
+        # Registered first, so it runs before the gauges it refreshes are collected.
+        self._refresh = _ScrapeRefresh()
+        self.registry.register(self._refresh)
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._busy = BusyWindow(busy_window_s, clock)
         self._register_stage_and_request_series()
         self._register_device_series()
         self.power = PowerMetrics(self.registry)  # power, budget, energy, DVFS, admission series
@@ -195,7 +148,7 @@ class Metrics:
         self.device_load_failures = Counter(
             "heddle_device_load_failures", "Failed loads of a model on a device whose server came back.",
             ["device", "model"], registry=reg)
-        reg.register(_BusyFractionCollector(self._busy))
+        reg.register(BusyFractionCollector(self._busy))
 
     def _register_llm_series(self) -> None:
         reg, buckets = self.registry, LATENCY_BUCKETS_S
@@ -225,6 +178,22 @@ class Metrics:
         self.stage_threads_overrunning = Gauge(
             "heddle_stage_threads_overrunning", "Python stage threads still running past their timeout; "
             "each keeps its device slot until it returns.", ["device"], registry=reg)
+
+    def _of(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """metric.labels(*labels), kept: prometheus_client looks a child up under a lock and
+        checks every label value on each call, which showed per request in profiles. No series
+        on this path is ever removed, so a kept child stays the registry's."""
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def refresh_on_scrape(self, loop: asyncio.AbstractEventLoop, refresh: Callable[[], None]) -> None:
+        """Call refresh (which sets the gauges of the runtime's state: queue lengths, requests in
+        flight, frozen stages) on the loop's thread before every collection, instead of setting
+        them on every scheduling step."""
+        self._refresh.target = (loop, refresh)
 
     def observe_stage_timeout(self, model: str, device: str) -> None:
         self.stage_timeouts.labels(model, device).inc()
@@ -261,14 +230,14 @@ class Metrics:
         """Record one finished stage run. `model` is accepted for logs' sake but not a label:
         stage already identifies it within a pipeline, and every label multiplies series."""
         del model
-        self.stage_runs.labels(pipeline, stage, device, status).inc()
-        self.stage_queue_seconds.labels(pipeline, stage).observe(max(queue_s, 0.0))
-        self.stage_compute_seconds.labels(pipeline, stage, device).observe(max(compute_s, 0.0))
+        self._of(self.stage_runs, pipeline, stage, device, status).inc()
+        self._of(self.stage_queue_seconds, pipeline, stage).observe(max(queue_s, 0.0))
+        self._of(self.stage_compute_seconds, pipeline, stage, device).observe(max(compute_s, 0.0))
 
     def observe_request(self, pipeline: str, status: str, latency_s: float, priority: int | str) -> None:
         """Record one finished request; `status` is a gRPC code name such as OK or INVALID_ARGUMENT."""
-        self.requests.labels(pipeline, status).inc()
-        self.request_latency_seconds.labels(pipeline, str(priority)).observe(max(latency_s, 0.0))
+        self._of(self.requests, pipeline, status).inc()
+        self._of(self.request_latency_seconds, pipeline, str(priority)).observe(max(latency_s, 0.0))
 
     def observe_result(self, result: JobResult) -> None:
         """Record one request the runtime ended, labelled with the status its client sees."""
@@ -283,16 +252,16 @@ class Metrics:
         self.deadline_missed.labels(pipeline).inc()
 
     def device_started(self, device: str) -> None:
-        self.device_running.labels(device).inc()
+        self._of(self.device_running, device).inc()
         self._busy.started(device)
 
     def device_finished(self, device: str, busy_s: float) -> None:
-        self.device_running.labels(device).dec()
-        self.device_busy_seconds.labels(device).inc(max(busy_s, 0.0))
+        self._of(self.device_running, device).dec()
+        self._of(self.device_busy_seconds, device).inc(max(busy_s, 0.0))
         self._busy.finished(device, busy_s)
 
     def set_queue_length(self, device: str, n: int) -> None:
-        self.device_queue_length.labels(device).set(n)
+        self._of(self.device_queue_length, device).set(n)
 
     def set_in_flight(self, n: int) -> None:
         self.requests_in_flight.set(n)

@@ -8,6 +8,7 @@ together share a step and no handler steps the core from inside another. Stages 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
@@ -59,6 +60,9 @@ class Runtime:
         self.clock = clock
         self.core = Core(config.devices, config.models, config.server.policy, profiles=_profiles(config))
         self._jobs: dict[str, Job] = {}
+        # Ids for requests sent without one: 32 hex digits like a uuid4's, a random half per
+        # server and a count (uuid4 read os.urandom for every request, which showed in profiles).
+        self._id_prefix, self._id_count = uuid.uuid4().hex[:16], itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self.loader = DeviceLoader(self.executors, lambda device: self.set_device_health(device, True), metrics)
@@ -79,6 +83,8 @@ class Runtime:
         A remote device that cannot be reached (a Triton server that is down) does not stop the
         gateway: it starts unhealthy and its models load when it comes back (server/runtime/recovery.py)."""
         self._loop = asyncio.get_running_loop()
+        if self.metrics is not None:
+            self.metrics.refresh_on_scrape(self._loop, self._publish_gauges)
         pending: dict[str, list[ModelSpec]] = {}
         for model in self.config.models.values():
             for device in self.core.eligible_devices(model.name):
@@ -115,7 +121,7 @@ class Runtime:
         stages' GenerationConfig; on_token gets their tokens as they come."""
         self._loop = asyncio.get_running_loop()
         now = self.clock()
-        rid = request_id or uuid.uuid4().hex
+        rid = request_id or f"{self._id_prefix}{next(self._id_count):016x}"
         if rid in self._jobs:
             raise ValueError(f"request id {rid!r} is already in flight")
         request = Request(rid, pipeline, priority, now, None if deadline_s is None else now + deadline_s)
@@ -129,7 +135,9 @@ class Runtime:
             self.core.cancel(rid, now, Outcome.UNAVAILABLE, "server is shutting down")
         self._stepper.mark_dirty()
         try:
-            return await asyncio.shield(job.done)
+            # Not shielded: a cancelled caller cancels job.done too, and _resolve, which cleans
+            # up after every request whatever became of its future, then has no one to answer.
+            return await job.done
         except asyncio.CancelledError:
             if self.core.cancel(rid, self.clock()):
                 self._stepper.mark_dirty()
@@ -189,12 +197,15 @@ class Runtime:
                 self.metrics.power.observe_rejected(r.reason, r.priority)
         for f in plan.finished:
             self._resolve(f)
-        if self.metrics is not None:
-            stats = self.core.stats()
-            for device, n in stats.queued.items():
-                self.metrics.set_queue_length(device, n)
-            self.metrics.set_in_flight(len(self._jobs))
-            self.metrics.power.set_frozen_tasks(sum(stats.frozen.values()))
+
+    def _publish_gauges(self) -> None:
+        """The state gauges, set when a scrape asks (on the loop's thread), not on every step."""
+        assert self.metrics is not None
+        stats = self.core.stats()
+        for device, n in stats.queued.items():
+            self.metrics.set_queue_length(device, n)
+        self.metrics.set_in_flight(len(self._jobs))
+        self.metrics.power.set_frozen_tasks(sum(stats.frozen.values()))
 
     def _dispatch(self, d: Dispatch) -> None:
         job = self._jobs[d.request_id]
@@ -303,7 +314,7 @@ class Runtime:
 
     def _resolve(self, f: Finished) -> None:
         job = self._jobs.pop(f.request_id, None)
-        if job is None or job.done.done():
+        if job is None:
             return
         for runner in self._distinct_runners:
             runner.release(job)
@@ -317,7 +328,8 @@ class Runtime:
                 self.metrics.observe_deadline_missed(req.pipeline.name)
         if self.trace is not None:
             self.trace.end(result)
-        job.done.set_result(result)
+        if not job.done.done():  # cancelled with its caller
+            job.done.set_result(result)
 
 
 def _profiles(config: Config) -> ProfileTable:

@@ -120,6 +120,58 @@ def test_busy_fraction_is_the_union_of_overlapping_runs() -> None:
     assert m.busy_fractions()["cpu0"] == pytest.approx(0.5)
 
 
+def test_busy_fraction_merges_a_run_overlapping_several_earlier_ones() -> None:
+    """A long run ending after two short ones it overlaps counts their union once, over the whole
+    window and over a short recent one (the power loop's)."""
+    clock = FakeClock()
+    m = Metrics(clock=clock, busy_window_s=10.0)
+    for _ in range(3):
+        m.device_started("cpu0")
+    clock.advance(1.0)
+    m.device_finished("cpu0", busy_s=1.0)  # [0, 1]
+    clock.advance(2.0)
+    m.device_finished("cpu0", busy_s=1.0)  # [2, 3]
+    clock.advance(1.0)
+    m.device_finished("cpu0", busy_s=3.5)  # [0.5, 4]: the union is [0, 4]
+    clock.advance(1.0)  # now 5: the window is [-5, 5]
+    assert m.busy_fractions()["cpu0"] == pytest.approx(0.4)
+    assert m.busy_fractions(window_s=2.0)["cpu0"] == pytest.approx(0.5)  # [3, 5] holds [3, 4]
+    assert m.busy_fractions(window_s=0.5)["cpu0"] == 0.0
+
+
+def test_state_gauges_are_refreshed_on_the_loop_thread_at_scrape() -> None:
+    """A scrape from another thread runs the runtime's refresh on its loop's thread first, so it
+    sees the state as of the scrape; from the loop's own thread it runs at once."""
+    import asyncio
+    import threading
+
+    m = Metrics()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    ran_on: list[threading.Thread] = []
+
+    def refresh() -> None:
+        ran_on.append(threading.current_thread())
+        m.set_in_flight(len(ran_on))
+        m.set_queue_length("cpu0", 7)
+
+    try:
+        m.refresh_on_scrape(loop, refresh)
+        text = m.render().decode()
+        assert ran_on == [thread]
+        assert "heddle_requests_in_flight 1.0" in text and 'heddle_device_queue_length{device="cpu0"} 7.0' in text
+
+        async def scrape_on_loop() -> bytes:
+            return m.render()
+        asyncio.run_coroutine_threadsafe(scrape_on_loop(), loop).result(timeout=10)
+        assert ran_on == [thread, thread]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
 def test_busy_window_must_be_positive() -> None:
     """A zero-length busy window is refused at construction."""
     with pytest.raises(ValueError, match="busy window"):
