@@ -5,8 +5,12 @@ each reporting back through the small StageEvents protocol that the Runtime impl
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import functools
+import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 from numpy.typing import NDArray
@@ -19,11 +23,12 @@ from heddle.server.runtime.stage_timeouts import OverrunWatch, limit_cause, stag
 if TYPE_CHECKING:
     from heddle.server.runtime.jobs import Job, TokenUpdate
 
-__all__ = ["ExecutorRunner", "StageEvents", "StageFuture", "StageRunner", "Tensors"]
+__all__ = ["Completions", "ExecutorRunner", "StageEvents", "StageFuture", "StageRunner", "Tensors"]
 
 Tensors = Mapping[str, NDArray[Any]]
-# A stage run's end: its outputs and compute time, or the exception it failed with.
-StageFuture = asyncio.Future[tuple[Tensors, float]]
+# A stage run's end: its outputs and compute time, or the exception it failed with (a worker
+# pool's future for executor runs, the loop's for LLM steps); done when handed to the runtime.
+StageFuture = asyncio.Future[tuple[Tensors, float]] | concurrent.futures.Future[tuple[Tensors, float]]
 
 
 class StageEvents(Protocol):
@@ -61,9 +66,40 @@ class StageRunner(Protocol):
         """The request ended: let go of what its runs hold."""
 
 
+class Completions:
+    """Hands what worker threads finish to the event loop in batches: the first end posted wakes
+    the loop (call_soon_threadsafe, a write to its self-pipe), and every end posted before the
+    loop gets to them rides along; the runtime then steps once for all of them."""
+
+    def __init__(self, loop_of: Callable[[], asyncio.AbstractEventLoop]) -> None:
+        self._loop_of = loop_of
+        self._lock = threading.Lock()
+        self._pending: deque[Callable[[], None]] = deque()
+        self._woken = False
+
+    def post(self, handle: Callable[[], None]) -> None:
+        """From any thread: run handle() on the loop soon. Dropped if the loop is closed (the
+        server is gone, and nobody waits for the run any more)."""
+        with self._lock:
+            self._pending.append(handle)
+            wake, self._woken = not self._woken, True
+        if wake:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop_of().call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, deque()
+            self._woken = False
+        for handle in batch:
+            handle()
+
+
 class ExecutorRunner:
     """A stage as one call of its device's Executor in the device's worker pool (ONNX Runtime,
-    Python, Triton unary), with its timeout watched when the backend cannot stop itself."""
+    Python, Triton unary), with its timeout watched when the backend cannot stop itself. The run's
+    end comes back through Completions, not an asyncio future per run (run_in_executor wraps each
+    in one, and schedules two more callbacks per run to hand it over)."""
 
     def __init__(self, events: StageEvents, executors: Mapping[str, Executor], models: Mapping[str, ModelSpec],
                  overruns: OverrunWatch) -> None:
@@ -71,17 +107,18 @@ class ExecutorRunner:
         self.executors = executors
         self.models = models
         self.overruns = overruns
+        self.completions = Completions(lambda: events.loop)
 
     def dispatch(self, d: Dispatch, job: Job, inputs: Tensors) -> None:
         events = self.events
         executor = self.executors[d.device]
         model = self.models[d.model]
         timeout_s = stage_timeout_s(model, job.request.deadline_s, events.clock())
-        fut = events.loop.run_in_executor(executor.pool, _timed_run, executor, d.model, inputs,
-                                          job.request.priority, timeout_s)
-        fut.add_done_callback(functools.partial(self._done, d))
+        fut = executor.pool.submit(_timed_run, executor, d.model, inputs, job.request.priority, timeout_s)
         if timeout_s is not None and not stops_itself(model):
             self.overruns.watch(d, fut, timeout_s, limit_cause(model, timeout_s))
+        # Runs in the worker thread that finished the run (or here, if it is done already).
+        fut.add_done_callback(lambda f: self.completions.post(functools.partial(self._done, d, f)))
 
     def _done(self, d: Dispatch, fut: StageFuture) -> None:
         self.overruns.returned(d)

@@ -14,7 +14,7 @@ operator grow the process without bound.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from heddle.backends.python import isolation_of
 from heddle.scheduler import Dispatch
@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 __all__ = ["OverrunWatch", "limit_cause", "stage_timeout_s", "stops_itself"]
 
 log = get_logger("heddle.runtime")
+
+
+class _Done(Protocol):
+    """A run's future, as the watch reads it (a worker pool's or the loop's)."""
+
+    def done(self) -> bool: ...
 
 
 def stage_timeout_s(model: ModelSpec, deadline_s: float | None, now: float) -> float | None:
@@ -59,15 +65,20 @@ class OverrunWatch:
         self._end_request = end_request
         self._metrics = metrics
         self._overrunning: set[tuple[str, str]] = set()
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
-    def watch(self, d: Dispatch, fut: asyncio.Future, timeout_s: float, cause: str) -> None:
-        """Call once the run is submitted: a timer on the loop, cancelled when the run ends first.
-        cause: which bound set timeout_s (limit_cause), named in the request's error."""
-        timer = asyncio.get_running_loop().call_later(timeout_s, self._expired, d, fut, timeout_s, cause)
-        fut.add_done_callback(lambda _: timer.cancel())
+    def watch(self, d: Dispatch, fut: _Done, timeout_s: float, cause: str) -> None:
+        """Call once the run is submitted: a timer on the loop, cancelled when the run's end
+        reaches the loop first (returned). cause: which bound set timeout_s (limit_cause), named
+        in the request's error."""
+        self._timers[(d.request_id, d.stage)] = asyncio.get_running_loop().call_later(
+            timeout_s, self._expired, d, fut, timeout_s, cause)
 
     def returned(self, d: Dispatch) -> None:
         """A run ended (call for every run): an overrunning thread has let go of its slot."""
+        timer = self._timers.pop((d.request_id, d.stage), None)
+        if timer is not None:
+            timer.cancel()
         if (d.request_id, d.stage) in self._overrunning:
             self._overrunning.discard((d.request_id, d.stage))
             if self._metrics is not None:
@@ -75,8 +86,9 @@ class OverrunWatch:
             log.info("overrunning stage thread returned", request_id=d.request_id, stage=d.stage,
                      device=d.device)
 
-    def _expired(self, d: Dispatch, fut: asyncio.Future, timeout_s: float, cause: str) -> None:
-        if fut.done():  # finished in the same loop turn; its completion is on its way
+    def _expired(self, d: Dispatch, fut: _Done, timeout_s: float, cause: str) -> None:
+        self._timers.pop((d.request_id, d.stage), None)
+        if fut.done():  # finished meanwhile; its completion is on its way to the loop
             return
         self._overrunning.add((d.request_id, d.stage))
         if self._metrics is not None:
