@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import numpy as np
+
+from heddle.backends.power.dvfs_cgroup import cgroup_joiner
 
 if TYPE_CHECKING:
     from heddle.scheduler.specs import DeviceSpec, ModelSpec
@@ -152,17 +154,21 @@ def check_inputs(model: ModelSpec, inputs: Mapping[str, Any]) -> None:
             )
 
 
-def _pin_thread(cores: frozenset[int]) -> None:
-    # pid 0 means the calling thread on Linux: each worker pins itself, the process is untouched.
-    os.sched_setaffinity(0, cores)
+def _start_thread(cores: frozenset[int] | None, join_cgroup: Callable[[], None] | None) -> None:
+    if cores is not None:
+        # pid 0 means the calling thread on Linux: each worker pins itself, the process is untouched.
+        os.sched_setaffinity(0, cores)
+    if join_cgroup is not None:
+        join_cgroup()
 
 
 def make_pool(device: DeviceSpec) -> concurrent.futures.ThreadPoolExecutor:
-    """The device's worker pool: `slots` threads named after it, pinned to options["cpu_affinity"]."""
+    """The device's worker pool: `slots` threads named after it, pinned to options["cpu_affinity"],
+    each in the device's CPU-bandwidth cgroup when it has one (`dvfs.kind = "cgroup"`)."""
     if device.slots < 1:
         raise BackendError(f"device {device.id}: slots must be >= 1, got {device.slots}")
     cores = device.options.get("cpu_affinity")
-    initializer, initargs = None, ()
+    wanted = None
     if cores is not None and hasattr(os, "sched_setaffinity"):
         wanted = frozenset(int(c) for c in cores)
         allowed = os.sched_getaffinity(0)
@@ -172,10 +178,9 @@ def make_pool(device: DeviceSpec) -> concurrent.futures.ThreadPoolExecutor:
                 f"device {device.id}: cpu_affinity {sorted(wanted)} is not a non-empty subset "
                 f"of the cores this process may use {sorted(allowed)}"
             )
-        initializer, initargs = _pin_thread, (wanted,)
     return concurrent.futures.ThreadPoolExecutor(
         max_workers=device.slots,
         thread_name_prefix=f"heddle-{device.id}",
-        initializer=initializer,
-        initargs=initargs,
+        initializer=_start_thread,
+        initargs=(wanted, cgroup_joiner(device)),
     )

@@ -29,7 +29,7 @@ __all__ = [
     "pick_levels",
 ]
 
-DVFS_KINDS = ("auto", "nvml-clocks", "nvml-power-limit", "devfreq", "cpufreq", "virtual", "none")
+DVFS_KINDS = ("auto", "nvml-clocks", "nvml-power-limit", "devfreq", "cpufreq", "cgroup", "virtual", "none")
 DEFAULT_LEVEL_COUNT = 4
 
 
@@ -73,11 +73,11 @@ class DvfsActuator(Protocol):
 
     device: str  # the heddle device, or "+"-joined devices sharing one knob
     name: str  # the knob, e.g. "cpufreq:policy0", "devfreq:17000000.ga10b", "nvml:0"
-    unit: str  # of levels(): "kHz" (cpufreq), "Hz" (devfreq), "MHz" (NVML clocks), "mW" (power limit)
+    unit: str  # of levels(): "kHz" (cpufreq), "Hz" (devfreq), "MHz" (NVML clocks), "mW" (power limit), "%" (cgroup)
 
     @property
     def kind(self) -> str:
-        """"cpufreq", "devfreq", "nvml-clocks", "nvml-power-limit", "virtual", or "none"."""
+        """"cpufreq", "devfreq", "nvml-clocks", "nvml-power-limit", "cgroup", "virtual", or "none"."""
 
     @property
     def reason(self) -> str:
@@ -251,6 +251,10 @@ def _sysfs_actuator(device: DeviceSpec, root: Path, nvml_reason: str) -> LevelAc
         return NoneActuator(device.id, 'dvfs.kind is "none" in config')
     if kind == "virtual":
         return VirtualActuator(device.id, level_count(device))
+    if kind == "cgroup":  # opt-in only: it moves the device's threads, so auto never picks it
+        from heddle.backends.power.dvfs_cgroup import cgroup_actuator
+
+        return cgroup_actuator(device, root)
     if kind.startswith("nvml"):
         return NoneActuator(device.id, nvml_reason)
     if kind == "devfreq" or (kind == "auto" and device.kind == "gpu"):

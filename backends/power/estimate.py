@@ -73,7 +73,24 @@ def parse_power_model(raw: Any, where: str) -> PowerModel:
 
 def power_model_of(device: DeviceSpec) -> tuple[PowerModel | None, str]:
     """The device's configured model, else the assumed default for its kind; the string says
-    which (empty when configured). ValueError for a malformed `power` table."""
+    which (empty when configured). ValueError for a malformed `power` table. Under a CPU-bandwidth
+    actuator (`dvfs.kind = "cgroup"`) each level's busy power follows from its share of CPU time."""
+    model, note = _configured_or_default(device)
+    if model is not None and _bandwidth_controlled(device):
+        from heddle.backends.power.dvfs_cgroup import bandwidth_power_model
+
+        model = bandwidth_power_model(device, model, configured=not note)
+        if note:
+            note += f"; per bandwidth level {[round(w, 3) for w in model.active_w]} W"
+    return model, note
+
+
+def _bandwidth_controlled(device: DeviceSpec) -> bool:
+    raw = device.options.get("dvfs")
+    return isinstance(raw, Mapping) and raw.get("kind") == "cgroup"
+
+
+def _configured_or_default(device: DeviceSpec) -> tuple[PowerModel | None, str]:
     if "power" in device.options:
         return parse_power_model(device.options["power"], f"device {device.id}"), ""
     default = DEFAULT_POWER_MODELS.get(device.kind)
@@ -86,7 +103,8 @@ def power_model_of(device: DeviceSpec) -> tuple[PowerModel | None, str]:
 
 
 def estimate_power_w(model: PowerModel, busy_fraction: float, level: int) -> float:
-    """idle + busy x (active[level] - idle). Busy is clamped to [0, 1]; a level past the last
+    """idle + busy x (active[level] - idle) (for a cgroup device active[level] already scales with
+    its bandwidth share: power_model_of). Busy is clamped to [0, 1]; a level past the last
     one counts as the last (the same rule as DeviceSpeed.clock)."""
     if level < 0:
         raise ValueError(f"DVFS level must be >= 0, got {level}")

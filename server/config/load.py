@@ -170,8 +170,10 @@ def _tls_path(source: str, key: str, path: str, base_dir: Path) -> str:
 
 def _device(table: Any) -> DeviceSpec:
     """A device as the scheduler and backends see it: the keys set in its table are its options."""
+    from heddle.backends.power.dvfs_cgroup import with_bandwidth_clocks
+
     options = table.model_dump(exclude_unset=True, exclude={"id", "kind", "backend", "slots"})
-    return DeviceSpec(table.id, table.kind, table.backend, table.slots, options)
+    return with_bandwidth_clocks(DeviceSpec(table.id, table.kind, table.backend, table.slots, options))
 
 
 def _model_devices(where: str, table: Any, devices: tuple[DeviceSpec, ...]) -> tuple[DeviceSpec, ...]:

@@ -176,8 +176,10 @@ class DvfsTable(Table):
 
     kind: Literal[DVFS_KINDS] = "auto"  # type: ignore[valid-type]
     levels: int | None = Field(None, ge=1, description="how many levels (default: len(power.active_w))")
-    values: list[int] | None = Field(None, description="exact knob values per level, fastest first")
+    values: list[int] | None = Field(
+        None, description="exact knob values per level, fastest first (cgroup: percent of CPU time)")
     node: str | None = Field(None, description="devfreq node")
+    period_us: int | None = Field(None, ge=1000, le=1_000_000, description="cgroup: CFS period (default 10000)")
 
 
 class SpeedTable(Table):
