@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "HANG_S", "WAIT_LIMIT_S", "barrier_branch", "boom", "calls", "crash", "gate", "hang", "join2", "nap_then_pid",
-    "open_gate", "reset", "sleep_50ms", "stall_on_1",
+    "HANG_S", "WAIT_LIMIT_S", "barrier_branch", "boom", "burn_cpu", "calls", "crash", "gate", "hang", "join2",
+    "nap_then_pid", "open_gate", "reset", "sleep_50ms", "stall_on_1",
     "tagged", "tail", "wait_for_call", "wait_for_file",
 ]
 
@@ -89,6 +89,14 @@ def stall_on_1(x: np.ndarray) -> dict[str, np.ndarray]:
     _record("stall_on_1", x)
     if int(x[0]) == 1:
         time.sleep(0.3)
+    return {"y": x}
+
+
+def burn_cpu(x: np.ndarray) -> dict[str, np.ndarray]:
+    """A CPU-bound stage: a fixed amount of pure-Python arithmetic (~40 ms of CPU on the dev box)."""
+    total = 0
+    for i in range(1_000_000):
+        total += i * i
     return {"y": x}
 
 
