@@ -17,9 +17,10 @@ from grpc_reflection.v1alpha import reflection
 
 from heddle.backends.base import Executor
 from heddle.server.runtime.executors import make_executor
-from heddle.server.binding import bind_grpc, check_before_start, start_metrics_http
+from heddle.server.binding import bind_grpc, bind_tcp, check_before_start, start_metrics_http
 from heddle.server.config.load import Config
 from heddle.server.frontends.decode_guard import DecodeGuard
+from heddle.server.frontends.http_server import HttpServer, gateway_routes
 from heddle.server.frontends.kserve import SERVICE_NAME as KSERVE_SERVICE, KServeServicer
 from heddle.server.runtime.limits import RequestLimits
 from heddle.server.observe.logs import get_logger
@@ -74,6 +75,8 @@ class HeddleServer:
         self._watcher = None
         self.grpc_port = 0
         self.metrics_port = 0
+        self.http_port = 0
+        self.http: HttpServer | None = None  # KServe v2 REST and the OpenAI API (docs/HTTP.md)
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
@@ -97,13 +100,17 @@ class HeddleServer:
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.server)
         self.grpc_port = bind_grpc(self.server, s)
+        self.http = HttpServer(gateway_routes(self.kserve, self.runtime, self.limits),
+                               bind_tcp(s.http_host, s.http_port, "http_port"), s)
+        self.http_port = self.http.port
         if self._with_metrics_http:  # bound before the gRPC server starts, so a taken port starts nothing
             self._metrics_http = start_metrics_http(self.metrics, s.metrics_host, s.metrics_port)
             self.metrics_port = self._metrics_http.port
         await self.server.start()
+        await self.http.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("heddle serving", grpc=f"{s.grpc_host}:{self.grpc_port}",
+        log.info("heddle serving", grpc=f"{s.grpc_host}:{self.grpc_port}", http=f"{s.http_host}:{self.http_port}",
                  metrics=f"{s.metrics_host}:{self.metrics_port}", policy=s.policy,
                  devices=[d.id for d in self.config.devices], pipelines=sorted(self.config.pipelines),
                  tls=bool(s.tls_cert), mutual_tls=bool(s.tls_client_ca), config=self.config.source)
@@ -134,6 +141,8 @@ class HeddleServer:
         # Drain before server.stop: gRPC core holds calls that arrive during stop(grace) until the
         # grace ends and then CANCELs them (grpc/grpc#41785); the runtime answers them UNAVAILABLE now.
         await self.runtime.drain(grace_s)
+        if self.http is not None:
+            await self.http.stop()
         await self._stop_grpc(exiting)
         if self._watcher is not None:
             self._watcher.stop()

@@ -11,7 +11,7 @@ from heddle.server.config.load import ServerSettings
 from heddle.server.observe.logs import get_logger
 from heddle.server.security import admin_exposure, server_credentials
 
-__all__ = ["StartError", "bind_grpc", "check_before_start", "start_metrics_http"]
+__all__ = ["StartError", "bind_grpc", "bind_tcp", "check_before_start", "start_metrics_http"]
 
 log = get_logger("heddle.server")
 
@@ -29,6 +29,7 @@ def check_before_start(s: ServerSettings, *, with_metrics_http: bool = True) -> 
         log.warning("admin RPCs are open to the network (insecure_admin): anyone who reaches the gRPC port "
                     "can change the power budget and the policy", grpc_host=s.grpc_host, grpc_port=s.grpc_port)
     _probe(s.grpc_host, s.grpc_port, "grpc_port")
+    _probe(s.http_host, s.http_port, "http_port")
     if with_metrics_http:
         _probe(s.metrics_host, s.metrics_port, "metrics_port")
 
@@ -63,6 +64,26 @@ def _bind_message(host: str, port: int, what: str, exc: OSError | None) -> str:
                 f"(another heddle? choose another with --{what.replace('_', '-')})")
     reason = (exc.strerror or str(exc)) if exc is not None else "no address to bind"
     return f"cannot listen on {host}:{port} ({what}): {reason}"
+
+
+def bind_tcp(host: str, port: int, what: str) -> socket.socket:
+    """A socket bound to host:port (the first resolved address that binds), for a server that
+    listens on it; StartError naming `what` (the config key) when none binds."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartError(f"cannot listen on {host}:{port} ({what}): {exc.strerror}") from None
+    first_error = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            first_error = first_error or exc
+    raise StartError(_bind_message(host, port, what, first_error))
 
 
 def bind_grpc(server: grpc.aio.Server, s: ServerSettings) -> int:

@@ -16,6 +16,8 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--grpc-port", type=int)
     p.add_argument("--metrics-host")
     p.add_argument("--metrics-port", type=int)
+    p.add_argument("--http-host")
+    p.add_argument("--http-port", type=int)
     p.add_argument("--policy")
     p.add_argument("--insecure-admin", action="store_true", default=None,
                    help="serve the Admin RPCs beyond loopback with no admin token (refused otherwise)")
@@ -33,6 +35,7 @@ def _serve(args) -> int:
     try:
         config = load_config(args.config, grpc_host=args.grpc_host, grpc_port=args.grpc_port,
                              metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+                             http_host=args.http_host, http_port=args.http_port,
                              policy=args.policy, log_level=args.log_level, trace_file=args.trace,
                              insecure_admin=args.insecure_admin)
     except ConfigError as exc:

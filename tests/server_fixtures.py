@@ -83,13 +83,13 @@ def running_server(config: Config, *, grace_s: float = 1.0, **server_kwargs: Any
 
 def parse_test_config(text: str, base_dir: Path | None = None, **overrides: Any) -> Config:
     """Parse TOML text as a test config: free ports (0) unless overridden."""
-    overrides = {"grpc_port": 0, "metrics_port": 0, **overrides}
+    overrides = {"grpc_port": 0, "metrics_port": 0, "http_port": 0, **overrides}
     return parse_config(text, "<test config>", base_dir or TESTS_DIR, overrides)
 
 
 def parse_test_document(doc: Mapping[str, Any], base_dir: Path | None = None, **overrides: Any) -> Config:
     """A test config from a document (heddle.server.config.builder): free ports (0) unless overridden."""
-    overrides = {"grpc_port": 0, "metrics_port": 0, **overrides}
+    overrides = {"grpc_port": 0, "metrics_port": 0, "http_port": 0, **overrides}
     return parse_document(doc, "<test config>", base_dir or TESTS_DIR, overrides)
 
 
@@ -147,6 +147,8 @@ class ServerProcess:
     """`heddle serve` as a child process with JSON logs; stderr lines are collected by a thread."""
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        if "--http-port" not in args:  # a free port: tests run side by side, and 8000 may be taken
+            args = [*args, "--http-port", "0"]
         full_env = {**os.environ, **(env or {})}
         full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), full_env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
@@ -210,7 +212,7 @@ def default_config(heddle_cache_dir: Path) -> Config:
     """The embedded default config, with HEDDLE_CACHE_DIR at the session cache and free ports."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HEDDLE_CACHE_DIR", str(heddle_cache_dir))
-        return load_config(None, grpc_port=0, metrics_port=0)
+        return load_config(None, grpc_port=0, metrics_port=0, http_port=0)
 
 
 @pytest.fixture(scope="session")

@@ -47,6 +47,9 @@ class ServerSettings:
     grpc_port: int = 8001
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 8002
+    # HTTP (KServe v2 REST, OpenAI-compatible) on its own port, Triton's default (docs/HTTP.md).
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
     max_message_bytes: int = 64 * 1024 * 1024
     grace_period_s: float = 10.0
     policy: str = "priority"
@@ -95,6 +98,8 @@ class ServerTable(Table):
     grpc_port: Port = _S.grpc_port
     metrics_host: str = _S.metrics_host
     metrics_port: Port = _S.metrics_port
+    http_host: str = Field(_S.http_host, description="HTTP (KServe v2 REST, OpenAI) listen address")
+    http_port: Port = Field(_S.http_port, description="HTTP port; 0 = a free one")
     max_message_bytes: int = Field(_S.max_message_bytes, gt=0, description="larger requests: RESOURCE_EXHAUSTED")
     grace_period_s: float = Field(_S.grace_period_s, ge=0, description="drain time on SIGTERM/SIGINT")
     policy: Literal[tuple(sorted(POLICIES))] = Field(_S.policy, description="scheduling policy")  # type: ignore[valid-type]
