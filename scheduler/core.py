@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 from heddle.scheduler.admission import Action
+from heddle.scheduler.batching import choose_batch, shape_signature
 from heddle.scheduler.budget import budget_run
 from heddle.scheduler.deadlines import DeadlineHeap, usable_deadline
 from heddle.scheduler.plan import (
@@ -13,7 +14,7 @@ from heddle.scheduler.plan import (
 from heddle.scheduler.policies import Policy, SortKey, make_policy, tail
 from heddle.scheduler.profiles import ConstantProfiles, Profiles
 from heddle.scheduler.queues import QueueIndex
-from heddle.scheduler.specs import DeviceSpec, ModelSpec
+from heddle.scheduler.specs import BatchOptions, DeviceSpec, ModelSpec
 from heddle.scheduler.state import Outcome, Request, RunState, StageRun, device_of, started_s_of
 from heddle.scheduler.view import CoreReads
 
@@ -82,6 +83,12 @@ class Core(CoreReads):
         # LLM decode steps started alongside another step of their model on the same device:
         # they share its forward pass, so they hold no slot of their own (_batch_riders).
         self._riders: dict[tuple[str, str], StageRun] = {}
+        # Dynamic batching of every other model that sets max_batch > 1 (scheduler/batching.py):
+        # members of a batch after its first ride in the first's slot, in _riders too. A device
+        # waiting for a fuller batch is stepped again at its wake time (next_deadline_s).
+        self._batching = {name: spec.batching for name, spec in self.models.items()
+                          if spec.kind != "llm" and spec.batching.enabled}
+        self._batch_wake_s: dict[str, float] = {}
         # Running stages of requests that already ended, so their slots are still released.
         self._orphans: dict[tuple[str, str], Request] = {}
         # Orphaned stages per request id: the id stays taken until they return, or a new request
@@ -136,17 +143,22 @@ class Core(CoreReads):
             raise ValueError(f"stage {stage!r} of {request_id!r} is {run.state.name}, not RUNNING")
         return request, run
 
-    def on_stage_done(self, request_id: str, stage: str, now: float, error: str = "") -> None:
-        """A dispatched stage finished (error set if it failed); free its slot, wake dependents."""
+    def on_stage_done(self, request_id: str, stage: str, now: float, error: str = "",
+                      output_shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
+        """A dispatched stage finished (error set if it failed); free its slot, wake dependents.
+        output_shapes: its outputs' shapes, for the batch signatures of the stages they feed."""
         request, run = self._running_run(request_id, stage)
         self._free_slot(run)
         self.version += 1
         run.finished_s = now
         run.state = RunState.FAILED if error else RunState.DONE
         run.error = error
-        if not error:
-            self.profiles.observe(run.model, self.devices[device_of(run)], run.level, now - started_s_of(run))
+        if not error and run.pass_rows:  # a batch's pass is observed once, by its first member
+            self.profiles.observe(run.model, self.devices[device_of(run)], run.level, now - started_s_of(run),
+                                  run.pass_rows)
             self._best_s.pop(run.model, None)
+        for name, shape in (output_shapes or {}).items():
+            request.shapes[(stage, name)] = tuple(shape)
         if request.finished:
             return  # cancelled or expired while this stage ran: its result is not wanted
         request.last_progress_s = now
@@ -297,14 +309,17 @@ class Core(CoreReads):
         by policy order (runs past the aging bound first)."""
         self._expire(now)
         self._apply_holds(now)
+        self._batch_wake_s.clear()
+        waiting: dict[str, StageRun] = {}  # device -> the first run of the batch it waits to fill
         dispatches: list[Dispatch] = []
         for device_id in self.devices:
-            while self._healthy[device_id] and self.free_slots(device_id) > 0:
-                run = self._pick(device_id, now)
-                if run is None:
-                    break
-                dispatches.append(self._start(run, device_id, now))
-                dispatches += self._batch_riders(run, device_id, now)
+            dispatches += self._fill(device_id, now, waiting)
+        # A device that chose to wait may see a later device start (steal) the run it waited
+        # with: it fills again. Ends, as each refill starts runs or waits on one still ready.
+        while stale := [d for d, lead in waiting.items() if lead.state is not RunState.READY]:
+            for device_id in stale:
+                del waiting[device_id], self._batch_wake_s[device_id]
+                dispatches += self._fill(device_id, now, waiting)
         plan = Plan(tuple(dispatches), tuple(self._finished), tuple(self._log_frozen),
                     tuple(self._log_unfrozen), tuple(self._log_migrated), tuple(self._log_levels),
                     tuple(self._log_rejected), tuple(self._log_power))
@@ -312,6 +327,25 @@ class Core(CoreReads):
         self._log_levels, self._log_rejected, self._log_power = [], [], []
         self._check_invariants()
         return plan
+
+    def _fill(self, device: str, now: float, waiting: dict[str, StageRun]) -> list[Dispatch]:
+        """Start runs on the device's free slots in policy order; it may leave them free while a
+        batch forms (scheduler/batching.py), the batch's first run then noted in `waiting`."""
+        started: list[Dispatch] = []
+        while self._healthy[device] and self.free_slots(device) > 0:
+            run = self._pick(device, now)
+            if run is None:
+                break
+            if run.model in self._batching:
+                batch = self._form_batch(run, device, now)
+                if batch is None:
+                    waiting[device] = run
+                    break
+                started.append(batch)
+                continue
+            started.append(self._start(run, device, now))
+            started += self._batch_riders(run, device, now)
+        return started
 
     def forget(self, request_id: str) -> None:
         """Drop a finished request once the caller has read its timings."""
@@ -329,6 +363,8 @@ class Core(CoreReads):
             return
         if run.ready_s is None:
             run.ready_s = now
+        if run.model in self._batching:
+            run.signature, run.rows = shape_signature(run)
         budget_run(run, now, self)
         run.state = RunState.READY
         run.device = self.policy.place(run, devices, self, now)
@@ -342,11 +378,17 @@ class Core(CoreReads):
         return (1, *self.policy.key(run, now, self))
 
     def _pick(self, device: str, now: float) -> StageRun | None:
-        """Best ready run for a free slot of `device`: from its own queue, runs the policy lets
-        it steal (when its queue is empty, or always if the policy says so), and aged runs
-        queued anywhere it can run them."""
+        """Best ready run for a free slot of `device` (policy order, aged runs first), through
+        the queue index where the policy allows, else ranking every run it may take."""
         if self._index.usable(self.power is not None and self.power.freezing):
             return self._index.pick(device, now, self, lambda r: self._rank(r, now))
+        pool = self._pool(device, now)
+        return min(pool, key=lambda r: self._rank(r, now)) if pool else None
+
+    def _pool(self, device: str, now: float) -> list[StageRun]:
+        """The ready runs a free slot of `device` may take: from its own queue, runs the policy
+        lets it steal (when its queue is empty, or always if the policy says so), and aged runs
+        queued anywhere it can run them."""
         pool = [r for r in self._queues[device] if r.state is RunState.READY]
         if not pool or self.policy.steal_when_busy:
             pool += self.policy.steal_candidates(device, self, now)
@@ -358,7 +400,7 @@ class Core(CoreReads):
         if self.power is not None and self.power.freezing:  # nor take work frozen on this device
             frozen_max = self.power.freeze_max(device)
             pool = [r for r in pool if r.request.priority > frozen_max]
-        return min(pool, key=lambda r: self._rank(r, now)) if pool else None
+        return pool
 
     def _start(self, run: StageRun, device: str, now: float) -> Dispatch:
         queued = device_of(run)
@@ -370,9 +412,35 @@ class Core(CoreReads):
         run.state = RunState.RUNNING
         run.started_s = now
         run.level = self._levels[device]
+        run.pass_rows = 1
         self._running[device][run.key] = run
         self.version += 1
         return Dispatch(run.request.id, run.stage, run.model, device)
+
+    def _form_batch(self, lead: StageRun, device: str, now: float) -> Dispatch | None:
+        """Start `lead` with the ready runs that share its pass (scheduler/batching.py) as one
+        Dispatch; None when the device waits for more, its wake time noted for the driver."""
+        options: BatchOptions = self._batching[lead.model]
+        pool = self._pool(device, now)
+        alike = sorted((r for r in pool if r.model == lead.model and r.signature == lead.signature),
+                       key=lambda r: self._rank(r, now))
+        choice = choose_batch(lead, alike, pool, options, lambda r: self.aged(r, now),
+                              self.estimate_s(lead.model, device, options.max_batch), now)
+        if not choice.members:
+            assert choice.wake_s is not None
+            self._batch_wake_s[device] = choice.wake_s
+            return None
+        first = self._start(lead, device, now)
+        lead.pass_rows = choice.rows
+        for member in choice.members[1:]:
+            self._start(member, device, now)
+            del self._running[device][member.key]
+            self._riders[member.key] = member
+            member.pass_rows = 0
+        if len(choice.members) == 1:
+            return first
+        return Dispatch(first.request_id, first.stage, first.model, device,
+                        tuple(m.key for m in choice.members), choice.rows)
 
     def _batch_riders(self, run: StageRun, device: str, now: float) -> list[Dispatch]:
         """Continuous batching: ready runs of the same LLM model queued on this device (policy

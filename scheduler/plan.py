@@ -15,12 +15,31 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Run `stage` of `request_id` (model `model`) on `device` now."""
+    """Run `stage` of `request_id` (model `model`) on `device` now.
+
+    A batch (dynamic batching) is one Dispatch for one pass over several runs: `batch` names every
+    member's (request_id, stage), this one's first, and `rows` their rows in all. Each member
+    still ends on its own (Core.on_stage_done per member). Empty for a run of its own."""
 
     request_id: str
     stage: str
     model: str
     device: str
+    batch: tuple[tuple[str, str], ...] = ()
+    rows: int = 1
+
+    def __repr__(self) -> str:
+        # A single run's repr as before batching existed: recorded plan hashes stay valid.
+        extra = f", batch={self.batch!r}, rows={self.rows!r}" if self.batch else ""
+        return (f"Dispatch(request_id={self.request_id!r}, stage={self.stage!r}, model={self.model!r}, "
+                f"device={self.device!r}{extra})")
+
+    @property
+    def members(self) -> tuple[Dispatch, ...]:
+        """One single-run Dispatch per run this one carries: itself when it is not a batch."""
+        if not self.batch:
+            return (self,)
+        return tuple(Dispatch(rid, stage, self.model, self.device) for rid, stage in self.batch)
 
 
 @dataclass(frozen=True, slots=True)

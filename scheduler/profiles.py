@@ -4,6 +4,9 @@ This is Twill's model interpreter moved to run time: a model's ONNX graph, summa
 `GraphSummary` (built outside scheduler/, see backends/graph_summary.py), gives a roofline
 prior on each device; measured runs then take over through an EWMA (the typical run) and a
 high percentile over a bounded window (the run to plan deadlines with).
+
+Batched passes (dynamic batching) add a batch axis: a pass of b rows has its own EWMA per b, and
+a size never measured is scaled from the nearest one measured by `batch_scale`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,20 @@ from heddle.scheduler.specs import DeviceSpec
 
 __all__ = [
     "ConstantProfiles", "DeviceSpeed", "Estimate", "GraphSummary", "ProfileEntry", "ProfileTable",
-    "Profiles", "compatible", "device_speed", "prior_latency_s",
+    "Profiles", "batch_scale", "compatible", "device_speed", "prior_latency_s",
 ]
+
+# The share of a one-row pass that a batched pass pays once whatever its rows (session call,
+# launch, weights read): time(b) = t1 * (a + (1 - a) * b). An ASSUMED default until passes of
+# that size are measured. 0.5 sits between a small memory-bound model on one core (nearly all
+# fixed cost) and a compute-bound one (nearly linear); guessing high for big batches errs toward
+# dispatching a forming batch earlier, never toward missing a deadline by waiting.
+BATCH_FIXED_SHARE = 0.5
+
+
+def batch_scale(rows: int, fixed_share: float = BATCH_FIXED_SHARE) -> float:
+    """A pass of `rows` rows relative to a pass of one row (1.0 at rows = 1)."""
+    return fixed_share + (1.0 - fixed_share) * max(rows, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +117,13 @@ class Estimate:
 class Profiles(Protocol):
     """What the core asks of a profile source. Pure: no clock, no I/O."""
 
-    def estimate(self, model: str, device: DeviceSpec, level: int = 0) -> Estimate: ...
+    def estimate(self, model: str, device: DeviceSpec, level: int = 0, batch: int = 1) -> Estimate: ...
 
     def power_w(self, model: str, device: DeviceSpec, level: int = 0) -> float: ...
 
     def op_types(self, model: str) -> frozenset[str]: ...
 
-    def observe(self, model: str, device: DeviceSpec, level: int, run_s: float) -> None: ...
+    def observe(self, model: str, device: DeviceSpec, level: int, run_s: float, batch: int = 1) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +133,9 @@ class ConstantProfiles:
 
     run_s: float = 1.0
 
-    def estimate(self, model: str, device: DeviceSpec, level: int = 0) -> Estimate:
-        return Estimate(self.run_s, self.run_s)
+    def estimate(self, model: str, device: DeviceSpec, level: int = 0, batch: int = 1) -> Estimate:
+        run_s = self.run_s * batch_scale(batch)
+        return Estimate(run_s, run_s)
 
     def power_w(self, model: str, device: DeviceSpec, level: int = 0) -> float:
         return 0.0
@@ -127,7 +143,7 @@ class ConstantProfiles:
     def op_types(self, model: str) -> frozenset[str]:
         return frozenset()
 
-    def observe(self, model: str, device: DeviceSpec, level: int, run_s: float) -> None:
+    def observe(self, model: str, device: DeviceSpec, level: int, run_s: float, batch: int = 1) -> None:
         return None
 
 
@@ -153,7 +169,9 @@ class _Series:
 class ProfileTable:
     """Estimates from, best first: measurements, a table entry, the graph prior, a default.
 
-    A level with no data of its own borrows level 0's and scales it by the clock ratio.
+    A level with no data of its own borrows level 0's and scales it by the clock ratio. A batch
+    size with no measured pass of its own at a level scales the nearest measured size's figure
+    (else the one-row figure) by `batch_scale`.
     """
 
     table: Mapping[tuple[str, str, int], ProfileEntry] = field(default_factory=dict)
@@ -163,29 +181,48 @@ class ProfileTable:
     alpha: float = 0.2  # EWMA weight of the newest run
     window: int = 64
     percentile: float = 95.0
-    _series: dict[tuple[str, str, int], _Series] = field(default_factory=dict)
-    _cache: dict[tuple[str, str, int], Estimate] = field(default_factory=dict)
+    _series: dict[tuple[str, str, int], _Series] = field(default_factory=dict)  # one-row passes
+    _batched: dict[tuple[str, str, int, int], _Series] = field(default_factory=dict)  # passes of b > 1 rows
+    _sizes: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)  # batch sizes in _batched
+    _cache: dict[tuple[str, str, int, int], Estimate] = field(default_factory=dict)
 
-    def estimate(self, model: str, device: DeviceSpec, level: int = 0) -> Estimate:
-        key = (model, device.id, level)
+    def estimate(self, model: str, device: DeviceSpec, level: int = 0, batch: int = 1) -> Estimate:
+        key = (model, device.id, level, batch)
         cached = self._cache.get(key)
         if cached is None:
-            cached = self._cache[key] = self._estimate(model, device, level)
+            cached = self._cache[key] = self._estimate(model, device, level, max(batch, 1))
         return cached
 
-    def _estimate(self, model: str, device: DeviceSpec, level: int) -> Estimate:
-        own = self._own_estimate(model, device, level)
+    def _estimate(self, model: str, device: DeviceSpec, level: int, batch: int) -> Estimate:
+        own = self._batch_estimate(model, device, level, batch)
         if own is not None or level == 0:
-            return own or Estimate(self.default_s, self.default_s)
-        base = self.estimate(model, device, 0)
-        ratio = device_speed(device).clock(0) / device_speed(device).clock(level)
-        return Estimate(base.mean_s * ratio, base.tail_s * ratio, base.samples, base.source)
+            return own or _scaled(Estimate(self.default_s, self.default_s), batch_scale(batch))
+        base = self.estimate(model, device, 0, batch)
+        return _scaled(base, device_speed(device).clock(0) / device_speed(device).clock(level))
+
+    def _batch_estimate(self, model: str, device: DeviceSpec, level: int, batch: int) -> Estimate | None:
+        """This level's figure for `batch` rows: measured at that size, else the nearest size
+        measured at this level (the smaller at a tie) scaled, else the one-row figure scaled."""
+        one_measured = (model, device.id, level) in self._series
+        if batch == 1 and one_measured:  # the common case, without looking at other sizes
+            return self._measured(model, device.id, level, 1)
+        sizes = self._sizes.get((model, device.id, level), []) + ([1] if one_measured else [])
+        if batch in sizes:
+            return self._measured(model, device.id, level, batch)
+        if sizes:
+            near = min(sizes, key=lambda b: (abs(b - batch), b))
+            return _scaled(self._measured(model, device.id, level, near), batch_scale(batch) / batch_scale(near))
+        one = self._own_estimate(model, device, level)
+        return None if one is None else _scaled(one, batch_scale(batch))
+
+    def _measured(self, model: str, device: str, level: int, batch: int) -> Estimate:
+        series = self._series[(model, device, level)] if batch == 1 else self._batched[(model, device, level, batch)]
+        return Estimate(series.ewma_s, max(series.ewma_s, _percentile(series.window, self.percentile)),
+                        series.count, "measured")
 
     def _own_estimate(self, model: str, device: DeviceSpec, level: int) -> Estimate | None:
-        series = self._series.get((model, device.id, level))
-        if series is not None:
-            return Estimate(series.ewma_s, max(series.ewma_s, _percentile(series.window, self.percentile)),
-                            series.count, "measured")
+        if (model, device.id, level) in self._series:
+            return self._measured(model, device.id, level, 1)
         entry = self.table.get((model, device.id, level))
         if entry is not None:
             return Estimate(entry.latency_s, entry.tail_s or entry.latency_s, 0, "table")
@@ -203,12 +240,18 @@ class ProfileTable:
         summary = self.summaries.get(model)
         return summary.op_types if summary is not None else frozenset(self.ops.get(model, ()))
 
-    def observe(self, model: str, device: DeviceSpec, level: int, run_s: float) -> None:
-        """Fold one measured run in; estimates at other levels of the device follow."""
-        key = (model, device.id, level)
-        series = self._series.get(key)
+    def observe(self, model: str, device: DeviceSpec, level: int, run_s: float, batch: int = 1) -> None:
+        """Fold one measured pass of `batch` rows in; estimates at other levels and batch sizes
+        of the device follow."""
+        series = self._series.get((model, device.id, level)) if batch <= 1 else self._batched.get(
+            (model, device.id, level, batch))
         if series is None:
-            series = self._series[key] = _Series(run_s, deque(maxlen=self.window))
+            series = _Series(run_s, deque(maxlen=self.window))
+            if batch <= 1:
+                self._series[(model, device.id, level)] = series
+            else:
+                self._batched[(model, device.id, level, batch)] = series
+                self._sizes.setdefault((model, device.id, level), []).append(batch)
         else:
             series.ewma_s += self.alpha * (run_s - series.ewma_s)
         series.window.append(run_s)
@@ -221,6 +264,10 @@ class ProfileTable:
         return sorted((m, d, lv, Estimate(s.ewma_s, max(s.ewma_s, _percentile(s.window, self.percentile)),
                                           s.count, "measured"))
                       for (m, d, lv), s in self._series.items())
+
+
+def _scaled(estimate: Estimate, factor: float) -> Estimate:
+    return Estimate(estimate.mean_s * factor, estimate.tail_s * factor, estimate.samples, estimate.source)
 
 
 def _percentile(values: Iterable[float], q: float) -> float:

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 __all__ = [
     "DATATYPES",
+    "BatchOptions",
     "DeviceSpec",
     "ModelSpec",
     "PipelineSpec",
@@ -65,6 +66,41 @@ class ModelSpec:
 
     def output(self, name: str) -> TensorSpec | None:
         return next((t for t in self.outputs if t.name == name), None)
+
+    @property
+    def batching(self) -> BatchOptions:
+        """Dynamic batching across requests (options max_batch, preferred_batch_sizes,
+        max_queue_delay_us); off (max_batch 1) unless set. LLMs batch their decode steps with
+        the same max_batch their own way (Core._batch_riders), never through these options."""
+        return BatchOptions.of(self.options)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOptions:
+    """How runs of one model may share a pass. Sizes count rows (the first dim summed over the
+    members), as Triton's max_batch_size does; a request of one row adds one."""
+
+    max_batch: int = 1
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_s: float = 0.0  # how long a run may wait in a forming batch, at most
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch > 1
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any]) -> BatchOptions:
+        """From a model's options; ValueError naming the option that is out of range."""
+        max_batch = int(options.get("max_batch", 1))
+        preferred = tuple(sorted({int(p) for p in options.get("preferred_batch_sizes", ())}))
+        delay_us = float(options.get("max_queue_delay_us", 0))
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, not {max_batch}")
+        if any(not 1 <= p <= max_batch for p in preferred):
+            raise ValueError(f"preferred_batch_sizes {list(preferred)} must lie in [1, max_batch = {max_batch}]")
+        if not 0 <= delay_us < float("inf"):
+            raise ValueError(f"max_queue_delay_us must be a finite number >= 0, not {delay_us}")
+        return cls(max_batch, preferred, delay_us * 1e-6)
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,14 @@ class StageRun:
     latest_finish_s: float = math.inf  # past this, the request cannot finish on time
     level: int = 0  # DVFS level of the device it ran at, for profile updates
     attempts: int = 0  # dispatches lost to a device that went away (Core.retry_stage)
+    # Dynamic batching (scheduler/batching.py), set when the run becomes ready for a model that
+    # batches: its inputs' shapes past the first dim (runs share a pass only if these are equal;
+    # None where the driver told no shape) and its rows (the first dim).
+    signature: tuple[tuple[int, ...] | None, ...] = ()
+    rows: int = 1
+    # Rows of the pass it ran in, for the profile's batch axis; 0 for a batch member that rode
+    # on another run's pass (that run reports the pass's time once).
+    pass_rows: int = 1
 
     @property
     def key(self) -> tuple[str, str]:
@@ -74,6 +82,10 @@ class Request:
     seq: int = 0  # arrival counter set by the core: total order among equal arrival times
     last_progress_s: float = 0.0  # arrival, then each stage completion (DREAM's fairness term)
     runs: dict[str, StageRun] = field(default_factory=dict)
+    # Shapes of the tensors known so far, keyed like the pipeline's wires: (None, input name)
+    # for the request's inputs (given by the driver), (stage, output name) for stage outputs
+    # (Core.on_stage_done). Only models that batch read them.
+    shapes: dict[tuple[str | None, str], tuple[int, ...]] = field(default_factory=dict)
     outcome: Outcome | None = None
     error: str = ""
     finished_s: float | None = None

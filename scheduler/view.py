@@ -37,6 +37,7 @@ class CoreReads:
     _orphans: dict[tuple[str, str], Request]
     _orphan_ids: dict[str, int]
     _riders: dict[tuple[str, str], StageRun]
+    _batch_wake_s: dict[str, float]
     _finished: list[Finished]
 
     def eligible_devices(self, model: str) -> list[str]:
@@ -50,8 +51,9 @@ class CoreReads:
                 d for d in named if d in self.devices and compatible(ops, self.devices[d])]
         return [d for d in allowed if self._healthy[d]]
 
-    def estimate_s(self, model: str, device: str) -> float:
-        return self.profiles.estimate(model, self.devices[device], self._levels[device]).mean_s
+    def estimate_s(self, model: str, device: str, batch: int = 1) -> float:
+        """A pass of `batch` rows of the model on the device at its level (typical time)."""
+        return self.profiles.estimate(model, self.devices[device], self._levels[device], batch).mean_s
 
     def tail_s(self, model: str, device: str) -> float:
         return self.profiles.estimate(model, self.devices[device], self._levels[device]).tail_s
@@ -93,8 +95,9 @@ class CoreReads:
 
     # ---- queries for the runtime and the simulator ----------------------------------------
     def next_deadline_s(self) -> float | None:
-        """The earliest deadline of a request with work not yet started: when the driver must
-        step again even if nothing else happens, so the request is shed on time."""
+        """When the driver must step again even if nothing else happens: the earliest deadline of
+        a request with work not yet started (so it is shed on time), or the moment a forming
+        batch stops waiting for more members (so it starts on time), whichever comes first."""
         # Every unfinished request with a deadline is in the heap, or in _overdue once it has
         # passed: the heap's walk stops at its first request with work to start (only requests
         # whose every remaining stage runs come before it), where a scan of every request each
@@ -103,7 +106,11 @@ class CoreReads:
         first = self._deadlines.first(_unstarted)
         if first is not None:
             deadlines.append(first)
-        return min(deadlines, default=None)
+        return min(deadlines + list(self._batch_wake_s.values()), default=None)
+
+    def next_batch_wake_s(self) -> float | None:
+        """The moment a forming batch stops waiting (None: no device waits for one)."""
+        return min(self._batch_wake_s.values(), default=None)
 
     def is_healthy(self, device: str) -> bool:
         return self._healthy[device]

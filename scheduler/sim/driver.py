@@ -14,11 +14,12 @@ from typing import Any, Callable, Protocol
 
 from heddle.scheduler.core import Core
 from heddle.scheduler.plan import Dispatch, Finished, Plan
+from heddle.scheduler.profiles import batch_scale
 from heddle.scheduler.state import Outcome, Request
 
 __all__ = ["Driver", "RunTimeModel", "TimedBy"]
 
-_ARRIVE, _DONE, _TICK = 0, 1, 2
+_ARRIVE, _DONE, _TICK, _WAKE = 0, 1, 2, 3
 
 
 class RunTimeModel(Protocol):
@@ -26,7 +27,8 @@ class RunTimeModel(Protocol):
     is no control loop (no ticks)."""
 
     def start(self, core: Core, run: Dispatch, now: float) -> float:
-        """`run` begins at `now` on its device (at the device's current level): its seconds."""
+        """`run` begins at `now` on its device (at the device's current level): its seconds. A
+        batch (run.batch) is one pass of run.rows rows, its members ending together."""
         ...
 
     def finish(self, run: Dispatch, now: float) -> str:
@@ -44,13 +46,14 @@ class RunTimeModel(Protocol):
 
 
 class TimedBy(RunTimeModel):
-    """Each run takes run_s(model, device) seconds whatever the level: the tests' machine."""
+    """Each run takes run_s(model, device) seconds whatever the level, a batch that times the
+    default batch axis (profiles.batch_scale): the tests' machine."""
 
     def __init__(self, run_s: Callable[[str, str], float]) -> None:
         self.run_s = run_s
 
     def start(self, core: Core, run: Dispatch, now: float) -> float:
-        return self.run_s(run.model, run.device)
+        return self.run_s(run.model, run.device) * (batch_scale(run.rows) if run.batch else 1.0)
 
 
 def _as_is(request: Request, now: float) -> Request:
@@ -82,6 +85,7 @@ class Driver:
     freezes: int = 0
     _events: list[tuple[float, int, int, Any]] = field(default_factory=list)
     _pushed: int = 0
+    _wakes: set[float] = field(default_factory=set)  # wake-ups pushed for forming batches
 
     def arrive(self, time_s: float, item: Any) -> None:
         self._push(time_s, _ARRIVE, item)
@@ -99,6 +103,10 @@ class Driver:
             self._carry_out(plan, now)
             if self.after_step is not None:
                 self.after_step(now, plan)
+            wake_s = self.core.next_batch_wake_s()
+            if wake_s is not None and wake_s not in self._wakes:  # a forming batch starts then at the latest
+                self._wakes.add(wake_s)
+                self._push(wake_s, _WAKE, None)
         return self
 
     def _push(self, time_s: float, kind: int, item: Any) -> None:
@@ -110,7 +118,10 @@ class Driver:
             self.core.submit(self.make_request(item, now), now)
         elif kind == _DONE:
             error = self.run_times.finish(item, now)
-            self.core.on_stage_done(item.request_id, item.stage, now, error=error)
+            for member in item.members:
+                self.core.on_stage_done(member.request_id, member.stage, now, error=error)
+        elif kind == _WAKE:
+            self._wakes.discard(now)
         else:
             next_s = self.run_times.tick(self.core, now)
             if next_s is not None:
@@ -120,7 +131,7 @@ class Driver:
         for d in plan.dispatches:
             end_s = now + self.run_times.start(self.core, d, now)
             per_model = self.placements.setdefault(d.model, {})
-            per_model[d.device] = per_model.get(d.device, 0) + 1
+            per_model[d.device] = per_model.get(d.device, 0) + len(d.members)
             if self.log_runs:
                 self.runs.append((now, end_s, d))
             self._push(end_s, _DONE, d)

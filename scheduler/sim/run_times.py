@@ -13,7 +13,7 @@ from typing import Mapping
 
 from heddle.scheduler.core import Core
 from heddle.scheduler.plan import Dispatch
-from heddle.scheduler.profiles import ProfileEntry
+from heddle.scheduler.profiles import ProfileEntry, batch_scale
 from heddle.scheduler.sim.driver import RunTimeModel
 from heddle.scheduler.sim.tracefile import MeasuredProfile
 
@@ -32,9 +32,12 @@ class NoisyTable(RunTimeModel):
         self.energy_j = 0.0
 
     def draw(self, core: Core, run: Dispatch) -> tuple[float, float]:
-        """(seconds, active W) of `run` at its device's current level."""
+        """(seconds, active W) of `run` at its device's current level; a batch's pass is the
+        table's one-row time on the default batch axis (profiles.batch_scale), its noise its
+        first member's."""
         entry = self.table[(run.model, run.device, core.level(run.device))]
-        return entry.latency_s * noise(self.seed, run.request_id, run.stage, self.cv[run.model]), entry.power_w
+        scale = batch_scale(run.rows) if run.batch else 1.0
+        return entry.latency_s * scale * noise(self.seed, run.request_id, run.stage, self.cv[run.model]), entry.power_w
 
     def start(self, core: Core, run: Dispatch, now: float) -> float:
         run_s, power_w = self.draw(core, run)
@@ -69,6 +72,8 @@ class MeasuredRuns(RunTimeModel):
         near = None if self.local_window_s is None else (now + self.t0_s, self.local_window_s)
         run_s = self.measured_s((run.model, run.device, core.level(run.device)),
                                 f"{self.seed}/{run.request_id}/{run.stage}", near)
+        if run.batch:  # measured one-row runs, on the default batch axis
+            run_s *= batch_scale(run.rows)
         return run_s + self.profile.dispatch_gap_s.get(run.device, 0.0)
 
     def measured_s(self, key: tuple[str, str, int], run_key: str, near: tuple[float, float] | None) -> float:

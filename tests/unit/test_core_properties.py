@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -15,14 +16,22 @@ from strategies import Workload, workloads
 ALL_POLICIES = sorted(POLICIES)
 
 
-def run(w: Workload, policy: str, max_wait_s: float | None = None, twin_check: bool = False):
+# Dynamic batching for every model (the workloads' runs take 0.1-2 s): passes of up to 3 runs,
+# a device waiting up to 0.3 s for company.
+BATCHING = {"max_batch": 3, "max_queue_delay_us": 300_000}
+
+
+def run(w: Workload, policy: str, max_wait_s: float | None = None, twin_check: bool = False,
+        batching: bool = False):
     """Drive a fresh core through the workload on the virtual-time driver; returns what happened.
 
     Checks along the way: each plan equals the plan of a deep copy of the core taken just
-    before the step (twin_check), and aged runs are overtaken only by older aged runs.
+    before the step (twin_check), aged runs are overtaken only by older aged runs, and with
+    batching a device left idle beside ready runs holds them only as a forming batch may.
     """
     options = {} if max_wait_s is None else {"max_wait_s": max_wait_s}
-    core = Core(w.devices, w.models, make_policy(policy, **options), w.profiles())
+    models = {n: dataclasses.replace(m, options=BATCHING) for n, m in w.models.items()} if batching else w.models
+    core = Core(w.devices, models, make_policy(policy, **options), w.profiles())
     requests, before = {}, {}
 
     def make_request(item, now: float) -> Request:
@@ -41,6 +50,8 @@ def run(w: Workload, policy: str, max_wait_s: float | None = None, twin_check: b
             _check_aging(core, plan, before["waiting"], now)
         for d in core.devices:
             assert not any(r.state is RunState.FROZEN and core.aged(r, now) for r in core.queued(d))
+        if batching:
+            _check_batch_waits(core, now)
 
     driver = Driver(core, TimedBy(w.run_time_s), make_request=make_request, forget=False, log_runs=True,
                     before_step=before_step, after_step=after_step)
@@ -55,11 +66,39 @@ def _check_aging(core: Core, plan, waiting, now: float) -> None:
     that became ready before it."""
     left = {r.key: r for r in waiting if r.state is not RunState.CANCELLED}  # not shed this step
     for d in plan.dispatches:
+        for member in d.members[1:]:  # they ride in the first member's slot
+            left.pop((member.request_id, member.stage))
         started = left.pop((d.request_id, d.stage))
         for other in left.values():
             if core.aged(other, now) and d.device in core.eligible_devices(other.model):
                 assert core.aged(started, now), f"{started.key} overtook aged {other.key}"
                 assert (started.ready_s, *tail(started)) <= (other.ready_s, *tail(other))
+
+
+def _check_batch_waits(core: Core, now: float) -> None:
+    """A healthy device with a free slot and ready runs queued is waiting for a fuller batch of
+    some model (its lead may be a run it steals): its own ready runs of that model are within
+    their queue delay with a sub-deadline that still covers a full pass, and its other ready runs
+    are of a lower priority than the best ready run of that model it could take, and not aged."""
+    delay_s = BATCHING["max_queue_delay_us"] * 1e-6
+    for device in core.devices:
+        ready = [r for r in core.queued(device) if r.state is RunState.READY]
+        if not ready or not core.is_healthy(device) or core.free_slots(device) <= 0:
+            continue
+        assert core.next_batch_wake_s() is not None and core.next_batch_wake_s() > now
+        takeable = [r for d in core.devices for r in core.queued(d)
+                    if r.state is RunState.READY and device in core.eligible_devices(r.model)]
+
+        def waits_for(model: str) -> bool:
+            pass_s = core.estimate_s(model, device, BATCHING["max_batch"])  # noqa: B023
+            top = max(r.request.priority for r in takeable if r.model == model)  # noqa: B023
+            return (all(r.ready_s + delay_s > now and r.sub_deadline_s - pass_s > now
+                        for r in ready if r.model == model)  # noqa: B023
+                    and all(r.request.priority < top and not core.aged(r, now)
+                            for r in ready if r.model != model))  # noqa: B023
+
+        assert any(waits_for(m) for m in {r.model for r in takeable}), (
+            f"{device} idle at {now} beside {[(r.key, r.model, r.ready_s, r.sub_deadline_s) for r in ready]}")
 
 
 def _check_outcomes(w: Workload, core: Core, log, finished, requests) -> None:
@@ -108,3 +147,25 @@ def test_plan_is_a_deterministic_function_of_the_state(policy, w):
     second run of the same workload gives the same dispatch log."""
     first = run(w, policy, twin_check=True)[1]
     assert run(w, policy)[1] == first
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+@settings(max_examples=15, deadline=None)
+@given(w=workloads(), bound=st.sampled_from([None, 1.5]))
+def test_with_batching_every_request_ends_once_and_waits_only_as_a_forming_batch_may(policy, w, bound):
+    """With every model batching, under every policy (with and without an aging bound): each
+    request ends exactly once, inputs come first, a pass holds one slot whatever its members,
+    and a device idles beside ready runs only while they may wait for a fuller batch."""
+    core, log, finished, requests = run(w, policy, max_wait_s=bound, batching=True)
+    _check_outcomes(w, core, log, finished, requests)
+    assert all(len(d.members) <= BATCHING["max_batch"] for _, _, d in log)
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+@settings(max_examples=6, deadline=None)
+@given(w=workloads(max_requests=6))
+def test_with_batching_the_plan_is_a_deterministic_function_of_the_state(policy, w):
+    """With batching on, a deep copy of the core plans exactly what the core plans, and a rerun
+    of the workload gives the same dispatch log."""
+    first = run(w, policy, twin_check=True, batching=True)[1]
+    assert run(w, policy, batching=True)[1] == first

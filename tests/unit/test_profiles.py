@@ -12,8 +12,8 @@ from heddle.backends.graph_summary import summarize_file
 from heddle.backends.zoo import build_default_models, build_model
 from heddle.scheduler import Core, DeviceSpec, Request
 from heddle.scheduler.profiles import (
-    ConstantProfiles, DeviceSpeed, GraphSummary, ProfileEntry, ProfileTable, compatible, device_speed,
-    prior_latency_s,
+    ConstantProfiles, DeviceSpeed, GraphSummary, ProfileEntry, ProfileTable, batch_scale, compatible,
+    device_speed, prior_latency_s,
 )
 from sched_fixtures import chain, model, validated
 
@@ -83,6 +83,33 @@ def test_a_level_without_data_scales_level_zero_by_the_clock():
     assert profiles.estimate("m", GPU, 1).mean_s == pytest.approx(0.2)
     profiles.observe("m", GPU, 1, 0.15)
     assert profiles.estimate("m", GPU, 1).mean_s == pytest.approx(0.15)
+
+
+def test_batch_axis_defaults_to_a_fixed_share_plus_a_share_per_row():
+    """Unmeasured, a pass of b rows takes the one-row figure times a + (1 - a) * b (a = 0.5)."""
+    table = ProfileTable(table={("m", "cpu0", 0): ProfileEntry(0.01)})
+    assert batch_scale(1) == 1.0 and batch_scale(4) == pytest.approx(2.5)
+    assert table.estimate("m", CPU, 0, 4).mean_s == pytest.approx(0.025)
+    assert table.estimate("m", CPU).mean_s == pytest.approx(0.01)
+
+
+def test_batch_axis_keeps_an_ewma_per_size_and_scales_the_nearest_measured_one():
+    """Passes of 4 rows measured: batch 4 reads its own EWMA, other sizes scale it (a measurement
+    beats the table's one-row figure) until one-row runs are measured too, which then serve
+    the sizes nearer to 1 and leave batch 4's own figure alone."""
+    table = ProfileTable(table={("m", "cpu0", 0): ProfileEntry(0.01)}, alpha=0.5)
+    table.observe("m", CPU, 0, 0.02, batch=4)
+    table.observe("m", CPU, 0, 0.04, batch=4)
+    four = table.estimate("m", CPU, 0, 4)
+    assert (four.mean_s, four.samples, four.source) == (pytest.approx(0.03), 2, "measured")
+    assert table.estimate("m", CPU, 0, 8).mean_s == pytest.approx(0.03 * batch_scale(8) / batch_scale(4))
+    assert table.estimate("m", CPU, 0, 2).mean_s == pytest.approx(0.03 * batch_scale(2) / batch_scale(4))
+    assert table.estimate("m", CPU).mean_s == pytest.approx(0.03 / batch_scale(4))
+    table.observe("m", CPU, 0, 0.005)
+    assert table.estimate("m", CPU).mean_s == pytest.approx(0.005)
+    assert table.estimate("m", CPU, 0, 4).mean_s == pytest.approx(0.03)
+    assert table.estimate("m", CPU, 0, 2).mean_s == pytest.approx(0.005 * batch_scale(2))  # 1 is nearer than 4
+    assert [r[:3] for r in table.rows()] == [("m", "cpu0", 0)]  # the one-row report is unchanged
 
 
 def test_constant_profiles_keep_every_device_and_every_estimate_equal():
