@@ -5,11 +5,12 @@ What heddle's own per-request work costs when the model costs almost nothing (#1
           running the ONNX file with onnxruntime, dynamic batcher on (max_batch_size 64,
           max_queue_delay_microseconds 100), one instance
   heddle  `heddle serve` with the same ONNX file on its own ONNX Runtime CPU devices, KServe v2 frontend
+  heddle_inline  the same server and file as model `tiny_inline`, with `inline = true` (run on the loop)
   echo    a bare grpc.aio server answering ModelInfer with the pre-serialised right answer: the floor
           for any Python gRPC server receiving the same bytes (no proto parsing, no model)
 All three are driven by the same tritonclient.grpc.aio `infer()` of one FP32 [1,16] input. Closed loop,
 per concurrency (default 1 and 8) each target in turn: --warmup-s unmeasured, then --duration-s measured
-(p50/p99, throughput, server CPU per request from /proc). Ratios are heddle / triton and heddle / echo.
+(p50/p99, throughput, server CPU per request from /proc). Ratios are heddle(_inline) / triton and / echo.
 --rounds repeats the whole sweep and reports each ratio's median (the box is shared: one round is noisy).
 
     .venv/bin/python bench/tiny_vs_triton.py
@@ -49,7 +50,9 @@ __all__ = ["main"]
 
 BENCH_DIR = Path(__file__).resolve().parent
 MODEL = "tiny"
-TARGETS = ("triton", "heddle", "echo")
+TARGETS = ("triton", "heddle", "heddle_inline", "echo")
+# The KServe model each target is asked for: heddle serves the file twice, once with inline = true.
+MODEL_OF = {"triton": MODEL, "heddle": MODEL, "heddle_inline": MODEL + "_inline", "echo": MODEL}
 NOTES = [
     "Triton's model is a python-backend model running the ONNX file with onnxruntime (its native onnxruntime "
     "backend is not in the nvidia-pytriton wheel); heddle runs the same file in-process.",
@@ -89,7 +92,8 @@ def heddle_config_text(model_path: Path, cache_dir: Path) -> str:
     devices = detect_device_tables()
     cpu_ids = [line.split('"')[1] for line in devices.splitlines() if line.startswith('id = "cpu')]
     return (f'[server]\ncache_dir = "{cache_dir}"\n\n{devices}\n'
-            f'[[models]]\nname = "{MODEL}"\npath = "{model_path}"\ndevices = {cpu_ids}\n')
+            f'[[models]]\nname = "{MODEL}"\npath = "{model_path}"\ndevices = {cpu_ids}\n\n'
+            f'[[models]]\nname = "{MODEL}_inline"\npath = "{model_path}"\ndevices = {cpu_ids}\ninline = true\n')
 
 
 # --- the raw echo (runs as `tiny_vs_triton.py --serve-echo PORT RESPONSE_FILE`) ------------------
@@ -117,7 +121,8 @@ def _echo_response(y: np.ndarray) -> bytes:
 
 # --- load ----------------------------------------------------------------------------------------
 
-async def _closed_loop(clients: list, x: np.ndarray, seconds: float) -> tuple[list[float], list[str]]:
+async def _closed_loop(clients: list, x: np.ndarray, seconds: float,
+                       model: str = MODEL) -> tuple[list[float], list[str]]:
     inp = tgrpc_aio.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     outputs = [tgrpc_aio.InferRequestedOutput("y")]
@@ -129,7 +134,7 @@ async def _closed_loop(clients: list, x: np.ndarray, seconds: float) -> tuple[li
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter_ns()
             try:
-                await client.infer(MODEL, [inp], outputs=outputs)
+                await client.infer(model, [inp], outputs=outputs)
             except Exception as exc:  # counted and reported: a failing target must not look fast
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
@@ -139,12 +144,13 @@ async def _closed_loop(clients: list, x: np.ndarray, seconds: float) -> tuple[li
     return latencies_ms, errors
 
 
-async def _measure(url: str, pid: int, concurrency: int, x: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+async def _measure(url: str, pid: int, model: str, concurrency: int, x: np.ndarray,
+                   args: argparse.Namespace) -> dict[str, Any]:
     clients = [tgrpc_aio.InferenceServerClient(url) for _ in range(concurrency)]
     try:
-        await _closed_loop(clients, x, args.warmup_s)
+        await _closed_loop(clients, x, args.warmup_s, model)
         cpu0, client0, t0 = tree_cpu_s(pid), time.process_time(), time.perf_counter()
-        latencies_ms, errors = await _closed_loop(clients, x, args.duration_s)
+        latencies_ms, errors = await _closed_loop(clients, x, args.duration_s, model)
         wall_s = time.perf_counter() - t0
         cpu_s, client_s = tree_cpu_s(pid) - cpu0, time.process_time() - client0
     finally:
@@ -158,12 +164,12 @@ async def _measure(url: str, pid: int, concurrency: int, x: np.ndarray, args: ar
     return stats
 
 
-def _check(url: str, x: np.ndarray, expected: np.ndarray) -> None:
+def _check(url: str, model: str, x: np.ndarray, expected: np.ndarray) -> None:
     async def one() -> np.ndarray:
         async with tgrpc_aio.InferenceServerClient(url) as client:
             inp = tgrpc_aio.InferInput("x", list(x.shape), "FP32")
             inp.set_data_from_numpy(x)
-            return (await client.infer(MODEL, [inp])).as_numpy("y")
+            return (await client.infer(model, [inp])).as_numpy("y")
     got = asyncio.run(one())
     if not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
         raise RuntimeError(f"{url} does not answer what the model computes directly")
@@ -187,16 +193,16 @@ def servers(args: argparse.Namespace, work: Path, x: np.ndarray) -> Iterator[dic
         args.config.write_text(heddle_config_text(model_path, work / "cache"))
         hport, eport = free_port(), free_port()
         urls = {"triton": triton.grpc_url if triton else "", "heddle": f"127.0.0.1:{hport}",
-                "echo": f"127.0.0.1:{eport}"}
+                "heddle_inline": f"127.0.0.1:{hport}", "echo": f"127.0.0.1:{eport}"}
         echo_cmd = [sys.executable, __file__, "--serve-echo", str(eport), str(work / "echo_response.bin")]
         with server_process(heddle_command(args, hport, free_port()), urls["heddle"], work / "heddle.log",
                             timeout_s=120) as heddle, \
                 server_process(echo_cmd, urls["echo"], work / "echo.log") as echo:
-            wait_models_ready(urls["heddle"], [MODEL])
+            wait_models_ready(urls["heddle"], [MODEL, MODEL_OF["heddle_inline"]])
             for target in args.target:
-                _check(urls[target], x, expected)
+                _check(urls[target], MODEL_OF[target], x, expected)
             yield {"urls": urls, "pids": {"triton": triton.process.pid if triton else 0, "heddle": heddle.pid,
-                                          "echo": echo.pid},
+                                          "heddle_inline": heddle.pid, "echo": echo.pid},
                    "triton_config": config.read_text(), "heddle_config": args.config.read_text()}
     finally:
         if triton is not None:
@@ -207,14 +213,13 @@ def servers(args: argparse.Namespace, work: Path, x: np.ndarray) -> Iterator[dic
 
 def _ratios(round_results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
-    if "heddle" not in round_results:
-        return out
-    for base in (b for b in ("triton", "echo") if b in round_results):
-        for conc, h in round_results["heddle"].items():
-            b = round_results[base][conc]
-            out[f"heddle/{base} c={conc}"] = {
-                k: h[k] / b[k] for k in ("p50_ms", "p99_ms", "throughput_rps", "server_cpu_ms_per_request")
-                if h.get(k) and b.get(k)}
+    for mine in (t for t in ("heddle", "heddle_inline") if t in round_results):
+        for base in (b for b in ("triton", "echo") if b in round_results):
+            for conc, h in round_results[mine].items():
+                b = round_results[base][conc]
+                out[f"{mine}/{base} c={conc}"] = {
+                    k: h[k] / b[k] for k in ("p50_ms", "p99_ms", "throughput_rps", "server_cpu_ms_per_request")
+                    if h.get(k) and b.get(k)}
     return out
 
 
@@ -238,7 +243,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             results: dict[str, dict[str, Any]] = {t: {} for t in args.target}
             for conc in args.concurrency:  # targets take turns, so drift on a shared box hits them alike
                 for target in args.target:
-                    stats = asyncio.run(_measure(s["urls"][target], s["pids"][target], conc, x, args))
+                    stats = asyncio.run(_measure(s["urls"][target], s["pids"][target], MODEL_OF[target], conc, x,
+                                                 args))
                     results[target][str(conc)] = stats
                     print(f"  round {i} {target:<7} c={conc:<2} {stats['throughput_rps']:7.1f} req/s  "
                           f"p50 {stats.get('p50_ms', 0):6.3f} ms  cpu {stats['server_cpu_ms_per_request']:.3f} "
@@ -260,7 +266,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup-s", type=float, default=1.0)
     p.add_argument("--duration-s", type=float, default=5.0)
     p.add_argument("--rounds", type=int, default=3, help="sweeps; each ratio's median is reported")
-    p.add_argument("--target", action="append", choices=TARGETS, help="only these targets (default all three)")
+    p.add_argument("--target", action="append", choices=TARGETS, help="only these targets (default all)")
     p.add_argument("--heddle-cmd", default=None, help="command to run heddle (default: venv `heddle`)")
     p.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/<date>/tiny_vs_triton.json)")
     p.add_argument("--serve-echo", nargs=2, default=None, metavar=("PORT", "RESPONSE"), help=argparse.SUPPRESS)

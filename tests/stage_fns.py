@@ -119,6 +119,12 @@ def join2(x1: np.ndarray, x2: np.ndarray) -> dict[str, np.ndarray]:
     return {"y": x1 + x2}
 
 
+def thread_name(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Records the name of the thread it runs on (calls() gives ("thread:NAME", tag)); returns x."""
+    _record("thread:" + threading.current_thread().name, x)
+    return {"y": x}
+
+
 def boom(x: np.ndarray) -> dict[str, np.ndarray]:
     """An operator bug: always raises."""
     _record("boom", x)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, Discriminator, Field, Tag
+from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 
 from heddle.backends.python import ISOLATIONS
 from heddle.server.config.tables import Table, TensorTable
@@ -52,6 +52,11 @@ class _Timeout(Table):
                                      description="a run's limit in milliseconds")
 
 
+class _Inline(Table):
+    inline: bool = Field(False, description="run on the event loop, not a worker thread: for stages of tens "
+                                            "of microseconds, where the hand-over costs more than the run")
+
+
 class _Generation(Table):
     """Generation defaults of an LLM; a request's GenerationOptions override them (docs/LLM.md)."""
 
@@ -66,7 +71,7 @@ class _Generation(Table):
     tokenizer: str | None = Field(None, description='"byte" or a tokenizer.json (or its folder)')
 
 
-class OnnxModelTable(_ModelBase, _Timeout):
+class OnnxModelTable(_ModelBase, _Timeout, _Inline):
     """An ONNX model heddle runs with ONNX Runtime; its inputs and outputs are read from the file."""
 
     backend: Literal["onnxruntime"] = "onnxruntime"
@@ -85,7 +90,7 @@ class OnnxLlmTable(_ModelBase, _Generation):
     head_dim: int | None = Field(None, description="KV head size, when the graph's KV dims are dynamic")
 
 
-class PythonModelTable(_ModelBase, _Timeout):
+class PythonModelTable(_ModelBase, _Timeout, _Inline):
     """An operator-registered python function, called as fn(**inputs) -> {name: ndarray}."""
 
     backend: Literal["python"]
@@ -95,6 +100,13 @@ class PythonModelTable(_ModelBase, _Timeout):
     outputs: list[TensorTable] = Field(min_length=1)
     isolation: Literal[ISOLATIONS] | None = Field(  # type: ignore[valid-type]
         None, description='"thread" (default) or "process": a killable worker process per slot')
+
+    @model_validator(mode="after")
+    def _inline_runs_in_this_process(self) -> PythonModelTable:
+        if self.inline and self.isolation == "process":
+            raise ValueError('inline = true runs the stage on the event loop; it cannot also have '
+                             'isolation = "process" (a worker process): choose one')
+        return self
 
 
 class _TritonBase(Table):

@@ -114,11 +114,27 @@ class ExecutorRunner:
         executor = self.executors[d.device]
         model = self.models[d.model]
         timeout_s = stage_timeout_s(model, job.request.deadline_s, events.clock())
+        if model.options.get("inline"):
+            self._run_inline(d, executor, inputs, job.request.priority, timeout_s)
+            return
         fut = executor.pool.submit(_timed_run, executor, d.model, inputs, job.request.priority, timeout_s)
         if timeout_s is not None and not stops_itself(model):
             self.overruns.watch(d, fut, timeout_s, limit_cause(model, timeout_s))
         # Runs in the worker thread that finished the run (or here, if it is done already).
         fut.add_done_callback(lambda f: self.completions.post(functools.partial(self._done, d, f)))
+
+    def _run_inline(self, d: Dispatch, executor: Executor, inputs: Tensors, priority: int,
+                    timeout_s: float | None) -> None:
+        """An `inline = true` stage runs here, on the loop (no thread hand-over and no wake-up, for
+        a stage that costs less than they do); its end is handed over next turn like any other,
+        so the step dispatching it never sees the core change under it. No overrun watch: its
+        timer could not fire before the run returns."""
+        fut: concurrent.futures.Future[tuple[Tensors, float]] = concurrent.futures.Future()
+        try:
+            fut.set_result(_timed_run(executor, d.model, inputs, priority, timeout_s))
+        except Exception as exc:  # the stage's failure, reported as a worker's would be
+            fut.set_exception(exc)
+        self.events.loop.call_soon(self._done, d, fut)
 
     def _done(self, d: Dispatch, fut: StageFuture) -> None:
         self.overruns.returned(d)

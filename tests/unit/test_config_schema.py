@@ -131,6 +131,18 @@ def test_a_key_of_another_kind_of_table_says_where_it_belongs(text: str, said: s
     assert f"bad.toml: {said}" in str(info.value).splitlines()
 
 
+def test_an_inline_stage_cannot_also_run_in_a_worker_process():
+    """inline = true (on the event loop) with isolation = "process" is refused naming both keys; inline
+    on a Triton model is a key Triton models do not have."""
+    text = config(models=PY_MODEL.replace("\ninputs", '\ninline = true\nisolation = "process"\ninputs'))
+    with pytest.raises(ConfigError, match='inline = true .* cannot also have isolation = "process"'):
+        parse_config(text, "bad.toml", TESTS_DIR)
+    text = config(devices=TRITON.format(extra=""),
+                  models='[[models]]\nname = "t"\nbackend = "triton"\ninline = true\n\n')
+    with pytest.raises(ConfigError, match="model 't': unknown key 'inline'"):
+        parse_config(text, "bad.toml", TESTS_DIR)
+
+
 def test_every_mistake_is_said_at_once_one_line_each():
     """Several mistakes in one file: each on its own line, so one start shows them all."""
     text = config(server="[server]\ngrpc_prot = 1\n\n", devices=ORT.format(extra="cpu_afinity = [0]"),
