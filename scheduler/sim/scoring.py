@@ -9,7 +9,10 @@ from typing import Iterable, Mapping, Sequence, TypeVar
 
 from heddle.scheduler.state import Outcome
 
-__all__ = ["ClassStats", "PolicyResult", "RequestRecord", "ended_records", "mean_result", "score", "sorted_placements"]
+__all__ = [
+    "ClassStats", "PolicyResult", "RequestRecord", "ended_records", "mean_result", "score", "sorted_placements",
+    "utilisation",
+]
 
 _K = TypeVar("_K")  # a per-class (int) or per-source (str) table
 
@@ -44,6 +47,7 @@ class ClassStats:
     violation_rate: float
     p50_ms: float
     p99_ms: float
+    mean_ms: float = math.nan  # of the completed requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,8 @@ class PolicyResult:
     per_class: Mapping[int, ClassStats] = field(default_factory=dict)
     per_source: Mapping[str, ClassStats] = field(default_factory=dict)
     placements: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # model -> device -> runs
+    # device -> busy seconds / (slots x the run's span, first arrival to last end); {} where not measured
+    utilisation: Mapping[str, float] = field(default_factory=dict)
 
 
 def _stats(records: Sequence[RequestRecord]) -> ClassStats:
@@ -67,7 +73,7 @@ def _stats(records: Sequence[RequestRecord]) -> ClassStats:
     done = sorted(r.latency_s * 1000 for r in records if r.outcome == Outcome.OK.value)
     return ClassStats(len(records), len(deadline),
                       sum(r.violated for r in deadline) / len(deadline) if deadline else 0.0,
-                      _pct(done, 50), _pct(done, 99))
+                      _pct(done, 50), _pct(done, 99), sum(done) / len(done) if done else math.nan)
 
 
 def _pct(ordered: list[float], q: float) -> float:
@@ -108,7 +114,8 @@ def mean_result(results: Sequence[PolicyResult]) -> PolicyResult:
         return {k: ClassStats(round(avg([m[k].requests for m in maps if k in m])),
                               round(avg([m[k].with_deadline for m in maps if k in m])),
                               avg([m[k].violation_rate for m in maps if k in m]),
-                              avg([m[k].p50_ms for m in maps if k in m]), avg([m[k].p99_ms for m in maps if k in m]))
+                              avg([m[k].p50_ms for m in maps if k in m]), avg([m[k].p99_ms for m in maps if k in m]),
+                              avg([m[k].mean_ms for m in maps if k in m]))
                 for k in keys}
 
     placements: dict[str, dict[str, int]] = {}
@@ -124,7 +131,9 @@ def mean_result(results: Sequence[PolicyResult]) -> PolicyResult:
         energy_j=avg([r.energy_j for r in results]), migrations=round(avg([r.migrations for r in results])),
         freezes=round(avg([r.freezes for r in results])),
         per_class=stats([r.per_class for r in results]), per_source=stats([r.per_source for r in results]),
-        placements=placements)
+        placements=placements,
+        utilisation={d: avg([r.utilisation.get(d, math.nan) for r in results])
+                     for d in sorted({d for r in results for d in r.utilisation})})
 
 
 def ended_records(records: Mapping[str, RequestRecord],
@@ -135,6 +144,19 @@ def ended_records(records: Mapping[str, RequestRecord],
         outcome, record.finish_s = finished[request_id]
         record.outcome = outcome.value
     return list(records.values())
+
+
+def utilisation(runs: Iterable[tuple[float, float, str]], slots: Mapping[str, int], start_s: float = 0.0
+                ) -> dict[str, float]:
+    """Per device: busy seconds over slots x the span from `start_s` to the last run's end. Runs are
+    (start_s, end_s, device); a device that ran nothing is 0."""
+    busy = dict.fromkeys(slots, 0.0)
+    end_s = start_s
+    for begin, end, device in runs:
+        busy[device] = busy.get(device, 0.0) + (end - begin)
+        end_s = max(end_s, end)
+    span_s = end_s - start_s
+    return {d: (b / (slots.get(d, 1) * span_s) if span_s > 0 else 0.0) for d, b in sorted(busy.items())}
 
 
 def sorted_placements(placements: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:

@@ -7,7 +7,7 @@ Pure: no wall clock and no I/O; `heddle simulate` (server/tools/simulate_cmd.py)
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from heddle.scheduler.budget import by_model, critical_path_s
 from heddle.scheduler.core import Core
@@ -17,12 +17,14 @@ from heddle.scheduler.profiles import ProfileEntry, ProfileTable
 from heddle.scheduler.sim.driver import Driver, RunTimeModel
 from heddle.scheduler.sim.platforms import Platform
 from heddle.scheduler.sim.run_times import NoisyTable
-from heddle.scheduler.sim.scoring import PolicyResult, RequestRecord, ended_records, score, sorted_placements
+from heddle.scheduler.sim.scoring import (
+    PolicyResult, RequestRecord, ended_records, score, sorted_placements, utilisation,
+)
 from heddle.scheduler.sim.workload import Arrival, Scenario, build_pipelines, generate_arrivals
 from heddle.scheduler.specs import ModelSpec
 from heddle.scheduler.state import Request
 
-__all__ = ["ScenarioSetup", "run_scenario", "scenario_setup", "simulate"]
+__all__ = ["ScenarioSetup", "SimRun", "run_scenario", "scenario_setup", "simulate", "simulate_run"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,17 +55,35 @@ def scenario_setup(platform: Platform, scenario: Scenario) -> ScenarioSetup:
 def simulate(platform: Platform, scenario: Scenario, policy: str, *, duration_s: float | None = None,
              seed: int = 1, policy_options: Mapping[str, Any] | None = None) -> PolicyResult:
     """Run the scenario's arrivals through a Core under `policy` until every request ends."""
+    return simulate_run(platform, scenario, policy, duration_s=duration_s, seed=seed,
+                        policy_options=policy_options).result
+
+
+@dataclass(frozen=True, slots=True)
+class SimRun:
+    """One simulation: the policy's figures, and every request as it ended (for files and checks)."""
+
+    result: PolicyResult
+    records: Sequence[RequestRecord]
+
+
+def simulate_run(platform: Platform, scenario: Scenario, policy: str, *, duration_s: float | None = None,
+                 seed: int = 1, policy_options: Mapping[str, Any] | None = None) -> SimRun:
+    """`simulate`, keeping the per-request records; the result carries per-device utilisation."""
     duration_s = scenario.duration_s if duration_s is None else duration_s
     setup = scenario_setup(platform, scenario)
     core = Core(platform.devices, setup.models, make_policy(policy, **dict(policy_options or {})), setup.profiles)
     run_times = NoisyTable(setup.truth, setup.cv, seed)
-    driver, records = run_scenario(core, run_times, setup, generate_arrivals(scenario.sources, duration_s, seed))
+    driver, records = run_scenario(core, run_times, setup, generate_arrivals(scenario.sources, duration_s, seed),
+                                   log_runs=True)
     result = score(policy, records, duration_s, run_times.energy_j, driver.migrations, driver.freezes)
-    return replace(result, placements=sorted_placements(driver.placements))
+    busy = utilisation(((start, end, d.device) for start, end, d in driver.runs),
+                       {d.id: d.slots for d in platform.devices})
+    return SimRun(replace(result, placements=sorted_placements(driver.placements), utilisation=busy), records)
 
 
 def run_scenario(core: Core, run_times: RunTimeModel, setup: ScenarioSetup,
-                 arrivals: Iterable[Arrival]) -> tuple[Driver, list[RequestRecord]]:
+                 arrivals: Iterable[Arrival], *, log_runs: bool = False) -> tuple[Driver, list[RequestRecord]]:
     """Drive `core` through the arrivals; returns the driver and one ended record per arrival."""
     records: dict[str, RequestRecord] = {}
 
@@ -77,7 +97,7 @@ def run_scenario(core: Core, run_times: RunTimeModel, setup: ScenarioSetup,
                                                     now, absolute, isolated_s)
         return Request(arrival.request_id, setup.pipelines[arrival.pipeline], arrival.priority, now, absolute)
 
-    driver = Driver(core, run_times, make_request=submit)
+    driver = Driver(core, run_times, make_request=submit, log_runs=log_runs)
     for arrival in arrivals:
         driver.arrive(arrival.time_s, arrival)
     driver.run()

@@ -9,7 +9,15 @@ from typing import Sequence
 from heddle.scheduler.sim.power_budget import BudgetResult
 from heddle.scheduler.sim.scoring import PolicyResult
 
-__all__ = ["format_budget_table", "format_table", "with_recorded_row"]
+__all__ = ["format_budget_table", "format_means", "format_table", "with_recorded_row"]
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
 
 
 def format_table(results: Sequence[PolicyResult]) -> str:
@@ -21,16 +29,25 @@ def format_table(results: Sequence[PolicyResult]) -> str:
         lat = [f"{r.per_class[p].p50_ms:.1f}/{r.per_class[p].p99_ms:.1f}" if p in r.per_class else "-" for p in classes]
         rows.append([r.policy, f"{100 * r.violation_rate:.1f}", f"{r.antt:.2f}", *lat,
                      f"{r.throughput_rps:.1f}", f"{r.energy_j:.1f}", str(r.migrations), str(r.freezes)])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = _aligned(rows)
     if len(results) > 1:
         best = min(results, key=lambda r: r.violation_rate)
         worst = max(results, key=lambda r: r.violation_rate)
         lines.append(f"\nDVR spread: {100 * (worst.violation_rate - best.violation_rate):.1f} points "
                      f"(best {best.policy}, worst {worst.policy})")
     return "\n".join(lines)
+
+
+def format_means(results: Sequence[PolicyResult]) -> str:
+    """One row per policy: mean latency (ms) of each class's completed requests, and each device's
+    utilisation (busy time over the run's span, %)."""
+    classes = sorted({p for r in results for p in r.per_class}, reverse=True)
+    devices = sorted({d for r in results for d in r.utilisation})
+    rows = [["policy", *(f"prio {p} mean ms" for p in classes), *(f"{d} util %" for d in devices)]]
+    for r in results:
+        means = [f"{r.per_class[p].mean_ms:.1f}" if p in r.per_class else "-" for p in classes]
+        rows.append([r.policy, *means, *(f"{100 * r.utilisation.get(d, math.nan):.1f}" for d in devices)])
+    return "\n".join(_aligned(rows))
 
 
 def with_recorded_row(results: list[PolicyResult], live: PolicyResult | None) -> str:

@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Mapping
 
 from heddle.scheduler.policies import POLICIES
-from heddle.scheduler.sim.platforms import DEFAULT_PLATFORM, DEFAULT_SCENARIO, PLATFORMS, SCENARIOS
+from heddle.scheduler.sim.plant import IDLE_W
+from heddle.scheduler.sim.platforms import DEFAULT_PLATFORM, DEFAULT_SCENARIO, PLATFORMS, SCENARIOS, Platform
 from heddle.scheduler.sim.power_budget import budget_table
 from heddle.scheduler.sim.replay import recorded, replay
 from heddle.scheduler.sim.scoring import mean_result
-from heddle.scheduler.sim.simulator import simulate
+from heddle.scheduler.sim.simulator import simulate_run
 from heddle.scheduler.sim.tracefile import TraceError, parse_profile, parse_trace
-from heddle.server.tools.sim_tables import format_budget_table, format_table, with_recorded_row
+from heddle.scheduler.sim.workload import Scenario
+from heddle.server.tools.sim_files import load_platform, load_workload, record_rows, write_records
+from heddle.server.tools.sim_tables import format_budget_table, format_means, format_table, with_recorded_row
 
 __all__ = ["LOCAL_PLATFORM", "add_simulate_parser", "run_from_args", "run_replay_from_args", "run_simulate", "seeds"]
 
@@ -27,7 +30,13 @@ def add_simulate_parser(sub) -> None:
     p = sub.add_parser("simulate", help="compare scheduling policies on a simulated platform (virtual clock)")
     p.add_argument("--policy", default="all", help=f"one of {sorted(POLICIES)}, or 'all' (default)")
     p.add_argument("--scenario", default=DEFAULT_SCENARIO, choices=sorted(SCENARIOS))
-    p.add_argument("--platform", default=DEFAULT_PLATFORM, choices=[*sorted(PLATFORMS), LOCAL_PLATFORM])
+    p.add_argument("--workload", metavar="FILE", help="a workload TOML file (heddle bench's [[apps]] over "
+                   "[[pipelines]] of the platform's models; docs/SCHEDULING.md) in place of --scenario")
+    p.add_argument("--platform", default=DEFAULT_PLATFORM, metavar="NAME|FILE",
+                   help=f"a shipped platform ({', '.join(sorted(PLATFORMS))}), a platform TOML file, or "
+                        f"{LOCAL_PLATFORM!r} (the devices of a replayed trace)")
+    p.add_argument("--records", metavar="FILE", help="write every simulated request (per policy and seed) to "
+                   "FILE: CSV if it ends in .csv, else JSON lines")
     p.add_argument("--duration", type=float, default=None, help="seconds of arrivals (default: the scenario's)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--replicas", type=int, default=1,
@@ -89,13 +98,26 @@ def _policy_names(args) -> list[str]:
     return list(POLICIES) if args.policy == "all" else [args.policy]
 
 
+def _platform_and_scenario(args) -> tuple[Platform, Scenario]:
+    """The shipped ones by name, or the files the arguments give."""
+    platform = load_platform(args.platform)
+    workload = getattr(args, "workload", None)
+    return platform, (load_workload(workload, platform) if workload else SCENARIOS[args.scenario])
+
+
 def run_from_args(args) -> tuple[str, dict]:
-    """Simulate what the arguments ask for; returns the table and a JSON-ready report."""
+    """Simulate what the arguments ask for; returns the table and a JSON-ready report (and writes
+    the per-request records when --records names a file)."""
     names = _policy_names(args)
-    platform, scenario = PLATFORMS[args.platform], SCENARIOS[args.scenario]
+    platform, scenario = _platform_and_scenario(args)
     options = {} if args.max_wait_s is None else {"max_wait_s": args.max_wait_s}
-    results = [mean_result([simulate(platform, scenario, n, duration_s=args.duration, seed=seed, policy_options=options)
-                            for seed in seeds(args)]) for n in names]
+    results, rows = [], []
+    for n in names:
+        runs = [simulate_run(platform, scenario, n, duration_s=args.duration, seed=seed, policy_options=options)
+                for seed in seeds(args)]
+        results.append(mean_result([run.result for run in runs]))
+        for seed, run in zip(seeds(args), runs, strict=True):
+            rows += record_rows(n, seed, run.records)
     duration_s = scenario.duration_s if args.duration is None else args.duration
     title = (f"heddle simulate: scenario {scenario.name!r} ({scenario.description}) on {platform.description}, "
              f"{duration_s:g} s of arrivals, {_seeds_text(args)}")
@@ -105,7 +127,10 @@ def run_from_args(args) -> tuple[str, dict]:
     best, worst = min(results, key=lambda r: r.violation_rate), max(results, key=lambda r: r.violation_rate)
     report["dvr_spread"] = {"best": best.policy, "worst": worst.policy,
                             "points": 100 * (worst.violation_rate - best.violation_rate)}
-    return f"{title}\n\n{format_table(results)}", report
+    if getattr(args, "records", None):
+        write_records(args.records, rows)
+        report["records"] = str(args.records)
+    return f"{title}\n\n{format_table(results)}\n\n{format_means(results)}", report
 
 
 def _replay_files(args) -> tuple[str, dict]:
@@ -157,7 +182,11 @@ def _budgets_from_args(args) -> tuple[str, dict]:
         raise ValueError(f"--power-budgets {args.power_budgets!r}: every budget must be over 0 W")
     if args.platform == LOCAL_PLATFORM or args.trace:
         raise ValueError("--power-budgets simulates a shipped platform; it does not replay a trace")
-    platform, scenario = PLATFORMS[args.platform], SCENARIOS[args.scenario]
+    platform, scenario = _platform_and_scenario(args)
+    unknown = sorted({d.kind for d in platform.devices} - set(IDLE_W))
+    if unknown:
+        raise ValueError(f"--power-budgets: the simulated plant has no idle power for device kinds {unknown} "
+                         f"(it knows {sorted(IDLE_W)})")
     rows = budget_table(platform, scenario, budgets, seed=args.seed, duration_s=args.duration)
     top = max(s.priority for s in scenario.sources)
     report = {"scenario": scenario.name, "platform": platform.name, "seed": args.seed, "budgets_w": budgets,
