@@ -23,6 +23,7 @@ from heddle.server.config.load import ServerSettings
 from heddle.server.frontends.http_common import RequestIds, json_response
 from heddle.server.frontends.http_kserve import kserve_routes
 from heddle.server.frontends.kserve import KServeServicer
+from heddle.server.frontends.openai_api import openai_routes
 from heddle.server.runtime.limits import RequestLimits
 from heddle.server.runtime.runtime import Runtime
 
@@ -42,7 +43,8 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
 
 def gateway_routes(kserve: KServeServicer, runtime: Runtime, limits: RequestLimits) -> list[BaseRoute]:
     """Every HTTP route of the gateway: KServe v2 REST, then the OpenAI-compatible API."""
-    return kserve_routes(kserve, runtime.config.server.max_message_bytes)
+    return [*kserve_routes(kserve, runtime.config.server.max_message_bytes),
+            *openai_routes(runtime, limits, kserve.catalog, kserve.tracer)]
 
 
 def build_app(routes: list[BaseRoute]) -> Any:
