@@ -98,6 +98,11 @@ class Core(CoreReads):
         # Bumped by every change to queues, running work, estimates or levels, so a policy
         # may cache what it derives from them within a step (twill's queue forecasts).
         self.version = 0
+        # Finer, for what is derived from one device's queue (queue_version): per device, bumped
+        # when its queued or running runs or their states change; estimates_version when the
+        # estimates or device health may have (wherever _best_s is dropped).
+        self._device_versions = {d: 0 for d in self.devices}
+        self.estimates_version = 0
 
     # ---- events -------------------------------------------------------------------------
     def submit(self, request: Request, now: float) -> None:
@@ -157,6 +162,7 @@ class Core(CoreReads):
             self.profiles.observe(run.model, self.devices[device_of(run)], run.level, now - started_s_of(run),
                                   run.pass_rows)
             self._best_s.pop(run.model, None)
+            self.estimates_version += 1
         for name, shape in (output_shapes or {}).items():
             request.shapes[(stage, name)] = tuple(shape)
         if request.finished:
@@ -183,6 +189,7 @@ class Core(CoreReads):
         self.version += 1
         self.profiles.observe(run.model, self.devices[device_of(run)], run.level, now - started_s_of(run))
         self._best_s.pop(run.model, None)
+        self.estimates_version += 1
         if request.finished:
             run.state, run.finished_s = RunState.CANCELLED, now
             return False
@@ -205,6 +212,7 @@ class Core(CoreReads):
         self._healthy[device] = healthy
         self._best_s.clear()
         self.version += 1
+        self.estimates_version += 1
         if not healthy:
             stranded, self._queues[device] = self._queues[device], []
             self._index.clear(device, stranded)
@@ -297,6 +305,7 @@ class Core(CoreReads):
         self._levels[device] = level
         self._best_s.clear()
         self.version += 1
+        self.estimates_version += 1
 
     def set_policy(self, policy: Policy | str) -> None:
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
@@ -370,6 +379,7 @@ class Core(CoreReads):
         run.device = self.policy.place(run, devices, self, now)
         self._queues[run.device].append(run)
         self._index.add(run, run.device)
+        self._device_versions[run.device] += 1
         self.version += 1
 
     def _rank(self, run: StageRun, now: float) -> SortKey:
@@ -406,6 +416,8 @@ class Core(CoreReads):
         queued = device_of(run)
         self._queues[queued].remove(run)
         self._index.remove(run, queued)
+        self._device_versions[queued] += 1
+        self._device_versions[device] += 1
         if queued != device:
             self._log_migrated.append(Migrate(run.request.id, run.stage, queued, device))
         run.device = device
@@ -461,6 +473,7 @@ class Core(CoreReads):
     def _free_slot(self, run: StageRun) -> None:
         if self._riders.pop(run.key, None) is None:
             del self._running[device_of(run)][run.key]
+        self._device_versions[device_of(run)] += 1
 
     def _apply_holds(self, now: float) -> None:
         """The one way runs are frozen and unfrozen: the policy names the queued runs to hold
@@ -476,11 +489,13 @@ class Core(CoreReads):
                 hold = (run.key in held and not self.aged(run, now)) or run.request.priority <= frozen_max
                 if run.state is RunState.FROZEN and not hold:
                     self.version += 1
+                    self._device_versions[device] += 1
                     run.state = RunState.READY
                     self._num_frozen -= 1
                     self._log_unfrozen.append(Unfreeze(run.request.id, run.stage, device))
                 elif run.state is RunState.READY and hold:
                     self.version += 1
+                    self._device_versions[device] += 1
                     run.state = RunState.FROZEN
                     self._num_frozen += 1
                     self._log_frozen.append(Freeze(run.request.id, run.stage, device))
@@ -509,6 +524,7 @@ class Core(CoreReads):
             if run.state in _QUEUED:
                 self._queues[device_of(run)].remove(run)
                 self._index.remove(run, device_of(run))
+                self._device_versions[device_of(run)] += 1
                 self._num_frozen -= run.state is RunState.FROZEN
             if run.state < RunState.RUNNING:
                 run.state = RunState.CANCELLED

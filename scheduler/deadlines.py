@@ -66,7 +66,12 @@ class DeadlineHeap:
         Walks the heap in deadline order through a frontier of positions, so it costs
         O(k log k) for the k entries before the answer instead of a scan of every request."""
         heap = self._heap
-        frontier = [(heap[0], 0)] if heap else []
+        if not heap:
+            return None
+        root = self._live.get(heap[0][1])
+        if root is not None and accept(root):  # the common case: no walk to set up
+            return heap[0][0]
+        frontier = [(heap[0], 0)]
         while frontier:
             (deadline_s, seq), i = heapq.heappop(frontier)
             request = self._live.get(seq)  # a seq is pushed once: a live one's entry is never stale

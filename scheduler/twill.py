@@ -28,7 +28,7 @@ from __future__ import annotations
 import bisect
 import math
 
-from heddle.scheduler.policies import BasePolicy, CoreView, SortKey, tail
+from heddle.scheduler.policies import BasePolicy, CoreView, SortKey
 from heddle.scheduler.state import Request, RunState, StageRun, device_of, started_s_of
 
 __all__ = ["TwillPolicy"]
@@ -38,8 +38,8 @@ _HOPELESS, _BEST_EFFORT = 0, 1  # order within _AFTER_FEASIBLE at equal priority
 # A device a run may go to: (finish, on_time, energy, run time, config index, device).
 _Option = tuple[float, bool, float, float, int, str]
 # A device's queue as it would run: READY runs' keys in order, prefix sums of their estimates,
-# the running work left, and the runs themselves.
-_Forecast = tuple[list[SortKey], list[float], float, list[StageRun]]
+# and the runs themselves.
+_Forecast = tuple[list[SortKey], list[float], list[StageRun]]
 # Among devices that meet a run's sub-deadline: the slowest ("fit": keeps fast devices for
 # work only they can do on time), the most frugal ("energy"), or the first to finish.
 MAPPINGS = ("fit", "energy", "fastest")
@@ -61,27 +61,34 @@ class TwillPolicy(BasePolicy):
         self.mapping = mapping
         self._reserved: dict[str, float] = {}  # device -> deadline of the stage it is held for
         self._reserved_at = math.nan
-        # Per device, valid while the core's version and the clock stand still: its READY runs
-        # in key order, prefix sums of their estimates, and the running work left.
-        self._forecasts: dict[str, tuple[tuple[int, float], _Forecast]] = {}
+        # Per device, valid while its queue's version and the clock stand still (a dispatch on
+        # another device leaves it valid): its READY runs in key order, prefix sums of their
+        # estimates; and the running work left.
+        self._forecasts: dict[str, tuple[tuple[int, int, float], _Forecast]] = {}
+        self._busy: dict[str, tuple[tuple[int, int, float], float]] = {}
 
     # ---- order --------------------------------------------------------------------------
     def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
+        # The hottest function of twill (every forecast ranks its queue with it): the tail is
+        # spelled out and max(priority, 1) is a comparison, to save the calls.
         request = run.request
-        priority = max(request.priority, 1)
+        priority = request.priority if request.priority > 1 else 1
         if request.deadline_s is None:
-            return (_AFTER_FEASIBLE, -priority, _BEST_EFFORT, *tail(run))
+            return (_AFTER_FEASIBLE, -priority, _BEST_EFFORT, request.arrival_s, request.seq, run.index)
         if now + view.best_estimate_s(run.model) > run.latest_finish_s:
-            return (_AFTER_FEASIBLE, -priority, _HOPELESS, *tail(run))
+            return (_AFTER_FEASIBLE, -priority, _HOPELESS, request.arrival_s, request.seq, run.index)
         run_s = (view.tail_s(run.model, run.device) if run.device is not None
                  else view.best_estimate_s(run.model))
         slack = run.sub_deadline_s - now - run_s
         # Positive slack shrinks with priority, negative slack grows: either way the higher
         # priority run of two equally pressed ones goes first.
-        return (_FEASIBLE, slack / priority if slack >= 0 else slack * priority, *tail(run))
+        return (_FEASIBLE, slack / priority if slack >= 0 else slack * priority,
+                request.arrival_s, request.seq, run.index)
 
     # ---- mapping ------------------------------------------------------------------------
     def place(self, run: StageRun, devices: list[str], view: CoreView, now: float) -> str:
+        if len(devices) == 1:  # every rule below picks among these: no forecast needed
+            return devices[0]
         options: list[_Option] = []
         for i, device in enumerate(devices):
             mean_s = view.estimate_s(run.model, device)
@@ -108,6 +115,9 @@ class TwillPolicy(BasePolicy):
         return min(slowest, key=lambda o: (o[0], o[4]))[5]
 
     def may_steal(self, run: StageRun, device: str, view: CoreView, now: float) -> bool:
+        return self._may_steal(run, device, view, now, None)
+
+    def _may_steal(self, run: StageRun, device: str, view: CoreView, now: float, ahead: int | None) -> bool:
         """Take a run queued elsewhere if it finishes here earlier by a margin, and it would be
         late there, has no deadline, or costs less energy here. A run with no deadline that
         would wait where it is also goes to a device with nothing else to do: best-effort work
@@ -117,7 +127,12 @@ class TwillPolicy(BasePolicy):
         if self._reserved_at == now and now + here_s > self._reserved.get(device, math.inf):
             return False
         queued = device_of(run)
-        wait_s = self._wait_ahead_s(view, run, queued, now)
+        # ahead: the run's place in its queue's forecast when the caller has it (steal_candidates
+        # walks that very forecast), so its key need not be computed and searched for again.
+        if ahead is None:
+            wait_s = self._wait_ahead_s(view, run, queued, now)
+        else:
+            wait_s = self._wait_at(view, queued, ahead, now)
         if (not math.isfinite(run.sub_deadline_s) and wait_s > 0
                 and not any(q.state is RunState.READY for q in view.queued(device))):
             return True
@@ -136,30 +151,58 @@ class TwillPolicy(BasePolicy):
         """From each other queue, the best-ranked runs this device can run and may take:
         bounded, so an idle device does not weigh every queued run on every pick."""
         found = []
+        runs_here: dict[str, bool] = {}
+        own_rule = type(self).may_steal is TwillPolicy.may_steal  # a subclass's rule is asked as is
+
+        def can_run(model: str) -> bool:
+            if model not in runs_here:
+                runs_here[model] = device in view.eligible_devices(model)
+            return runs_here[model]
+
         for other in view.devices:
-            if other == device:
+            # A queue with nothing this device can run need not be ranked (a CPU device never
+            # ranks the Python device's queue to find that out).
+            if other == device or not any(can_run(m) for m in {q.model for q in view.queued(other)}):
                 continue
             checked = 0
-            for run in self._forecast(view, other, now)[3]:
+            for ahead, run in enumerate(self._forecast(view, other, now)[2]):
                 if checked == self.steal_scan:
                     break
-                if device in view.eligible_devices(run.model):
+                if can_run(run.model):
                     checked += 1
-                    if self.may_steal(run, device, view, now):
+                    ok = (self._may_steal(run, device, view, now, ahead) if own_rule
+                          else self.may_steal(run, device, view, now))
+                    if ok:
                         found.append(run)
         return found
 
     def _wait_ahead_s(self, view: CoreView, run: StageRun, device: str, now: float) -> float:
         """Predicted wait before `run` could start on `device`: running work plus the queued
         work that ranks ahead of it, spread over the device's slots."""
-        keys, prefix_s, busy_s, _ = self._forecast(view, device, now)
-        ahead = bisect.bisect_left(keys, self.key(run, now, view))  # unique keys: its own is not ahead
+        keys = self._forecast(view, device, now)[0]
+        # Unique keys: its own is not ahead (and a queued run's place is its index in the forecast).
+        return self._wait_at(view, device, bisect.bisect_left(keys, self.key(run, now, view)), now)
+
+    def _wait_at(self, view: CoreView, device: str, ahead: int, now: float) -> float:
+        """The wait of a run with `ahead` READY runs before it in the device's forecast."""
         if ahead < view.free_slots(device):
             return 0.0
-        return (busy_s + prefix_s[ahead]) / view.devices[device].slots
+        prefix_s = self._forecast(view, device, now)[1]
+        return (self._busy_total_s(view, device, now) + prefix_s[ahead]) / view.devices[device].slots
+
+    def _busy_total_s(self, view: CoreView, device: str, now: float) -> float:
+        """The running work left on the device, kept like its forecast (and only asked for when
+        a run would wait there)."""
+        stamp = (*view.queue_version(device), now)
+        cached = self._busy.get(device)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        busy_s = sum(max(0.0, started_s_of(r) + view.estimate_s(r.model, device) - now) for r in view.running(device))
+        self._busy[device] = (stamp, busy_s)
+        return busy_s
 
     def _forecast(self, view: CoreView, device: str, now: float) -> _Forecast:
-        stamp = (view.version, now)
+        stamp = (*view.queue_version(device), now)
         cached = self._forecasts.get(device)
         if cached is not None and cached[0] == stamp:
             return cached[1]
@@ -168,8 +211,7 @@ class TwillPolicy(BasePolicy):
         prefix = [0.0]
         for _, est, _ in entries:
             prefix.append(prefix[-1] + est)
-        forecast: _Forecast = ([k for k, _, _ in entries], prefix, _busy_total_s(view, device, now),
-                               [q for _, _, q in entries])
+        forecast: _Forecast = ([k for k, _, _ in entries], prefix, [q for _, _, q in entries])
         self._forecasts[device] = (stamp, forecast)
         return forecast
 
@@ -203,9 +245,12 @@ class TwillPolicy(BasePolicy):
     def _protect(self, view: CoreView, run: StageRun, ready_at: float, now: float,
                  held: set[tuple[str, str]], downstream: dict[tuple[int, str], float]) -> None:
         assert run.request.deadline_s is not None  # hold() protects stages of requests with one only
+        eligible = view.eligible_devices(run.model)
+        if not any(view.free_slots(d) > 0 for d in eligible):
+            return  # whichever device would serve it, it has no free slot to keep: nothing to do
         deadline = run.request.deadline_s - _downstream_s(view, run, downstream)
         best: tuple[float, str] | None = None
-        for device in view.eligible_devices(run.model):
+        for device in eligible:
             finish = max(ready_at, now + _busy_s(view, device, now)) + view.tail_s(run.model, device)
             if best is None or finish < best[0]:
                 best = (finish, device)
@@ -221,10 +266,6 @@ class TwillPolicy(BasePolicy):
                     and other.request.priority < run.request.priority
                     and max(ready_at, now + view.tail_s(other.model, device)) + run_s > deadline):
                 held.add(other.key)
-
-
-def _busy_total_s(view: CoreView, device: str, now: float) -> float:
-    return sum(max(0.0, started_s_of(r) + view.estimate_s(r.model, device) - now) for r in view.running(device))
 
 
 def _busy_s(view: CoreView, device: str, now: float) -> float:

@@ -38,6 +38,8 @@ class CoreReads:
     _orphan_ids: dict[str, int]
     _riders: dict[tuple[str, str], StageRun]
     _batch_wake_s: dict[str, float]
+    _device_versions: dict[str, int]
+    estimates_version: int
     _finished: list[Finished]
 
     def eligible_devices(self, model: str) -> list[str]:
@@ -81,6 +83,11 @@ class CoreReads:
 
     def load(self, device: str) -> float:
         return (len(self._queues[device]) + len(self._running[device])) / self.devices[device].slots
+
+    def queue_version(self, device: str) -> tuple[int, int]:
+        """Changes whenever what is derived from the device's queue may have: its queued or
+        running runs or their states, or any estimate or device health (which rank them)."""
+        return (self.estimates_version, self._device_versions[device])
 
     def level(self, device: str) -> int:
         return self._levels[device]
