@@ -227,6 +227,13 @@ class TwillPolicy(BasePolicy):
         # Downstream chains by (pipeline, stage): requests of one pipeline share them, and no
         # estimate changes within this call (a camera stream has many frames in flight).
         downstream: dict[tuple[int, str], float] = {}
+        # A stage is protected by keeping a free slot of a device that can run it; none changes
+        # within this call, so a stage whose devices have none is passed over at once (as when
+        # every device is busy).
+        free = {d for d in view.devices if view.free_slots(d) > 0}
+        if not free:
+            return held
+        can_keep: dict[str, bool] = {}
         for device in view.devices:
             for running in list(view.running(device)):
                 request = running.request
@@ -237,6 +244,10 @@ class TwillPolicy(BasePolicy):
                     if run.key in seen:
                         continue
                     seen.add(run.key)
+                    if run.model not in can_keep:
+                        can_keep[run.model] = any(d in free for d in view.eligible_devices(run.model))
+                    if not can_keep[run.model]:
+                        continue
                     ready_at = _ready_at(view, run, now)
                     if ready_at is not None and ready_at > now:
                         self._protect(view, run, ready_at, now, held, downstream)
@@ -245,12 +256,9 @@ class TwillPolicy(BasePolicy):
     def _protect(self, view: CoreView, run: StageRun, ready_at: float, now: float,
                  held: set[tuple[str, str]], downstream: dict[tuple[int, str], float]) -> None:
         assert run.request.deadline_s is not None  # hold() protects stages of requests with one only
-        eligible = view.eligible_devices(run.model)
-        if not any(view.free_slots(d) > 0 for d in eligible):
-            return  # whichever device would serve it, it has no free slot to keep: nothing to do
         deadline = run.request.deadline_s - _downstream_s(view, run, downstream)
         best: tuple[float, str] | None = None
-        for device in eligible:
+        for device in view.eligible_devices(run.model):
             finish = max(ready_at, now + _busy_s(view, device, now)) + view.tail_s(run.model, device)
             if best is None or finish < best[0]:
                 best = (finish, device)
