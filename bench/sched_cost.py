@@ -20,12 +20,18 @@ policies of one run, and the before/after of one change within one run of each).
 
     .venv/bin/python bench/sched_cost.py            # ~1-3 minutes
     .venv/bin/python bench/sched_cost.py --quick    # fewer decisions, one replay each
+    .venv/bin/python bench/sched_cost.py --reference /tmp/before   # and another checkout's core, alternating
 Writes --out (default bench/results/<date>/sched_cost.json).
+
+--reference DIR measures the scheduler/ of another checkout (say `git worktree add /tmp/before
+<rev>`) in the same run, policy by policy alternating with this one (a child process imports it
+through a folder of links), so a before/after comparison shares the box's load.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import contextlib
 import datetime as dt
 import gzip
@@ -33,7 +39,9 @@ import importlib
 import json
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -62,8 +70,16 @@ TARGET_TWILL_EDF = 1.5  # issue 13: twill's core time per request on the trace, 
 PRIORITIES = (9, 3, 1)
 
 
+# What a call's cost is read from: this thread's CPU time by default, since on a shared box the
+# wall clock also counts the time other processes held the core (3x on this 2-core box at a load
+# of 6); --clock wall for time.perf_counter.
+CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
+
+
 class TimedCore(Core):
     """The Core with the driver's calls into it timed; `spent_s` counts while `timing` is on."""
+
+    clock = staticmethod(time.thread_time)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -73,18 +89,18 @@ class TimedCore(Core):
 
     def _add(self, t0: float) -> None:
         if self.timing:
-            self.spent_s += time.perf_counter() - t0
+            self.spent_s += self.clock() - t0
             self.calls += 1
 
     def submit(self, request: Request, now: float) -> None:
-        t0 = time.perf_counter()
+        t0 = self.clock()
         try:
             super().submit(request, now)
         finally:
             self._add(t0)
 
     def on_stage_done(self, request_id: str, stage: str, now: float, error: str = "") -> None:
-        t0 = time.perf_counter()
+        t0 = self.clock()
         try:
             super().on_stage_done(request_id, stage, now, error)
         finally:
@@ -93,7 +109,7 @@ class TimedCore(Core):
     def schedule(self, now: float) -> Plan:
         """The step as the live runtime takes it: the plan, then the deadline its timer is armed
         for (server/stepping.py) and the stats its gauges are set from (server/runtime.py)."""
-        t0 = time.perf_counter()
+        t0 = self.clock()
         try:
             plan = super().schedule(now)
             self.next_deadline_s()
@@ -185,17 +201,62 @@ def trace_run(policy: str, trace_text: str, profile_doc: dict[str, Any], repeats
             "violation_rate": result.violation_rate}
 
 
+def measure(policy: str, args: argparse.Namespace, trace_inputs: tuple[str, dict[str, Any]] | None
+            ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One policy at every depth, and on the trace when trace_inputs is given."""
+    rows = {}
+    for depth in args.depths:
+        row = depth_run(policy, depth, warmup=max(100, depth // 2), decisions=args.decisions, seed=args.seed)
+        rows[str(depth)] = row
+        print(f"  {policy:<12} depth {depth:>5}: {row['us_per_decision']:8.1f} us/decision "
+              f"(queued {row['mean_queued_at_step']:.0f})", flush=True)
+    trace_row = None
+    if trace_inputs is not None:
+        trace_row = trace_run(policy, *trace_inputs, args.repeats)
+        print(f"  {policy:<12} trace: {trace_row['us_per_request']:8.1f} us/request", flush=True)
+    return rows, trace_row
+
+
+def measure_reference(policy: str, args: argparse.Namespace, with_trace: bool) -> tuple[dict[str, Any], Any]:
+    """The same measure of the reference checkout's core, in a child process that imports its
+    scheduler/ as heddle.scheduler (ahead of this checkout's on the path)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "heddle").mkdir()
+        (Path(tmp) / "heddle" / "scheduler").symlink_to(args.reference.resolve() / "scheduler")
+        out = Path(tmp) / "ref.json"
+        cmd = [sys.executable, __file__, "--policy", policy, "--decisions", str(args.decisions), "--clock", args.clock,
+               "--repeats", str(args.repeats), "--seed", str(args.seed), "--out", str(out), "--trace-as-listed"]
+        cmd += [f"--depth={d}" for d in args.depths] + ([] if with_trace else ["--no-trace"])
+        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": tmp}, stdout=subprocess.DEVNULL)
+        doc = json.loads(out.read_text())
+    return doc["depth"][policy], doc["trace"].get(policy)
+
+
 def print_tables(report: dict[str, Any]) -> None:
-    depths = report["params"]["depths"]
-    print(f"\ncore time per stage decision (us), by runs queued (target <= {TARGET_US:g} at 1000)")
-    print(f"{'policy':<12}" + "".join(f"{d:>10}" for d in depths))
+    """This checkout's figures; with a reference, its figures beside them as `before -> now`."""
+    depths, ref = report["params"]["depths"], report.get("reference")
+
+    def cell(now: float, before: float | None) -> str:
+        return f"{now:.1f}" if before is None else f"{before:.0f} -> {now:.1f}"
+
+    width = 10 if ref is None else 18
+    print(f"\ncore time per stage decision (us), by runs queued (target <= {TARGET_US:g} at 1000)"
+          + ("" if ref is None else f"; reference {ref['dir']} ({ref['commit']}) -> this checkout"))
+    print(f"{'policy':<12}" + "".join(f"{d:>{width}}" for d in depths))
     for policy, rows in report["depth"].items():
-        print(f"{policy:<12}" + "".join(f"{rows[str(d)]['us_per_decision']:>10.1f}" for d in depths))
+        before = None if ref is None else ref["depth"][policy]
+        print(f"{policy:<12}" + "".join(
+            f"{cell(rows[str(d)]['us_per_decision'], before and before[str(d)]['us_per_decision']):>{width}}"
+            for d in depths))
     if report["trace"]:
         print(f"\ncamera_analytics trace: core time per request (us), ratio to edf "
               f"(target twill <= x{TARGET_TWILL_EDF:g})")
         for policy, row in report["trace"].items():
-            print(f"{policy:<12}{row['us_per_request']:>10.1f}   x{row['ratio_to_edf']:.2f}")
+            line = f"{policy:<12}{row['us_per_request']:>10.1f}   x{row['ratio_to_edf']:.2f}"
+            if ref is not None and policy in ref["trace"]:
+                was = ref["trace"][policy]
+                line += f"   (reference {was['us_per_request']:.1f}, x{was['ratio_to_edf']:.2f})"
+            print(line)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -207,7 +268,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--decisions", type=int, default=None, help="measured dispatches per run (default 2000, quick 300)")
     p.add_argument("--repeats", type=int, default=None, help="trace replays per policy (default 3, quick 1)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--clock", choices=list(CLOCKS), default="cpu",
+                   help="cpu: the thread's CPU time (default; robust to a loaded box), wall: perf_counter")
     p.add_argument("--no-trace", action="store_true", help="skip the trace replay")
+    p.add_argument("--reference", type=Path, default=None, metavar="DIR",
+                   help="also measure the scheduler/ of this checkout, alternating (before/after)")
+    p.add_argument("--trace-as-listed", action="store_true", help=argparse.SUPPRESS)  # no edf added
     p.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/<date>/sched_cost.json)")
     args = p.parse_args(argv)
     args.policies = args.policies or list(POLICIES)
@@ -219,34 +285,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _commit(checkout: Path) -> str | None:
+    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    TimedCore.clock = staticmethod(CLOCKS[args.clock])
     report: dict[str, Any] = {
         "bench": "scheduler core cost (issue 13 item 3)", "command": " ".join(["python", *sys.argv]),
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "params": {"depths": args.depths, "decisions": args.decisions, "repeats": args.repeats,
-                   "seed": args.seed, "quick": args.quick, "trace": str(TRACE.relative_to(BENCH_DIR.parent))},
+                   "seed": args.seed, "quick": args.quick, "clock": args.clock,
+                   "trace": str(TRACE.relative_to(BENCH_DIR.parent))},
         "targets": {"us_per_decision_at_1000": TARGET_US, "twill_to_edf": TARGET_TWILL_EDF},
         "depth": {}, "trace": {},
     }
-    for policy in args.policies:
-        report["depth"][policy] = {}
-        for depth in args.depths:
-            row = depth_run(policy, depth, warmup=max(100, depth // 2), decisions=args.decisions, seed=args.seed)
-            report["depth"][policy][str(depth)] = row
-            print(f"  {policy:<12} depth {depth:>5}: {row['us_per_decision']:8.1f} us/decision "
-                  f"(queued {row['mean_queued_at_step']:.0f})", flush=True)
+    trace_inputs = None
     if not args.no_trace:
-        trace_text = gzip.decompress(TRACE.read_bytes()).decode()
-        profile_doc = json.loads(gzip.decompress(PROFILE.read_bytes()))
-        for policy in sorted(set(args.policies) | {"edf"}, key=list(POLICIES).index):
-            report["trace"][policy] = trace_run(policy, trace_text, profile_doc, args.repeats)
-            print(f"  {policy:<12} trace: {report['trace'][policy]['us_per_request']:8.1f} us/request", flush=True)
-        edf = report["trace"]["edf"]["us_per_request"]
-        for row in report["trace"].values():
-            row["ratio_to_edf"] = row["us_per_request"] / edf
+        trace_inputs = (gzip.decompress(TRACE.read_bytes()).decode(), json.loads(gzip.decompress(PROFILE.read_bytes())))
+    listed = args.policies if args.trace_as_listed or args.no_trace else \
+        sorted(set(args.policies) | {"edf"}, key=list(POLICIES).index)  # edf: the trace's reference
+    if args.reference is not None:
+        report["reference"] = {"dir": str(args.reference), "commit": _commit(args.reference), "depth": {}, "trace": {}}
+    for policy in listed:
+        depth_rows, trace_row = measure(policy, args, trace_inputs)
+        if policy in args.policies:
+            report["depth"][policy] = depth_rows
+        if trace_row is not None:
+            report["trace"][policy] = trace_row
+        if args.reference is not None:
+            print(f"  {policy:<12} (reference {args.reference})", flush=True)
+            ref_depth, ref_trace = measure_reference(policy, args, trace_inputs is not None)
+            report["reference"]["depth"][policy] = ref_depth
+            if ref_trace is not None:
+                report["reference"]["trace"][policy] = ref_trace
+    for part in [report] + ([report["reference"]] if args.reference is not None else []):
+        if "edf" in part["trace"]:
+            for row in part["trace"].values():
+                row["ratio_to_edf"] = row["us_per_request"] / part["trace"]["edf"]["us_per_request"]
     at = str(max(args.depths))
+    if args.trace_as_listed:  # a reference child: its parent summarises
+        args.out.write_text(json.dumps(report) + "\n", encoding="utf-8")
+        return 0
     report["summary"] = {
         "max_us_per_decision_at_deepest": max(rows[at]["us_per_decision"] for rows in report["depth"].values()),
         "twill_to_edf": report["trace"].get("twill", {}).get("ratio_to_edf"),
