@@ -156,6 +156,11 @@ class OrtExecutor:
         """Create, check and warm the session for `model`; loading it again is a no-op."""
         if model.name in self._sessions:
             return
+        self.replace(model)
+
+    def replace(self, model: ModelSpec) -> None:
+        """Load `model` and put it in place of a loaded model of its name, in one step: runs under
+        way finish on the session they hold, later runs get the new one (a config reload)."""
         session = self._open(f"model {model.name}", model.artifact)
         graph_inputs = {i.name for i in session.get_inputs()}
         undeclared = sorted(graph_inputs - {t.name for t in model.inputs})
@@ -166,6 +171,11 @@ class OrtExecutor:
         self._run(loaded, warm_inputs(model))
         with self._lock:
             self._sessions[model.name] = loaded
+
+    def unload(self, model: str) -> None:
+        """Forget a model (removed by a config reload, once no run of it is left)."""
+        with self._lock:
+            self._sessions.pop(model, None)
 
     def _run(self, loaded: _Loaded, feed: Mapping[str, Any],
              options: ort.RunOptions | None = None) -> dict[str, np.ndarray]:

@@ -124,6 +124,11 @@ class PythonExecutor:
             raise BackendError(f"python stage {model}: {type(e).__name__}: {e}") from e
         return check_outputs(spec, result)
 
+    def unload(self, model: str) -> None:
+        """Forget a stage (removed by a config reload); loading again replaces it in place."""
+        with self._lock:
+            self._stages.pop(model, None)
+
     def providers(self) -> list[str]:
         return ["python"]
 

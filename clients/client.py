@@ -189,5 +189,12 @@ class HeddleClient:
         with heddle_errors():
             return self._admin.SetPolicy(request, **self._opts(timeout_s))
 
+    def reload_config(self, config_path: str = "", *, timeout_s: float | None = None) -> heddle_pb2.ReloadStatus:
+        """Reload the server's config without a restart (admin): `config_path` on the server's
+        machine, "" = the file it started with. What was added, changed and removed."""
+        request = heddle_pb2.ReloadRequest(config_path=config_path)
+        with heddle_errors():
+            return self._admin.ReloadConfig(request, **self._opts(timeout_s))
+
     def _opts(self, timeout_s: float | None) -> dict[str, Any]:
         return {"timeout": timeout_s, "metadata": self._metadata}

@@ -270,6 +270,15 @@ class Core(CoreReads):
         self._finish(request, outcome, decision.message, now)
         return True
 
+    def update_models(self, models: Mapping[str, ModelSpec]) -> None:
+        """Models added or changed by a config reload (server/runtime/reload.py): their specs
+        replace or join the old ones. None is dropped: a removed model's queued runs, of requests
+        that arrived before the reload, still need its spec, and no new request can name it."""
+        self.models.update(models)
+        self._compatible.clear()  # a changed spec may name other devices
+        self._best_s.clear()
+        self.version += 1
+
     def attach_power(self, power: PowerController, admission: Admission | None = None) -> None:
         """Power control and admission for a core built before its sensors were known: a server
         detects its DVFS actuators (and so each device's level count) at start, after the core

@@ -236,6 +236,15 @@ class ProfileTable:
         entry = self.table.get((model, device.id, level)) or self.table.get((model, device.id, 0))
         return entry.power_w if entry is not None else 0.0
 
+    def set_summary(self, model: str, summary: GraphSummary) -> None:
+        """A model's graph prior, for a model added or changed by a config reload; its measured
+        runs, if any, are kept (they go on outweighing the prior)."""
+        summaries = dict(self.summaries)
+        summaries[model] = summary
+        self.summaries = summaries
+        for cached in [k for k in self._cache if k[0] == model]:
+            del self._cache[cached]
+
     def op_types(self, model: str) -> frozenset[str]:
         summary = self.summaries.get(model)
         return summary.op_types if summary is not None else frozenset(self.ops.get(model, ()))

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping, NoReturn
 
 import grpc
@@ -18,11 +19,12 @@ from grpc_reflection.v1alpha import reflection
 from heddle.backends.base import Executor
 from heddle.server.runtime.executors import make_executor
 from heddle.server.binding import bind_grpc, bind_tcp, check_before_start, start_metrics_http
-from heddle.server.config.load import Config
+from heddle.server.config.load import Config, load_config
 from heddle.server.frontends.decode_guard import DecodeGuard
 from heddle.server.frontends.http_server import HttpServer, gateway_routes
 from heddle.server.frontends.kserve import SERVICE_NAME as KSERVE_SERVICE, KServeServicer
 from heddle.server.runtime.limits import RequestLimits
+from heddle.server.runtime.reload import PINNED_SERVER_KEYS, Reloader, ReloadError
 from heddle.server.observe.logs import get_logger
 from heddle.server.observe.tracing import make_tracer
 from heddle.server.runtime.metrics import Metrics
@@ -69,6 +71,8 @@ class HeddleServer:
         self.limits = RequestLimits(config, self.metrics)  # one memory budget for both front doors
         self.tracer = make_tracer(config.tracing, span_exporter)  # None when tracing is off
         self.kserve = KServeServicer(self.runtime, self.limits, self.tracer)
+        self.reloader = Reloader(self.runtime, config_loader(config),
+                                 on_swap=(self.kserve.set_config, self.limits.update_models))
         self.health = health.aio.HealthServicer()
         self._with_metrics_http = with_metrics_http
         self._metrics_http = None
@@ -93,7 +97,7 @@ class HeddleServer:
             ("grpc.so_reuseport", 0),
         ])
         pb_grpc.add_GatewayServicer_to_server(GatewayServicer(self.runtime, self.limits, self.tracer), self.server)
-        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.runtime, self.power), self.server)
+        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.runtime, self.power, self.reloader), self.server)
         self.kserve.add_to_server(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -147,6 +151,7 @@ class HeddleServer:
         if self._watcher is not None:
             self._watcher.stop()
         await self.power.stop()  # after the drain: frozen requests need it until they end
+        self.reloader.close()
         if self.tracer is not None:  # the spans of the drained requests go out before the exit
             self.tracer.shutdown()
         for ex in self.executors.values():
@@ -170,6 +175,21 @@ class HeddleServer:
             await self.server.stop(FLUSH_S)
 
 
+def config_loader(config: Config) -> Callable[[str], Config]:
+    """How a reload reads its config: the given file, or the one the server started with ("" path),
+    with the running command-line values (ports, hosts, policy, ...) kept (reload.PINNED_SERVER_KEYS)."""
+    pinned = {key: getattr(config.server, key) for key in PINNED_SERVER_KEYS}
+
+    def load(path: str) -> Config:
+        if not path and config.source == "<embedded default>":
+            return load_config(None, **pinned)
+        if not path and not Path(config.source).is_file():
+            raise ReloadError(f"give a config path: this server's config ({config.source}) is no file to read again")
+        return load_config(path or config.source, **pinned)
+
+    return load
+
+
 def _executors(config: Config, given: Mapping[str, Executor] | None) -> dict[str, Executor]:
     """The backends' executors, or the given ones, which must be exactly one per configured device."""
     if given is None:
@@ -188,12 +208,27 @@ async def serve(config: Config) -> NoReturn:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:  # reload the file the server started with, as `heddle reload` does
+        task = loop.create_task(_reload_logged(server))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await server.start()
     try:
         await stop.wait()
     finally:
         await server.stop(exiting=True)
     exit_now(0)
+
+
+async def _reload_logged(server: HeddleServer) -> None:
+    try:
+        await server.reloader.reload("")
+    except ReloadError as exc:  # the reloader logged what changed; a refusal is said here
+        log.error("config reload on SIGHUP refused; still serving the old config", error=str(exc))
 
 
 def exit_now(code: int) -> NoReturn:

@@ -1,4 +1,4 @@
-"""The `heddle` command line: serve, infer, list, top, bench, simulate, profile, config."""
+"""The `heddle` command line: serve, infer, list, top, reload, bench, simulate, profile, config."""
 
 from __future__ import annotations
 
@@ -63,6 +63,7 @@ def _serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from heddle.clients.infer_cli import add_infer_parser, add_list_parser, run_infer, run_list
     from heddle.clients.bench_cli import add_bench_parser, run_bench
+    from heddle.clients.admin_cli import add_reload_parser, run_reload
     from heddle.clients.top import add_top_parser, run_top
     from heddle.server.tools.config_cmd import add_config_parser, run_config
     from heddle.server.tools.profile_cmd import add_profile_parser, run_profile
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     add_infer_parser(sub)
     add_list_parser(sub)
     add_top_parser(sub)
+    add_reload_parser(sub)
     add_bench_parser(sub)
     add_simulate_parser(sub)
     add_profile_parser(sub)
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_config(args)
     if args.command == "bench":
         return run_bench(args)
+    if args.command == "reload":
+        return run_reload(args)
     if args.command == "top":
         return run_top(args)
     if args.command == "infer":

@@ -153,6 +153,11 @@ class TritonExecutor:
         with self._lock:
             self._models[model.name] = remote
 
+    def unload(self, model: str) -> None:
+        """Forget a model (removed by a config reload); the Triton server itself is not touched."""
+        with self._lock:
+            self._models.pop(model, None)
+
     def _remote(self, model: str) -> _Remote:
         remote = self._models.get(model)
         if remote is None:

@@ -71,6 +71,12 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         self._serving = True
         self._version = _server_version()
 
+    def set_config(self, config) -> None:
+        """A reloaded config (server/runtime/reload.py): its models and pipelines from the next call."""
+        self.catalog = build_catalog(config)
+        self.stats.add(self.catalog)
+        self._visible_models = {n for n, e in self.catalog.items() if not e.is_pipeline}
+
     def add_to_server(self, server: grpc.aio.Server) -> None:
         kpb_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
 

@@ -68,6 +68,12 @@ class KServeStats:
         self._stats = {name: _ModelStats() for name in names}
         self._clock_ms = clock_ms
 
+    def add(self, names: Iterable[str]) -> None:
+        """Start counting for names not counted yet (models and pipelines a reload added); the
+        others keep their counts, as Triton keeps a model's statistics across a reload."""
+        for name in names:
+            self._stats.setdefault(name, _ModelStats())
+
     def record_success(self, name: str, t: RequestTimes) -> None:
         s = self._stats[name]
         s.inference_count += 1

@@ -17,6 +17,7 @@ from heddle.server.runtime.jobs import TokenUpdate
 from heddle.server.runtime.jobs import StageStatus
 from heddle.server.runtime.runtime import JobResult, Runtime, StageTiming
 from heddle.server.observe.tracing import RequestTracer, trace_request
+from heddle.server.runtime.reload import Reloader, ReloadError
 from heddle.server.runtime.status import request_error
 from heddle.server.frontends.validation import (
     MAX_REQUEST_ID_BYTES, RequestError, check_generation, check_outputs_requested, check_request_id,
@@ -188,9 +189,10 @@ class GatewayServicer(pb_grpc.GatewayServicer):
 class AdminServicer(pb_grpc.AdminServicer):
     """Operator RPCs; the AdminAuthInterceptor guards them when an admin token is configured."""
 
-    def __init__(self, runtime: Runtime, power: PowerLoop | None = None) -> None:
+    def __init__(self, runtime: Runtime, power: PowerLoop | None = None, reloader: Reloader | None = None) -> None:
         self.runtime = runtime
         self.power = power
+        self.reloader = reloader
 
     def _info(self) -> pb.PolicyInfo:
         return pb.PolicyInfo(policy=self.runtime.core.policy.name, available=sorted(POLICIES))
@@ -205,6 +207,22 @@ class AdminServicer(pb_grpc.AdminServicer):
         self.runtime.set_policy(request.policy)
         log.info("policy changed", policy=request.policy)
         return self._info()
+
+    async def ReloadConfig(self, request: pb.ReloadRequest, context) -> pb.ReloadStatus:
+        """Models and pipelines added, changed or removed without a restart (server/runtime/reload.py).
+        FAILED_PRECONDITION for what needs a restart, INVALID_ARGUMENT for a config that does not load."""
+        if self.reloader is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server was built without config reload")
+        try:
+            diff, config, elapsed_s = await self.reloader.reload(request.config_path)
+        except ReloadError as exc:
+            log.warning("config reload refused", error=str(exc))
+            code = grpc.StatusCode.FAILED_PRECONDITION if exc.fixed else grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, str(exc))
+        return pb.ReloadStatus(
+            models_added=diff.models_added, models_changed=diff.models_changed, models_removed=diff.models_removed,
+            pipelines_added=diff.pipelines_added, pipelines_changed=diff.pipelines_changed,
+            pipelines_removed=diff.pipelines_removed, config_path=config.source, load_ms=elapsed_s * 1e3)
 
     async def GetPower(self, request, context) -> pb.PowerStatus:
         if self.power is None or self.power.controller is None:

@@ -74,9 +74,9 @@ class RequestLimits:
         s = config.server
         self.max_inflight_bytes, self.max_request_bytes = memory_budgets(
             s.max_inflight_bytes, s.max_request_bytes, s.inflight_top_reserve_fraction)
-        self.costs = {name: _cost(m) for name, m in config.models.items()}
-        self.models = {name: ModelLimits.of(m, self.costs[name], self.max_request_bytes)
-                       for name, m in config.models.items()}
+        self.costs: dict[str, ModelCost] = {}
+        self.models: dict[str, ModelLimits] = {}
+        self.update_models(config)
         self._series = _Series(metrics.registry, self.max_inflight_bytes) if metrics is not None else None
         self.budget = InflightBudget(self.max_inflight_bytes, s.inflight_top_reserve_fraction, s.priority_levels,
                                      clock, on_change=self._series.set_inflight if self._series else None,
@@ -86,6 +86,14 @@ class RequestLimits:
         log.debug("request limits", max_inflight_bytes=self.max_inflight_bytes,
                   max_request_bytes=self.max_request_bytes,
                   models={n: (m.max_batch_size, dict(m.max_input_elements)) for n, m in self.models.items()})
+
+    def update_models(self, config) -> None:
+        """Each model's limits and cost (at start, and after a config reload: new and changed
+        models get theirs; a removed one keeps its own for the requests still running it)."""
+        for name, model in config.models.items():
+            self.costs[name] = _cost(model)
+            self.models[name] = ModelLimits.of(model, self.costs[name], self.max_request_bytes)
+        self._gates = {}  # rebuilt per pipeline on first use
 
     def admit(self, pipeline: Pipeline, inputs: Mapping[str, np.ndarray], priority: int) -> Reservation:
         """Check a decoded request and take its estimated bytes from the budget; RequestError

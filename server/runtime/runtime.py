@@ -35,7 +35,9 @@ from heddle.server.runtime.trace import open_trace
 
 if TYPE_CHECKING:
     from heddle.scheduler.power_settings import PowerReading
+    from heddle.scheduler.profiles import GraphSummary
     from heddle.scheduler.specs import ModelSpec
+    from heddle.server.runtime.reload import ConfigDiff
     from heddle.server.runtime.metrics import Metrics
 
 __all__ = ["JobResult", "LevelActuator", "Runtime", "StageTiming"]
@@ -55,6 +57,10 @@ class Runtime:
     def __init__(self, config: Config, executors: Mapping[str, Executor], metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        # Every model a request in flight may name: the config's, plus any a reload removed while
+        # requests that arrived before it still run (server/runtime/reload.py). One dict, shared
+        # with the stage runners, so a reload's models reach them all at once.
+        self.models = dict(config.models)
         self.executors = dict(executors)
         self.metrics = metrics
         self.clock = clock
@@ -69,7 +75,7 @@ class Runtime:
         self._stepper = Stepper(self._step, self.core.next_deadline_s, clock, lambda: self._loop)
         self.overruns = OverrunWatch(self._end_overrun, metrics)  # thread stages past their timeout
         self.llm = LlmDriver(self, config.models, self.executors, metrics)
-        self._runners = _runners(self, config, self.executors, self.llm, self.overruns)
+        self._runners = _runners(self, self.models, self.executors, self.llm, self.overruns)
         self._distinct_runners = list({id(r): r for r in self._runners.values()}.values())
         self.trace = open_trace(config, clock)  # arrivals for `heddle simulate --trace`, or None
         # Power (server/power/loop.py attaches it): energy per stage, and where a DVFS level
@@ -161,6 +167,31 @@ class Runtime:
         if self.trace is not None:
             self.trace.close()
         return len(left)
+
+    def op_types(self, model: ModelSpec) -> frozenset[str]:
+        """The op types of a model's graph (its ONNX file's, for a model not loaded yet)."""
+        if model.name in self.models and self.models[model.name] == model:
+            return self.core.profiles.op_types(model.name)
+        summary = _summary(model)
+        return summary.op_types if summary is not None else frozenset()
+
+    def models_in_flight(self) -> set[str]:
+        """The models the stages of the requests now in flight run."""
+        return {stage.model for job in self._jobs.values() for stage in job.request.pipeline.stages}
+
+    def swap_config(self, config: Config, diff: ConfigDiff) -> None:
+        """Serve `config` from now on (a reload whose new models are loaded): new requests see its
+        pipelines; requests in flight finish on theirs. Non-LLM model changes only (reload.py)."""
+        specs = {name: config.models[name] for name in diff.to_load}
+        self.models.update(specs)
+        for name, spec in specs.items():
+            self._runners.setdefault(name, self._runners[""])
+            summary = _summary(spec)
+            if summary is not None and isinstance(self.core.profiles, ProfileTable):
+                self.core.profiles.set_summary(name, summary)  # measured runs are kept
+        self.core.update_models(specs)
+        self.config = config
+        self._stepper.mark_dirty()
 
     def set_policy(self, name: str) -> None:
         self.core.set_policy(name)
@@ -332,23 +363,30 @@ class Runtime:
             job.done.set_result(result)
 
 
+def _summary(model: ModelSpec) -> GraphSummary | None:
+    if model.backend != "onnxruntime":
+        return None
+    try:
+        return summarize_file(model.artifact)
+    except Exception as exc:  # an estimate is an aid; never a reason not to serve
+        log.warning("no graph summary for model", model=model.name, error=str(exc))
+        return None
+
+
 def _profiles(config: Config) -> ProfileTable:
     """Live estimates: a prior from each ONNX graph, refined by every measured run."""
-    summaries = {}
-    for model in config.models.values():
-        if model.backend == "onnxruntime":
-            try:
-                summaries[model.name] = summarize_file(model.artifact)
-            except Exception as exc:  # an estimate is an aid; never a reason not to serve
-                log.warning("no graph summary for model", model=model.name, error=str(exc))
+    summaries = {name: s for name, m in config.models.items() if (s := _summary(m)) is not None}
     return ProfileTable(summaries=summaries)
 
 
-def _runners(events: Runtime, config: Config, executors: Mapping[str, Executor], llm: LlmDriver,
-             overruns: OverrunWatch) -> dict[str, StageRunner]:
+def _runners(events: Runtime, models: Mapping[str, ModelSpec], executors: Mapping[str, Executor],
+             llm: LlmDriver, overruns: OverrunWatch) -> dict[str, StageRunner]:
     """Each model's StageRunner: LLMs step locally or stream from Triton; every other stage
-    (ONNX Runtime, Python, Triton unary) is one call of its device's executor."""
-    pool = ExecutorRunner(events, executors, config.models, overruns)
-    streams = TritonLlmStreams(events, llm, config.models, executors)
-    return {name: (streams if m.backend == "triton" else llm) if m.kind == "llm" else pool
-            for name, m in config.models.items()}
+    (ONNX Runtime, Python, Triton unary) is one call of its device's executor (the "" entry: what a
+    model added by a reload runs with)."""
+    pool = ExecutorRunner(events, executors, models, overruns)
+    streams = TritonLlmStreams(events, llm, models, executors)
+    runners: dict[str, StageRunner] = {name: (streams if m.backend == "triton" else llm) if m.kind == "llm" else pool
+                                       for name, m in models.items()}
+    runners[""] = pool
+    return runners

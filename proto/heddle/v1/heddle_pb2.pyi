@@ -309,3 +309,29 @@ class PowerStatus(_message.Message):
     devices: _containers.RepeatedCompositeFieldContainer[DevicePower]
     controller_state: str
     def __init__(self, budget: _Optional[_Union[PowerBudget, _Mapping]] = ..., box_power_w: _Optional[float] = ..., source: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DevicePower, _Mapping]]] = ..., controller_state: _Optional[str] = ...) -> None: ...
+
+class ReloadRequest(_message.Message):
+    __slots__ = ("config_path",)
+    CONFIG_PATH_FIELD_NUMBER: _ClassVar[int]
+    config_path: str
+    def __init__(self, config_path: _Optional[str] = ...) -> None: ...
+
+class ReloadStatus(_message.Message):
+    __slots__ = ("models_added", "models_changed", "models_removed", "pipelines_added", "pipelines_changed", "pipelines_removed", "config_path", "load_ms")
+    MODELS_ADDED_FIELD_NUMBER: _ClassVar[int]
+    MODELS_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    MODELS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    PIPELINES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    PIPELINES_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    PIPELINES_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_PATH_FIELD_NUMBER: _ClassVar[int]
+    LOAD_MS_FIELD_NUMBER: _ClassVar[int]
+    models_added: _containers.RepeatedScalarFieldContainer[str]
+    models_changed: _containers.RepeatedScalarFieldContainer[str]
+    models_removed: _containers.RepeatedScalarFieldContainer[str]
+    pipelines_added: _containers.RepeatedScalarFieldContainer[str]
+    pipelines_changed: _containers.RepeatedScalarFieldContainer[str]
+    pipelines_removed: _containers.RepeatedScalarFieldContainer[str]
+    config_path: str
+    load_ms: float
+    def __init__(self, models_added: _Optional[_Iterable[str]] = ..., models_changed: _Optional[_Iterable[str]] = ..., models_removed: _Optional[_Iterable[str]] = ..., pipelines_added: _Optional[_Iterable[str]] = ..., pipelines_changed: _Optional[_Iterable[str]] = ..., pipelines_removed: _Optional[_Iterable[str]] = ..., config_path: _Optional[str] = ..., load_ms: _Optional[float] = ...) -> None: ...

@@ -301,6 +301,11 @@ class AdminStub:
                 request_serializer=heddle_dot_v1_dot_heddle__pb2.PowerBudget.SerializeToString,
                 response_deserializer=heddle_dot_v1_dot_heddle__pb2.PowerStatus.FromString,
                 _registered_method=True)
+        self.ReloadConfig = channel.unary_unary(
+                '/heddle.v1.Admin/ReloadConfig',
+                request_serializer=heddle_dot_v1_dot_heddle__pb2.ReloadRequest.SerializeToString,
+                response_deserializer=heddle_dot_v1_dot_heddle__pb2.ReloadStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -332,6 +337,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadConfig(self, request, context):
+        """A config that fails to load, or changes what cannot change live, changes nothing: the error says why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -354,6 +366,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SetPowerBudget,
                     request_deserializer=heddle_dot_v1_dot_heddle__pb2.PowerBudget.FromString,
                     response_serializer=heddle_dot_v1_dot_heddle__pb2.PowerStatus.SerializeToString,
+            ),
+            'ReloadConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadConfig,
+                    request_deserializer=heddle_dot_v1_dot_heddle__pb2.ReloadRequest.FromString,
+                    response_serializer=heddle_dot_v1_dot_heddle__pb2.ReloadStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -466,6 +483,33 @@ class Admin:
             '/heddle.v1.Admin/SetPowerBudget',
             heddle_dot_v1_dot_heddle__pb2.PowerBudget.SerializeToString,
             heddle_dot_v1_dot_heddle__pb2.PowerStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heddle.v1.Admin/ReloadConfig',
+            heddle_dot_v1_dot_heddle__pb2.ReloadRequest.SerializeToString,
+            heddle_dot_v1_dot_heddle__pb2.ReloadStatus.FromString,
             options,
             channel_credentials,
             insecure,
