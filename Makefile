@@ -50,10 +50,10 @@ lint: install-test
 	$(BIN)/hadolint docker/Dockerfile.*
 
 bench: install-test
-	$(BIN)/python bench/gateway_overhead.py $(ARGS)
+	$(BIN)/python -m bench.gateway_overhead $(ARGS)
 
 bench-all: install-test
-	$(BIN)/python bench/run_all.py $(ARGS)
+	$(BIN)/python -m bench.run_all $(ARGS)
 
 proto: install-test
 	PATH=$(BIN):$$PATH tools/gen_proto.sh

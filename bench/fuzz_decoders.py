@@ -19,15 +19,14 @@ must be alive, and the in-process server's core must hold no request. Prints the
 bench/results/<date>/fuzz_decoders.json; exits 1 on any unexpected answer. There is no reference to
 compare with: the result is a count, not a speed.
 
-    .venv/bin/python bench/fuzz_decoders.py                                # ~10 minutes on 2 cores
-    .venv/bin/python bench/fuzz_decoders.py --cases 2000 --wire-cases 500  # a quick look
+    .venv/bin/python -m bench.fuzz_decoders                                # ~10 minutes on 2 cores
+    .venv/bin/python -m bench.fuzz_decoders --cases 2000 --wire-cases 500  # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import shlex
 import sys
@@ -41,12 +40,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR.parent / "tests"))  # the fuzz strategies and callers live with the tests
+from bench.harness import ROOT, free_port, machine_info, results_path, server_process
+
+# The fuzz strategies and callers are the suite's own (tests/fuzz_*.py, tests/server_fixtures.py), run
+# here by the hundred thousand: tests/ is not a package, so its folder goes on the path as pytest's does.
+sys.path.insert(0, str(ROOT / "tests"))
 
 from fuzz_callers import ErrorLog, InProcess, OverGrpc, Tally  # noqa: E402
 from fuzz_requests import ALLOWED_CODES, FUZZ_TOML, cases  # noqa: E402
-from gateway_overhead import free_port, machine_info, server_process  # noqa: E402
 from server_fixtures import parse_test_config, running_server  # noqa: E402
 
 from heddle.server.observe.logs import configure_logging  # noqa: E402
@@ -139,7 +140,7 @@ def main() -> int:
     p.add_argument("--cache-dir", help="model cache for the in-process server (default: heddle's)")
     p.add_argument("--out", type=Path, help="JSON path (default bench/results/<date>/fuzz_decoders.json)")
     args = p.parse_args()
-    out = args.out or BENCH_DIR / "results" / dt.date.today().isoformat() / "fuzz_decoders.json"
+    out = results_path("fuzz_decoders.json", args.out)
     configure_logging("warning")  # a refusal logs an info line: 100,000 of them would be the run
     report: dict[str, Any] = {"params": {"cases": args.cases, "wire_cases": args.wire_cases},
                               "command": shlex.join([sys.executable, *sys.argv]), "machine": machine_info(),

@@ -9,38 +9,34 @@ For each: sequential p50/p99 over --requests calls after --warmup, then --concur
 clients (one channel each) sharing --requests calls: throughput, p50/p99, CPU ms per request.
 Writes JSON (--out) with raw figures, heddle/raw ratios and machine info. A benchmark, not a test.
 
-    .venv/bin/python bench/gateway_overhead.py --requests 2000 --payload-bytes 1024
+    .venv/bin/python -m bench.gateway_overhead --requests 2000 --payload-bytes 1024
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
-import json
-import os
-import platform
-import shlex
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable
 
 import grpc
 import numpy as np
 from grpc_health.v1 import _async as health_aio  # the asyncio HealthServicer
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 
+from bench.harness import (
+    BENCH_DIR, bench_module, free_port, heddle_command, machine_info, process_cpu_s, results_path, save_report,
+    server_process, summarize,
+)
 from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.tensors import from_tensor, to_tensor
 from heddle.v1 import heddle_pb2
 
 __all__ = ["main"]
 
-BENCH_DIR = Path(__file__).resolve().parent
 RAW_METHOD = "/bench.Echo/Echo"
 HEDDLE_METHOD = "/heddle.v1.Gateway/Infer"
 MODES = ("raw", "heddle", "heddle_client")
@@ -52,7 +48,7 @@ Call = Callable[[], Awaitable[Any]]
 Close = Callable[[], Awaitable[None]]
 
 
-# --- the raw echo server (runs as `gateway_overhead.py --serve-echo PORT`) --------------------
+# --- the raw echo server (runs as `python -m bench.gateway_overhead --serve-echo PORT`) --------------------
 
 async def _serve_echo(port: int) -> None:
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -69,112 +65,7 @@ async def _serve_echo(port: int) -> None:
     await server.wait_for_termination()
 
 
-# --- server processes --------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(target: str, proc: subprocess.Popen, service: str, timeout_s: float) -> None:
-    """Block until the gRPC health check says SERVING; fail early if the process exits."""
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with status {proc.returncode} before it was ready")
-            try:
-                # wait_for_ready: the call itself waits (up to 1 s) for the port to accept.
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0,
-                                   wait_for_ready=True)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError as err:
-                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                      grpc.StatusCode.NOT_FOUND):
-                    raise
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{target} not SERVING after {timeout_s:.0f} s")
-            time.sleep(0.05)  # only reached when the server answered NOT_SERVING: give it a moment
-
-
-@contextlib.contextmanager
-def server_process(cmd: list[str], target: str, log_path: Path, *, health_service: str = "",
-                   timeout_s: float = 60.0) -> Iterator[subprocess.Popen]:
-    """Start a server, wait for SERVING, yield it; stop it (SIGTERM, then SIGKILL) on the way out."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=BENCH_DIR.parent)
-    try:
-        try:
-            wait_healthy(target, proc, health_service, timeout_s)
-        except Exception:
-            tail = log_path.read_text(errors="replace")[-4000:]
-            print(f"server {shlex.join(cmd)} failed to start; log tail:\n{tail}", file=sys.stderr)
-            raise
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def heddle_command(args: argparse.Namespace, grpc_port: int, metrics_port: int) -> list[str]:
-    if args.heddle_cmd:
-        base = shlex.split(args.heddle_cmd)
-    else:
-        script = Path(sys.executable).with_name("heddle")
-        base = [str(script)] if script.exists() else [sys.executable, "-m", "heddle.server.cli"]
-    return [*base, "serve", "--config", str(args.config), "--grpc-port", str(grpc_port),
-            "--metrics-port", str(metrics_port)]
-
-
 # --- figures -----------------------------------------------------------------------------------
-
-def summarize(latencies_ms: list[float]) -> dict[str, Any]:
-    a = np.asarray(latencies_ms)
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"count": int(a.size), "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
-            "mean_ms": float(a.mean()), "min_ms": float(a.min()), "max_ms": float(a.max())}
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a process from /proc (None where there is no /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-
-
-def machine_info() -> dict[str, Any]:
-    from importlib import metadata
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    cpu_model = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
-                      if line.startswith("model name")), platform.processor())
-    return {"cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
-            "cpu_model": cpu_model, "platform": platform.platform(),
-            "python": platform.python_version(),
-            "versions": {d: version(d) for d in ("heddle", "grpcio", "protobuf", "numpy")}}
-
-
-def _read_lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
-
 
 def print_table(report: dict[str, Any]) -> None:
     rows = [("mode", "seq p50 ms", "seq p99 ms", "conc p50 ms", "conc p99 ms", "req/s",
@@ -302,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     logs = args.out.parent
     results: dict[str, Any] = {}
     port = free_port()
-    echo_cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-echo", str(port)]
+    echo_cmd = bench_module("gateway_overhead", "--serve-echo", str(port))
     with server_process(echo_cmd, f"127.0.0.1:{port}", logs / "raw_echo.log") as proc:
         results["raw"] = asyncio.run(measure_mode("raw", f"127.0.0.1:{port}", args, array, payload,
                                                   proc.pid))
@@ -340,8 +231,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--serve-echo", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.config = args.config.resolve()  # the server runs from the repo root, not from here
-    if args.out is None:
-        args.out = BENCH_DIR / "results" / dt.date.today().isoformat() / "gateway_overhead.json"
+    args.out = results_path("gateway_overhead.json", args.out)
     return args
 
 
@@ -352,9 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     report = run(args)
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    save_report(report, args.out)
     return 0
 
 

@@ -2,7 +2,7 @@
 each with its own client (one connection), as separate applications on an edge box would be.
 A class's latency is then not the flood's client-side queueing: with every class in one asyncio
 loop, a top-class reply waits behind thousands of lower-class ones in the *client* too.
-Used by overload.py and soak.py; `python bench/load_workers.py TARGET SCENARIO.toml OUT.jsonl
+Used by overload.py and soak.py; `python -m bench.load_workers TARGET SCENARIO.toml OUT.jsonl
 DURATION DRAIN SEED START_AT` is one worker (START_AT: the wall-clock time its load begins).
 """
 
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from policies_live import scenario_toml
+from bench.harness import ROOT, bench_module
+from bench.policies_live import scenario_toml
 
 from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.loadgen import LoadResult, build_app_inputs, run_load
@@ -46,7 +47,7 @@ def run_by_class(target: str, scenario: Scenario, duration_s: float, drain_s: fl
                  work: Path) -> tuple[LoadResult, float]:
     """Run the scenario with one worker process per priority class; all records, the shortest
     window, and the CPU seconds the workers used."""
-    work = work.resolve()  # the workers run from bench/
+    work = work.resolve()  # the workers run from the repository root
     work.mkdir(parents=True, exist_ok=True)
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     start_at = time.time() + _STARTUP_S
@@ -55,9 +56,9 @@ def run_by_class(target: str, scenario: Scenario, duration_s: float, drain_s: fl
         part = replace(scenario, apps=tuple(a for a in scenario.apps if a.priority == cls))
         spec, out = work / f"load_p{cls}.toml", work / f"load_p{cls}.jsonl"
         spec.write_text(scenario_toml(part))
-        cmd = [sys.executable, __file__, target, str(spec), str(out), str(duration_s), str(drain_s), str(seed + cls),
-               repr(start_at)]
-        procs.append((subprocess.Popen(cmd, cwd=Path(__file__).parent), out))
+        cmd = bench_module("load_workers", target, str(spec), str(out), str(duration_s), str(drain_s),
+                           str(seed + cls), repr(start_at))
+        procs.append((subprocess.Popen(cmd, cwd=ROOT), out))
     records, windows = [], []
     failed = [proc.args for proc, _ in procs if proc.wait() != 0]  # every worker ends before a raise
     if failed:

@@ -22,17 +22,15 @@ Checks (admission on): the top class meets its SLO for >= --top-slo of its reque
 are refused RESOURCE_EXHAUSTED and every refusal carries a hint, no hangs, gauges back to 0, and
 max RSS at most --rss-growth-mb over the RSS before. A benchmark, not a test.
 
-    .venv/bin/python bench/overload.py                   # ~5 minutes
-    .venv/bin/python bench/overload.py --duration 15     # a quick look
+    .venv/bin/python -m bench.overload                   # ~5 minutes
+    .venv/bin/python -m bench.overload --duration 15     # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
@@ -41,19 +39,19 @@ from typing import Any
 
 import numpy as np
 
-from gateway_overhead import free_port, machine_info, process_cpu_s, server_process
-from load_workers import run_by_class
-from process_sampler import Sampler, gauges, sample, series_summary
+from bench.harness import (
+    HEDDLE, commit, free_port, machine_info, process_cpu_s, results_path, save_report, server_process, write_config,
+)
+from bench.load_workers import run_by_class
+from bench.process_sampler import Sampler, gauges, sample, series_summary
 
 from heddle.clients.bench_metrics import parse_samples, scrape
 from heddle.clients.loadgen import LoadResult
 from heddle.clients.report import summarize
 from heddle.clients.scenarios import Scenario, load_scenario
-from heddle.server.config.default import default_config_text
+from heddle.server.config.default import default_config_document
 
-BENCH_DIR = Path(__file__).resolve().parent
-HEDDLE = [sys.executable, "-m", "heddle.server.cli"]
-MODES = {"on": "", "off": "\n[admission]\nenabled = false\n"}  # appended to the embedded default
+MODES = {"on": None, "off": {"enabled": False}}  # the embedded default's [admission]
 GAUGE_KEYS = ("in_flight", "queued", "running", "llm_live", "frozen")
 
 
@@ -159,9 +157,8 @@ def run_mode(mode: str, args: argparse.Namespace, work: Path, base: Scenario,
     cmd = [*HEDDLE, "serve", "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
            "--log-level", "warning"]
     if MODES[mode]:  # `on` is the embedded default itself, no --config
-        config = work / f"default_admission_{mode}.toml"
-        config.write_text(default_config_text() + MODES[mode])
-        cmd += ["--config", str(config)]
+        doc = {**default_config_document(), "admission": MODES[mode]}
+        cmd += ["--config", str(write_config(work / f"default_admission_{mode}.toml", doc))]
     with server_process(cmd, target, work / f"server_{mode}.log", timeout_s=600) as proc:
         run_by_class(target, base, args.warmup_s, 10.0, args.seed, work / "load")
         capacity = capacity or measure_capacity(target, base, args, work)
@@ -276,21 +273,19 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError:
         print(f"cannot set niceness {args.nice} (not root); running at {os.nice(0)}", file=sys.stderr)
     args.nice = os.nice(0)
-    out = Path(args.out) if args.out else BENCH_DIR / "results" / dt.date.today().isoformat() / "overload.json"
+    out = results_path("overload.json", args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     base, capacity, modes = load_scenario(args.scenario), None, {}
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=BENCH_DIR).stdout.strip()
     work = out.parent / "overload-work"  # server logs and configs: git-ignored
     work.mkdir(exist_ok=True)
     for mode in args.mode:
         modes[mode], capacity = run_mode(mode, args, work, base, capacity)
-    report = {"benchmark": "overload", "date": dt.date.today().isoformat(), "commit": commit,
+    report = {"benchmark": "overload", "date": dt.date.today().isoformat(), "commit": commit(),
               "machine": machine_info(), "params": {k: v for k, v in vars(args).items() if k != "out"},
               "capacity": capacity, "modes": modes,
               "checks": {m: checks(modes[m], args) for m in modes if m == "on"}}
-    out.write_text(json.dumps(report, indent=2) + "\n")
     print_report(report)
-    print(f"wrote {out}")
+    save_report(report, out)
     return 0
 
 

@@ -10,9 +10,9 @@ default: stable on 2 cores); dynamic dims get `--shape` from the model's metadat
 The parsed CSV (throughput, p50..p99, client/server split; microseconds) goes to JSON. `--triton URL`
 runs the same command against a real Triton server and keeps both, with heddle/triton ratios.
 
-    .venv/bin/python bench/perf_analyzer.py                            # starts `heddle serve`, model cnn
-    .venv/bin/python bench/perf_analyzer.py --model cnn --model multihead --heddle 127.0.0.1:8001
-    .venv/bin/python bench/perf_analyzer.py --triton 127.0.0.1:9001 --triton-model cnn
+    .venv/bin/python -m bench.perf_analyzer                            # starts `heddle serve`, model cnn
+    .venv/bin/python -m bench.perf_analyzer --model cnn --model multihead --heddle 127.0.0.1:8001
+    .venv/bin/python -m bench.perf_analyzer --triton 127.0.0.1:9001 --triton-model cnn
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import contextlib
 import csv
 import datetime as dt
 import glob
-import json
 import os
 import re
 import shlex
@@ -36,11 +35,10 @@ from typing import Any, Iterator
 
 import tritonclient.grpc as tgrpc
 
-from gateway_overhead import free_port, machine_info, server_process  # bench/ is sys.path[0]
+from bench.harness import free_port, machine_info, results_path, save_report, server_process
 
 __all__ = ["PerfAnalyzer", "main", "obtain_perf_analyzer", "parse_csv", "run_perf_analyzer"]
 
-BENCH_DIR = Path(__file__).resolve().parent
 PA_VERSION = "2.51.0"
 _CSV_KEYS = {"Concurrency": "concurrency", "Inferences/Second": "throughput_infer_per_s",
              "Request Rate": "request_rate_per_s"}
@@ -272,8 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     args.model = args.model or ["cnn"]
     pa = obtain_perf_analyzer(binary=Path(args.perf_analyzer) if args.perf_analyzer else None)
-    stamp = dt.datetime.now().strftime("%Y-%m-%d")
-    out = args.out or BENCH_DIR / "results" / stamp / "perf_analyzer.json"
+    out = results_path("perf_analyzer.json", args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         on_triton = None
@@ -283,13 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = _run_heddle(pa, args, out, on_triton)
     report = {"benchmark": "perf_analyzer", "date": dt.datetime.now().isoformat(timespec="seconds"),
               "perf_analyzer": pa.version(), "machine": machine_info(), "runs": runs, "ratios": ratios(runs)}
-    out.write_text(json.dumps(report, indent=2) + "\n")
     for r in runs:
         for row in r["rows"]:
             print(f"{r['target']:>6} {r['model']:<12} c={row['concurrency']:.0f} "
                   f"{row['throughput_infer_per_s']:8.1f} infer/s  p50 {row.get('p50_latency_us', 0) / 1e3:6.2f} ms"
                   f"  p99 {row.get('p99_latency_us', 0) / 1e3:6.2f} ms")
-    print(f"wrote {out}")
+    save_report(report, out)
     return 0 if all(r["returncode"] == 0 and r["rows"] for r in runs) else 1
 
 

@@ -21,8 +21,8 @@ Live figures are the server's: a request's latency is its total_ms (arrival at t
 its end), the span the simulator models; a violation is a non-OK answer or deadline_missed.
 Figures and checks: bench/policies_compare.py.
 
-    .venv/bin/python bench/policies_live.py                    # all policies, ~5 minutes
-    .venv/bin/python bench/policies_live.py --policy fcfs --policy twill --duration-s 15
+    .venv/bin/python -m bench.policies_live                    # all policies, ~5 minutes
+    .venv/bin/python -m bench.policies_live --policy fcfs --policy twill --duration-s 15
 """
 
 from __future__ import annotations
@@ -41,8 +41,11 @@ from typing import Any
 
 import numpy as np
 
-from gateway_overhead import free_port, machine_info, server_process
-from policies_compare import (
+from bench import harness
+from bench.harness import (
+    HEDDLE, ROOT, free_port, machine_info, pinned_devices, results_path, save_report, server_process,
+)
+from bench.policies_compare import (
     BACKGROUND_PRIORITY, FRAME_PRIORITY, acceptance, compare, live_figures, print_table, profile_summary,
 )
 
@@ -51,10 +54,9 @@ from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.loadgen import RequestRecord, run_load
 from heddle.clients.scenarios import App, Scenario
 from heddle.scheduler.policies import POLICIES
-from heddle.server.config.default import FRAME_OPS_TOML
+from heddle.server.config.builder import document, onnx_model, pipeline, stage, tensor
+from heddle.server.config.default import FRAME_OPS
 
-BENCH_DIR = Path(__file__).resolve().parent
-HEDDLE = [sys.executable, "-m", "heddle.server.cli"]
 WARMUP = "warmup"  # fcfs load before the policies: lazy initialisation, the server's estimates settle
 
 
@@ -69,75 +71,23 @@ def build_models(cache: Path, args: argparse.Namespace) -> dict[str, Path]:
 
 
 def write_config(work: Path, models: dict[str, Path], grpc_port: int, metrics_port: int) -> Path:
-    text = f"""[server]
-policy = "fcfs"
-grpc_port = {grpc_port}
-metrics_port = {metrics_port}
-cache_dir = "{work / 'cache'}"
-
-[[devices]]
-id = "cpu0"
-kind = "cpu"
-backend = "onnxruntime"
-providers = ["CPUExecutionProvider"]
-intra_op_threads = 1
-cpu_affinity = [0]
-
-[[devices]]
-id = "cpu1"
-kind = "cpu"
-backend = "onnxruntime"
-providers = ["CPUExecutionProvider"]
-intra_op_threads = 1
-cpu_affinity = [1]
-
-[[devices]]
-id = "py0"
-kind = "cpu"
-backend = "python"
-slots = 2
-
-[[models]]
-name = "frame_cnn"
-path = "{models['frame_cnn']}"
-
-[[models]]
-name = "bg_encoder"
-kind = "transformer"
-path = "{models['bg_encoder']}"
-
-[[models]]
-name = "bg_cls"
-path = "{models['bg_cls']}"
-
-{FRAME_OPS_TOML}
-[[pipelines]]
-name = "frames"
-description = "camera frame: preprocess (python) -> CNN -> postprocess (python)"
-inputs = [{{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }}]
-outputs = {{ probs = "post.probs", label = "post.label" }}
-stages = [
-  {{ name = "pre", model = "preprocess", inputs = {{ image = "input:image" }} }},
-  {{ name = "cnn", model = "frame_cnn", inputs = {{ image = "pre.image" }} }},
-  {{ name = "post", model = "postprocess", inputs = {{ logits = "cnn.logits" }} }},
-]
-
-[[pipelines]]
-name = "background"
-description = "background text: transformer encoder -> classifier"
-inputs = [
-  {{ name = "input_ids", datatype = "INT64", shape = [-1, -1] }},
-  {{ name = "attention_mask", datatype = "INT64", shape = [-1, -1] }},
-]
-outputs = {{ logits = "cls.logits" }}
-stages = [
-  {{ name = "encoder", model = "bg_encoder", inputs = {{ input_ids = "input:input_ids", attention_mask = "input:attention_mask" }} }},
-  {{ name = "cls", model = "bg_cls", inputs = {{ pooled = "encoder.pooled" }} }},
-]
-"""  # noqa: E501 (a TOML inline table must be one line)
-    path = work / "config.toml"
-    path.write_text(text)
-    return path
+    """Two pinned CPU devices and py0; the frame chain (python -> CNN -> python) and the background
+    text pipeline (encoder -> classifier)."""
+    image, ids = tensor("image", "UINT8", (-1, 64, 64, 3)), tensor("input_ids", "INT64", (-1, -1))
+    frames = pipeline("frames", [image], {"probs": "post.probs", "label": "post.label"}, [
+        stage("pre", "preprocess", image="input:image"), stage("cnn", "frame_cnn", image="pre.image"),
+        stage("post", "postprocess", logits="cnn.logits")],
+        description="camera frame: preprocess (python) -> CNN -> postprocess (python)")
+    background = pipeline("background", [ids, tensor("attention_mask", "INT64", (-1, -1))], {"logits": "cls.logits"}, [
+        stage("encoder", "bg_encoder", input_ids="input:input_ids", attention_mask="input:attention_mask"),
+        stage("cls", "bg_cls", pooled="encoder.pooled")],
+        description="background text: transformer encoder -> classifier")
+    server = {"policy": "fcfs", "grpc_port": grpc_port, "metrics_port": metrics_port, "cache_dir": str(work / "cache")}
+    doc = document(server=server, devices=pinned_devices([0, 1]), pipelines=[frames, background], models=[
+        onnx_model("frame_cnn", str(models["frame_cnn"])),
+        onnx_model("bg_encoder", str(models["bg_encoder"]), kind="transformer"),
+        onnx_model("bg_cls", str(models["bg_cls"])), *FRAME_OPS])
+    return harness.write_config(work / "config.toml", doc)
 
 
 def scenario(args: argparse.Namespace) -> Scenario:
@@ -162,7 +112,7 @@ def profile(config: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]
            "--out", str(out)]
     if args.profile_parallel:
         cmd.append("--parallel")
-    subprocess.run(cmd, check=True, cwd=BENCH_DIR.parent)
+    subprocess.run(cmd, check=True, cwd=ROOT)
     return json.loads(out.read_text())
 
 
@@ -198,7 +148,7 @@ def profile_under_load(config: Path, out: Path, args: argparse.Namespace) -> dic
     cmd = [*HEDDLE, "profile", "--config", str(config), "--under-load", str(args.profile_load_s),
            "--scenario", str(scenario_file), "--shape", f"background:input_ids=1x{args.seq}",
            "--shape", f"background:attention_mask=1x{args.seq}", "--seed", str(args.seed), "--out", str(out)]
-    subprocess.run(cmd, check=True, cwd=BENCH_DIR.parent, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
 
@@ -245,7 +195,7 @@ def simulate(trace: Path, profile_path: Path, policy: str, work: Path, extra: li
     subprocess.run([*HEDDLE, "simulate", "--trace", str(trace), "--profile", str(profile_path),
                     "--platform", "local", "--policy", policy, "--closed", "background", "--json", str(out),
                     "--replicas", str(replicas), *extra],
-                   check=True, cwd=BENCH_DIR.parent, stdout=subprocess.DEVNULL)
+                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     result = json.loads(out.read_text())["results"][0]
     return {"violation_rate": result["violation_rate"], "requests": result["requests"],
             "migrations": result["migrations"], "freezes": result["freezes"],
@@ -305,7 +255,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def profile_from_trace(trace: Path, out: Path) -> dict[str, Any]:
     subprocess.run([*HEDDLE, "profile", "--from-trace", str(trace), "--out", str(out)], check=True,
-                   cwd=BENCH_DIR.parent, stdout=subprocess.DEVNULL)
+                   cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
 
@@ -355,13 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError:
         print(f"cannot set niceness {args.nice} (not root); running at {os.nice(0)}", file=sys.stderr)
     args.nice = os.nice(0)
-    out = Path(args.out) if args.out else BENCH_DIR / "results" / dt.date.today().isoformat() / "policies_live.json"
+    out = results_path("policies_live.json", args.out)
     work = out.parent / "policies_live-work"  # models, traces, records: git-ignored
     work.mkdir(parents=True, exist_ok=True)
     report = run(args, work)
-    out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
-    print(f"wrote {out}")
+    save_report(report, out)
     return 0
 
 

@@ -15,8 +15,8 @@ or refused, never lost). Writes JSON and a PNG of power vs budget with DVFS/free
 events marked. Every figure is estimated power: virtual DVFS changes the model's power, not
 the CPU's clock, so this proves the control loop, not hardware savings.
 
-    .venv/bin/python bench/power_budget.py                 # 30 s per phase
-    .venv/bin/python bench/power_budget.py --duration 10   # a quick look
+    .venv/bin/python -m bench.power_budget                 # 30 s per phase
+    .venv/bin/python -m bench.power_budget --duration 10   # a quick look
 """
 
 from __future__ import annotations
@@ -37,71 +37,32 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from bench.harness import BENCH_DIR, ROOT, bench_module, pinned_devices, results_path
 from heddle.clients.tensors import to_tensor
-from heddle.server.config.default import PREPROCESS_TOML
+from heddle.server.config.builder import document, onnx_model, pipeline, stage, tensor
+from heddle.server.config.default import PREPROCESS
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 
-BENCH_DIR = Path(__file__).resolve().parent
 TOP, LOW = 4, 1
 
-CONFIG = """
-[server]
-grpc_port = 0
-metrics_port = 0
-priority_levels = 4
-default_priority = 2
-cache_dir = "{cache_dir}"
-log_level = "warning"
-
-[power]
-period_s = {period_s}
-{budget}
-
-[[devices]]
-id = "cpu0"
-kind = "cpu"
-backend = "onnxruntime"
-providers = ["CPUExecutionProvider"]
-intra_op_threads = 1
-cpu_affinity = [0]
-power = {{ idle_w = 1.0, active_w = [6.0, 4.5, 3.5] }}
-dvfs = {{ kind = "virtual" }}
-
-[[devices]]
-id = "cpu1"
-kind = "cpu"
-backend = "onnxruntime"
-providers = ["CPUExecutionProvider"]
-intra_op_threads = 1
-cpu_affinity = [{core1}]
-power = {{ idle_w = 1.0, active_w = [6.0, 4.5, 3.5] }}
-dvfs = {{ kind = "virtual" }}
-
-[[devices]]
-id = "py0"
-kind = "cpu"
-backend = "python"
-slots = 2
-power = {{ idle_w = 0.5, active_w = [1.5] }}
-
-[[models]]
-name = "cnn"
-path = "builtin:cnn"
-
-{preprocess}
-[[pipelines]]
-name = "classify"
-inputs = [{{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }}]
-outputs = {{ logits = "cnn.logits" }}
-stages = [
-  {{ name = "pre", model = "preprocess", inputs = {{ image = "input:image" }} }},
-  {{ name = "cnn", model = "cnn", inputs = {{ image = "pre.image" }} }},
-]
-"""
+def config_document(cache_dir: str, period_s: float, cores: list[int]) -> dict:
+    """Two pinned CPU devices (the second on the second core, if any) and py0, each with its power
+    model and the CPUs with a virtual DVFS knob; the preprocess -> CNN pipeline; [power] with no
+    budget (the constrained phase sets one through the controller)."""
+    cpu_power = {"power": {"idle_w": 1.0, "active_w": [6.0, 4.5, 3.5]}, "dvfs": {"kind": "virtual"}}
+    devices = pinned_devices([0, cores[1] if len(cores) > 1 else cores[0]], cpu_keys=cpu_power,
+                             python_keys={"power": {"idle_w": 0.5, "active_w": [1.5]}})
+    image = tensor("image", "UINT8", (-1, 64, 64, 3))
+    classify = pipeline("classify", [image], {"logits": "cnn.logits"}, [
+        stage("pre", "preprocess", image="input:image"), stage("cnn", "cnn", image="pre.image")])
+    server = {"grpc_port": 0, "metrics_port": 0, "priority_levels": 4, "default_priority": 2,
+              "cache_dir": cache_dir, "log_level": "warning"}
+    return document(server=server, power={"period_s": period_s}, devices=devices,
+                    models=[onnx_model("cnn", "builtin:cnn"), PREPROCESS], pipelines=[classify])
 
 
-# ---- the load (a child process: `power_budget.py --drive TARGET TRACE OUT`) -------------------
+# ---- the load (a child process: `python -m bench.power_budget --drive TARGET TRACE OUT`) -------------------
 
 def make_trace(duration_s: float, high_hz: float, low_hz: float, seed: int) -> list[tuple[float, int]]:
     """(send time, priority): top-class frames at a fixed rate with a random phase, low-priority
@@ -160,9 +121,9 @@ def drive_main(target: str, trace_path: str, out_path: str) -> None:
 # ---- the server, in this process on a loop thread --------------------------------------------
 
 class InProcessServer:
-    def __init__(self, config_text: str) -> None:
+    def __init__(self, doc: dict) -> None:
         from heddle.server.app import HeddleServer
-        from heddle.server.config.load import parse_config
+        from heddle.server.config.load import parse_document
         from heddle.server.observe.logs import configure_logging
 
         configure_logging("warning")
@@ -170,7 +131,7 @@ class InProcessServer:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        config = parse_config(config_text, "<power bench>", BENCH_DIR)
+        config = parse_document(doc, "<power bench>", BENCH_DIR)
 
         async def start():
             server = HeddleServer(config, with_metrics_http=False)
@@ -201,8 +162,8 @@ def run_phase(server: InProcessServer, name: str, trace: list, args: argparse.Na
     trace_path, out_path = workdir / f"{name}-trace.json", workdir / f"{name}-records.json"
     trace_path.write_text(json.dumps(spec))
     start_s = server.call(server.server.runtime.clock)
-    subprocess.run([sys.executable, __file__, "--drive", f"127.0.0.1:{server.server.grpc_port}",
-                    str(trace_path), str(out_path)], check=True)
+    subprocess.run(bench_module("power_budget", "--drive", f"127.0.0.1:{server.server.grpc_port}",
+                                str(trace_path), str(out_path)), check=True, cwd=ROOT)
     end_s = server.call(server.server.runtime.clock)
     time.sleep(1.0)  # let the tail of frozen work and the controller's undo show in the trace
     periods = [p for p in server.call(lambda: list(power.history)) if start_s <= p.t_s]
@@ -299,13 +260,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON path (PNG next to it)")
     parser.add_argument("--keep-records", action="store_true", help="also write every request's record")
     args = parser.parse_args()
-    out = args.out or BENCH_DIR / "results" / dt.date.today().isoformat() / "power_budget.json"
+    out = results_path("power_budget.json", args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cores = sorted(os.sched_getaffinity(0))
-    text = CONFIG.format(cache_dir=os.path.expanduser("~/.cache/heddle"), period_s=args.period_s, budget="",
-                         preprocess=PREPROCESS_TOML, core1=cores[1] if len(cores) > 1 else cores[0])
+    doc = config_document(os.path.expanduser("~/.cache/heddle"), args.period_s, cores)
     trace = make_trace(args.duration, args.high_hz, args.low_hz, args.seed)
-    server = InProcessServer(text)
+    server = InProcessServer(doc)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             free = run_phase(server, "unconstrained", trace, args, Path(tmp))

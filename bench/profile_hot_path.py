@@ -9,7 +9,7 @@ CPU per request for that part: estimated, since sampling at --rate Hz has its ow
 own sampling costs the 2-core box some CPU. Also prints the heaviest leaf frames.
 
     .venv/bin/pip install py-spy      # the bench extra has it
-    .venv/bin/python bench/profile_hot_path.py --out bench/results/2026-12-03/profile_before.json
+    .venv/bin/python -m bench.profile_hot_path --out bench/results/2026-12-03/profile_before.json
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import collections
 import datetime as dt
-import json
 import re
 import shutil
 import subprocess
@@ -31,13 +30,13 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc.aio as tgrpc_aio
 
-from gateway_overhead import free_port, heddle_command, machine_info, server_process
-from tiny_vs_triton import MODEL, _closed_loop, build_tiny, heddle_config_text
-from triton_vs_heddle import tree_cpu_s, wait_models_ready
+from bench.harness import (
+    free_port, heddle_command, machine_info, save_report, server_process, tree_cpu_s, wait_models_ready,
+)
+from bench.tiny_vs_triton import MODEL, _closed_loop, build_tiny, heddle_config_text
 
 __all__ = ["CATEGORIES", "attribute", "main"]
 
-BENCH_DIR = Path(__file__).resolve().parent
 # (part, pattern on "function (file:line)"): the first pattern matching a frame, from the leaf up, names
 # the sample's part. Order matters where a heddle module calls a library (metrics before prometheus).
 CATEGORIES: list[tuple[str, str]] = [
@@ -156,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     for leaf in report["top_leaves"]:
         print(f"  {leaf['share']:6.1%}  {leaf['frame']}")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        save_report(report, args.out)
     return 0
 
 

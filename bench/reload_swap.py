@@ -7,7 +7,7 @@ reload, the reload itself (from the call until it answers), and after. The refer
 run's before-window. Failures are counted by status (only NOT_FOUND for the removed pipeline is
 expected). Writes JSON (--out, default bench/results/<date>/reload_swap.json). A benchmark, not a test.
 
-    .venv/bin/python bench/reload_swap.py --reloads 5
+    .venv/bin/python -m bench.reload_swap --reloads 5
 """
 
 from __future__ import annotations

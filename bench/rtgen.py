@@ -16,15 +16,14 @@ tokens/s per generation (after the first token) and aggregate tokens/s over the 
 generations. Checks: in token_steps, for every policy that ranks the DNN first, mixed DVR within 2
 points of dnn_alone, and the LLM slower than alone but not failing.
 
-    .venv/bin/python bench/rtgen.py                          # all policies, ~5 minutes
-    .venv/bin/python bench/rtgen.py --policy fcfs --policy twill --rounds 2
+    .venv/bin/python -m bench.rtgen                          # all policies, ~5 minutes
+    .venv/bin/python -m bench.rtgen --policy fcfs --policy twill --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
 import sys
@@ -35,14 +34,15 @@ from typing import Any
 import grpc
 import numpy as np
 
-from gateway_overhead import free_port, machine_info, server_process
+from bench import harness
+from bench.harness import free_port, machine_info, pinned_devices, results_path, save_report, server_process
 from heddle.backends.zoo.build import build_model
 from heddle.clients.tensors import to_tensor
-from heddle.server.config.default import FRAME_OPS_TOML
+from heddle.server.config.builder import document, onnx_model, pipeline, stage, tensor
+from heddle.server.config.default import FRAME_OPS
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 
-BENCH_DIR = Path(__file__).resolve().parent
 POLICIES = ("fcfs", "priority", "edf", "least_slack", "sjf", "dream", "twill")
 # Policies that put a deadline-carrying priority-4 stream before best-effort priority-1 work.
 DNN_FIRST = ("priority", "edf", "least_slack", "twill")
@@ -51,60 +51,22 @@ MODES = {"token_steps": True, "whole_generation": False}
 
 def write_config(work: Path, cnn: Path, llm: Path, step_scheduling: bool, grpc_port: int,
                  metrics_port: int) -> Path:
-    text = f"""[server]
-policy = "fcfs"
-grpc_port = {grpc_port}
-metrics_port = {metrics_port}
-log_level = "warning"
-
-[[devices]]
-id = "acc0"
-kind = "cpu"
-backend = "onnxruntime"
-intra_op_threads = 1
-cpu_affinity = [0]
-
-[[devices]]
-id = "py0"
-kind = "cpu"
-backend = "python"
-slots = 2
-
-[[models]]
-name = "cnn"
-path = "{cnn}"
-
-[[models]]
-name = "llm"
-kind = "llm"
-path = "{llm}"
-max_positions = 1024
-max_batch = 8
-step_scheduling = {str(step_scheduling).lower()}
-
-{FRAME_OPS_TOML}
-[[pipelines]]
-name = "frames"
-inputs = [{{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }}]
-outputs = {{ label = "post.label" }}
-stages = [
-  {{ name = "pre", model = "preprocess", inputs = {{ image = "input:image" }} }},
-  {{ name = "cnn", model = "cnn", inputs = {{ image = "pre.image" }} }},
-  {{ name = "post", model = "postprocess", inputs = {{ logits = "cnn.logits" }} }},
-]
-
-[[pipelines]]
-name = "chat"
-inputs = [{{ name = "input_ids", datatype = "INT64", shape = [1, -1] }}]
-outputs = {{ output_ids = "llm.output_ids" }}
-stages = [{{ name = "llm", model = "llm", inputs = {{ input_ids = "input:input_ids" }} }}]
-"""
-    path = work / f"rtgen-{'steps' if step_scheduling else 'whole'}.toml"
-    path.write_text(text)
-    return path
+    """One pinned CPU device (acc0) and py0; the frame chain and the LLM, its decode steps
+    scheduled one by one or the whole generation as one run."""
+    image, ids = tensor("image", "UINT8", (-1, 64, 64, 3)), (1, -1)
+    frames = pipeline("frames", [image], {"label": "post.label"}, [
+        stage("pre", "preprocess", image="input:image"), stage("cnn", "cnn", image="pre.image"),
+        stage("post", "postprocess", logits="cnn.logits")])
+    chat = pipeline("chat", [tensor("input_ids", "INT64", ids)], {"output_ids": "llm.output_ids"},
+                    [stage("llm", "llm", input_ids="input:input_ids")])
+    llm_model = onnx_model("llm", str(llm), kind="llm", max_positions=1024, max_batch=8,
+                           step_scheduling=step_scheduling)
+    server = {"policy": "fcfs", "grpc_port": grpc_port, "metrics_port": metrics_port, "log_level": "warning"}
+    doc = document(server=server, devices=pinned_devices([0], prefix="acc"), pipelines=[frames, chat],
+                   models=[onnx_model("cnn", str(cnn)), llm_model, *FRAME_OPS])
+    return harness.write_config(work / f"rtgen-{'steps' if step_scheduling else 'whole'}.toml", doc)
 
 
-# ---- load ---------------------------------------------------------------------------------------
 async def dnn_stream(target: str, args: argparse.Namespace, stop_s: float) -> list[dict[str, Any]]:
     """Open loop: one frame every 1/rate s until stop_s; each answer recorded as it comes."""
     image = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
@@ -299,7 +261,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out = args.out or BENCH_DIR / "results" / dt.date.today().isoformat() / "rtgen.json"
+    out = results_path("rtgen.json", args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / "rtgen-work"
     work.mkdir(exist_ok=True)
@@ -309,9 +271,8 @@ def main(argv: list[str] | None = None) -> int:
               "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
               "results": results,
               "checks": checks(results) if "token_steps" in results else {}}
-    out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report["checks"], indent=2))
-    print(f"wrote {out}")
+    save_report(report, out)
     return 0
 
 

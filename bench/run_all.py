@@ -1,8 +1,8 @@
 """The benchmark suite in one command: gateway overhead, heddle vs Triton, every policy on every scenario.
 
-    .venv/bin/python bench/run_all.py                  # default settings (10.3 min measured on 2 cores)
-    .venv/bin/python bench/run_all.py --quick          # the same parts, shorter (5.6 min measured)
-    .venv/bin/python bench/run_all.py --only policies --scenario gaming --policy edf --policy fcfs
+    .venv/bin/python -m bench.run_all                  # default settings (10.3 min measured on 2 cores)
+    .venv/bin/python -m bench.run_all --quick          # the same parts, shorter (5.6 min measured)
+    .venv/bin/python -m bench.run_all --only policies --scenario gaming --policy edf --policy fcfs
 
 Parts run one after another on this machine, never at once (they would share the CPU):
   gateway   bench/gateway_overhead.py: raw gRPC echo vs heddle, each its own server process
@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gateway_overhead import free_port, machine_info, server_process  # bench/ is sys.path[0]
-from summary import GATEWAY_JSON, MANIFEST_JSON, POLICIES_DIR, POLICY_FILE, TRITON_JSON, build
+from bench.harness import BENCH_DIR, ROOT, bench_module, free_port, heddle_base, machine_info, server_process
+from bench.summary import GATEWAY_JSON, MANIFEST_JSON, POLICIES_DIR, POLICY_FILE, TRITON_JSON, build
 
 from heddle.clients.client import HeddleClient
 from heddle.clients.scenarios import SCENARIOS
@@ -42,8 +42,6 @@ from heddle.scheduler.policies import POLICIES
 
 __all__ = ["DEFAULT", "QUICK", "Settings", "main"]
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
 PARTS = ("gateway", "triton", "policies", "sched")
 SCHED_JSON = "sched_cost.json"
 
@@ -81,7 +79,7 @@ def run_logged(cmd: list[str], log_path: Path, timeout_s: float, *, echo: bool) 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                cwd=REPO_DIR, errors="replace")
+                                cwd=ROOT, errors="replace")
         timer = threading.Timer(timeout_s, proc.kill)
         timer.start()
         try:
@@ -112,20 +110,13 @@ def run_script(script: str, json_name: str, extra: tuple[str, ...], out: Path, t
         part.status, part.note = "skipped", f"bench/{script} is not in this checkout"
         return
     (out / json_name).unlink(missing_ok=True)  # never summarise an earlier run's file as this one's
-    cmd = [sys.executable, str(path), *extra, "--out", str(out / json_name)]
+    cmd = bench_module(path.stem, *extra, "--out", str(out / json_name))
     part.command = shlex.join(cmd)
     rc = run_logged(cmd, out / "logs" / f"{path.stem}.log", timeout_s, echo=True)
     part.status = "ok" if rc == 0 else "failed"
     if rc != 0:
         written = "; its JSON was written" if (out / json_name).exists() else ""
         part.note = f"{_exit_note(rc, timeout_s)}{written} (log: logs/{path.stem}.log)"
-
-
-def heddle_base(heddle_cmd: str | None) -> list[str]:
-    if heddle_cmd:
-        return shlex.split(heddle_cmd)
-    script = Path(sys.executable).with_name("heddle")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "heddle.server.cli"]
 
 
 def _bench_line(run_dir: Path) -> str:

@@ -18,9 +18,9 @@ policies of one run, and the before/after of one change within one run of each).
    run times of camera_analytics.profile.json.gz (`heddle profile --from-trace`), as `heddle
    simulate --trace` does: core time per request, and each policy's ratio to edf (the reference).
 
-    .venv/bin/python bench/sched_cost.py            # ~1-3 minutes
-    .venv/bin/python bench/sched_cost.py --quick    # fewer decisions, one replay each
-    .venv/bin/python bench/sched_cost.py --reference /tmp/before   # and another checkout's core, alternating
+    .venv/bin/python -m bench.sched_cost            # ~1-3 minutes
+    .venv/bin/python -m bench.sched_cost --quick    # fewer decisions, one replay each
+    .venv/bin/python -m bench.sched_cost --reference /tmp/before   # and another checkout's core, alternating
 Writes --out (default bench/results/<date>/sched_cost.json).
 
 --reference DIR measures the scheduler/ of another checkout (say `git worktree add /tmp/before
@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from gateway_overhead import machine_info  # bench/ is sys.path[0]
+from bench.harness import BENCH_DIR, ROOT, bench_module, machine_info, results_path, save_report
 
 from heddle.scheduler.core import Core
 from heddle.scheduler.plan import Plan
@@ -59,7 +59,6 @@ from heddle.scheduler.sim.simulator import scenario_setup
 from heddle.scheduler.sim.tracefile import parse_profile, parse_trace
 from heddle.scheduler.state import Request
 
-BENCH_DIR = Path(__file__).resolve().parent
 # The module, not the function heddle.scheduler.sim re-exports under the same name.
 replay_module = importlib.import_module("heddle.scheduler.sim.replay")
 TRACE = BENCH_DIR / "traces" / "camera_analytics.trace.jsonl.gz"
@@ -224,10 +223,11 @@ def measure_reference(policy: str, args: argparse.Namespace, with_trace: bool) -
         (Path(tmp) / "heddle").mkdir()
         (Path(tmp) / "heddle" / "scheduler").symlink_to(args.reference.resolve() / "scheduler")
         out = Path(tmp) / "ref.json"
-        cmd = [sys.executable, __file__, "--policy", policy, "--decisions", str(args.decisions), "--clock", args.clock,
-               "--repeats", str(args.repeats), "--seed", str(args.seed), "--out", str(out), "--trace-as-listed"]
+        cmd = bench_module("sched_cost", "--policy", policy, "--decisions", str(args.decisions), "--clock", args.clock,
+                           "--repeats", str(args.repeats), "--seed", str(args.seed), "--out", str(out),
+                           "--trace-as-listed")
         cmd += [f"--depth={d}" for d in args.depths] + ([] if with_trace else ["--no-trace"])
-        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": tmp}, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": tmp}, stdout=subprocess.DEVNULL, cwd=ROOT)
         doc = json.loads(out.read_text())
     return doc["depth"][policy], doc["trace"].get(policy)
 
@@ -280,8 +280,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.depths = args.depths or list(DEPTHS)
     args.decisions = args.decisions or (300 if args.quick else 2000)
     args.repeats = args.repeats or (1 if args.quick else 3)
-    if args.out is None:
-        args.out = BENCH_DIR / "results" / dt.date.today().isoformat() / "sched_cost.json"
+    args.out = results_path("sched_cost.json", args.out)
     return args
 
 
@@ -299,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "params": {"depths": args.depths, "decisions": args.decisions, "repeats": args.repeats,
                    "seed": args.seed, "quick": args.quick, "clock": args.clock,
-                   "trace": str(TRACE.relative_to(BENCH_DIR.parent))},
+                   "trace": str(TRACE.relative_to(ROOT))},
         "targets": {"us_per_decision_at_1000": TARGET_US, "twill_to_edf": TARGET_TWILL_EDF},
         "depth": {}, "trace": {},
     }
@@ -336,10 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         "median_us_per_decision_at_deepest": statistics.median(
             rows[at]["us_per_decision"] for rows in report["depth"].values()),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print_tables(report)
-    print(f"\nwrote {args.out}")
+    save_report(report, args.out)
     return 0
 
 

@@ -8,32 +8,30 @@ Flat (slopes near 0 and last values back to the first) says nothing accumulates.
 The reference in the same run is the run's own start: the first samples, taken after --warmup-s
 of the same load, against the last ones. A benchmark, not a test.
 
-    .venv/bin/python bench/soak.py                   # 30 minutes
-    .venv/bin/python bench/soak.py --minutes 2       # check the script
+    .venv/bin/python -m bench.soak                   # 30 minutes
+    .venv/bin/python -m bench.soak --minutes 2       # check the script
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from gateway_overhead import free_port, machine_info, process_cpu_s, server_process
-from load_workers import run_by_class
-from overload import GAUGE_KEYS, settle
-from process_sampler import Sampler, sample, series_summary
+from bench.harness import (
+    HEDDLE, commit, free_port, machine_info, process_cpu_s, results_path, save_report, server_process,
+)
+from bench.load_workers import run_by_class
+from bench.overload import GAUGE_KEYS, settle
+from bench.process_sampler import Sampler, sample, series_summary
 
 from heddle.clients.report import summarize
 from heddle.clients.scenarios import load_scenario
 
-BENCH_DIR = Path(__file__).resolve().parent
-HEDDLE = [sys.executable, "-m", "heddle.server.cli"]
 KEYS = ("rss_mb", "threads", "fds", *GAUGE_KEYS)
 
 
@@ -118,17 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError:
         print(f"cannot set niceness {args.nice} (not root); running at {os.nice(0)}", file=sys.stderr)
     args.nice = os.nice(0)
-    out = Path(args.out) if args.out else BENCH_DIR / "results" / dt.date.today().isoformat() / "soak.json"
+    out = results_path("soak.json", args.out)
     work = out.parent / "soak-work"  # server log and load records: git-ignored
     work.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=BENCH_DIR).stdout.strip()
     started = time.monotonic()
-    report = {"benchmark": "soak", "date": dt.date.today().isoformat(), "commit": commit, "machine": machine_info(),
+    report = {"benchmark": "soak", "date": dt.date.today().isoformat(), "commit": commit(), "machine": machine_info(),
               "params": {k: v for k, v in vars(args).items() if k != "out"}, **run(args, work),
               "elapsed_s": time.monotonic() - started}
-    out.write_text(json.dumps(report, indent=2) + "\n")
     print_report(report)
-    print(f"wrote {out}")
+    save_report(report, out)
     return 0
 
 

@@ -11,14 +11,13 @@ Against real `heddle serve` processes started here (one at a time):
   isolation       p50 latency of a trivial python stage in a thread vs in a worker process.
 Writes JSON (--out, default bench/results/<date>/stage_timeouts.json). A benchmark, not a test.
 
-    .venv/bin/python bench/stage_timeouts.py --reps 5 --grace-s 2
+    .venv/bin/python -m bench.stage_timeouts --reps 5 --grace-s 2
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import datetime as dt
 import functools
 import json
 import os
@@ -34,12 +33,16 @@ from typing import Any
 import grpc
 import numpy as np
 
-BENCH_DIR = Path(__file__).resolve().parent
+from bench.harness import ROOT, results_path, write_config
+from heddle.server.config.builder import (
+    Table, document, onnx_device, onnx_model, pipeline, python_device, python_model, stage, tensor,
+)
+
 WIDTH, DEPTH, BIG_ROWS = 256, 600, 2048
 
 
 def nap(x: np.ndarray) -> dict[str, np.ndarray]:
-    """The servers' python stage (loaded as "stage_timeouts:nap"): sleeps x[0] seconds."""
+    """The servers' python stage (loaded as "bench.stage_timeouts:nap"): sleeps x[0] seconds."""
     time.sleep(float(x[0]))
     return {"y": x}
 
@@ -57,21 +60,24 @@ def _chain(path: Path) -> Path:
     return path
 
 
-def _py_model(name: str, extra: str = "", function: str = "stage_timeouts:nap") -> str:
-    vec = '[{ name = "x", datatype = "FP32", shape = [-1] }]'
-    return (f'[[models]]\nname = "{name}"\nbackend = "python"\nfunction = "{function}"\n{extra}\n'
-            f'inputs = {vec}\noutputs = [{{ name = "y", datatype = "FP32", shape = [-1] }}]\n\n'
-            f'[[pipelines]]\nname = "{name}"\ninputs = {vec}\noutputs = {{ y = "s.y" }}\n'
-            f'stages = [ {{ name = "s", model = "{name}", inputs = {{ x = "input:x" }} }} ]\n\n')
+def _py_pipeline(name: str, function: str = "bench.stage_timeouts:nap", **keys: Any) -> tuple[Table, Table]:
+    """A python model on a vector and the one-stage pipeline of the same name over it."""
+    vec = [tensor("x", "FP32", (-1,))]
+    return (python_model(name, function, vec, [tensor("y", "FP32", (-1,))], **keys),
+            pipeline(name, vec, {"y": "s.y"}, [stage("s", name, x="input:x")]))
+
+
+def _config(devices: list[Table], *pairs: tuple[Table, Table], server: dict[str, Any] | None = None) -> Table:
+    return document(server=server, devices=devices, models=[m for m, _ in pairs], pipelines=[p for _, p in pairs])
 
 
 class Server:
     """`heddle serve --config TEXT` as a child process; its JSON log lines kept."""
 
-    def __init__(self, config_text: str, workdir: Path) -> None:
-        config = workdir / "heddle.toml"
-        config.write_text(config_text)
-        path = os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))
+    def __init__(self, doc: Table, workdir: Path) -> None:
+        config = write_config(workdir / "heddle.toml", doc)
+        # The server imports bench.stage_timeouts:nap: the repository root on its path.
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "PYTHONPATH": path}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "heddle.server.cli", "serve", "--log-json", "--config", str(config),
@@ -117,9 +123,9 @@ def _timed(fn) -> tuple[float, str]:
 
 
 def _shutdown_once(workdir: Path, grace_s: float, clients: int) -> dict[str, Any]:
-    text = (f'[server]\ngrace_period_s = {grace_s}\n\n[[devices]]\nid = "py0"\nbackend = "python"\nslots = 2\n\n'
-            + _py_model("stuck") + _py_model("quick", function="heddle.backends.zoo.ops:echo"))
-    server = Server(text, workdir)
+    doc = _config([python_device("py0", slots=2)], _py_pipeline("stuck"),
+                  _py_pipeline("quick", "heddle.backends.zoo.ops:echo"), server={"grace_period_s": grace_s})
+    server = Server(doc, workdir)
     codes: collections.Counter[str] = collections.Counter()
     try:
         with _client(server.target) as client:
@@ -161,26 +167,23 @@ def bench_shutdown(workdir: Path, reps: int, grace_s: float, clients: int) -> di
 
 def bench_timeouts(workdir: Path, reps: int, timeout_ms: int) -> dict[str, Any]:
     onnx_path = _chain(workdir / "chain.onnx")
-    vec = f'[{{ name = "x", datatype = "FP32", shape = [-1, {WIDTH}] }}]'
-    text = ('[[devices]]\nid = "cpu0"\nbackend = "onnxruntime"\nslots = 1\n\n'
-            '[[devices]]\nid = "py0"\nbackend = "python"\nslots = 1\n\n'
-            f'[[models]]\nname = "chain"\npath = "{onnx_path}"\ntimeout_ms = {timeout_ms}\n\n'
-            f'[[pipelines]]\nname = "chain"\ninputs = {vec}\noutputs = {{ y = "s.y" }}\n'
-            'stages = [ { name = "s", model = "chain", inputs = { x = "input:x" } } ]\n\n'
-            + _py_model("process", f'isolation = "process"\ntimeout_ms = {timeout_ms}')
-            + _py_model("thread", f'timeout_ms = {timeout_ms}'))
+    chain = (onnx_model("chain", str(onnx_path), timeout_ms=timeout_ms),
+             pipeline("chain", [tensor("x", "FP32", (-1, WIDTH))], {"y": "s.y"}, [stage("s", "chain", x="input:x")]))
+    doc = _config([onnx_device("cpu0"), python_device("py0")], chain,
+                  _py_pipeline("process", isolation="process", timeout_ms=timeout_ms),
+                  _py_pipeline("thread", timeout_ms=timeout_ms))
     # (pipeline, input that overruns, input that does not); the thread's nap is short because its
     # slot stays held until it returns, and the next request waits for that.
     kinds = {"onnxruntime": ("chain", np.ones((BIG_ROWS, WIDTH), np.float32), np.ones((1, WIDTH), np.float32)),
              "process": ("process", np.array([10.0], np.float32), np.array([0.0], np.float32)),
              "thread": ("thread", np.array([1.0], np.float32), np.array([0.0], np.float32))}
-    server = Server(text, workdir)
+    server = Server(doc, workdir)
     out: dict[str, Any] = {"timeout_ms": timeout_ms}
     try:
         with _client(server.target) as client:
-            for kind, (pipeline, slow, fast) in kinds.items():
-                send_fast = functools.partial(client.infer, pipeline, {"x": fast}, timeout_s=60)
-                send_slow = functools.partial(client.infer, pipeline, {"x": slow}, timeout_s=60)
+            for kind, (name, slow, fast) in kinds.items():
+                send_fast = functools.partial(client.infer, name, {"x": fast}, timeout_s=60)
+                send_slow = functools.partial(client.infer, name, {"x": slow}, timeout_s=60)
                 reference = [_timed(send_fast)[0] for _ in range(reps)]
                 runs = []
                 for _ in range(reps):
@@ -196,19 +199,19 @@ def bench_timeouts(workdir: Path, reps: int, timeout_ms: int) -> dict[str, Any]:
 
 
 def bench_isolation(workdir: Path, requests: int) -> dict[str, Any]:
-    text = ('[[devices]]\nid = "py0"\nbackend = "python"\nslots = 1\n\n'
-            + _py_model("in_thread", function="heddle.backends.zoo.ops:echo")
-            + _py_model("in_process", 'isolation = "process"', function="heddle.backends.zoo.ops:echo"))
-    server = Server(text, workdir)
+    echo = "heddle.backends.zoo.ops:echo"
+    doc = _config([python_device("py0")], _py_pipeline("in_thread", echo),
+                  _py_pipeline("in_process", echo, isolation="process"))
+    server = Server(doc, workdir)
     out = {}
     try:
         with _client(server.target) as client:
-            for pipeline in ("in_thread", "in_process"):
+            for name in ("in_thread", "in_process"):
                 x = np.zeros(256, np.float32)
                 for _ in range(20):
-                    client.infer(pipeline, {"x": x})
-                lat = [_timed(functools.partial(client.infer, pipeline, {"x": x}))[0] for _ in range(requests)]
-                out[pipeline] = {"p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 3),
+                    client.infer(name, {"x": x})
+                lat = [_timed(functools.partial(client.infer, name, {"x": x}))[0] for _ in range(requests)]
+                out[name] = {"p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 3),
                                  "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 3)}
         out["process/thread_p50"] = round(out["in_process"]["p50_ms"] / out["in_thread"]["p50_ms"], 2)
     finally:
@@ -223,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--timeout-ms", type=int, default=200)
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--out", type=Path,
-                        default=BENCH_DIR / "results" / dt.date.today().isoformat() / "stage_timeouts.json")
+    parser.add_argument("--out", type=Path, default=results_path("stage_timeouts.json"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -1,6 +1,6 @@
 """SUMMARY.md of a benchmark-suite results folder: one markdown table per part, built from its JSON files.
 
-    .venv/bin/python bench/summary.py bench/results/2026-11-22     # rebuild policies.json, plot, SUMMARY.md
+    .venv/bin/python -m bench.summary bench/results/2026-11-22     # rebuild policies.json, plot, SUMMARY.md
 
 Inputs (any may be missing; the summary says which part did not run):
   run_all.json          what bench/run_all.py ran: settings, machine, each part's status and time

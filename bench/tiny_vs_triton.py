@@ -13,8 +13,8 @@ per concurrency (default 1 and 8) each target in turn: --warmup-s unmeasured, th
 (p50/p99, throughput, server CPU per request from /proc). Ratios are heddle(_inline) / triton and / echo.
 --rounds repeats the whole sweep and reports each ratio's median (the box is shared: one round is noisy).
 
-    .venv/bin/python bench/tiny_vs_triton.py
-    .venv/bin/python bench/tiny_vs_triton.py --rounds 3 --duration-s 5 --out bench/results/2026-12-03/tiny.json
+    .venv/bin/python -m bench.tiny_vs_triton
+    .venv/bin/python -m bench.tiny_vs_triton --rounds 3 --duration-s 5 --out bench/results/2026-12-03/tiny.json
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import statistics
 import sys
 import tempfile
@@ -38,17 +37,18 @@ from grpc_health.v1 import health as health_aio
 from grpc_health.v1 import health_pb2_grpc
 from tritonclient.grpc import service_pb2 as kpb
 
-from gateway_overhead import free_port, heddle_command, machine_info, server_process, summarize
-from triton_vs_heddle import tree_cpu_s, wait_models_ready
+from bench.harness import (
+    bench_module, closed_loop, detected_devices, free_port, heddle_command, machine_info, onnx_ids, results_path,
+    save_report, server_process, summarize, tree_cpu_s, wait_models_ready,
+)
 
 from heddle.backends.onnxruntime import read_io_spec
 from heddle.backends.triton.repo import write_onnx_python_model
 from heddle.backends.triton.server import TritonServer
-from heddle.server.config.default import detect_device_tables
+from heddle.server.config.builder import document, onnx_model, to_toml
 
 __all__ = ["main"]
 
-BENCH_DIR = Path(__file__).resolve().parent
 MODEL = "tiny"
 TARGETS = ("triton", "heddle", "heddle_inline", "echo")
 # The KServe model each target is asked for: heddle serves the file twice, once with inline = true.
@@ -89,14 +89,14 @@ def reference(path: Path, x: np.ndarray) -> np.ndarray:
 
 def heddle_config_text(model_path: Path, cache_dir: Path) -> str:
     """The embedded default's device tables; the tiny model on its ONNX Runtime CPU devices."""
-    devices = detect_device_tables()
-    cpu_ids = [line.split('"')[1] for line in devices.splitlines() if line.startswith('id = "cpu')]
-    return (f'[server]\ncache_dir = "{cache_dir}"\n\n{devices}\n'
-            f'[[models]]\nname = "{MODEL}"\npath = "{model_path}"\ndevices = {cpu_ids}\n\n'
-            f'[[models]]\nname = "{MODEL}_inline"\npath = "{model_path}"\ndevices = {cpu_ids}\ninline = true\n')
+    devices = detected_devices()
+    cpu_ids = onnx_ids(devices)
+    models = [onnx_model(MODEL, str(model_path), devices=cpu_ids),
+              onnx_model(f"{MODEL}_inline", str(model_path), devices=cpu_ids, inline=True)]
+    return to_toml(document(server={"cache_dir": str(cache_dir)}, devices=devices, models=models))
 
 
-# --- the raw echo (runs as `tiny_vs_triton.py --serve-echo PORT RESPONSE_FILE`) ------------------
+# --- the raw echo (runs as `python -m bench.tiny_vs_triton --serve-echo PORT RESPONSE_FILE`) ---
 
 async def _serve_echo(port: int, response: bytes) -> None:
     async def infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -125,23 +125,7 @@ async def _closed_loop(clients: list, x: np.ndarray, seconds: float,
                        model: str = MODEL) -> tuple[list[float], list[str]]:
     inp = tgrpc_aio.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    outputs = [tgrpc_aio.InferRequestedOutput("y")]
-    latencies_ms: list[float] = []
-    errors: list[str] = []
-    stop_at = time.perf_counter() + seconds
-
-    async def worker(client) -> None:
-        while time.perf_counter() < stop_at:
-            t0 = time.perf_counter_ns()
-            try:
-                await client.infer(model, [inp], outputs=outputs)
-            except Exception as exc:  # counted and reported: a failing target must not look fast
-                errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            latencies_ms.append((time.perf_counter_ns() - t0) / 1e6)
-
-    await asyncio.gather(*(worker(c) for c in clients))
-    return latencies_ms, errors
+    return await closed_loop(clients, model, [inp], [tgrpc_aio.InferRequestedOutput("y")], seconds)
 
 
 async def _measure(url: str, pid: int, model: str, concurrency: int, x: np.ndarray,
@@ -194,7 +178,7 @@ def servers(args: argparse.Namespace, work: Path, x: np.ndarray) -> Iterator[dic
         hport, eport = free_port(), free_port()
         urls = {"triton": triton.grpc_url if triton else "", "heddle": f"127.0.0.1:{hport}",
                 "heddle_inline": f"127.0.0.1:{hport}", "echo": f"127.0.0.1:{eport}"}
-        echo_cmd = [sys.executable, __file__, "--serve-echo", str(eport), str(work / "echo_response.bin")]
+        echo_cmd = bench_module("tiny_vs_triton", "--serve-echo", str(eport), str(work / "echo_response.bin"))
         with server_process(heddle_command(args, hport, free_port()), urls["heddle"], work / "heddle.log",
                             timeout_s=120) as heddle, \
                 server_process(echo_cmd, urls["echo"], work / "echo.log") as echo:
@@ -273,8 +257,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.concurrency = args.concurrency or [1, 8]
     args.target = [t for t in TARGETS if t in (args.target or TARGETS)]
-    if args.out is None:
-        args.out = BENCH_DIR / "results" / dt.date.today().isoformat() / "tiny_vs_triton.json"
+    args.out = results_path("tiny_vs_triton.json", args.out)
     return args
 
 
@@ -285,14 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="heddle-tiny-") as tmp:
         report = run(args, Path(tmp))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    save_report(report, args.out)
     for target, by_conc in report["median_results"].items():
         for conc, r in by_conc.items():
             print(f"median {target:<7} c={conc:<2} " + "  ".join(f"{k} {v:.3f}" for k, v in r.items()))
     for name, r in report["median_ratios"].items():
         print(f"{name:<22} " + "  ".join(f"{k} x{v:.2f}" for k, v in r.items()))
-    print(f"wrote {args.out}")
     return 0
 
 

@@ -13,17 +13,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tritonclient.grpc as tgrpc
 
+from bench.harness import detected_devices, onnx_ids
 from heddle.backends.onnxruntime import read_io_spec
 from heddle.backends.triton.repo import model_config_text, write_onnx_python_model, write_python_model
 from heddle.backends.zoo.build import build_model
 from heddle.backends.zoo.ops import OP_IO, postprocess
 from heddle.scheduler.specs import TensorSpec
-from heddle.server.config.default import detect_device_tables
+from heddle.server.config.builder import (
+    document, onnx_model, pipeline, python_model, stage, tensor, to_toml, triton_device, triton_model,
+)
 
 __all__ = [
     "ENSEMBLE", "HEDDLE_LOCAL", "HEDDLE_TRITON", "OUTPUTS", "POSTPROCESS_MODEL_PY", "ChainModels",
@@ -103,9 +106,9 @@ def ensemble_config_text(chain: ChainModels, *, max_batch_size: int = 0) -> str:
     """config.pbtxt of the `chain` ensemble: backbone -> head_cls -> postprocess."""
     batching = max_batch_size > 0
     steps = []
-    for stage in ("backbone", "head_cls", "postprocess"):
-        ins, outs = chain.io(stage)
-        steps.append(_step(stage, [t.name for t in ins], [t.name for t in outs]))
+    for name in ("backbone", "head_cls", "postprocess"):
+        ins, outs = chain.io(name)
+        steps.append(_step(name, [t.name for t in ins], [t.name for t in outs]))
     text = f'name: "{ENSEMBLE}"\nplatform: "ensemble"\nmax_batch_size: {max_batch_size}\n'
     text += _config_tensors("input", chain.io("backbone")[0], batching)
     text += _config_tensors("output", chain.io("postprocess")[1], batching)
@@ -120,9 +123,9 @@ def write_triton_repository(repo: str | os.PathLike, chain: ChainModels, *, max_
     sometimes sleep its 500 ms idle wait with requests queued (see backends/triton/repo.py).
     """
     repo = Path(repo)
-    for stage in ("backbone", "head_cls"):
-        ins, outs = chain.io(stage)
-        write_onnx_python_model(repo, stage, getattr(chain, stage), ins, outs,
+    for name in ("backbone", "head_cls"):
+        ins, outs = chain.io(name)
+        write_onnx_python_model(repo, name, getattr(chain, name), ins, outs,
                                 max_batch_size=max_batch_size, instances=instances)
     ins, outs = chain.io("postprocess")
     write_python_model(repo, "postprocess", POSTPROCESS_MODEL_PY,
@@ -133,43 +136,36 @@ def write_triton_repository(repo: str | os.PathLike, chain: ChainModels, *, max_
     return repo
 
 
-def _toml_tensors(specs: Sequence[TensorSpec]) -> str:
-    items = [f'{{ name = "{t.name}", datatype = "{t.datatype}", shape = {list(t.shape)} }}' for t in specs]
-    return "[" + ", ".join(items) + "]"
+def _tensors(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
+    return [tensor(t.name, t.datatype, t.shape) for t in specs]
 
 
-def _pipeline(name: str, suffix: str, description: str) -> str:
-    return (f'[[pipelines]]\nname = "{name}"\ndescription = "{description}"\n'
-            'inputs = [{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }]\n'
-            'outputs = { probs = "post.probs", label = "post.label" }\nstages = [\n'
-            f'  {{ name = "backbone", model = "backbone{suffix}", inputs = {{ image = "input:image" }} }},\n'
-            f'  {{ name = "cls", model = "head_cls{suffix}", inputs = {{ features = "backbone.features" }} }},\n'
-            f'  {{ name = "post", model = "postprocess{suffix}", inputs = {{ logits = "cls.logits" }} }},\n'
-            ']\n')
+def _pipeline(name: str, suffix: str, description: str) -> dict[str, Any]:
+    return pipeline(name, [tensor("image", "FP32", (-1, 3, 64, 64))], {"probs": "post.probs", "label": "post.label"}, [
+        stage("backbone", f"backbone{suffix}", image="input:image"),
+        stage("cls", f"head_cls{suffix}", features="backbone.features"),
+        stage("post", f"postprocess{suffix}", logits="cls.logits")], description=description)
 
 
 def heddle_config_text(cache_dir: str | os.PathLike, chain: ChainModels, triton_url: str, *,
                        triton_slots: int = 8) -> str:
     """heddle's config: the embedded default's devices (pinned CPU devices, py0) plus `triton0`,
     the chain's models once on those devices and once on Triton, and the two pipelines."""
-    devices = detect_device_tables()
-    cpu_ids = [line.split('"')[1] for line in devices.splitlines()
-               if line.startswith('id = "cpu')]
-    text = f'[server]\ncache_dir = "{Path(cache_dir).resolve()}"\n\n{devices}\n'
-    text += (f'[[devices]]\nid = "triton0"\nkind = "remote"\nbackend = "triton"\nurl = "{triton_url}"\n'
-             f'slots = {triton_slots}\nclient_timeout_s = 30\n\n')
-    for stage in ("backbone", "head_cls"):
-        text += f'[[models]]\nname = "{stage}"\npath = "{getattr(chain, stage)}"\ndevices = {cpu_ids}\n\n'
+    devices = detected_devices()
+    cpu_ids = onnx_ids(devices)
+    models = [onnx_model(name, str(getattr(chain, name)), devices=cpu_ids) for name in ("backbone", "head_cls")]
     ins, outs = chain.io("postprocess")
-    text += ('[[models]]\nname = "postprocess"\nbackend = "python"\n'
-             'function = "heddle.backends.zoo.ops:postprocess"\ndevices = ["py0"]\n'
-             f'inputs = {_toml_tensors(ins)}\noutputs = {_toml_tensors(outs)}\n\n')
-    for stage in ("backbone", "head_cls", "postprocess"):
-        ins, outs = chain.io(stage)
-        text += (f'[[models]]\nname = "{stage}_triton"\nbackend = "triton"\ntriton_model = "{stage}"\n'
-                 f'devices = ["triton0"]\ninputs = {_toml_tensors(ins)}\noutputs = {_toml_tensors(outs)}\n\n')
-    text += _pipeline(HEDDLE_LOCAL, "", "backbone, head_cls on heddle's ONNX Runtime, postprocess on py0")
-    return text + "\n" + _pipeline(HEDDLE_TRITON, "_triton", "every stage on the Triton server")
+    models.append(python_model("postprocess", "heddle.backends.zoo.ops:postprocess", _tensors(ins), _tensors(outs),
+                               devices=["py0"]))
+    for name in ("backbone", "head_cls", "postprocess"):
+        ins, outs = chain.io(name)
+        models.append(triton_model(f"{name}_triton", triton_model=name, devices=["triton0"], inputs=_tensors(ins),
+                                   outputs=_tensors(outs)))
+    triton = triton_device("triton0", triton_url, slots=triton_slots, client_timeout_s=30)
+    return to_toml(document(server={"cache_dir": str(Path(cache_dir).resolve())}, devices=[*devices, triton],
+                            models=models, pipelines=[
+        _pipeline(HEDDLE_LOCAL, "", "backbone, head_cls on heddle's ONNX Runtime, postprocess on py0"),
+        _pipeline(HEDDLE_TRITON, "_triton", "every stage on the Triton server")]))
 
 
 def reference_outputs(chain: ChainModels, image: np.ndarray) -> dict[str, np.ndarray]:

@@ -11,8 +11,8 @@ Closed loop: per concurrency (default 1, 4, 16), each target in turn gets --warm
 load, then --duration-s measured: p50/p99 latency, throughput, server and client CPU per request.
 Ratios are heddle / triton_ensemble. Writes JSON (--out). A benchmark, not a test.
 
-    .venv/bin/python bench/triton_vs_heddle.py
-    .venv/bin/python bench/triton_vs_heddle.py --concurrency 1 --concurrency 8 --duration-s 5
+    .venv/bin/python -m bench.triton_vs_heddle
+    .venv/bin/python -m bench.triton_vs_heddle --concurrency 1 --concurrency 8 --duration-s 5
 """
 
 from __future__ import annotations
@@ -21,13 +21,11 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,18 +34,19 @@ import numpy as np
 import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
 
-from gateway_overhead import free_port, heddle_command, machine_info, server_process, summarize
-from triton_ensemble import (
+from bench.harness import (
+    closed_loop, detected_devices, free_port, heddle_command, machine_info, results_path, save_report, server_process,
+    summarize, tree_cpu_s, wait_models_ready,
+)
+from bench.triton_ensemble import (
     ENSEMBLE, HEDDLE_LOCAL, HEDDLE_TRITON, OUTPUTS, build_chain, check_answer, heddle_config_text,
     reference_outputs, write_triton_repository,
 )
 
 from heddle.backends.triton.server import TritonServer
-from heddle.server.config.default import detect_device_tables
 
 __all__ = ["main"]
 
-BENCH_DIR = Path(__file__).resolve().parent
 TARGETS = {"triton_ensemble": ENSEMBLE, "heddle_local": HEDDLE_LOCAL, "heddle_triton": HEDDLE_TRITON}
 NOTES = [
     "No priority levels and no queue-timeout policy in any Triton model: on Triton 2.51 with one "
@@ -72,22 +71,7 @@ def _request(image: np.ndarray) -> tuple[list[tgrpc_aio.InferInput], list[tgrpc_
 async def _closed_loop(clients: list, model: str, image: np.ndarray, seconds: float) -> tuple[list[float], list[str]]:
     """Every client sends its next request as soon as its last one is answered, for `seconds`."""
     inputs, outputs = _request(image)
-    latencies_ms: list[float] = []
-    errors: list[str] = []
-    stop_at = time.perf_counter() + seconds
-
-    async def worker(client) -> None:
-        while time.perf_counter() < stop_at:
-            t0 = time.perf_counter_ns()
-            try:
-                await client.infer(model, inputs, outputs=outputs)
-            except Exception as exc:  # counted and reported: a failing target must not look fast
-                errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            latencies_ms.append((time.perf_counter_ns() - t0) / 1e6)
-
-    await asyncio.gather(*(worker(c) for c in clients))
-    return latencies_ms, errors
+    return await closed_loop(clients, model, inputs, outputs, seconds)
 
 
 async def _measure(url: str, model: str, concurrency: int, image: np.ndarray, args: argparse.Namespace,
@@ -123,38 +107,7 @@ def machine_busy_s() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_s(root_pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants (Triton's python stubs), from /proc."""
-    children: dict[int, list[int]] = defaultdict(list)
-    cpu: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # the process ended while we looked
-            continue
-        fields = text.rsplit(")", 1)[1].split()
-        pid = int(stat.parent.name)
-        children[int(fields[1])].append(pid)
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    total, todo = 0.0, [root_pid]
-    while todo:
-        pid = todo.pop()
-        total += cpu.get(pid, 0.0)
-        todo.extend(children.get(pid, ()))
-    return total
-
-
 # --- servers -------------------------------------------------------------------------------------
-
-def wait_models_ready(url: str, models: list[str], timeout_s: float = 60.0) -> None:
-    with tgrpc.InferenceServerClient(url) as client:
-        deadline = time.monotonic() + timeout_s
-        while not all(client.is_model_ready(m) for m in models):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{models} not all ready at {url} after {timeout_s:.0f} s")
-            time.sleep(0.1)  # KServe has no readiness stream to await
-
 
 def server_version(url: str) -> str:
     with tgrpc.InferenceServerClient(url) as client:
@@ -291,13 +244,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.target = args.target or list(TARGETS)
     if args.triton_instances is None:
         args.triton_instances = _cpu_device_count()
-    if args.out is None:
-        args.out = BENCH_DIR / "results" / dt.date.today().isoformat() / "triton_vs_heddle.json"
+    args.out = results_path("triton_vs_heddle.json", args.out)
     return args
 
 
 def _cpu_device_count() -> int:
-    return detect_device_tables().count('backend = "onnxruntime"')
+    return sum(d["backend"] == "onnxruntime" for d in detected_devices())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,9 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep_work is None:
             shutil.rmtree(work, ignore_errors=True)
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    save_report(report, args.out)
     return 0 if all(s["errors"] == 0 for by_conc in report["results"].values() for s in by_conc.values()) else 1
 
 
