@@ -191,6 +191,13 @@ def _model_devices(where: str, table: Any, devices: tuple[DeviceSpec, ...]) -> t
     candidates = tuple(known[d] for d in table.devices) if table.devices else devices
     if not any(d.backend == table.backend for d in candidates):
         raise ConfigError(f"{where}: no configured device has backend {table.backend!r}")
+    throttled = [d.id for d in candidates if d.backend == table.backend and
+                 isinstance(d.options.get("dvfs"), dict) and d.options["dvfs"].get("kind") == "cgroup"]
+    if getattr(table, "inline", False) and throttled:
+        # The loop's thread is in no device's cgroup: the stage would escape the bandwidth cap.
+        raise ConfigError(f'{where}: inline = true runs the stage on the event loop, outside the CPU-bandwidth '
+                          f'cgroup of device(s) {throttled} (dvfs.kind = "cgroup"); drop inline or name '
+                          f"other devices")
     return candidates
 
 

@@ -182,3 +182,15 @@ def test_level_clocks_default_to_the_bandwidth_shares():
     assert with_bandwidth_clocks(declared) is declared
     plain = DeviceSpec("f", "cpu", "python", 1, {"dvfs": {"kind": "virtual"}})
     assert with_bandwidth_clocks(plain) is plain
+
+
+def test_an_inline_model_on_a_cgroup_device_is_a_config_error():
+    """inline = true would run the stage on the event loop, outside the device's cgroup: refused, naming both."""
+    from heddle.server.config.load import ConfigError
+    from server_fixtures import parse_test_config, py_model_toml
+
+    device = '[[devices]]\nid = "py0"\nkind = "cpu"\nbackend = "python"\ndvfs = { kind = "cgroup" }\n\n'
+    model = py_model_toml("tail", "stage_fns:tail", devices=["py0"], inline=True)
+    with pytest.raises(ConfigError, match=r"inline = true runs the stage on the event loop, outside .*\['py0'\]"):
+        parse_test_config(device + model)
+    assert parse_test_config(device + py_model_toml("tail", "stage_fns:tail", devices=["py0"])).devices
