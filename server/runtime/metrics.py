@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
-from prometheus_client.exposition import start_http_server
 
 from heddle.server.power.metrics import PowerMetrics
 from heddle.server.runtime.busy_window import BusyFractionCollector, BusyWindow
+from heddle.server.runtime.metrics_http import MetricsHTTPServer, WithoutCreated
 from heddle.server.runtime.recovery import LOAD_STATES
 from heddle.server.runtime.status import status_code
 
@@ -68,23 +68,6 @@ def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
         done.result(timeout=1.0)
     except (RuntimeError, concurrent.futures.TimeoutError):
         pass
-
-
-class MetricsHTTPServer:
-    """A running /metrics endpoint; call it (or `close()`) to stop it."""
-
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
-        self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
-        # The address the socket is bound to, read back from it rather than echoed from the argument.
-        self.host: str = self._httpd.server_address[0]
-        self.port: int = self._httpd.server_address[1]
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
-    __call__ = close
 
 
 class Metrics:
@@ -278,7 +261,7 @@ class Metrics:
         return self._busy.fractions(window_s)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(WithoutCreated(self.registry))  # type: ignore[arg-type]  (a Collector by duck type)
 
     def start_http(self, host: str, port: int) -> MetricsHTTPServer:
         """Serve /metrics on host:port (port 0 picks a free one); the result stops it when called."""
