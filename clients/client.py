@@ -126,10 +126,12 @@ class HeddleClient:
         outputs: Iterable[str] | None = None,
         timeout_s: float | None = None,
         generation: Generation | None = None,
+        model_versions: Mapping[str, str] | None = None,
     ) -> InferResult:
-        """Run a pipeline and wait for its result."""
+        """Run a pipeline and wait for its result (`model_versions`: pin versioned models)."""
         request = build_request(pipeline, inputs, priority=priority, deadline_ms=deadline_ms,
-                                request_id=request_id, outputs=outputs, generation=generation)
+                                request_id=request_id, outputs=outputs, generation=generation,
+                                model_versions=model_versions)
         with heddle_errors():
             return result_from_proto(self._gateway.Infer(request, **self._opts(timeout_s)))
 

@@ -150,9 +150,11 @@ def build_request(
     request_id: str | None = None,
     outputs: Iterable[str] | None = None,
     generation: Generation | None = None,
+    model_versions: Mapping[str, str] | None = None,
 ) -> heddle_pb2.InferRequest:
     """An InferRequest with each input encoded by to_tensor (one copy per array); `generation`
-    sets the LLM stages' options (see generation_options)."""
+    sets the LLM stages' options (see generation_options); `model_versions` pins versioned models
+    (name -> version) instead of the server's canary split."""
     request = heddle_pb2.InferRequest(
         pipeline=pipeline,
         inputs=[to_tensor(name, array) for name, array in inputs.items()],
@@ -160,6 +162,7 @@ def build_request(
         deadline_ms=deadline_ms or 0.0,
         request_id=request_id or "",
         outputs=list(outputs or ()),
+        model_versions=dict(model_versions or {}),
     )
     options = generation_options(generation)
     if options is not None:

@@ -9,6 +9,7 @@ try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
 except ModuleNotFoundError:
     import tomli as tomllib
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from heddle.server.config.memory_estimate import memory_budgets
 from heddle.server.config.resolve import Resolving, resolve_model
 from heddle.server.config.schema import ConfigError, Document, validate_document
 from heddle.server.config.tables import ServerSettings
+from heddle.server.config.versions import expand_pipeline, model_key, version_sets
 from heddle.server.observe.tracing import TracingSettings
 
 __all__ = ["Config", "ConfigError", "ServerSettings", "load_config", "parse_config", "parse_document"]
@@ -44,6 +46,9 @@ class Config:
     power: PowerSettings = field(default_factory=PowerSettings)  # the [power] table
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)  # the [admission] table
     tracing: TracingSettings = field(default_factory=TracingSettings)  # the [tracing] table
+    # Pipelines whose stages split among model versions: each variant and its share of requests
+    # (server/config/versions.py); config.pipelines holds the variant with the largest share.
+    variants: Mapping[str, tuple[tuple[Pipeline, float], ...]] = field(default_factory=dict)
 
 
 def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Config:
@@ -80,23 +85,34 @@ def parse_document(doc: Mapping[str, Any], source: str, base_dir: Path,
     if not devices:
         raise ConfigError(f"{source}: no [[devices]] configured")
     cache_dir = Path(os.path.expanduser(server.cache_dir))
+    try:
+        sets = version_sets([(t.name, t.version, t.weight) for t in typed.models])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     models: dict[str, ModelSpec] = {}
     for table in typed.models:
-        where = f"{source}: model {table.name!r}"
-        if table.name in models:
-            raise ConfigError(f"{source}: model name {table.name!r} is used twice")
+        key = model_key(table.name, table.version)
+        where = f"{source}: model {key!r}"
+        if key in models:
+            raise ConfigError(f"{source}: model name {table.name!r} is used twice (give each a version)")
         candidates = _model_devices(where, table, devices)
-        models[table.name] = resolve_model(table, Resolving(where, base_dir, cache_dir, candidates))
+        spec = resolve_model(table, Resolving(where, base_dir, cache_dir, candidates))
+        models[key] = dataclasses.replace(spec, name=key)
     pipelines: dict[str, Pipeline] = {}
+    variants: dict[str, tuple[tuple[Pipeline, float], ...]] = {}
     for table in typed.pipelines:
         try:
-            pipeline = validate_pipeline(_pipeline_spec(table), models)
-        except PipelineError as exc:
+            expanded = [(validate_pipeline(spec, models), share)
+                        for spec, share in expand_pipeline(_pipeline_spec(table), sets)]
+        except (PipelineError, ValueError) as exc:
             raise ConfigError(f"{source}: {exc}") from None
-        if pipeline.name in pipelines:
-            raise ConfigError(f"{source}: pipeline name {pipeline.name!r} is used twice")
-        pipelines[pipeline.name] = pipeline
-    return Config(server, devices, models, pipelines, source, power=_power(source, typed, devices),
+        if table.name in pipelines:
+            raise ConfigError(f"{source}: pipeline name {table.name!r} is used twice")
+        # The variant most requests get stands for the pipeline (ListPipelines, limits, KServe).
+        pipelines[table.name] = max(expanded, key=lambda ps: ps[1])[0]
+        if len(expanded) > 1:
+            variants[table.name] = tuple(expanded)
+    return Config(server, devices, models, pipelines, source, variants=variants, power=_power(source, typed, devices),
                   admission=AdmissionSettings(**typed.admission.model_dump()),
                   tracing=TracingSettings(**typed.tracing.model_dump()))
 

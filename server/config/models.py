@@ -38,8 +38,22 @@ def _module_function(value: str) -> str:
     return value
 
 
+def _no_at(value: str) -> str:
+    if "@" in value:
+        raise ValueError(f"a model name cannot contain '@' (it separates a name from a version), got {value!r}")
+    return value
+
+
+def _version_text(value: str | int | None) -> str | None:
+    return None if value is None else str(value)
+
+
 class _ModelBase(Table):
-    name: str
+    name: Annotated[str, AfterValidator(_no_at)]
+    version: Annotated[str | int | None, AfterValidator(_version_text)] = Field(
+        None, description='a version label ("2"); tables sharing a name are its versions (docs/CONFIG.md)')
+    weight: float | None = Field(None, ge=0, allow_inf_nan=False, description=(
+        "share of the name's unpinned requests this version gets (default: all to the highest version)"))
     devices: list[str] = Field(default_factory=list, description="default: every device of its backend")
     max_batch_size: int | None = Field(None, ge=1, description="most items (first dim) per input a request "
                                        "may send it; default derived (server/runtime/limits.py)")

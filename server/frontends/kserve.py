@@ -86,6 +86,10 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
 
     # ---- lookups ------------------------------------------------------------------------
     def _entry(self, name: str, version: str) -> CatalogEntry:
+        # A versioned model is served as NAME@VERSION; Triton's clients name it by both fields.
+        entry = self.catalog.get(f"{name}@{version}") if version else None
+        if entry is not None:
+            return entry
         entry = self.catalog.get(name)
         if entry is None:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
@@ -258,11 +262,12 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
                    request_id: str, on_token=None, generation=None, context=None) -> JobResult:
         """Run on the runtime; KServe ids need not be unique, so a clash gets a generated id."""
         run = functools.partial(self.runtime.run, on_token=on_token, generation=generation)
+        pipeline = self.runtime.versions.pick(entry.pipeline)  # a canary split among model versions
         try:
-            result = await run(entry.pipeline, inputs, priority=priority, deadline_s=deadline_s,
+            result = await run(pipeline, inputs, priority=priority, deadline_s=deadline_s,
                                request_id=request_id)
         except ValueError:  # the same id is already in flight
-            result = await run(entry.pipeline, inputs, priority=priority, deadline_s=deadline_s)
+            result = await run(pipeline, inputs, priority=priority, deadline_s=deadline_s)
         error = request_error(result)  # the same status and retry hint heddle.v1 sends
         trace_request(self.tracer, result, error, deadline_s, context)
         if error is not None:

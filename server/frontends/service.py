@@ -21,7 +21,7 @@ from heddle.server.runtime.reload import Reloader, ReloadError
 from heddle.server.runtime.status import request_error
 from heddle.server.frontends.validation import (
     MAX_REQUEST_ID_BYTES, RequestError, check_generation, check_outputs_requested, check_request_id,
-    decode_inputs, effective_deadline_s, resolve_priority,
+    decode_inputs, effective_deadline_s, pick_version, resolve_priority,
 )
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
@@ -121,6 +121,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                                f"known: {sorted(self.runtime.config.pipelines)}")
         try:
             check_request_id(request.request_id)
+            pipeline = pick_version(self.runtime.versions, pipeline, dict(request.model_versions))
             priority = resolve_priority(request.priority, self.settings)
             deadline_s = effective_deadline_s(request.deadline_ms, context.time_remaining())
             wanted = check_outputs_requested(pipeline, request.outputs)

@@ -17,7 +17,7 @@ from heddle.server.runtime.status import RequestError
 
 __all__ = [
     "MAX_DEADLINE_MS", "MAX_REQUEST_ID_BYTES", "RequestError", "check_generation", "check_outputs_requested",
-    "check_request_id", "decode_inputs", "effective_deadline_s", "resolve_priority",
+    "check_request_id", "decode_inputs", "effective_deadline_s", "pick_version", "resolve_priority",
 ]
 
 # The longest deadline a request may ask for: 24 h. A live inference request takes seconds (a long
@@ -51,6 +51,15 @@ def resolve_priority(priority: int, settings: ServerSettings) -> int:
             f"priority {priority} is outside 1..{settings.priority_levels} (0 = default)",
         )
     return priority
+
+def pick_version(router, pipeline: Pipeline, pins: Mapping[str, str]) -> Pipeline:
+    """The variant of the pipeline this request runs (server/runtime/versions.py): the versions it
+    pins, else a canary split's weighted pick; a pin no variant satisfies is INVALID_ARGUMENT."""
+    try:
+        return router.pick(pipeline, {clipped(k): clipped(v) for k, v in pins.items()})
+    except ValueError as exc:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
 
 def check_request_id(request_id: str, field: str = "request_id") -> str:
     """The client's request id (field: its name in the request), refused past MAX_REQUEST_ID_BYTES."""

@@ -154,6 +154,9 @@ class Metrics:
 
     def _register_timeout_series(self) -> None:
         reg = self.registry
+        self.version_requests = Counter(
+            "heddle_version_requests", "Requests routed to each version of a versioned model "
+            "(model = NAME@VERSION): a canary split's traffic.", ["pipeline", "model"], registry=reg)
         self.stage_timeouts = Counter(
             "heddle_stage_timeouts", "Stage runs stopped at their timeout (timeout_ms or the time left "
             "to the request's deadline); a python thread, which cannot be stopped, is given up on.",
@@ -226,6 +229,9 @@ class Metrics:
         """Record one request the runtime ended, labelled with the status its client sees."""
         status = status_code(result.outcome, result.error_kind).name
         self.observe_request(result.pipeline, status, result.total_s, result.priority)
+
+    def observe_version(self, pipeline: str, model: str) -> None:
+        self.version_requests.labels(pipeline, model).inc()
 
     def observe_refused(self, pipeline: str, status: str) -> None:
         """Count a request refused before it ran: no latency sample, it would skew the histogram."""

@@ -32,6 +32,7 @@ from heddle.server.runtime.stage_runner import ExecutorRunner, StageFuture, Stag
 from heddle.server.runtime.stage_timeouts import OverrunWatch
 from heddle.server.runtime.stepping import Stepper
 from heddle.server.runtime.trace import open_trace
+from heddle.server.runtime.versions import VersionRouter
 
 if TYPE_CHECKING:
     from heddle.scheduler.power_settings import PowerReading
@@ -77,6 +78,7 @@ class Runtime:
         self.llm = LlmDriver(self, config.models, self.executors, metrics)
         self._runners = _runners(self, self.models, self.executors, self.llm, self.overruns)
         self._distinct_runners = list({id(r): r for r in self._runners.values()}.values())
+        self.versions = VersionRouter(config, metrics)  # canary splits among model versions
         self.trace = open_trace(config, clock)  # arrivals for `heddle simulate --trace`, or None
         # Power (server/power/loop.py attaches it): energy per stage, and where a DVFS level
         # from the plan goes to be applied to a device's actuator.
@@ -190,6 +192,7 @@ class Runtime:
             if summary is not None and isinstance(self.core.profiles, ProfileTable):
                 self.core.profiles.set_summary(name, summary)  # measured runs are kept
         self.core.update_models(specs)
+        self.versions.set_config(config)
         self.config = config
         self._stepper.mark_dirty()
 
