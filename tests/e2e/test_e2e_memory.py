@@ -8,7 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import grpc
 import numpy as np
@@ -19,10 +19,14 @@ import tritonclient.grpc as tgrpc
 import stage_fns
 from heddle.backends.graph_summary import peak_live_bytes
 from heddle.clients.client import HeddleClient
+from heddle.server.config.builder import (
+    document, onnx_device, onnx_model, pipeline, python_device, stage, tensor, to_toml,
+)
+from heddle.server.config.default import PREPROCESS
 from heddle.server.config.load import ConfigError
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, ServerProcess, chain_toml, heddle_cache_dir, parse_test_config, py_model_toml, scrape_metrics,
-    serve_toml, wait_until,
+    RunningServer, ServerProcess, chain, heddle_cache_dir, parse_test_document, py_model, running_server,
+    scrape_metrics, wait_until,
 )
 
 MIB = 1 << 20
@@ -31,71 +35,24 @@ MIB = 1 << 20
 # that classes below the top may use of 8 MiB, but not the top class's 8 MiB.
 HELD_FLOATS = 300_000
 TOP = 4
-CONFIG = f"""
-[server]
-max_inflight_bytes = {8 * MIB}
-max_request_bytes = {4 * MIB}
-inflight_top_reserve_fraction = 0.2
-
-[[devices]]
-id = "cpu0"
-backend = "onnxruntime"
-
-[[devices]]
-id = "py0"
-backend = "python"
-slots = 2
-
-[[models]]
-name = "encoder"
-path = "builtin:encoder"
-max_batch_size = 4
-max_input_elements = 256
-
-[[models]]
-name = "text_cls"
-path = "builtin:text_cls"
-
-[[models]]
-name = "cnn"
-path = "builtin:cnn"
-
-[[models]]
-name = "preprocess"
-backend = "python"
-function = "heddle.backends.zoo.ops:preprocess"
-inputs = [{{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }}]
-outputs = [{{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }}]
-
-[[pipelines]]
-name = "text"
-inputs = [
-  {{ name = "input_ids", datatype = "INT64", shape = [-1, -1] }},
-  {{ name = "attention_mask", datatype = "INT64", shape = [-1, -1] }},
-]
-outputs = {{ logits = "cls.logits" }}
-stages = [
-  {{ name = "enc", model = "encoder", inputs = {{ input_ids = "input:input_ids", attention_mask = "input:attention_mask" }} }},
-  {{ name = "cls", model = "text_cls", inputs = {{ pooled = "enc.pooled" }} }},
-]
-
-[[pipelines]]
-name = "classify"
-inputs = [{{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }}]
-outputs = {{ logits = "cnn.logits" }}
-stages = [
-  {{ name = "pre", model = "preprocess", inputs = {{ image = "input:image" }} }},
-  {{ name = "cnn", model = "cnn", inputs = {{ image = "pre.image" }} }},
-]
-
-{py_model_toml("gate", "stage_fns:gate", devices=["py0"])}
-{chain_toml("gated", ["gate"])}
-"""  # noqa: E501 (a TOML inline table must be one line)
+IDS, MASK = tensor("input_ids", "INT64", (-1, -1)), tensor("attention_mask", "INT64", (-1, -1))
+TEXT = pipeline("text", [IDS, MASK], {"logits": "cls.logits"}, [
+    stage("enc", "encoder", input_ids="input:input_ids", attention_mask="input:attention_mask"),
+    stage("cls", "text_cls", pooled="enc.pooled")])
+CLASSIFY = pipeline("classify", [tensor("image", "UINT8", (-1, 64, 64, 3))], {"logits": "cnn.logits"}, [
+    stage("pre", "preprocess", image="input:image"), stage("cnn", "cnn", image="pre.image")])
+CONFIG = document(
+    server={"max_inflight_bytes": 8 * MIB, "max_request_bytes": 4 * MIB, "inflight_top_reserve_fraction": 0.2},
+    devices=[onnx_device("cpu0"), python_device("py0", slots=2)],
+    models=[onnx_model("encoder", "builtin:encoder", max_batch_size=4, max_input_elements=256),
+            onnx_model("text_cls", "builtin:text_cls"), onnx_model("cnn", "builtin:cnn"), PREPROCESS,
+            py_model("gate", "stage_fns:gate", devices=["py0"])],
+    pipelines=[TEXT, CLASSIFY, chain("gated", ["gate"])])
 
 
 @pytest.fixture(scope="module")
 def gateway(heddle_cache_dir: Path) -> Iterator[RunningServer]:
-    with serve_toml(CONFIG, cache_dir=str(heddle_cache_dir)) as running:
+    with running_server(parse_test_document(CONFIG, cache_dir=str(heddle_cache_dir))) as running:
         yield running
 
 
@@ -194,35 +151,7 @@ def test_inflight_budget_refuses_lower_classes_with_a_retry_hint_and_keeps_a_res
 
 # ---- memory given back, by a `heddle serve` process ---------------------------------------------
 
-RSS_CONFIG = """
-[server]
-max_inflight_bytes = 4294967296
-max_request_bytes = 2147483648
-
-[[devices]]
-id = "cpu0"
-backend = "onnxruntime"
-
-[[models]]
-name = "encoder"
-path = "builtin:encoder"
-
-[[models]]
-name = "text_cls"
-path = "builtin:text_cls"
-
-[[pipelines]]
-name = "text"
-inputs = [
-  { name = "input_ids", datatype = "INT64", shape = [-1, -1] },
-  { name = "attention_mask", datatype = "INT64", shape = [-1, -1] },
-]
-outputs = { logits = "cls.logits" }
-stages = [
-  { name = "enc", model = "encoder", inputs = { input_ids = "input:input_ids", attention_mask = "input:attention_mask" } },
-  { name = "cls", model = "text_cls", inputs = { pooled = "enc.pooled" } },
-]
-"""  # noqa: E501 (a TOML inline table must be one line)
+RSS_MODELS = [onnx_model("encoder", "builtin:encoder"), onnx_model("text_cls", "builtin:text_cls")]
 BIG_BATCH = 512  # x 128 tokens: 1 MiB of ids, about 450 MB of activations in the encoder
 
 
@@ -236,7 +165,9 @@ def test_memory_returns_near_its_level_after_big_requests(tmp_path: Path, heddle
     """Three 512 x 128 batches through the encoder leave the server's RSS within 200 MB of where it
     was (ONNX Runtime's CPU arena kept their peak, over 500 MB, for the server's life)."""
     config = tmp_path / "heddle.toml"
-    config.write_text(RSS_CONFIG.replace("[server]\n", f'[server]\ncache_dir = "{heddle_cache_dir}"\n', 1))
+    server = {"max_inflight_bytes": 4 << 30, "max_request_bytes": 2 << 30, "cache_dir": str(heddle_cache_dir)}
+    config.write_text(to_toml(document(server=server, devices=[onnx_device("cpu0")], models=RSS_MODELS,
+                                       pipelines=[TEXT])))
     proc = ServerProcess(["--config", str(config), "--grpc-port", "0", "--metrics-port", "0"])
     try:
         target = proc.wait_for_event("heddle serving")["grpc"]
@@ -257,27 +188,26 @@ def test_memory_returns_near_its_level_after_big_requests(tmp_path: Path, heddle
 # ---- configuration and the estimate, without a server ---------------------------------------------
 
 @pytest.mark.parametrize("server, fragment", [
-    ("max_inflight_bytes = 1000\nmax_request_bytes = 900", "max_request_bytes 900 is over the 800 bytes"),
-    ("inflight_top_reserve_fraction = 1.0", "[server]: inflight_top_reserve_fraction must be less than 1, got 1.0"),
-    ("max_inflight_bytes = -1", "[server]: max_inflight_bytes must be greater than or equal to 0, got -1"),
+    ({"max_inflight_bytes": 1000, "max_request_bytes": 900}, "max_request_bytes 900 is over the 800 bytes"),
+    ({"inflight_top_reserve_fraction": 1.0}, "[server]: inflight_top_reserve_fraction must be less than 1, got 1.0"),
+    ({"max_inflight_bytes": -1}, "[server]: max_inflight_bytes must be greater than or equal to 0, got -1"),
 ])
-def test_memory_settings_that_cannot_work_are_refused_at_load(server: str, fragment: str):
+def test_memory_settings_that_cannot_work_are_refused_at_load(server: dict[str, Any], fragment: str):
     """A per-request cap the lower classes could never be admitted under, a reserve of everything, or
     a negative budget stops the config with a message naming the key."""
     with pytest.raises(ConfigError, match=re.escape(fragment)):
-        parse_test_config(f"[server]\n{server}\n\n[[devices]]\nid = \"py0\"\nbackend = \"python\"\n")
+        parse_test_document(document(server=server, devices=[python_device("py0")]))
 
 
 @pytest.mark.parametrize("value, said", [
-    ("0", "greater than or equal to 1, got 0"), ("-3", "greater than or equal to 1, got -3"),
-    ("2.5", "an integer, got 2.5"), ("true", "an integer, got True"), ('"8"', "an integer, got '8'"),
+    (0, "greater than or equal to 1, got 0"), (-3, "greater than or equal to 1, got -3"),
+    (2.5, "an integer, got 2.5"), (True, "an integer, got True"), ("8", "an integer, got '8'"),
 ])
-def test_model_limits_must_be_positive_integers(value: str, said: str):
+def test_model_limits_must_be_positive_integers(value: object, said: str):
     """max_batch_size is a positive integer: 0, a fraction, a boolean or a string is refused naming it."""
     with pytest.raises(ConfigError, match=re.escape(f"model 'tail': max_batch_size must be {said}")):
-        parse_test_config('[[devices]]\nid = "py0"\nbackend = "python"\n\n'
-                          + py_model_toml("tail", "stage_fns:tail").replace(
-                              'backend = "python"', f'backend = "python"\nmax_batch_size = {value}'))
+        parse_test_document(document(devices=[python_device("py0")],
+                                     models=[py_model("tail", "stage_fns:tail", max_batch_size=value)]))
 
 
 def test_peak_live_bytes_frees_each_tensor_after_its_last_reader():

@@ -16,22 +16,35 @@ from heddle.server.tools.profile_cmd import (
 )
 from heddle.clients.scenarios import App, Scenario
 from heddle.server.tools.profile_load import default_load, measure_under_load
-from server_fixtures import chain_toml, heddle_cache_dir, parse_test_config, py_model_toml  # noqa: F401 (fixture)
+from heddle.server.config.builder import (
+    document, onnx_device, onnx_model, pipeline, python_device, stage, tensor, to_toml,
+)
+from server_fixtures import chain, heddle_cache_dir, parse_test_document, py_model  # noqa: F401 (fixture)
 
 ECHO = "heddle.backends.zoo.ops:echo"
 
 
-@pytest.fixture(scope="module")
-def config_text(heddle_cache_dir):  # noqa: F811
-    return (f'[server]\ncache_dir = "{heddle_cache_dir}"\n\n'
-            '[[devices]]\nid = "cpu0"\nkind = "cpu"\nbackend = "onnxruntime"\nintra_op_threads = 1\n\n'
-            '[[devices]]\nid = "py0"\nkind = "cpu"\nbackend = "python"\nslots = 2\n\n'
-            '[[models]]\nname = "head"\npath = "builtin:head_cls"\n\n' + py_model_toml("echo", ECHO))
+HEAD_PIPELINE = pipeline("h", [tensor("features", "FP32", (-1, 64))], {"logits": "s0.logits"},
+                         [stage("s0", "head", features="input:features")])
 
 
 @pytest.fixture(scope="module")
-def doc(config_text):
-    return measure_profile(parse_test_config(config_text), runs=4, warmup=1)
+def config_doc(heddle_cache_dir):  # noqa: F811
+    return document(server={"cache_dir": str(heddle_cache_dir)},
+                    devices=[onnx_device("cpu0", kind="cpu", intra_op_threads=1),
+                             python_device("py0", kind="cpu", slots=2)],
+                    models=[onnx_model("head", "builtin:head_cls"), py_model("echo", ECHO)])
+
+
+def config_file(config_doc, path, *pipelines):
+    """The config with these pipelines as the file `heddle profile --config` reads."""
+    path.write_text(to_toml({**config_doc, "pipelines": list(pipelines)}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def doc(config_doc):
+    return measure_profile(parse_test_document(config_doc), runs=4, warmup=1)
 
 
 def test_every_model_is_timed_on_every_device_allowed_to_run_it(doc):
@@ -47,23 +60,23 @@ def test_every_model_is_timed_on_every_device_allowed_to_run_it(doc):
     assert [d["id"] for d in doc["devices"]] == ["cpu0", "py0"] and doc["method"] == "executors"
 
 
-def test_the_profile_loads_as_a_table_the_core_plans_with(doc, config_text, tmp_path):
+def test_the_profile_loads_as_a_table_the_core_plans_with(doc, config_doc, tmp_path):
     """Written as JSON or TOML, the profile reads back the same, and a Core built on its table
     plans with the measured figures (source "table")."""
     as_json = parse_profile(load_profile_file(write_profile_file(doc, tmp_path / "p.json")))
     as_toml = parse_profile(load_profile_file(write_profile_file(doc, tmp_path / "p.toml")))
     assert as_json.entries == as_toml.entries and as_json.samples == as_toml.samples
-    config = parse_test_config(config_text)
+    config = parse_test_document(config_doc)
     core = Core(config.devices, config.models, "fcfs", as_json.table())
     measured = next(e for e in doc["entries"] if e["model"] == "head")
     estimate = core.profiles.estimate("head", core.devices["cpu0"])
     assert estimate.source == "table" and estimate.mean_s == pytest.approx(measured["latency_s"])
 
 
-def test_shape_overrides_and_the_load_generators_default_dims(config_text):
+def test_shape_overrides_and_the_load_generators_default_dims(config_doc):
     """Dynamic dims are 1 (first) and 16 (others) unless --shape says otherwise, BYTES are words;
     a shape that does not fit the declared one, or a malformed spec, is refused."""
-    config = parse_test_config(config_text)
+    config = parse_test_document(config_doc)
     rng = np.random.default_rng(0)
     assert sample_inputs(config.models["echo"], {}, rng)["x"].shape == (1,)
     text = ModelSpec("enc", "onnxruntime", "enc.onnx", (TensorSpec("ids", "INT64", (-1, -1)),), ())
@@ -96,11 +109,10 @@ def test_a_profile_from_a_trace_takes_the_recorded_stage_runs():
         profile_from_trace(json.dumps(lines[0]), "t.jsonl")
 
 
-def test_heddle_profile_command_writes_the_file_and_refuses_unknown_models(config_text, tmp_path, capsys):
+def test_heddle_profile_command_writes_the_file_and_refuses_unknown_models(config_doc, tmp_path, capsys):
     """`heddle profile --config F --model echo --out P` prints a row and writes P; an unknown
     model is exit status 2 with its name."""
-    config = tmp_path / "c.toml"
-    config.write_text(config_text)
+    config = config_file(config_doc, tmp_path / "c.toml")
     out = tmp_path / "prof.json"
     assert main(["profile", "--config", str(config), "--model", "echo", "--runs", "2", "--warmup", "0",
                  "--out", str(out)]) == 0
@@ -110,18 +122,12 @@ def test_heddle_profile_command_writes_the_file_and_refuses_unknown_models(confi
     assert "nope" in capsys.readouterr().err
 
 
-HEAD_PIPELINE = ('[[pipelines]]\nname = "h"\ninputs = [{ name = "features", datatype = "FP32", shape = [-1, 64] }]\n'
-                 'outputs = { logits = "s0.logits" }\nstages = [{ name = "s0", model = "head", '
-                 'inputs = { features = "input:features" } }]\n\n')
-
-
 @pytest.mark.slow
-def test_a_profile_under_load_times_the_stage_runs_a_served_load_recorded(config_text, tmp_path):
+def test_a_profile_under_load_times_the_stage_runs_a_served_load_recorded(config_doc, tmp_path):
     """--under-load serves the config in a child process and drives it: every model of the loaded
     pipelines gets an entry of run times from dispatch to completion, pipelines left out of the
     load get none, and the warm-up's runs are not in it."""
-    config = tmp_path / "c.toml"
-    config.write_text(config_text + HEAD_PIPELINE + chain_toml("e", ["echo", "echo"]))
+    config = config_file(config_doc, tmp_path / "c.toml", HEAD_PIPELINE, chain("e", ["echo", "echo"]))
     assert [a.pipeline for a in default_load(str(config), 2).apps] == ["e", "h"]
     only_head = Scenario("t", (App("head app", "h", "closed", concurrency=2),))
     doc = measure_under_load(str(config), only_head, duration_s=1.5, warmup_s=0.5)
@@ -133,11 +139,10 @@ def test_a_profile_under_load_times_the_stage_runs_a_served_load_recorded(config
     assert doc["warmup_stage_runs"] >= 1  # recorded by the server, left out of the table
 
 
-def test_an_under_load_scenario_naming_an_unknown_pipeline_is_refused(config_text, tmp_path, capsys):
+def test_an_under_load_scenario_naming_an_unknown_pipeline_is_refused(config_doc, tmp_path, capsys):
     """A scenario app on a pipeline the config lacks is a ValueError naming it; a non-positive
     --under-load is exit status 2 naming the option."""
-    config = tmp_path / "c.toml"
-    config.write_text(config_text + HEAD_PIPELINE)
+    config = config_file(config_doc, tmp_path / "c.toml", HEAD_PIPELINE)
     bad = Scenario("t", (App("x", "nope", "closed"),))
     with pytest.raises(ValueError, match="nope"):
         measure_under_load(str(config), bad, duration_s=1.0)

@@ -7,7 +7,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import grpc
 import numpy as np
@@ -19,9 +19,13 @@ from heddle.backends.zoo import ops
 from heddle.backends.zoo.build import build_model
 from heddle.clients.client import HeddleClient, InferResult, build_request
 from heddle.server.config.load import ConfigError
-from heddle.server.config.default import FRAME_OPS_TOML
+from heddle.server.config.builder import (
+    document, onnx_device, onnx_model, pipeline, python_device, python_model, stage, tensor, triton_device,
+    triton_model,
+)
+from heddle.server.config.default import FRAME_OPS
 from heddle.v1 import heddle_pb2_grpc
-from server_fixtures import RunningServer, parse_test_config, running_server, scrape_metrics, wait_until
+from server_fixtures import RunningServer, parse_test_document, running_server, scrape_metrics, wait_until
 from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
     Gate, pending_requests, require_triton, triton_server, triton_zoo_paths, write_gate_model,
     write_zoo_models,
@@ -35,91 +39,56 @@ WAIT_S = 30.0  # bound on any one call or wait; reached only when something is b
 RTOL, ATOL = 1e-4, 1e-5
 ALLOWED_FAILURES = {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
 
-CNN_IO = ('inputs = [{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }]\n'
-          'outputs = [{ name = "logits", datatype = "FP32", shape = [-1, 10] }]\n')
-GATE_IO = ('inputs = [{ name = "tag", datatype = "INT32", shape = [-1, 1] }]\n'
-           'outputs = [{ name = "seq", datatype = "INT64", shape = [-1, 1] }]\n')
+CNN_IO = ([tensor("image", "FP32", (-1, 3, 64, 64))], [tensor("logits", "FP32", (-1, 10))])
+GATE_IO = ([tensor("tag", "INT32", (-1, 1))], [tensor("seq", "INT64", (-1, 1))])
 
 
-# ---- config text ----------------------------------------------------------------------------
+# ---- config: parts ({"devices": [...], "models": [...], "pipelines": [...]}) joined by config() ----
 
-def local_toml(cnn_onnx: Path) -> str:
+def config(*parts: Mapping[str, list[Any]], server: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One document of the parts' devices, models and pipelines, in the order given."""
+    return document(server=server, **{key: [t for part in parts for t in part.get(key, ())]
+                                      for key in ("devices", "models", "pipelines")})
+
+
+def local(cnn_onnx: Path) -> dict[str, list[Any]]:
     """cpu0 (ORT) and py0 (python), the python ops, and the CNN on cpu0 with its classify pipeline."""
-    return f'''
-[[devices]]
-id = "cpu0"
-kind = "cpu"
-backend = "onnxruntime"
-slots = 1
-providers = ["CPUExecutionProvider"]
-intra_op_threads = 1
-
-[[devices]]
-id = "py0"
-kind = "cpu"
-backend = "python"
-slots = 2
-
-[[models]]
-name = "cnn"
-path = "{cnn_onnx}"
-
-{FRAME_OPS_TOML}
-{classify_toml("classify", "cnn")}'''
+    devices = [onnx_device("cpu0", kind="cpu", providers=["CPUExecutionProvider"], intra_op_threads=1),
+               python_device("py0", kind="cpu", slots=2)]
+    return {"devices": devices, "models": [onnx_model("cnn", str(cnn_onnx)), *FRAME_OPS],
+            "pipelines": classify("classify", "cnn")["pipelines"]}
 
 
-def triton_device_toml(device_id: str, url: str, slots: int) -> str:
-    return (f'[[devices]]\nid = "{device_id}"\nkind = "remote"\nbackend = "triton"\nurl = "{url}"\n'
-            f'slots = {slots}\nclient_timeout_s = {WAIT_S}\n\n')
+def remote(device_id: str, url: str, slots: int) -> dict[str, list[Any]]:
+    """A device on a Triton server at url."""
+    return {"devices": [triton_device(device_id, url, slots=slots, client_timeout_s=WAIT_S)]}
 
 
-def triton_model_toml(name: str, triton_model: str, devices: list[str], io: str) -> str:
-    listed = ", ".join(f'"{d}"' for d in devices)
-    return (f'[[models]]\nname = "{name}"\nbackend = "triton"\ntriton_model = "{triton_model}"\n'
-            f'devices = [{listed}]\n{io}\n')
+def hosted(name: str, on_triton: str, devices: list[str], io: tuple[list[Any], list[Any]]) -> dict[str, list[Any]]:
+    """heddle's model `name`: Triton's model `on_triton` on these devices."""
+    return {"models": [triton_model(name, triton_model=on_triton, devices=devices, inputs=io[0], outputs=io[1])]}
 
 
-def classify_toml(name: str, cnn_model: str) -> str:
+def classify(name: str, cnn_model: str) -> dict[str, list[Any]]:
     """image -> pre (python) -> cnn (cnn_model) -> post (python)."""
-    return f'''[[pipelines]]
-name = "{name}"
-inputs = [{{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }}]
-outputs = {{ probs = "post.probs", label = "post.label" }}
-stages = [
-  {{ name = "pre", model = "preprocess", inputs = {{ image = "input:image" }} }},
-  {{ name = "cnn", model = "{cnn_model}", inputs = {{ image = "pre.image" }} }},
-  {{ name = "post", model = "postprocess", inputs = {{ logits = "cnn.logits" }} }},
-]
-
-'''
+    return {"pipelines": [pipeline(name, [tensor("image", "UINT8", (-1, 64, 64, 3))],
+                                   {"probs": "post.probs", "label": "post.label"}, [
+        stage("pre", "preprocess", image="input:image"), stage("cnn", cnn_model, image="pre.image"),
+        stage("post", "postprocess", logits="cnn.logits")])]}
 
 
-def gate_pipeline_toml(name: str, gate_model: str) -> str:
+def gate_pipeline(name: str, gate_model: str) -> dict[str, list[Any]]:
     """tag -> gate (gate_model) -> seq."""
-    return (f'[[pipelines]]\nname = "{name}"\n'
-            'inputs = [{ name = "tag", datatype = "INT32", shape = [-1, 1] }]\noutputs = { seq = "gate.seq" }\n'
-            f'stages = [{{ name = "gate", model = "{gate_model}", inputs = {{ tag = "input:tag" }} }}]\n\n')
+    gate = stage("gate", gate_model, tag="input:tag")
+    return {"pipelines": [pipeline(name, GATE_IO[0], {"seq": "gate.seq"}, [gate])]}
 
 
-def gate_then_echo_toml(name: str, gate_model: str) -> str:
+def gate_then_echo(name: str, gate_model: str) -> dict[str, list[Any]]:
     """tag -> gate (gate_model) -> echo (python, py0) -> seq: a stage still to come after the gate."""
-    return f'''[[models]]
-name = "echo_seq"
-backend = "python"
-function = "heddle.backends.zoo.ops:echo"
-inputs = [{{ name = "x", datatype = "INT64", shape = [-1, 1] }}]
-outputs = [{{ name = "y", datatype = "INT64", shape = [-1, 1] }}]
-
-[[pipelines]]
-name = "{name}"
-inputs = [{{ name = "tag", datatype = "INT32", shape = [-1, 1] }}]
-outputs = {{ seq = "echo.y" }}
-stages = [
-  {{ name = "gate", model = "{gate_model}", inputs = {{ tag = "input:tag" }} }},
-  {{ name = "echo", model = "echo_seq", inputs = {{ x = "gate.seq" }} }},
-]
-
-'''
+    seq = tensor("seq", "INT64", (-1, 1))
+    echo = python_model("echo_seq", "heddle.backends.zoo.ops:echo", [{**seq, "name": "x"}], [{**seq, "name": "y"}])
+    return {"models": [echo], "pipelines": [pipeline(name, GATE_IO[0], {"seq": "echo.y"}, [
+        stage("gate", gate_model, tag="input:tag"), stage("echo", "echo_seq", x="gate.seq")])]}
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -172,14 +141,14 @@ def gateway(triton_server: TritonServer, triton_zoo_paths: dict[str, Path]) -> I
     """heddle with cpu0, py0 and three devices on the session's Triton server: triton0 (2 slots)
     for the CNN, tq1 (1 slot: heddle queues) and tq8 (8 slots: Triton queues) for the gate."""
     url = triton_server.grpc_url
-    text = (local_toml(triton_zoo_paths["cnn"]) + triton_device_toml("triton0", url, 2)
-            + triton_device_toml("tq1", url, 1) + triton_device_toml("tq8", url, 8)
-            + triton_model_toml("cnn_t", "cnn", ["triton0"], CNN_IO)
-            + triton_model_toml("gate_q", "gate", ["tq1"], GATE_IO)
-            + triton_model_toml("gate_p", "gate", ["tq8"], GATE_IO)
-            + classify_toml("classify_t", "cnn_t")
-            + gate_pipeline_toml("hold_in_heddle", "gate_q") + gate_pipeline_toml("hold_in_triton", "gate_p"))
-    with running_server(parse_test_config(text)) as running:
+    doc = config(local(triton_zoo_paths["cnn"]), remote("triton0", url, 2),
+                 remote("tq1", url, 1), remote("tq8", url, 8),
+                 hosted("cnn_t", "cnn", ["triton0"], CNN_IO),
+                 hosted("gate_q", "gate", ["tq1"], GATE_IO),
+                 hosted("gate_p", "gate", ["tq8"], GATE_IO),
+                 classify("classify_t", "cnn_t"),
+                 gate_pipeline("hold_in_heddle", "gate_q"), gate_pipeline("hold_in_triton", "gate_p"))
+    with running_server(parse_test_document(doc)) as running:
         yield running
 
 
@@ -261,10 +230,10 @@ def test_every_configured_priority_level_passes_to_triton(triton_server: TritonS
                                                           triton_zoo_paths) -> None:
     """With 8 priority levels configured, requests at levels 8 and 1 run through a Triton stage (the top
     level maps onto Triton's scale rather than failing as out of range)."""
-    text = ("[server]\npriority_levels = 8\ndefault_priority = 4\n"
-            + local_toml(triton_zoo_paths["cnn"]) + triton_device_toml("triton0", triton_server.grpc_url, 1)
-            + triton_model_toml("gate_t", "gate", ["triton0"], GATE_IO) + gate_pipeline_toml("hold", "gate_t"))
-    with running_server(parse_test_config(text)) as running, running.client() as client:
+    doc = config(local(triton_zoo_paths["cnn"]), remote("triton0", triton_server.grpc_url, 1),
+                 hosted("gate_t", "gate", ["triton0"], GATE_IO), gate_pipeline("hold", "gate_t"),
+                 server={"priority_levels": 8, "default_priority": 4})
+    with running_server(parse_test_document(doc)) as running, running.client() as client:
         first = run_gate(client, "hold", 1, priority=8)
         assert run_gate(client, "hold", 1, priority=1) == first + 1
 
@@ -342,13 +311,13 @@ def test_killing_a_triton_server_under_load_moves_work_to_the_other(doomed_serve
                                                                      triton_zoo_paths) -> None:
     """SIGKILL of triton0 under 8 clients: every call ends once, OK or a clear status; a stage in flight
     there is retried on triton1; calls after the kill run on triton1; triton0 is listed unhealthy."""
-    text = (local_toml(triton_zoo_paths["cnn"])
-            + triton_device_toml("triton0", doomed_server.grpc_url, 2)
-            + triton_device_toml("triton1", triton_server.grpc_url, 2)
-            + triton_model_toml("cnn_t", "cnn", ["triton0", "triton1"], CNN_IO)
-            + triton_model_toml("gate_t", "gate", ["triton0", "triton1"], GATE_IO)
-            + classify_toml("classify_t", "cnn_t") + gate_then_echo_toml("hold", "gate_t"))
-    with (running_server(parse_test_config(text)) as running, running.client() as client,
+    doc = config(local(triton_zoo_paths["cnn"]),
+                 remote("triton0", doomed_server.grpc_url, 2),
+                 remote("triton1", triton_server.grpc_url, 2),
+                 hosted("cnn_t", "cnn", ["triton0", "triton1"], CNN_IO),
+                 hosted("gate_t", "gate", ["triton0", "triton1"], GATE_IO),
+                 classify("classify_t", "cnn_t"), gate_then_echo("hold", "gate_t"))
+    with (running_server(parse_test_document(doc)) as running, running.client() as client,
           ThreadPoolExecutor(1) as pool, Gate(doomed_server) as gate):
         # Only triton0's gate holds (the test listens to its FIFOs): this stage is surely in flight
         # there, with a deadline and a stage after it, when the server dies.
@@ -378,16 +347,16 @@ def test_server_down_at_start_joins_when_it_comes_up(triton_server: TritonServer
     comes up at that url, triton1 turns healthy and takes work while triton0 is busy."""
     require_triton()
     port = free_port()
-    text = (local_toml(triton_zoo_paths["cnn"])
-            + triton_device_toml("triton0", triton_server.grpc_url, 1)
-            + triton_device_toml("triton1", f"127.0.0.1:{port}", 1)
-            + triton_model_toml("cnn_t", "cnn", ["triton0", "triton1"], CNN_IO)
-            + triton_model_toml("gate_t", "gate", ["triton0"], GATE_IO)
-            + classify_toml("classify_t", "cnn_t") + gate_pipeline_toml("hold", "gate_t"))
+    doc = config(local(triton_zoo_paths["cnn"]),
+                 remote("triton0", triton_server.grpc_url, 1),
+                 remote("triton1", f"127.0.0.1:{port}", 1),
+                 hosted("cnn_t", "cnn", ["triton0", "triton1"], CNN_IO),
+                 hosted("gate_t", "gate", ["triton0"], GATE_IO),
+                 classify("classify_t", "cnn_t"), gate_pipeline("hold", "gate_t"))
     image = image_batch(2)
     expected = classify_direct(triton_zoo_paths["cnn"], image)
     write_zoo_models(tmp_path / "repo", tmp_path / "models", ("cnn",))
-    with running_server(parse_test_config(text)) as running, running.client() as client:
+    with running_server(parse_test_document(doc)) as running, running.client() as client:
         assert device_info(client, "triton1").healthy is False
         before = client.infer("classify_t", {"image": image}, timeout_s=WAIT_S)
         assert stage_devices(before)["cnn"] == "triton0"
@@ -406,7 +375,7 @@ def test_server_down_at_start_joins_when_it_comes_up(triton_server: TritonServer
 
 def test_a_model_spans_devices_of_its_own_backend_only(tmp_path: Path) -> None:
     """A Triton-hosted model that lists an ONNX Runtime device is refused when the config loads, naming both."""
-    text = (local_toml(build_model("cnn", tmp_path)) + triton_device_toml("triton0", "127.0.0.1:1", 1)
-            + triton_model_toml("cnn_t", "cnn", ["triton0", "cpu0"], CNN_IO))
+    doc = config(local(build_model("cnn", tmp_path)), remote("triton0", "127.0.0.1:1", 1),
+                 hosted("cnn_t", "cnn", ["triton0", "cpu0"], CNN_IO))
     with pytest.raises(ConfigError, match="device 'cpu0' has backend 'onnxruntime'.*'triton'"):
-        parse_test_config(text)
+        parse_test_document(doc)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import queue
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import grpc
 import numpy as np
@@ -20,12 +20,15 @@ from heddle.backends.triton.executor import TritonExecutor
 from heddle.backends.triton.server import TritonServer
 from heddle.clients.tensors import from_tensor, to_tensor
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
+from heddle.server.config.builder import (
+    document, pipeline, python_device, stage, tensor, triton_device, triton_model,
+)
+from heddle.server.config.default import TOKENIZER_MODELS
 from heddle.server.config.load import ConfigError
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    TOKENIZER_MODELS_TOML, RunningServer, heddle_cache_dir, parse_test_config, running_server, scrape_metrics,
-    wait_until,
+    RunningServer, heddle_cache_dir, parse_test_document, running_server, scrape_metrics, wait_until,
 )
 from test_e2e_llm import output_ids
 from test_llm_engine import reference_greedy
@@ -39,67 +42,30 @@ pytestmark = pytest.mark.triton
 WAIT_S = 30.0  # bound on any one call; reached only when something is broken
 
 
-def gateway_toml(url: str, cache: Path) -> str:
-    """tr0 on the Triton server hosting `llm` and `llm_slow` as heddle LLMs; py0 for the byte tokenizer."""
-    return f'''
-[server]
-policy = "priority"
-cache_dir = "{cache}"
-
-[[devices]]
-id = "tr0"
-kind = "remote"
-backend = "triton"
-url = "{url}"
-slots = 4
-client_timeout_s = {WAIT_S}
-
-[[devices]]
-id = "py0"
-backend = "python"
-slots = 2
-
-[[models]]
-name = "llm"
-kind = "llm"
-backend = "triton"
-triton_model = "llm"
-max_new_tokens = 8
-max_positions = 512
-vocab_size = 512
-tokenizer = "byte"
-
-[[models]]
-name = "llm_slow"
-kind = "llm"
-backend = "triton"
-triton_model = "llm_slow"
-
-{TOKENIZER_MODELS_TOML}
-{chat_toml("chat", "llm")}
-{chat_toml("chat_slow", "llm_slow")}
-[[pipelines]]
-name = "chat_text"
-inputs = [{{ name = "text", datatype = "BYTES", shape = [1] }}]
-outputs = {{ text = "detok.text", output_ids = "llm.output_ids" }}
-stages = [
-  {{ name = "tok", model = "tokenize", inputs = {{ text = "input:text" }} }},
-  {{ name = "llm", model = "llm", inputs = {{ input_ids = "tok.input_ids" }} }},
-  {{ name = "detok", model = "detokenize", inputs = {{ output_ids = "llm.output_ids" }} }},
-]
-'''
+def gateway_doc(url: str, cache: Path, **llm_keys: object) -> dict[str, Any]:
+    """tr0 on the Triton server hosting `llm` and `llm_slow` as heddle LLMs; py0 for the byte tokenizer
+    (llm_keys: more keys of `llm`)."""
+    llm = triton_model("llm", kind="llm", triton_model="llm", max_new_tokens=8, max_positions=512,
+                       vocab_size=512, tokenizer="byte", **llm_keys)
+    chat_text = pipeline("chat_text", [tensor("text", "BYTES", (1,))],
+                         {"text": "detok.text", "output_ids": "llm.output_ids"}, [
+        stage("tok", "tokenize", text="input:text"), stage("llm", "llm", input_ids="tok.input_ids"),
+        stage("detok", "detokenize", output_ids="llm.output_ids")])
+    return document(server={"policy": "priority", "cache_dir": str(cache)},
+                    devices=[triton_device("tr0", url, slots=4, client_timeout_s=WAIT_S),
+                             python_device("py0", slots=2)],
+                    models=[llm, triton_model("llm_slow", kind="llm", triton_model="llm_slow"), *TOKENIZER_MODELS],
+                    pipelines=[chat_pipeline("chat", "llm"), chat_pipeline("chat_slow", "llm_slow"), chat_text])
 
 
-def chat_toml(name: str, model: str) -> str:
-    return (f'[[pipelines]]\nname = "{name}"\n'
-            'inputs = [{ name = "input_ids", datatype = "INT64", shape = [1, -1] }]\n'
-            f'outputs = {{ output_ids = "llm.output_ids" }}\n'
-            f'stages = [{{ name = "llm", model = "{model}", inputs = {{ input_ids = "input:input_ids" }} }}]\n')
+def chat_pipeline(name: str, model: str) -> dict[str, Any]:
+    return pipeline(name, [tensor("input_ids", "INT64", (1, -1))], {"output_ids": "llm.output_ids"},
+                    [stage("llm", model, input_ids="input:input_ids")])
 
 
 @pytest.fixture(scope="module")
 def gateway(triton_server: TritonServer, heddle_cache_dir: Path) -> Iterator[RunningServer]:
-    with running_server(parse_test_config(gateway_toml(triton_server.grpc_url, heddle_cache_dir))) as running:
+    with running_server(parse_test_document(gateway_doc(triton_server.grpc_url, heddle_cache_dir))) as running:
         yield running
 
 
@@ -255,15 +221,15 @@ def test_kserve_bad_max_new_tokens_and_out_of_vocab_prompt_are_invalid_argument(
 
 # ---- a dead server, and models that are not streaming LLMs -----------------------------------
 
-def failover_toml(doomed_url: str, peer_url: str, cache: Path) -> str:
+def failover_doc(doomed_url: str, peer_url: str, cache: Path) -> dict[str, Any]:
     """tr_a (the doomed server, listed first: an idle gateway places there) and tr_b (a peer):
     llm on both, llm_slow on tr_a only."""
-    devices = "".join(f'[[devices]]\nid = "{i}"\nkind = "remote"\nbackend = "triton"\nurl = "{u}"\nslots = 4\n'
-                      f'client_timeout_s = {WAIT_S}\n\n' for i, u in (("tr_a", doomed_url), ("tr_b", peer_url)))
-    models = "".join(f'[[models]]\nname = "{m}"\nkind = "llm"\nbackend = "triton"\ndevices = {d}\n\n'
-                     for m, d in (("llm", '["tr_a", "tr_b"]'), ("llm_slow", '["tr_a"]')))
-    return (f'[server]\ncache_dir = "{cache}"\n\n' + devices + models + chat_toml("chat", "llm")
-            + chat_toml("chat_slow", "llm_slow"))
+    devices = [triton_device(i, u, slots=4, client_timeout_s=WAIT_S)
+               for i, u in (("tr_a", doomed_url), ("tr_b", peer_url))]
+    models = [triton_model("llm", kind="llm", devices=["tr_a", "tr_b"]),
+              triton_model("llm_slow", kind="llm", devices=["tr_a"])]
+    return document(server={"cache_dir": str(cache)}, devices=devices, models=models,
+                    pipelines=[chat_pipeline("chat", "llm"), chat_pipeline("chat_slow", "llm_slow")])
 
 
 def stream_tokens(stub: pb_grpc.GatewayStub, request: pb.InferRequest, on_token=None) -> tuple[list[int], object]:
@@ -289,7 +255,7 @@ def test_dead_triton_server_before_and_after_the_first_token(tmp_path: Path, hed
     tokens ends UNAVAILABLE (tokens sent stand: no retry), and what it got is the reference's prefix."""
     write_llm_models(tmp_path / "repo", tmp_path / "models", hold=("llm",))
     with TritonServer(tmp_path / "repo", work_dir=tmp_path / "work") as doomed:
-        config = parse_test_config(failover_toml(doomed.grpc_url, triton_server.grpc_url, heddle_cache_dir))
+        config = parse_test_document(failover_doc(doomed.grpc_url, triton_server.grpc_url, heddle_cache_dir))
         with (running_server(config) as running, grpc.insecure_channel(running.target) as channel,
               running.client() as client, Gate(doomed, "llm") as gate, ThreadPoolExecutor(1) as pool):
             stub = pb_grpc.GatewayStub(channel)
@@ -324,6 +290,5 @@ def test_only_decoupled_models_with_token_ids_load_as_llms(triton_server: Triton
 
 def test_triton_llm_takes_no_max_batch(heddle_cache_dir: Path) -> None:
     """max_batch (heddle's own continuous batching) on a Triton-hosted LLM is a config error."""
-    text = gateway_toml("127.0.0.1:1", heddle_cache_dir).replace("vocab_size = 512", "vocab_size = 512\nmax_batch = 4")
     with pytest.raises(ConfigError, match="max_batch"):
-        parse_test_config(text)
+        parse_test_document(gateway_doc("127.0.0.1:1", heddle_cache_dir, max_batch=4))

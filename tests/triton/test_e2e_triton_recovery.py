@@ -15,10 +15,10 @@ from heddle.backends.onnxruntime import read_io_spec
 from heddle.backends.triton.server import TritonServer, free_port, write_onnx_python_model
 from heddle.scheduler.specs import TensorSpec
 from heddle.server.runtime.recovery import LoadStatus, backoff_delays
-from server_fixtures import RunningServer, parse_test_config, running_server, scrape_metrics, wait_until
+from server_fixtures import RunningServer, parse_test_document, running_server, scrape_metrics, wait_until
 from test_e2e_triton import (
-    CNN_IO, WAIT_S, assert_outputs, classify_direct, classify_toml, device_info, image_batch, local_toml,
-    stage_devices, triton_device_toml, triton_model_toml,
+    CNN_IO, WAIT_S, assert_outputs, classify, classify_direct, config, device_info, hosted, image_batch, local,
+    remote, stage_devices,
 )
 from triton_fixtures import require_triton, triton_server, triton_zoo_paths  # noqa: F401  (fixtures)
 
@@ -72,13 +72,13 @@ def test_server_back_without_the_model_joins_once_it_serves_it(triton_zoo_paths,
     named. The right model is loaded: triton1 joins and serves classify_t."""
     require_triton()
     port, cnn_onnx, repo = free_port(), triton_zoo_paths["cnn"], tmp_path / "repo"
-    text = (local_toml(cnn_onnx) + triton_device_toml("triton1", f"127.0.0.1:{port}", 1)
-            + triton_model_toml("cnn_t", "cnn", ["triton1"], CNN_IO) + classify_toml("classify_t", "cnn_t"))
+    doc = config(local(cnn_onnx), remote("triton1", f"127.0.0.1:{port}", 1),
+                 hosted("cnn_t", "cnn", ["triton1"], CNN_IO), classify("classify_t", "cnn_t"))
     image = image_batch(3)
     expected = classify_direct(cnn_onnx, image)
     write_cnn(repo, cnn_onnx)
     server_args = dict(work_dir=tmp_path / "work", grpc_port=port, extra_args=EXPLICIT)
-    with running_server(parse_test_config(text)) as running, running.client() as client:
+    with running_server(parse_test_document(doc)) as running, running.client() as client:
         loader = running.server.runtime.loader
         assert load_state(running, "triton1") == "unreachable"
         assert load_state(running, "cpu0") == "loaded"
