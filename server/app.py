@@ -73,6 +73,7 @@ class HeddleServer:
         self.kserve = KServeServicer(self.runtime, self.limits, self.tracer)
         self.reloader = Reloader(self.runtime, config_loader(config),
                                  on_swap=(self.kserve.set_config, self.limits.update_models))
+        self.kserve.attach_reloader(self.reloader)
         self.health = health.aio.HealthServicer()
         self._with_metrics_http = with_metrics_http
         self._metrics_http = None

@@ -32,6 +32,7 @@ from heddle.server.runtime.jobs import StageStatus, TokenUpdate
 from heddle.server.observe.logs import get_logger
 from heddle.server.observe.tracing import RequestTracer, trace_request
 from heddle.server.runtime.runtime import JobResult, Runtime
+from heddle.server.runtime.reload import NotServed, Reloader, ReloadError
 from heddle.server.runtime.status import RETRY_AFTER_KEY, request_error
 from heddle.server.frontends.validation import (
     MAX_REQUEST_ID_BYTES, RequestError, check_generation, check_request_id, effective_deadline_s,
@@ -64,6 +65,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         self.settings = runtime.config.server
         self.limits = limits or RequestLimits(runtime.config)  # app.py passes the shared one
         self.tracer = tracer
+        self.reloader: Reloader | None = None  # attach_reloader
         self.catalog: dict[str, CatalogEntry] = build_catalog(runtime.config)
         self.stats = KServeStats(self.catalog)
         # Models that count stage runs of pipelines in their statistics (not hidden by a pipeline).
@@ -303,12 +305,35 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     async def _unsupported(self, context, what: str, instead: str) -> None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"heddle does not support {what}: {instead}")
 
-    async def RepositoryModelLoad(self, request, context):
-        await self._unsupported(context, "RepositoryModelLoad", "every configured model is loaded at "
-                                "start; change the config and restart")
+    def attach_reloader(self, reloader: Reloader) -> None:
+        """RepositoryModelLoad/Unload go through the server's config reload (server/runtime/reload.py)."""
+        self.reloader = reloader
 
-    async def RepositoryModelUnload(self, request, context):
-        await self._unsupported(context, "RepositoryModelUnload", "models stay loaded while heddle runs")
+    async def RepositoryModelLoad(self, request, context) -> kpb.RepositoryModelLoadResponse:
+        """Reload the config file (models and pipelines; server/runtime/reload.py), with the model no
+        longer left out if it was unloaded; NOT_FOUND when the file does not have it."""
+        name = request.model_name
+        await self._repository(context, lambda: self.reloader.load(name))
+        if name not in self.catalog and not any(n.partition("@")[0] == name for n in self.catalog):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {clipped(name)!r} is not in the config file "
+                                f"(heddle loads what its config names; add a [[models]] table)")
+        return kpb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context) -> kpb.RepositoryModelUnloadResponse:
+        """Stop serving a model (all its versions) or pipeline, and the pipelines that run it, until
+        RepositoryModelLoad; requests already running finish."""
+        name = request.model_name
+        await self._repository(context, lambda: self.reloader.unload(name))
+        return kpb.RepositoryModelUnloadResponse()
+
+    async def _repository(self, context, change) -> None:
+        if self.reloader is None:
+            await self._unsupported(context, "repository changes", "this server was built without config reload")
+        try:
+            await change()
+        except ReloadError as exc:
+            code = grpc.StatusCode.FAILED_PRECONDITION if exc.fixed else grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(grpc.StatusCode.NOT_FOUND if isinstance(exc, NotServed) else code, str(exc))
 
     async def SystemSharedMemoryStatus(self, request, context):
         await self._unsupported(context, "system shared memory", _SEND_TENSORS)

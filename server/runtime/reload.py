@@ -22,8 +22,8 @@ from heddle.scheduler.profiles import compatible
 from heddle.server.config.load import Config
 from heddle.server.observe.logs import get_logger
 
-__all__ = ["PINNED_SERVER_KEYS", "ConfigDiff", "ReloadError", "ReloadTarget", "Reloader", "diff_configs",
-           "fingerprint"]
+__all__ = ["PINNED_SERVER_KEYS", "ConfigDiff", "NotServed", "ReloadError", "ReloadTarget", "Reloader", "diff_configs",
+           "fingerprint", "without"]
 
 log = get_logger("heddle.reload")
 
@@ -41,6 +41,10 @@ class ReloadError(Exception):
     def __init__(self, message: str, *, fixed: bool = False) -> None:
         super().__init__(message)
         self.fixed = fixed
+
+
+class NotServed(ReloadError):
+    """An unload named no model or pipeline being served."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,22 @@ class ReloadTarget(Protocol):
     def swap_config(self, config: Config, diff: ConfigDiff) -> None: ...
 
 
+def without(config: Config, names: set[str]) -> Config:
+    """The config less the named models (a bare name: all its versions) and pipelines, and less
+    every pipeline that runs a model it drops (KServe's RepositoryModelUnload)."""
+    if not names:
+        return config
+    models = {k: m for k, m in config.models.items() if k not in names and k.partition("@")[0] not in names}
+
+    def keeps(p: Any) -> bool:
+        return p.name not in names and all(s.model in models for s in p.stages)
+
+    pipelines = {n: p for n, p in config.pipelines.items() if keeps(p)}
+    variants = {n: v for n, v in config.variants.items()
+                if n in pipelines and all(keeps(p) for p, _ in v)}
+    return dataclasses.replace(config, models=models, pipelines=pipelines, variants=variants)
+
+
 class Reloader:
     """One reload at a time: load the config, diff it, load new and changed models on their
     devices off the event loop, then swap the runtime (and what `on_swap` rebuilds) in one step."""
@@ -132,23 +152,43 @@ class Reloader:
     def __init__(self, runtime: ReloadTarget, load: Callable[[str], Config],
                  on_swap: tuple[Callable[[Config], None], ...] = ()) -> None:
         self.runtime = runtime
-        self.load = load  # path -> Config, with the running command-line values pinned
+        self.read = load  # path -> Config, with the running command-line values pinned
         self.on_swap = on_swap
         self.prints = {n: fingerprint(m) for n, m in runtime.config.models.items()}
+        self.unloaded: set[str] = set()  # models and pipelines KServe unloaded: left out of every reload
         self._lock = asyncio.Lock()
         self._unloads: set[asyncio.Task[None]] = set()
 
+    async def unload(self, name: str) -> ConfigDiff:
+        """KServe RepositoryModelUnload: serve the running config less `name` (a model, all its
+        versions, or a pipeline) and the pipelines that run it, until load(name)."""
+        if name not in self.runtime.config.models and name not in self.runtime.config.pipelines and not any(
+                k.partition("@")[0] == name for k in self.runtime.config.models):
+            raise NotServed(f"no model or pipeline {name!r} is served")
+        self.unloaded.add(name)
+        return (await self._reload_with(lambda: without(self.runtime.config, {name})))[0]
+
+    async def load(self, name: str, path: str = "") -> ConfigDiff:
+        """KServe RepositoryModelLoad: reload the config file with `name` no longer left out."""
+        self.unloaded.discard(name)
+        return (await self.reload(path))[0]
+
     async def reload(self, path: str) -> tuple[ConfigDiff, Config, float]:
         """(the changes, the config now served, seconds it took); ReloadError when nothing changed."""
+        return await self._reload_with(None, path)
+
+    async def _reload_with(self, build: Callable[[], Config] | None,
+                           path: str = "") -> tuple[ConfigDiff, Config, float]:
         async with self._lock:
             t0 = time.perf_counter()
             loop = asyncio.get_running_loop()
             try:  # parsing resolves models (reads ONNX files, builds demo models): off the loop
-                new = await loop.run_in_executor(None, self.load, path)
+                new = build() if build is not None else await loop.run_in_executor(None, self.read, path)
             except ReloadError:
                 raise
             except Exception as exc:  # ConfigError and any other reason the file cannot be served
                 raise ReloadError(f"config not reloaded: {exc}") from None
+            new = without(new, self.unloaded)
             diff = diff_configs(self.runtime.config, new, self.prints)
             await self._load_models(new, diff)
             self.runtime.swap_config(new, diff)

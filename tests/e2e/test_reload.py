@@ -176,3 +176,25 @@ def test_a_model_that_does_not_load_changes_nothing(files: Path, capsys) -> None
         err = capsys.readouterr().err
         assert code == 1 and "broken" in err
         assert "broken" not in running.server.runtime.config.models
+
+
+def test_kserve_repository_unload_and_load_go_through_reload(files: Path) -> None:
+    """Unload stops serving a model and the pipelines that run it (NOT_FOUND), through later reloads
+    too; Load brings it back from the config file; an unknown name is NOT_FOUND."""
+    tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    config = load_config(files / "heddle.toml", grpc_port=0, metrics_port=0, http_port=0)
+    with running_server(config) as running, running.client() as client:
+        kserve = tritonclient_grpc.InferenceServerClient(running.target)
+        kserve.unload_model("keep")
+        index = {m.name for m in kserve.get_model_repository_index().models}
+        assert "keep" not in index and "p_keep" not in index and "p_scale" in index
+        with pytest.raises(HeddleError, match="NOT_FOUND"):
+            client.infer("p_keep", {"x": X})
+        assert main(["reload", "--target", running.target]) == 0  # stays unloaded
+        assert "p_keep" not in running.server.runtime.config.pipelines
+        kserve.load_model("keep")
+        assert client.infer("p_keep", {"x": X}).outputs["y"].tolist() == X.tolist()
+        with pytest.raises(InferenceServerException, match="no model or pipeline 'nope'"):
+            kserve.unload_model("nope")
