@@ -66,10 +66,11 @@ class HeddleServer:
         for ex in self.executors.values():
             if ex.device.backend == "triton":  # it maps heddle's scale onto Triton's, so needs its top
                 ex.priority_levels = config.server.priority_levels
-        self.runtime = Runtime(config, self.executors, self.metrics, clock=clock)
+        self.tracer = make_tracer(config.tracing, span_exporter)  # None when tracing is off
+        self.runtime = Runtime(config, self.executors, self.metrics, clock=clock,
+                               record_events=self.tracer is not None)
         self.power = PowerLoop(self.runtime, self.metrics)  # sensors, DVFS, budget controller
         self.limits = RequestLimits(config, self.metrics)  # one memory budget for both front doors
-        self.tracer = make_tracer(config.tracing, span_exporter)  # None when tracing is off
         self.kserve = KServeServicer(self.runtime, self.limits, self.tracer)
         self.reloader = Reloader(self.runtime, config_loader(config),
                                  on_swap=(self.kserve.set_config, self.limits.update_models))

@@ -68,6 +68,8 @@ class RequestTracer:
             if stage.status in _ERROR_STATUSES:
                 child.set_status(Status(StatusCode.ERROR, stage.error or stage.status))
             child.end(end_time=arrival_ns + int(stage.end_offset_s * 1e9))
+        for offset_s, name, attributes in getattr(result, "events", ()):  # freeze, migrate, retry, ...
+            span.add_event(name, dict(attributes), timestamp=arrival_ns + int(offset_s * 1e9))
         for name, attributes in _events(result):
             span.add_event(name, attributes, timestamp=end_ns)
         if result.outcome is not Outcome.OK:

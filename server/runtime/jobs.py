@@ -77,6 +77,9 @@ class JobResult:
     energy_j: float = 0.0  # sum over stages
     energy_source: PowerSource = PowerSource.NONE  # over its stages: MIXED when they differ
     retry_after_s: float | None = None  # refused at admission: when a retry may succeed
+    # What the scheduler did to its queued stages (freeze, unfreeze, migrate, retry), as
+    # (offset from arrival in s, name, attributes); recorded only when tracing is on.
+    events: tuple[tuple[float, str, Mapping[str, str]], ...] = ()
 
 
 @dataclass(slots=True, eq=False)
@@ -95,6 +98,7 @@ class Job:
     llm: dict[str, Any] = field(default_factory=dict)
     energy: dict[str, tuple[float, PowerSource]] = field(default_factory=dict)  # stage -> (joules, source)
     retry_after_s: float | None = None
+    events: list[tuple[float, str, Mapping[str, str]]] = field(default_factory=list)  # see JobResult.events
 
 
 _STAGE_STATUS = {RunState.DONE: StageStatus.OK, RunState.FAILED: StageStatus.FAILED,
@@ -116,7 +120,7 @@ def job_result(job: Job, outcome: Outcome, error: str, now: float,
         total_s=(req.finished_s or now) - req.arrival_s, priority=req.priority,
         deadline_missed=req.deadline_missed, energy_j=sum(j for j, _ in job.energy.values()),
         energy_source=combine_sources(src for _, src in job.energy.values()),
-        retry_after_s=job.retry_after_s,
+        retry_after_s=job.retry_after_s, events=tuple(job.events),
     )
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
 from heddle.backends.base import BackendTimeout, DeviceUnavailable, Executor
 from heddle.backends.graph_summary import summarize_file
 from heddle.scheduler.admission import Admission
-from heddle.scheduler.plan import SetLevel
+from heddle.scheduler.plan import Migrate, Plan, SetLevel
 from heddle.scheduler.power import PowerController
 from heddle.scheduler.profiles import ProfileTable
 from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Request
@@ -56,8 +56,11 @@ class Runtime:
     """Submits requests to the core, carries out its plans on executor pools, resolves futures."""
 
     def __init__(self, config: Config, executors: Mapping[str, Executor], metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, record_events: bool = False) -> None:
+        """record_events: keep what the scheduler does to each request's queued stages (freezes,
+        migrations, retries) for its trace (server/observe/tracing.py); off, the step skips it."""
         self.config = config
+        self.record_events = record_events
         # Every model a request in flight may name: the config's, plus any a reload removed while
         # requests that arrived before it still run (server/runtime/reload.py). One dict, shared
         # with the stage runners, so a reload's models reach them all at once.
@@ -229,8 +232,21 @@ class Runtime:
                 job.retry_after_s = r.retry_after_s
             if self.metrics is not None:
                 self.metrics.power.observe_rejected(r.reason, r.priority)
+        if self.record_events:
+            self._record_events(plan)
         for f in plan.finished:
             self._resolve(f)
+
+    def _record_events(self, plan: Plan) -> None:
+        now = self.clock()
+        for kind, actions in (("freeze", plan.frozen), ("unfreeze", plan.unfrozen), ("migrate", plan.migrated)):
+            for a in actions:
+                job = self._jobs.get(a.request_id)
+                if job is not None:
+                    attributes = ({"heddle.stage": a.stage, "heddle.from_device": a.from_device,
+                                   "heddle.to_device": a.to_device} if isinstance(a, Migrate)
+                                  else {"heddle.stage": a.stage, "heddle.device": a.device})
+                    job.events.append((now - job.request.arrival_s, kind, attributes))
 
     def _publish_gauges(self) -> None:
         """The state gauges, set when a scrape asks (on the loop's thread), not on every step."""
@@ -320,6 +336,9 @@ class Runtime:
                 if self.core.retry_stage(d.request_id, d.stage, now, error):
                     log.warning("stage retried elsewhere", request_id=d.request_id, stage=d.stage,
                                 device=d.device, error=error)
+                    if self.record_events and job is not None:
+                        job.events.append((now - job.request.arrival_s, "retry",
+                                           {"heddle.stage": d.stage, "heddle.device": d.device, "heddle.error": error}))
                     self._stepper.mark_dirty()
                     return
                 if job is not None:

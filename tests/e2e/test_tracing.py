@@ -101,3 +101,33 @@ def test_tracing_is_off_unless_configured() -> None:
         assert running.server.tracer is None
     config = _config(enabled=True, exporter="console", sampling_ratio=0.5)
     assert config.tracing.enabled and config.tracing.sampling_ratio == 0.5
+
+
+def test_a_stage_retried_on_another_device_shows_as_a_retry_event() -> None:
+    """The first run's device is lost (DeviceUnavailable): the stage runs again elsewhere, and the
+    request span carries a `retry` event naming the lost device, at its time within the request."""
+    import itertools
+
+    from heddle.backends.base import DeviceUnavailable
+    from heddle.server.testing import function_executors
+
+    config = parse_test_document(document(
+        devices=[python_device("py0"), python_device("py1")], models=[py_model("a", "stage_fns:tail")],
+        pipelines=[chain("one", ["a"])]))
+    calls = itertools.count()
+
+    def first_call_loses_its_device(model, inputs):
+        if next(calls) == 0:
+            raise DeviceUnavailable("unplugged")
+        return {"y": inputs["x"]}
+
+    exporter = InMemorySpanExporter()
+    executors = function_executors(config.devices, first_call_loses_its_device)
+    with running_server(config, executors=executors, span_exporter=exporter) as running, running.client() as client:
+        result = client.infer("one", {"x": np.ones(4, np.float32)}, request_id="r-retry")
+    root, (child,) = _spans_of(exporter, "r-retry")
+    (retry,) = [e for e in root.events if e.name == "retry"]
+    lost = retry.attributes["heddle.device"]
+    assert lost in ("py0", "py1") and child.attributes["heddle.device"] == result.stages[0].device != lost
+    assert "unplugged" in retry.attributes["heddle.error"]
+    assert root.start_time <= retry.timestamp <= child.start_time
