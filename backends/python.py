@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import queue
 import threading
 from typing import Any, Callable, Mapping
 
@@ -17,7 +18,8 @@ from heddle.backends.base import BackendError, BackendTimeout, check_inputs, mak
 from heddle.backends.python_process import ProcessPool
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
 
-__all__ = ["ISOLATIONS", "PythonExecutor", "check_outputs", "isolation_of", "resolve_callable"]
+__all__ = ["ISOLATIONS", "PythonExecutor", "check_outputs", "isolation_of", "make_stage", "resolve_callable",
+           "stage_options"]
 
 ISOLATIONS = ("thread", "process")
 
@@ -43,6 +45,47 @@ def resolve_callable(ref: str) -> Callable[..., Any]:
     if not callable(target):
         raise BackendError(f"python stage {ref}: {attr_path} is a {type(target).__name__}, not callable")
     return target
+
+
+def make_stage(ref: str, options: Mapping[str, Any] | None) -> Callable[..., Any]:
+    """What a python stage calls per run: the function `ref` names, or, for a stage class
+    (`options` given, even empty), one instance of the class, constructed with **options."""
+    target = resolve_callable(ref)
+    if options is None:
+        return target
+    if not isinstance(target, type):
+        raise BackendError(f"python stage {ref}: class names {type(target).__name__} {ref!r}, not a class")
+    try:
+        instance = target(**options)
+    except Exception as e:  # a constructor's failure stops the start, naming the stage
+        raise BackendError(f"python stage {ref}: constructing it failed: {type(e).__name__}: {e}") from e
+    if not callable(instance):
+        raise BackendError(f"python stage {ref}: its instances are not callable (define __call__(self, **inputs))")
+    return instance
+
+
+def stage_options(model: ModelSpec) -> Mapping[str, Any] | None:
+    """A stage class's constructor options ({} for none), or None for a plain function."""
+    if not model.options.get("stage_class"):
+        return None
+    return dict(model.options.get("class_options") or {})
+
+
+class _Instances:
+    """One instance of a stage class per worker slot: at most `slots` runs of the device run at
+    once, so a run always finds one free, and an instance never serves two runs at a time."""
+
+    def __init__(self, ref: str, options: Mapping[str, Any], slots: int) -> None:
+        self.free: queue.SimpleQueue[Callable[..., Any]] = queue.SimpleQueue()
+        for _ in range(slots):
+            self.free.put(make_stage(ref, options))
+
+    def __call__(self, **inputs: Any) -> Any:
+        instance = self.free.get()
+        try:
+            return instance(**inputs)
+        finally:
+            self.free.put(instance)
 
 
 def check_outputs(model: ModelSpec, result: Any) -> dict[str, np.ndarray]:
@@ -94,8 +137,10 @@ class PythonExecutor:
             with self._lock:
                 if self._processes is None:
                     self._processes = ProcessPool(self.device.id, self.device.slots)
-            self._processes.load(model.artifact)
+            self._processes.load(model.name, model.artifact, stage_options(model))
             fn = None
+        elif (options := stage_options(model)) is not None:
+            fn = _Instances(model.artifact, options, self.device.slots)
         else:
             fn = resolve_callable(model.artifact)
         with self._lock:
@@ -112,7 +157,7 @@ class PythonExecutor:
         check_inputs(spec, inputs)
         if fn is None:
             try:
-                result = self._processes.run(spec.artifact, inputs, timeout_s)
+                result = self._processes.run(spec.name, inputs, timeout_s)
             except BackendTimeout as e:
                 raise BackendTimeout(f"python stage {model}: {e}") from None
             except BackendError as e:

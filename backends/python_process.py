@@ -19,6 +19,8 @@ from heddle.backends.base import BackendError, BackendTimeout
 
 __all__ = ["LOAD_TIMEOUT_S", "ProcessPool"]
 
+_Load = tuple[str, str, "dict[str, Any] | None"]  # (stage, module:function or module:Class, class options)
+
 # Workers start with 'spawn': forking a gateway full of threads (gRPC, ONNX Runtime) can copy a
 # lock some other thread holds, and the child would hang on it.
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -28,20 +30,24 @@ LOAD_TIMEOUT_S = 60.0
 
 
 def _worker_main(conn) -> None:
-    """A worker's loop: (reference, inputs) in; ("ok", result) or ("error", text) out.
-    inputs None means load only: import the function so that calls do not pay for it."""
+    """A worker's loop: (stage, inputs) in; ("ok", result) or ("error", text) out. A load,
+    (stage, (reference, options)), imports the function (or constructs the stage class's one
+    instance for this worker) so that calls do not pay for it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the gateway decides
-    from heddle.backends.python import resolve_callable
+    from heddle.backends.python import make_stage
 
-    functions: dict[str, Any] = {}
+    stages: dict[str, Any] = {}
     while True:
         try:
-            ref, inputs = conn.recv()
+            stage, message = conn.recv()
         except (EOFError, OSError):  # the gateway closed the pipe or died: nothing left to serve
             return
         try:
-            fn = functions.get(ref) or functions.setdefault(ref, resolve_callable(ref))
-            reply = ("ok", None if inputs is None else fn(**inputs))
+            if isinstance(message, tuple):  # a load
+                stages[stage] = make_stage(*message)
+                reply: tuple[str, Any] = ("ok", None)
+            else:
+                reply = ("ok", stages[stage](**message))
         except Exception as e:  # the operator's error, reported as the thread backend reports it
             reply = ("error", f"{type(e).__name__}: {e}")
         try:
@@ -53,17 +59,18 @@ def _worker_main(conn) -> None:
 class _Worker:
     """One worker process and the gateway's end of its pipe."""
 
-    def __init__(self, name: str, refs: tuple[str, ...]) -> None:
+    def __init__(self, name: str, loads: tuple[_Load, ...]) -> None:
         self.conn, child = _CONTEXT.Pipe()
         self.process = _CONTEXT.Process(target=_worker_main, args=(child,), name=name, daemon=True)
         self.process.start()
         child.close()  # so that the worker's death shows here as EOF
-        for ref in refs:  # queued now, answered before any call: the replacement warms meanwhile
-            self.conn.send((ref, None))
-        self.loads_pending = len(refs)
+        self.loads_pending = 0
+        for load in loads:  # queued now, answered before any call: the replacement warms meanwhile
+            self.send_load(load)
 
-    def send_load(self, ref: str) -> None:
-        self.conn.send((ref, None))
+    def send_load(self, load: _Load) -> None:
+        stage, ref, options = load
+        self.conn.send((stage, (ref, options)))
         self.loads_pending += 1
 
     def settle(self) -> None:
@@ -74,10 +81,10 @@ class _Worker:
             if status != "ok":
                 raise BackendError(text)
 
-    def call(self, ref: str, inputs: Mapping[str, Any], timeout_s: float | None) -> Any:
+    def call(self, stage: str, inputs: Mapping[str, Any], timeout_s: float | None) -> Any:
         self.settle()
         try:
-            self.conn.send((ref, dict(inputs)))
+            self.conn.send((stage, dict(inputs)))
         except OSError:
             raise BackendError("its worker process is gone") from None
         status, result = self._receive(timeout_s, "")
@@ -110,7 +117,7 @@ class ProcessPool:
 
     def __init__(self, device_id: str, slots: int) -> None:
         self._name = f"heddle-{device_id}-worker"
-        self._refs: list[str] = []
+        self._loads: list[_Load] = []
         self._lock = threading.Lock()
         self._all: list[_Worker] = []
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
@@ -119,22 +126,24 @@ class ProcessPool:
             self._all.append(worker)
             self._idle.put(worker)
 
-    def load(self, ref: str) -> None:
-        """Import `module:function` in every worker; BackendError if it fails (at start, not per call)."""
+    def load(self, stage: str, ref: str, options: Mapping[str, Any] | None = None) -> None:
+        """Import `module:function` (or construct the stage class with **options) in every worker,
+        for calls naming `stage`; BackendError if it fails (at start, not per call)."""
+        load = (stage, ref, None if options is None else dict(options))
         with self._lock:
             workers = list(self._all)
-            self._refs.append(ref)
+            self._loads.append(load)
         for worker in workers:  # all idle (loading happens before the gateway serves), so in parallel
-            worker.send_load(ref)
+            worker.send_load(load)
         for worker in workers:
             worker.settle()
 
-    def run(self, ref: str, inputs: Mapping[str, Any], timeout_s: float | None) -> Any:
-        """fn(**inputs) in an idle worker. BackendTimeout after timeout_s (the worker is killed and
-        replaced), BackendError if the function raised or its worker died (replaced too)."""
+    def run(self, stage: str, inputs: Mapping[str, Any], timeout_s: float | None) -> Any:
+        """The stage's fn(**inputs) in an idle worker. BackendTimeout after timeout_s (the worker is
+        killed and replaced), BackendError if the function raised or its worker died (replaced too)."""
         worker = self._idle.get()
         try:
-            return worker.call(ref, inputs, timeout_s)
+            return worker.call(stage, inputs, timeout_s)
         except BackendError as e:
             if isinstance(e, BackendTimeout) or not worker.process.is_alive():
                 worker = self._replace(worker)
@@ -148,7 +157,7 @@ class ProcessPool:
         with self._lock:
             if worker not in self._all:  # the pool was closed meanwhile: nothing to replace
                 return worker
-            fresh = _Worker(worker.process.name, tuple(self._refs))
+            fresh = _Worker(worker.process.name, tuple(self._loads))
             self._all[self._all.index(worker)] = fresh
         return fresh
 

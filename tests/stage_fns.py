@@ -161,3 +161,30 @@ def crash(x: np.ndarray) -> dict[str, np.ndarray]:
     """Ends the process it runs in at once, as a segfaulting extension would: only ever load it
     as a process-isolated stage."""
     os._exit(3)
+
+
+class Scaler:
+    """A stage class: constructed once per worker slot with its options, called per run. Counts
+    its constructions (per process) so a test can tell once-per-slot from once-per-run."""
+
+    constructed = 0
+
+    def __init__(self, factor: float, offset: float = 0.0) -> None:
+        type(self).constructed += 1
+        self.factor, self.offset = factor, offset
+        self.pid = os.getpid()
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return {"y": (x * self.factor + self.offset).astype(np.float32),
+                "pid": np.array([self.pid, type(self).constructed], np.int64)}
+
+
+class NeedsAThreshold:
+    """A stage class whose constructor refuses what it is given."""
+
+    def __init__(self, threshold: float) -> None:
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"threshold {threshold} is outside [0, 1]")
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return {"y": x}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
     import tomllib
@@ -79,6 +80,7 @@ def parse_document(doc: Mapping[str, Any], source: str, base_dir: Path,
     """A config from its document (what TOML parses to, or what config_builder builds): checked
     against the schema, cross-checked (devices, backends, DAG wiring), then resolved."""
     typed = validate_document(_with_overrides(doc, overrides or {}), source)
+    _add_python_path(source, typed.python_path, base_dir)
     server = _server_settings(source, typed, base_dir)
     devices = tuple(_device(t) for t in typed.devices)
     _unique(source, "device", [d.id for d in devices])
@@ -115,6 +117,17 @@ def parse_document(doc: Mapping[str, Any], source: str, base_dir: Path,
     return Config(server, devices, models, pipelines, source, variants=variants, power=_power(source, typed, devices),
                   admission=AdmissionSettings(**typed.admission.model_dump()),
                   tracing=TracingSettings(**typed.tracing.model_dump()))
+
+
+def _add_python_path(source: str, folders: list[str], base_dir: Path) -> None:
+    """python_path's folders, relative to the config file, go first on sys.path (worker processes
+    of isolated stages start with the same sys.path), so stage modules import without PYTHONPATH."""
+    for folder in reversed(folders):
+        path = (base_dir / os.path.expanduser(folder)).resolve()
+        if not path.is_dir():
+            raise ConfigError(f"{source}: python_path {folder!r}: no folder {path}")
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
 
 
 def _with_overrides(doc: Mapping[str, Any], overrides: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -109,11 +109,25 @@ class PythonModelTable(_ModelBase, _Timeout, _Inline):
 
     backend: Literal["python"]
     kind: NonLlmKind = "python"
-    function: Annotated[str, AfterValidator(_module_function)] = Field(description='"module:function"')
+    function: Annotated[str, AfterValidator(_module_function)] | None = Field(
+        None, description='"module:function", called per run (or give class)')
+    class_: Annotated[str, AfterValidator(_module_function)] | None = Field(
+        None, alias="class", description='"module:Class": constructed once per worker slot with **options, '
+                                         "its instance called per run (or give function)")
+    options: dict[str, Any] | None = Field(None, description="the stage class's constructor keyword arguments")
     inputs: list[TensorTable] = Field(min_length=1)
     outputs: list[TensorTable] = Field(min_length=1)
     isolation: Literal[ISOLATIONS] | None = Field(  # type: ignore[valid-type]
         None, description='"thread" (default) or "process": a killable worker process per slot')
+
+    @model_validator(mode="after")
+    def _function_or_class(self) -> PythonModelTable:
+        if (self.function is None) == (self.class_ is None):
+            raise ValueError("give function (a function called per run) or class (a class constructed once "
+                             "per worker slot), exactly one")
+        if self.options is not None and self.class_ is None:
+            raise ValueError("options are a stage class's constructor arguments: give class, not function")
+        return self
 
     @model_validator(mode="after")
     def _inline_runs_in_this_process(self) -> PythonModelTable:

@@ -68,7 +68,14 @@ def resolve_onnxruntime(table: Any, ctx: Resolving) -> ModelSpec:
 
 
 def resolve_python(table: PythonModelTable, ctx: Resolving) -> ModelSpec:
-    return _spec(table, table.function, (_tensors(table.inputs), _tensors(table.outputs)))
+    """A function's spec; a stage class's carries its constructor options (backends/python.py)."""
+    from dataclasses import replace
+
+    spec = _spec(table, table.function or table.class_ or "", (_tensors(table.inputs), _tensors(table.outputs)))
+    options = {k: v for k, v in spec.options.items() if k not in ("class_", "options")}
+    if table.class_ is not None:
+        options.update(stage_class=True, class_options=dict(table.options or {}))
+    return replace(spec, options=options)
 
 
 def resolve_triton(table: Any, ctx: Resolving) -> ModelSpec:

@@ -37,6 +37,8 @@ class Document(Table):
     server: ServerTable = ServerTable()
     admission: AdmissionTable = AdmissionTable()
     tracing: TracingTable = TracingTable()
+    python_path: list[str] = Field(default_factory=list, description=(
+        "folders (relative to the config file) where python stages' modules are found, before sys.path"))
     power: PowerTable | None = Field(None, description="a power budget (docs/POWER.md); absent: none")
     devices: list[DeviceTable] = Field(default_factory=list)
     models: list[ModelTable] = Field(default_factory=list)
