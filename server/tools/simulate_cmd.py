@@ -67,9 +67,15 @@ def _add_replay_arguments(parser) -> None:
 def run_simulate(args) -> int:
     """Print the table the arguments ask for (and write its report); 2 on bad arguments or files."""
     try:
+        replaying = args.trace or args.platform == LOCAL_PLATFORM
+        if args.records and (args.power_budgets or replaying):
+            raise ValueError("--records writes the requests of a simulated workload; it is not available with "
+                             "--power-budgets or a replayed trace")
+        if replaying and args.workload:
+            raise ValueError("--workload simulates a platform; a replayed trace brings its own arrivals")
         if args.power_budgets:
             table, report = _budgets_from_args(args)
-        elif args.trace or args.platform == LOCAL_PLATFORM:
+        elif replaying:
             table, report = _replay_files(args)
         else:
             table, report = run_from_args(args)

@@ -128,3 +128,19 @@ def test_bad_files_exit_2_naming_the_file_and_the_key(tmp_path, capsys, platform
     assert main(["simulate", "--platform", platform, "--workload", workload, "--duration", "1"]) == 2
     err = capsys.readouterr().err
     assert message in err and "toml" in err
+
+
+def test_power_budgets_take_the_files_and_refuse_kinds_the_plant_cannot_power(tmp_path, capsys):
+    """--power-budgets runs on a workload and platform file; a device kind with no idle power in the
+    simulated plant, and --records where no requests are simulated, exit 2 saying why."""
+    workload, platform = str(EXAMPLES / "workload.toml"), str(EXAMPLES / "platform.toml")
+    assert main(["simulate", "--power-budgets", "12", "--duration", "1", "--workload", workload,
+                 "--platform", platform]) == 0
+    assert "heddle + twill" in capsys.readouterr().out
+    npu = _write(tmp_path, "npu.toml", one_server(10, 0).replace('id = "dev0"', 'id = "dev0"\nkind = "npu"')
+                 .replace("cpu =", "npu ="))
+    jobs = _write(tmp_path, "workload.toml", poisson_jobs(10, 1))
+    assert main(["simulate", "--power-budgets", "12", "--workload", jobs, "--platform", npu]) == 2
+    assert "no idle power for device kinds ['npu']" in capsys.readouterr().err
+    assert main(["simulate", "--power-budgets", "12", "--records", str(tmp_path / "r.jsonl")]) == 2
+    assert "--records writes the requests of a simulated workload" in capsys.readouterr().err
