@@ -42,7 +42,7 @@ test: install-test lint
 test-fast: install-test
 	$(BIN)/python -m pytest -q -m "not slow and not triton" $(ARGS)
 
-# ruff (pyproject's [tool.ruff]), mypy strict on scheduler/ and the runtime seam (tools/typecheck.py),
+# ruff (pyproject's [tool.ruff]), mypy strict on scheduler/ and server/runtime/ (tools/typecheck.py),
 # hadolint on the images.
 lint: install-test
 	$(BIN)/ruff check .

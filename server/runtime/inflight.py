@@ -135,5 +135,6 @@ def _trim() -> None:
     with _trim_lock:
         _trim_scheduled = False  # from here on, memory freed later needs a trim of its own
     t0 = time.perf_counter()
+    assert _TRIM is not None  # release_free_memory schedules a trim only where there is one
     _TRIM()
     log.debug("malloc_trim", took_ms=round((time.perf_counter() - t0) * 1e3, 2))

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn
 
 import grpc
-import numpy as np
+from numpy.typing import NDArray
 
 from heddle.scheduler import ModelSpec, Pipeline
 from heddle.server.runtime.inflight import InflightBudget, Reservation, release_free_memory
@@ -23,6 +23,12 @@ from heddle.server.config.memory_estimate import (
     ModelCost, PipelineCost, array_bytes, memory_budgets, model_cost, pipeline_cost, reference_elements,
 )
 from heddle.server.runtime.status import RequestError, retry_metadata
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from heddle.server.config.load import Config
+    from heddle.server.runtime.metrics import Metrics
 
 __all__ = ["ModelLimits", "RequestLimits"]
 
@@ -70,7 +76,8 @@ class _Gate:
 class RequestLimits:
     """The front door's limits for one server, shared by heddle.v1 and KServe."""
 
-    def __init__(self, config, metrics=None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: Config, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         s = config.server
         self.max_inflight_bytes, self.max_request_bytes = memory_budgets(
             s.max_inflight_bytes, s.max_request_bytes, s.inflight_top_reserve_fraction)
@@ -87,7 +94,7 @@ class RequestLimits:
                   max_request_bytes=self.max_request_bytes,
                   models={n: (m.max_batch_size, dict(m.max_input_elements)) for n, m in self.models.items()})
 
-    def update_models(self, config) -> None:
+    def update_models(self, config: Config) -> None:
         """Each model's limits and cost (at start, and after a config reload: new and changed
         models get theirs; a removed one keeps its own for the requests still running it)."""
         for name, model in config.models.items():
@@ -95,7 +102,7 @@ class RequestLimits:
             self.models[name] = ModelLimits.of(model, self.costs[name], self.max_request_bytes)
         self._gates = {}  # rebuilt per pipeline on first use
 
-    def admit(self, pipeline: Pipeline, inputs: Mapping[str, np.ndarray], priority: int) -> Reservation:
+    def admit(self, pipeline: Pipeline, inputs: Mapping[str, NDArray[Any]], priority: int) -> Reservation:
         """Check a decoded request and take its estimated bytes from the budget; RequestError
         (RESOURCE_EXHAUSTED) when over a limit. Release the result when the request ends."""
         if self._trim_owed:  # gRPC has let the last big request's message go by now
@@ -119,7 +126,8 @@ class RequestLimits:
         release_free_memory()
         self._trim_owed = True
 
-    def _admit(self, pipeline: Pipeline, inputs, input_bytes: int, priority: int) -> Reservation:
+    def _admit(self, pipeline: Pipeline, inputs: Mapping[str, NDArray[Any]], input_bytes: int,
+               priority: int) -> Reservation:
         gate = self._gate(pipeline)
         for name, arr in inputs.items():
             for stage, model_input, limits in gate.readers.get(name, ()):
@@ -135,7 +143,8 @@ class RequestLimits:
         held.trim = nbytes >= TRIM_MIN_BYTES or input_bytes >= TRIM_MIN_INPUT_BYTES
         return held
 
-    def _check_input(self, pipeline, name, arr, stage, model_input, limits: ModelLimits) -> None:
+    def _check_input(self, pipeline: Pipeline, name: str, arr: NDArray[Any], stage: str, model_input: str,
+                     limits: ModelLimits) -> None:
         where = f"model {limits.model!r} (stage {stage!r} of pipeline {pipeline.name!r})"
         batch = limits.max_batch_size
         if batch is not None and arr.ndim and arr.shape[0] > batch:
@@ -147,7 +156,7 @@ class RequestLimits:
                          f"takes at most max_input_elements = {most} per input"
                          f"{_source(limits, 'max_input_elements')}")
 
-    def _refuse_busy(self, pipeline: Pipeline, nbytes: int, priority: int) -> None:
+    def _refuse_busy(self, pipeline: Pipeline, nbytes: int, priority: int) -> NoReturn:
         hint_s = self.budget.retry_after_s()
         self._count(pipeline, "max_inflight_bytes")
         raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, (
@@ -157,7 +166,7 @@ class RequestLimits:
             f"{_size(self.budget.capacity_for(priority))}; retry after about {hint_s * 1e3:.0f} ms"),
             trailing_metadata=retry_metadata(hint_s))
 
-    def _refuse(self, pipeline: Pipeline, limit: str, message: str) -> None:
+    def _refuse(self, pipeline: Pipeline, limit: str, message: str) -> NoReturn:
         self._count(pipeline, limit)
         raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
@@ -169,7 +178,7 @@ class RequestLimits:
         """Built once per pipeline object (config pipelines and KServe's one-model pipelines)."""
         found = self._gates.get(id(pipeline))
         if found is None or found[0] is not pipeline:
-            readers: dict[str, list] = {}
+            readers: dict[str, list[tuple[str, str, ModelLimits]]] = {}
             for stage in pipeline.stages:
                 for model_input, wire in pipeline.wires[stage.name].items():
                     if wire.stage is None:
@@ -180,7 +189,7 @@ class RequestLimits:
 
 
 class _Series:
-    def __init__(self, registry, capacity_bytes: int) -> None:
+    def __init__(self, registry: CollectorRegistry, capacity_bytes: int) -> None:
         from prometheus_client import Counter, Gauge
 
         self.inflight = Gauge("heddle_inflight_bytes", "Estimated memory of the requests in flight now.",

@@ -267,7 +267,7 @@ class Metrics:
         return self._busy.fractions(window_s)
 
     def render(self) -> bytes:
-        return generate_latest(WithoutCreated(self.registry))  # type: ignore[arg-type]  (a Collector by duck type)
+        return generate_latest(WithoutCreated(self.registry))  # a Collector by duck type
 
     def start_http(self, host: str, port: int) -> MetricsHTTPServer:
         """Serve /metrics on host:port (port 0 picks a free one); the result stops it when called."""

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
+
+if TYPE_CHECKING:  # typeshed's WSGI types (wsgiref.types is Python 3.11+)
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 __all__ = ["METRICS_PATH", "MetricsHTTPServer", "WithoutCreated"]
 
@@ -41,8 +44,8 @@ class _Quiet(WSGIRequestHandler):
         """Scrapes are not logged: one line per scrape every few seconds says nothing."""
 
 
-def _only_metrics(app: Callable) -> Callable:
-    def serve(environ: dict, start_response: Callable) -> list[bytes]:
+def _only_metrics(app: WSGIApplication) -> WSGIApplication:
+    def serve(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != METRICS_PATH:
             start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
             return [f"not found: heddle serves its metrics at {METRICS_PATH} only\n".encode()]
@@ -62,7 +65,7 @@ class MetricsHTTPServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="heddle-metrics", daemon=True)
         self._thread.start()
         # The address the socket is bound to, read back from it rather than echoed from the argument.
-        self.host: str = self._httpd.server_address[0]
+        self.host: str = str(self._httpd.server_address[0])  # AF_INET(6): a str already
         self.port: int = self._httpd.server_address[1]
 
     def close(self) -> None:

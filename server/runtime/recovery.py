@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
 
 from heddle.backends.base import DeviceUnavailable, Executor
+from heddle.scheduler.specs import ModelSpec
 from heddle.server.observe.logs import get_logger
 
-__all__ = ["LOAD_STATES", "DeviceLoader", "LoadStatus", "backoff_delays"]
+__all__ = ["LOAD_STATES", "DeviceLoader", "LoadMetrics", "LoadStatus", "backoff_delays"]
 
 log = get_logger("heddle.recovery")
 
@@ -28,6 +29,13 @@ def backoff_delays(first_s: float = 0.5, max_s: float = 30.0) -> Iterator[float]
         delay = min(delay * 2, max_s)
 
 
+class LoadMetrics(Protocol):
+    """What the loader reports to (runtime/metrics.py's Metrics, which imports this module's states)."""
+
+    def observe_load_failure(self, device: str, model: str) -> None: ...
+    def set_device_load_state(self, device: str, state: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class LoadStatus:
     """Where a device's models stand: its state, the last failure's reason, failed attempts so far."""
@@ -42,20 +50,21 @@ class DeviceLoader:
     stays `pending` (out of rotation) until `start(device)`, called when its server answers again,
     has loaded all its models; then `on_loaded(device)` puts it back. One recovery task per device."""
 
-    def __init__(self, executors: Mapping[str, Executor], on_loaded: Callable[[str], None], metrics=None, *,
+    def __init__(self, executors: Mapping[str, Executor], on_loaded: Callable[[str], None],
+                 metrics: LoadMetrics | None = None, *,
                  first_delay_s: float = 0.5, max_delay_s: float = 30.0) -> None:
         self.executors = executors
         self.on_loaded = on_loaded
         self.metrics = metrics
         self.first_delay_s, self.max_delay_s = first_delay_s, max_delay_s
-        self.pending: dict[str, list] = {}  # device -> models still to load
+        self.pending: dict[str, list[ModelSpec]] = {}  # device -> models still to load
         self._status: dict[str, LoadStatus] = {}
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def status(self, device: str) -> LoadStatus:
         return self._status.get(device, LoadStatus(LOADED))
 
-    async def load(self, device: str, models) -> bool:
+    async def load(self, device: str, models: Sequence[ModelSpec]) -> bool:
         """At start: load every model. False, the device left pending, when its server cannot be
         reached; any other error raises, since a config that does not match its servers is a
         mistake to fix before serving."""
@@ -101,8 +110,8 @@ class DeviceLoader:
             self._set(device, LoadStatus(LOADING, self.status(device).error, failures))
             try:
                 errors = await self._load(device, self.pending[device])
-            except Exception as exc:  # a bug here must not end recovery silently
-                errors = {"": exc}
+            except Exception as bug:  # a bug here must not end recovery silently
+                errors = {"": bug}
             if not errors:
                 break
             failures += 1
@@ -123,13 +132,13 @@ class DeviceLoader:
         log.warning("device models loaded; back in rotation", device=device, failed_attempts=failures)
         self.on_loaded(device)
 
-    async def _load(self, device: str, models) -> dict[str, BaseException]:
+    async def _load(self, device: str, models: Sequence[ModelSpec]) -> dict[str, BaseException]:
         """Load each model on the device's pool; the models that failed, with their errors."""
         ex = self.executors[device]
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(*(loop.run_in_executor(ex.pool, ex.load, m) for m in models),
                                        return_exceptions=True)
-        errors = {}
+        errors: dict[str, BaseException] = {}
         for model, result in zip(models, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, Exception):

@@ -22,6 +22,7 @@ from heddle.server.observe.logs import get_logger
 
 if TYPE_CHECKING:
     from heddle.scheduler.specs import ModelSpec
+    from heddle.server.runtime.metrics import Metrics
 
 __all__ = ["OverrunWatch", "limit_cause", "stage_timeout_s", "stops_itself"]
 
@@ -61,7 +62,7 @@ class OverrunWatch:
     """Ends the request of a thread stage still running at its limit (end_request does that with
     DEADLINE_EXCEEDED), and counts the thread as overrunning until it returns."""
 
-    def __init__(self, end_request: Callable[[str, str], None], metrics=None) -> None:
+    def __init__(self, end_request: Callable[[str, str], None], metrics: Metrics | None = None) -> None:
         self._end_request = end_request
         self._metrics = metrics
         self._overrunning: set[tuple[str, str]] = set()

@@ -16,9 +16,9 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TextIO
 
-import numpy as np
+from numpy.typing import NDArray
 
 from heddle.scheduler import Dispatch, Pipeline, Request
 from heddle.scheduler.sim.tracefile import TRACE_FORMAT
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["TraceWriter", "open_trace", "pipeline_record"]
 
 
-def pipeline_record(pipeline: Pipeline) -> dict:
+def pipeline_record(pipeline: Pipeline) -> dict[str, Any]:
     """A pipeline as the replay needs it: stages in order, each with its model and upstream stages."""
     return {"stages": [{"name": s.name, "model": s.model, "after": list(pipeline.depends_on[s.name])}
                        for s in pipeline.stages]}
@@ -40,11 +40,11 @@ def pipeline_record(pipeline: Pipeline) -> dict:
 class TraceWriter:
     """Appends events to one trace file; writes after close() are dropped (a draining server)."""
 
-    def __init__(self, path: str | os.PathLike, config: Config, clock: Callable[[], float]) -> None:
+    def __init__(self, path: str | os.PathLike[str], config: Config, clock: Callable[[], float]) -> None:
         self.path = Path(os.path.expanduser(path))
         self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w", buffering=1)  # line-buffered: one write per event
+        self._file: TextIO | None = self.path.open("w", buffering=1)  # line-buffered: one write per event
         self._t0 = clock()
         self._started: dict[tuple[str, str], float] = {}  # (request, stage) -> dispatch time
         self._write({
@@ -59,7 +59,7 @@ class TraceWriter:
     def closed(self) -> bool:
         return self._file is None
 
-    def arrival(self, request: Request, inputs: Mapping[str, np.ndarray]) -> None:
+    def arrival(self, request: Request, inputs: Mapping[str, NDArray[Any]]) -> None:
         deadline_s = None if request.deadline_s is None else request.deadline_s - request.arrival_s
         self._write({
             "event": "arrival", "t_s": round(request.arrival_s - self._t0, 6), "request_id": request.id,
@@ -105,7 +105,7 @@ class TraceWriter:
     def _now(self) -> float:
         return round(self.clock() - self._t0, 6)
 
-    def _write(self, event: dict) -> None:
+    def _write(self, event: dict[str, Any]) -> None:
         if self._file is not None:
             # default=str: device options may hold values JSON cannot (paths); a trace needs no round trip for them
             self._file.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
