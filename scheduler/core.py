@@ -275,6 +275,10 @@ class Core(CoreReads):
         replace or join the old ones. None is dropped: a removed model's queued runs, of requests
         that arrived before the reload, still need its spec, and no new request can name it."""
         self.models.update(models)
+        for name, spec in models.items():  # a reload may turn a model's batching on, off or change it
+            self._batching.pop(name, None)
+            if spec.kind != "llm" and spec.batching.enabled:
+                self._batching[name] = spec.batching
         self._compatible.clear()  # a changed spec may name other devices
         self._best_s.clear()
         self.version += 1
@@ -458,10 +462,8 @@ class Core(CoreReads):
             del self._running[device][member.key]
             self._riders[member.key] = member
             member.pass_rows = 0
-        if len(choice.members) == 1:
-            return first
-        return Dispatch(first.request_id, first.stage, first.model, device,
-                        tuple(m.key for m in choice.members), choice.rows)
+        batch = tuple(m.key for m in choice.members) if len(choice.members) > 1 else ()
+        return Dispatch(first.request_id, first.stage, first.model, device, batch, choice.rows)
 
     def _batch_riders(self, run: StageRun, device: str, now: float) -> list[Dispatch]:
         """Continuous batching: ready runs of the same LLM model queued on this device (policy

@@ -15,8 +15,8 @@ from heddle.backends.python import ISOLATIONS
 from heddle.server.config.tables import Table, TensorTable
 
 __all__ = [
-    "LLM_KEYS_WHY", "MAX_TIMEOUT_MS", "MODEL_TABLES", "ModelTable", "OnnxLlmTable", "OnnxModelTable", "PipelineTable",
-    "PythonModelTable", "StageTable", "TritonLlmTable", "TritonModelTable", "model_tag",
+    "LLM_KEYS_WHY", "MAX_TIMEOUT_MS", "MODEL_TABLES", "ModelTable", "OnnxLlmTable", "OnnxModelTable", "PYTHON_KEYS_WHY",
+    "PipelineTable", "PythonModelTable", "StageTable", "TritonLlmTable", "TritonModelTable", "model_tag",
 ]
 
 NonLlmKind = Literal["dnn", "transformer", "python"]
@@ -29,6 +29,12 @@ LLM_KEYS_WHY = {
     "max_batch": "max_batch is for LLMs heddle runs itself; a Triton-hosted LLM is batched by its "
                  "Triton server",
 }
+
+
+# Why python stages take no batching key: said after "unknown key" when one is found there.
+PYTHON_KEYS_WHY = dict.fromkeys(
+    ("max_batch", "preferred_batch_sizes", "max_queue_delay_us"),
+    "a python stage is called once per request; dynamic batching is for onnxruntime and triton models")
 
 
 def _module_function(value: str) -> str:
@@ -85,7 +91,36 @@ class _Generation(Table):
     tokenizer: str | None = Field(None, description='"byte" or a tokenizer.json (or its folder)')
 
 
-class OnnxModelTable(_ModelBase, _Timeout, _Inline):
+MAX_QUEUE_DELAY_US = 10_000_000.0  # 10 s: past this a wait for company is a misconfiguration
+
+
+class _Batching(Table):
+    """Dynamic batching across requests (docs/CONFIG.md, "Dynamic batching"): the core starts
+    ready runs of the model with equal shapes past the first dim as one pass (scheduler/batching.py)."""
+
+    max_batch: int | None = Field(None, ge=1, description="rows (first dim, summed over requests) one pass "
+                                  "may take; default 1: no batching")
+    preferred_batch_sizes: list[int] | None = Field(None, description="batch sizes that start at once, "
+                                                    "without waiting for more")
+    max_queue_delay_us: float | None = Field(None, ge=0, le=MAX_QUEUE_DELAY_US, allow_inf_nan=False,
+                                             description="longest a run waits for a fuller batch; default 0")
+
+    @model_validator(mode="after")
+    def _batch_limits(self) -> _Batching:
+        """A batch fits what the model takes from one call: preferred sizes within max_batch,
+        max_batch within the model's max_batch_size (the #11 limit a pass must keep too)."""
+        max_batch = self.max_batch or 1
+        bad = [p for p in self.preferred_batch_sizes or () if not 1 <= p <= max_batch]
+        if bad:
+            raise ValueError(f"preferred_batch_sizes {bad} must lie in [1, max_batch = {max_batch}]")
+        limit = getattr(self, "max_batch_size", None)
+        if limit is not None and max_batch > limit:
+            raise ValueError(f"max_batch {max_batch} is over max_batch_size {limit}: one pass may not take "
+                             "more rows than the model accepts")
+        return self
+
+
+class OnnxModelTable(_ModelBase, _Timeout, _Inline, _Batching):
     """An ONNX model heddle runs with ONNX Runtime; its inputs and outputs are read from the file."""
 
     backend: Literal["onnxruntime"] = "onnxruntime"
@@ -143,7 +178,7 @@ class _TritonBase(Table):
     triton_version: str | int | None = Field(None, description="default: the server's choice")
 
 
-class TritonModelTable(_ModelBase, _TritonBase, _Timeout):
+class TritonModelTable(_ModelBase, _TritonBase, _Timeout, _Batching):
     """A model hosted on Triton servers; undeclared inputs and outputs are asked of a server."""
 
     kind: NonLlmKind = "dnn"

@@ -64,7 +64,7 @@ def resolve_onnxruntime(table: Any, ctx: Resolving) -> ModelSpec:
 
         _check(ctx, lambda: DecoderLayout.from_spec(spec))
         spec = _llm(ctx, spec)
-    return spec
+    return _batchable(ctx, spec)
 
 
 def resolve_python(table: PythonModelTable, ctx: Resolving) -> ModelSpec:
@@ -86,9 +86,21 @@ def resolve_triton(table: Any, ctx: Resolving) -> ModelSpec:
         return _llm(ctx, _spec(table, artifact, ((), ())))
     declared = (_tensors(table.inputs), _tensors(table.outputs))
     if declared[0] and declared[1]:
-        return _spec(table, artifact, declared)
+        return _batchable(ctx, _spec(table, artifact, declared))
     served = _triton_io(ctx, artifact, "" if table.triton_version is None else str(table.triton_version))
-    return _spec(table, artifact, (declared[0] or served[0], declared[1] or served[1]))
+    return _batchable(ctx, _spec(table, artifact, (declared[0] or served[0], declared[1] or served[1])))
+
+
+def _batchable(ctx: Resolving, spec: ModelSpec) -> ModelSpec:
+    """A model that batches (max_batch > 1) must take and give its batch on a dynamic first dim
+    of every tensor: that is the axis heddle joins requests on and splits outputs by."""
+    if spec.kind == "llm" or not spec.batching.enabled:
+        return spec
+    for tensor in (*spec.inputs, *spec.outputs):
+        if not tensor.shape or tensor.shape[0] >= 0:
+            raise ConfigError(f"{ctx.where}: max_batch {spec.batching.max_batch} needs a dynamic first (batch) "
+                              f"dim on every input and output, but {tensor.name!r} has shape {list(tensor.shape)}")
+    return spec
 
 
 RESOLVERS: dict[str, Callable[[Any, Resolving], ModelSpec]] = {

@@ -13,7 +13,9 @@ from typing import Any, Mapping, get_args
 from pydantic import BaseModel, Field, ValidationError
 from pydantic.json_schema import GenerateJsonSchema
 
-from heddle.server.config.models import LLM_KEYS_WHY, MODEL_TABLES, ModelTable, PipelineTable, StageTable, model_tag
+from heddle.server.config.models import (
+    LLM_KEYS_WHY, MODEL_TABLES, PYTHON_KEYS_WHY, ModelTable, PipelineTable, StageTable, model_tag,
+)
 from heddle.server.config.tables import (
     AdmissionTable, DeviceTable, OnnxDeviceTable, PowerTable, PythonDeviceTable, ServerTable, Table, TlsTable,
     TracingTable, TritonDeviceTable,
@@ -122,6 +124,8 @@ def _unknown_hint(table: type[BaseModel] | None, key: str) -> str:
         return ""
     if table in (MODEL_TABLES["onnxruntime llm"], MODEL_TABLES["triton llm"]) and key in LLM_KEYS_WHY:
         return f": {LLM_KEYS_WHY[key]}"
+    if table is MODEL_TABLES["python"] and key in PYTHON_KEYS_WHY:
+        return f": {PYTHON_KEYS_WHY[key]}"
     close = difflib.get_close_matches(key, list(table.model_fields), n=1)
     if close:
         return f" (did you mean {close[0]!r}?)"

@@ -91,19 +91,29 @@ def _data_type(datatype: str) -> int:
 def model_config(entry: CatalogEntry, devices_of: Callable[[str], list[str]]) -> mc.ModelConfig:
     """A faithful subset of a Triton ModelConfig.
 
-    max_batch_size is always 0: heddle never batches requests together, so dims are the full
-    shapes, a dynamic first dimension included (-1), exactly as the model declares them.
-    `parameters` carry heddle facts Triton has no field for (kind, devices, description).
+    A model that batches requests (max_batch > 1, scheduler/batching.py) reports Triton's way:
+    max_batch_size = max_batch, dims without the batch (first) dimension, and dynamic_batching
+    with its preferred sizes and queue delay. Every other entry (pipelines included) reports
+    max_batch_size 0 and the full shapes, a dynamic first dimension included (-1), exactly as
+    declared. `parameters` carry heddle facts Triton has no field for (kind, devices, description).
     """
     p = entry.pipeline
+    batching = entry.model.batching if entry.model is not None and entry.model.kind != "llm" else None
+    batched = batching is not None and batching.enabled
+    skip = 1 if batched else 0
     config = mc.ModelConfig(
-        name=entry.name, platform=entry.platform, backend=entry.backend, max_batch_size=0,
+        name=entry.name, platform=entry.platform, backend=entry.backend,
+        max_batch_size=batching.max_batch if batching is not None and batched else 0,
         version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
-        input=[mc.ModelInput(name=t.name, data_type=_data_type(t.datatype), dims=list(t.shape))
+        input=[mc.ModelInput(name=t.name, data_type=_data_type(t.datatype), dims=list(t.shape[skip:]))
                for t in p.inputs],
-        output=[mc.ModelOutput(name=t.name, data_type=_data_type(t.datatype), dims=list(t.shape))
+        output=[mc.ModelOutput(name=t.name, data_type=_data_type(t.datatype), dims=list(t.shape[skip:]))
                 for t in p.outputs],
     )
+    if batching is not None and batched:
+        config.dynamic_batching.CopyFrom(mc.ModelDynamicBatching(
+            preferred_batch_size=list(batching.preferred_batch_sizes),
+            max_queue_delay_microseconds=round(batching.max_queue_delay_s * 1e6)))
     if entry.model is not None:
         config.parameters["heddle_kind"].string_value = entry.model.kind
         config.parameters["heddle_devices"].string_value = ",".join(devices_of(entry.model.name))

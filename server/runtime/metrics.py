@@ -27,6 +27,8 @@ __all__ = ["LATENCY_BUCKETS_S", "Metrics", "MetricsHTTPServer"]
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
+# Rows per batched pass: powers of two, as max_batch and preferred sizes usually are.
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class _ScrapeRefresh(Collector):
@@ -104,6 +106,9 @@ class Metrics:
         self.stage_compute_seconds = Histogram(
             "heddle_stage_compute_seconds", "Time a stage ran on its device.",
             ["pipeline", "stage", "device"], buckets=buckets, registry=reg)
+        self.batch_size = Histogram(
+            "heddle_batch_size", "Rows per pass of a model that batches requests (max_batch > 1), "
+            "one observation per pass.", ["model", "device"], buckets=BATCH_BUCKETS, registry=reg)
         self.requests = Counter(
             "heddle_requests", "Requests that ended, by gRPC status code name.",
             ["pipeline", "status"], registry=reg)
@@ -180,6 +185,9 @@ class Metrics:
         flight, frozen stages) on the loop's thread before every collection, instead of setting
         them on every scheduling step."""
         self._refresh.target = (loop, refresh)
+
+    def observe_batch(self, model: str, device: str, rows: int) -> None:
+        self.batch_size.labels(model, device).observe(rows)
 
     def observe_stage_timeout(self, model: str, device: str) -> None:
         self.stage_timeouts.labels(model, device).inc()

@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol, Sequence
 
 from heddle.backends.base import BackendTimeout, DeviceUnavailable, Executor
 from heddle.backends.graph_summary import summarize_file
@@ -79,7 +79,11 @@ class Runtime:
         self._stepper = Stepper(self._step, self.core.next_deadline_s, clock, lambda: self._loop)
         self.overruns = OverrunWatch(self._end_overrun, metrics)  # thread stages past their timeout
         self.llm = LlmDriver(self, config.models, self.executors, metrics)
-        self._runners = _runners(self, self.models, self.executors, self.llm, self.overruns)
+        self._pool = ExecutorRunner(self, self.executors, self.models, self.overruns)
+        self._runners = _runners(self, self.models, self.executors, self.llm, self._pool)
+        # Models that batch requests (dynamic batching): the core needs the shapes their stages
+        # read, to batch only equal ones; nobody pays for shapes when no model batches.
+        self._batching = _batching(self.models)
         self._distinct_runners = list({id(r): r for r in self._runners.values()}.values())
         self.versions = VersionRouter(config, metrics)  # canary splits among model versions
         self.trace = open_trace(config, clock)  # arrivals for `heddle simulate --trace`, or None
@@ -136,6 +140,8 @@ class Runtime:
         if rid in self._jobs:
             raise ValueError(f"request id {rid!r} is already in flight")
         request = Request(rid, pipeline, priority, now, None if deadline_s is None else now + deadline_s)
+        if self._batching:
+            request.shapes = {(None, k): v.shape for k, v in inputs.items()}
         job = Job(request, {(None, k): v for k, v in inputs.items()}, self._loop.create_future(), on_stage,
                    generation=generation, on_token=on_token)
         self.core.submit(request, now)  # first: it refuses an id an earlier request's stage still holds
@@ -196,6 +202,7 @@ class Runtime:
                 self.core.profiles.set_summary(name, summary)  # measured runs are kept
         self.core.update_models(specs)
         self.versions.set_config(config)
+        self._batching = _batching(self.models)
         self.config = config
         self._stepper.mark_dirty()
 
@@ -258,15 +265,38 @@ class Runtime:
         self.metrics.power.set_frozen_tasks(sum(stats.frozen.values()))
 
     def _dispatch(self, d: Dispatch) -> None:
+        if d.batch:
+            self._dispatch_batch(d)
+            return
         job = self._jobs[d.request_id]
         wires = job.request.pipeline.wires[d.stage]
         inputs = {name: job.tensors[(w.stage, w.tensor)] for name, w in wires.items()}
         if self.metrics is not None:
             self.metrics.device_started(d.device)
+            if d.model in self._batching:
+                self.metrics.observe_batch(d.model, d.device, d.rows)
         if self.trace is not None:
             self.trace.dispatched(d)
         self.energy.started(d.device, (d.request_id, d.stage), self.clock())
         self._runners[d.model].dispatch(d, job, inputs)
+
+    def _dispatch_batch(self, d: Dispatch) -> None:
+        """A batch (scheduler/batching.py) is one executor call holding one slot; each member
+        is its own stage run for energy, traces and its request's timings."""
+        now = self.clock()
+        jobs, inputs = [], []
+        for m in d.members:
+            job = self._jobs[m.request_id]
+            wires = job.request.pipeline.wires[m.stage]
+            jobs.append(job)
+            inputs.append({name: job.tensors[(w.stage, w.tensor)] for name, w in wires.items()})
+            if self.trace is not None:
+                self.trace.dispatched(m)
+            self.energy.started(d.device, (m.request_id, m.stage), now)
+        if self.metrics is not None:
+            self.metrics.device_started(d.device)
+            self.metrics.observe_batch(d.model, d.device, d.rows)
+        self._pool.dispatch_batch(d, jobs, inputs)
 
     def _end_overrun(self, request_id: str, error: str) -> None:
         if self.core.cancel(request_id, self.clock(), Outcome.DEADLINE_EXCEEDED, error):
@@ -300,24 +330,32 @@ class Runtime:
         self._stepper.mark_dirty()
         return going_on
 
-    def stage_done(self, d: Dispatch, fut: StageFuture) -> None:
+    def batch_done(self, d: Dispatch, futures: Sequence[StageFuture]) -> None:
+        """A batch's pass is over: each member ends on its own, as a stage run of its own; the
+        device's busy time is the pass's, counted once."""
+        for i, (member, fut) in enumerate(zip(d.members, futures, strict=True)):
+            self.stage_done(member, fut, pass_owner=i == 0)
+
+    def stage_done(self, d: Dispatch, fut: StageFuture, pass_owner: bool = True) -> None:
         """A bug while handling a completion must end its request INTERNAL, not leave it hanging
-        until its deadline (or forever): log it with the request id and keep serving."""
+        until its deadline (or forever): log it with the request id and keep serving.
+        pass_owner: False for a batch member other than the first (the device is counted once)."""
         try:
-            self._on_done(d, fut)
+            self._on_done(d, fut, pass_owner)
         except Exception:
             log.exception("internal error handling a stage completion", request_id=d.request_id,
                           stage=d.stage, device=d.device)
             if self.core.cancel(d.request_id, self.clock(), Outcome.FAILED, "internal error in heddle"):
                 self._stepper.mark_dirty()
 
-    def _on_done(self, d: Dispatch, fut: StageFuture) -> None:
+    def _on_done(self, d: Dispatch, fut: StageFuture, pass_owner: bool = True) -> None:
         now = self.clock()
         job = self._jobs.get(d.request_id)
         energy_j, source = self.energy.finished((d.request_id, d.stage), now)
         if job is not None and source:  # a retried stage adds up the energy of every attempt
             job.energy[d.stage] = (job.energy.get(d.stage, (0.0, ""))[0] + energy_j, source)
         error, compute_s = "", 0.0
+        outputs: Tensors = {}
         exc = fut.exception()
         if exc is None:
             outputs, compute_s = fut.result()
@@ -330,7 +368,7 @@ class Runtime:
                 self.metrics.observe_stage_timeout(d.model, d.device)
             if isinstance(exc, DeviceUnavailable):
                 self.set_device_health(d.device, False)
-                if self.metrics is not None:
+                if self.metrics is not None and pass_owner:
                     self.metrics.device_finished(d.device, 0.0)
                 # One retry elsewhere if the deadline allows; else the request ends UNAVAILABLE.
                 if self.core.retry_stage(d.request_id, d.stage, now, error):
@@ -350,11 +388,12 @@ class Runtime:
             if kind is ErrorKind.INTERNAL:
                 log.error("stage failed", request_id=d.request_id, stage=d.stage, device=d.device,
                           error=error)
-        if self.metrics is not None:
+        if self.metrics is not None and pass_owner:
             self.metrics.device_finished(d.device, compute_s)
         if self.trace is not None:  # every run, also of requests that ended while it ran
             self.trace.stage_done(d, compute_s, error)
-        self.core.on_stage_done(d.request_id, d.stage, now, error)
+        shapes = {name: arr.shape for name, arr in outputs.items()} if self._batching and outputs else None
+        self.core.on_stage_done(d.request_id, d.stage, now, error, shapes)
         if job is not None:
             job.compute_s[d.stage] = compute_s
             timing = stage_timing(job, d.stage, self.llm.stage_fields)
@@ -402,13 +441,17 @@ def _profiles(config: Config) -> ProfileTable:
 
 
 def _runners(events: Runtime, models: Mapping[str, ModelSpec], executors: Mapping[str, Executor],
-             llm: LlmDriver, overruns: OverrunWatch) -> dict[str, StageRunner]:
+             llm: LlmDriver, pool: ExecutorRunner) -> dict[str, StageRunner]:
     """Each model's StageRunner: LLMs step locally or stream from Triton; every other stage
-    (ONNX Runtime, Python, Triton unary) is one call of its device's executor (the "" entry: what a
-    model added by a reload runs with)."""
-    pool = ExecutorRunner(events, executors, models, overruns)
+    (ONNX Runtime, Python, Triton unary) is one call of its device's executor (`pool`, also the ""
+    entry: what a model added by a reload runs with)."""
     streams = TritonLlmStreams(events, llm, models, executors)
     runners: dict[str, StageRunner] = {name: (streams if m.backend == "triton" else llm) if m.kind == "llm" else pool
                                        for name, m in models.items()}
     runners[""] = pool
     return runners
+
+
+def _batching(models: Mapping[str, ModelSpec]) -> set[str]:
+    """The models that batch requests (dynamic batching; an LLM's max_batch is its own)."""
+    return {name for name, m in models.items() if m.kind != "llm" and m.batching.enabled}

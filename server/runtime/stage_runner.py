@@ -11,13 +11,14 @@ import functools
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from numpy.typing import NDArray
 
 from heddle.backends.base import BackendError, Executor
 from heddle.scheduler import Dispatch
 from heddle.scheduler.specs import ModelSpec
+from heddle.server.runtime.batch_run import MemberResult, run_batch
 from heddle.server.runtime.stage_timeouts import OverrunWatch, limit_cause, stage_timeout_s, stops_itself
 
 if TYPE_CHECKING:
@@ -45,6 +46,9 @@ class StageEvents(Protocol):
 
     def stage_done(self, d: Dispatch, fut: StageFuture) -> None:
         """The run is over: fut holds (outputs, compute_s) or the exception it failed with."""
+
+    def batch_done(self, d: Dispatch, futures: Sequence[StageFuture]) -> None:
+        """A batch's pass is over: one settled future per member, in d.members' order."""
 
     def step_done(self, d: Dispatch, compute_s: float) -> bool:
         """One step of an LLM stage is over and it goes on; False if its request ended meanwhile."""
@@ -143,8 +147,39 @@ class ExecutorRunner:
             fut.set_exception(BackendError("stage not run: the server is shutting down"))
         self.events.stage_done(d, fut)
 
+    def dispatch_batch(self, d: Dispatch, jobs: Sequence[Job], inputs: Sequence[Tensors]) -> None:
+        """A batch (d.batch; ONNX Runtime and Triton stages) as one call of the device's executor,
+        inputs joined on axis 0 and outputs split per member (server/runtime/batch_run.py). Its
+        limit is the loosest member's (the pass ends for all at once; a member's own deadline is
+        the core's to watch), its Triton priority the most urgent member's."""
+        executor = self.executors[d.device]
+        model, now = self.models[d.model], self.events.clock()
+        limits = [stage_timeout_s(model, job.request.deadline_s, now) for job in jobs]
+        timeout_s = None if None in limits else max(t for t in limits if t is not None)
+        fut = executor.pool.submit(run_batch, executor, d.model, inputs,
+                                   priority=max(job.request.priority for job in jobs), timeout_s=timeout_s)
+        fut.add_done_callback(lambda f: self.completions.post(functools.partial(self._batch_done, d, f)))
+
+    def _batch_done(self, d: Dispatch, fut: concurrent.futures.Future[list[MemberResult]]) -> None:
+        n = len(d.batch)
+        if fut.cancelled():
+            results: list[MemberResult] = [BackendError("stage not run: the server is shutting down")] * n
+        else:
+            exc = fut.exception()
+            results = [exc] * n if exc is not None else fut.result()
+        self.events.batch_done(d, [_settled(self.events.loop, r) for r in results])
+
     def release(self, job: Job) -> None:
         """Nothing held past the run itself."""
+
+
+def _settled(loop: asyncio.AbstractEventLoop, result: MemberResult) -> StageFuture:
+    fut: asyncio.Future[tuple[Tensors, float]] = loop.create_future()
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
+    return fut
 
 
 def _timed_run(executor: Executor, model: str, inputs: Tensors, priority: int,

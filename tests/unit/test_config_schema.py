@@ -179,3 +179,42 @@ def test_a_built_document_is_checked_like_a_file():
     good = document(devices=[python_device(slots=2)],
                     models=[python_model("m", "stage_fns:tail", [tensor("x")], [tensor("y")], timeout_ms=50)])
     assert parse_document(good, "built", TESTS_DIR) == parse_config(to_toml(good), "built", TESTS_DIR)
+
+
+ORT_MODEL = '[[models]]\nname = "c"\npath = "x.onnx"\n{extra}\n\n'
+
+
+@pytest.mark.parametrize("text, said", [
+    (config(devices=ORT.format(extra=""), models=ORT_MODEL.format(extra="max_batch = 8\nmax_batch_size = 4")),
+     "model 'c': max_batch 8 is over max_batch_size 4: one pass may not take more rows than the model accepts"),
+    (config(devices=ORT.format(extra=""),
+            models=ORT_MODEL.format(extra="max_batch = 4\npreferred_batch_sizes = [2, 8]")),
+     "model 'c': preferred_batch_sizes [8] must lie in [1, max_batch = 4]"),
+    (config(devices=ORT.format(extra=""), models=ORT_MODEL.format(extra="max_batch = 4\nmax_queue_delay_us = -1")),
+     "model 'c': max_queue_delay_us must be greater than or equal to 0, got -1"),
+    (config(models=py_model_toml("b", "stage_fns:tail", max_batch=4)),
+     "model 'b': unknown key 'max_batch': a python stage is called once per request; dynamic batching is "
+     "for onnxruntime and triton models"),
+])
+def test_batching_keys_are_checked_against_the_models_limits(text: str, said: str):
+    """Dynamic batching keys: a batch within max_batch_size, preferred sizes within max_batch, a
+    delay of no less than 0; python stages run one request per call, so they take none."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "bad.toml", TESTS_DIR)
+    assert f"bad.toml: {said}" in str(info.value).splitlines()
+
+
+def test_a_model_that_batches_needs_a_dynamic_first_dim(tmp_path):
+    """max_batch on an ONNX model whose input has a fixed first dim is refused naming the tensor:
+    there is no axis to join requests on."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "fixed",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(graph), tmp_path / "fixed.onnx")
+    text = ORT.format(extra="") + '[[models]]\nname = "f"\npath = "fixed.onnx"\nmax_batch = 4\n'
+    with pytest.raises(ConfigError, match=r"model 'f': max_batch 4 needs a dynamic first \(batch\) dim on every "
+                                          r"input and output, but 'x' has shape \[1, 4\]"):
+        parse_config(text, "bad.toml", tmp_path)
