@@ -274,3 +274,16 @@ def test_a_device_does_not_idle_for_a_batch_beside_a_run_as_urgent():
     core.on_stage_done("other", "s0", 0.1)
     (started,) = core.schedule(0.1).dispatches
     assert started.request_id == "m0"
+
+
+def test_a_reload_that_turns_batching_on_takes_effect_for_runs_made_ready_after_it():
+    """update_models (a config reload) giving model k max_batch: k's next runs share a pass."""
+    core, p = make_core()
+    core.update_models({"k": dataclasses.replace(batching_model("k"), name="k")})
+    core.submit(request("busy", p["m"], 0.0), 0.0)
+    core.schedule(0.0)
+    for i in range(3):
+        core.submit(request(f"k{i}", p["k"], 0.0), 0.0)
+    core.on_stage_done("busy", "s0", 0.1)
+    (batch,) = core.schedule(0.1).dispatches
+    assert members(batch) == ["k0", "k1", "k2"]
