@@ -114,7 +114,8 @@ def over_grpc(n: int, out_dir: Path) -> dict[str, Any]:
         port = free_port()
         target = f"127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "heddle.server.cli", "serve", "--config", str(config), "--grpc-port",
-               str(port), "--metrics-port", str(free_port()), "--log-level", "warning", "--log-json"]
+               str(port), "--metrics-port", str(free_port()), "--http-port", "0", "--log-level", "warning",
+               "--log-json"]
         log_path = out_dir / "logs" / "fuzz_decoders_server.log"
         with server_process(cmd, target, log_path, timeout_s=300) as proc:
             caller, tally = OverGrpc(target), Tally()

@@ -173,9 +173,9 @@ def heddle_base(heddle_cmd: str | None = None) -> list[str]:
 
 
 def heddle_command(args: argparse.Namespace, grpc_port: int, metrics_port: int) -> list[str]:
-    """`heddle serve` of args.config on these ports (args.heddle_cmd: another heddle)."""
+    """`heddle serve` of args.config on these ports, HTTP on a free one (args.heddle_cmd: another heddle)."""
     return [*heddle_base(args.heddle_cmd), "serve", "--config", str(args.config), "--grpc-port", str(grpc_port),
-            "--metrics-port", str(metrics_port)]
+            "--metrics-port", str(metrics_port), "--http-port", "0"]
 
 
 # --- figures ------------------------------------------------------------------------------------

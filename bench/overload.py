@@ -155,7 +155,7 @@ def run_mode(mode: str, args: argparse.Namespace, work: Path, base: Scenario,
     grpc_port, metrics_port = free_port(), free_port()
     target, metrics_url = f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics"
     cmd = [*HEDDLE, "serve", "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-           "--log-level", "warning"]
+           "--http-port", "0", "--log-level", "warning"]
     if MODES[mode]:  # `on` is the embedded default itself, no --config
         doc = {**default_config_document(), "admission": MODES[mode]}
         cmd += ["--config", str(write_config(work / f"default_admission_{mode}.toml", doc))]

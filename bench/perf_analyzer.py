@@ -261,7 +261,7 @@ def _run_heddle(pa: PerfAnalyzer, args: argparse.Namespace, out: Path, on_triton
         return _run_all(pa, args.heddle, args, out.parent, on_triton)
     port, metrics_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "heddle.server.cli", "serve", "--grpc-port", str(port),
-           "--metrics-port", str(metrics_port), *(["--config", args.config] if args.config else [])]
+           "--metrics-port", str(metrics_port), "--http-port", "0", *(["--config", args.config] if args.config else [])]
     with server_process(cmd, f"127.0.0.1:{port}", out.parent / "perf_analyzer-heddle.log"):
         return _run_all(pa, f"127.0.0.1:{port}", args, out.parent, on_triton)
 

@@ -218,8 +218,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     target = f"127.0.0.1:{grpc_port}"
     print(f"serving {target}; warm-up {args.warmup_s:g} s, then {len(args.policy)} policies x {args.duration_s:g} s "
           f"in {args.rounds} interleaved rounds", flush=True)
-    with server_process([*HEDDLE, "serve", "--config", str(config), "--trace", str(trace), "--log-level",
-                         "warning"], target, work / "server.log"):
+    with server_process([*HEDDLE, "serve", "--config", str(config), "--trace", str(trace), "--http-port", "0",
+                         "--log-level", "warning"], target, work / "server.log"):
         records = asyncio.run(run_live(target, args.policy, args))
     t2 = cpu_ticks()
     steal = {"profile_under_load": steal_pct(t0, t1), "live": steal_pct(t1, t2)}

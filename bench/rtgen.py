@@ -234,7 +234,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for mode in args.mode:
         grpc_port, metrics_port = free_port(), free_port()
         config = write_config(work, cnn, llm, MODES[mode], grpc_port, metrics_port)
-        cmd = [sys.executable, "-m", "heddle.server.cli", "serve", "--config", str(config)]
+        cmd = [sys.executable, "-m", "heddle.server.cli", "serve", "--config", str(config), "--http-port", "0"]
         print(f"{mode}:", flush=True)
         with server_process(cmd, f"127.0.0.1:{grpc_port}", work / f"{mode}.log"):
             results[mode] = asyncio.run(measure_server(f"127.0.0.1:{grpc_port}", args))

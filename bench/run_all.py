@@ -165,7 +165,7 @@ def run_policies(out: Path, settings: Settings, args: argparse.Namespace, part: 
     base = heddle_base(args.heddle_cmd)
     port, metrics_port = free_port(), free_port()
     target, metrics_url = f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
-    serve = [*base, "serve", "--grpc-port", str(port), "--metrics-port", str(metrics_port)]
+    serve = [*base, "serve", "--grpc-port", str(port), "--metrics-port", str(metrics_port), "--http-port", "0"]
     part.command = shlex.join(serve)
     failed: list[str] = []
     with server_process(serve, target, out / "logs" / "heddle_serve.log") as proc, \

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     grpc_port, metrics_port = free_port(), free_port()
     target, metrics_url = f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics"
     cmd = [*HEDDLE, "serve", "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-           "--log-level", "warning"]
+           "--http-port", "0", "--log-level", "warning"]
     scenario = load_scenario(args.scenario).scaled(args.rate_scale)
     with server_process(cmd, target, work / "server.log", timeout_s=600) as proc:
         run_by_class(target, scenario, args.warmup_s, 10.0, args.seed, work / "load")

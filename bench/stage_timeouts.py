@@ -81,8 +81,8 @@ class Server:
         env = {**os.environ, "PYTHONPATH": path}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "heddle.server.cli", "serve", "--log-json", "--config", str(config),
-             "--grpc-port", "0", "--metrics-port", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, env=env)
+             "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
         self.target = ""
         ready = threading.Event()

@@ -79,7 +79,7 @@ def measure_under_load(config_path: str | None, scenario, *, duration_s: float, 
         grpc_port, metrics_port = free_port(), free_port()
         cmd = [sys.executable, "-m", "heddle.server.cli", "serve", "--grpc-host", "127.0.0.1",
                "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--trace", str(trace),
-               "--log-level", "warning"]
+               "--http-port", "0", "--log-level", "warning"]
         cmd += ["--config", config_path] if config_path else []
         cmd += ["--policy", policy] if policy else []
         target = f"127.0.0.1:{grpc_port}"

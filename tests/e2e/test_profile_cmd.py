@@ -148,3 +148,21 @@ def test_an_under_load_scenario_naming_an_unknown_pipeline_is_refused(config_doc
         measure_under_load(str(config), bad, duration_s=1.0)
     assert main(["profile", "--config", str(config), "--under-load", "0", "--out", str(tmp_path / "p.json")]) == 2
     assert "--under-load" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_profile_under_load_runs_while_the_default_http_port_is_taken(config_doc, tmp_path):
+    """The served child takes free ports for everything, HTTP included: a heddle already serving on
+    8000 (held here) does not stop a profile under load."""
+    import socket
+
+    config = config_file(config_doc, tmp_path / "c.toml", HEAD_PIPELINE)
+    with socket.socket() as held:
+        try:
+            held.bind(("127.0.0.1", 8000))
+        except OSError:
+            pytest.skip("127.0.0.1:8000 is taken already")
+        held.listen()
+        scenario = Scenario("t", (App("head app", "h", "closed", concurrency=1),))
+        doc = measure_under_load(str(config), scenario, duration_s=0.5, warmup_s=0.1)
+    assert doc["stage_runs"] >= 1
