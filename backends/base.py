@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import os
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from heddle.scheduler.specs import DeviceSpec, ModelSpec
 
 __all__ = [
+    "CALL_HEADERS",
     "BackendError",
     "BackendTimeout",
     "DeviceUnavailable",
@@ -24,6 +26,12 @@ __all__ = [
     "make_pool",
     "numpy_dtype",
 ]
+
+# Headers for the remote calls of the run under way in this worker thread: the W3C trace context a
+# client sent with its request (traceparent, tracestate), so a Triton server's trace joins the
+# caller's. Set around one run by the runtime's stage runner; executors that call no server ignore it.
+CALL_HEADERS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("heddle_call_headers",
+                                                                                       default=None)
 
 
 class BackendError(Exception):

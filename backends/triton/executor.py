@@ -12,6 +12,7 @@ import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
 from heddle.backends.base import (
+    CALL_HEADERS,
     BackendError, BackendTimeout, DeviceUnavailable, check_inputs, make_pool, numpy_dtype,
 )
 from heddle.scheduler.specs import DeviceSpec, ModelSpec, TensorSpec, shapes_compatible
@@ -200,8 +201,10 @@ class TritonExecutor:
         if remote.decoupled:
             raise BackendError(f"{self._where(remote.name)}: decoupled model; use stream()")
         request = self._request(remote, inputs, priority, timeout_s)
+        headers = CALL_HEADERS.get()  # the caller's trace context, passed on (W3C traceparent)
         try:
-            result = self._client.infer(**request, client_timeout=self._client_timeout(timeout_s))
+            result = self._client.infer(**request, client_timeout=self._client_timeout(timeout_s),
+                                        headers=dict(headers) if headers else None)
         except InferenceServerException as e:
             raise map_error(e, self._where(remote.name)) from None
         return _outputs(remote, result)

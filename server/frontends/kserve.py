@@ -30,7 +30,7 @@ from heddle.server.frontends.kserve_stats import KServeStats, RequestTimes
 from heddle.server.runtime.limits import RequestLimits
 from heddle.server.runtime.jobs import StageStatus, TokenUpdate
 from heddle.server.observe.logs import get_logger
-from heddle.server.observe.tracing import RequestTracer, trace_request
+from heddle.server.observe.tracing import RequestTracer, trace_headers_of, trace_request
 from heddle.server.runtime.runtime import JobResult, Runtime
 from heddle.server.runtime.reload import NotServed, Reloader, ReloadError
 from heddle.server.runtime.status import RETRY_AFTER_KEY, request_error
@@ -263,7 +263,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     async def _run(self, entry: CatalogEntry, inputs, priority: int, deadline_s: float | None,
                    request_id: str, on_token=None, generation=None, context=None) -> JobResult:
         """Run on the runtime; KServe ids need not be unique, so a clash gets a generated id."""
-        run = functools.partial(self.runtime.run, on_token=on_token, generation=generation)
+        run = functools.partial(self.runtime.run, on_token=on_token, generation=generation,
+                                trace_headers=trace_headers_of(context))
         pipeline = self.runtime.versions.pick(entry.pipeline)  # a canary split among model versions
         try:
             result = await run(pipeline, inputs, priority=priority, deadline_s=deadline_s,

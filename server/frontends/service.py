@@ -16,7 +16,7 @@ from heddle.server.power.loop import PowerLoop
 from heddle.server.runtime.jobs import TokenUpdate
 from heddle.server.runtime.jobs import StageStatus
 from heddle.server.runtime.runtime import JobResult, Runtime, StageTiming
-from heddle.server.observe.tracing import RequestTracer, trace_request
+from heddle.server.observe.tracing import RequestTracer, trace_headers_of, trace_request
 from heddle.server.runtime.reload import Reloader, ReloadError
 from heddle.server.runtime.status import request_error
 from heddle.server.frontends.validation import (
@@ -136,7 +136,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         try:
             result = await self.runtime.run(pipeline, inputs, priority=priority, deadline_s=deadline_s,
                                             request_id=request.request_id, on_stage=on_stage,
-                                            generation=generation, on_token=on_token)
+                                            generation=generation, on_token=on_token,
+                                            trace_headers=trace_headers_of(context))
         except ValueError as exc:  # the same request id is already in flight
             raise RequestError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
         finally:

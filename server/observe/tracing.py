@@ -16,7 +16,8 @@ from typing import Any, Iterable, Sequence
 
 from heddle.scheduler import Outcome
 
-__all__ = ["RequestTracer", "TracingSettings", "make_tracer", "trace_request"]
+__all__ = ["TRACE_CONTEXT_KEYS", "RequestTracer", "TracingSettings", "make_tracer", "trace_headers_of",
+           "trace_request"]
 
 # Stage statuses whose span is an error (an OK or SKIPPED stage is not).
 _ERROR_STATUSES = {"FAILED", "CANCELLED"}
@@ -125,6 +126,17 @@ def _events(result: Any) -> Sequence[tuple[str, dict[str, Any]]]:
     if result.outcome is Outcome.DEADLINE_EXCEEDED and all(s.status == "SKIPPED" for s in result.stages):
         return [("shed", {"heddle.reason": result.error})]
     return []
+
+
+TRACE_CONTEXT_KEYS = ("traceparent", "tracestate")
+
+
+def trace_headers_of(context: Any) -> dict[str, str] | None:
+    """The W3C trace context a client sent in its call's metadata, to pass on to Triton devices
+    (whether or not this server traces: propagating it is what lets the caller's trace continue)."""
+    metadata = context.invocation_metadata() if context is not None else None
+    found = {k.lower(): v for k, v in metadata or () if k.lower() in TRACE_CONTEXT_KEYS and isinstance(v, str)}
+    return found if "traceparent" in found else None
 
 
 def trace_request(tracer: RequestTracer | None, result: Any, error: Any, deadline_s: float | None,

@@ -99,6 +99,7 @@ class Job:
     energy: dict[str, tuple[float, PowerSource]] = field(default_factory=dict)  # stage -> (joules, source)
     retry_after_s: float | None = None
     events: list[tuple[float, str, Mapping[str, str]]] = field(default_factory=list)  # see JobResult.events
+    trace_headers: Mapping[str, str] | None = None  # the caller's traceparent/tracestate, for Triton calls
 
 
 _STAGE_STATUS = {RunState.DONE: StageStatus.OK, RunState.FAILED: StageStatus.FAILED,

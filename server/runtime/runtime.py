@@ -130,7 +130,8 @@ class Runtime:
                   deadline_s: float | None = None, request_id: str = "",
                   on_stage: Callable[[StageTiming], None] | None = None,
                   generation: Mapping[str, object] | None = None,
-                  on_token: Callable[[TokenUpdate], None] | None = None) -> JobResult:
+                  on_token: Callable[[TokenUpdate], None] | None = None,
+                  trace_headers: Mapping[str, str] | None = None) -> JobResult:
         """Run one request to its end. deadline_s is relative to now. Cancelling the awaiting
         task cancels the request: its queued stages are dropped. generation overrides the LLM
         stages' GenerationConfig; on_token gets their tokens as they come."""
@@ -143,7 +144,7 @@ class Runtime:
         if self._batching:
             request.shapes = {(None, k): v.shape for k, v in inputs.items()}
         job = Job(request, {(None, k): v for k, v in inputs.items()}, self._loop.create_future(), on_stage,
-                   generation=generation, on_token=on_token)
+                   generation=generation, on_token=on_token, trace_headers=trace_headers)
         self.core.submit(request, now)  # first: it refuses an id an earlier request's stage still holds
         self._jobs[rid] = job
         if self.trace is not None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from numpy.typing import NDArray
 
-from heddle.backends.base import BackendError, Executor
+from heddle.backends.base import CALL_HEADERS, BackendError, Executor
 from heddle.scheduler import Dispatch
 from heddle.scheduler.specs import ModelSpec
 from heddle.server.runtime.batch_run import MemberResult, run_batch
@@ -121,7 +121,8 @@ class ExecutorRunner:
         if model.options.get("inline"):
             self._run_inline(d, executor, inputs, job.request.priority, timeout_s)
             return
-        fut = executor.pool.submit(_timed_run, executor, d.model, inputs, job.request.priority, timeout_s)
+        fut = executor.pool.submit(_timed_run, executor, d.model, inputs, job.request.priority, timeout_s,
+                                   job.trace_headers)
         if timeout_s is not None and not stops_itself(model):
             self.overruns.watch(d, fut, timeout_s, limit_cause(model, timeout_s))
         # Runs in the worker thread that finished the run (or here, if it is done already).
@@ -183,8 +184,14 @@ def _settled(loop: asyncio.AbstractEventLoop, result: MemberResult) -> StageFutu
 
 
 def _timed_run(executor: Executor, model: str, inputs: Tensors, priority: int,
-               timeout_s: float | None) -> tuple[Tensors, float]:
-    """Runs in a device worker thread; the compute time is the backend's alone."""
-    t0 = time.perf_counter()
-    outputs = executor.run(model, inputs, priority=priority, timeout_s=timeout_s)
-    return outputs, time.perf_counter() - t0
+               timeout_s: float | None, headers: Mapping[str, str] | None = None) -> tuple[Tensors, float]:
+    """Runs in a device worker thread; the compute time is the backend's alone. `headers`: the
+    caller's trace context, for the remote call (CALL_HEADERS)."""
+    token = CALL_HEADERS.set(headers) if headers else None
+    try:
+        t0 = time.perf_counter()
+        outputs = executor.run(model, inputs, priority=priority, timeout_s=timeout_s)
+        return outputs, time.perf_counter() - t0
+    finally:
+        if token is not None:
+            CALL_HEADERS.reset(token)

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from heddle.clients.client import build_request
-from heddle.server.config.builder import document, python_device
+from heddle.server.config.builder import document, python_device, tensor
 from heddle.v1 import heddle_pb2_grpc
 from server_fixtures import chain, parse_test_document, py_model, running_server
 
@@ -131,3 +131,27 @@ def test_a_stage_retried_on_another_device_shows_as_a_retry_event() -> None:
     assert lost in ("py0", "py1") and child.attributes["heddle.device"] == result.stages[0].device != lost
     assert "unplugged" in retry.attributes["heddle.error"]
     assert root.start_time <= retry.timestamp <= child.start_time
+
+
+def test_a_callers_traceparent_is_passed_on_to_a_triton_device() -> None:
+    """A gateway whose `triton` device is another heddle's KServe endpoint (the same
+    GRPCInferenceService a Triton server speaks): the caller's traceparent reaches that server, so
+    its span joins the caller's trace, as a Triton server's would."""
+    from heddle.server.config.builder import triton_device, triton_model
+
+    remote_spans = InMemorySpanExporter()
+    remote = parse_test_document(document(devices=[python_device("py0")], models=[py_model("a", "stage_fns:tail")],
+                                          pipelines=[chain("p", ["a"])]))
+    with running_server(remote, span_exporter=remote_spans) as backend:
+        front = parse_test_document(document(
+            devices=[triton_device("tr0", backend.target)],
+            models=[triton_model("a_remote", triton_model="a", inputs=[tensor("x")], outputs=[tensor("y")])],
+            pipelines=[chain("via_triton", ["a_remote"])]))
+        request = build_request("via_triton", {"x": np.ones(4, np.float32)}, request_id="r-forward")
+        with running_server(front) as gateway, grpc.insecure_channel(gateway.target) as channel:
+            response = heddle_pb2_grpc.GatewayStub(channel).Infer(
+                request, metadata=[("traceparent", f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01")], timeout=30)
+    assert list(response.outputs[0].shape) == [4]
+    (span,) = [s for s in remote_spans.get_finished_spans() if s.parent is None or s.parent.is_remote]
+    assert format(span.context.trace_id, "032x") == TRACE_ID
+    assert format(span.parent.span_id, "016x") == PARENT_SPAN_ID
