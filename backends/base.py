@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CALL_HEADERS",
+    "CALL_PARAMETERS",
     "BackendError",
     "BackendTimeout",
     "DeviceUnavailable",
@@ -32,6 +33,10 @@ __all__ = [
 # caller's. Set around one run by the runtime's stage runner; executors that call no server ignore it.
 CALL_HEADERS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("heddle_call_headers",
                                                                                        default=None)
+# The request's per-request parameters (a python stage takes the ones it declares as keyword
+# arguments), set the same way around one run.
+CALL_PARAMETERS: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "heddle_call_parameters", default=None)
 
 
 class BackendError(Exception):

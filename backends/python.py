@@ -14,12 +14,14 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from heddle.backends.base import BackendError, BackendTimeout, check_inputs, make_pool, numpy_dtype
+from heddle.backends.base import (
+    CALL_PARAMETERS, BackendError, BackendTimeout, check_inputs, make_pool, numpy_dtype,
+)
 from heddle.backends.python_process import ProcessPool
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
 
 __all__ = ["ISOLATIONS", "PythonExecutor", "check_outputs", "isolation_of", "make_stage", "resolve_callable",
-           "stage_options"]
+           "stage_options", "stage_parameters"]
 
 ISOLATIONS = ("thread", "process")
 
@@ -69,6 +71,16 @@ def stage_options(model: ModelSpec) -> Mapping[str, Any] | None:
     if not model.options.get("stage_class"):
         return None
     return dict(model.options.get("class_options") or {})
+
+
+def stage_parameters(model: ModelSpec, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The per-request parameters the stage declares: the request's value, else the default (the
+    frontends have checked names, types and required ones)."""
+    declared = model.options.get("parameters")
+    if not declared:
+        return {}
+    given = given or {}
+    return {name: given.get(name, p["default"]) for name, p in declared.items()}
 
 
 class _Instances:
@@ -155,16 +167,17 @@ class PythonExecutor:
             raise BackendError(f"model {model} is not loaded on device {self.device.id}")
         spec, fn = stage
         check_inputs(spec, inputs)
+        kwargs = {**inputs, **stage_parameters(spec, CALL_PARAMETERS.get())}
         if fn is None:
             try:
-                result = self._processes.run(spec.name, inputs, timeout_s)
+                result = self._processes.run(spec.name, kwargs, timeout_s)
             except BackendTimeout as e:
                 raise BackendTimeout(f"python stage {model}: {e}") from None
             except BackendError as e:
                 raise BackendError(f"python stage {model}: {e}") from None
             return check_outputs(spec, result)
         try:
-            result = fn(**inputs)
+            result = fn(**kwargs)
         except Exception as e:  # whatever the operator's code raises is a failed stage
             raise BackendError(f"python stage {model}: {type(e).__name__}: {e}") from e
         return check_outputs(spec, result)

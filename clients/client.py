@@ -127,11 +127,13 @@ class HeddleClient:
         timeout_s: float | None = None,
         generation: Generation | None = None,
         model_versions: Mapping[str, str] | None = None,
+        parameters: Mapping[str, object] | None = None,
     ) -> InferResult:
-        """Run a pipeline and wait for its result (`model_versions`: pin versioned models)."""
+        """Run a pipeline and wait for its result (`model_versions`: pin versioned models;
+        `parameters`: per-request parameters of its python stages)."""
         request = build_request(pipeline, inputs, priority=priority, deadline_ms=deadline_ms,
                                 request_id=request_id, outputs=outputs, generation=generation,
-                                model_versions=model_versions)
+                                model_versions=model_versions, parameters=parameters)
         with heddle_errors():
             return result_from_proto(self._gateway.Infer(request, **self._opts(timeout_s)))
 

@@ -151,10 +151,12 @@ def build_request(
     outputs: Iterable[str] | None = None,
     generation: Generation | None = None,
     model_versions: Mapping[str, str] | None = None,
+    parameters: Mapping[str, object] | None = None,
 ) -> heddle_pb2.InferRequest:
     """An InferRequest with each input encoded by to_tensor (one copy per array); `generation`
     sets the LLM stages' options (see generation_options); `model_versions` pins versioned models
-    (name -> version) instead of the server's canary split."""
+    (name -> version) instead of the server's canary split; `parameters` go to the python stages
+    that declare them."""
     request = heddle_pb2.InferRequest(
         pipeline=pipeline,
         inputs=[to_tensor(name, array) for name, array in inputs.items()],
@@ -163,6 +165,8 @@ def build_request(
         request_id=request_id or "",
         outputs=list(outputs or ()),
         model_versions=dict(model_versions or {}),
+        # Sent as text, typed by the server from the stages' declarations ("true"/"false" for bools).
+        parameters={k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (parameters or {}).items()},
     )
     options = generation_options(generation)
     if options is not None:

@@ -188,3 +188,9 @@ class NeedsAThreshold:
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return {"y": x}
+
+
+def thresholded(x: np.ndarray, threshold: float, keep_above: bool = True) -> dict[str, np.ndarray]:
+    """Takes per-request parameters: the rows of x past the threshold (1.0 where kept, 0.0 where not)."""
+    kept = x > threshold if keep_above else x <= threshold
+    return {"y": kept.astype(np.float32)}

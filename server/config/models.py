@@ -15,8 +15,9 @@ from heddle.backends.python import ISOLATIONS
 from heddle.server.config.tables import Table, TensorTable
 
 __all__ = [
-    "LLM_KEYS_WHY", "MAX_TIMEOUT_MS", "MODEL_TABLES", "ModelTable", "OnnxLlmTable", "OnnxModelTable", "PYTHON_KEYS_WHY",
-    "PipelineTable", "PythonModelTable", "StageTable", "TritonLlmTable", "TritonModelTable", "model_tag",
+    "LLM_KEYS_WHY", "MAX_TIMEOUT_MS", "MODEL_TABLES", "PARAMETER_TYPES", "PYTHON_KEYS_WHY", "ModelTable",
+    "OnnxLlmTable", "OnnxModelTable", "ParameterTable", "PipelineTable", "PythonModelTable", "StageTable",
+    "TritonLlmTable", "TritonModelTable", "model_tag",
 ]
 
 NonLlmKind = Literal["dnn", "transformer", "python"]
@@ -139,6 +140,25 @@ class OnnxLlmTable(_ModelBase, _Generation):
     head_dim: int | None = Field(None, description="KV head size, when the graph's KV dims are dynamic")
 
 
+PARAMETER_TYPES = {"float": (float, int), "int": (int,), "bool": (bool,), "string": (str,)}
+
+
+class ParameterTable(Table):
+    """A per-request parameter a python stage takes: its type, and its default when a request
+    gives none (no default: every request must give it)."""
+
+    type: Literal["float", "int", "bool", "string"]
+    default: bool | int | float | str | None = None
+
+    @model_validator(mode="after")
+    def _default_has_the_type(self) -> ParameterTable:
+        d = self.default
+        if d is not None and (not isinstance(d, PARAMETER_TYPES[self.type])
+                              or (isinstance(d, bool) and self.type != "bool")):
+            raise ValueError(f"default {d!r} is no {self.type}")
+        return self
+
+
 class PythonModelTable(_ModelBase, _Timeout, _Inline):
     """An operator-registered python function, called as fn(**inputs) -> {name: ndarray}."""
 
@@ -150,6 +170,8 @@ class PythonModelTable(_ModelBase, _Timeout, _Inline):
         None, alias="class", description='"module:Class": constructed once per worker slot with **options, '
                                          "its instance called per run (or give function)")
     options: dict[str, Any] | None = Field(None, description="the stage class's constructor keyword arguments")
+    parameters: dict[str, ParameterTable] | None = Field(None, description=(
+        "per-request parameters passed to the stage as keyword arguments (a request's `parameters`)"))
     inputs: list[TensorTable] = Field(min_length=1)
     outputs: list[TensorTable] = Field(min_length=1)
     isolation: Literal[ISOLATIONS] | None = Field(  # type: ignore[valid-type]

@@ -72,7 +72,9 @@ def resolve_python(table: PythonModelTable, ctx: Resolving) -> ModelSpec:
     from dataclasses import replace
 
     spec = _spec(table, table.function or table.class_ or "", (_tensors(table.inputs), _tensors(table.outputs)))
-    options = {k: v for k, v in spec.options.items() if k not in ("class_", "options")}
+    options = {k: v for k, v in spec.options.items() if k not in ("class_", "options", "parameters")}
+    if table.parameters:
+        options["parameters"] = {n: {"type": p.type, "default": p.default} for n, p in table.parameters.items()}
     if table.class_ is not None:
         options.update(stage_class=True, class_options=dict(table.options or {}))
     return replace(spec, options=options)

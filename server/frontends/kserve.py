@@ -24,7 +24,7 @@ from heddle.server.frontends.kserve_catalog import (
 )
 from heddle.server.frontends.kserve_convert import (
     check_requested_outputs, decode_kserve_inputs, encode_output, kserve_deadline_ms, kserve_priority,
-    refuse_sequence_parameters,
+    parameter_values, refuse_sequence_parameters,
 )
 from heddle.server.frontends.kserve_stats import KServeStats, RequestTimes
 from heddle.server.runtime.limits import RequestLimits
@@ -35,7 +35,7 @@ from heddle.server.runtime.runtime import JobResult, Runtime
 from heddle.server.runtime.reload import NotServed, Reloader, ReloadError
 from heddle.server.runtime.status import RETRY_AFTER_KEY, request_error
 from heddle.server.frontends.validation import (
-    MAX_REQUEST_ID_BYTES, RequestError, check_generation, check_request_id, effective_deadline_s,
+    MAX_REQUEST_ID_BYTES, RequestError, check_generation, check_parameters, check_request_id, effective_deadline_s,
 )
 
 __all__ = ["EXTENSIONS", "SERVICE_NAME", "KServeServicer"]
@@ -236,6 +236,9 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             refuse_sequence_parameters(request.parameters)
             generation = check_generation(_generation(request.parameters), "parameter ")
             inputs = decode_kserve_inputs(entry.pipeline, request)
+            # Stage parameters among the request's parameters; the rest are KServe's or heddle's own.
+            parameters = check_parameters(entry.pipeline, self.runtime.models, parameter_values(request.parameters),
+                                          ignore_unknown=True)
             held = self.limits.admit(entry.pipeline, inputs, priority)  # released when the request ends
         except RequestError as exc:
             log.info("request refused", model=entry.name, code=exc.code.name, error=exc.message)
@@ -245,7 +248,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         t1 = time.perf_counter_ns()
         try:
             result = await self._run(entry, inputs, priority, deadline_s, request.id, on_token, generation,
-                                     context=context)
+                                     context=context, parameters=parameters)
         except BaseException:  # failed, or cancelled by the client: Triton counts both as failures
             self.stats.record_failure(entry.name, time.perf_counter_ns() - t0)
             raise
@@ -261,10 +264,10 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def _run(self, entry: CatalogEntry, inputs, priority: int, deadline_s: float | None,
-                   request_id: str, on_token=None, generation=None, context=None) -> JobResult:
+                   request_id: str, on_token=None, generation=None, context=None, parameters=None) -> JobResult:
         """Run on the runtime; KServe ids need not be unique, so a clash gets a generated id."""
         run = functools.partial(self.runtime.run, on_token=on_token, generation=generation,
-                                trace_headers=trace_headers_of(context))
+                                trace_headers=trace_headers_of(context), parameters=parameters)
         pipeline = self.runtime.versions.pick(entry.pipeline)  # a canary split among model versions
         try:
             result = await run(pipeline, inputs, priority=priority, deadline_s=deadline_s,

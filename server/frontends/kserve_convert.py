@@ -26,6 +26,7 @@ __all__ = [
     "encode_output",
     "kserve_deadline_ms",
     "kserve_priority",
+    "parameter_values",
     "refuse_sequence_parameters",
 ]
 
@@ -54,6 +55,16 @@ class RawTensor:
     datatype: str
     shape: tuple[int, ...]
     raw_data: bytes
+
+
+def parameter_values(params) -> dict[str, object]:
+    """A request's parameters as Python values (bool, int, float, str), set ones only."""
+    values = {}
+    for key, param in params.items():
+        which = param.WhichOneof("parameter_choice")
+        if which is not None:
+            values[key] = getattr(param, which)
+    return values
 
 
 def _int_param(params, key: str) -> int | None:

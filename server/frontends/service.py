@@ -21,7 +21,7 @@ from heddle.server.runtime.reload import Reloader, ReloadError
 from heddle.server.runtime.status import request_error
 from heddle.server.frontends.validation import (
     MAX_REQUEST_ID_BYTES, RequestError, check_generation, check_outputs_requested, check_request_id,
-    decode_inputs, effective_deadline_s, pick_version, resolve_priority,
+    check_parameters, decode_inputs, effective_deadline_s, pick_version, resolve_priority,
 )
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
@@ -127,6 +127,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             wanted = check_outputs_requested(pipeline, request.outputs)
             generation = check_generation(generation_overrides(request), "generation.")
             inputs = decode_inputs(pipeline, request.inputs)
+            parameters = check_parameters(pipeline, self.runtime.models, request.parameters)
             held = self.limits.admit(pipeline, inputs, priority)  # released when the request ends
         except RequestError as exc:
             log.info("request refused", pipeline=request.pipeline, code=exc.code.name, error=exc.message)
@@ -137,7 +138,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             result = await self.runtime.run(pipeline, inputs, priority=priority, deadline_s=deadline_s,
                                             request_id=request.request_id, on_stage=on_stage,
                                             generation=generation, on_token=on_token,
-                                            trace_headers=trace_headers_of(context))
+                                            trace_headers=trace_headers_of(context), parameters=parameters)
         except ValueError as exc:  # the same request id is already in flight
             raise RequestError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
         finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import grpc
 import numpy as np
@@ -17,7 +17,8 @@ from heddle.server.runtime.status import RequestError
 
 __all__ = [
     "MAX_DEADLINE_MS", "MAX_REQUEST_ID_BYTES", "RequestError", "check_generation", "check_outputs_requested",
-    "check_request_id", "decode_inputs", "effective_deadline_s", "pick_version", "resolve_priority",
+    "check_parameters", "check_request_id", "declared_parameters", "decode_inputs", "effective_deadline_s",
+    "pick_version", "resolve_priority",
 ]
 
 # The longest deadline a request may ask for: 24 h. A live inference request takes seconds (a long
@@ -51,6 +52,71 @@ def resolve_priority(priority: int, settings: ServerSettings) -> int:
             f"priority {priority} is outside 1..{settings.priority_levels} (0 = default)",
         )
     return priority
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def declared_parameters(pipeline: Pipeline, models: Mapping[str, Any]) -> dict[str, tuple[str, Any, str]]:
+    """name -> (type, default, stage) of every per-request parameter the pipeline's stages take."""
+    out: dict[str, tuple[str, Any, str]] = {}
+    for stage in pipeline.stages:
+        model = models.get(stage.model)
+        for name, p in ((model.options.get("parameters") or {}) if model is not None else {}).items():
+            out.setdefault(name, (p["type"], p["default"], stage.name))
+    return out
+
+
+def _typed(name: str, kind: str, value: Any) -> Any:
+    """A parameter's value as its declared type; text (heddle.v1) is parsed, typed values
+    (KServe) are checked. RequestError naming the parameter when it does not fit."""
+    try:
+        if kind == "string":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text not in _TRUE + _FALSE:
+                raise ValueError
+            return text in _TRUE
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(value) if kind == "int" else float(value)
+        if kind == "float" and not math.isfinite(number):
+            raise ValueError
+        return number
+    except (TypeError, ValueError):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"parameter {clipped(name)!r} must be {'an' if kind == 'int' else 'a'} {kind}, "
+                           f"got {clipped(str(value))!r}") from None
+
+
+def check_parameters(pipeline: Pipeline, models: Mapping[str, Any], given: Mapping[str, Any], *,
+                     ignore_unknown: bool = False) -> dict[str, Any] | None:
+    """A request's per-request parameters, typed; every required one present. An undeclared name
+    is INVALID_ARGUMENT (ignore_unknown: left out, as KServe's other request parameters are)."""
+    declared = declared_parameters(pipeline, models)
+    if not declared and (ignore_unknown or not given):
+        return None
+    values = {}
+    for name, value in given.items():
+        if name not in declared:
+            if ignore_unknown:
+                continue
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"unknown parameter {clipped(name)!r}; pipeline {pipeline.name!r} takes "
+                               f"{sorted(declared) or 'none'}")
+        values[name] = _typed(name, declared[name][0], value)
+    missing = sorted(n for n, (_, default, _) in declared.items() if default is None and n not in values)
+    if missing:
+        stage = declared[missing[0]][2]
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"parameter {missing[0]!r} is required (stage {stage!r} of pipeline {pipeline.name!r} "
+                           f"has no default for it)")
+    return values or None
+
 
 def pick_version(router, pipeline: Pipeline, pins: Mapping[str, str]) -> Pipeline:
     """The variant of the pipeline this request runs (server/runtime/versions.py): the versions it

@@ -100,6 +100,7 @@ class Job:
     retry_after_s: float | None = None
     events: list[tuple[float, str, Mapping[str, str]]] = field(default_factory=list)  # see JobResult.events
     trace_headers: Mapping[str, str] | None = None  # the caller's traceparent/tracestate, for Triton calls
+    parameters: Mapping[str, Any] | None = None  # per-request parameters, for the python stages declaring them
 
 
 _STAGE_STATUS = {RunState.DONE: StageStatus.OK, RunState.FAILED: StageStatus.FAILED,

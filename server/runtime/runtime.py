@@ -131,7 +131,8 @@ class Runtime:
                   on_stage: Callable[[StageTiming], None] | None = None,
                   generation: Mapping[str, object] | None = None,
                   on_token: Callable[[TokenUpdate], None] | None = None,
-                  trace_headers: Mapping[str, str] | None = None) -> JobResult:
+                  trace_headers: Mapping[str, str] | None = None,
+                  parameters: Mapping[str, object] | None = None) -> JobResult:
         """Run one request to its end. deadline_s is relative to now. Cancelling the awaiting
         task cancels the request: its queued stages are dropped. generation overrides the LLM
         stages' GenerationConfig; on_token gets their tokens as they come."""
@@ -144,11 +145,11 @@ class Runtime:
         if self._batching:
             request.shapes = {(None, k): v.shape for k, v in inputs.items()}
         job = Job(request, {(None, k): v for k, v in inputs.items()}, self._loop.create_future(), on_stage,
-                   generation=generation, on_token=on_token, trace_headers=trace_headers)
+                   generation=generation, on_token=on_token, trace_headers=trace_headers, parameters=parameters)
         self.core.submit(request, now)  # first: it refuses an id an earlier request's stage still holds
         self._jobs[rid] = job
         if self.trace is not None:
-            self.trace.arrival(request, inputs)
+            self.trace.arrival(request, inputs, parameters)
         if self._draining:  # ended through the core like any request, so metrics count it
             self.core.cancel(rid, now, Outcome.UNAVAILABLE, "server is shutting down")
         self._stepper.mark_dirty()

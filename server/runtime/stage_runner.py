@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from numpy.typing import NDArray
 
-from heddle.backends.base import CALL_HEADERS, BackendError, Executor
+from heddle.backends.base import CALL_HEADERS, CALL_PARAMETERS, BackendError, Executor
 from heddle.scheduler import Dispatch
 from heddle.scheduler.specs import ModelSpec
 from heddle.server.runtime.batch_run import MemberResult, run_batch
@@ -119,24 +119,24 @@ class ExecutorRunner:
         model = self.models[d.model]
         timeout_s = stage_timeout_s(model, job.request.deadline_s, events.clock())
         if model.options.get("inline"):
-            self._run_inline(d, executor, inputs, job.request.priority, timeout_s)
+            self._run_inline(d, executor, inputs, job.request.priority, timeout_s, job.parameters)
             return
         fut = executor.pool.submit(_timed_run, executor, d.model, inputs, job.request.priority, timeout_s,
-                                   job.trace_headers)
+                                   job.trace_headers, job.parameters)
         if timeout_s is not None and not stops_itself(model):
             self.overruns.watch(d, fut, timeout_s, limit_cause(model, timeout_s))
         # Runs in the worker thread that finished the run (or here, if it is done already).
         fut.add_done_callback(lambda f: self.completions.post(functools.partial(self._done, d, f)))
 
     def _run_inline(self, d: Dispatch, executor: Executor, inputs: Tensors, priority: int,
-                    timeout_s: float | None) -> None:
+                    timeout_s: float | None, parameters: Mapping[str, Any] | None = None) -> None:
         """An `inline = true` stage runs here, on the loop (no thread hand-over and no wake-up, for
         a stage that costs less than they do); its end is handed over next turn like any other,
         so the step dispatching it never sees the core change under it. No overrun watch: its
         timer could not fire before the run returns."""
         fut: concurrent.futures.Future[tuple[Tensors, float]] = concurrent.futures.Future()
         try:
-            fut.set_result(_timed_run(executor, d.model, inputs, priority, timeout_s))
+            fut.set_result(_timed_run(executor, d.model, inputs, priority, timeout_s, None, parameters))
         except Exception as exc:  # the stage's failure, reported as a worker's would be
             fut.set_exception(exc)
         self.events.loop.call_soon(self._done, d, fut)
@@ -183,15 +183,20 @@ def _settled(loop: asyncio.AbstractEventLoop, result: MemberResult) -> StageFutu
     return fut
 
 
-def _timed_run(executor: Executor, model: str, inputs: Tensors, priority: int,
-               timeout_s: float | None, headers: Mapping[str, str] | None = None) -> tuple[Tensors, float]:
+def _timed_run(executor: Executor, model: str, inputs: Tensors, priority: int, timeout_s: float | None,
+               headers: Mapping[str, str] | None = None,
+               parameters: Mapping[str, Any] | None = None) -> tuple[Tensors, float]:
     """Runs in a device worker thread; the compute time is the backend's alone. `headers`: the
-    caller's trace context, for the remote call (CALL_HEADERS)."""
-    token = CALL_HEADERS.set(headers) if headers else None
+    caller's trace context, for the remote call (CALL_HEADERS); `parameters`: the request's
+    per-request parameters (CALL_PARAMETERS)."""
+    header_token = CALL_HEADERS.set(headers) if headers else None
+    parameter_token = CALL_PARAMETERS.set(parameters) if parameters else None
     try:
         t0 = time.perf_counter()
         outputs = executor.run(model, inputs, priority=priority, timeout_s=timeout_s)
         return outputs, time.perf_counter() - t0
     finally:
-        if token is not None:
-            CALL_HEADERS.reset(token)
+        if header_token is not None:
+            CALL_HEADERS.reset(header_token)
+        if parameter_token is not None:
+            CALL_PARAMETERS.reset(parameter_token)

@@ -59,14 +59,18 @@ class TraceWriter:
     def closed(self) -> bool:
         return self._file is None
 
-    def arrival(self, request: Request, inputs: Mapping[str, NDArray[Any]]) -> None:
+    def arrival(self, request: Request, inputs: Mapping[str, NDArray[Any]],
+                parameters: Mapping[str, object] | None = None) -> None:
         deadline_s = None if request.deadline_s is None else request.deadline_s - request.arrival_s
-        self._write({
+        record: dict[str, object] = {
             "event": "arrival", "t_s": round(request.arrival_s - self._t0, 6), "request_id": request.id,
             "pipeline": request.pipeline.name, "priority": request.priority,
             "deadline_s": None if deadline_s is None else round(deadline_s, 6),
             "shapes": {name: list(arr.shape) for name, arr in inputs.items()},
-        })
+        }
+        if parameters:  # what the stages were asked to do differently, for a replay to know
+            record["parameters"] = dict(parameters)
+        self._write(record)
 
     def dispatched(self, dispatch: Dispatch) -> None:
         if self._file is not None:

@@ -33,8 +33,15 @@ class Tensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., raw_data: _Optional[bytes] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("pipeline", "inputs", "priority", "deadline_ms", "request_id", "outputs", "generation", "model_versions")
+    __slots__ = ("pipeline", "inputs", "priority", "deadline_ms", "request_id", "outputs", "generation", "model_versions", "parameters")
     class ModelVersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +56,7 @@ class InferRequest(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     pipeline: str
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     priority: int
@@ -57,7 +65,8 @@ class InferRequest(_message.Message):
     outputs: _containers.RepeatedScalarFieldContainer[str]
     generation: GenerationOptions
     model_versions: _containers.ScalarMap[str, str]
-    def __init__(self, pipeline: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., priority: _Optional[int] = ..., deadline_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., outputs: _Optional[_Iterable[str]] = ..., generation: _Optional[_Union[GenerationOptions, _Mapping]] = ..., model_versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    parameters: _containers.ScalarMap[str, str]
+    def __init__(self, pipeline: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., priority: _Optional[int] = ..., deadline_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., outputs: _Optional[_Iterable[str]] = ..., generation: _Optional[_Union[GenerationOptions, _Mapping]] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., parameters: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GenerationOptions(_message.Message):
     __slots__ = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop_token_ids")
