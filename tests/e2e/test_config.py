@@ -103,7 +103,7 @@ def run_serve(config: Path, timeout_s: float = 60) -> subprocess.CompletedProces
     env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
     return subprocess.run(
         [sys.executable, "-m", "heddle.server.cli", "serve", "--config", str(config),
-         "--grpc-port", "0", "--metrics-port", "0"],
+         "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0"],
         capture_output=True, text=True, timeout=timeout_s, cwd=REPO_ROOT, env=env)
 
 

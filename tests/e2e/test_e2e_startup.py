@@ -40,6 +40,8 @@ def write_config(tmp_path: Path, server: str = "") -> Path:
 def serve_once(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`heddle serve ARGS` expected to exit by itself (a refused start)."""
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(TESTS_DIR)}
+    if "--http-port" not in args:  # a free port: the default 8000 may be taken on a shared box
+        args = [*args, "--http-port", "0"]
     return subprocess.run([sys.executable, "-m", "heddle.server.cli", "serve", "--log-json", *args],
                           capture_output=True, text=True, env=full_env, cwd=REPO_ROOT, timeout=120)
 
