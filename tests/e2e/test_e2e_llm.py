@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import grpc
 import numpy as np
@@ -14,64 +14,40 @@ import pytest
 
 from heddle.backends.testing import FunctionExecutor
 from heddle.clients.tensors import from_tensor, to_tensor
+from heddle.server.config.builder import document, onnx_device, onnx_model, pipeline, python_device, stage, tensor
+from heddle.server.config.default import TOKENIZER_MODELS
 from heddle.server.config.load import Config
 from heddle.server.runtime.metrics import Metrics
 from heddle.server.runtime.runtime import Runtime
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    TOKENIZER_MODELS_TOML, RunningServer, heddle_cache_dir, parse_test_config, running_server, scrape_metrics,
-    wait_until,
+    RunningServer, heddle_cache_dir, parse_test_document, running_server, scrape_metrics, wait_until,
 )
 from test_llm_engine import reference_greedy
 
-# cpu0 has one slot; max_batch lets up to 8 steps of the llm share it, in one forward pass.
-_CONFIG = """
-[server]
-policy = "priority"
-cache_dir = "{cache}"
+def chat_pipeline(name: str, model: str) -> dict[str, Any]:
+    """input_ids -> the LLM `model` -> output_ids."""
+    return pipeline(name, [tensor("input_ids", "INT64", (1, -1))], {"output_ids": "llm.output_ids"},
+                    [stage("llm", model, input_ids="input:input_ids")])
 
-[[devices]]
-id = "cpu0"
-backend = "onnxruntime"
-slots = 1
 
-[[devices]]
-id = "py0"
-backend = "python"
-slots = 2
-
-[[models]]
-name = "llm"
-kind = "llm"
-path = "builtin:llm"
-max_new_tokens = 8
-max_positions = 512
-max_batch = 8
-tokenizer = "byte"
-
-{TOKENIZER_MODELS_TOML}
-[[pipelines]]
-name = "chat"
-inputs = [{{ name = "input_ids", datatype = "INT64", shape = [1, -1] }}]
-outputs = {{ output_ids = "llm.output_ids" }}
-stages = [{{ name = "llm", model = "llm", inputs = {{ input_ids = "input:input_ids" }} }}]
-
-[[pipelines]]
-name = "chat_text"
-inputs = [{{ name = "text", datatype = "BYTES", shape = [1] }}]
-outputs = {{ text = "detok.text", output_ids = "llm.output_ids" }}
-stages = [
-  {{ name = "tok", model = "tokenize", inputs = {{ text = "input:text" }} }},
-  {{ name = "llm", model = "llm", inputs = {{ input_ids = "tok.input_ids" }} }},
-  {{ name = "detok", model = "detokenize", inputs = {{ output_ids = "llm.output_ids" }} }},
-]
-"""
+def chat_text_pipeline(name: str = "chat_text") -> dict[str, Any]:
+    """text -> tokenize -> llm -> detokenize -> text (and the ids)."""
+    return pipeline(name, [tensor("text", "BYTES", (1,))], {"text": "detok.text", "output_ids": "llm.output_ids"}, [
+        stage("tok", "tokenize", text="input:text"), stage("llm", "llm", input_ids="tok.input_ids"),
+        stage("detok", "detokenize", output_ids="llm.output_ids")])
 
 
 @pytest.fixture(scope="module")
 def llm_config(heddle_cache_dir: Path) -> Config:
-    return parse_test_config(_CONFIG.format(cache=heddle_cache_dir, TOKENIZER_MODELS_TOML=TOKENIZER_MODELS_TOML))
+    """cpu0 has one slot; max_batch lets up to 8 steps of the llm share it, in one forward pass."""
+    llm = onnx_model("llm", "builtin:llm", kind="llm", max_new_tokens=8, max_positions=512, max_batch=8,
+                     tokenizer="byte")
+    return parse_test_document(document(
+        server={"policy": "priority", "cache_dir": str(heddle_cache_dir)},
+        devices=[onnx_device("cpu0"), python_device("py0", slots=2)], models=[llm, *TOKENIZER_MODELS],
+        pipelines=[chat_pipeline("chat", "llm"), chat_text_pipeline()]))
 
 
 @pytest.fixture(scope="module")

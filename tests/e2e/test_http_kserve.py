@@ -21,19 +21,16 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 
 import stage_fns
+from heddle.server.config.builder import document, python_device, to_toml
 from http_fixtures import http_call, http_json
 from pki_fixtures import Pki, pki  # noqa: F401  (fixtures are found by name)
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    REPO_ROOT, RunningServer, ServerProcess, chain_toml, default_config, default_server, heddle_cache_dir,
-    py_model_toml, running_server, parse_test_config, serve_toml,
+    REPO_ROOT, RunningServer, ServerProcess, chain, default_config, default_server, heddle_cache_dir,
+    parse_test_document, py_model, running_server,
 )
 
-HEDDLE_CONFIG_DEVICES = """
-[[devices]]
-id = "py0"
-backend = "python"
-slots = 2
-"""
+PY0 = [python_device("py0", slots=2)]
+TAIL = py_model("tail", "stage_fns:tail")
 
 
 @pytest.fixture()
@@ -215,16 +212,9 @@ def test_unsupported_extensions_say_so(default_server) -> None:
     assert reply.status == 501 and "heddle does not serve" in reply.json()["error"]
 
 
-GATED = f"""
-[server]
-max_inflight_bytes = {8 << 20}
-max_request_bytes = {4 << 20}
-inflight_top_reserve_fraction = 0.2
-max_message_bytes = {2 << 20}
-{HEDDLE_CONFIG_DEVICES}
-{py_model_toml("gate", "stage_fns:gate")}
-{chain_toml("gated", ["gate"])}
-"""
+GATED = document(server={"max_inflight_bytes": 8 << 20, "max_request_bytes": 4 << 20,
+                         "inflight_top_reserve_fraction": 0.2, "max_message_bytes": 2 << 20},
+                 devices=PY0, models=[py_model("gate", "stage_fns:gate")], pipelines=[chain("gated", ["gate"])])
 
 
 @pytest.mark.slow
@@ -233,7 +223,7 @@ def test_refusal_is_429_with_retry_after_and_a_big_body_413() -> None:
     Retry-After (seconds) and retry-after-ms; a body over max_message_bytes is 413."""
     stage_fns.reset()
     big = np.zeros(300_000, np.float32)
-    with serve_toml(GATED) as running, concurrent.futures.ThreadPoolExecutor(1) as pool, \
+    with running_server(parse_test_document(GATED)) as running, concurrent.futures.ThreadPoolExecutor(1) as pool, \
             thttp.InferenceServerClient(f"127.0.0.1:{running.server.http_port}", network_timeout=60) as client:
         held = pool.submit(client.infer, "gated", http_inputs({"x": big + 1}), priority=4)
         try:
@@ -258,7 +248,7 @@ def test_refusal_is_429_with_retry_after_and_a_big_body_413() -> None:
 def test_http_port_taken_refuses_to_start_naming_it(tmp_path: Path) -> None:
     """`heddle serve` with its HTTP port taken exits 2 with one line naming http_port."""
     config = tmp_path / "c.toml"
-    config.write_text(HEDDLE_CONFIG_DEVICES + py_model_toml("tail", "stage_fns:tail"))
+    config.write_text(to_toml(document(devices=PY0, models=[TAIL])))
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
@@ -275,9 +265,8 @@ def test_http_port_taken_refuses_to_start_naming_it(tmp_path: Path) -> None:
 def test_tls_serves_http_over_tls_and_mutual_tls_wants_a_client_cert(pki: Pki) -> None:
     """With [server.tls], the HTTP port speaks HTTPS with the same certificate; with client_ca, a
     client without a certificate is refused during the handshake and one with it is served."""
-    toml = (f'[server.tls]\ncert = "{pki.server_cert}"\nkey = "{pki.server_key}"\nclient_ca = "{pki.ca}"\n'
-            + HEDDLE_CONFIG_DEVICES + py_model_toml("tail", "stage_fns:tail"))
-    with serve_toml(toml) as running:
+    tls = {"cert": str(pki.server_cert), "key": str(pki.server_key), "client_ca": str(pki.ca)}
+    with running_server(parse_test_document(document(server={"tls": tls}, devices=PY0, models=[TAIL]))) as running:
         port = running.server.http_port
         anonymous = ssl.create_default_context(cafile=str(pki.ca))
         try:  # TLS 1.3 reports a refused client certificate on the first read, as an error or a close

@@ -21,7 +21,7 @@ from heddle.backends.triton.server import TritonServer
 from heddle.clients.tensors import from_tensor, to_tensor
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
 from heddle.server.config.builder import (
-    document, pipeline, python_device, stage, tensor, triton_device, triton_model,
+    document, python_device, triton_device, triton_model,
 )
 from heddle.server.config.default import TOKENIZER_MODELS
 from heddle.server.config.load import ConfigError
@@ -30,7 +30,7 @@ from heddle.v1 import heddle_pb2_grpc as pb_grpc
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
     RunningServer, heddle_cache_dir, parse_test_document, running_server, scrape_metrics, wait_until,
 )
-from test_e2e_llm import output_ids
+from test_e2e_llm import chat_pipeline, chat_text_pipeline, output_ids
 from test_llm_engine import reference_greedy
 from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
     Gate, triton_llm_path, triton_server, write_llm_models,
@@ -47,20 +47,12 @@ def gateway_doc(url: str, cache: Path, **llm_keys: object) -> dict[str, Any]:
     (llm_keys: more keys of `llm`)."""
     llm = triton_model("llm", kind="llm", triton_model="llm", max_new_tokens=8, max_positions=512,
                        vocab_size=512, tokenizer="byte", **llm_keys)
-    chat_text = pipeline("chat_text", [tensor("text", "BYTES", (1,))],
-                         {"text": "detok.text", "output_ids": "llm.output_ids"}, [
-        stage("tok", "tokenize", text="input:text"), stage("llm", "llm", input_ids="tok.input_ids"),
-        stage("detok", "detokenize", output_ids="llm.output_ids")])
     return document(server={"policy": "priority", "cache_dir": str(cache)},
                     devices=[triton_device("tr0", url, slots=4, client_timeout_s=WAIT_S),
                              python_device("py0", slots=2)],
                     models=[llm, triton_model("llm_slow", kind="llm", triton_model="llm_slow"), *TOKENIZER_MODELS],
-                    pipelines=[chat_pipeline("chat", "llm"), chat_pipeline("chat_slow", "llm_slow"), chat_text])
-
-
-def chat_pipeline(name: str, model: str) -> dict[str, Any]:
-    return pipeline(name, [tensor("input_ids", "INT64", (1, -1))], {"output_ids": "llm.output_ids"},
-                    [stage("llm", model, input_ids="input:input_ids")])
+                    pipelines=[chat_pipeline("chat", "llm"), chat_pipeline("chat_slow", "llm_slow"),
+                               chat_text_pipeline()])
 
 
 @pytest.fixture(scope="module")
