@@ -27,7 +27,8 @@ from heddle.server.config.default import TOKENIZER_MODELS_TOML
 __all__ = [
     "REPO_ROOT", "TESTS_DIR", "TOKENIZER_MODELS_TOML", "RunningServer", "ServerProcess", "chain", "chain_toml",
     "default_client", "default_config", "default_server", "heddle_cache_dir", "parse_test_config",
-    "parse_test_document", "py_model", "py_model_toml", "running_server", "scrape_metrics", "serve_toml", "wait_until",
+    "parse_test_document", "py_model", "py_model_toml", "running_server", "scrape_metrics", "serve_document",
+    "serve_toml", "wait_until",
 ]
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -97,6 +98,13 @@ def parse_test_document(doc: Mapping[str, Any], base_dir: Path | None = None, **
 def serve_toml(text: str, **overrides: Any) -> Iterator[RunningServer]:
     """A running gateway for a TOML config text (ports 0)."""
     with running_server(parse_test_config(text, **overrides)) as running:
+        yield running
+
+
+@contextmanager
+def serve_document(doc: Mapping[str, Any], **overrides: Any) -> Iterator[RunningServer]:
+    """A running gateway for a config document (heddle.server.config.builder; ports 0)."""
+    with running_server(parse_test_document(doc, **overrides)) as running:
         yield running
 
 

@@ -15,10 +15,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import stage_fns
 from heddle.clients.client import HeddleClient
+from heddle.server.config.builder import document, python_device, to_toml
 from heddle.server.config.load import Config
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, ServerProcess, chain_toml, default_client, default_config, default_server,
-    heddle_cache_dir, py_model_toml, scrape_metrics, serve_toml, wait_until,
+    RunningServer, ServerProcess, chain, default_client, default_config, default_server,
+    heddle_cache_dir, py_model, scrape_metrics, serve_document, wait_until,
 )
 
 GATEWAY, ADMIN = "heddle.v1.Gateway", "heddle.v1.Admin"
@@ -95,14 +96,13 @@ def test_listings_show_the_configured_items(default_client: HeddleClient, defaul
 
 
 ADMIN_TOKEN = "s3cret-admin-token"
-ADMIN_CONFIG = (f'[server]\npolicy = "priority"\nadmin_token = "{ADMIN_TOKEN}"\n\n'
-                '[[devices]]\nid = "py0"\nbackend = "python"\n\n'
-                + py_model_toml("tail", "stage_fns:tail") + chain_toml("echo", ["tail"]))
+ADMIN_CONFIG = document(server={"policy": "priority", "admin_token": ADMIN_TOKEN}, devices=[python_device("py0")],
+                        models=[py_model("tail", "stage_fns:tail")], pipelines=[chain("echo", ["tail"])])
 
 
 @pytest.fixture(scope="module")
 def admin_server() -> Iterator[RunningServer]:
-    with serve_toml(ADMIN_CONFIG) as running:
+    with serve_document(ADMIN_CONFIG) as running:
         yield running
 
 
@@ -141,16 +141,17 @@ def test_set_policy_with_token_switches_the_policy(admin_server: RunningServer):
             admin.set_policy("priority")
 
 
-SHUTDOWN_CONFIG = ('[server]\ngrace_period_s = 30\n\n[[devices]]\nid = "py0"\nbackend = "python"\nslots = 2\n\n'
-                   + py_model_toml("hold", "stage_fns:wait_for_file") + py_model_toml("tail", "stage_fns:tail")
-                   + chain_toml("held", ["hold"]) + chain_toml("quick", ["tail"]))
+SHUTDOWN_CONFIG = document(
+    server={"grace_period_s": 30}, devices=[python_device("py0", slots=2)],
+    models=[py_model("hold", "stage_fns:wait_for_file"), py_model("tail", "stage_fns:tail")],
+    pipelines=[chain("held", ["hold"]), chain("quick", ["tail"])])
 
 
 @pytest.mark.slow
 def test_sigterm_lets_in_flight_requests_finish_then_exits_zero(tmp_path: Path):
     """On SIGTERM `heddle serve` refuses new requests, completes the one in flight, and exits 0."""
     config, gate = tmp_path / "heddle.toml", tmp_path / "gate"
-    config.write_text(SHUTDOWN_CONFIG)
+    config.write_text(to_toml(SHUTDOWN_CONFIG))
     proc = ServerProcess(["--config", str(config), "--grpc-port", "0", "--metrics-port", "0"],
                          env={"HEDDLE_TEST_GATE_FILE": str(gate)})
     try:

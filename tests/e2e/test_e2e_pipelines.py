@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -12,10 +13,10 @@ import pytest
 import stage_fns
 from heddle.backends.zoo import ops
 from heddle.clients.client import HeddleClient, InferResult
+from heddle.server.config.builder import document, pipeline, python_device, stage, tensor
 from heddle.server.config.load import Config
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    chain_toml, default_client, default_config, default_server, heddle_cache_dir, py_model_toml,
-    serve_toml, wait_until,
+    chain, default_client, default_config, default_server, heddle_cache_dir, py_model, serve_document, wait_until,
 )
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -97,38 +98,20 @@ def test_multihead_heads_run_on_two_devices_at_once(default_client: HeddleClient
     assert stages["join"].start_offset_ms >= max(stages["cls"].end_offset_ms, stages["emb"].end_offset_ms)
 
 
-FORK_JOIN = f"""
-[[devices]]
-id = "py0"
-backend = "python"
-slots = 1
-
-[[devices]]
-id = "py1"
-backend = "python"
-slots = 1
-
-{py_model_toml("src", "stage_fns:tail")}
-{py_model_toml("branch", "stage_fns:barrier_branch")}
-{py_model_toml("join", "stage_fns:join2", inputs=("x1", "x2"))}
-[[pipelines]]
-name = "fork_join"
-inputs = [{{ name = "x", datatype = "FP32", shape = [-1] }}]
-outputs = {{ y = "j.y" }}
-stages = [
-  {{ name = "s", model = "src", inputs = {{ x = "input:x" }} }},
-  {{ name = "a", model = "branch", inputs = {{ x = "s.y" }} }},
-  {{ name = "b", model = "branch", inputs = {{ x = "s.y" }} }},
-  {{ name = "j", model = "join", inputs = {{ x1 = "a.y", x2 = "b.y" }} }},
-]
-"""
+FORK_JOIN = document(
+    devices=[python_device("py0"), python_device("py1")],
+    models=[py_model("src", "stage_fns:tail"), py_model("branch", "stage_fns:barrier_branch"),
+            py_model("join", "stage_fns:join2", inputs=("x1", "x2"))],
+    pipelines=[pipeline("fork_join", [tensor("x")], {"y": "j.y"}, [
+        stage("s", "src", x="input:x"), stage("a", "branch", x="s.y"), stage("b", "branch", x="s.y"),
+        stage("j", "join", x1="a.y", x2="b.y")])])
 
 
 @pytest.mark.slow
 def test_fork_join_branches_run_concurrently_on_two_devices():
     """Both branches wait on one two-party barrier, so the request succeeds only if they truly overlap."""
     stage_fns.reset()
-    with serve_toml(FORK_JOIN) as running, running.client() as client:
+    with serve_document(FORK_JOIN) as running, running.client() as client:
         result = client.infer("fork_join", {"x": stage_fns.tagged(7)})
     np.testing.assert_array_equal(result.outputs["y"], [14.0])
     stages = {s.stage: s for s in result.stages}
@@ -136,9 +119,9 @@ def test_fork_join_branches_run_concurrently_on_two_devices():
     assert overlap(stages["a"], stages["b"])
 
 
-def one_slot_config(policy: str) -> str:
-    return (f'[server]\npolicy = "{policy}"\n\n[[devices]]\nid = "py0"\nbackend = "python"\nslots = 1\n\n'
-            + py_model_toml("gate", "stage_fns:gate") + chain_toml("gated", ["gate"]))
+def one_slot_config(policy: str) -> dict[str, Any]:
+    return document(server={"policy": policy}, devices=[python_device("py0")],
+                    models=[py_model("gate", "stage_fns:gate")], pipelines=[chain("gated", ["gate"])])
 
 
 def queued_on(client: HeddleClient, device: str) -> int:
@@ -152,7 +135,7 @@ def run_behind_a_queue(policy: str) -> list[int]:
     """Tag 1 holds the one slot, tags 2..6 (priority 1) queue, then tag 100 (priority 4) arrives;
     returns the order in which the stage started for each tag."""
     stage_fns.reset()
-    with serve_toml(one_slot_config(policy)) as running, running.client() as client, \
+    with serve_document(one_slot_config(policy)) as running, running.client() as client, \
             concurrent.futures.ThreadPoolExecutor(8) as pool:
         def submit(tag: int, priority: int):
             return pool.submit(client.infer, "gated", {"x": stage_fns.tagged(tag)}, priority=priority)
