@@ -120,16 +120,14 @@ def _move_threads(hierarchy: Hierarchy, group: Path) -> None:
             # ESRCH: the thread ended between the read and the write; nothing to move
 
 
-def remove_stale(hierarchy: Hierarchy, live: set[str]) -> list[str]:
-    """Remove heddle groups left by processes that are gone (or by this one, not in `live`): their
-    threads go back to the parent first. Returns the names removed."""
+def remove_stale(hierarchy: Hierarchy) -> list[str]:
+    """Remove heddle groups left by processes that are gone (a crash, a kill -9): their threads, if
+    any, go back to the parent first. Groups of live processes, this one included, stay: another
+    heddle may be running beside this one. Returns the names removed."""
     removed = []
     for path in sorted(hierarchy.parent.glob(f"{PREFIX}*")):
         match = _OWNED.fullmatch(path.name)
-        if match is None or not path.is_dir() or path.name in live:
-            continue
-        pid = int(match.group(1))
-        if pid != os.getpid() and _alive(pid):
+        if match is None or not path.is_dir() or _alive(int(match.group(1))):
             continue
         _move_threads(hierarchy, path)
         try:

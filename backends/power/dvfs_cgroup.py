@@ -138,7 +138,7 @@ class CgroupRegistry:
             try:
                 if self._hierarchy is None:
                     hierarchy = find_hierarchy(self.root)
-                    self.removed_stale = remove_stale(hierarchy, set())
+                    self.removed_stale = remove_stale(hierarchy)
                     self._hierarchy = hierarchy
                 group = CpuGroup(self._hierarchy, device.id, full_cpus(device), period_us(device))
                 group.create()

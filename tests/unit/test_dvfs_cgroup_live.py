@@ -105,11 +105,11 @@ def test_onnxruntime_intra_op_threads_are_born_in_the_group(registry, tmp_path):
 
 
 def test_stale_groups_of_dead_processes_are_removed_at_start(registry):
-    """A heddle group named after a pid that no longer runs is removed when the first group is made."""
-    dead = subprocess.run(["true"], check=True)  # noqa: S603, S607  (a pid that has ended)
-    del dead
-    child = subprocess.Popen(["true"])  # noqa: S603, S607
+    """A heddle group named after a pid that no longer runs is removed when the first group is made;
+    one of a live process (here this one, as another heddle running beside it) stays."""
+    child = subprocess.Popen(["true"])  # noqa: S603, S607  (a pid that has ended)
     child.wait()
+    live = registry.group(_device("cgtest-live"))
     parent = find_hierarchy(ROOT).parent
     stale = parent / group_name("cgtest-stale", pid=child.pid)
     stale.mkdir()
@@ -117,6 +117,7 @@ def test_stale_groups_of_dead_processes_are_removed_at_start(registry):
     try:
         assert fresh.group(_device("cgtest-fresh")) is not None
         assert stale.name in fresh.removed_stale and not stale.exists()
+        assert live is not None and live.path.is_dir() and live.path.name not in fresh.removed_stale
     finally:
         fresh.release_all()
         if stale.exists():
