@@ -13,6 +13,8 @@ from heddle.backends.power.cgroup import CgroupError, find_hierarchy, group_name
 from heddle.clients.tensors import to_tensor
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
+from test_dvfs_cgroup_live import favour
+
 from server_fixtures import chain_toml, parse_test_config, py_model_toml, running_server, scrape_metrics, wait_until
 
 TOKEN = "s3cret"
@@ -73,6 +75,7 @@ def test_the_controller_level_throttles_the_device_and_shows_in_the_metric():
     group = PARENT / group_name(DEVICE)
     with running_server(parse_test_config(CONFIG)) as running, grpc.insecure_channel(running.target) as channel:
         gateway, admin = pb_grpc.GatewayStub(channel), pb_grpc.AdminStub(channel)
+        favour(group)
         full_ms = _compute_ms(gateway)
         assert group.is_dir() and (group / "tasks").read_text().split()  # the worker thread is inside
         assert _level(running.metrics_url) == 0
