@@ -33,7 +33,7 @@ def _config(**keys):
         pipelines=[pipeline("p", [tensor("x")], {"y": "s.y", "pid": "s.pid"}, [stage("s", "scale", x="input:x")])]))
 
 
-@pytest.mark.parametrize("isolation", ["thread", "process"])
+@pytest.mark.parametrize("isolation", ["thread", pytest.param("process", marks=pytest.mark.slow)])
 def test_a_stage_class_is_constructed_once_per_slot_and_called_per_run(isolation: str) -> None:
     import stage_fns
 

@@ -133,6 +133,7 @@ def test_a_stage_retried_on_another_device_shows_as_a_retry_event() -> None:
     assert root.start_time <= retry.timestamp <= child.start_time
 
 
+@pytest.mark.slow
 def test_a_callers_traceparent_is_passed_on_to_a_triton_device() -> None:
     """A gateway whose `triton` device is another heddle's KServe endpoint (the same
     GRPCInferenceService a Triton server speaks): the caller's traceparent reaches that server, so

@@ -43,6 +43,7 @@ def _config(tmp_path: Path, *versions: dict, pipelines=None):
                                base_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_a_90_10_canary_split_holds_over_2000_requests(tmp_path: Path) -> None:
     config = _config(tmp_path, {"version": "1", "weight": 90}, {"version": "2", "weight": 10})
     assert [round(share, 2) for _, share in config.variants["p"]] == [0.9, 0.1]
