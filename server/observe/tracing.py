@@ -134,7 +134,9 @@ TRACE_CONTEXT_KEYS = ("traceparent", "tracestate")
 def trace_headers_of(context: Any) -> dict[str, str] | None:
     """The W3C trace context a client sent in its call's metadata, to pass on to Triton devices
     (whether or not this server traces: propagating it is what lets the caller's trace continue)."""
-    metadata = context.invocation_metadata() if context is not None else None
+    # getattr: a call context without metadata (an in-process caller's stand-in) has none to pass on
+    read = getattr(context, "invocation_metadata", None)
+    metadata = read() if read is not None else None
     found = {k.lower(): v for k, v in metadata or () if k.lower() in TRACE_CONTEXT_KEYS and isinstance(v, str)}
     return found if "traceparent" in found else None
 
