@@ -29,7 +29,7 @@ from heddle.server.frontends.kserve_convert import (
 from heddle.server.frontends.kserve_stats import KServeStats, RequestTimes
 from heddle.server.runtime.limits import RequestLimits
 from heddle.server.runtime.jobs import StageStatus, TokenUpdate
-from heddle.server.observe.logs import get_logger
+from heddle.server.observe.logs import SampledLog, get_logger
 from heddle.server.observe.tracing import RequestTracer, trace_headers_of, trace_request
 from heddle.server.runtime.runtime import JobResult, Runtime
 from heddle.server.runtime.reload import NotServed, Reloader, ReloadError
@@ -72,6 +72,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         self._visible_models = {n for n, e in self.catalog.items() if not e.is_pipeline}
         self._serving = True
         self._version = _server_version()
+        self.refusals = SampledLog(log)  # a line a second per model and status: under overload, many
 
     def set_config(self, config) -> None:
         """A reloaded config (server/runtime/reload.py): its models and pipelines from the next call."""
@@ -241,7 +242,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
                                           ignore_unknown=True)
             held = self.limits.admit(entry.pipeline, inputs, priority)  # released when the request ends
         except RequestError as exc:
-            log.info("request refused", model=entry.name, code=exc.code.name, error=exc.message)
+            self.refusals.info((entry.name, exc.code), "request refused", model=entry.name, code=exc.code.name,
+                          error=exc.message)
             self._observe_refused(entry.name, exc.code.name)
             self.stats.record_failure(entry.name, time.perf_counter_ns() - t0)
             raise

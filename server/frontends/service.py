@@ -11,7 +11,7 @@ from heddle.clients.tensors import clipped, to_tensor
 from heddle.scheduler import POLICIES
 from heddle.backends.power.sensors import box_power_w, domain_devices
 from heddle.server.runtime.limits import RequestLimits
-from heddle.server.observe.logs import get_logger
+from heddle.server.observe.logs import SampledLog, get_logger
 from heddle.server.power.loop import PowerLoop
 from heddle.server.runtime.jobs import TokenUpdate
 from heddle.server.runtime.jobs import StageStatus
@@ -81,6 +81,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         self.runtime = runtime
         self.settings = runtime.config.server
         self.limits = limits or RequestLimits(runtime.config)  # app.py passes the shared one
+        self.refusals = SampledLog(log)  # a line a second per pipeline and status: under overload, many
         self.tracer = tracer
 
     async def Infer(self, request: pb.InferRequest, context: grpc.aio.ServicerContext) -> pb.InferResponse:
@@ -130,7 +131,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             parameters = check_parameters(pipeline, self.runtime.models, request.parameters)
             held = self.limits.admit(pipeline, inputs, priority)  # released when the request ends
         except RequestError as exc:
-            log.info("request refused", pipeline=request.pipeline, code=exc.code.name, error=exc.message)
+            self.refusals.info((pipeline.name, exc.code), "request refused", pipeline=request.pipeline,
+                          code=exc.code.name, error=exc.message)
             if self.runtime.metrics is not None:
                 self.runtime.metrics.observe_refused(pipeline.name, exc.code.name)
             raise

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import pytest
 import structlog
 
-from heddle.server.observe.logs import configure_logging, get_logger
+from heddle.server.observe.logs import SampledLog, configure_logging, get_logger
 
 
 class TerminalStream(io.StringIO):
@@ -143,3 +143,22 @@ def test_unknown_level_is_refused() -> None:
     """A level name that is not a logging level raises ValueError listing the valid ones."""
     with pytest.raises(ValueError, match="verbose.*debug"):
         configure_logging("verbose")
+
+
+def test_a_sampled_log_writes_one_line_per_key_and_period_with_the_count_left_out() -> None:
+    """100 refusals in the same second give one line; the first after the period says 99 were left
+    out; another key has its own line; a key quiet for a period logs without a count."""
+    stream = io.StringIO()
+    configure_logging("info", json_output=True, stream=stream)
+    now = [10.0]
+    sampled = SampledLog(get_logger("heddle.test"), period_s=1.0, clock=lambda: now[0])
+    for _ in range(100):
+        sampled.info(("tiny", "RESOURCE_EXHAUSTED"), "request refused", model="tiny")
+    sampled.info(("tiny", "INVALID_ARGUMENT"), "request refused", model="tiny")
+    now[0] += 1.0
+    sampled.info(("tiny", "RESOURCE_EXHAUSTED"), "request refused", model="tiny")
+    now[0] += 5.0
+    sampled.info(("tiny", "RESOURCE_EXHAUSTED"), "request refused", model="tiny")
+    lines = _json_lines(stream)
+    assert [line.get("left_out") for line in lines] == [None, None, 99, None]
+    assert all(line["event"] == "request refused" and line["model"] == "tiny" for line in lines)
