@@ -49,7 +49,7 @@ CATEGORIES: list[tuple[str, str]] = [
     ("proto decode/encode", r"kserve_convert\.py|clients/tensors\.py|google/protobuf|_pb2"),
     ("validation", r"frontends/validation\.py|decode_guard\.py"),
     ("limits", r"runtime/limits\.py|runtime/inflight\.py|memory_estimate\.py"),
-    ("scheduler core", r"heddle/scheduler/|/scheduler/"),
+    ("scheduler core", r"(^|[ (/])scheduler/"),
     ("stage runner / executor hop", r"stage_runner\.py|concurrent/futures|stage_timeouts\.py|threading\.py"),
     ("runtime (jobs, step, resolve)", r"runtime/runtime\.py|runtime/stepping\.py|runtime/jobs\.py|"
                                        r"runtime/status\.py|runtime/llm_"),

@@ -87,12 +87,14 @@ def reference(path: Path, x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
-def heddle_config_text(model_path: Path, cache_dir: Path) -> str:
-    """The embedded default's device tables; the tiny model on its ONNX Runtime CPU devices."""
+def heddle_config_text(model_path: Path, cache_dir: Path, inline: bool = True) -> str:
+    """The embedded default's device tables; the tiny model on its ONNX Runtime CPU devices (and
+    again with inline = true, unless not: a heddle from before the key would refuse it)."""
     devices = detected_devices()
     cpu_ids = onnx_ids(devices)
-    models = [onnx_model(MODEL, str(model_path), devices=cpu_ids),
-              onnx_model(f"{MODEL}_inline", str(model_path), devices=cpu_ids, inline=True)]
+    models = [onnx_model(MODEL, str(model_path), devices=cpu_ids)]
+    if inline:
+        models.append(onnx_model(f"{MODEL}_inline", str(model_path), devices=cpu_ids, inline=True))
     return to_toml(document(server={"cache_dir": str(cache_dir)}, devices=devices, models=models))
 
 
@@ -174,7 +176,7 @@ def servers(args: argparse.Namespace, work: Path, x: np.ndarray) -> Iterator[dic
         if "triton" in args.target else None
     try:
         args.config = work / "heddle.toml"
-        args.config.write_text(heddle_config_text(model_path, work / "cache"))
+        args.config.write_text(heddle_config_text(model_path, work / "cache", "heddle_inline" in args.target))
         hport, eport = free_port(), free_port()
         urls = {"triton": triton.grpc_url if triton else "", "heddle": f"127.0.0.1:{hport}",
                 "heddle_inline": f"127.0.0.1:{hport}", "echo": f"127.0.0.1:{eport}"}
@@ -182,7 +184,7 @@ def servers(args: argparse.Namespace, work: Path, x: np.ndarray) -> Iterator[dic
         with server_process(heddle_command(args, hport, free_port()), urls["heddle"], work / "heddle.log",
                             timeout_s=120) as heddle, \
                 server_process(echo_cmd, urls["echo"], work / "echo.log") as echo:
-            wait_models_ready(urls["heddle"], [MODEL, MODEL_OF["heddle_inline"]])
+            wait_models_ready(urls["heddle"], [MODEL_OF[t] for t in args.target if t.startswith("heddle")] or [MODEL])
             for target in args.target:
                 _check(urls[target], MODEL_OF[target], x, expected)
             yield {"urls": urls, "pids": {"triton": triton.process.pid if triton else 0, "heddle": heddle.pid,
