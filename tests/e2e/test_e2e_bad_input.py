@@ -14,71 +14,37 @@ import pytest
 import stage_fns
 from heddle.clients.client import HeddleClient
 from heddle.clients.tensors import to_tensor
+from heddle.server.config.builder import document, onnx_device, onnx_model, pipeline, python_device, stage, tensor
+from heddle.server.config.default import PREPROCESS
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, chain_toml, heddle_cache_dir, py_model_toml, scrape_metrics, serve_toml, wait_until,
+    RunningServer, chain, heddle_cache_dir, py_model, scrape_metrics, serve_document, wait_until,
 )
 
 MAX_MESSAGE_BYTES = 1 << 20
 GOOD_TAG = 1000
 IMAGE = np.zeros((1, 64, 64, 3), dtype=np.uint8)
 
-CONFIG = f"""
-[server]
-max_message_bytes = {MAX_MESSAGE_BYTES}
-
-[[devices]]
-id = "cpu0"
-backend = "onnxruntime"
-providers = ["CPUExecutionProvider"]
-
-[[devices]]
-id = "py0"
-backend = "python"
-slots = 2
-
-# Slow and gated stages get their own device, so they never hold up the light ones.
-[[devices]]
-id = "pyslow"
-backend = "python"
-slots = 2
-
-[[models]]
-name = "cnn"
-path = "builtin:cnn"
-
-[[models]]
-name = "preprocess"
-backend = "python"
-function = "heddle.backends.zoo.ops:preprocess"
-devices = ["py0"]
-inputs = [{{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }}]
-outputs = [{{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }}]
-
-[[pipelines]]
-name = "classify"
-inputs = [{{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }}]
-outputs = {{ logits = "cnn.logits" }}
-stages = [
-  {{ name = "pre", model = "preprocess", inputs = {{ image = "input:image" }} }},
-  {{ name = "cnn", model = "cnn", inputs = {{ image = "pre.image" }} }},
-]
-
-{py_model_toml("tail", "stage_fns:tail", devices=["py0"])}
-{py_model_toml("gate", "stage_fns:gate", devices=["pyslow"])}
-{py_model_toml("slow", "stage_fns:sleep_50ms", devices=["pyslow"])}
-{py_model_toml("boom", "stage_fns:boom", devices=["py0"])}
-{chain_toml("gated", ["gate"])}
-{chain_toml("slow_chain", ["slow", "tail"])}
-{chain_toml("boom_chain", ["boom", "tail"])}
-{chain_toml("tail_gate_tail", ["tail", "gate", "tail"])}
-"""
+IMAGE_U8 = tensor("image", "UINT8", (-1, 64, 64, 3))
+CONFIG = document(
+    server={"max_message_bytes": MAX_MESSAGE_BYTES},
+    # Slow and gated stages get their own device, so they never hold up the light ones.
+    devices=[onnx_device("cpu0", providers=["CPUExecutionProvider"]), python_device("py0", slots=2),
+             python_device("pyslow", slots=2)],
+    models=[onnx_model("cnn", "builtin:cnn"), {**PREPROCESS, "devices": ["py0"]},
+            py_model("tail", "stage_fns:tail", devices=["py0"]), py_model("gate", "stage_fns:gate", devices=["pyslow"]),
+            py_model("slow", "stage_fns:sleep_50ms", devices=["pyslow"]),
+            py_model("boom", "stage_fns:boom", devices=["py0"])],
+    pipelines=[pipeline("classify", [IMAGE_U8], {"logits": "cnn.logits"}, [
+        stage("pre", "preprocess", image="input:image"), stage("cnn", "cnn", image="pre.image")]),
+        chain("gated", ["gate"]), chain("slow_chain", ["slow", "tail"]), chain("boom_chain", ["boom", "tail"]),
+        chain("tail_gate_tail", ["tail", "gate", "tail"])])
 
 
 @pytest.fixture(scope="module")
 def gateway(heddle_cache_dir: Path) -> Iterator[RunningServer]:
-    with serve_toml(CONFIG, cache_dir=str(heddle_cache_dir)) as running:
+    with serve_document(CONFIG, cache_dir=str(heddle_cache_dir)) as running:
         yield running
 
 

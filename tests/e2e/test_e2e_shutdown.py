@@ -15,21 +15,22 @@ import pytest
 
 import stage_fns
 from heddle.clients.client import HeddleClient
-from server_fixtures import ServerProcess, chain_toml, py_model_toml, wait_until
+from heddle.server.config.builder import document, python_device, to_toml
+from server_fixtures import ServerProcess, chain, py_model, wait_until
 
 GRACE_S = 1.0
 # Exit must come within grace + FLUSH_S + process teardown (under 1 s); the bound is generous so
 # a loaded box does not fail it, and still far below the HANG_S (60 s) a stuck stage would cost.
 EXIT_BOUND_S = GRACE_S + 3.0
-CONFIG = (f'[server]\ngrace_period_s = {GRACE_S}\n\n[[devices]]\nid = "py0"\nbackend = "python"\nslots = 2\n\n'
-          + py_model_toml("hang", "stage_fns:hang") + py_model_toml("tail", "stage_fns:tail")
-          + chain_toml("stuck", ["hang"]) + chain_toml("quick", ["tail"]))
+CONFIG = document(server={"grace_period_s": GRACE_S}, devices=[python_device("py0", slots=2)],
+                  models=[py_model("hang", "stage_fns:hang"), py_model("tail", "stage_fns:tail")],
+                  pipelines=[chain("stuck", ["hang"]), chain("quick", ["tail"])])
 
 
 @pytest.fixture()
 def server(tmp_path: Path):
     config = tmp_path / "heddle.toml"
-    config.write_text(CONFIG)
+    config.write_text(to_toml(CONFIG))
     proc = ServerProcess(["--config", str(config), "--grpc-port", "0", "--metrics-port", "0"])
     try:
         yield proc

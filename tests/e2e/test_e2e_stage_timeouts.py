@@ -3,6 +3,7 @@ replaced, thread stages given up on (their slot held until they return), all cou
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -18,7 +19,7 @@ import stage_fns
 from heddle.server.config.load import ConfigError
 from heddle.server.config.builder import document, onnx_device, onnx_model, pipeline, python_device, stage, tensor
 from server_fixtures import (
-    RunningServer, chain, parse_test_config, parse_test_document, py_model, py_model_toml, running_server,
+    RunningServer, chain, parse_test_document, py_model, running_server,
     scrape_metrics, wait_until,
 )
 
@@ -143,18 +144,17 @@ def test_thread_stage_past_its_timeout_ends_its_request_and_keeps_its_slot(serve
 
 
 @pytest.mark.parametrize("extra, message", [
-    ("timeout_ms = 0", "timeout_ms must be greater than 0, got 0"),
-    ("timeout_ms = nan", "timeout_ms must be a finite number, got nan"),
-    ('timeout_ms = "1s"', "timeout_ms must be a number, got '1s'"),
-    ("timeout_ms = 1e12", "timeout_ms must be less than or equal to 86400000"),
-    ('isolation = "fiber"', "unknown isolation 'fiber'; known: ['thread', 'process']"),
+    ({"timeout_ms": 0}, "timeout_ms must be greater than 0, got 0"),
+    ({"timeout_ms": math.nan}, "timeout_ms must be a finite number, got nan"),
+    ({"timeout_ms": "1s"}, "timeout_ms must be a number, got '1s'"),
+    ({"timeout_ms": 1e12}, "timeout_ms must be less than or equal to 86400000"),
+    ({"isolation": "fiber"}, "unknown isolation 'fiber'; known: ['thread', 'process']"),
 ])
-def test_config_refuses_bad_stage_limits(extra: str, message: str):
+def test_config_refuses_bad_stage_limits(extra: dict[str, object], message: str):
     """timeout_ms must be a positive finite number of milliseconds (at most 24 h); isolation thread or process."""
-    text = '[[devices]]\nid = "py0"\nbackend = "python"\n\n' + py_model_toml("m", "stage_fns:tail").replace(
-        "\ninputs", f"\n{extra}\ninputs", 1)
+    doc = document(devices=[python_device("py0")], models=[py_model("m", "stage_fns:tail", **extra)])
     with pytest.raises(ConfigError, match="model 'm'") as info:
-        parse_test_config(text)
+        parse_test_document(doc)
     assert message in str(info.value)
 
 
