@@ -19,37 +19,26 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 import stage_fns
 from heddle.clients.client import HeddleClient
 from heddle.clients.tensors import to_tensor
+from heddle.server.config.builder import document, python_device
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, chain_toml, default_config, default_server, heddle_cache_dir, py_model_toml, serve_toml,
+    RunningServer, chain, default_config, default_server, heddle_cache_dir, py_model, serve_document,
     wait_until,
 )
 
 # Its own server: on code without these fixes, a NaN deadline disables shedding for the server's life.
-CONFIG = f"""
-[[devices]]
-id = "py0"
-backend = "python"
-slots = 2
-
-[[devices]]
-id = "pyslow"
-backend = "python"
-slots = 2
-
-{py_model_toml("tail", "stage_fns:tail", devices=["py0"])}
-{py_model_toml("slow", "stage_fns:sleep_50ms", devices=["pyslow"])}
-{py_model_toml("gate", "stage_fns:gate", devices=["pyslow"])}
-{chain_toml("fast", ["tail"])}
-{chain_toml("slow_chain", ["slow", "tail"])}
-{chain_toml("gated", ["gate"])}
-"""
+CONFIG = document(
+    devices=[python_device("py0", slots=2), python_device("pyslow", slots=2)],
+    models=[py_model("tail", "stage_fns:tail", devices=["py0"]),
+            py_model("slow", "stage_fns:sleep_50ms", devices=["pyslow"]),
+            py_model("gate", "stage_fns:gate", devices=["pyslow"])],
+    pipelines=[chain("fast", ["tail"]), chain("slow_chain", ["slow", "tail"]), chain("gated", ["gate"])])
 
 
 @pytest.fixture(scope="module")
 def gateway(heddle_cache_dir: Path) -> Iterator[RunningServer]:
-    with serve_toml(CONFIG, cache_dir=str(heddle_cache_dir)) as running:
+    with serve_document(CONFIG, cache_dir=str(heddle_cache_dir)) as running:
         yield running
 
 

@@ -11,15 +11,17 @@ import pytest
 
 import stage_fns
 from heddle.clients.client import HeddleClient, HeddleError
-from server_fixtures import chain_toml, py_model_toml, scrape_metrics, serve_toml, wait_until
+from heddle.server.config.builder import document, python_device
+from server_fixtures import chain, py_model, scrape_metrics, serve_document, wait_until
 
 TOP = 4
 
-GATED = ('[[devices]]\nid = "slow"\nbackend = "python"\nslots = 1\n\n'
-         '[[devices]]\nid = "py0"\nbackend = "python"\nslots = 2\n\n'
-         + py_model_toml("gate", "stage_fns:gate", devices=["slow"])
-         + py_model_toml("tail", "stage_fns:tail", devices=["py0"])
-         + chain_toml("held", ["gate"]) + chain_toml("fast", ["tail"]))
+def gated(admission: dict[str, object] | None = None) -> dict[str, object]:
+    """A gate on its own one-slot device, a fast chain beside it; [admission] as given."""
+    return document(admission=admission, devices=[python_device("slow"), python_device("py0", slots=2)],
+                    models=[py_model("gate", "stage_fns:gate", devices=["slow"]),
+                            py_model("tail", "stage_fns:tail", devices=["py0"])],
+                    pipelines=[chain("held", ["gate"]), chain("fast", ["tail"])])
 
 
 def queued_on(client: HeddleClient, device: str) -> int:
@@ -43,8 +45,7 @@ def test_lower_classes_refused_under_a_burst_while_the_top_class_is_served():
     positive retry-after-ms. The top class is still admitted and served; the held ones end OK
 (the in-flight gauge shows the 4 held, then 0)."""
     stage_fns.reset()
-    config = "[admission]\nmax_in_flight = 8\n\n" + GATED
-    with serve_toml(config) as running, running.client() as client, \
+    with serve_document(gated({"max_in_flight": 8})) as running, running.client() as client, \
             concurrent.futures.ThreadPoolExecutor(24) as pool:
         try:
             low = burst(pool, client, 1, range(1, 11))
@@ -78,8 +79,7 @@ def test_default_refuses_a_lower_class_request_that_would_be_late(enabled: bool)
     with its retry hint; `[admission] enabled = false` switches that off, and it is shed at its
     deadline instead (DEADLINE_EXCEEDED, no hint), as before."""
     stage_fns.reset()
-    config = ("" if enabled else "[admission]\nenabled = false\n\n") + GATED
-    with serve_toml(config) as running, running.client() as client, \
+    with serve_document(gated(None if enabled else {"enabled": False})) as running, running.client() as client, \
             concurrent.futures.ThreadPoolExecutor(8) as pool:
         try:
             held = burst(pool, client, TOP, range(1, 2))
@@ -105,9 +105,9 @@ def test_one_stalled_run_does_not_lock_a_pipeline_out():
     that deadline are still admitted, one at a time, and answered OK in time, both the top class
     and a lower one (before: every later request refused DEADLINE_EXCEEDED, for good)."""
     stage_fns.reset()
-    config = py_model_toml("stall", "stage_fns:stall_on_1") + chain_toml("stalls", ["stall"])
-    config = '[[devices]]\nid = "py0"\nbackend = "python"\nslots = 1\n\n' + config
-    with serve_toml(config) as running, running.client() as client:
+    config = document(devices=[python_device("py0")], models=[py_model("stall", "stage_fns:stall_on_1")],
+                      pipelines=[chain("stalls", ["stall"])])
+    with serve_document(config) as running, running.client() as client:
         client.infer("stalls", {"x": stage_fns.tagged(1)}, priority=TOP)
         results = [client.infer("stalls", {"x": stage_fns.tagged(10 + i)}, priority=p, deadline_ms=100)
                    for i, p in enumerate((TOP, 2, TOP, 2))]

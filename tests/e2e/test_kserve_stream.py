@@ -11,9 +11,10 @@ import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
 
 import stage_fns
+from heddle.server.config.builder import document, python_device
 from heddle.server.config.load import Config
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, default_config, default_server, heddle_cache_dir, py_model_toml, serve_toml, wait_until,
+    RunningServer, default_config, default_server, heddle_cache_dir, py_model, serve_document, wait_until,
 )
 from test_kserve_frontend import assert_result, image_input, in_loop, multihead_direct, ort_run, random_image
 
@@ -128,17 +129,15 @@ def test_duplicate_ids_on_a_stream_are_both_answered(default_server: RunningServ
     assert [(error, result.get_response().id) for result, error in got] == [(None, "same"), (None, "same")]
 
 
-GATE_TOML = (
-    '[[devices]]\nid = "py0"\nkind = "cpu"\nbackend = "python"\nslots = 1\n\n'
-    + py_model_toml("gate", "stage_fns:gate", devices=["py0"])
-)
+GATE_CONFIG = document(devices=[python_device("py0", kind="cpu")],
+                       models=[py_model("gate", "stage_fns:gate", devices=["py0"])])
 
 
 @pytest.mark.slow
 def test_cancelling_a_stream_drops_its_queued_requests() -> None:
     """Closing a stream with cancel_requests=True cancels its requests: the queued one never runs."""
     stage_fns.reset()
-    with serve_toml(GATE_TOML) as running:
+    with serve_document(GATE_CONFIG) as running:
         client = tgrpc.InferenceServerClient(running.target)
         runtime = running.server.runtime
         try:

@@ -14,7 +14,8 @@ from heddle.clients.loadgen import LiveCounts, arrival_times, build_app_inputs, 
 from heddle.clients.scenarios import (
     SCENARIOS, App, Scenario, ScenarioError, load_scenario, parse_scenario,
 )
-from server_fixtures import RunningServer, chain_toml, py_model_toml, serve_toml
+from heddle.server.config.builder import document, python_device
+from server_fixtures import RunningServer, chain, py_model, serve_document
 
 
 # --- arrivals -------------------------------------------------------------------------------
@@ -127,18 +128,15 @@ class TestScenarios:
 
 # --- runs against a real gateway ------------------------------------------------------------
 
-CONFIG = (
-    '[[devices]]\nid = "py0"\nbackend = "python"\nslots = 2\n\n'
-    '[[devices]]\nid = "pygate"\nbackend = "python"\nslots = 1\n\n'
-    + py_model_toml("tail", "stage_fns:tail", devices=["py0"])
-    + py_model_toml("gate", "stage_fns:gate", devices=["pygate"])
-    + chain_toml("echo", ["tail"]) + chain_toml("gated", ["gate"])
-)
+CONFIG = document(devices=[python_device("py0", slots=2), python_device("pygate")],
+                  models=[py_model("tail", "stage_fns:tail", devices=["py0"]),
+                          py_model("gate", "stage_fns:gate", devices=["pygate"])],
+                  pipelines=[chain("echo", ["tail"]), chain("gated", ["gate"])])
 
 
 @pytest.fixture(scope="module")
 def gateway() -> RunningServer:
-    with serve_toml(CONFIG) as running:
+    with serve_document(CONFIG) as running:
         yield running
 
 
