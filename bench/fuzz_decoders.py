@@ -47,9 +47,10 @@ from bench.harness import ROOT, free_port, machine_info, results_path, server_pr
 sys.path.insert(0, str(ROOT / "tests"))
 
 from fuzz_callers import ErrorLog, InProcess, OverGrpc, Tally  # noqa: E402
-from fuzz_requests import ALLOWED_CODES, FUZZ_TOML, cases  # noqa: E402
-from server_fixtures import parse_test_config, running_server  # noqa: E402
+from fuzz_requests import ALLOWED_CODES, FUZZ_CONFIG, cases  # noqa: E402
+from server_fixtures import parse_test_document, running_server  # noqa: E402
 
+from heddle.server.config.builder import to_toml  # noqa: E402
 from heddle.server.observe.logs import configure_logging  # noqa: E402
 
 
@@ -95,7 +96,7 @@ def part_report(tally: Tally, elapsed_s: float, **extra: Any) -> dict[str, Any]:
 def in_process(n: int, cache_dir: str | None) -> dict[str, Any]:
     """The bulk: through the servicers of a server on a loop thread of this process."""
     overrides = {"cache_dir": cache_dir} if cache_dir else {}
-    with running_server(parse_test_config(FUZZ_TOML, **overrides)) as running, ErrorLog() as errors:
+    with running_server(parse_test_document(FUZZ_CONFIG, **overrides)) as running, ErrorLog() as errors:
         caller, tally = InProcess(running.server, running.loop), Tally()
         elapsed = run_cases(cases(raw=False), n, caller.answer, tally, "in-process")
 
@@ -110,7 +111,7 @@ def over_grpc(n: int, out_dir: Path) -> dict[str, Any]:
     """The share on the wire: a `heddle serve` process, unary calls, streams and raw bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "fuzz.toml"
-        config.write_text(FUZZ_TOML)
+        config.write_text(to_toml(FUZZ_CONFIG))
         port = free_port()
         target = f"127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "heddle.server.cli", "serve", "--config", str(config), "--grpc-port",

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as kpb
 
 from heddle.clients.tensors import DATATYPE_TO_NUMPY, to_tensor
+from heddle.server.config.builder import (
+    document, onnx_device, onnx_model, pipeline, python_device, python_model, stage, tensor,
+)
 from heddle.v1 import heddle_pb2 as pb
 
-__all__ = ["ALLOWED_CODES", "Case", "FUZZ_TOML", "PIPELINES", "cases", "kserve_requests", "raw_cases", "v1_requests"]
+__all__ = ["ALLOWED_CODES", "Case", "FUZZ_CONFIG", "PIPELINES", "cases", "kserve_requests", "raw_cases", "v1_requests"]
 
 # Status codes a hostile request may get; anything else (UNKNOWN, INTERNAL, ...) is a defect.
 # UNIMPLEMENTED: KServe shared memory and classification, refused by design.
@@ -30,25 +34,21 @@ PIPELINES = {f"echo_{dt.lower()}": (dt, shape) for dt, shape in DATATYPE_SHAPES.
 PIPELINES["chat"] = ("INT64", (1, -1))
 
 
-def _echo_toml(pipeline: str, datatype: str, shape: tuple[int, ...]) -> str:
-    def spec(name: str) -> str:
-        return f'{{ name = "{name}", datatype = "{datatype}", shape = {list(shape)} }}'
-    return (f'[[models]]\nname = "m_{pipeline}"\nbackend = "python"\nfunction = "heddle.backends.zoo.ops:echo"\n'
-            f'devices = ["py0"]\ninputs = [{spec("x")}]\noutputs = [{spec("y")}]\n\n'
-            f'[[pipelines]]\nname = "{pipeline}"\ninputs = [{spec("x")}]\noutputs = {{ y = "s.y" }}\n'
-            f'stages = [{{ name = "s", model = "m_{pipeline}", inputs = {{ x = "input:x" }} }}]\n\n')
+def _echo(name: str, datatype: str, shape: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A python echo of one tensor on py0, and the one-stage pipeline `name` over it."""
+    model = python_model(f"m_{name}", "heddle.backends.zoo.ops:echo", [tensor("x", datatype, shape)],
+                         [tensor("y", datatype, shape)], devices=["py0"])
+    return model, pipeline(name, [tensor("x", datatype, shape)], {"y": "s.y"}, [stage("s", f"m_{name}", x="input:x")])
 
 
-FUZZ_TOML = (
-    '[[devices]]\nid = "py0"\nbackend = "python"\nslots = 4\n\n'
-    '[[devices]]\nid = "cpu0"\nbackend = "onnxruntime"\nproviders = ["CPUExecutionProvider"]\n\n'
-    + "".join(_echo_toml(p, dt, shape) for p, (dt, shape) in PIPELINES.items() if p != "chat")
-    + '[[models]]\nname = "llm"\nkind = "llm"\npath = "builtin:llm"\ndevices = ["cpu0"]\n'
-      'max_new_tokens = 2\nmax_positions = 24\nmax_batch = 4\n\n'
-      '[[pipelines]]\nname = "chat"\ninputs = [{ name = "input_ids", datatype = "INT64", shape = [1, -1] }]\n'
-      'outputs = { output_ids = "llm.output_ids" }\n'
-      'stages = [{ name = "llm", model = "llm", inputs = { input_ids = "input:input_ids" } }]\n'
-)
+_ECHOES = [_echo(p, dt, shape) for p, (dt, shape) in PIPELINES.items() if p != "chat"]
+FUZZ_CONFIG = document(
+    devices=[python_device("py0", slots=4), onnx_device("cpu0", providers=["CPUExecutionProvider"])],
+    models=[*(m for m, _ in _ECHOES), onnx_model("llm", "builtin:llm", kind="llm", devices=["cpu0"], max_new_tokens=2,
+                                                 max_positions=24, max_batch=4)],
+    pipelines=[*(p for _, p in _ECHOES), pipeline("chat", [tensor("input_ids", "INT64", (1, -1))],
+                                                   {"output_ids": "llm.output_ids"},
+                                                   [stage("llm", "llm", input_ids="input:input_ids")])])
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz_callers import ErrorLog, InProcess, OverGrpc
-from fuzz_requests import ALLOWED_CODES, FUZZ_TOML, Case, cases
-from server_fixtures import RunningServer, heddle_cache_dir, serve_toml  # noqa: F401
+from fuzz_requests import ALLOWED_CODES, FUZZ_CONFIG, Case, cases
+from server_fixtures import RunningServer, heddle_cache_dir, serve_document  # noqa: F401
 
 FUZZ = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck))
 st_streams = st.integers(0, 3).map(lambda n: n == 0)  # one case in four on a stream
@@ -25,7 +25,7 @@ st_streams = st.integers(0, 3).map(lambda n: n == 0)  # one case in four on a st
 
 @pytest.fixture(scope="module")
 def gateway(heddle_cache_dir: Path) -> Iterator[RunningServer]:
-    with serve_toml(FUZZ_TOML, cache_dir=str(heddle_cache_dir)) as running:
+    with serve_document(FUZZ_CONFIG, cache_dir=str(heddle_cache_dir)) as running:
         yield running
 
 
