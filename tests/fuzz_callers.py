@@ -57,14 +57,18 @@ class _Aborted(Exception):
 
 
 class _Context:
-    """What the servicers read of grpc's ServicerContext on a unary call: the gRPC deadline, and
-    abort. The narrowest seam that lets the bulk of the fuzz skip the transport."""
+    """What the servicers read of grpc's ServicerContext on a unary call: the gRPC deadline, the
+    call's metadata (none here; the trace context is read from it) and abort. The narrowest seam
+    that lets the bulk of the fuzz skip the transport."""
 
     def __init__(self, remaining_s: float | None) -> None:
         self._remaining_s = remaining_s
 
     def time_remaining(self) -> float | None:
         return self._remaining_s
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()) -> None:
         raise _Aborted(code)
