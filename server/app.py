@@ -30,7 +30,7 @@ from heddle.server.observe.tracing import make_tracer
 from heddle.server.runtime.metrics import Metrics
 from heddle.server.power.loop import PowerLoop
 from heddle.server.runtime.runtime import Runtime
-from heddle.server.security import AdminAuthInterceptor
+from heddle.server.frontends.security import AdminAuthInterceptor, InferAuthInterceptor
 from heddle.server.frontends.service import AdminServicer, GatewayServicer
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
@@ -91,7 +91,9 @@ class HeddleServer:
         await self.runtime.load_models()
         self.power.start()
         self._watch_remote_devices()
-        interceptors = [AdminAuthInterceptor(s.admin_token)] if s.admin_token else []
+        interceptors: list[grpc.aio.ServerInterceptor] = [AdminAuthInterceptor(s.admin_token)] if s.admin_token else []
+        if s.infer_token:
+            interceptors.append(InferAuthInterceptor(s.infer_token))
         interceptors.append(DecodeGuard())  # junk bytes: INVALID_ARGUMENT, not UNKNOWN and a traceback
         self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", s.max_message_bytes),

@@ -9,7 +9,7 @@ import grpc
 
 from heddle.server.config.load import ServerSettings
 from heddle.server.observe.logs import get_logger
-from heddle.server.security import admin_exposure, server_credentials
+from heddle.server.frontends.security import admin_exposure, server_credentials
 
 __all__ = ["StartError", "bind_grpc", "bind_tcp", "check_before_start", "start_metrics_http"]
 

@@ -173,6 +173,8 @@ def _server_settings(source: str, typed: Document, base_dir: Path) -> ServerSett
     # the environment gives (a config template with admin_token = "" would open the Admin RPCs).
     if not raw["admin_token"]:
         raw["admin_token"] = os.environ.get("HEDDLE_ADMIN_TOKEN", "")
+    if not raw["infer_token"]:  # the same rule for the inference token
+        raw["infer_token"] = os.environ.get("HEDDLE_INFER_TOKEN", "")
     for key, path in typed.server.tls.model_dump().items():
         raw[f"tls_{key}"] = _tls_path(source, key, path, base_dir) if path else ""
     settings = ServerSettings(**raw)

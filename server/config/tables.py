@@ -58,6 +58,9 @@ class ServerSettings:
     default_priority: int = 2
     cache_dir: str = DEFAULT_CACHE_DIR
     admin_token: str = ""
+    # Inference RPCs (heddle.v1 Gateway, KServe, HTTP) need `authorization: Bearer <it>`; "" = env
+    # HEDDLE_INFER_TOKEN, else open. Health checks stay open.
+    infer_token: str = ""
     # Serve the Admin RPCs beyond loopback with no token and no mutual TLS (refused otherwise).
     insecure_admin: bool = False
     tls_cert: str = ""
@@ -107,6 +110,8 @@ class ServerTable(Table):
     default_priority: int = Field(_S.default_priority, ge=1, description="what priority 0 in a request means")
     cache_dir: str = Field(_S.cache_dir, description="built-in models are built here")
     admin_token: str = Field(_S.admin_token, description='Admin RPCs need it; "" = env HEDDLE_ADMIN_TOKEN')
+    infer_token: str = Field(_S.infer_token, description=(
+        'inference calls (gRPC and HTTP) need it; "" = env HEDDLE_INFER_TOKEN, else none'))
     insecure_admin: bool = Field(_S.insecure_admin, description="Admin RPCs beyond loopback with no token")
     tls: TlsTable = TlsTable()
     log_level: Annotated[Literal[LOG_LEVELS], BeforeValidator(_lower)] = _S.log_level  # type: ignore[valid-type]

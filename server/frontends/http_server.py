@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from heddle.server.config.load import ServerSettings
+from heddle.server.frontends.http_auth import InferTokens
 from heddle.server.frontends.http_common import RequestIds, json_response
 from heddle.server.frontends.http_kserve import kserve_routes
 from heddle.server.frontends.kserve import KServeServicer
@@ -47,9 +48,9 @@ def gateway_routes(kserve: KServeServicer, runtime: Runtime, limits: RequestLimi
             *openai_routes(runtime, limits, kserve.catalog, kserve.tracer)]
 
 
-def build_app(routes: list[BaseRoute]) -> Any:
+def build_app(routes: list[BaseRoute], infer_token: str = "") -> Any:
     app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
-    return RequestIds(app)
+    return RequestIds(InferTokens(app, infer_token))
 
 
 class HttpServer:
@@ -63,7 +64,8 @@ class HttpServer:
             tls = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key}
             if settings.tls_client_ca:  # mutual TLS, as on the gRPC port
                 tls |= {"ssl_ca_certs": settings.tls_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
-        config = uvicorn.Config(build_app(routes), lifespan="off", log_config=None, access_log=False,
+        app = build_app(routes, settings.infer_token)
+        config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
                                 server_header=False, timeout_graceful_shutdown=1, **tls)
         self.server = uvicorn.Server(config)
         self._main: asyncio.Task | None = None

@@ -1,4 +1,4 @@
-"""Tests for heddle.server.security: TLS and mutual TLS credentials, and the admin token interceptor."""
+"""Tests for heddle.server.frontends.security: TLS and mutual TLS credentials, and the admin token interceptor."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from heddle.server.security import AdminAuthInterceptor, admin_exposure, is_loopback, server_credentials
+from heddle.server.frontends.security import AdminAuthInterceptor, admin_exposure, is_loopback, server_credentials
 from pki_fixtures import Pki, pki  # noqa: F401  (fixtures are found by name)
 
 GET_POLICY = "/heddle.v1.Admin/GetPolicy"

@@ -1,4 +1,4 @@
-"""Transport security (TLS, mutual TLS) and bearer-token auth for the admin RPCs."""
+"""Transport security (TLS, mutual TLS) and bearer-token auth for the admin and inference RPCs."""
 
 from __future__ import annotations
 
@@ -11,10 +11,15 @@ from typing import Any
 import grpc
 import grpc.aio
 
-__all__ = ["AdminAuthInterceptor", "admin_exposure", "is_loopback", "server_credentials"]
+__all__ = ["INFERENCE_PREFIXES", "OPEN_INFERENCE_METHODS", "AdminAuthInterceptor", "BearerAuthInterceptor",
+           "InferAuthInterceptor", "admin_exposure", "bearer_token", "is_loopback", "server_credentials", "token_ok"]
 
-_MISSING_TOKEN_MESSAGE = "admin RPCs need 'authorization: Bearer <token>' metadata"
-_WRONG_TOKEN_MESSAGE = "the admin token in 'authorization: Bearer <token>' is not the server's"
+# The inference services infer_token guards; KServe's liveness and readiness stay open, so a
+# probe needs no secret (as grpc.health.v1 and reflection, which no prefix here covers).
+INFERENCE_PREFIXES = ("/heddle.v1.Gateway/", "/inference.GRPCInferenceService/")
+OPEN_INFERENCE_METHODS = frozenset({"/inference.GRPCInferenceService/ServerLive",
+                                    "/inference.GRPCInferenceService/ServerReady",
+                                    "/inference.GRPCInferenceService/ModelReady"})
 
 
 def is_loopback(host: str) -> bool:
@@ -65,6 +70,21 @@ def server_credentials(
     )
 
 
+def token_ok(given: str, expected: str) -> bool:
+    """Constant-time, so response timing does not leak how much of a guess was right."""
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def bearer_token(header: str | bytes | None) -> str | None:
+    """The token of an `authorization: Bearer <token>` value, or None."""
+    if header is None:
+        return None
+    if isinstance(header, bytes):
+        header = header.decode("utf-8", "replace")
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 def _bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
     for key, value in metadata or ():
         if key.lower() != "authorization":
@@ -99,25 +119,27 @@ def _aborting_handler(
     return grpc.unary_unary_rpc_method_handler(abort_unary, deser, ser)
 
 
-class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Requires `authorization: Bearer <token>` on methods under the protected prefixes.
+class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Requires `authorization: Bearer <token>` on methods under the protected prefixes (but the
+    open ones). An empty token turns the check off."""
 
-    An empty token turns the check off, for servers bound to loopback only.
-    """
-
-    def __init__(self, token: str, protected_prefixes: Sequence[str] = ("/heddle.v1.Admin/",)) -> None:
+    def __init__(self, token: str, protected_prefixes: Sequence[str], what: str,
+                 open_methods: frozenset[str] = frozenset()) -> None:
         self._token = token.encode("utf-8")
         self._prefixes = tuple(protected_prefixes)
+        self._open = open_methods
+        self._missing = f"{what} RPCs need 'authorization: Bearer <token>' metadata"
+        self._wrong = f"the {what} token in 'authorization: Bearer <token>' is not the server's"
 
     def _verdict(self, details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str] | None:
-        if not self._token or not details.method.startswith(self._prefixes):
+        if not self._token or not details.method.startswith(self._prefixes) or details.method in self._open:
             return None
         token = _bearer_token(details.invocation_metadata)
         if token is None:
-            return grpc.StatusCode.UNAUTHENTICATED, _MISSING_TOKEN_MESSAGE
+            return grpc.StatusCode.UNAUTHENTICATED, self._missing
         # Constant-time, so response timing does not leak how much of a guess was right.
         if not hmac.compare_digest(token.encode("utf-8"), self._token):
-            return grpc.StatusCode.PERMISSION_DENIED, _WRONG_TOKEN_MESSAGE
+            return grpc.StatusCode.PERMISSION_DENIED, self._wrong
         return None
 
     async def intercept_service(
@@ -130,3 +152,17 @@ class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or verdict is None:
             return handler
         return _aborting_handler(handler, *verdict)
+
+
+class AdminAuthInterceptor(BearerAuthInterceptor):
+    """The admin token on heddle.v1 Admin: empty turns the check off, for loopback-only servers."""
+
+    def __init__(self, token: str, protected_prefixes: Sequence[str] = ("/heddle.v1.Admin/",)) -> None:
+        super().__init__(token, protected_prefixes, "admin")
+
+
+class InferAuthInterceptor(BearerAuthInterceptor):
+    """[server] infer_token on the inference RPCs of heddle.v1 and KServe (health stays open)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__(token, INFERENCE_PREFIXES, "inference", OPEN_INFERENCE_METHODS)
