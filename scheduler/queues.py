@@ -12,6 +12,7 @@ scheduler/core.py's `_pick` defines it, tests/unit/test_core_decisions.py checks
 from __future__ import annotations
 
 import bisect
+import math
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from heddle.scheduler.policies import SortKey, fixed_group_order, tail
@@ -42,9 +43,13 @@ class _Sorted:
         i = bisect.bisect_left(self.keys, key)
         del self.keys[i], self.runs[i]
 
-    def ready(self) -> Iterable[StageRun]:
-        """Its READY runs in order (FROZEN ones wait in the queue, not in the pool)."""
-        return (r for r in self.runs if r.state is RunState.READY)
+    def first_ready(self, start: int = 0) -> int | None:
+        """Where its first READY run from `start` on is (FROZEN ones wait, not in the pool)."""
+        runs = self.runs
+        for i in range(start, len(runs)):
+            if runs[i].state is RunState.READY:
+                return i
+        return None
 
 
 class _Group:
@@ -53,6 +58,22 @@ class _Group:
     def __init__(self) -> None:
         self.by_order = _Sorted()
         self.by_age = _Sorted()
+
+
+class _Eligible:
+    """Can `device` run a model? Asked once per model in a pick (eligible_devices builds a list)."""
+
+    __slots__ = ("core", "device", "known")
+
+    def __init__(self, device: str, core: CoreReads) -> None:
+        self.device, self.core = device, core
+        self.known: dict[str, bool] = {}
+
+    def __call__(self, model: str) -> bool:
+        known = self.known.get(model)
+        if known is None:
+            known = self.known[model] = self.device in self.core.eligible_devices(model)
+        return known
 
 
 class QueueIndex:
@@ -87,9 +108,7 @@ class QueueIndex:
         order_key, age_key = self._keys.pop(run.key)
         group = self._groups[device][run.model]
         group.by_order.remove(order_key)
-        group.by_age.remove(age_key)
-        if not group.by_order.keys:
-            del self._groups[device][run.model]
+        group.by_age.remove(age_key)  # an emptied group stays: the model's runs come back
 
     def clear(self, device: str, runs: Iterable[StageRun]) -> None:
         if self.order is None:
@@ -124,43 +143,61 @@ class QueueIndex:
         best = self._best(self._groups[device].values(), rank)
         if best is not None:
             return best
+        can_run = _Eligible(device, core)
         groups = [g for other, by_model in self._groups.items() if other != device
-                  for model, g in by_model.items() if device in core.eligible_devices(model)]
+                  for model, g in by_model.items() if g.by_order.keys and can_run(model)]
         return self._best(groups, rank)
 
     def _oldest_aged(self, device: str, now: float, core: CoreReads, bound: float) -> StageRun | None:
         """Per group the oldest READY run is aged or none is (ready_s order): the oldest aged."""
         best: tuple[SortKey, StageRun] | None = None
+        can_run = _Eligible(device, core)
         for other, by_model in self._groups.items():
             for model, group in by_model.items():
-                if other != device and device not in core.eligible_devices(model):
+                if not group.by_age.keys or (other != device and not can_run(model)):
                     continue
-                head = next(iter(group.by_age.ready()), None)
-                if head is None or not core.aged(head, now):
+                at = group.by_age.first_ready()
+                if at is None or not core.aged(group.by_age.runs[at], now):
                     continue
+                head = group.by_age.runs[at]
                 key = self._keys[head.key][1]
                 if best is None or key < best[0]:
                     best = (key, head)
         return None if best is None else best[1]
 
     def _best(self, groups: Iterable[_Group], rank: Callable[[StageRun], SortKey]) -> StageRun | None:
-        """The best-ranked READY run of the groups. A group's first READY run in the policy's
-        order ranks best in it, except that a key computed from `now` (least_slack's) may round
-        equal for runs the order tells apart: then the tied runs after it are ranked too."""
+        """The best-ranked READY run of the groups: a group's first READY run in the policy's
+        order, except where keys computed from `now` (least_slack's) tie (_tied_best)."""
         best: tuple[SortKey, StageRun] | None = None
         for group in groups:
-            runs = group.by_order.ready()
-            head = next(iter(runs), None)
-            if head is None:
+            at = group.by_order.first_ready()
+            if at is None:
                 continue
-            head_key = rank(head)
-            candidate = (head_key, head)
+            head = group.by_order.runs[at]
+            candidate = (rank(head), head)
             if self.ties:
-                for run in runs:
-                    key = rank(run)
-                    if key[:2] != head_key[:2]:  # (1, first component): the order holds from here
-                        break
-                    candidate = min(candidate, (key, run), key=lambda c: c[0])
+                candidate = _tied_best(group.by_order, at, candidate, rank)
             if best is None or candidate[0] < best[0]:
                 best = candidate
         return None if best is None else best[1]
+
+
+def _tied_best(order: _Sorted, at: int, head: tuple[SortKey, StageRun], rank: Callable[[StageRun], SortKey]
+               ) -> tuple[SortKey, StageRun]:
+    """A key computed from `now` is monotone in the order's first component, but two runs whose
+    first components differ may still round to one key, and then the later in the order may win
+    on its tail. So the first READY run of each following block of equal first components is
+    ranked while its key's value equals the head's; runs within a block keep the order's tail
+    order (no deadline: every such run ties at inf, and one look at the block settles it)."""
+    keys, runs = order.keys, order.runs
+    best = head
+    i = order.first_ready(bisect.bisect_right(keys, (keys[at][0], math.inf)))
+    while i is not None:
+        run = runs[i]
+        key = rank(run)
+        if key[:2] != head[0][:2]:  # (1, first component): the order holds from here on
+            break
+        if key < best[0]:
+            best = (key, run)
+        i = order.first_ready(bisect.bisect_right(keys, (keys[i][0], math.inf)))
+    return best

@@ -9,8 +9,10 @@ from heddle.scheduler import Core, Request
 from heddle.scheduler.policies import (
     DreamPolicy, EdfPolicy, FcfsPolicy, LeastSlackPolicy, PriorityPolicy, SjfPolicy, fixed_group_order,
 )
+from heddle.scheduler.profiles import ProfileEntry, ProfileTable
 from heddle.scheduler.sim.driver import Driver, TimedBy
 from heddle.scheduler.twill import TwillPolicy
+from sched_fixtures import chain, devices, model, standard_models, validated
 from strategies import Workload, workloads
 
 INDEXED = [FcfsPolicy, PriorityPolicy, EdfPolicy, LeastSlackPolicy, SjfPolicy]
@@ -78,3 +80,20 @@ def test_policies_that_move_with_now_or_steal_have_no_fixed_order():
     holding = type("Holding", (FcfsPolicy,), {"hold": lambda self, view, now: set()})
     assert fixed_group_order(holding()) is None
     assert fixed_group_order(LeastSlackPolicy())[1] is True  # keys from `now` may tie: ranked on
+
+
+def test_least_slack_keys_that_round_equal_fall_to_the_earlier_arrival():
+    """Two queued runs whose sub-deadlines differ by one rounding step but whose slack rounds to
+    one value: the full ranking takes the earlier arrival (its tail), and so does the index,
+    though its order puts the other (smaller sub-deadline) first."""
+    models = {**standard_models(), "other": model("other")}
+    p, busy = validated(chain("c", ["m"]), models), validated(chain("b", ["other"]), models)
+    core = Core(devices(1), models, LeastSlackPolicy(), ProfileTable(table={("m", "cpu0", 0): ProfileEntry(4.0)}))
+    core.submit(Request("busy", busy, 1, 0.0, None), 0.0)  # another model: m's estimate stays 4 s
+    core.schedule(0.0)
+    late, soon = 1.0 + 2.0 ** -52, 1.0  # adjacent doubles: the later arrival's is the smaller
+    core.submit(Request("first", p, 1, 0.0, late), 0.0)
+    core.submit(Request("second", p, 1, 0.0, soon), 0.0)
+    assert (late - 0.5) - 4.0 == (soon - 0.5) - 4.0  # the slack at 0.5 rounds to one value
+    core.on_stage_done("busy", "s0", 0.5)
+    assert [d.request_id for d in core.schedule(0.5).dispatches] == ["first"]
