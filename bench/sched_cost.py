@@ -8,8 +8,9 @@ policies of one run, and the before/after of one change within one run of each).
 
 1. Queue depth. The Orin NX-like platform and the mixed scenario's non-LLM pipelines (detector +
    classifier chains, a wide detector, BERT intents, photo tagging); requests of priority 9/3/1,
-   deadlines 1-60 s after arrival (a fifth without one), so the queue stays full and every policy
-   has keys to compare. After each step the driver is topped up with arrivals until --depth READY
+   deadlines 1-60 s after arrival times max(1, depth/10) (a fifth without one; waits grow with the
+   depth, and few requests are shed unstarted), so the queue stays full and every policy has keys
+   to compare. After each step the driver is topped up with arrivals until --depth READY
    or FROZEN runs are queued, so every measured decision is made at that depth. Warm-up decisions
    first (the fill), then --decisions dispatches measured: cost = core time / dispatches.
 2. The recorded trace. bench/traces/camera_analytics.trace.jsonl.gz (10 s of the camera_analytics
@@ -134,15 +135,18 @@ def depth_run(policy: str, depth: int, warmup: int, decisions: int, seed: int) -
     core.timing = False
     rng = random.Random(seed)
     made = 0
+    state = {"dispatched": 0, "pending": 0, "depth_sum": 0, "steps": 0, "submits": 0}
 
     def make(_: None, now: float) -> Request:
         nonlocal made
         made += 1
-        deadline = None if rng.random() < 0.2 else now + rng.uniform(1.0, 60.0)
+        # Deadlines grow with the depth (waits do): few requests are shed, so the decisions
+        # measured are dispatches, not mostly the arrivals of requests dropped unstarted.
+        deadline = None if rng.random() < 0.2 else now + rng.uniform(1.0, 60.0) * max(1.0, depth / 10)
+        state["submits"] += core.timing
         return Request(f"r{made}", setup.pipelines[rng.choice(names)], rng.choice(PRIORITIES), now, deadline)
 
     driver = Driver(core, NoisyTable(setup.truth, setup.cv, seed), make_request=make)
-    state = {"dispatched": 0, "pending": 0, "depth_sum": 0, "steps": 0}
 
     def before(now: float) -> None:
         if core.timing:
@@ -173,7 +177,8 @@ def depth_run(policy: str, depth: int, warmup: int, decisions: int, seed: int) -
     dispatched = max(state["dispatched"], 1)
     return {"policy": policy, "depth": depth, "decisions": state["dispatched"], "core_calls": core.calls,
             "core_s": core.spent_s, "us_per_decision": 1e6 * core.spent_s / dispatched,
-            "mean_queued_at_step": state["depth_sum"] / max(state["steps"], 1)}
+            "mean_queued_at_step": state["depth_sum"] / max(state["steps"], 1),
+            "steps_per_decision": state["steps"] / dispatched, "submits_per_decision": state["submits"] / dispatched}
 
 
 def trace_run(policy: str, trace_text: str, profile_doc: dict[str, Any], repeats: int) -> dict[str, Any]:
