@@ -403,7 +403,7 @@ class Core(CoreReads):
     def _pick(self, device: str, now: float) -> StageRun | None:
         """Best ready run for a free slot of `device` (policy order, aged runs first), through
         the queue index where the policy allows, else ranking every run it may take."""
-        if self._index.usable(self.power is not None and self.power.freezing):
+        if self._index.usable(self.power is not None and self.power.freezing, self.policy.max_wait_s is not None):
             return self._index.pick(device, now, self, lambda r: self._rank(r, now))
         pool = self._pool(device, now)
         return min(pool, key=lambda r: self._rank(r, now)) if pool else None

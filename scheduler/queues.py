@@ -85,11 +85,13 @@ class QueueIndex:
         self._keys: dict[tuple[str, str], tuple[SortKey, SortKey]] = {}  # run key -> its two keys
         self.order: Callable[[StageRun], SortKey] | None = None
         self.ties = False
+        self.aging = False  # the ready order is kept only for a policy with an aging bound
         self._use(policy)
 
     def _use(self, policy: Policy) -> None:
         fixed = fixed_group_order(policy)
         self.order, self.ties = fixed if fixed is not None else (None, False)
+        self.aging = policy.max_wait_s is not None
 
     def add(self, run: StageRun, device: str) -> None:
         if self.order is None:
@@ -100,15 +102,17 @@ class QueueIndex:
         if group is None:
             group = self._groups[device][run.model] = _Group()
         group.by_order.add(keys[0], run)
-        group.by_age.add(keys[1], run)
+        if self.aging:
+            group.by_age.add(keys[1], run)
 
     def remove(self, run: StageRun, device: str) -> None:
         if self.order is None:
             return
         order_key, age_key = self._keys.pop(run.key)
         group = self._groups[device][run.model]
-        group.by_order.remove(order_key)
-        group.by_age.remove(age_key)  # an emptied group stays: the model's runs come back
+        group.by_order.remove(order_key)  # an emptied group stays: the model's runs come back
+        if self.aging:
+            group.by_age.remove(age_key)
 
     def clear(self, device: str, runs: Iterable[StageRun]) -> None:
         if self.order is None:
@@ -126,9 +130,10 @@ class QueueIndex:
             for run in queue:
                 self.add(run, device)
 
-    def usable(self, freezing: bool) -> bool:
-        """Can `pick` stand for the full ranking now? Not while power freezes filter the pool."""
-        return self.order is not None and not freezing
+    def usable(self, freezing: bool, aging: bool) -> bool:
+        """Can `pick` stand for the full ranking now? Not while power freezes filter the pool,
+        nor for an aging bound set on the policy after the index took it (no ready order kept)."""
+        return self.order is not None and not freezing and (self.aging or not aging)
 
     # ---- the pick -----------------------------------------------------------------------
     def pick(self, device: str, now: float, core: CoreReads, rank: Callable[[StageRun], SortKey]) -> StageRun | None:
