@@ -48,8 +48,6 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from bench.harness import BENCH_DIR, ROOT, bench_module, machine_info, results_path, save_report
-
 from heddle.scheduler.core import Core
 from heddle.scheduler.plan import Plan
 from heddle.scheduler.policies import POLICIES, make_policy
@@ -60,6 +58,10 @@ from heddle.scheduler.sim.simulator import scenario_setup
 from heddle.scheduler.sim.tracefile import parse_profile, parse_trace
 from heddle.scheduler.state import Request
 
+# Not from bench.harness at import: a --reference child imports the other checkout's scheduler,
+# and the harness loads this checkout's server config modules, which need this one's.
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
 # The module, not the function heddle.scheduler.sim re-exports under the same name.
 replay_module = importlib.import_module("heddle.scheduler.sim.replay")
 TRACE = BENCH_DIR / "traces" / "camera_analytics.trace.jsonl.gz"
@@ -228,9 +230,9 @@ def measure_reference(policy: str, args: argparse.Namespace, with_trace: bool) -
         (Path(tmp) / "heddle").mkdir()
         (Path(tmp) / "heddle" / "scheduler").symlink_to(args.reference.resolve() / "scheduler")
         out = Path(tmp) / "ref.json"
-        cmd = bench_module("sched_cost", "--policy", policy, "--decisions", str(args.decisions), "--clock", args.clock,
-                           "--repeats", str(args.repeats), "--seed", str(args.seed), "--out", str(out),
-                           "--trace-as-listed")
+        cmd = [sys.executable, "-m", "bench.sched_cost", "--policy", policy, "--decisions", str(args.decisions),
+               "--clock", args.clock, "--repeats", str(args.repeats), "--seed", str(args.seed), "--out", str(out),
+               "--trace-as-listed"]
         cmd += [f"--depth={d}" for d in args.depths] + ([] if with_trace else ["--no-trace"])
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": tmp}, stdout=subprocess.DEVNULL, cwd=ROOT)
         doc = json.loads(out.read_text())
@@ -285,8 +287,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.depths = args.depths or list(DEPTHS)
     args.decisions = args.decisions or (300 if args.quick else 2000)
     args.repeats = args.repeats or (1 if args.quick else 3)
-    args.out = results_path("sched_cost.json", args.out)
+    if not args.trace_as_listed:  # a reference child writes where its parent says
+        from bench.harness import results_path
+
+        args.out = results_path("sched_cost.json", args.out)
     return args
+
+
+def _machine() -> dict[str, Any]:
+    from bench.harness import machine_info
+
+    return machine_info()
 
 
 def _commit(checkout: Path) -> str | None:
@@ -300,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "bench": "scheduler core cost (issue 13 item 3)", "command": " ".join(["python", *sys.argv]),
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": {} if args.trace_as_listed else _machine(),
         "params": {"depths": args.depths, "decisions": args.decisions, "repeats": args.repeats,
                    "seed": args.seed, "quick": args.quick, "clock": args.clock,
                    "trace": str(TRACE.relative_to(ROOT))},
@@ -341,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             rows[at]["us_per_decision"] for rows in report["depth"].values()),
     }
     print_tables(report)
+    from bench.harness import save_report
+
     save_report(report, args.out)
     return 0
 
