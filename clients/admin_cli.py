@@ -9,6 +9,7 @@ from typing import Any
 
 from heddle.clients.client import DEFAULT_TARGET, HeddleClient
 from heddle.clients.errors import HeddleError
+from heddle.clients.tls_args import add_tls_args, tls_kwargs
 
 __all__ = ["add_reload_parser", "run_reload"]
 
@@ -19,6 +20,7 @@ def add_reload_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--config", default="", help="config file path on the server's machine (default: the one it runs)")
     p.add_argument("--target", default=DEFAULT_TARGET, help=f"gateway HOST:PORT (default {DEFAULT_TARGET})")
     p.add_argument("--token", default=None, help="admin bearer token")
+    add_tls_args(p)
     p.set_defaults(func=run_reload)
     return p
 
@@ -26,7 +28,7 @@ def add_reload_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_reload(args: argparse.Namespace) -> int:
     """0 when reloaded; 1 with the server's reason when nothing changed."""
     try:
-        with HeddleClient(args.target, token=args.token) as client:
+        with HeddleClient(args.target, token=args.token, **tls_kwargs(args)) as client:
             status = client.reload_config(args.config, timeout_s=600)
     except HeddleError as exc:
         print(f"heddle reload: {exc}", file=sys.stderr)

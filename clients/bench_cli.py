@@ -34,6 +34,7 @@ from heddle.clients.report import (
     write_records, write_summary,
 )
 from heddle.clients.scenarios import SCENARIOS, Scenario, ScenarioError, load_scenario
+from heddle.clients.tls_args import add_tls_args, tls_kwargs
 
 __all__ = ["add_bench_parser", "build_report", "run_bench"]
 
@@ -46,6 +47,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="load-test a gateway with a scenario and write a report")
     p.add_argument("--target", default=DEFAULT_TARGET, help=f"HOST:PORT (default {DEFAULT_TARGET})")
     p.add_argument("--token", default=None, help="bearer token sent as authorization metadata")
+    add_tls_args(p)
     p.add_argument("--scenario", default=None, metavar="NAME|FILE",
                    help=f"a shipped scenario ({', '.join(SCENARIOS)}) or a TOML file; default: default")
     p.add_argument("--duration", type=float, default=20.0, metavar="S", help="seconds of load (default 20)")
@@ -145,7 +147,7 @@ async def _bench(args: argparse.Namespace, scenario: Scenario) -> _Outcome:
     stop, abort = asyncio.Event(), asyncio.Event()
     handled = _install_sigint(stop, abort, args.drain)
     try:
-        async with AsyncHeddleClient(args.target, token=args.token) as client:
+        async with AsyncHeddleClient(args.target, token=args.token, **tls_kwargs(args)) as client:
             pipelines = await client.list_pipelines(timeout_s=10.0)
             devices = [{"id": d.id, "kind": d.kind, "backend": d.backend, "providers": list(d.providers),
                         "slots": d.slots} for d in await client.list_devices(timeout_s=10.0)]

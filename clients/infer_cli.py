@@ -18,6 +18,7 @@ import numpy as np
 from heddle.clients.client import (
     DEFAULT_TARGET, GENERATION_OPTIONS, HeddleClient, InferResult, StageEvent, StageTiming, TokenEvent,
 )
+from heddle.clients.tls_args import add_tls_args, tls_kwargs
 from heddle.clients.tensors import DATATYPE_TO_NUMPY, TensorError, numpy_to_datatype
 from heddle.v1 import heddle_pb2
 
@@ -74,12 +75,13 @@ def _add_connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=DEFAULT_TARGET, help=f"HOST:PORT (default {DEFAULT_TARGET})")
     p.add_argument("--token", default=None, help="bearer token sent as authorization metadata")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_tls_args(p)
 
 
 def run_infer(args: argparse.Namespace) -> int:
     """Run `heddle infer`; 0 on success, 1 on an RPC error, 2 on a bad --input."""
     try:
-        with HeddleClient(args.target, token=args.token) as client:
+        with HeddleClient(args.target, token=args.token, **tls_kwargs(args)) as client:
             # An unknown pipeline yields no declarations; the server's NOT_FOUND then says what is wrong.
             info = next((p for p in client.list_pipelines() if p.name == args.pipeline), None)
             declared = {} if info is None else {t.name: t for t in info.inputs}
@@ -107,7 +109,7 @@ def run_infer(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     """Run `heddle list WHAT`; 0 on success, 1 on an RPC error."""
     try:
-        with HeddleClient(args.target, token=args.token) as client:
+        with HeddleClient(args.target, token=args.token, **tls_kwargs(args)) as client:
             items = getattr(client, f"list_{args.what}")()
     except grpc.RpcError as err:
         print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from heddle.clients.client import DEFAULT_TARGET, HeddleClient
 from heddle.clients.errors import HeddleError
+from heddle.clients.tls_args import add_tls_args, tls_kwargs
 from heddle.clients.top_view import Frame, build_frame, parse_metrics
 
 __all__ = ["add_top_parser", "render_text", "run_top"]
@@ -29,6 +30,7 @@ def add_top_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="admin bearer token (to read the policy beyond loopback)")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between screens (default 2)")
     p.add_argument("--once", action="store_true", help="print one screen as plain text and exit")
+    add_tls_args(p)
     p.set_defaults(func=run_top)
     return p
 
@@ -112,7 +114,7 @@ def _frames(args: argparse.Namespace, client: HeddleClient,
 def run_top(args: argparse.Namespace) -> int:
     """0 on --once or Ctrl-C; 1 when the gateway or its metrics endpoint cannot be reached."""
     try:
-        with HeddleClient(args.target, token=args.token) as client:
+        with HeddleClient(args.target, token=args.token, **tls_kwargs(args)) as client:
             frames = _frames(args, client)
             if args.once:
                 policy, frame = next(frames)

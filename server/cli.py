@@ -61,13 +61,14 @@ def _serve(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from heddle.clients.infer_cli import add_infer_parser, add_list_parser, run_infer, run_list
-    from heddle.clients.bench_cli import add_bench_parser, run_bench
-    from heddle.clients.admin_cli import add_reload_parser, run_reload
-    from heddle.clients.top import add_top_parser, run_top
-    from heddle.server.tools.config_cmd import add_config_parser, run_config
-    from heddle.server.tools.profile_cmd import add_profile_parser, run_profile
-    from heddle.server.tools.simulate_cmd import add_simulate_parser, run_simulate
+    from heddle.clients.admin_cli import add_reload_parser
+    from heddle.clients.bench_cli import add_bench_parser
+    from heddle.clients.infer_cli import add_infer_parser, add_list_parser
+    from heddle.clients.tls_args import TlsArgsError
+    from heddle.clients.top import add_top_parser
+    from heddle.server.tools.config_cmd import add_config_parser
+    from heddle.server.tools.profile_cmd import add_profile_parser
+    from heddle.server.tools.simulate_cmd import add_simulate_parser
 
     parser = argparse.ArgumentParser(prog="heddle", description="gRPC gateway for compound-AI pipelines")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +82,22 @@ def main(argv: list[str] | None = None) -> int:
     add_profile_parser(sub)
     add_config_parser(sub)
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except TlsArgsError as exc:  # --ca/--cert/--key of a client command: one line, no traceback
+        print(f"heddle {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from heddle.clients.admin_cli import run_reload
+    from heddle.clients.bench_cli import run_bench
+    from heddle.clients.infer_cli import run_infer, run_list
+    from heddle.clients.top import run_top
+    from heddle.server.tools.config_cmd import run_config
+    from heddle.server.tools.profile_cmd import run_profile
+    from heddle.server.tools.simulate_cmd import run_simulate
+
     if args.command == "serve":
         return _serve(args)
     if args.command == "simulate":
