@@ -6,6 +6,8 @@ What heddle's own per-request work costs when the model costs almost nothing (#1
           max_queue_delay_microseconds 100), one instance
   heddle  `heddle serve` with the same ONNX file on its own ONNX Runtime CPU devices, KServe v2 frontend
   heddle_inline  the same server and file as model `tiny_inline`, with `inline = true` (run on the loop)
+  heddle_batched  the same server and file as model `tiny_batched`, with heddle's dynamic batching on
+          (max_batch 64, max_queue_delay_us 100: Triton's batcher settings)
   echo    a bare grpc.aio server answering ModelInfer with the pre-serialised right answer: the floor
           for any Python gRPC server receiving the same bytes (no proto parsing, no model)
 All three are driven by the same tritonclient.grpc.aio `infer()` of one FP32 [1,16] input. Closed loop,
@@ -50,9 +52,12 @@ from heddle.server.config.builder import document, onnx_model, to_toml
 __all__ = ["main"]
 
 MODEL = "tiny"
-TARGETS = ("triton", "heddle", "heddle_inline", "echo")
-# The KServe model each target is asked for: heddle serves the file twice, once with inline = true.
-MODEL_OF = {"triton": MODEL, "heddle": MODEL, "heddle_inline": MODEL + "_inline", "echo": MODEL}
+TARGETS = ("triton", "heddle", "heddle_inline", "heddle_batched", "echo")
+HEDDLE_TARGETS = ("heddle", "heddle_inline", "heddle_batched")
+# The KServe model each target is asked for: heddle serves the file three times, once with inline = true,
+# once with dynamic batching.
+MODEL_OF = {"triton": MODEL, "heddle": MODEL, "heddle_inline": MODEL + "_inline",
+            "heddle_batched": MODEL + "_batched", "echo": MODEL}
 NOTES = [
     "Triton's model is a python-backend model running the ONNX file with onnxruntime (its native onnxruntime "
     "backend is not in the nvidia-pytriton wheel); heddle runs the same file in-process.",
@@ -87,14 +92,18 @@ def reference(path: Path, x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
-def heddle_config_text(model_path: Path, cache_dir: Path, inline: bool = True) -> str:
+def heddle_config_text(model_path: Path, cache_dir: Path, inline: bool = True, batched: bool = True) -> str:
     """The embedded default's device tables; the tiny model on its ONNX Runtime CPU devices (and
-    again with inline = true, unless not: a heddle from before the key would refuse it)."""
+    again with inline = true, and with dynamic batching, unless not: a heddle from before those keys
+    would refuse them)."""
     devices = detected_devices()
     cpu_ids = onnx_ids(devices)
     models = [onnx_model(MODEL, str(model_path), devices=cpu_ids)]
     if inline:
         models.append(onnx_model(f"{MODEL}_inline", str(model_path), devices=cpu_ids, inline=True))
+    if batched:
+        models.append(onnx_model(f"{MODEL}_batched", str(model_path), devices=cpu_ids, max_batch=64,
+                                 max_queue_delay_us=100))
     return to_toml(document(server={"cache_dir": str(cache_dir)}, devices=devices, models=models))
 
 
@@ -176,10 +185,12 @@ def servers(args: argparse.Namespace, work: Path, x: np.ndarray) -> Iterator[dic
         if "triton" in args.target else None
     try:
         args.config = work / "heddle.toml"
-        args.config.write_text(heddle_config_text(model_path, work / "cache", "heddle_inline" in args.target))
+        args.config.write_text(heddle_config_text(model_path, work / "cache", "heddle_inline" in args.target,
+                                                  "heddle_batched" in args.target))
         hport, eport = free_port(), free_port()
         urls = {"triton": triton.grpc_url if triton else "", "heddle": f"127.0.0.1:{hport}",
-                "heddle_inline": f"127.0.0.1:{hport}", "echo": f"127.0.0.1:{eport}"}
+                "heddle_inline": f"127.0.0.1:{hport}", "heddle_batched": f"127.0.0.1:{hport}",
+                "echo": f"127.0.0.1:{eport}"}
         echo_cmd = bench_module("tiny_vs_triton", "--serve-echo", str(eport), str(work / "echo_response.bin"))
         with server_process(heddle_command(args, hport, free_port()), urls["heddle"], work / "heddle.log",
                             timeout_s=120) as heddle, \
@@ -188,7 +199,8 @@ def servers(args: argparse.Namespace, work: Path, x: np.ndarray) -> Iterator[dic
             for target in args.target:
                 _check(urls[target], MODEL_OF[target], x, expected)
             yield {"urls": urls, "pids": {"triton": triton.process.pid if triton else 0, "heddle": heddle.pid,
-                                          "heddle_inline": heddle.pid, "echo": echo.pid},
+                                          "heddle_inline": heddle.pid, "heddle_batched": heddle.pid,
+                                          "echo": echo.pid},
                    "triton_config": config.read_text(), "heddle_config": args.config.read_text()}
     finally:
         if triton is not None:
@@ -199,7 +211,7 @@ def servers(args: argparse.Namespace, work: Path, x: np.ndarray) -> Iterator[dic
 
 def _ratios(round_results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
-    for mine in (t for t in ("heddle", "heddle_inline") if t in round_results):
+    for mine in (t for t in HEDDLE_TARGETS if t in round_results):
         for base in (b for b in ("triton", "echo") if b in round_results):
             for conc, h in round_results[mine].items():
                 b = round_results[base][conc]

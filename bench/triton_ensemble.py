@@ -29,14 +29,17 @@ from heddle.server.config.builder import (
 )
 
 __all__ = [
-    "ENSEMBLE", "HEDDLE_LOCAL", "HEDDLE_TRITON", "OUTPUTS", "POSTPROCESS_MODEL_PY", "ChainModels",
-    "build_chain", "check_answer", "ensemble_config_text", "heddle_config_text", "reference_outputs",
+    "ENSEMBLE", "HEDDLE_LOCAL", "HEDDLE_LOCAL_BATCHED", "HEDDLE_TRITON", "OUTPUTS", "POSTPROCESS_MODEL_PY",
+    "ChainModels", "build_chain", "check_answer", "ensemble_config_text", "heddle_config_text", "reference_outputs",
     "write_triton_repository",
 ]
 
 ENSEMBLE = "chain"                # the Triton ensemble
 HEDDLE_LOCAL = "chain_local"      # heddle pipeline on its own ONNX Runtime / python devices
 HEDDLE_TRITON = "chain_triton"    # heddle pipeline with every stage on the Triton server
+HEDDLE_LOCAL_BATCHED = "chain_local_batched"  # chain_local with heddle's dynamic batching on its ONNX stages
+# heddle's batching for chain_local_batched: as the embedded default's demo models (no wait when idle).
+HEDDLE_BATCHING = {"max_batch": 8}
 OUTPUTS = ("probs", "label")
 
 # The python-backend model.py of the postprocess stage: the very function heddle's python device
@@ -140,11 +143,12 @@ def _tensors(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
     return [tensor(t.name, t.datatype, t.shape) for t in specs]
 
 
-def _pipeline(name: str, suffix: str, description: str) -> dict[str, Any]:
+def _pipeline(name: str, suffix: str, description: str, post_suffix: str | None = None) -> dict[str, Any]:
+    post = suffix if post_suffix is None else post_suffix
     return pipeline(name, [tensor("image", "FP32", (-1, 3, 64, 64))], {"probs": "post.probs", "label": "post.label"}, [
         stage("backbone", f"backbone{suffix}", image="input:image"),
         stage("cls", f"head_cls{suffix}", features="backbone.features"),
-        stage("post", f"postprocess{suffix}", logits="cls.logits")], description=description)
+        stage("post", f"postprocess{post}", logits="cls.logits")], description=description)
 
 
 def heddle_config_text(cache_dir: str | os.PathLike, chain: ChainModels, triton_url: str, *,
@@ -154,6 +158,8 @@ def heddle_config_text(cache_dir: str | os.PathLike, chain: ChainModels, triton_
     devices = detected_devices()
     cpu_ids = onnx_ids(devices)
     models = [onnx_model(name, str(getattr(chain, name)), devices=cpu_ids) for name in ("backbone", "head_cls")]
+    models += [onnx_model(f"{name}_batched", str(getattr(chain, name)), devices=cpu_ids, **HEDDLE_BATCHING)
+               for name in ("backbone", "head_cls")]
     ins, outs = chain.io("postprocess")
     models.append(python_model("postprocess", "heddle.backends.zoo.ops:postprocess", _tensors(ins), _tensors(outs),
                                devices=["py0"]))
@@ -165,7 +171,8 @@ def heddle_config_text(cache_dir: str | os.PathLike, chain: ChainModels, triton_
     return to_toml(document(server={"cache_dir": str(Path(cache_dir).resolve())}, devices=[*devices, triton],
                             models=models, pipelines=[
         _pipeline(HEDDLE_LOCAL, "", "backbone, head_cls on heddle's ONNX Runtime, postprocess on py0"),
-        _pipeline(HEDDLE_TRITON, "_triton", "every stage on the Triton server")]))
+        _pipeline(HEDDLE_TRITON, "_triton", "every stage on the Triton server"),
+        _pipeline(HEDDLE_LOCAL_BATCHED, "_batched", "chain_local with dynamic batching on its ONNX stages", "")]))
 
 
 def reference_outputs(chain: ChainModels, image: np.ndarray) -> dict[str, np.ndarray]:

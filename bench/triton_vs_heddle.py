@@ -7,6 +7,8 @@ Targets, all driven by the same tritonclient.grpc.aio ModelInfer code with the s
   heddle_local     heddle's KServe v2 frontend, pipeline `chain_local`: the same 3 stages on heddle's
                    own ONNX Runtime devices (the embedded default's pinned CPU devices) and py0
   heddle_triton    heddle's pipeline `chain_triton`: every stage dispatched to that Triton server
+  heddle_local_batched  `chain_local_batched`: chain_local with heddle's dynamic batching on its two
+                   ONNX stages (max_batch 8, no wait when idle: as the embedded default's demo models)
 Closed loop: per concurrency (default 1, 4, 16), each target in turn gets --warmup-s of unmeasured
 load, then --duration-s measured: p50/p99 latency, throughput, server and client CPU per request.
 Ratios are heddle / triton_ensemble. Writes JSON (--out). A benchmark, not a test.
@@ -39,7 +41,7 @@ from bench.harness import (
     summarize, tree_cpu_s, wait_models_ready,
 )
 from bench.triton_ensemble import (
-    ENSEMBLE, HEDDLE_LOCAL, HEDDLE_TRITON, OUTPUTS, build_chain, check_answer, heddle_config_text,
+    ENSEMBLE, HEDDLE_LOCAL, HEDDLE_LOCAL_BATCHED, HEDDLE_TRITON, OUTPUTS, build_chain, check_answer, heddle_config_text,
     reference_outputs, write_triton_repository,
 )
 
@@ -47,7 +49,8 @@ from heddle.backends.triton.server import TritonServer
 
 __all__ = ["main"]
 
-TARGETS = {"triton_ensemble": ENSEMBLE, "heddle_local": HEDDLE_LOCAL, "heddle_triton": HEDDLE_TRITON}
+TARGETS = {"triton_ensemble": ENSEMBLE, "heddle_local": HEDDLE_LOCAL, "heddle_triton": HEDDLE_TRITON,
+           "heddle_local_batched": HEDDLE_LOCAL_BATCHED}
 NOTES = [
     "No priority levels and no queue-timeout policy in any Triton model: on Triton 2.51 with one "
     "python-backend instance either makes the dynamic batcher sometimes sleep its full 500 ms idle wait "
@@ -132,7 +135,7 @@ def servers(args: argparse.Namespace, work: Path) -> Iterator[dict[str, Any]]:
         heddle_url = f"127.0.0.1:{port}"
         with server_process(heddle_command(args, port, metrics_port), heddle_url, work / "heddle.log",
                             timeout_s=120) as heddle:
-            wait_models_ready(heddle_url, [HEDDLE_LOCAL, HEDDLE_TRITON])
+            wait_models_ready(heddle_url, [HEDDLE_LOCAL, HEDDLE_TRITON, HEDDLE_LOCAL_BATCHED])
             yield {"chain": chain, "config_text": config.read_text(),
                    "urls": {"triton": triton.grpc_url, "heddle": heddle_url},
                    "pids": {"triton": triton.process.pid, "heddle": heddle.pid},
@@ -231,7 +234,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--triton-instances", type=int, default=None,
                    help="instances of each Triton model (default: heddle's CPU device count, the same parallelism)")
     p.add_argument("--triton-max-batch-size", type=int, default=0,
-                   help="0: no dynamic batching (heddle never batches across requests)")
+                   help="0: no dynamic batching in Triton's models (heddle_local_batched is heddle's own)")
     p.add_argument("--triton-slots", type=int, default=8, help="heddle's calls in flight to Triton")
     p.add_argument("--cache-dir", type=Path, default=Path(os.path.expanduser(
         os.environ.get("HEDDLE_CACHE_DIR", "~/.cache/heddle"))), help="where the zoo models are built")
