@@ -410,7 +410,8 @@ def test_aio_client_sees_the_same_server(default_server: RunningServer, default_
             assert await client.is_server_live() and await client.is_server_ready()
             assert await client.is_model_ready("multihead")
             assert (await client.get_model_metadata("multihead")).platform == "heddle_pipeline"
-            assert (await client.get_model_config("cnn")).config.max_batch_size == 0
+            # The default config batches its demo models (max_batch 8): reported as Triton would.
+            assert (await client.get_model_config("cnn")).config.max_batch_size == 8
             cnn, multihead = await asyncio.gather(client.infer("cnn", [image_input(image)]),
                                                   client.infer("multihead", [image_input(image)], priority=1))
             stats = await client.get_inference_statistics("multihead")
