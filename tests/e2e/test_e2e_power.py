@@ -5,80 +5,48 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import grpc
 import numpy as np
 import pytest
 
 from heddle.clients.tensors import to_tensor
+from heddle.server.config.builder import document, onnx_device, onnx_model, pipeline, python_device, stage, tensor
+from heddle.server.config.default import PREPROCESS
 from heddle.server.config.load import ConfigError
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, heddle_cache_dir, parse_test_config, running_server, scrape_metrics, wait_until,
+    RunningServer, heddle_cache_dir, parse_test_document, running_server, scrape_metrics, wait_until,
 )
 
 TOKEN = "s3cret"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 TOP = 4
 
-DEVICES = """
-[[devices]]
-id = "cpu0"
-kind = "cpu"
-backend = "onnxruntime"
-providers = ["CPUExecutionProvider"]
-intra_op_threads = 1
-power = { idle_w = 1.0, active_w = [6.0, 4.0, 2.5] }
-dvfs = { kind = "virtual" }
-
-[[devices]]
-id = "py0"
-kind = "cpu"
-backend = "python"
-slots = 2
-power = { idle_w = 0.5, active_w = [2.0] }
-"""
-
-MODELS = """
-[[models]]
-name = "cnn"
-path = "builtin:cnn"
-
-[[models]]
-name = "preprocess"
-backend = "python"
-function = "heddle.backends.zoo.ops:preprocess"
-inputs = [{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }]
-outputs = [{ name = "image", datatype = "FP32", shape = [-1, 3, 64, 64] }]
-
-[[pipelines]]
-name = "classify"
-inputs = [{ name = "image", datatype = "UINT8", shape = [-1, 64, 64, 3] }]
-outputs = { logits = "cnn.logits" }
-stages = [
-  { name = "pre", model = "preprocess", inputs = { image = "input:image" } },
-  { name = "cnn", model = "cnn", inputs = { image = "pre.image" } },
-]
-"""
+CPU0 = onnx_device("cpu0", kind="cpu", providers=["CPUExecutionProvider"], intra_op_threads=1,
+                   power={"idle_w": 1.0, "active_w": [6.0, 4.0, 2.5]}, dvfs={"kind": "virtual"})
+PY0 = python_device("py0", kind="cpu", slots=2, power={"idle_w": 0.5, "active_w": [2.0]})
+CLASSIFY = pipeline("classify", [tensor("image", "UINT8", (-1, 64, 64, 3))], {"logits": "cnn.logits"}, [
+    stage("pre", "preprocess", image="input:image"), stage("cnn", "cnn", image="pre.image")])
 
 
-def config_text(power: str) -> str:
-    """The config's text; its cache_dir comes as a value (parse_cached), never pasted into the TOML."""
-    server = f'[server]\nadmin_token = "{TOKEN}"\npriority_levels = {TOP}\ndefault_priority = 2\n\n'
-    return server + power + DEVICES + MODELS
+def config_doc(power: dict[str, Any] | None, cpu0: dict[str, Any] = CPU0, py0: dict[str, Any] = PY0) -> dict[str, Any]:
+    """The config as data; its cache_dir comes as a value (parse_cached)."""
+    return document(server={"admin_token": TOKEN, "priority_levels": TOP, "default_priority": 2}, power=power,
+                    devices=[cpu0, py0], models=[onnx_model("cnn", "builtin:cnn"), PREPROCESS], pipelines=[CLASSIFY])
 
 
-def parse_cached(text: str, cache_dir: Path):
-    return parse_test_config(text, cache_dir=str(cache_dir))
+def parse_cached(doc: dict[str, Any], cache_dir: Path):
+    return parse_test_document(doc, cache_dir=str(cache_dir))
 
 
 @pytest.fixture(scope="module")
 def power_server(heddle_cache_dir: Path) -> Iterator[RunningServer]:
     """One gateway whose budget (0.1 W) is below its idle power, ticking every 20 ms."""
-    power = "[power]\nbudget_w = 0.1\nperiod_s = 0.02\nrelax_periods = 1\npeak_window_s = 0.0\n\n"
-    with running_server(parse_cached(config_text(power), heddle_cache_dir)) as running:
+    power = {"budget_w": 0.1, "period_s": 0.02, "relax_periods": 1, "peak_window_s": 0.0}
+    with running_server(parse_cached(config_doc(power), heddle_cache_dir)) as running:
         yield running
 
 
@@ -186,26 +154,26 @@ def test_power_metrics_are_exported(stubs, power_server: RunningServer):
 
 
 @pytest.mark.parametrize("power, message", [
-    ("[power]\nbudget_w = 5\nbudgett = 3\n\n", "[power]: unknown key 'budgett' (did you mean 'budget_w'?)"),
-    ("[power]\nbudget_w = -5\n\n", "positive number of watts"),
-    ("[power]\ndevices = { gpu9 = 3.0 }\n\n", "unknown device"),
+    ({"budget_w": 5, "budgett": 3}, "[power]: unknown key 'budgett' (did you mean 'budget_w'?)"),
+    ({"budget_w": -5}, "positive number of watts"),
+    ({"devices": {"gpu9": 3.0}}, "unknown device"),
 ])
-def test_bad_power_table_is_a_config_error(heddle_cache_dir: Path, power: str, message: str):
+def test_bad_power_table_is_a_config_error(heddle_cache_dir: Path, power: dict[str, Any], message: str):
     """A malformed [power] table stops the start with a ConfigError naming the problem."""
     with pytest.raises(ConfigError, match=re.escape(message)):
-        parse_cached(config_text(power), heddle_cache_dir)
+        parse_cached(config_doc(power), heddle_cache_dir)
 
 
 def test_bad_device_power_tables_are_config_errors(heddle_cache_dir: Path):
     """Device power/sensor/dvfs tables are checked by the backends' parsers at load."""
-    text = config_text("")
-    for old, new, message in [
-        ('dvfs = { kind = "virtual" }', 'dvfs = { kind = "turbo" }', "unknown dvfs kind"),
-        ("power = { idle_w = 0.5, active_w = [2.0] }", "power = { idle_w = 3.0, active_w = [2.0] }", "below idle_w"),
-        ('dvfs = { kind = "virtual" }', 'sensor = { kind = "psychic" }', "unknown sensor kind"),
+    no_dvfs = {k: v for k, v in CPU0.items() if k != "dvfs"}
+    for cpu0, py0, message in [
+        ({**CPU0, "dvfs": {"kind": "turbo"}}, PY0, "unknown dvfs kind"),
+        (CPU0, {**PY0, "power": {"idle_w": 3.0, "active_w": [2.0]}}, "below idle_w"),
+        ({**no_dvfs, "sensor": {"kind": "psychic"}}, PY0, "unknown sensor kind"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            parse_cached(text.replace(old, new, 1), heddle_cache_dir)
+            parse_cached(config_doc(None, cpu0, py0), heddle_cache_dir)
 
 
 # ---- energy accounting (server/power/energy.py), on a fake clock -----------------------------------
