@@ -127,6 +127,45 @@ class KServeRoutes:
         headers["inference-header-content-length"] = str(header_length)
         return Response(content, media_type="application/octet-stream", headers=headers)
 
+    async def shm_status(self, request: Request) -> Response:
+        name = request.path_params.get("region", "")
+        try:
+            status = await self._call(self.servicer.SystemSharedMemoryStatus,
+                                      kpb.SystemSharedMemoryStatusRequest(name=name))
+        except RequestError as exc:
+            return _kserve_error(exc)
+        return json_response([message_json(status.regions[n]) for n in sorted(status.regions)])
+
+    async def shm_register(self, request: Request) -> Response:
+        """Body {"key": "/name", "offset": 0, "byte_size": N}, as tritonclient.http sends it."""
+        try:
+            body = json.loads(await read_body(request, self.max_body_bytes) or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+            fields = {k: body.get(k, d) for k, d in (("key", ""), ("offset", 0), ("byte_size", 0))}
+            if not isinstance(fields["key"], str) or not all(
+                    isinstance(fields[k], int) and not isinstance(fields[k], bool) for k in ("offset", "byte_size")):
+                raise ValueError("'key' must be a string, 'offset' and 'byte_size' integers")
+            message = kpb.SystemSharedMemoryRegisterRequest(name=request.path_params["region"], **fields)
+        except ValueError as exc:
+            return _kserve_error(RequestError(_INVALID, f"the register body is not valid: {exc}"))
+        except RequestError as exc:
+            return _kserve_error(exc)
+        return await self._shm_call(self.servicer.SystemSharedMemoryRegister, message)
+
+    async def shm_unregister(self, request: Request) -> Response:
+        message = kpb.SystemSharedMemoryUnregisterRequest(name=request.path_params.get("region", ""))
+        return await self._shm_call(self.servicer.SystemSharedMemoryUnregister, message)
+
+    async def _shm_call(self, method, message) -> Response:
+        try:
+            await self._call(method, message)
+        except (RequestError, ValueError) as exc:  # ValueError: a protobuf field out of its range
+            if isinstance(exc, ValueError):
+                exc = RequestError(_INVALID, str(exc))
+            return _kserve_error(exc)
+        return Response(status_code=200)
+
     async def unsupported(self, request: Request) -> Response:
         """Shared memory, repository control, trace and log settings: what the gRPC frontend says."""
         return _kserve_error(RequestError(grpc.StatusCode.UNIMPLEMENTED, f"heddle does not serve "
@@ -151,7 +190,14 @@ def kserve_routes(servicer: KServeServicer, max_body_bytes: int) -> list[Route]:
             Route(f"{base}/stats", r.model_stats, methods=["GET"]),
             Route(f"{base}/infer", r.infer, methods=["POST"]),
         ]
-    for path in ("/v2/systemsharedmemory{rest:path}", "/v2/cudasharedmemory{rest:path}",
+    routes += [
+        Route("/v2/systemsharedmemory/status", r.shm_status, methods=["GET"]),
+        Route("/v2/systemsharedmemory/region/{region}/status", r.shm_status, methods=["GET"]),
+        Route("/v2/systemsharedmemory/region/{region}/register", r.shm_register, methods=["POST"]),
+        Route("/v2/systemsharedmemory/unregister", r.shm_unregister, methods=["POST"]),
+        Route("/v2/systemsharedmemory/region/{region}/unregister", r.shm_unregister, methods=["POST"]),
+    ]
+    for path in ("/v2/cudasharedmemory{rest:path}",
                  "/v2/repository/models/{rest:path}", "/v2/trace/setting", "/v2/models/{model}/trace/setting",
                  "/v2/logging"):
         routes.append(Route(path, r.unsupported, methods=["GET", "POST"]))

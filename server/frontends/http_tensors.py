@@ -120,6 +120,8 @@ def _input(t: Any, i: int, binary: memoryview, offset: int, request: kpb.ModelIn
     params = t.get("parameters") or {}
     _parameters(params, f"input {clipped(t['name'])!r}", tensor.parameters)
     size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if "shared_memory_region" in params:
+        return offset  # its bytes are in the region; the KServe decoder reads them there
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary) - offset:
             raise _bad(f"input {clipped(t['name'])!r}: binary_data_size {size!r} is not within the "
@@ -193,7 +195,9 @@ def infer_response_body(response: kpb.ModelInferResponse, binary: set[str] | Non
     outputs, chunks = [], []
     for meta, data in zip(response.outputs, response.raw_output_contents, strict=True):
         out: dict[str, Any] = {"name": meta.name, "datatype": meta.datatype, "shape": list(meta.shape)}
-        if binary is None or meta.name in binary:
+        if "shared_memory_region" in meta.parameters:  # written into the client's region
+            out["parameters"] = proto_parameters_to_json(meta.parameters)
+        elif binary is None or meta.name in binary:
             out["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:

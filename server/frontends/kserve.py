@@ -26,7 +26,9 @@ from heddle.server.frontends.kserve_convert import (
     check_requested_outputs, decode_kserve_inputs, encode_output, kserve_deadline_ms, kserve_priority,
     parameter_values, refuse_sequence_parameters,
 )
+from heddle.server.frontends.kserve_shm import SharedMemoryIO, region_status
 from heddle.server.frontends.kserve_stats import KServeStats, RequestTimes
+from heddle.server.frontends.shm import SharedMemory
 from heddle.server.runtime.limits import RequestLimits
 from heddle.server.runtime.jobs import StageStatus, TokenUpdate
 from heddle.server.observe.logs import SampledLog, get_logger
@@ -65,6 +67,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         self.settings = runtime.config.server
         self.limits = limits or RequestLimits(runtime.config)  # app.py passes the shared one
         self.tracer = tracer
+        self.shm = SharedMemory()  # regions clients register (the shared-memory extension)
         self.reloader: Reloader | None = None  # attach_reloader
         self.catalog: dict[str, CatalogEntry] = build_catalog(runtime.config)
         self.stats = KServeStats(self.catalog)
@@ -222,7 +225,16 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         return entry is not None and any(models[s.model].kind == "llm" for s in entry.pipeline.stages)
 
     async def _infer(self, request: kpb.ModelInferRequest, context, on_token=None) -> kpb.ModelInferResponse:
-        """Validate, run and answer one request; a refusal or failure raises RequestError."""
+        """Validate, run and answer one request; a refusal or failure raises RequestError. The shared
+        memory regions it reads or writes are held until it ends."""
+        shm_io = SharedMemoryIO(self.shm)
+        try:
+            return await self._infer_with(request, context, on_token, shm_io)
+        finally:
+            shm_io.release()
+
+    async def _infer_with(self, request: kpb.ModelInferRequest, context, on_token,
+                          shm_io: SharedMemoryIO) -> kpb.ModelInferResponse:
         t0 = time.perf_counter_ns()
         try:
             entry = self._entry(request.model_name, request.model_version)
@@ -231,12 +243,12 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             raise
         try:
             check_request_id(request.id, "id")
-            wanted = check_requested_outputs(entry.pipeline, request)
+            wanted = check_requested_outputs(entry.pipeline, request, shm_io)
             priority = kserve_priority(request.parameters, self.settings)
             deadline_s = effective_deadline_s(kserve_deadline_ms(request.parameters), context.time_remaining())
             refuse_sequence_parameters(request.parameters)
             generation = check_generation(_generation(request.parameters), "parameter ")
-            inputs = decode_kserve_inputs(entry.pipeline, request)
+            inputs = decode_kserve_inputs(entry.pipeline, request, shm_io)
             # Stage parameters among the request's parameters; the rest are KServe's or heddle's own.
             parameters = check_parameters(entry.pipeline, self.runtime.models, parameter_values(request.parameters),
                                           ignore_unknown=True)
@@ -257,7 +269,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         finally:
             held.release()
         t2 = time.perf_counter_ns()
-        response = self._response(entry, request.id, result, wanted)
+        response = self._response(entry, request.id, result, wanted, shm_io)
         t3 = time.perf_counter_ns()
         self._record_success(entry, result, RequestTimes(
             total_ns=t3 - t0, queue_ns=int(sum(s.queue_s for s in result.stages) * _NS),
@@ -283,10 +295,12 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
         return result
 
     def _response(self, entry: CatalogEntry, request_id: str, result: JobResult,
-                  wanted: list[str]) -> kpb.ModelInferResponse:
+                  wanted: list[str], shm_io: SharedMemoryIO | None = None) -> kpb.ModelInferResponse:
         response = kpb.ModelInferResponse(model_name=entry.name, model_version=MODEL_VERSION, id=request_id)
         for name in wanted:
             meta, data = encode_output(name, result.outputs[name])
+            if shm_io is not None and shm_io.write(meta, data):
+                data = b""  # in the client's region; the entry keeps later outputs at their index
             response.outputs.append(meta)
             response.raw_output_contents.append(data)
         # What heddle did with the request, which Triton responses cannot say (server#6692).
@@ -341,14 +355,26 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             code = grpc.StatusCode.FAILED_PRECONDITION if exc.fixed else grpc.StatusCode.INVALID_ARGUMENT
             await context.abort(grpc.StatusCode.NOT_FOUND if isinstance(exc, NotServed) else code, str(exc))
 
-    async def SystemSharedMemoryStatus(self, request, context):
-        await self._unsupported(context, "system shared memory", _SEND_TENSORS)
+    # ---- system shared memory (server/frontends/shm.py) ----------------------------------
+    async def SystemSharedMemoryStatus(self, request, context) -> kpb.SystemSharedMemoryStatusResponse:
+        if request.name and request.name not in self.shm.regions:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no shared memory region {clipped(request.name)!r}")
+        names = [request.name] if request.name else sorted(self.shm.regions)
+        return region_status(self.shm.regions[n] for n in names)
 
-    async def SystemSharedMemoryRegister(self, request, context):
-        await self._unsupported(context, "system shared memory", _SEND_TENSORS)
+    async def SystemSharedMemoryRegister(self, request, context) -> kpb.SystemSharedMemoryRegisterResponse:
+        try:
+            self.shm.register(request.name, request.key, request.offset, request.byte_size)
+        except RequestError as exc:
+            await context.abort(exc.code, exc.message)
+        return kpb.SystemSharedMemoryRegisterResponse()
 
-    async def SystemSharedMemoryUnregister(self, request, context):
-        await self._unsupported(context, "system shared memory", _SEND_TENSORS)
+    async def SystemSharedMemoryUnregister(self, request, context) -> kpb.SystemSharedMemoryUnregisterResponse:
+        try:
+            self.shm.unregister(request.name)
+        except RequestError as exc:
+            await context.abort(exc.code, exc.message)
+        return kpb.SystemSharedMemoryUnregisterResponse()
 
     async def CudaSharedMemoryStatus(self, request, context):
         await self._unsupported(context, "CUDA shared memory", _SEND_TENSORS)

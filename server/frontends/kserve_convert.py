@@ -17,6 +17,7 @@ from heddle.clients.tensors import (
 from heddle.scheduler import Pipeline
 from heddle.scheduler.specs import DATATYPES
 from heddle.server.config.load import ServerSettings
+from heddle.server.frontends.kserve_shm import SharedMemoryIO
 from heddle.server.frontends.validation import MAX_DEADLINE_MS, RequestError, check_outputs_requested, decode_inputs
 
 __all__ = [
@@ -140,31 +141,36 @@ def _typed_to_raw(t, shape: tuple[int, ...]) -> bytes:
     return np.asarray(values, dtype=dtype).tobytes()
 
 
-def decode_kserve_inputs(pipeline: Pipeline, request: kpb.ModelInferRequest) -> dict[str, np.ndarray]:
-    """Decode a ModelInferRequest's inputs (raw or typed) and check them against the pipeline.
+def decode_kserve_inputs(pipeline: Pipeline, request: kpb.ModelInferRequest,
+                         shm_io: SharedMemoryIO | None = None) -> dict[str, np.ndarray]:
+    """Decode a ModelInferRequest's inputs (raw, typed, or in shared memory when shm_io serves it)
+    and check them against the pipeline.
 
-    As in Triton, raw_input_contents, when used, holds exactly one entry per input, in order, and
-    then no input may also carry typed contents.
+    As in Triton, raw_input_contents, when used, holds exactly one entry per input not in shared
+    memory, in order, and then no input may also carry typed contents.
     """
     raw = request.raw_input_contents
-    n_raw = len(raw)
-    if n_raw and n_raw != len(request.inputs):
+    shared = [_shared_input(t, shm_io) for t in request.inputs]
+    n_raw, n_plain = len(raw), sum(s is None for s in shared)
+    if n_raw and n_raw != n_plain:
         raise RequestError(_INVALID, f"raw_input_contents has {n_raw} entries for "
-                                     f"{len(request.inputs)} inputs; it must hold one per input")
+                                     f"{n_plain} inputs not in shared memory; it must hold one per input")
     tensors = []
-    for i, t in enumerate(request.inputs):
-        _refuse_shared_memory(f"input {clipped(t.name)!r}", t.parameters)
+    raw_at = iter(raw)
+    for t, in_shm in zip(request.inputs, shared, strict=True):
         shape = tuple(t.shape)
         try:  # first: the typed contents' checks below multiply the shape out
             check_shape(t.name, shape)
         except TensorError as exc:
             raise RequestError(_INVALID, str(exc)) from None
         has_typed = t.HasField("contents")
-        if n_raw and has_typed:
+        if (n_raw or in_shm is not None) and has_typed:
             raise RequestError(_INVALID, f"input {clipped(t.name)!r} has typed contents while the request uses "
-                                         "raw_input_contents; use one or the other")
-        if n_raw:
-            data = raw[i]
+                                         "raw_input_contents or shared memory; use one or the other")
+        if in_shm is not None:
+            data = in_shm  # a view of the region: the arrays the backends get share its memory
+        elif n_raw:
+            data = next(raw_at)
         elif has_typed:
             data = _typed_to_raw(t, shape)
         elif 0 in shape:
@@ -176,10 +182,23 @@ def decode_kserve_inputs(pipeline: Pipeline, request: kpb.ModelInferRequest) -> 
     return decode_inputs(pipeline, tensors)
 
 
-def check_requested_outputs(pipeline: Pipeline, request: kpb.ModelInferRequest) -> list[str]:
-    """The output names to answer with, in request order (all outputs when none are named)."""
+def _shared_input(t, shm_io: SharedMemoryIO | None):
+    """The bytes of an input in shared memory (a view), None when it is not; refused without shm_io."""
+    if shm_io is None:
+        _refuse_shared_memory(f"input {clipped(t.name)!r}", t.parameters)
+        return None
+    return shm_io.input_data(t)
+
+
+def check_requested_outputs(pipeline: Pipeline, request: kpb.ModelInferRequest,
+                            shm_io: SharedMemoryIO | None = None) -> list[str]:
+    """The output names to answer with, in request order (all outputs when none are named); outputs
+    that name a shared memory region are claimed in shm_io (refused without it)."""
     for o in request.outputs:
-        _refuse_shared_memory(f"requested output {clipped(o.name)!r}", o.parameters)
+        if shm_io is None:
+            _refuse_shared_memory(f"requested output {clipped(o.name)!r}", o.parameters)
+        else:
+            shm_io.claim_output(o)
         if "classification" in o.parameters:
             raise RequestError(_UNIMPLEMENTED, f"requested output {clipped(o.name)!r} asks for classification; "
                                                "heddle returns the tensors themselves")

@@ -207,8 +207,8 @@ def test_request_ids_go_in_and_come_back(default_server) -> None:
 
 
 def test_unsupported_extensions_say_so(default_server) -> None:
-    """Shared memory and repository control answer 501 with a reason, as UNIMPLEMENTED on gRPC."""
-    reply = http_call(default_server, "POST", "/v2/systemsharedmemory/region/r/register", b"{}")
+    """CUDA shared memory and trace settings answer 501 with a reason, as UNIMPLEMENTED on gRPC."""
+    reply = http_call(default_server, "POST", "/v2/cudasharedmemory/region/r/register", b"{}")
     assert reply.status == 501 and "heddle does not serve" in reply.json()["error"]
 
 

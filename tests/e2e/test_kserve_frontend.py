@@ -353,12 +353,11 @@ def test_unknown_model_is_not_found_everywhere(client) -> None:
 
 
 def test_unsupported_rpcs_are_unimplemented_with_a_reason(client) -> None:
-    """Shared memory, trace and log settings answer UNIMPLEMENTED with a message (repository load and
-    unload go through config reload: test_reload.py)."""
+    """CUDA shared memory, trace and log settings answer UNIMPLEMENTED with a message (repository load
+    and unload go through config reload: test_reload.py; system shared memory: test_shared_memory.py)."""
     calls = [
-        lambda: client.register_system_shared_memory("r", "/k", 16),
-        lambda: client.get_system_shared_memory_status(),
         lambda: client.unregister_cuda_shared_memory(),
+        lambda: client.get_cuda_shared_memory_status(),
         lambda: client.update_trace_settings(settings={"trace_rate": "1"}),
         lambda: client.update_log_settings({"log_info": True}),
     ]
