@@ -38,7 +38,9 @@ def write_config(tmp_path: Path, server: str = "") -> Path:
 
 
 def serve_once(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`heddle serve ARGS` expected to exit by itself (a refused start)."""
+    """`heddle serve ARGS` expected to exit by itself (a refused start); HTTP on a free port unless given."""
+    if "--http-port" not in args:
+        args = [*args, "--http-port", "0"]
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(TESTS_DIR)}
     if "--http-port" not in args:  # a free port: the default 8000 may be taken on a shared box
         args = [*args, "--http-port", "0"]
