@@ -53,10 +53,11 @@ def scenario_setup(platform: Platform, scenario: Scenario) -> ScenarioSetup:
 
 
 def simulate(platform: Platform, scenario: Scenario, policy: str, *, duration_s: float | None = None,
-             seed: int = 1, policy_options: Mapping[str, Any] | None = None) -> PolicyResult:
+             seed: int = 1, policy_options: Mapping[str, Any] | None = None,
+             model_options: Mapping[str, Any] | None = None) -> PolicyResult:
     """Run the scenario's arrivals through a Core under `policy` until every request ends."""
     return simulate_run(platform, scenario, policy, duration_s=duration_s, seed=seed,
-                        policy_options=policy_options).result
+                        policy_options=policy_options, model_options=model_options).result
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +69,16 @@ class SimRun:
 
 
 def simulate_run(platform: Platform, scenario: Scenario, policy: str, *, duration_s: float | None = None,
-                 seed: int = 1, policy_options: Mapping[str, Any] | None = None) -> SimRun:
-    """`simulate`, keeping the per-request records; the result carries per-device utilisation."""
+                 seed: int = 1, policy_options: Mapping[str, Any] | None = None,
+                 model_options: Mapping[str, Any] | None = None) -> SimRun:
+    """`simulate`, keeping the per-request records; the result carries per-device utilisation.
+    model_options go to every model (dynamic batching: max_batch, max_queue_delay_us; a batch
+    then takes the platform's one-row time on the default batch axis, run_times.NoisyTable)."""
     duration_s = scenario.duration_s if duration_s is None else duration_s
     setup = scenario_setup(platform, scenario)
-    core = Core(platform.devices, setup.models, make_policy(policy, **dict(policy_options or {})), setup.profiles)
+    models = {name: replace(spec, options={**spec.options, **model_options}) for name, spec in setup.models.items()
+              } if model_options else setup.models
+    core = Core(platform.devices, models, make_policy(policy, **dict(policy_options or {})), setup.profiles)
     run_times = NoisyTable(setup.truth, setup.cv, seed)
     driver, records = run_scenario(core, run_times, setup, generate_arrivals(scenario.sources, duration_s, seed),
                                    log_runs=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Mapping
 
 from heddle.scheduler.policies import POLICIES
+from heddle.scheduler.specs import BatchOptions
 from heddle.scheduler.sim.plant import IDLE_W
 from heddle.scheduler.sim.platforms import DEFAULT_PLATFORM, DEFAULT_SCENARIO, PLATFORMS, SCENARIOS, Platform
 from heddle.scheduler.sim.power_budget import budget_table
@@ -42,6 +43,11 @@ def add_simulate_parser(sub) -> None:
     p.add_argument("--replicas", type=int, default=1,
                    help="runs per policy with seeds seed, seed+1, ...; the table shows their mean")
     p.add_argument("--max-wait-s", type=float, default=None, help="aging bound for every policy")
+    p.add_argument("--max-batch", type=int, default=None, metavar="ROWS",
+                   help="dynamic batching for every model: runs of up to ROWS rows share a pass, timed on the "
+                        "default batch axis (docs/SCHEDULING.md)")
+    p.add_argument("--max-queue-delay-us", type=float, default=None, metavar="US",
+                   help="with --max-batch: longest a run waits for a fuller batch (default 0)")
     p.add_argument("--json", metavar="OUT", help="write the full report as JSON to OUT")
     p.add_argument("--power-budgets", metavar="W[,W...]",
                    help="instead of the policy table: per box budget (W), twill under heddle's controller vs "
@@ -117,18 +123,21 @@ def run_from_args(args) -> tuple[str, dict]:
     names = _policy_names(args)
     platform, scenario = _platform_and_scenario(args)
     options = {} if args.max_wait_s is None else {"max_wait_s": args.max_wait_s}
+    batching = _batching(args)
     results, rows = [], []
     for n in names:
-        runs = [simulate_run(platform, scenario, n, duration_s=args.duration, seed=seed, policy_options=options)
-                for seed in seeds(args)]
+        runs = [simulate_run(platform, scenario, n, duration_s=args.duration, seed=seed, policy_options=options,
+                             model_options=batching) for seed in seeds(args)]
         results.append(mean_result([run.result for run in runs]))
         for seed, run in zip(seeds(args), runs, strict=True):
             rows += record_rows(n, seed, run.records)
     duration_s = scenario.duration_s if args.duration is None else args.duration
     title = (f"heddle simulate: scenario {scenario.name!r} ({scenario.description}) on {platform.description}, "
              f"{duration_s:g} s of arrivals, {_seeds_text(args)}")
+    if batching:
+        title += f", batching {batching}"
     report = {"scenario": scenario.name, "platform": platform.name, "duration_s": duration_s, "seed": args.seed,
-              "replicas": args.replicas,
+              "replicas": args.replicas, "batching": batching,
               "results": [asdict(r) for r in results]}
     best, worst = min(results, key=lambda r: r.violation_rate), max(results, key=lambda r: r.violation_rate)
     report["dvr_spread"] = {"best": best.policy, "worst": worst.policy,
@@ -137,6 +146,18 @@ def run_from_args(args) -> tuple[str, dict]:
         write_records(args.records, rows)
         report["records"] = str(args.records)
     return f"{title}\n\n{format_table(results)}\n\n{format_means(results)}", report
+
+
+def _batching(args) -> dict[str, float]:
+    """--max-batch / --max-queue-delay-us as model options; ValueError when out of range."""
+    max_batch, delay_us = getattr(args, "max_batch", None), getattr(args, "max_queue_delay_us", None)
+    if max_batch is None:
+        if delay_us is not None:
+            raise ValueError("--max-queue-delay-us needs --max-batch")
+        return {}
+    options = {"max_batch": max_batch, "max_queue_delay_us": delay_us or 0.0}
+    BatchOptions.of(options)  # the core's own check, said before any run
+    return options
 
 
 def _replay_files(args) -> tuple[str, dict]:

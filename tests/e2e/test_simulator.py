@@ -119,6 +119,44 @@ def test_heddle_simulate_rejects_an_unknown_policy(capsys):
     assert "twill" in capsys.readouterr().err
 
 
+def test_batching_options_make_the_simulated_core_batch_on_the_batch_axis():
+    """With max_batch (and a 5 ms queue delay) on every model some passes carry several runs, each
+    taking the platform's one-row time on the default batch axis (x batch_scale(rows), its first
+    member's noise), and every request still ends."""
+    from dataclasses import replace
+
+    from heddle.scheduler import Core, make_policy
+    from heddle.scheduler.profiles import batch_scale
+    from heddle.scheduler.sim.run_times import NoisyTable, noise
+    from heddle.scheduler.sim.simulator import run_scenario, scenario_setup
+
+    setup = scenario_setup(PLATFORM, SCENARIO)
+    models = {n: replace(m, options={"max_batch": 4, "max_queue_delay_us": 5000}) for n, m in setup.models.items()}
+    core = Core(PLATFORM.devices, models, make_policy("edf"), setup.profiles)
+    driver, records = run_scenario(core, NoisyTable(setup.truth, setup.cv, 1), setup,
+                                   generate_arrivals(SCENARIO.sources, 2.0, 1), log_runs=True)
+    assert len(records) == len(generate_arrivals(SCENARIO.sources, 2.0, 1))
+    batches = [(start, end, d) for start, end, d in driver.runs if d.batch]
+    assert batches and all(2 <= len(d.members) <= 4 for _, _, d in batches)
+    for start, end, d in batches:  # no power control here: every device stays at level 0
+        one_row_s = setup.truth[(d.model, d.device, 0)].latency_s * noise(1, d.request_id, d.stage, setup.cv[d.model])
+        assert end - start == pytest.approx(one_row_s * batch_scale(d.rows))
+
+
+def test_heddle_simulate_takes_batching_options(tmp_path, capsys):
+    """--max-batch (and --max-queue-delay-us) turn batching on for every model and say so in the
+    title and the report; a delay without --max-batch, or a bad size, exits 2 naming the option."""
+    out = tmp_path / "sim.json"
+    assert main(["simulate", "--policy", "edf", "--duration", "1", "--max-batch", "4", "--max-queue-delay-us", "500",
+                 "--json", str(out)]) == 0
+    assert "batching {'max_batch': 4, 'max_queue_delay_us': 500.0}" in capsys.readouterr().out
+    assert json.loads(out.read_text())["batching"] == {"max_batch": 4, "max_queue_delay_us": 500.0}
+    assert main(["simulate", "--policy", "edf", "--duration", "1", "--max-queue-delay-us", "500"]) == 2
+    assert "--max-queue-delay-us needs --max-batch" in capsys.readouterr().err
+    assert main(["simulate", "--policy", "edf", "--duration", "1", "--max-batch", "0"]) == 2
+    assert "max_batch must be >= 1" in capsys.readouterr().err
+
+
 def test_policy_options_reach_the_policy():
     """Options such as twill's mapping change what the simulated core does."""
     fit = simulate(PLATFORM, SCENARIO, "twill", duration_s=2.0)
