@@ -12,6 +12,10 @@ Parts run one after another on this machine, never at once (they would share the
             `heddle bench --scenario S --duration D` into policies/S/P/ (same seed: same arrivals)
   sched     bench/sched_cost.py: the scheduler core's cost per stage decision at 10/100/1,000
             queued runs and per request on the recorded camera_analytics trace (in process)
+  tiny      bench/tiny_vs_triton.py: a 16->8 MLP on Triton (dynamic batcher on), heddle (plain,
+            inline, batched) and a raw grpc.aio echo, 1 and 8 clients
+  perf      bench/perf_analyzer.py: Triton's perf_analyzer on heddle's KServe port and on a real
+            Triton (batcher on), concurrency 1..8
 Writes --out (default bench/results/<date>/): each part's JSON and logs, run_all.json (settings,
 machine, each part's status and time), then bench/summary.py's policies.json, policy_violations.png
 and SUMMARY.md. Exit status 0 when every part that ran succeeded, 1 otherwise, 130 on Ctrl-C.
@@ -34,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import BENCH_DIR, ROOT, bench_module, free_port, heddle_base, machine_info, server_process
-from bench.summary import GATEWAY_JSON, MANIFEST_JSON, POLICIES_DIR, POLICY_FILE, TRITON_JSON, build
+from bench.summary import (
+    GATEWAY_JSON, MANIFEST_JSON, PERF_JSON, POLICIES_DIR, POLICY_FILE, SCHED_JSON, TINY_JSON, TRITON_JSON, build,
+)
 
 from heddle.clients.client import HeddleClient
 from heddle.clients.scenarios import SCENARIOS
@@ -42,8 +48,7 @@ from heddle.scheduler.policies import POLICIES
 
 __all__ = ["DEFAULT", "QUICK", "Settings", "main"]
 
-PARTS = ("gateway", "triton", "policies", "sched")
-SCHED_JSON = "sched_cost.json"
+PARTS = ("gateway", "triton", "policies", "sched", "tiny", "perf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +209,14 @@ def _run_part(name: str, out: Path, settings: Settings, args: argparse.Namespace
                    settings.triton_timeout_s, part)
     elif name == "sched":  # pure and in process: no server, minutes at most
         run_script("sched_cost.py", SCHED_JSON, ("--quick",) if settings.mode == "quick" else (), out, 600.0, part)
+    elif name == "tiny":  # issue #13's headline comparison: Triton with its batcher, heddle, a raw echo
+        quick = settings.mode == "quick"
+        run_script("tiny_vs_triton.py", TINY_JSON, ("--rounds", "1", "--duration-s", "2") if quick else (),
+                   out, 900.0, part)
+    elif name == "perf":  # Triton's own load generator at concurrency 1..8 (1..2 quick) on both servers
+        run_script("perf_analyzer.py", PERF_JSON, ("--start-triton", "--triton-max-batch-size", "8",
+                                                  "--concurrency-range", "1:2" if settings.mode == "quick" else "1:8"),
+                   out, 1200.0, part)
     else:
         run_policies(out, settings, args, part)
 

@@ -36,7 +36,9 @@ POLICIES_JSON = "policies.json"
 POLICIES_DIR = "policies"
 POLICY_FILE = "policy.json"
 SUMMARY_MD = "SUMMARY.md"
-PART_TITLES = {"gateway": "gateway overhead", "triton": "heddle vs Triton", "policies": "scheduling policies"}
+PART_TITLES = {"gateway": "gateway overhead", "triton": "heddle vs Triton", "policies": "scheduling policies",
+               "sched": "scheduler cost", "tiny": "tiny model vs Triton", "perf": "perf_analyzer sweep"}
+SCHED_JSON, TINY_JSON, PERF_JSON = "sched_cost.json", "tiny_vs_triton.json", "perf_analyzer.json"
 
 
 # --- policies.json from the raw records ----------------------------------------------------------
@@ -307,6 +309,57 @@ def _policies_section(doc: Mapping[str, Any] | None, plot: Path | None) -> list[
     return lines
 
 
+def _sched_section(doc: Mapping[str, Any] | None) -> list[str]:
+    lines = ["## 4. Scheduler core cost per stage decision", ""]
+    if doc is None:
+        return lines + ["Not run (no sched_cost.json).", ""]
+    depths = [str(d) for d in doc.get("params", {}).get("depths", [])]
+    lines += [f"Core work per decision ({doc.get('params', {}).get('clock')} clock), µs, at each queue depth; "
+              "trace: per request on the recorded camera_analytics trace, and its ratio to edf. Targets: "
+              f"{doc.get('targets')}.", "",
+              "| policy | " + " | ".join(f"{d} queued" for d in depths) + " | trace µs/request | ÷ edf |",
+              "|---|" + "---:|" * (len(depths) + 2)]
+    for policy, by_depth in doc.get("depth", {}).items():
+        trace = doc.get("trace", {}).get(policy, {})
+        cells = [_f(by_depth.get(d, {}).get("us_per_decision"), 0) for d in depths]
+        lines.append(f"| {policy} | " + " | ".join(cells)
+                     + f" | {_f(trace.get('us_per_request'), 0)} | {_f(trace.get('ratio_to_edf'), 2)} |")
+    return lines + [""]
+
+
+def _tiny_section(doc: Mapping[str, Any] | None) -> list[str]:
+    lines = ["## 5. The tiny one-stage model: heddle vs Triton (dynamic batcher on) vs a raw gRPC echo", ""]
+    if doc is None:
+        return lines + ["Not run (no tiny_vs_triton.json).", ""]
+    p = doc.get("params", {})
+    lines += [f"Closed loop, {p.get('duration_s')} s per point, median of {p.get('rounds')} rounds; request "
+              f"{p.get('request')}. Ratios of the first target to the second (p50 < 1 and req/s > 1 favour "
+              "the first; server CPU is per request).", "",
+              "| comparison | p50 | req/s | server CPU |", "|---|---:|---:|---:|"]
+    for name, r in doc.get("median_ratios", {}).items():
+        lines.append(f"| {name} | {_f(r.get('p50_ms'), 2)} | {_f(r.get('throughput_rps'), 2)} | "
+                     f"{_f(r.get('server_cpu_ms_per_request'), 2)} |")
+    return lines + [""]
+
+
+def _perf_section(doc: Mapping[str, Any] | None) -> list[str]:
+    lines = ["## 6. perf_analyzer against heddle's KServe port and a real Triton", ""]
+    if doc is None:
+        return lines + ["Not run (no perf_analyzer.json).", ""]
+    rows: dict[tuple[str, float], dict[str, float]] = {}
+    for run in doc.get("runs", []):
+        model = run.get("heddle_model") or run.get("model")
+        for row in run.get("rows", []):
+            rows.setdefault((model, row["concurrency"]), {})[run["target"]] = row["throughput_infer_per_s"]
+    lines += [f"{doc.get('perf_analyzer')}; throughput in inferences/s per concurrency.", "",
+              "| model | concurrency | heddle | Triton | heddle ÷ Triton |", "|---|---:|---:|---:|---:|"]
+    for (model, c), t in sorted(rows.items()):
+        h, tr = t.get("heddle"), t.get("triton")
+        ratio = h / tr if h and tr else None
+        lines.append(f"| {model} | {c:.0f} | {_f(h, 0)} | {_f(tr, 0)} | {_f(ratio, 2)} |")
+    return lines + [""]
+
+
 def render_summary(results_dir: Path, policies: Mapping[str, Any] | None = None) -> str:
     """SUMMARY.md's text from the folder's JSON files (policies: collect_policies's or policies.json)."""
     manifest = _load(results_dir / MANIFEST_JSON)
@@ -319,6 +372,8 @@ def render_summary(results_dir: Path, policies: Mapping[str, Any] | None = None)
     lines = [*_header(results_dir, manifest, machine), *_gateway_section(gateway),
              *_triton_section(triton, triton_note),
              *_policies_section(policies, plot if plot.exists() else None),
+             *_sched_section(_load(results_dir / SCHED_JSON)), *_tiny_section(_load(results_dir / TINY_JSON)),
+             *_perf_section(_load(results_dir / PERF_JSON)),
              "How to read these tables: docs/BENCHMARKS.md (section \"The benchmark suite\").", ""]
     return "\n".join(lines)
 

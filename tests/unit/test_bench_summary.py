@@ -257,3 +257,23 @@ class TestPlots:
         paths = write_plots(tmp_path, with_energy, summarize(with_energy, WINDOW_S))
         assert paths["power"] == tmp_path / POWER_FILE
         assert paths["power"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_has_the_scheduler_tiny_model_and_perf_analyzer_tables(tmp_path: Path) -> None:
+    """SUMMARY.md's sections 4-6 come from sched_cost.json, tiny_vs_triton.json and perf_analyzer.json
+    (real results of 2026-12-03), a row per policy, comparison and (model, concurrency)."""
+    results = Path(__file__).resolve().parents[2] / "bench" / "results" / "2026-12-03"
+    shutil.copy(results / "sched_cost.json", tmp_path / summary.SCHED_JSON)
+    shutil.copy(results / "tiny_batching.json", tmp_path / summary.TINY_JSON)
+    shutil.copy(results / "perf_analyzer_quick.json", tmp_path / summary.PERF_JSON)
+    text = summary.build(tmp_path, plot=False).read_text()
+    sched = json.loads((tmp_path / summary.SCHED_JSON).read_text())
+    twill_trace = sched["trace"]["twill"]
+    assert "| twill | " in text
+    assert f"| {twill_trace['us_per_request']:.0f} | {twill_trace['ratio_to_edf']:.2f} |" in text
+    tiny = json.loads((tmp_path / summary.TINY_JSON).read_text())["median_ratios"]["heddle/triton c=8"]
+    assert f"| heddle/triton c=8 | {tiny['p50_ms']:.2f} | {tiny['throughput_rps']:.2f} |" in text
+    perf = json.loads((tmp_path / summary.PERF_JSON).read_text())
+    heddle_c1 = next(r for r in perf["runs"] if r["target"] == "heddle")["rows"][0]["throughput_infer_per_s"]
+    assert f"| cnn | 1 | {heddle_c1:.0f} |" in text
+    assert "Not run (no sched_cost.json)" not in text
