@@ -5,7 +5,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextvars
 import os
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 

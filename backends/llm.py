@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 

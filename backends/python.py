@@ -10,12 +10,18 @@ import functools
 import importlib
 import queue
 import threading
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from heddle.backends.base import (
-    CALL_PARAMETERS, BackendError, BackendTimeout, check_inputs, make_pool, numpy_dtype,
+    CALL_PARAMETERS,
+    BackendError,
+    BackendTimeout,
+    check_inputs,
+    make_pool,
+    numpy_dtype,
 )
 from heddle.backends.python_process import ProcessPool
 from heddle.scheduler.specs import DeviceSpec, ModelSpec

@@ -13,7 +13,8 @@ import multiprocessing
 import queue
 import signal
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from heddle.backends.base import BackendError, BackendTimeout
 

@@ -19,8 +19,9 @@ import asyncio
 import datetime as dt
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -28,8 +29,16 @@ from grpc_health.v1 import _async as health_aio  # the asyncio HealthServicer
 from grpc_health.v1 import health_pb2_grpc
 
 from bench.harness import (
-    BENCH_DIR, bench_module, free_port, heddle_command, machine_info, process_cpu_s, results_path, save_report,
-    server_process, summarize,
+    BENCH_DIR,
+    bench_module,
+    free_port,
+    heddle_command,
+    machine_info,
+    process_cpu_s,
+    results_path,
+    save_report,
+    server_process,
+    summarize,
 )
 from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.tensors import from_tensor, to_tensor

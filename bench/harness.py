@@ -21,8 +21,9 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np

@@ -25,19 +25,27 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as tgrpc_aio
 import tritonclient.http.aio as thttp_aio
 
 from bench.harness import (
-    closed_loop, free_port, heddle_command, machine_info, results_path, save_report, server_process, summarize,
-    tree_cpu_s, wait_models_ready,
+    closed_loop,
+    free_port,
+    heddle_command,
+    machine_info,
+    results_path,
+    save_report,
+    server_process,
+    summarize,
+    tree_cpu_s,
+    wait_models_ready,
 )
 from bench.tiny_vs_triton import MODEL, build_tiny, heddle_config_text, reference
-
 from heddle.backends.onnxruntime import read_io_spec
 from heddle.backends.triton.repo import write_onnx_python_model
 from heddle.backends.triton.server import TritonServer

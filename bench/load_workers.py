@@ -21,7 +21,6 @@ import numpy as np
 
 from bench.harness import ROOT, bench_module
 from bench.policies_live import scenario_toml
-
 from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.loadgen import LoadResult, build_app_inputs, run_load
 from heddle.clients.report import read_records, write_records

@@ -40,11 +40,18 @@ from typing import Any
 import numpy as np
 
 from bench.harness import (
-    HEDDLE, commit, free_port, machine_info, process_cpu_s, results_path, save_report, server_process, write_config,
+    HEDDLE,
+    commit,
+    free_port,
+    machine_info,
+    process_cpu_s,
+    results_path,
+    save_report,
+    server_process,
+    write_config,
 )
 from bench.load_workers import run_by_class
 from bench.process_sampler import Sampler, gauges, sample, series_summary
-
 from heddle.clients.bench_metrics import parse_samples, scrape
 from heddle.clients.loadgen import LoadResult
 from heddle.clients.report import summarize

@@ -30,12 +30,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-from dataclasses import asdict
 import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,24 @@ import numpy as np
 
 from bench import harness
 from bench.harness import (
-    HEDDLE, ROOT, free_port, machine_info, pinned_devices, results_path, save_report, server_process,
+    HEDDLE,
+    ROOT,
+    free_port,
+    machine_info,
+    pinned_devices,
+    results_path,
+    save_report,
+    server_process,
 )
 from bench.policies_compare import (
-    BACKGROUND_PRIORITY, FRAME_PRIORITY, acceptance, compare, live_figures, print_table, profile_summary,
+    BACKGROUND_PRIORITY,
+    FRAME_PRIORITY,
+    acceptance,
+    compare,
+    live_figures,
+    print_table,
+    profile_summary,
 )
-
 from heddle.backends.zoo.build import build_model
 from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.loadgen import RequestRecord, run_load

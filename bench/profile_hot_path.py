@@ -31,7 +31,13 @@ import numpy as np
 import tritonclient.grpc.aio as tgrpc_aio
 
 from bench.harness import (
-    free_port, heddle_command, machine_info, save_report, server_process, tree_cpu_s, wait_models_ready,
+    free_port,
+    heddle_command,
+    machine_info,
+    save_report,
+    server_process,
+    tree_cpu_s,
+    wait_models_ready,
 )
 from bench.tiny_vs_triton import MODEL, _closed_loop, build_tiny, heddle_config_text
 

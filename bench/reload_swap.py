@@ -52,7 +52,15 @@ def _mlp(path: Path, seed: int, width: int = 256, depth: int = 4) -> None:
 
 def _write(path: Path, models: list[str]) -> None:
     from heddle.server.config.builder import (
-        document, onnx_device, onnx_model, pipeline, python_device, python_model, stage, tensor, to_toml,
+        document,
+        onnx_device,
+        onnx_model,
+        pipeline,
+        python_device,
+        python_model,
+        stage,
+        tensor,
+        to_toml,
     )
 
     tables = {"scale": onnx_model("scale", "scale.onnx"),
@@ -76,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / dt.date.today().isoformat()
                         / "reload_swap.json")
     args = parser.parse_args(argv)
+    from server_fixtures import running_server  # a gateway on its own loop thread, in process
+
     from heddle.clients.errors import HeddleError
     from heddle.server.cli import main as heddle
     from heddle.server.config.load import load_config
-    from server_fixtures import running_server  # a gateway on its own loop thread, in process
 
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:

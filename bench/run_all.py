@@ -39,9 +39,16 @@ from typing import Any
 
 from bench.harness import BENCH_DIR, ROOT, bench_module, free_port, heddle_base, machine_info, server_process
 from bench.summary import (
-    GATEWAY_JSON, MANIFEST_JSON, PERF_JSON, POLICIES_DIR, POLICY_FILE, SCHED_JSON, TINY_JSON, TRITON_JSON, build,
+    GATEWAY_JSON,
+    MANIFEST_JSON,
+    PERF_JSON,
+    POLICIES_DIR,
+    POLICY_FILE,
+    SCHED_JSON,
+    TINY_JSON,
+    TRITON_JSON,
+    build,
 )
-
 from heddle.clients.client import HeddleClient
 from heddle.clients.scenarios import SCENARIOS
 from heddle.scheduler.policies import POLICIES

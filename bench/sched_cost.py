@@ -32,12 +32,12 @@ through a folder of links), so a before/after comparison shares the box's load.
 from __future__ import annotations
 
 import argparse
-import os
 import contextlib
 import datetime as dt
 import gzip
 import importlib
 import json
+import os
 import random
 import statistics
 import subprocess

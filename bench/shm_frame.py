@@ -31,9 +31,15 @@ import tritonclient.grpc as tgrpc
 import tritonclient.utils.shared_memory as shm
 
 from bench.harness import (
-    free_port, heddle_command, machine_info, results_path, save_report, server_process, summarize, write_config,
+    free_port,
+    heddle_command,
+    machine_info,
+    results_path,
+    save_report,
+    server_process,
+    summarize,
+    write_config,
 )
-
 from heddle.server.config.builder import document, pipeline, python_device, python_model, stage, tensor
 
 __all__ = ["channel_means", "main"]

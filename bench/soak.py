@@ -23,12 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    HEDDLE, commit, free_port, machine_info, process_cpu_s, results_path, save_report, server_process,
+    HEDDLE,
+    commit,
+    free_port,
+    machine_info,
+    process_cpu_s,
+    results_path,
+    save_report,
+    server_process,
 )
 from bench.load_workers import run_by_class
 from bench.overload import GAUGE_KEYS, settle
 from bench.process_sampler import Sampler, sample, series_summary
-
 from heddle.clients.report import summarize
 from heddle.clients.scenarios import load_scenario
 

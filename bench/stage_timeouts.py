@@ -35,7 +35,15 @@ import numpy as np
 
 from bench.harness import ROOT, results_path, write_config
 from heddle.server.config.builder import (
-    Table, document, onnx_device, onnx_model, pipeline, python_device, python_model, stage, tensor,
+    Table,
+    document,
+    onnx_device,
+    onnx_model,
+    pipeline,
+    python_device,
+    python_model,
+    stage,
+    tensor,
 )
 
 WIDTH, DEPTH, BIG_ROWS = 256, 600, 2048

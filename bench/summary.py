@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from heddle.clients.plots import POLICY_VIOLATIONS_FILE, plots_available, write_policy_violations
 from heddle.clients.report import RECORDS_FILE, RUN_FILE, read_records, summarize

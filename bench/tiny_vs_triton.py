@@ -29,8 +29,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -40,10 +41,20 @@ from grpc_health.v1 import health_pb2_grpc
 from tritonclient.grpc import service_pb2 as kpb
 
 from bench.harness import (
-    bench_module, closed_loop, detected_devices, free_port, heddle_command, machine_info, onnx_ids, results_path,
-    save_report, server_process, summarize, tree_cpu_s, wait_models_ready,
+    bench_module,
+    closed_loop,
+    detected_devices,
+    free_port,
+    heddle_command,
+    machine_info,
+    onnx_ids,
+    results_path,
+    save_report,
+    server_process,
+    summarize,
+    tree_cpu_s,
+    wait_models_ready,
 )
-
 from heddle.backends.onnxruntime import read_io_spec
 from heddle.backends.triton.repo import write_onnx_python_model
 from heddle.backends.triton.server import TritonServer

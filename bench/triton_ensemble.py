@@ -11,9 +11,10 @@ intra-op thread per session) and the same `heddle.backends.zoo.ops.postprocess` 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as tgrpc
@@ -25,7 +26,15 @@ from heddle.backends.zoo.build import build_model
 from heddle.backends.zoo.ops import OP_IO, postprocess
 from heddle.scheduler.specs import TensorSpec
 from heddle.server.config.builder import (
-    document, onnx_model, pipeline, python_model, stage, tensor, to_toml, triton_device, triton_model,
+    document,
+    onnx_model,
+    pipeline,
+    python_model,
+    stage,
+    tensor,
+    to_toml,
+    triton_device,
+    triton_model,
 )
 
 __all__ = [

@@ -28,23 +28,40 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
 
 from bench.harness import (
-    closed_loop, detected_devices, free_port, heddle_command, machine_info, results_path, save_report, server_process,
-    summarize, tree_cpu_s, wait_models_ready,
+    closed_loop,
+    detected_devices,
+    free_port,
+    heddle_command,
+    machine_info,
+    results_path,
+    save_report,
+    server_process,
+    summarize,
+    tree_cpu_s,
+    wait_models_ready,
 )
 from bench.triton_ensemble import (
-    ENSEMBLE, HEDDLE_LOCAL, HEDDLE_LOCAL_BATCHED, HEDDLE_TRITON, OUTPUTS, build_chain, check_answer, heddle_config_text,
-    reference_outputs, write_triton_repository,
+    ENSEMBLE,
+    HEDDLE_LOCAL,
+    HEDDLE_LOCAL_BATCHED,
+    HEDDLE_TRITON,
+    OUTPUTS,
+    build_chain,
+    check_answer,
+    heddle_config_text,
+    reference_outputs,
+    write_triton_repository,
 )
-
 from heddle.backends.triton.server import TritonServer
 
 __all__ = ["main"]

@@ -8,7 +8,8 @@ blocking client does.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
 
 import grpc
 

@@ -30,8 +30,15 @@ from heddle.clients.html_report import HTML_FILE, write_html
 from heddle.clients.loadgen import LiveCounts, LoadResult, build_app_inputs, run_load
 from heddle.clients.plots import plots_available, write_plots
 from heddle.clients.report import (
-    RECORDS_FILE, RUN_FILE, SUMMARY_CSV, SUMMARY_JSON, read_records, summarize, write_csv,
-    write_records, write_summary,
+    RECORDS_FILE,
+    RUN_FILE,
+    SUMMARY_CSV,
+    SUMMARY_JSON,
+    read_records,
+    summarize,
+    write_csv,
+    write_records,
+    write_summary,
 )
 from heddle.clients.scenarios import SCENARIOS, Scenario, ScenarioError, load_scenario
 from heddle.clients.tls_args import add_tls_args, tls_kwargs

@@ -10,14 +10,24 @@ trailing metadata) of when a refused request may succeed, None when it gave none
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import grpc
 
 from heddle.clients.errors import RETRY_AFTER_KEY, HeddleError, heddle_errors
 from heddle.clients.messages import (
-    GENERATION_OPTIONS, Generation, InferResult, StageEvent, StageTiming, TokenEvent, build_request,
-    event_from_proto, generation_options, result_from_proto, stage_from_proto,
+    GENERATION_OPTIONS,
+    Generation,
+    InferResult,
+    StageEvent,
+    StageTiming,
+    TokenEvent,
+    build_request,
+    event_from_proto,
+    generation_options,
+    result_from_proto,
+    stage_from_proto,
 )
 from heddle.v1 import heddle_pb2, heddle_pb2_grpc
 

@@ -7,8 +7,9 @@ them into HeddleError, which reads it once into `retry_after_s`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import grpc
 

@@ -7,9 +7,10 @@ mailed or attached to a CI run and still render; it reads summary.json's content
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from heddle.clients.report import COVERED_EXTRA
 

@@ -9,17 +9,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
 
 from heddle.clients.client import (
-    DEFAULT_TARGET, GENERATION_OPTIONS, HeddleClient, InferResult, StageEvent, StageTiming, TokenEvent,
+    DEFAULT_TARGET,
+    GENERATION_OPTIONS,
+    HeddleClient,
+    InferResult,
+    StageEvent,
+    StageTiming,
+    TokenEvent,
 )
-from heddle.clients.tls_args import add_tls_args, tls_kwargs
 from heddle.clients.tensors import DATATYPE_TO_NUMPY, TensorError, numpy_to_datatype
+from heddle.clients.tls_args import add_tls_args, tls_kwargs
 from heddle.v1 import heddle_pb2
 
 __all__ = [

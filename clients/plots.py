@@ -10,8 +10,9 @@ matplotlib.figure.Figure, never pyplot, so no GUI backend or global state is inv
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

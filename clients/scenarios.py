@@ -33,9 +33,10 @@ try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
     import tomllib
 except ModuleNotFoundError:
     import tomli as tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "ARRIVALS", "DEFAULT_SCENARIO", "SCENARIOS", "App", "Scenario", "ScenarioError",

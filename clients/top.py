@@ -10,7 +10,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from heddle.clients.client import DEFAULT_TARGET, HeddleClient
 from heddle.clients.errors import HeddleError

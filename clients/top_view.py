@@ -6,8 +6,9 @@ deadline violation rate over the interval between the scrapes. Pure: no I/O, no 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol
+from typing import Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
 

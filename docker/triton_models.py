@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from heddle.backends.onnxruntime import read_io_spec
 from heddle.backends.zoo.build import build_model

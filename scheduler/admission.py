@@ -7,8 +7,9 @@ predicted latency, and a bound on requests in flight shared out by class). Pure:
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Collection
+from typing import TYPE_CHECKING
 
 from heddle.scheduler.admission_settings import class_limit
 from heddle.scheduler.budget import critical_path_s

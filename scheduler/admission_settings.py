@@ -3,8 +3,9 @@ share of the in-flight bound each priority class may fill. Pure data; decisions 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["AdmissionSettings", "class_limit"]
 

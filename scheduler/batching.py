@@ -19,8 +19,8 @@ the same input shapes past the first dim: shapes never mix in one pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from heddle.scheduler.specs import BatchOptions
 from heddle.scheduler.state import StageRun

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Collection, Mapping
+from typing import TYPE_CHECKING
 
 from heddle.scheduler.dag import Pipeline
 from heddle.scheduler.state import RunState, StageRun, device_of, started_s_of

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from heddle.scheduler.admission import Action
 from heddle.scheduler.batching import choose_batch, shape_signature
 from heddle.scheduler.budget import budget_run
 from heddle.scheduler.deadlines import DeadlineHeap, usable_deadline
 from heddle.scheduler.plan import (
-    Dispatch, Finished, Freeze, Migrate, Plan, PowerAction, Reject, SetLevel, Unfreeze,
+    Dispatch,
+    Finished,
+    Freeze,
+    Migrate,
+    Plan,
+    PowerAction,
+    Reject,
+    SetLevel,
+    Unfreeze,
 )
 from heddle.scheduler.policies import Policy, SortKey, make_policy, tail
 from heddle.scheduler.profiles import ConstantProfiles, Profiles

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from heddle.scheduler.state import Request
 

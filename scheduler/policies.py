@@ -3,7 +3,8 @@ also choose where a run is queued, whether an idle device takes it, and what to 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from heddle.scheduler.specs import DeviceSpec
 from heddle.scheduler.state import Request, RunState, StageRun, device_of

@@ -16,11 +16,18 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from heddle.scheduler.plan import PowerAction, PowerActionKind, SetLevel
 from heddle.scheduler.power_settings import (
-    BOARD, LevelPower, PowerReading, PowerSettings, PowerSnapshot, PowerSource, box_power_w,
+    BOARD,
+    LevelPower,
+    PowerReading,
+    PowerSettings,
+    PowerSnapshot,
+    PowerSource,
+    box_power_w,
 )
 from heddle.scheduler.profiles import device_speed
 from heddle.scheduler.state import RunState

@@ -5,8 +5,9 @@ the snapshot it reports. Pure data; the control law is in scheduler/power.py."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from heddle.scheduler.str_enum import StrEnum
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Protocol
+from typing import Protocol
 
 from heddle.scheduler.specs import DeviceSpec
 

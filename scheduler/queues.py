@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import TYPE_CHECKING, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from heddle.scheduler.policies import SortKey, fixed_group_order, tail
 from heddle.scheduler.state import RunState, StageRun

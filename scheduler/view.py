@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from heddle.scheduler.deadlines import DeadlineHeap
 from heddle.scheduler.plan import CoreStats, Finished

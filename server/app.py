@@ -9,29 +9,31 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from heddle.backends.base import Executor
-from heddle.server.runtime.executors import make_executor
 from heddle.server.binding import bind_grpc, bind_tcp, check_before_start, start_metrics_http
 from heddle.server.config.load import Config, load_config
 from heddle.server.frontends.decode_guard import DecodeGuard
 from heddle.server.frontends.http_server import HttpServer, gateway_routes
-from heddle.server.frontends.kserve import SERVICE_NAME as KSERVE_SERVICE, KServeServicer
-from heddle.server.runtime.limits import RequestLimits
-from heddle.server.runtime.reload import PINNED_SERVER_KEYS, Reloader, ReloadError
-from heddle.server.observe.logs import get_logger
-from heddle.server.observe.tracing import make_tracer
-from heddle.server.runtime.metrics import Metrics
-from heddle.server.power.loop import PowerLoop
-from heddle.server.runtime.runtime import Runtime
+from heddle.server.frontends.kserve import SERVICE_NAME as KSERVE_SERVICE
+from heddle.server.frontends.kserve import KServeServicer
 from heddle.server.frontends.security import AdminAuthInterceptor, InferAuthInterceptor
 from heddle.server.frontends.service import AdminServicer, GatewayServicer
+from heddle.server.observe.logs import get_logger
+from heddle.server.observe.tracing import make_tracer
+from heddle.server.power.loop import PowerLoop
+from heddle.server.runtime.executors import make_executor
+from heddle.server.runtime.limits import RequestLimits
+from heddle.server.runtime.metrics import Metrics
+from heddle.server.runtime.reload import PINNED_SERVER_KEYS, Reloader, ReloadError
+from heddle.server.runtime.runtime import Runtime
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 

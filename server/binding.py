@@ -8,8 +8,8 @@ import socket
 import grpc
 
 from heddle.server.config.load import ServerSettings
-from heddle.server.observe.logs import get_logger
 from heddle.server.frontends.security import admin_exposure, server_credentials
+from heddle.server.observe.logs import get_logger
 
 __all__ = ["StartError", "bind_grpc", "bind_tcp", "check_before_start", "start_metrics_http"]
 

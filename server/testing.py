@@ -12,7 +12,8 @@ deadline or a grace period takes no wall time and cannot race the box's load."""
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Iterable, Mapping, TypeVar
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import TypeVar
 
 from heddle.backends.testing import FunctionExecutor, StageFn
 from heddle.scheduler.specs import DeviceSpec

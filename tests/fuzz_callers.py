@@ -10,10 +10,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import grpc
+from fuzz_requests import ALLOWED_CODES, Case
 from structlog.testing import capture_logs
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-from fuzz_requests import ALLOWED_CODES, Case
 from heddle.server.app import HeddleServer
 from heddle.server.frontends.service import GatewayServicer
 from heddle.v1 import heddle_pb2_grpc as pb_grpc

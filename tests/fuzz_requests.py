@@ -14,7 +14,14 @@ from tritonclient.grpc import service_pb2 as kpb
 
 from heddle.clients.tensors import DATATYPE_TO_NUMPY, to_tensor
 from heddle.server.config.builder import (
-    document, onnx_device, onnx_model, pipeline, python_device, python_model, stage, tensor,
+    document,
+    onnx_device,
+    onnx_model,
+    pipeline,
+    python_device,
+    python_model,
+    stage,
+    tensor,
 )
 from heddle.v1 import heddle_pb2 as pb
 

@@ -10,19 +10,20 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from heddle.clients.client import HeddleClient
 from heddle.server.app import HeddleServer
-from heddle.server.config.load import Config, load_config, parse_config, parse_document
 from heddle.server.config.builder import pipeline, python_model, stage, tensor, to_toml
 from heddle.server.config.default import TOKENIZER_MODELS_TOML
+from heddle.server.config.load import Config, load_config, parse_config, parse_document
 
 __all__ = [
     "REPO_ROOT", "TESTS_DIR", "TOKENIZER_MODELS_TOML", "RunningServer", "ServerProcess", "chain", "chain_toml",

@@ -7,15 +7,19 @@ import re
 import select
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 from heddle.backends.onnxruntime import read_io_spec
 from heddle.backends.triton.repo import HOLD_PY, write_llm_python_model
 from heddle.backends.triton.server import (
-    TritonServer, find_triton, model_config_text, write_onnx_python_model, write_python_model,
+    TritonServer,
+    find_triton,
+    model_config_text,
+    write_onnx_python_model,
+    write_python_model,
 )
 from heddle.backends.zoo.build import build_model
 from heddle.scheduler.specs import TensorSpec

@@ -18,8 +18,9 @@ import dataclasses
 import functools
 import os
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from heddle.backends.power.cgroup import CgroupError, CpuGroup, Hierarchy, find_hierarchy, remove_stale
 from heddle.backends.power.dvfs import ActuatorError, LevelActuator, NoneActuator, dvfs_options

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from heddle.backends.power.dvfs import ActuatorError, LevelActuator, dvfs_options, level_count, pick_levels
 from heddle.backends.power.nvml import NvmlSession, nvml_error_text, nvml_index, open_nvml

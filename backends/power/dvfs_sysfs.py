@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from heddle.backends.power.dvfs import ActuatorError, LevelActuator, NoneActuator, dvfs_options, pick_levels
 from heddle.backends.power.sensors import SysfsReadError, read_sysfs_int, read_sysfs_text

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from heddle.backends.power.sensors import (
-    MEASURED, PowerSample, Unavailable, domain_devices, domain_of, sensor_options,
+    MEASURED,
+    PowerSample,
+    Unavailable,
+    domain_devices,
+    domain_of,
+    sensor_options,
 )
 
 if TYPE_CHECKING:

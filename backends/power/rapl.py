@@ -9,13 +9,22 @@ Since Linux 5.10 `energy_uj` is readable by root only (CVE-2020-8694, "PLATYPUS"
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from heddle.backends.power.sensors import (
-    BOARD, MEASURED, PowerSample, SysfsReadError, Unavailable, domain_devices, domain_of, read_sysfs_int,
-    read_sysfs_text, sensor_options,
+    BOARD,
+    MEASURED,
+    PowerSample,
+    SysfsReadError,
+    Unavailable,
+    domain_devices,
+    domain_of,
+    read_sysfs_int,
+    read_sysfs_text,
+    sensor_options,
 )
 
 if TYPE_CHECKING:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as tgrpc
@@ -13,7 +14,12 @@ from tritonclient.utils import InferenceServerException
 
 from heddle.backends.base import (
     CALL_HEADERS,
-    BackendError, BackendTimeout, DeviceUnavailable, check_inputs, make_pool, numpy_dtype,
+    BackendError,
+    BackendTimeout,
+    DeviceUnavailable,
+    check_inputs,
+    make_pool,
+    numpy_dtype,
 )
 from heddle.scheduler.specs import DeviceSpec, ModelSpec, TensorSpec, shapes_compatible
 

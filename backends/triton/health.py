@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from heddle.backends.triton.model_code import HOLD_PY, LLM_MODEL_PY, ONNX_MODEL_PY
 from heddle.scheduler.specs import TensorSpec

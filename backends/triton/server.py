@@ -13,9 +13,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from heddle.backends.triton.repo import model_config_text, write_onnx_python_model, write_python_model
 

@@ -9,8 +9,9 @@ key), so a run is a pure function of its inputs: same seed, same numbers.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from heddle.scheduler.core import Core
 from heddle.scheduler.plan import Dispatch, Finished, Plan

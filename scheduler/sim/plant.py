@@ -9,8 +9,8 @@ Power per period = base + idle + the energy of the runs in the period / its leng
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from heddle.scheduler.core import Core
 from heddle.scheduler.plan import Dispatch

@@ -10,7 +10,8 @@ no op types (runs wherever it has a latency); cv 0.05. Pure: the caller reads th
 
 from __future__ import annotations
 
-from typing import Any, Collection, Mapping
+from collections.abc import Collection, Mapping
+from typing import Any
 
 from heddle.scheduler.sim.platforms import ModelFigures, Platform
 from heddle.scheduler.specs import DeviceSpec

@@ -20,8 +20,9 @@ Sources:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from heddle.scheduler.profiles import ProfileEntry
 from heddle.scheduler.sim.workload import LlmSource, Periodic, Poisson, Scenario, chain

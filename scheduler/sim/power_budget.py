@@ -7,8 +7,8 @@ control period, the governor) is plant.py. Pure, like the simulator it extends.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from heddle.scheduler.admission import Admission
 from heddle.scheduler.core import Core

@@ -9,8 +9,9 @@ document (profile) in; `heddle simulate --trace FILE --profile FILE --platform l
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from heddle.scheduler.budget import by_model, critical_path_s
 from heddle.scheduler.core import Core

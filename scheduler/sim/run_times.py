@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from heddle.scheduler.core import Core
 from heddle.scheduler.plan import Dispatch

@@ -6,8 +6,9 @@ Pure: no wall clock and no I/O; `heddle simulate` (server/tools/simulate_cmd.py)
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from heddle.scheduler.budget import by_model, critical_path_s
 from heddle.scheduler.core import Core
@@ -18,7 +19,12 @@ from heddle.scheduler.sim.driver import Driver, RunTimeModel
 from heddle.scheduler.sim.platforms import Platform
 from heddle.scheduler.sim.run_times import NoisyTable
 from heddle.scheduler.sim.scoring import (
-    PolicyResult, RequestRecord, ended_records, score, sorted_placements, utilisation,
+    PolicyResult,
+    RequestRecord,
+    ended_records,
+    score,
+    sorted_placements,
+    utilisation,
 )
 from heddle.scheduler.sim.workload import Arrival, Scenario, build_pipelines, generate_arrivals
 from heddle.scheduler.specs import ModelSpec

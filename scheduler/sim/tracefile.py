@@ -6,8 +6,9 @@ from __future__ import annotations
 import bisect
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from heddle.scheduler.profiles import ProfileEntry, ProfileTable
 from heddle.scheduler.sim.workload import PipelineDef, StageDef

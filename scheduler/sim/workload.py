@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from heddle.scheduler.dag import Pipeline, validate_pipeline
 from heddle.scheduler.specs import ModelSpec, PipelineSpec, StageSpec, TensorSpec

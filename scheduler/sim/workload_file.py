@@ -8,7 +8,8 @@ ValueError naming the file, the table and the field.
 
 from __future__ import annotations
 
-from typing import Any, Collection, Mapping
+from collections.abc import Collection, Mapping
+from typing import Any
 
 from heddle.scheduler.sim.workload import Periodic, PipelineDef, Poisson, Scenario, Source, StageDef, llm_pipeline
 

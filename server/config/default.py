@@ -7,7 +7,13 @@ import os
 from typing import Any
 
 from heddle.server.config.builder import (
-    document, onnx_model, pipeline, python_model, stage, tensor, to_toml,
+    document,
+    onnx_model,
+    pipeline,
+    python_model,
+    stage,
+    tensor,
+    to_toml,
 )
 from heddle.server.config.tables import DEFAULT_CACHE_DIR
 

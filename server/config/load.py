@@ -9,8 +9,8 @@ try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
     import tomllib
 except ModuleNotFoundError:
     import tomli as tomllib
-from collections.abc import Mapping
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -9,9 +9,10 @@ the world answered (a missing file, an unreachable server, a graph that is no de
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from heddle.scheduler.specs import DeviceSpec, ModelSpec, TensorSpec
 from heddle.server.config.models import OnnxLlmTable, PythonModelTable, TritonLlmTable

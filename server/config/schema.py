@@ -8,17 +8,32 @@ from __future__ import annotations
 
 import difflib
 import json
-from typing import Any, Mapping, get_args
+from collections.abc import Mapping
+from typing import Any, get_args
 
 from pydantic import BaseModel, Field, ValidationError
 from pydantic.json_schema import GenerateJsonSchema
 
 from heddle.server.config.models import (
-    LLM_KEYS_WHY, MODEL_TABLES, PYTHON_KEYS_WHY, ModelTable, PipelineTable, StageTable, model_tag,
+    LLM_KEYS_WHY,
+    MODEL_TABLES,
+    PYTHON_KEYS_WHY,
+    ModelTable,
+    PipelineTable,
+    StageTable,
+    model_tag,
 )
 from heddle.server.config.tables import (
-    AdmissionTable, DeviceTable, OnnxDeviceTable, PowerTable, PythonDeviceTable, ServerTable, Table, TlsTable,
-    TracingTable, TritonDeviceTable,
+    AdmissionTable,
+    DeviceTable,
+    OnnxDeviceTable,
+    PowerTable,
+    PythonDeviceTable,
+    ServerTable,
+    Table,
+    TlsTable,
+    TracingTable,
+    TritonDeviceTable,
 )
 
 __all__ = ["ConfigError", "Document", "json_schema", "validate_document"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from heddle.scheduler.specs import PipelineSpec
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 

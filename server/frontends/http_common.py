@@ -8,7 +8,8 @@ import asyncio
 import json
 import uuid
 import zlib
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 import structlog

@@ -9,14 +9,17 @@ import json
 from typing import Any
 
 import grpc
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from tritonclient.grpc import service_pb2 as kpb
 
 from heddle.server.frontends.http_common import (
-    CallContext, error_body, json_response, read_body, run_until_disconnect,
+    CallContext,
+    error_body,
+    json_response,
+    read_body,
+    run_until_disconnect,
 )
 from heddle.server.frontends.http_json import message_json
 from heddle.server.frontends.http_tensors import BINARY_HEADER, infer_request, infer_response_body

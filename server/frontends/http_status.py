@@ -4,7 +4,7 @@ so both HTTP frontends answer a refusal, a bad request or a failure exactly as g
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import grpc
 

@@ -20,25 +20,39 @@ from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
 from heddle.clients.tensors import clipped
 from heddle.server.frontends.kserve_catalog import (
-    MODEL_VERSION, CatalogEntry, build_catalog, model_config, model_metadata,
+    MODEL_VERSION,
+    CatalogEntry,
+    build_catalog,
+    model_config,
+    model_metadata,
 )
 from heddle.server.frontends.kserve_convert import (
-    check_requested_outputs, decode_kserve_inputs, encode_output, kserve_deadline_ms, kserve_priority,
-    parameter_values, refuse_sequence_parameters,
+    check_requested_outputs,
+    decode_kserve_inputs,
+    encode_output,
+    kserve_deadline_ms,
+    kserve_priority,
+    parameter_values,
+    refuse_sequence_parameters,
 )
 from heddle.server.frontends.kserve_shm import SharedMemoryIO, region_status
 from heddle.server.frontends.kserve_stats import KServeStats, RequestTimes
 from heddle.server.frontends.shm import SharedMemory
-from heddle.server.runtime.limits import RequestLimits
-from heddle.server.runtime.jobs import StageStatus, TokenUpdate
+from heddle.server.frontends.validation import (
+    MAX_REQUEST_ID_BYTES,
+    RequestError,
+    check_generation,
+    check_parameters,
+    check_request_id,
+    effective_deadline_s,
+)
 from heddle.server.observe.logs import SampledLog, get_logger
 from heddle.server.observe.tracing import RequestTracer, trace_headers_of, trace_request
-from heddle.server.runtime.runtime import JobResult, Runtime
+from heddle.server.runtime.jobs import StageStatus, TokenUpdate
+from heddle.server.runtime.limits import RequestLimits
 from heddle.server.runtime.reload import NotServed, Reloader, ReloadError
+from heddle.server.runtime.runtime import JobResult, Runtime
 from heddle.server.runtime.status import RETRY_AFTER_KEY, request_error
-from heddle.server.frontends.validation import (
-    MAX_REQUEST_ID_BYTES, RequestError, check_generation, check_parameters, check_request_id, effective_deadline_s,
-)
 
 __all__ = ["EXTENSIONS", "SERVICE_NAME", "KServeServicer"]
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as kpb
 
 from heddle.clients.tensors import (
-    DATATYPE_TO_NUMPY, TensorError, check_shape, clipped, numpy_to_datatype, to_tensor,
+    DATATYPE_TO_NUMPY,
+    TensorError,
+    check_shape,
+    clipped,
+    numpy_to_datatype,
+    to_tensor,
 )
 from heddle.scheduler import Pipeline
 from heddle.scheduler.specs import DATATYPES

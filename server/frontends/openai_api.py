@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import grpc
 import numpy as np
@@ -17,7 +18,11 @@ from starlette.routing import Route
 
 from heddle.clients.tensors import clipped
 from heddle.server.frontends.http_common import (
-    CallContext, error_body, json_response, read_body, run_until_disconnect,
+    CallContext,
+    error_body,
+    json_response,
+    read_body,
+    run_until_disconnect,
 )
 from heddle.server.frontends.kserve_catalog import CatalogEntry
 from heddle.server.frontends.openai_catalog import ChatModel, chat_models

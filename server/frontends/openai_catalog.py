@@ -10,9 +10,10 @@ without one uses DEFAULT_CHAT_TEMPLATE.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from heddle.backends.llm import GenerationConfig
 from heddle.backends.tokenizer import BOS_ID, ByteTokenizer, Tokenizer, load_tokenizer

@@ -5,8 +5,9 @@ header `x-heddle-deadline-ms`). Anything heddle cannot honour is refused, never 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import grpc
 

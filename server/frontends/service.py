@@ -7,22 +7,29 @@ import asyncio
 import grpc
 import structlog
 
+from heddle.backends.power.sensors import box_power_w, domain_devices
 from heddle.clients.tensors import clipped, to_tensor
 from heddle.scheduler import POLICIES
-from heddle.backends.power.sensors import box_power_w, domain_devices
-from heddle.server.runtime.limits import RequestLimits
-from heddle.server.observe.logs import SampledLog, get_logger
-from heddle.server.power.loop import PowerLoop
-from heddle.server.runtime.jobs import TokenUpdate
-from heddle.server.runtime.jobs import StageStatus
-from heddle.server.runtime.runtime import JobResult, Runtime, StageTiming
-from heddle.server.observe.tracing import RequestTracer, trace_headers_of, trace_request
-from heddle.server.runtime.reload import Reloader, ReloadError
-from heddle.server.runtime.status import request_error
 from heddle.server.frontends.validation import (
-    MAX_REQUEST_ID_BYTES, RequestError, check_generation, check_outputs_requested, check_request_id,
-    check_parameters, decode_inputs, effective_deadline_s, pick_version, resolve_priority,
+    MAX_REQUEST_ID_BYTES,
+    RequestError,
+    check_generation,
+    check_outputs_requested,
+    check_parameters,
+    check_request_id,
+    decode_inputs,
+    effective_deadline_s,
+    pick_version,
+    resolve_priority,
 )
+from heddle.server.observe.logs import SampledLog, get_logger
+from heddle.server.observe.tracing import RequestTracer, trace_headers_of, trace_request
+from heddle.server.power.loop import PowerLoop
+from heddle.server.runtime.jobs import StageStatus, TokenUpdate
+from heddle.server.runtime.limits import RequestLimits
+from heddle.server.runtime.reload import Reloader, ReloadError
+from heddle.server.runtime.runtime import JobResult, Runtime, StageTiming
+from heddle.server.runtime.status import request_error
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 

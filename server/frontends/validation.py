@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import grpc
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from heddle.clients.tensors import TensorError, clipped, from_tensor
 from heddle.scheduler import Pipeline
 from heddle.server.config.tables import ServerSettings
+
 # RequestError lives with the rest of the gRPC status vocabulary (runtime/status.py), so the
 # runtime's memory limits can raise it without importing a frontend; it is this module's too.
 from heddle.server.runtime.status import RequestError

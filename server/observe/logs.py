@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, Callable, Hashable, TextIO
+from collections.abc import Callable, Hashable
+from typing import Any, TextIO
 
 import structlog
 

@@ -11,8 +11,8 @@ start. Runs on the event loop thread only (no locks).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from heddle.scheduler.power_settings import PowerSource
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from heddle.backends.power.dvfs import Applied, detect_actuators
 from heddle.backends.power.estimate import power_model_of

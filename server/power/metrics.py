@@ -3,7 +3,7 @@ frozen work and admission refusals (registered by server/runtime/metrics.py's Me
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 

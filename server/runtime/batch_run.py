@@ -9,7 +9,8 @@ concerned fail; a timeout or a lost device ends every member alike, as one run w
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray

@@ -12,8 +12,8 @@ import ctypes
 import ctypes.util
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from heddle.server.observe.logs import get_logger
 

@@ -10,18 +10,25 @@ docs/CONFIG.md, "Request limits".
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from numpy.typing import NDArray
 
 from heddle.scheduler import ModelSpec, Pipeline
-from heddle.server.runtime.inflight import InflightBudget, Reservation, release_free_memory
-from heddle.server.observe.logs import get_logger
 from heddle.server.config.memory_estimate import (
-    ModelCost, PipelineCost, array_bytes, memory_budgets, model_cost, pipeline_cost, reference_elements,
+    ModelCost,
+    PipelineCost,
+    array_bytes,
+    memory_budgets,
+    model_cost,
+    pipeline_cost,
+    reference_elements,
 )
+from heddle.server.observe.logs import get_logger
+from heddle.server.runtime.inflight import InflightBudget, Reservation, release_free_memory
 from heddle.server.runtime.status import RequestError, retry_metadata
 
 if TYPE_CHECKING:

@@ -14,17 +14,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from heddle.backends.base import Executor
 from heddle.backends.llm import DecoderLayout, GenerationConfig, LlmEngine, LlmSequence, decoder_spec
 from heddle.backends.tokenizer import StreamDecoder, load_tokenizer
 from heddle.scheduler import Dispatch
 from heddle.scheduler.specs import ModelSpec
+from heddle.server.observe.logs import get_logger
 from heddle.server.runtime.jobs import Job, TokenUpdate
 from heddle.server.runtime.llm_gen import Generation
-from heddle.server.observe.logs import get_logger
 
 if TYPE_CHECKING:
     from heddle.server.runtime.metrics import Metrics

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Mapping, cast
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
-
-from heddle.backends.base import DeviceUnavailable, InputError
+from heddle.backends.base import DeviceUnavailable, Executor, InputError
 from heddle.backends.llm import GenerationConfig, LlmSequence
-from heddle.backends.base import Executor
 from heddle.scheduler import Dispatch
 from heddle.scheduler.specs import ModelSpec
+from heddle.server.observe.logs import get_logger
 from heddle.server.runtime.error_kind import DeviceLostMidStream
 from heddle.server.runtime.jobs import Job
 from heddle.server.runtime.llm_gen import Generation, LlmSequences
-from heddle.server.observe.logs import get_logger
 
 if TYPE_CHECKING:
     from heddle.backends.triton.executor import TritonExecutor, TritonStream

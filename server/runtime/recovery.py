@@ -4,8 +4,9 @@ its models load when the server is back, and a load that fails is retried with b
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Protocol
 
 from heddle.backends.base import DeviceUnavailable, Executor
 from heddle.scheduler.specs import ModelSpec

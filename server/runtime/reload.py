@@ -14,8 +14,9 @@ import asyncio
 import dataclasses
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 from heddle.scheduler import DeviceSpec, ModelSpec
 from heddle.scheduler.profiles import compatible

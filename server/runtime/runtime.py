@@ -11,22 +11,23 @@ import asyncio
 import itertools
 import time
 import uuid
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from heddle.backends.base import BackendTimeout, DeviceUnavailable, Executor
 from heddle.backends.graph_summary import summarize_file
+from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Request
 from heddle.scheduler.admission import Admission
 from heddle.scheduler.plan import Migrate, Plan, SetLevel
 from heddle.scheduler.power import PowerController
 from heddle.scheduler.profiles import ProfileTable
-from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Request
 from heddle.server.config.load import Config
+from heddle.server.observe.logs import get_logger
 from heddle.server.power.energy import EnergyLedger
 from heddle.server.runtime.error_kind import ErrorKind, classify
 from heddle.server.runtime.jobs import Job, JobResult, StageTiming, TokenUpdate, job_result, stage_timing
 from heddle.server.runtime.llm_runtime import LlmDriver
 from heddle.server.runtime.llm_triton import TritonLlmStreams
-from heddle.server.observe.logs import get_logger
 from heddle.server.runtime.recovery import DeviceLoader
 from heddle.server.runtime.stage_runner import ExecutorRunner, StageFuture, StageRunner, Tensors
 from heddle.server.runtime.stage_timeouts import OverrunWatch
@@ -38,8 +39,8 @@ if TYPE_CHECKING:
     from heddle.scheduler.power_settings import PowerReading
     from heddle.scheduler.profiles import GraphSummary
     from heddle.scheduler.specs import ModelSpec
-    from heddle.server.runtime.reload import ConfigDiff
     from heddle.server.runtime.metrics import Metrics
+    from heddle.server.runtime.reload import ConfigDiff
 
 __all__ = ["JobResult", "LevelActuator", "Runtime", "StageTiming"]
 

@@ -14,7 +14,8 @@ operator grow the process without bound.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Callable, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from heddle.backends.python import isolation_of
 from heddle.scheduler import Dispatch

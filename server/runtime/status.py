@@ -3,7 +3,7 @@ client sees (status code, message, trailing metadata), shared by heddle.v1 and K
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import grpc
 

@@ -6,7 +6,7 @@ queued deadline, when no other event may come."""
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 from heddle.server.observe.logs import get_logger
 

@@ -4,7 +4,8 @@ variants (server/config/versions.py), or the versions the request pins."""
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from heddle.scheduler import Pipeline
 from heddle.server.config.load import Config

@@ -8,23 +8,25 @@ import math
 import platform
 import sys
 import time
+
 try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
     import tomllib
 except ModuleNotFoundError:
     import tomli as tomllib
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from heddle.backends.base import Executor, numpy_dtype
-from heddle.server.runtime.executors import make_executor
 from heddle.scheduler import Core
 from heddle.scheduler.profiles import ProfileTable
 from heddle.scheduler.sim.tracefile import PROFILE_FORMAT, dispatch_gaps, parse_trace, percentile
 from heddle.scheduler.specs import ModelSpec, TensorSpec
 from heddle.server.config.load import Config
+from heddle.server.runtime.executors import make_executor
 
 __all__ = [
     "add_profile_parser", "load_profile_file", "measure_profile", "parse_shape_overrides", "profile_from_trace",

@@ -6,9 +6,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import tomllib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
+
+import tomllib
 
 from heddle.scheduler.sim.platform_file import parse_platform
 from heddle.scheduler.sim.platforms import PLATFORMS, Platform

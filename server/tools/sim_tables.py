@@ -4,7 +4,7 @@ trace), and the markdown power-budget table of docs/POWER.md."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from heddle.scheduler.sim.power_budget import BudgetResult
 from heddle.scheduler.sim.scoring import PolicyResult

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping
 
 from heddle.scheduler.policies import POLICIES
-from heddle.scheduler.specs import BatchOptions
 from heddle.scheduler.sim.plant import IDLE_W
 from heddle.scheduler.sim.platforms import DEFAULT_PLATFORM, DEFAULT_SCENARIO, PLATFORMS, SCENARIOS, Platform
 from heddle.scheduler.sim.power_budget import budget_table
@@ -19,6 +18,7 @@ from heddle.scheduler.sim.scoring import mean_result
 from heddle.scheduler.sim.simulator import simulate_run
 from heddle.scheduler.sim.tracefile import TraceError, parse_profile, parse_trace
 from heddle.scheduler.sim.workload import Scenario
+from heddle.scheduler.specs import BatchOptions
 from heddle.server.tools.sim_files import load_platform, load_workload, record_rows, write_records
 from heddle.server.tools.sim_tables import format_budget_table, format_means, format_table, with_recorded_row
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
-
 import stage_fns
+
 from heddle.backends.base import BackendError, BackendTimeout
 from heddle.backends.python import PythonExecutor
 from heddle.backends.watchdog import Watchdog

@@ -12,15 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from server_fixtures import (  # noqa: F401  (fixtures are found by name)
+    REPO_ROOT,
+    RunningServer,
+    default_config,
+    default_server,
+    heddle_cache_dir,
+    scrape_metrics,
+    wait_until,
+)
 
 from heddle.clients.bench_cli import STARTED_LINE
 from heddle.clients.plots import PLOT_FILES, plots_available
 from heddle.clients.report import read_records, summarize
 from heddle.server.cli import main
-from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    REPO_ROOT, RunningServer, default_config, default_server, heddle_cache_dir, scrape_metrics,
-    wait_until,
-)
 
 RAW_FILES = ("run.json", "requests.jsonl", "summary.json", "summary.csv", "report.html")
 

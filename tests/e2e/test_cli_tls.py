@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import pytest
+from pki_fixtures import Pki, pki  # noqa: F401  (fixtures are found by name)
+from server_fixtures import chain, parse_test_document, py_model, running_server
 
 from heddle.server.cli import main
 from heddle.server.config.builder import document, python_device
-from pki_fixtures import Pki, pki  # noqa: F401  (fixtures are found by name)
-from server_fixtures import chain, parse_test_document, py_model, running_server
 
 
 def _config(pki: Pki):

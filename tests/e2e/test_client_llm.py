@@ -11,16 +11,16 @@ import json
 import grpc
 import numpy as np
 import pytest
+from server_fixtures import RunningServer, heddle_cache_dir  # noqa: F401  (fixtures are found by name)
+from test_e2e_llm import llm_config, llm_server, session  # noqa: F401  (the LLM gateway and its model)
+from test_llm_engine import reference_greedy
+from test_loadgen import _run
 
 from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.client import HeddleClient, HeddleError, InferResult, StageEvent, TokenEvent
 from heddle.clients.infer_cli import add_infer_parser
 from heddle.clients.report import summarize
 from heddle.clients.scenarios import App, Scenario
-from server_fixtures import RunningServer, heddle_cache_dir  # noqa: F401  (fixtures are found by name)
-from test_e2e_llm import llm_config, llm_server, session  # noqa: F401  (the LLM gateway and its model)
-from test_llm_engine import reference_greedy
-from test_loadgen import _run
 
 PROMPT = [5, 6, 7, 8]
 

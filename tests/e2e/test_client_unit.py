@@ -13,9 +13,9 @@ import json
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import numpy as np

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+
 try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
     import tomllib
 except ModuleNotFoundError:
@@ -13,12 +14,16 @@ except ModuleNotFoundError:
 from pathlib import Path
 
 import pytest
-
-from heddle.server.config.load import Config, ConfigError, load_config, parse_config
-from heddle.server.config.default import default_config_text, detect_device_tables
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    REPO_ROOT, TESTS_DIR, default_config, heddle_cache_dir, py_model_toml,
+    REPO_ROOT,
+    TESTS_DIR,
+    default_config,
+    heddle_cache_dir,
+    py_model_toml,
 )
+
+from heddle.server.config.default import default_config_text, detect_device_tables
+from heddle.server.config.load import Config, ConfigError, load_config, parse_config
 
 DEVICE = '[[devices]]\nid = "py0"\nbackend = "python"\n\n'
 MODELS = py_model_toml("a", "stage_fns:tail") + py_model_toml("b", "stage_fns:tail")

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+
 try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
     import tomllib
 except ModuleNotFoundError:
@@ -17,11 +18,11 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-
-from heddle.server.config.schema import json_schema, validate_document
-from heddle.server.config.default import default_config_document
 from server_fixtures import REPO_ROOT, TESTS_DIR, heddle_cache_dir  # noqa: F401  (fixture found by name)
 from test_config import GOOD
+
+from heddle.server.config.default import default_config_document
+from heddle.server.config.schema import json_schema, validate_document
 
 DOCS = ["README.md", "docs/CONFIG.md", "docs/LLM.md", "docs/POWER.md", "docs/MULTIBOX.md", "docker/README.md"]
 TOML_FILES = ["docker/heddle-compose.toml", "docker/heddle-compose-gpu.toml", "bench/echo.toml"]

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+
 try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
     import tomllib
 except ModuleNotFoundError:

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import numpy as np
 import pytest
-
 import stage_fns
+from server_fixtures import (  # noqa: F401  (fixtures are found by name)
+    RunningServer,
+    chain,
+    heddle_cache_dir,
+    py_model,
+    scrape_metrics,
+    serve_document,
+    wait_until,
+)
+
 from heddle.clients.client import HeddleClient
 from heddle.clients.tensors import to_tensor
 from heddle.server.config.builder import document, onnx_device, onnx_model, pipeline, python_device, stage, tensor
 from heddle.server.config.default import PREPROCESS
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
-from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, chain, heddle_cache_dir, py_model, scrape_metrics, serve_document, wait_until,
-)
 
 MAX_MESSAGE_BYTES = 1 << 20
 GOOD_TAG = 1000

@@ -5,18 +5,24 @@ ModelConfig says how a model batches, and heddle_batch_size counts the passes.""
 from __future__ import annotations
 
 import queue
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tgrpc
+from server_fixtures import (  # noqa: F401  (fixtures are found by name)
+    RunningServer,
+    heddle_cache_dir,
+    parse_test_config,
+    running_server,
+    scrape_metrics,
+    wait_until,
+)
 
 from heddle.scheduler.specs import ModelSpec
-from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, heddle_cache_dir, parse_test_config, running_server, scrape_metrics, wait_until,
-)
 
 WAIT_S = 30.0
 # Every default (built-in) ONNX model but the LLM, which batches its decode steps its own way.

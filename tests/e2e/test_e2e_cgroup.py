@@ -8,14 +8,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from server_fixtures import chain_toml, parse_test_config, py_model_toml, running_server, scrape_metrics, wait_until
+from test_dvfs_cgroup_live import favour
 
 from heddle.backends.power.cgroup import CgroupError, find_hierarchy, group_name
 from heddle.clients.tensors import to_tensor
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
-from test_dvfs_cgroup_live import favour
-
-from server_fixtures import chain_toml, parse_test_config, py_model_toml, running_server, scrape_metrics, wait_until
 
 TOKEN = "s3cret"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

@@ -7,25 +7,31 @@ import asyncio
 import functools
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import numpy as np
 import pytest
+import stage_fns
+from server_fixtures import (  # noqa: F401  (fixtures are found by name)
+    RunningServer,
+    chain,
+    default_config,
+    default_server,
+    heddle_cache_dir,
+    py_model,
+    serve_document,
+    wait_until,
+)
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
-import stage_fns
 from heddle.clients.client import HeddleClient
 from heddle.clients.tensors import to_tensor
 from heddle.server.config.builder import document, python_device
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
-from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, chain, default_config, default_server, heddle_cache_dir, py_model, serve_document,
-    wait_until,
-)
 
 # Its own server: on code without these fixes, a NaN deadline disables shedding for the server's life.
 CONFIG = document(

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+from server_fixtures import (  # noqa: F401  (fixtures are found by name)
+    RunningServer,
+    heddle_cache_dir,
+    parse_test_document,
+    running_server,
+    scrape_metrics,
+    wait_until,
+)
+from test_llm_engine import reference_greedy
 
 from heddle.backends.testing import FunctionExecutor
 from heddle.clients.tensors import from_tensor, to_tensor
@@ -21,10 +31,7 @@ from heddle.server.runtime.metrics import Metrics
 from heddle.server.runtime.runtime import Runtime
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
-from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, heddle_cache_dir, parse_test_document, running_server, scrape_metrics, wait_until,
-)
-from test_llm_engine import reference_greedy
+
 
 def chat_pipeline(name: str, model: str) -> dict[str, Any]:
     """input_ids -> the LLM `model` -> output_ids."""

@@ -7,27 +7,42 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
 import onnx
 import pytest
-import tritonclient.grpc as tgrpc
-
 import stage_fns
+import tritonclient.grpc as tgrpc
+from server_fixtures import (  # noqa: F401  (fixtures are found by name)
+    RunningServer,
+    ServerProcess,
+    chain,
+    heddle_cache_dir,
+    parse_test_document,
+    py_model,
+    running_server,
+    scrape_metrics,
+    wait_until,
+)
+
 from heddle.backends.graph_summary import peak_live_bytes
 from heddle.clients.client import HeddleClient
 from heddle.server.config.builder import (
-    document, onnx_device, onnx_model, pipeline, python_device, stage, tensor, to_toml,
+    document,
+    onnx_device,
+    onnx_model,
+    pipeline,
+    python_device,
+    stage,
+    tensor,
+    to_toml,
 )
 from heddle.server.config.default import PREPROCESS
 from heddle.server.config.load import ConfigError
-from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, ServerProcess, chain, heddle_cache_dir, parse_test_document, py_model, running_server,
-    scrape_metrics, wait_until,
-)
 
 MIB = 1 << 20
 # The gate chain costs 3x its input (input, stage input, stage output; server/config/memory_estimate.py):

@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import concurrent.futures
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import numpy as np
 import pytest
+import stage_fns
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from server_fixtures import (  # noqa: F401  (fixtures are found by name)
+    RunningServer,
+    ServerProcess,
+    chain,
+    default_client,
+    default_config,
+    default_server,
+    heddle_cache_dir,
+    py_model,
+    scrape_metrics,
+    serve_document,
+    wait_until,
+)
 
-import stage_fns
 from heddle.clients.client import HeddleClient
 from heddle.server.config.builder import document, python_device, to_toml
 from heddle.server.config.load import Config
-from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, ServerProcess, chain, default_client, default_config, default_server,
-    heddle_cache_dir, py_model, scrape_metrics, serve_document, wait_until,
-)
 
 GATEWAY, ADMIN = "heddle.v1.Gateway", "heddle.v1.Admin"
 IMAGE = np.zeros((1, 64, 64, 3), dtype=np.uint8)

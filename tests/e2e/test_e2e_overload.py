@@ -8,11 +8,11 @@ import concurrent.futures
 
 import grpc
 import pytest
-
 import stage_fns
+from server_fixtures import chain, py_model, scrape_metrics, serve_document, wait_until
+
 from heddle.clients.client import HeddleClient, HeddleError
 from heddle.server.config.builder import document, python_device
-from server_fixtures import chain, py_model, scrape_metrics, serve_document, wait_until
 
 TOP = 4
 

@@ -9,15 +9,22 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 import stage_fns
+from server_fixtures import (  # noqa: F401  (fixtures are found by name)
+    chain,
+    default_client,
+    default_config,
+    default_server,
+    heddle_cache_dir,
+    py_model,
+    serve_document,
+    wait_until,
+)
+
 from heddle.backends.zoo import ops
 from heddle.clients.client import HeddleClient, InferResult
 from heddle.server.config.builder import document, pipeline, python_device, stage, tensor
 from heddle.server.config.load import Config
-from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    chain, default_client, default_config, default_server, heddle_cache_dir, py_model, serve_document, wait_until,
-)
 
 RTOL, ATOL = 1e-4, 1e-5
 

@@ -4,12 +4,21 @@ the controller keeps under a budget set through the admin RPC; refusals carry a 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from server_fixtures import (  # noqa: F401  (fixtures are found by name)
+    RunningServer,
+    heddle_cache_dir,
+    parse_test_document,
+    running_server,
+    scrape_metrics,
+    wait_until,
+)
 
 from heddle.clients.tensors import to_tensor
 from heddle.server.config.builder import document, onnx_device, onnx_model, pipeline, python_device, stage, tensor
@@ -17,9 +26,6 @@ from heddle.server.config.default import PREPROCESS
 from heddle.server.config.load import ConfigError
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
-from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, heddle_cache_dir, parse_test_document, running_server, scrape_metrics, wait_until,
-)
 
 TOKEN = "s3cret"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

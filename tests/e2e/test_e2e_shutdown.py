@@ -12,11 +12,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 import stage_fns
+from server_fixtures import ServerProcess, chain, py_model, wait_until
+
 from heddle.clients.client import HeddleClient
 from heddle.server.config.builder import document, python_device, to_toml
-from server_fixtures import ServerProcess, chain, py_model, wait_until
 
 GRACE_S = 1.0
 # Exit must come within grace + FLUSH_S + process teardown (under 1 s); the bound is generous so

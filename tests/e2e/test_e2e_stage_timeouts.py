@@ -6,22 +6,27 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 import stage_fns
-from heddle.server.config.load import ConfigError
-from heddle.server.config.builder import document, onnx_device, onnx_model, pipeline, python_device, stage, tensor
+from onnx import TensorProto, helper, numpy_helper
 from server_fixtures import (
-    RunningServer, chain, parse_test_document, py_model, running_server,
-    scrape_metrics, wait_until,
+    RunningServer,
+    chain,
+    parse_test_document,
+    py_model,
+    running_server,
+    scrape_metrics,
+    wait_until,
 )
+
+from heddle.server.config.builder import document, onnx_device, onnx_model, pipeline, python_device, stage, tensor
+from heddle.server.config.load import ConfigError
 
 WIDTH, DEPTH = 256, 2000
 # A run over BIG_ROWS takes seconds (about 10 s on a small box's core), one over a single row

@@ -11,18 +11,18 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 import stage_fns
-from heddle.clients.client import HeddleClient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pki_fixtures import Pki, pki  # noqa: F401  (fixtures are found by name)
 from server_fixtures import REPO_ROOT, TESTS_DIR, ServerProcess, chain_toml, py_model_toml
+
+from heddle.clients.client import HeddleClient
 
 TOKEN = "startup-test-token"
 BODY = ('[[devices]]\nid = "py0"\nbackend = "python"\n\n'

@@ -6,17 +6,16 @@ bench/fuzz_decoders.py runs the same cases by the hundred thousand."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
+from fuzz_callers import ErrorLog, InProcess, OverGrpc
+from fuzz_requests import ALLOWED_CODES, FUZZ_CONFIG, Case, cases
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from fuzz_callers import ErrorLog, InProcess, OverGrpc
-from fuzz_requests import ALLOWED_CODES, FUZZ_CONFIG, Case, cases
 from server_fixtures import RunningServer, heddle_cache_dir, serve_document  # noqa: F401
 
 FUZZ = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck))

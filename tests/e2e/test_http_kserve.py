@@ -12,22 +12,30 @@ import socket
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
+import stage_fns
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
-
-import stage_fns
-from heddle.server.config.builder import document, python_device, to_toml
 from http_fixtures import http_call, http_json
 from pki_fixtures import Pki, pki  # noqa: F401  (fixtures are found by name)
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    REPO_ROOT, RunningServer, ServerProcess, chain, default_config, default_server, heddle_cache_dir,
-    parse_test_document, py_model, running_server,
+    REPO_ROOT,
+    RunningServer,
+    ServerProcess,
+    chain,
+    default_config,
+    default_server,
+    heddle_cache_dir,
+    parse_test_document,
+    py_model,
+    running_server,
 )
+
+from heddle.server.config.builder import document, python_device, to_toml
 
 PY0 = [python_device("py0", slots=2)]
 TAIL = py_model("tail", "stage_fns:tail")

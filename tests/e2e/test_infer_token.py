@@ -12,10 +12,10 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from server_fixtures import chain, parse_test_document, py_model, running_server
 
 from heddle.clients.errors import HeddleError
 from heddle.server.config.builder import document, python_device
-from server_fixtures import chain, parse_test_document, py_model, running_server
 
 TOKEN = "s3cret-infer-token"
 X = np.ones(4, np.float32)

@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 import stage_fns
-from heddle.clients.errors import HeddleError
+from onnx import TensorProto, helper, numpy_helper
 from server_fixtures import chain_toml, py_model_toml, serve_toml
+
+from heddle.clients.errors import HeddleError
 
 PY = '[[devices]]\nid = "py0"\nbackend = "python"\nslots = 2\n\n'
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -12,14 +13,23 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
+from server_fixtures import (  # noqa: F401  (fixtures are found by name)
+    RunningServer,
+    chain_toml,
+    default_config,
+    default_server,
+    heddle_cache_dir,
+    py_model_toml,
+    serve_toml,
+)
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
 from heddle.backends.zoo import ops
-from heddle.server.config.load import Config, ServerSettings
 from heddle.scheduler import ModelSpec, TensorSpec
+from heddle.server.config.load import Config, ServerSettings
 from heddle.server.frontends.kserve_catalog import model_pipeline
 from heddle.server.frontends.kserve_convert import (
     decode_kserve_inputs,
@@ -28,9 +38,6 @@ from heddle.server.frontends.kserve_convert import (
     kserve_priority,
 )
 from heddle.server.frontends.validation import RequestError
-from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, chain_toml, default_config, default_server, heddle_cache_dir, py_model_toml, serve_toml,
-)
 
 RTOL, ATOL = 1e-4, 1e-5
 MODELS_AND_PIPELINES = {"backbone", "chat", "chat_text", "detokenize", "llm", "tokenize", "classify", "cnn", "encoder",

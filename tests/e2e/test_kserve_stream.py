@@ -7,16 +7,22 @@ import queue
 
 import numpy as np
 import pytest
+import stage_fns
 import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
-
-import stage_fns
-from heddle.server.config.builder import document, python_device
-from heddle.server.config.load import Config
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, default_config, default_server, heddle_cache_dir, py_model, serve_document, wait_until,
+    RunningServer,
+    default_config,
+    default_server,
+    heddle_cache_dir,
+    py_model,
+    serve_document,
+    wait_until,
 )
 from test_kserve_frontend import assert_result, image_input, in_loop, multihead_direct, ort_run, random_image
+
+from heddle.server.config.builder import document, python_device
+from heddle.server.config.load import Config
 
 WAIT_S = 20.0
 

@@ -7,16 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import stage_fns
+from server_fixtures import RunningServer, chain, py_model, serve_document
+
 from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.loadgen import LiveCounts, arrival_times, build_app_inputs, run_load
 from heddle.clients.scenarios import (
-    SCENARIOS, App, Scenario, ScenarioError, load_scenario, parse_scenario,
+    SCENARIOS,
+    App,
+    Scenario,
+    ScenarioError,
+    load_scenario,
+    parse_scenario,
 )
 from heddle.server.config.builder import document, python_device
-from server_fixtures import RunningServer, chain, py_model, serve_document
-
 
 # --- arrivals -------------------------------------------------------------------------------
 

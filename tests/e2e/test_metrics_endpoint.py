@@ -8,10 +8,12 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from http_fixtures import http_json
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, default_config, default_server, heddle_cache_dir,
+    RunningServer,
+    default_config,
+    default_server,
+    heddle_cache_dir,
 )
 
 

@@ -7,21 +7,25 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import openai
 import pytest
-
 import stage_fns
+from http_fixtures import http_call, http_json
+from server_fixtures import (  # noqa: F401  (fixtures are found by name)
+    RunningServer,
+    chain_toml,
+    heddle_cache_dir,
+    py_model_toml,
+    serve_toml,
+)
+
 from heddle.backends.tokenizer import BOS_ID, ByteTokenizer, byte_tokenizer_json
 from heddle.clients.client import HeddleClient
 from heddle.server.frontends.openai_catalog import default_template
-from http_fixtures import http_call, http_json
-from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, chain_toml, heddle_cache_dir, py_model_toml, serve_toml,
-)
 
 TEMPLATE = ("{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
             "{% if add_generation_prompt %}[bot]{% endif %}")

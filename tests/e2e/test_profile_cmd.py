@@ -6,20 +6,31 @@ import json
 
 import numpy as np
 import pytest
+from server_fixtures import chain, heddle_cache_dir, parse_test_document, py_model  # noqa: F401 (fixture)
 
+from heddle.clients.scenarios import App, Scenario
 from heddle.scheduler import Core, ModelSpec, TensorSpec
 from heddle.scheduler.sim.tracefile import TRACE_FORMAT, parse_profile
 from heddle.server.cli import main
+from heddle.server.config.builder import (
+    document,
+    onnx_device,
+    onnx_model,
+    pipeline,
+    python_device,
+    stage,
+    tensor,
+    to_toml,
+)
 from heddle.server.tools.profile_cmd import (
-    load_profile_file, measure_profile, parse_shape_overrides, profile_from_trace, sample_inputs,
+    load_profile_file,
+    measure_profile,
+    parse_shape_overrides,
+    profile_from_trace,
+    sample_inputs,
     write_profile_file,
 )
-from heddle.clients.scenarios import App, Scenario
 from heddle.server.tools.profile_load import default_load, measure_under_load
-from heddle.server.config.builder import (
-    document, onnx_device, onnx_model, pipeline, python_device, stage, tensor, to_toml,
-)
-from server_fixtures import chain, heddle_cache_dir, parse_test_document, py_model  # noqa: F401 (fixture)
 
 ECHO = "heddle.backends.zoo.ops:echo"
 

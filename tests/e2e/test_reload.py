@@ -12,15 +12,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from server_fixtures import running_server
 
 from heddle.clients.errors import HeddleError
 from heddle.server.cli import main
 from heddle.server.config.builder import (
-    document, onnx_device, onnx_model, pipeline, python_device, python_model, stage, tensor, to_toml,
+    document,
+    onnx_device,
+    onnx_model,
+    pipeline,
+    python_device,
+    python_model,
+    stage,
+    tensor,
+    to_toml,
 )
 from heddle.server.config.load import load_config
 from heddle.server.runtime.reload import ReloadError, diff_configs, fingerprint
-from server_fixtures import running_server
 
 X = np.arange(4, dtype=np.float32)
 

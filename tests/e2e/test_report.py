@@ -15,7 +15,12 @@ from heddle.clients.bench_metrics import metrics_delta, parse_samples
 from heddle.clients.html_report import render_html, write_html
 from heddle.clients.loadgen import RequestRecord
 from heddle.clients.report import (
-    csv_rows, deadline_met, read_records, summarize, write_csv, write_records,
+    csv_rows,
+    deadline_met,
+    read_records,
+    summarize,
+    write_csv,
+    write_records,
 )
 
 WINDOW_S = 2.0

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from server_fixtures import chain, parse_test_document, running_server
 
 from heddle.clients.client import build_request
 from heddle.server.config.builder import document, python_device, python_model, tensor
 from heddle.server.config.schema import ConfigError
 from heddle.v1 import heddle_pb2_grpc
-from server_fixtures import chain, parse_test_document, running_server
 
 X = np.array([0.1, 0.5, 0.9], np.float32)
 PARAMS = {"threshold": {"type": "float"}, "keep_above": {"type": "bool", "default": True}}

@@ -11,6 +11,9 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
+from server_fixtures import RunningServer, heddle_cache_dir  # noqa: F401  (fixtures are found by name)
+from test_e2e_power import TOP, power_server, wait_for_state  # noqa: F401  (power_server is a fixture)
+from test_loadgen import _run
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
 
@@ -19,9 +22,6 @@ from heddle.clients.client import HeddleClient, HeddleError
 from heddle.clients.report import summarize
 from heddle.clients.scenarios import App, Scenario
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
-from server_fixtures import RunningServer, heddle_cache_dir  # noqa: F401  (fixtures are found by name)
-from test_e2e_power import TOP, power_server, wait_for_state  # noqa: F401  (power_server is a fixture)
-from test_loadgen import _run
 
 IMAGE = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
 

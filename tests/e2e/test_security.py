@@ -9,9 +9,9 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
+from pki_fixtures import Pki, pki  # noqa: F401  (fixtures are found by name)
 
 from heddle.server.frontends.security import AdminAuthInterceptor, admin_exposure, is_loopback, server_credentials
-from pki_fixtures import Pki, pki  # noqa: F401  (fixtures are found by name)
 
 GET_POLICY = "/heddle.v1.Admin/GetPolicy"
 WATCH_POLICY = "/heddle.v1.Admin/WatchPolicy"  # not in the proto: exercises the unary-stream shape

@@ -3,15 +3,15 @@ function serves a pipeline over real gRPC, and executors that do not match the d
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
+from server_fixtures import chain, parse_test_document, py_model, running_server
 
 from heddle.server.app import HeddleServer
 from heddle.server.config.builder import document, python_device
 from heddle.server.testing import FakeClock, function_executors
-from server_fixtures import chain, parse_test_document, py_model, running_server
 
 
 def _config():

@@ -7,21 +7,28 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
+import stage_fns
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 import tritonclient.utils.shared_memory as shm
+from server_fixtures import (  # noqa: F401  (fixtures are found by name)
+    RunningServer,
+    chain_toml,
+    default_config,
+    default_server,
+    heddle_cache_dir,
+    parse_test_config,
+    py_model_toml,
+    running_server,
+    serve_toml,
+)
 from tritonclient.utils import InferenceServerException
 
-import stage_fns
-from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, chain_toml, default_config, default_server, heddle_cache_dir, parse_test_config, py_model_toml,
-    running_server, serve_toml,
-)
 from heddle.server.testing import function_executors
 
 IMAGE = np.random.default_rng(3).random((1, 3, 64, 64)).astype(np.float32)

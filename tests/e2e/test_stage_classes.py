@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from server_fixtures import chain, parse_test_document, running_server
 
 from heddle.backends.base import BackendError
 from heddle.server.config.builder import document, pipeline, python_device, stage, tensor, to_toml
 from heddle.server.config.load import load_config
 from heddle.server.config.schema import ConfigError
-from server_fixtures import chain, parse_test_document, running_server
 
 X = np.arange(4, dtype=np.float32)
 

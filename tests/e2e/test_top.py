@@ -7,10 +7,10 @@ import threading
 
 import numpy as np
 import pytest
+from server_fixtures import chain, parse_test_document, py_model, running_server
 
 from heddle.server.cli import main
 from heddle.server.config.builder import document, python_device
-from server_fixtures import chain, parse_test_document, py_model, running_server
 
 
 def _config():

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from server_fixtures import chain, parse_test_document, py_model, running_server
 
 from heddle.scheduler.sim.tracefile import TRACE_FORMAT, parse_trace
+from heddle.server.config.builder import document, python_device, to_toml
 from heddle.server.config.load import load_config
 from heddle.server.runtime.trace import TraceWriter, pipeline_record
-from heddle.server.config.builder import document, python_device, to_toml
-from server_fixtures import chain, parse_test_document, py_model, running_server
 
 ECHO = "heddle.backends.zoo.ops:echo"
 

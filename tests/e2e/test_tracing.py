@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
+from server_fixtures import chain, parse_test_document, py_model, running_server
 
 from heddle.clients.client import build_request
 from heddle.server.config.builder import document, python_device, tensor
 from heddle.v1 import heddle_pb2_grpc
-from server_fixtures import chain, parse_test_document, py_model, running_server
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"

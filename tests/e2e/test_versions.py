@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from server_fixtures import parse_test_document, running_server
 
 from heddle.clients.errors import HeddleError
 from heddle.server.config.builder import document, onnx_device, onnx_model, pipeline, stage, tensor
 from heddle.server.config.schema import ConfigError
-from server_fixtures import parse_test_document, running_server
 
 X = np.arange(4, dtype=np.float32)
 

@@ -5,28 +5,37 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tgrpc
+from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
+    ZOO_ON_TRITON,
+    Gate,
+    build_probe_repository,
+    pending_requests,
+    require_triton,
+    triton_server,
+    triton_zoo_paths,
+    wait_until,
+)
 from tritonclient.utils import InferenceServerException
 
 from heddle.backends.base import (
-    BackendError, BackendTimeout, DeviceUnavailable, InputError,
+    BackendError,
+    BackendTimeout,
+    DeviceUnavailable,
+    InputError,
 )
-from heddle.server.runtime.executors import make_executor
 from heddle.backends.onnxruntime import read_io_spec
 from heddle.backends.triton.executor import TritonExecutor, map_error, read_triton_io_spec, triton_priority
 from heddle.backends.triton.health import HealthTracker, TritonHealthWatcher
 from heddle.backends.triton.server import TritonServer, free_port
 from heddle.scheduler.specs import DeviceSpec, ModelSpec, TensorSpec
-from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
-    ZOO_ON_TRITON, Gate, build_probe_repository, pending_requests, require_triton, triton_server,
-    triton_zoo_paths, wait_until,
-)
+from heddle.server.runtime.executors import make_executor
 
 # Each test here starts or talks to a real tritonserver (`make test-fast` leaves them out).
 pytestmark = pytest.mark.triton

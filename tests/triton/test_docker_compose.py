@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import runpy
+
 try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
     import tomllib
 except ModuleNotFoundError:
@@ -16,12 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 from google.protobuf import text_format
+from server_fixtures import running_server
+from triton_fixtures import triton_server  # noqa: F401  (fixtures are found by name)
 from tritonclient.grpc import model_config_pb2
 
 from heddle.scheduler.specs import TensorSpec
 from heddle.server.config.load import Config, parse_config
-from server_fixtures import running_server
-from triton_fixtures import triton_server  # noqa: F401  (fixtures are found by name)
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER_DIR = REPO / "docker"

@@ -4,32 +4,46 @@ dies under load, a server that comes up after heddle, priority and cancellation 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+from server_fixtures import RunningServer, parse_test_document, running_server, scrape_metrics, wait_until
+from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
+    Gate,
+    pending_requests,
+    require_triton,
+    triton_server,
+    triton_zoo_paths,
+    write_gate_model,
+    write_zoo_models,
+)
 
 from heddle.backends.triton.server import TritonServer, free_port
 from heddle.backends.zoo import ops
 from heddle.backends.zoo.build import build_model
 from heddle.clients.client import HeddleClient, InferResult, build_request
-from heddle.server.config.load import ConfigError
 from heddle.server.config.builder import (
-    document, onnx_device, onnx_model, pipeline, python_device, python_model, stage, tensor, triton_device,
+    document,
+    onnx_device,
+    onnx_model,
+    pipeline,
+    python_device,
+    python_model,
+    stage,
+    tensor,
+    triton_device,
     triton_model,
 )
 from heddle.server.config.default import FRAME_OPS
+from heddle.server.config.load import ConfigError
 from heddle.v1 import heddle_pb2_grpc
-from server_fixtures import RunningServer, parse_test_document, running_server, scrape_metrics, wait_until
-from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
-    Gate, pending_requests, require_triton, triton_server, triton_zoo_paths, write_gate_model,
-    write_zoo_models,
-)
 
 # Each test here starts or talks to a real tritonserver (`make test-fast` leaves them out).
 pytestmark = pytest.mark.triton

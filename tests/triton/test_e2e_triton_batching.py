@@ -3,17 +3,18 @@ and each request gets exactly the outputs it gets run alone (ONNX Runtime on the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-
 from server_fixtures import RunningServer, parse_test_config, running_server, scrape_metrics
 from test_e2e_batching import ATOL, BATCH, ROWS, RTOL, make_inputs, reference, send_together
 from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
-    ZOO_ON_TRITON, triton_server, triton_zoo_paths,
+    ZOO_ON_TRITON,
+    triton_server,
+    triton_zoo_paths,
 )
 
 pytestmark = pytest.mark.triton

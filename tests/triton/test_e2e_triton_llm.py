@@ -4,15 +4,32 @@ streams its tokens, which heddle streams on (heddle.v1 and KServe), equal to a p
 from __future__ import annotations
 
 import queue
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tgrpc
+from server_fixtures import (  # noqa: F401  (fixtures are found by name)
+    RunningServer,
+    heddle_cache_dir,
+    parse_test_document,
+    running_server,
+    scrape_metrics,
+    wait_until,
+)
+from test_e2e_llm import chat_pipeline, chat_text_pipeline, output_ids
+from test_llm_engine import reference_greedy
+from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
+    Gate,
+    triton_llm_path,
+    triton_server,
+    write_llm_models,
+)
 from tritonclient.utils import InferenceServerException
 
 from heddle.backends.base import BackendError
@@ -21,20 +38,15 @@ from heddle.backends.triton.server import TritonServer
 from heddle.clients.tensors import from_tensor, to_tensor
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
 from heddle.server.config.builder import (
-    document, python_device, triton_device, triton_model,
+    document,
+    python_device,
+    triton_device,
+    triton_model,
 )
 from heddle.server.config.default import TOKENIZER_MODELS
 from heddle.server.config.load import ConfigError
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
-from server_fixtures import (  # noqa: F401  (fixtures are found by name)
-    RunningServer, heddle_cache_dir, parse_test_document, running_server, scrape_metrics, wait_until,
-)
-from test_e2e_llm import chat_pipeline, chat_text_pipeline, output_ids
-from test_llm_engine import reference_greedy
-from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
-    Gate, triton_llm_path, triton_server, write_llm_models,
-)
 
 # Each test here starts or talks to a real tritonserver (`make test-fast` leaves them out).
 pytestmark = pytest.mark.triton

@@ -10,17 +10,27 @@ from pathlib import Path
 import grpc
 import pytest
 import tritonclient.grpc as tgrpc
+from server_fixtures import RunningServer, parse_test_document, running_server, scrape_metrics, wait_until
+from test_e2e_triton import (
+    CNN_IO,
+    WAIT_S,
+    assert_outputs,
+    classify,
+    classify_direct,
+    config,
+    device_info,
+    hosted,
+    image_batch,
+    local,
+    remote,
+    stage_devices,
+)
+from triton_fixtures import require_triton, triton_server, triton_zoo_paths  # noqa: F401  (fixtures)
 
 from heddle.backends.onnxruntime import read_io_spec
 from heddle.backends.triton.server import TritonServer, free_port, write_onnx_python_model
 from heddle.scheduler.specs import TensorSpec
 from heddle.server.runtime.recovery import LoadStatus, backoff_delays
-from server_fixtures import RunningServer, parse_test_document, running_server, scrape_metrics, wait_until
-from test_e2e_triton import (
-    CNN_IO, WAIT_S, assert_outputs, classify, classify_direct, config, device_info, hosted, image_batch, local,
-    remote, stage_devices,
-)
-from triton_fixtures import require_triton, triton_server, triton_zoo_paths  # noqa: F401  (fixtures)
 
 # Each test here starts or talks to a real tritonserver (`make test-fast` leaves them out).
 pytestmark = pytest.mark.triton

@@ -7,14 +7,21 @@ from pathlib import Path
 
 import pytest
 import tritonclient.grpc as tgrpc
+from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
+    LLM_ON_TRITON,
+    ZOO_ON_TRITON,
+    require_triton,
+    triton_server,
+)
 
 from heddle.backends.triton.server import (
-    TritonServer, TritonServerError, find_triton, model_config_text, write_python_model,
+    TritonServer,
+    TritonServerError,
+    find_triton,
+    model_config_text,
+    write_python_model,
 )
 from heddle.scheduler.specs import TensorSpec
-from triton_fixtures import (  # noqa: F401  (fixtures are found by name)
-    LLM_ON_TRITON, ZOO_ON_TRITON, require_triton, triton_server,
-)
 
 # Each test here starts or talks to a real tritonserver (`make test-fast` leaves them out).
 pytestmark = pytest.mark.triton

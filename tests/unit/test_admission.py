@@ -6,15 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sched_fixtures import chain, model, validated
+from strategies import Workload, workloads
 
 from heddle.scheduler import Core, DeviceSpec, Outcome, Request
 from heddle.scheduler.admission import ACCEPT, QUEUE, REJECT, Admission, predicted_latency_s
 from heddle.scheduler.power import LevelPower, PowerController, PowerSettings
 from heddle.scheduler.profiles import ConstantProfiles
 from heddle.scheduler.sim.driver import Driver, TimedBy
-from sched_fixtures import chain, model, validated
-from strategies import Workload, workloads
 
 TOP = 4
 CPU = LevelPower(1.0, (6.0, 4.0, 2.5))

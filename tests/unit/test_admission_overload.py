@@ -5,14 +5,15 @@ power budget (the embedded default), and the [admission] settings."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sched_fixtures import chain, model, validated
 
 from heddle.scheduler import Core, DeviceSpec, Outcome, Request
 from heddle.scheduler.admission import ACCEPT, REJECT, Admission
 from heddle.scheduler.admission_settings import AdmissionSettings, class_limit
 from heddle.scheduler.power import LevelPower, PowerController, PowerSettings
 from heddle.scheduler.profiles import ConstantProfiles, ProfileTable
-from sched_fixtures import chain, model, validated
 
 TOP = 4
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import ml_dtypes
 import numpy as np
@@ -14,11 +14,11 @@ import onnxruntime as ort
 import pytest
 
 from heddle.backends.base import BackendError, InputError, datatype_of, make_pool, numpy_dtype
-from heddle.server.runtime.executors import make_executor
 from heddle.backends.onnxruntime import OrtExecutor, read_io_spec, session_options, warm_inputs
 from heddle.backends.python import PythonExecutor
 from heddle.backends.zoo import MODEL_NAMES, build_default_models
 from heddle.scheduler.specs import DeviceSpec, ModelSpec, TensorSpec
+from heddle.server.runtime.executors import make_executor
 
 CPU = DeviceSpec("cpu0", "cpu", "onnxruntime")
 

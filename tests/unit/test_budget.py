@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sched_fixtures import chain, fork_join, standard_models, validated
+from strategies import dags
 
 from heddle.scheduler import Core, DeviceSpec, Request
 from heddle.scheduler.budget import critical_path_s, path_times, slack_s, split_deadline
 from heddle.scheduler.profiles import ProfileEntry, ProfileTable
-from sched_fixtures import chain, fork_join, standard_models, validated
-from strategies import dags
 
 CHAIN = validated(chain("c", ["m", "m", "m"]))
 EST = {"s0": 1.0, "s1": 2.0, "s2": 1.0}

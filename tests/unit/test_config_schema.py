@@ -9,11 +9,12 @@ except ModuleNotFoundError:
     import tomli as tomllib
 
 import pytest
-from hypothesis import given, strategies as st
-
-from heddle.server.config.load import ConfigError, parse_config, parse_document
-from heddle.server.config.builder import document, onnx_device, python_device, python_model, tensor, to_toml
+from hypothesis import given
+from hypothesis import strategies as st
 from server_fixtures import TESTS_DIR, py_model_toml
+
+from heddle.server.config.builder import document, onnx_device, python_device, python_model, tensor, to_toml
+from heddle.server.config.load import ConfigError, parse_config, parse_document
 
 PY = '[[devices]]\nid = "py0"\nbackend = "python"\n{extra}\n'
 ORT = '[[devices]]\nid = "cpu0"\nbackend = "onnxruntime"\n{extra}\n'

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sched_fixtures import chain, devices, fork_join, model, standard_models, validated
 
 from heddle.scheduler import Core, Outcome, Request, RunState
 from heddle.scheduler.sim.driver import Driver, TimedBy
-from sched_fixtures import chain, devices, fork_join, model, standard_models, validated
 
 
 def make_request(rid, pipeline, now, priority=1, deadline_s=None):

@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from sched_fixtures import chain, devices, model, tensor, validate_pipeline
 
 from heddle.scheduler import Core, Outcome, PipelineSpec, Request, RunState, StageSpec
 from heddle.scheduler.batching import shape_signature
 from heddle.scheduler.profiles import ConstantProfiles, batch_scale
 from heddle.scheduler.sim.driver import Driver, TimedBy
-from sched_fixtures import chain, devices, model, tensor, validate_pipeline
 
 RUN_S = 0.1  # every one-row pass (ConstantProfiles); a pass of b rows takes RUN_S * batch_scale(b)
 

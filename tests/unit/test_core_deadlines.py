@@ -7,13 +7,14 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sched_fixtures import chain, devices, standard_models, validated
+from test_core import drive
 
 from heddle.scheduler import Core, Outcome, Request
 from heddle.scheduler.deadlines import DeadlineHeap, usable_deadline
 from heddle.scheduler.policies import POLICIES
-from sched_fixtures import chain, devices, standard_models, validated
-from test_core import drive
 
 EMPTY = {"requests": 0, "deadlines": 0, "deadline_entries": 0, "overdue": 0, "orphans": 0, "orphan_ids": 0,
          "riders": 0, "queued": 0, "running": 0, "unreported": 0}

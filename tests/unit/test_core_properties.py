@@ -6,12 +6,13 @@ import copy
 import dataclasses
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import Workload, workloads
 
 from heddle.scheduler import Core, Request, RunState
 from heddle.scheduler.policies import POLICIES, make_policy, tail
 from heddle.scheduler.sim.driver import Driver, TimedBy
-from strategies import Workload, workloads
 
 ALL_POLICIES = sorted(POLICIES)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from sched_fixtures import fork_join, model, standard_models, tensor, validated
 
 from heddle.scheduler import PipelineError, PipelineSpec, StageSpec, validate_pipeline
-from sched_fixtures import fork_join, model, standard_models, tensor, validated
 
 
 def test_fork_join_is_ordered_and_wired():

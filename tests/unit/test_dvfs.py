@@ -6,7 +6,14 @@ import pynvml
 import pytest
 
 from heddle.backends.power.dvfs import (
-    Applied, Disabled, Failed, NoneActuator, NoPermission, VirtualActuator, detect_actuators, pick_levels,
+    Applied,
+    Disabled,
+    Failed,
+    NoneActuator,
+    NoPermission,
+    VirtualActuator,
+    detect_actuators,
+    pick_levels,
 )
 from heddle.backends.power.dvfs_nvml import NvmlClockActuator, NvmlPowerLimitActuator
 from heddle.backends.power.testing import FakeGpu, FakeNvml, SysfsTree, run_unprivileged, shared_tempdir

@@ -10,7 +10,12 @@ import pytest
 from heddle.backends.power.cgroup import CgroupError, find_hierarchy, group_name
 from heddle.backends.power.dvfs import Applied, detect_actuators, level_count
 from heddle.backends.power.dvfs_cgroup import (
-    CgroupActuator, CgroupRegistry, bandwidth_percents, full_cpus, registry_for, with_bandwidth_clocks,
+    CgroupActuator,
+    CgroupRegistry,
+    bandwidth_percents,
+    full_cpus,
+    registry_for,
+    with_bandwidth_clocks,
 )
 from heddle.backends.power.estimate import estimate_power_w, power_model_of
 from heddle.backends.power.testing import SysfsTree, run_unprivileged, shared_tempdir
@@ -186,8 +191,9 @@ def test_level_clocks_default_to_the_bandwidth_shares():
 
 def test_an_inline_model_on_a_cgroup_device_is_a_config_error():
     """inline = true would run the stage on the event loop, outside the device's cgroup: refused, naming both."""
-    from heddle.server.config.load import ConfigError
     from server_fixtures import parse_test_config, py_model_toml
+
+    from heddle.server.config.load import ConfigError
 
     device = '[[devices]]\nid = "py0"\nkind = "cpu"\nbackend = "python"\ndvfs = { kind = "cgroup" }\n\n'
     model = py_model_toml("tail", "stage_fns:tail", devices=["py0"], inline=True)

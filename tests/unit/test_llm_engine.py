@@ -7,19 +7,32 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from sched_fixtures import tensor
 
 from heddle.backends.base import InputError
 from heddle.backends.llm import (
-    DecoderLayout, GenerationConfig, KVCache, LlmEngine, LlmSequence, decoder_spec, sample_token,
+    DecoderLayout,
+    GenerationConfig,
+    KVCache,
+    LlmEngine,
+    LlmSequence,
+    decoder_spec,
+    sample_token,
 )
 from heddle.backends.onnxruntime import read_io_spec
 from heddle.backends.tokenizer import (
-    BOS_ID, EOS_ID, ByteTokenizer, StreamDecoder, byte_tokenizer_json, decode_ids, encode_text, load_tokenizer,
+    BOS_ID,
+    EOS_ID,
+    ByteTokenizer,
+    StreamDecoder,
+    byte_tokenizer_json,
+    decode_ids,
+    encode_text,
+    load_tokenizer,
 )
 from heddle.backends.zoo.build import build_model
 from heddle.scheduler import Core, Outcome, PipelineSpec, RunState, StageSpec, validate_pipeline
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
-from sched_fixtures import tensor
 
 PROMPTS = ([5, 17, 99, 3], [7] * 9, [100, 200], [42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14])
 

@@ -4,13 +4,14 @@ migration and freezing, all on a virtual clock."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sched_fixtures import chain, model, validated
 
 from heddle.scheduler import Core, DeviceSpec, Request
 from heddle.scheduler.policies import POLICIES, PriorityPolicy, make_policy
 from heddle.scheduler.profiles import ProfileEntry, ProfileTable
 from heddle.scheduler.sim.driver import Driver, TimedBy
-from sched_fixtures import chain, model, validated
 
 ALL_POLICIES = sorted(POLICIES)
 

@@ -9,7 +9,9 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from sched_fixtures import chain, model, validated
 
 from heddle.scheduler import Core, DeviceSpec, Outcome, Request, RunState
 from heddle.scheduler.admission import Admission
@@ -17,7 +19,6 @@ from heddle.scheduler.plan import SetLevel
 from heddle.scheduler.power import LevelPower, PowerController, PowerSettings, box_power_w
 from heddle.scheduler.profiles import ConstantProfiles
 from heddle.scheduler.sim.driver import Driver, RunTimeModel
-from sched_fixtures import chain, model, validated
 
 CPU = LevelPower(1.0, (6.0, 4.0, 2.5))
 TOP = 4

@@ -9,7 +9,12 @@ import onnxruntime as ort
 import pytest
 
 from heddle.backends.power.estimate import (
-    DEFAULT_POWER_MODELS, EstimateSensor, PowerModel, detect_estimate, estimate_power_w, parse_power_model,
+    DEFAULT_POWER_MODELS,
+    EstimateSensor,
+    PowerModel,
+    detect_estimate,
+    estimate_power_w,
+    parse_power_model,
     power_model_of,
 )
 from heddle.backends.power.sensors import ESTIMATED, PowerSample

@@ -7,15 +7,22 @@ from pathlib import Path
 
 import onnx
 import pytest
+from sched_fixtures import chain, model, validated
 
 from heddle.backends.graph_summary import summarize_file
 from heddle.backends.zoo import build_default_models, build_model
 from heddle.scheduler import Core, DeviceSpec, Request
 from heddle.scheduler.profiles import (
-    ConstantProfiles, DeviceSpeed, GraphSummary, ProfileEntry, ProfileTable, batch_scale, compatible,
-    device_speed, prior_latency_s,
+    ConstantProfiles,
+    DeviceSpeed,
+    GraphSummary,
+    ProfileEntry,
+    ProfileTable,
+    batch_scale,
+    compatible,
+    device_speed,
+    prior_latency_s,
 )
-from sched_fixtures import chain, model, validated
 
 CPU = DeviceSpec("cpu0", "cpu", "onnxruntime")
 GPU = DeviceSpec("gpu0", "gpu", "onnxruntime", options={"speed": {"flops_per_s": 1e12, "level_clock": [1.0, 0.5]}})

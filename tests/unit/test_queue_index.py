@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sched_fixtures import chain, devices, model, standard_models, validated
+from strategies import Workload, workloads
 
 from heddle.scheduler import Core, Request
 from heddle.scheduler.policies import (
-    DreamPolicy, EdfPolicy, FcfsPolicy, LeastSlackPolicy, PriorityPolicy, SjfPolicy, fixed_group_order,
+    DreamPolicy,
+    EdfPolicy,
+    FcfsPolicy,
+    LeastSlackPolicy,
+    PriorityPolicy,
+    SjfPolicy,
+    fixed_group_order,
 )
 from heddle.scheduler.profiles import ProfileEntry, ProfileTable
 from heddle.scheduler.sim.driver import Driver, TimedBy
 from heddle.scheduler.twill import TwillPolicy
-from sched_fixtures import chain, devices, model, standard_models, validated
-from strategies import Workload, workloads
 
 INDEXED = [FcfsPolicy, PriorityPolicy, EdfPolicy, LeastSlackPolicy, SjfPolicy]
 

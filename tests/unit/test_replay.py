@@ -9,7 +9,12 @@ import pytest
 from heddle.scheduler.profiles import ProfileEntry
 from heddle.scheduler.sim.replay import closed_loop_links, recorded, replay
 from heddle.scheduler.sim.tracefile import (
-    PROFILE_FORMAT, TRACE_FORMAT, TraceError, dispatch_gaps, parse_profile, parse_trace,
+    PROFILE_FORMAT,
+    TRACE_FORMAT,
+    TraceError,
+    dispatch_gaps,
+    parse_profile,
+    parse_trace,
 )
 from heddle.server.cli import main
 

@@ -7,18 +7,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
+from server_fixtures import chain, parse_test_document, py_model
 
 from heddle.backends.base import DeviceUnavailable
 from heddle.scheduler import Outcome
-from heddle.server.config.load import Config
 from heddle.server.config.builder import document, python_device
+from heddle.server.config.load import Config
 from heddle.server.runtime.runtime import Runtime
 from heddle.server.testing import FakeClock, function_executors, run_on, turns
-from server_fixtures import chain, parse_test_document, py_model
 
 WAIT_S = 20.0  # bound on a worker thread's wait; reached only when something is broken
 X = {"x": np.ones(2, np.float32)}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from sched_fixtures import chain, devices, standard_models, validated
 
 from heddle.scheduler import Core, DeviceSpec, Outcome, Request
 from heddle.scheduler.profiles import ProfileEntry
 from heddle.scheduler.sim.driver import Driver, TimedBy
 from heddle.scheduler.sim.run_times import NoisyTable, noise
-from sched_fixtures import chain, devices, standard_models, validated
 
 PIPE = validated(chain("c", ["m"]))
 SPEED = {"speed": {"level_clock": (1.0, 0.5)}}

@@ -9,12 +9,12 @@ import statistics
 from pathlib import Path
 
 import pytest
+from server_fixtures import REPO_ROOT
 
 from heddle.scheduler.sim.platform_file import parse_platform
 from heddle.scheduler.sim.workload import Periodic, Poisson
 from heddle.scheduler.sim.workload_file import parse_workload
 from heddle.server.cli import main
-from server_fixtures import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "docs" / "sim"
 

@@ -9,8 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from heddle.backends.zoo import MODEL_NAMES, build_default_models, build_model
-from heddle.backends.zoo import ops
+from heddle.backends.zoo import MODEL_NAMES, build_default_models, build_model, ops
 from heddle.backends.zoo.llm import llm_io_names
 
 EXPECTED_IO = {
