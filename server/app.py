@@ -162,7 +162,7 @@ class HeddleServer:
             self.tracer.shutdown()
         for ex in self.executors.values():
             ex.close()
-        if self._metrics_http is not None and not exiting:  # its close waits out a 0.5 s poll
+        if self._metrics_http is not None and not exiting:  # its close waits out one 50 ms poll
             self._metrics_http.close()
         log.info("heddle stopped")
 

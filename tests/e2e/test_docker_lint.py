@@ -213,6 +213,7 @@ def _run_probe(port: int) -> int:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60).returncode
 
 
+@pytest.mark.slow
 def test_healthcheck_probe_follows_the_serving_status() -> None:
     """The image's health probe exits 0 against a SERVING gRPC health service and non-zero when NOT_SERVING."""
     servicer = health.HealthServicer()

@@ -179,6 +179,7 @@ def test_deadline_too_short_for_a_slow_stage_is_deadline_exceeded(client: Heddle
     assert ("tail", 5) not in stage_fns.calls()
 
 
+@pytest.mark.slow
 def test_grpc_timeout_is_deadline_exceeded(client: HeddleClient, gateway: RunningServer):
     """A gRPC timeout that runs out while a stage is held gives DEADLINE_EXCEEDED; the server forgets it."""
     with while_good_request_runs(client):

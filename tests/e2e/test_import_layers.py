@@ -61,6 +61,7 @@ def test_clients_import_no_runtime() -> None:
     assert wrong == []
 
 
+@pytest.mark.slow
 def test_importing_every_client_module_loads_no_server_backend_or_runtime() -> None:
     """The same, as Python sees it: after importing all of heddle.clients (transitive imports too),
     no server, backend, scheduler, ONNX Runtime or tritonclient module is loaded."""

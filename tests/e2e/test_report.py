@@ -213,6 +213,7 @@ def _doc(records: list[RequestRecord], interrupted: bool = False) -> dict:
 
 
 class TestPlotsAndHtml:
+    @pytest.mark.slow
     def test_plots_are_png_files(self, tmp_path: Path):
         """write_plots writes each plot as a PNG file."""
         pytest.importorskip("matplotlib", reason="plots need the bench extra (matplotlib)")

@@ -59,6 +59,7 @@ def test_shipped_platform_is_consistent_with_its_op_support():
             assert PLATFORM.devices_of(stage.model)
 
 
+@pytest.mark.slow
 def test_every_policy_finishes_every_request_and_runs_are_reproducible():
     """A short run of the default scenario ends every request under every policy (simulate
     asserts it), and the same seed gives the same result."""

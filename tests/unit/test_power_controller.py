@@ -393,6 +393,7 @@ def test_plant_power_cap_holds_and_no_request_is_lost(headroom_w, low_rate_hz, t
     assert all(result.outcomes[r.id] is not Outcome.REJECTED for r in result.requests.values() if r.priority >= TOP)
 
 
+@pytest.mark.slow
 def test_simulated_orin_budget_holds_and_beats_a_plain_governor():
     """On the simulated Orin NX-like platform at 15 W, twill with the controller keeps power
     within budget + 5% in >= 95% of periods, and its top class misses fewer deadlines than
