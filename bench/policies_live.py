@@ -43,6 +43,7 @@ import numpy as np
 
 from bench import harness
 from bench.harness import (
+    CPU_PROVIDERS,
     HEDDLE,
     ROOT,
     free_port,
@@ -66,7 +67,8 @@ from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.loadgen import RequestRecord, run_load
 from heddle.clients.scenarios import App, Scenario
 from heddle.scheduler.policies import POLICIES
-from heddle.server.config.builder import document, onnx_model, pipeline, stage, tensor
+from heddle.scheduler.sim.platforms import DLA_UNSUPPORTED_OPS
+from heddle.server.config.builder import document, onnx_device, onnx_model, pipeline, python_device, stage, tensor
 from heddle.server.config.default import FRAME_OPS
 
 WARMUP = "warmup"  # fcfs load before the policies: lazy initialisation, the server's estimates settle
@@ -82,9 +84,25 @@ def build_models(cache: Path, args: argparse.Namespace) -> dict[str, Path]:
     }
 
 
-def write_config(work: Path, models: dict[str, Path], grpc_port: int, metrics_port: int) -> Path:
-    """Two pinned CPU devices and py0; the frame chain (python -> CNN -> python) and the background
-    text pipeline (encoder -> classifier)."""
+def emulated_devices() -> list[dict[str, Any]]:
+    """An Orin NX-like heterogeneous box on this machine's two cores (issue #15), each factor from
+    scheduler/sim/platforms.py's ORIN_NX: "gpu0" owns core 0 at full speed; "dla0" gets 58% of core 1
+    through a cgroup (resnet50 on a DLA: 1.08 / 1.87 ms of the GPU's speed) and refuses the
+    transformer op types a DLA lacks (DLA_UNSUPPORTED_OPS); "cpu0" gets 15% of core 1 (the real CPU
+    cluster is ~100x slower than the GPU on CNNs; 15% is the floor that still finishes a stage
+    inside the frames' deadline)."""
+    dla_ops = list(DLA_UNSUPPORTED_OPS)
+    return [onnx_device("gpu0", cores=[0], kind="gpu", providers=CPU_PROVIDERS),
+            onnx_device("dla0", cores=[1], kind="dla", providers=CPU_PROVIDERS, unsupported_ops=dla_ops,
+                        dvfs={"kind": "cgroup", "values": [58]}),
+            onnx_device("cpu0", cores=[1], kind="cpu", providers=CPU_PROVIDERS,
+                        dvfs={"kind": "cgroup", "values": [15]}),
+            python_device("py0", slots=2, kind="cpu")]
+
+
+def write_config(work: Path, models: dict[str, Path], grpc_port: int, metrics_port: int, box: str = "local") -> Path:
+    """Two pinned CPU devices and py0 (box "local"), or the emulated heterogeneous box; the frame
+    chain (python -> CNN -> python) and the background text pipeline (encoder -> classifier)."""
     image, ids = tensor("image", "UINT8", (-1, 64, 64, 3)), tensor("input_ids", "INT64", (-1, -1))
     frames = pipeline("frames", [image], {"probs": "post.probs", "label": "post.label"}, [
         stage("pre", "preprocess", image="input:image"), stage("cnn", "frame_cnn", image="pre.image"),
@@ -95,7 +113,8 @@ def write_config(work: Path, models: dict[str, Path], grpc_port: int, metrics_po
         stage("cls", "bg_cls", pooled="encoder.pooled")],
         description="background text: transformer encoder -> classifier")
     server = {"policy": "fcfs", "grpc_port": grpc_port, "metrics_port": metrics_port, "cache_dir": str(work / "cache")}
-    doc = document(server=server, devices=pinned_devices([0, 1]), pipelines=[frames, background], models=[
+    devices = emulated_devices() if box == "emulated" else pinned_devices([0, 1])
+    doc = document(server=server, devices=devices, pipelines=[frames, background], models=[
         onnx_model("frame_cnn", str(models["frame_cnn"])),
         onnx_model("bg_encoder", str(models["bg_encoder"]), kind="transformer"),
         onnx_model("bg_cls", str(models["bg_cls"])), *FRAME_OPS])
@@ -218,7 +237,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     started = time.monotonic()
     models = build_models(work / "models", args)
     grpc_port, metrics_port = free_port(), free_port()
-    config = write_config(work, models, grpc_port, metrics_port)
+    config = write_config(work, models, grpc_port, metrics_port, args.box)
     print("heddle profile (isolated, through the executors) ...", flush=True)
     isolated = profile(config, work / "profile.json", args)
     print(f"heddle profile --under-load {args.profile_load_s:g} (the bench's load, a server of its own) ...",
@@ -274,6 +293,9 @@ def profile_from_trace(trace: Path, out: Path) -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--policy", action="append", help="policy to run (repeatable; default: all)")
+    p.add_argument("--box", choices=("local", "emulated"), default="local",
+                   help="local: two pinned CPU devices; emulated: an Orin NX-like gpu/dla/cpu box through "
+                        "cgroup bandwidth caps (needs a writable cgroup; issue #15)")
     p.add_argument("--duration-s", type=float, default=25.0, help="live load per policy")
     p.add_argument("--rounds", type=int, default=5,
                    help="the policies take turns, duration-s / rounds each per round (drift hits all alike)")
