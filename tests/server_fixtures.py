@@ -28,7 +28,8 @@ from heddle.server.config.load import Config, load_config, parse_config, parse_d
 __all__ = [
     "REPO_ROOT", "TESTS_DIR", "TOKENIZER_MODELS_TOML", "RunningServer", "ServerProcess", "chain", "chain_toml",
     "default_client", "default_config", "default_server", "heddle_cache_dir", "parse_test_config",
-    "parse_test_document", "py_model", "py_model_toml", "running_server", "scrape_metrics", "serve_document",
+    "parse_test_document", "py_model", "py_model_toml", "running_server", "scale_onnx", "scrape_metrics",
+    "serve_document",
     "serve_toml", "wait_until",
 ]
 
@@ -246,3 +247,20 @@ def default_server(default_config: Config) -> Iterator[RunningServer]:
 def default_client(default_server: RunningServer) -> Iterator[HeddleClient]:
     with default_server.client() as client:
         yield client
+
+
+def scale_onnx(path: Path, k: float) -> str:
+    """Write y = x * k (FP32 [n]) to `path`, whole or not at all (as an operator's deploy step would):
+    a model whose versions or rewrites a test tells apart by k. Returns the path."""
+    import onnx
+
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n"])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n"])
+    k_init = onnx.helper.make_tensor("k", onnx.TensorProto.FLOAT, [1], [k])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Mul", ["x", "k"], ["y"])], "scale", [x], [y], [k_init])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    tmp = path.with_suffix(".tmp")
+    onnx.save(model, tmp)
+    os.replace(tmp, path)
+    return str(path)

@@ -4,15 +4,13 @@ the removed pipeline after the swap; what cannot change live is refused, naming 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from server_fixtures import running_server
+from server_fixtures import running_server, scale_onnx
 
 from heddle.clients.errors import HeddleError
 from heddle.server.cli import main
@@ -31,19 +29,6 @@ from heddle.server.config.load import load_config
 from heddle.server.runtime.reload import ReloadError, diff_configs, fingerprint
 
 X = np.arange(4, dtype=np.float32)
-
-
-def _scale_onnx(path: Path, k: float) -> None:
-    """y = x * k, FP32 [n]: a model whose file a reload rewrites (k tells the versions apart)."""
-    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n"])
-    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n"])
-    k_init = onnx.helper.make_tensor("k", onnx.TensorProto.FLOAT, [1], [k])
-    graph = onnx.helper.make_graph([onnx.helper.make_node("Mul", ["x", "k"], ["y"])], "scale", [x], [y], [k_init])
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    tmp = path.with_suffix(".tmp")
-    onnx.save(model, tmp)
-    os.replace(tmp, path)  # whole or not at all, as an operator's deploy step would write it
 
 
 def _py(name: str) -> dict:
@@ -66,7 +51,7 @@ def _write(path: Path, models: list[str], **server) -> Path:
 
 @pytest.fixture
 def files(tmp_path: Path) -> Path:
-    _scale_onnx(tmp_path / "scale.onnx", 2.0)
+    scale_onnx(tmp_path / "scale.onnx", 2.0)
     _write(tmp_path / "heddle.toml", ["scale", "keep", "gone"])
     return tmp_path
 
@@ -75,7 +60,7 @@ def test_diff_names_each_change_and_sees_a_file_rewritten_in_place(files: Path) 
     old = load_config(files / "heddle.toml", grpc_port=0, metrics_port=0, http_port=0)
     prints = {n: fingerprint(m) for n, m in old.models.items()}
     time.sleep(0.01)  # a distinct mtime for the rewrite (nanosecond clocks; coarse filesystems differ)
-    _scale_onnx(files / "scale.onnx", 3.0)
+    scale_onnx(files / "scale.onnx", 3.0)
     new = load_config(_write(files / "new.toml", ["scale", "keep", "fresh"]), grpc_port=0, metrics_port=0, http_port=0)
     diff = diff_configs(old, new, prints)
     assert (diff.models_added, diff.models_changed, diff.models_removed) == (("fresh",), ("scale",), ("gone",))
@@ -129,7 +114,7 @@ def test_under_load_a_reload_fails_nothing_but_the_removed_pipeline(files: Path,
         try:
             time.sleep(0.5)
             keep_runs_before = _measured_runs(running, "keep")
-            _scale_onnx(files / "scale.onnx", 3.0)
+            scale_onnx(files / "scale.onnx", 3.0)
             _write(files / "heddle.toml", ["scale", "keep", "fresh"])
             reloading.set()
             code = main(["reload", "--target", running.target])

@@ -8,9 +8,8 @@ import collections
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from server_fixtures import parse_test_document, running_server
+from server_fixtures import parse_test_document, running_server, scale_onnx
 
 from heddle.clients.errors import HeddleError
 from heddle.server.config.builder import document, onnx_device, onnx_model, pipeline, stage, tensor
@@ -19,23 +18,12 @@ from heddle.server.config.schema import ConfigError
 X = np.arange(4, dtype=np.float32)
 
 
-def _scale_onnx(path: Path, k: float) -> str:
-    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n"])
-    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n"])
-    k_init = onnx.helper.make_tensor("k", onnx.TensorProto.FLOAT, [1], [k])
-    graph = onnx.helper.make_graph([onnx.helper.make_node("Mul", ["x", "k"], ["y"])], "scale", [x], [y], [k_init])
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return str(path)
-
-
 def _one(name: str, model: str) -> dict:
     return pipeline(name, [tensor("x")], {"y": "s.y"}, [stage("s", model, x="input:x")])
 
 
 def _config(tmp_path: Path, *versions: dict, pipelines=None):
-    v1, v2 = _scale_onnx(tmp_path / "v1.onnx", 2.0), _scale_onnx(tmp_path / "v2.onnx", 3.0)
+    v1, v2 = scale_onnx(tmp_path / "v1.onnx", 2.0), scale_onnx(tmp_path / "v2.onnx", 3.0)
     paths = {"1": v1, "2": v2}
     models = [onnx_model("scale", paths[str(v.get("version", "1"))], **v) for v in versions]
     return parse_test_document(document(devices=[onnx_device("cpu0")], models=models,
@@ -97,4 +85,4 @@ def test_version_mistakes_are_refused_naming_them(tmp_path: Path, tables, messag
 def test_a_model_name_with_an_at_sign_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot contain '@'"):
         parse_test_document(document(devices=[onnx_device("cpu0")],
-                                     models=[onnx_model("a@b", _scale_onnx(tmp_path / "a.onnx", 2.0))]))
+                                     models=[onnx_model("a@b", scale_onnx(tmp_path / "a.onnx", 2.0))]))
