@@ -7,13 +7,11 @@ Triton-style statistics (kserve_stats). Stubs come from the `tritonclient` packa
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import importlib.metadata
 import time
 
 import grpc
-import numpy as np
 import structlog
 from tritonclient.grpc import service_pb2 as kpb
 from tritonclient.grpc import service_pb2_grpc as kpb_grpc
@@ -30,16 +28,18 @@ from heddle.server.frontends.kserve_convert import (
     check_requested_outputs,
     decode_kserve_inputs,
     encode_output,
+    generation_overrides,
     kserve_deadline_ms,
     kserve_priority,
     parameter_values,
     refuse_sequence_parameters,
 )
-from heddle.server.frontends.kserve_shm import SharedMemoryIO, region_status
+from heddle.server.frontends.kserve_extensions import KServeExtensions
+from heddle.server.frontends.kserve_shm import SharedMemoryIO
 from heddle.server.frontends.kserve_stats import KServeStats, RequestTimes
+from heddle.server.frontends.kserve_stream import KServeStreaming, log_id
 from heddle.server.frontends.shm import SharedMemory
 from heddle.server.frontends.validation import (
-    MAX_REQUEST_ID_BYTES,
     RequestError,
     check_generation,
     check_parameters,
@@ -48,11 +48,11 @@ from heddle.server.frontends.validation import (
 )
 from heddle.server.observe.logs import SampledLog, get_logger
 from heddle.server.observe.tracing import RequestTracer, trace_headers_of, trace_request
-from heddle.server.runtime.jobs import StageStatus, TokenUpdate
+from heddle.server.runtime.jobs import StageStatus
 from heddle.server.runtime.limits import RequestLimits
-from heddle.server.runtime.reload import NotServed, Reloader, ReloadError
+from heddle.server.runtime.reload import Reloader
 from heddle.server.runtime.runtime import JobResult, Runtime
-from heddle.server.runtime.status import RETRY_AFTER_KEY, request_error
+from heddle.server.runtime.status import request_error
 
 __all__ = ["EXTENSIONS", "SERVICE_NAME", "KServeServicer"]
 
@@ -71,7 +71,7 @@ def _server_version() -> str:
         return "0+unknown"
 
 
-class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
+class KServeServicer(KServeStreaming, KServeExtensions, kpb_grpc.GRPCInferenceServiceServicer):
     """Models are the config's models (each wrapped in a one-stage pipeline) and pipelines; a
     pipeline that shares a model's name hides that model. Every model is version "1"."""
 
@@ -176,67 +176,12 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
 
     # ---- inference ----------------------------------------------------------------------
     async def ModelInfer(self, request: kpb.ModelInferRequest, context) -> kpb.ModelInferResponse:
-        with structlog.contextvars.bound_contextvars(request_id=_log_id(request)):
+        with structlog.contextvars.bound_contextvars(request_id=log_id(request)):
             try:
                 return await self._infer(request, context)
             except RequestError as exc:
                 exc.__traceback__ = None  # gRPC keeps the abort, which would keep the inputs (service.py)
                 await context.abort(exc.code, exc.message, exc.trailing_metadata)
-
-    async def ModelStreamInfer(self, request_iterator, context):
-        """Requests on one stream run concurrently; each gets one response, in completion order
-        (match them by `id`). A failed request answers with error_message and the stream goes on."""
-        responses: asyncio.Queue = asyncio.Queue()
-        pump = asyncio.ensure_future(self._pump(request_iterator, context, responses))
-        try:
-            while (response := await responses.get()) is not None:
-                yield response
-            await pump
-        finally:
-            pump.cancel()
-
-    async def _pump(self, request_iterator, context, responses: asyncio.Queue) -> None:
-        """Start one task per incoming request; when the client half-closes, wait for them all."""
-        tasks: set[asyncio.Task] = set()
-        try:
-            async for request in request_iterator:
-                task = asyncio.ensure_future(self._stream_one(request, context, responses.put_nowait))
-                task.add_done_callback(lambda t: t.cancelled() or responses.put_nowait(t.result()))
-                tasks = {t for t in tasks if not t.done()}
-                tasks.add(task)
-            if tasks:
-                await asyncio.wait(tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            responses.put_nowait(None)
-
-    async def _stream_one(self, request: kpb.ModelInferRequest, context,
-                          emit=None) -> kpb.ModelStreamInferResponse:
-        with structlog.contextvars.bound_contextvars(request_id=_log_id(request)):
-            try:
-                on_token = _token_responder(request, emit) if emit is not None else None
-                response = await self._infer(request, context, on_token)
-                if on_token is not None and self._has_llm(request.model_name):
-                    # Like a decoupled Triton model: token responses first, then this final one.
-                    response.parameters["triton_final_response"].bool_param = True
-                return kpb.ModelStreamInferResponse(infer_response=response)
-            except RequestError as exc:
-                message = f"{exc.code.name}: {exc.message}"
-                hint = dict(exc.trailing_metadata).get(RETRY_AFTER_KEY)
-            except Exception as exc:  # a bug must not end the client's stream
-                log.exception("stream request failed", model=request.model_name)
-                message, hint = f"INTERNAL: {type(exc).__name__}: {exc}", None
-        echo = kpb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
-                                      id=request.id)
-        if hint is not None:  # a stream has no trailers per request: the hint rides in parameters
-            echo.parameters[RETRY_AFTER_KEY].int64_param = int(hint)
-        return kpb.ModelStreamInferResponse(error_message=message, infer_response=echo)
-
-    def _has_llm(self, name: str) -> bool:
-        entry = self.catalog.get(name)
-        models = self.runtime.config.models
-        return entry is not None and any(models[s.model].kind == "llm" for s in entry.pipeline.stages)
 
     async def _infer(self, request: kpb.ModelInferRequest, context, on_token=None) -> kpb.ModelInferResponse:
         """Validate, run and answer one request; a refusal or failure raises RequestError. The shared
@@ -261,7 +206,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             priority = kserve_priority(request.parameters, self.settings)
             deadline_s = effective_deadline_s(kserve_deadline_ms(request.parameters), context.time_remaining())
             refuse_sequence_parameters(request.parameters)
-            generation = check_generation(_generation(request.parameters), "parameter ")
+            generation = check_generation(generation_overrides(request.parameters), "parameter ")
             inputs = decode_kserve_inputs(entry.pipeline, request, shm_io)
             # Stage parameters among the request's parameters; the rest are KServe's or heddle's own.
             parameters = check_parameters(entry.pipeline, self.runtime.models, parameter_values(request.parameters),
@@ -334,116 +279,3 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     def _observe_refused(self, name: str, code: str) -> None:
         if self.runtime.metrics is not None:
             self.runtime.metrics.observe_refused(name, code)
-
-    # ---- what heddle does not do --------------------------------------------------------
-    async def _unsupported(self, context, what: str, instead: str) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"heddle does not support {what}: {instead}")
-
-    def attach_reloader(self, reloader: Reloader) -> None:
-        """RepositoryModelLoad/Unload go through the server's config reload (server/runtime/reload.py)."""
-        self.reloader = reloader
-
-    async def RepositoryModelLoad(self, request, context) -> kpb.RepositoryModelLoadResponse:
-        """Reload the config file (models and pipelines; server/runtime/reload.py), with the model no
-        longer left out if it was unloaded; NOT_FOUND when the file does not have it."""
-        name = request.model_name
-        await self._repository(context, lambda: self.reloader.load(name))
-        if name not in self.catalog and not any(n.partition("@")[0] == name for n in self.catalog):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {clipped(name)!r} is not in the config file "
-                                f"(heddle loads what its config names; add a [[models]] table)")
-        return kpb.RepositoryModelLoadResponse()
-
-    async def RepositoryModelUnload(self, request, context) -> kpb.RepositoryModelUnloadResponse:
-        """Stop serving a model (all its versions) or pipeline, and the pipelines that run it, until
-        RepositoryModelLoad; requests already running finish."""
-        name = request.model_name
-        await self._repository(context, lambda: self.reloader.unload(name))
-        return kpb.RepositoryModelUnloadResponse()
-
-    async def _repository(self, context, change) -> None:
-        if self.reloader is None:
-            await self._unsupported(context, "repository changes", "this server was built without config reload")
-        try:
-            await change()
-        except ReloadError as exc:
-            code = grpc.StatusCode.FAILED_PRECONDITION if exc.fixed else grpc.StatusCode.INVALID_ARGUMENT
-            await context.abort(grpc.StatusCode.NOT_FOUND if isinstance(exc, NotServed) else code, str(exc))
-
-    # ---- system shared memory (server/frontends/shm.py) ----------------------------------
-    async def SystemSharedMemoryStatus(self, request, context) -> kpb.SystemSharedMemoryStatusResponse:
-        if request.name and request.name not in self.shm.regions:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no shared memory region {clipped(request.name)!r}")
-        names = [request.name] if request.name else sorted(self.shm.regions)
-        return region_status(self.shm.regions[n] for n in names)
-
-    async def SystemSharedMemoryRegister(self, request, context) -> kpb.SystemSharedMemoryRegisterResponse:
-        try:
-            self.shm.register(request.name, request.key, request.offset, request.byte_size)
-        except RequestError as exc:
-            await context.abort(exc.code, exc.message)
-        return kpb.SystemSharedMemoryRegisterResponse()
-
-    async def SystemSharedMemoryUnregister(self, request, context) -> kpb.SystemSharedMemoryUnregisterResponse:
-        try:
-            self.shm.unregister(request.name)
-        except RequestError as exc:
-            await context.abort(exc.code, exc.message)
-        return kpb.SystemSharedMemoryUnregisterResponse()
-
-    async def CudaSharedMemoryStatus(self, request, context):
-        await self._unsupported(context, "CUDA shared memory", _SEND_TENSORS)
-
-    async def CudaSharedMemoryRegister(self, request, context):
-        await self._unsupported(context, "CUDA shared memory", _SEND_TENSORS)
-
-    async def CudaSharedMemoryUnregister(self, request, context):
-        await self._unsupported(context, "CUDA shared memory", _SEND_TENSORS)
-
-    async def TraceSetting(self, request, context):
-        await self._unsupported(context, "TraceSetting", "per-stage timings are in heddle.v1 responses, "
-                                "structured logs and Prometheus metrics")
-
-    async def LogSettings(self, request, context):
-        await self._unsupported(context, "LogSettings", "set [server] log_level in the config")
-
-
-_SEND_TENSORS = "send tensors in the request (raw_input_contents or typed contents)"
-# Request parameters that set an LLM stage's GenerationConfig, with the parameter type each takes.
-_GENERATION_PARAMS = {"max_new_tokens": "int64_param", "temperature": "double_param", "top_k": "int64_param",
-                      "top_p": "double_param", "seed": "int64_param"}
-
-
-def _log_id(request: kpb.ModelInferRequest) -> str | None:
-    """The id logs carry; one too long is cut (and the request refused in _infer)."""
-    return clipped(request.id, MAX_REQUEST_ID_BYTES) or None
-
-
-def _generation(params) -> dict | None:
-    """GenerationConfig overrides from KServe request parameters (absent ones keep the model's)."""
-    found = {}
-    for key, kind in _GENERATION_PARAMS.items():
-        if key in params:
-            param = params[key]
-            which = param.WhichOneof("parameter_choice")
-            if which not in (kind, "int64_param", "uint64_param"):
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"parameter {key!r} must be a number, got {which or 'nothing'}")
-            found[key] = getattr(param, which)
-    return found or None
-
-
-def _token_responder(request: kpb.ModelInferRequest, emit):
-    """on_token for a stream: each batch of tokens is a response of its own, matched by `id`,
-    carrying them as `token_ids` INT64 [1, n], its stage and index in parameters."""
-    def send(update: TokenUpdate) -> None:
-        response = kpb.ModelInferResponse(model_name=request.model_name, model_version=MODEL_VERSION,
-                                          id=request.id)
-        meta, data = encode_output("token_ids", np.asarray([update.token_ids], dtype=np.int64))
-        response.outputs.append(meta)
-        response.raw_output_contents.append(data)
-        params = response.parameters
-        params["heddle_stage"].string_param = update.stage
-        params["heddle_token_index"].int64_param = update.index
-        params["triton_final_response"].bool_param = False
-        emit(kpb.ModelStreamInferResponse(infer_response=response))
-    return send

@@ -30,6 +30,7 @@ __all__ = [
     "check_requested_outputs",
     "decode_kserve_inputs",
     "encode_output",
+    "generation_overrides",
     "kserve_deadline_ms",
     "kserve_priority",
     "parameter_values",
@@ -234,3 +235,22 @@ def refuse_sequence_parameters(params) -> None:
             if which is not None and getattr(param, which):
                 raise RequestError(_INVALID, f"parameter {key!r}: heddle models are stateless and "
                                              "take no sequence parameters")
+
+
+# Request parameters that set an LLM stage's GenerationConfig, with the parameter type each takes.
+_GENERATION_PARAMS = {"max_new_tokens": "int64_param", "temperature": "double_param", "top_k": "int64_param",
+                      "top_p": "double_param", "seed": "int64_param"}
+
+
+def generation_overrides(params) -> dict | None:
+    """GenerationConfig overrides from KServe request parameters (absent ones keep the model's)."""
+    found = {}
+    for key, kind in _GENERATION_PARAMS.items():
+        if key in params:
+            param = params[key]
+            which = param.WhichOneof("parameter_choice")
+            if which not in (kind, "int64_param", "uint64_param"):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"parameter {key!r} must be a number, got {which or 'nothing'}")
+            found[key] = getattr(param, which)
+    return found or None
