@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import statistics
 import sys
 import tempfile
 import time
@@ -38,13 +37,13 @@ from bench.harness import (
     free_port,
     heddle_command,
     machine_info,
-    results_path,
     save_report,
     server_process,
     summarize,
     tree_cpu_s,
     wait_models_ready,
 )
+from bench.sweep import add_sweep_args, median_ratios, print_ratios, sweep, sweep_args
 from bench.tiny_vs_triton import MODEL, build_tiny, heddle_config_text, reference
 from heddle.backends.onnxruntime import read_io_spec
 from heddle.backends.triton.repo import write_onnx_python_model
@@ -135,50 +134,26 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _medians(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    return {name: {k: statistics.median(r[name][k] for r in rounds if k in r[name]) for k in rounds[0][name]}
-            for name in rounds[0]}
-
-
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     x = np.random.default_rng(1).standard_normal((1, 16)).astype(np.float32)
-    rounds: list[dict[str, Any]] = []
     with servers(args, work) as s:
         expected = reference(s["model"], x)
-        for i in range(args.rounds):
-            results: dict[str, dict[str, Any]] = {t: {} for t in args.target}
-            for conc in args.concurrency:  # targets take turns, so drift on a shared box hits them alike
-                for target in args.target:
-                    stats = asyncio.run(_measure(target, s["urls"][target], s["pids"][target], conc, x, expected,
-                                                 args))
-                    results[target][str(conc)] = stats
-                    print(f"  round {i} {target:<11} c={conc:<2} {stats['throughput_rps']:7.1f} req/s  "
-                          f"p50 {stats.get('p50_ms', 0):6.3f} ms  server cpu {stats['server_cpu_ms_per_request']:.3f} "
-                          f"client cpu {stats['client_cpu_ms_per_request']:.3f} ms/req  errors {stats['errors']}",
-                          flush=True)
-            rounds.append({"results": results, "ratios": _ratios(results)})
+        rounds = sweep(args, lambda target, conc: asyncio.run(
+            _measure(target, s["urls"][target], s["pids"][target], conc, x, expected, args)), _ratios)
     return {"benchmark": "http_vs_grpc",
             "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "params": {"targets": args.target, "concurrency": args.concurrency, "warmup_s": args.warmup_s,
                        "duration_s": args.duration_s, "rounds": args.rounds, "request": "x FP32 [1,16]"},
             "machine": machine_info(), "notes": NOTES, "rounds": rounds,
-            "median_ratios": _medians([r["ratios"] for r in rounds])}
+            "median_ratios": median_ratios([r["ratios"] for r in rounds])}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--concurrency", type=int, action="append", help="closed-loop clients (default 1 and 8)")
-    p.add_argument("--warmup-s", type=float, default=1.0)
-    p.add_argument("--duration-s", type=float, default=5.0)
-    p.add_argument("--rounds", type=int, default=3, help="sweeps; each ratio's median is reported")
-    p.add_argument("--target", action="append", choices=TARGETS, help="only these targets (default all)")
+    add_sweep_args(p, TARGETS, "http_vs_grpc.json")
     p.add_argument("--no-triton", action="store_true", help="leave Triton's HTTP endpoint out")
-    p.add_argument("--heddle-cmd", default=None, help="command to run heddle (default: venv `heddle`)")
-    p.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/<date>/http_vs_grpc.json)")
-    args = p.parse_args(argv)
-    args.concurrency = args.concurrency or [1, 8]
-    args.target = [t for t in TARGETS if t in (args.target or TARGETS) and not (args.no_triton and t == "triton_http")]
-    args.out = results_path("http_vs_grpc.json", args.out)
+    args = sweep_args(p.parse_args(argv), TARGETS, "http_vs_grpc.json")
+    args.target = [t for t in args.target if not (args.no_triton and t == "triton_http")]
     return args
 
 
@@ -186,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="heddle-http-") as tmp:
         report = run(args, Path(tmp))
-    for name, r in report["median_ratios"].items():
-        print(f"{name:<22} " + "  ".join(f"{k} x{v:.2f}" for k, v in r.items()))
+    print_ratios(report)
     save_report(report, args.out)
     return 0
 

@@ -48,13 +48,13 @@ from bench.harness import (
     heddle_command,
     machine_info,
     onnx_ids,
-    results_path,
     save_report,
     server_process,
     summarize,
     tree_cpu_s,
     wait_models_ready,
 )
+from bench.sweep import add_sweep_args, median_ratios, print_ratios, sweep, sweep_args
 from heddle.backends.onnxruntime import read_io_spec
 from heddle.backends.triton.repo import write_onnx_python_model
 from heddle.backends.triton.server import TritonServer
@@ -232,11 +232,6 @@ def _ratios(round_results: dict[str, dict[str, Any]]) -> dict[str, dict[str, flo
     return out
 
 
-def _medians(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    return {name: {k: statistics.median(r[name][k] for r in rounds if k in r[name]) for k in rounds[0][name]}
-            for name in rounds[0]}
-
-
 def _median_results(rounds: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     keys = ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_ms_per_request")
     first = rounds[0]["results"]
@@ -246,19 +241,9 @@ def _median_results(rounds: list[dict[str, Any]]) -> dict[str, dict[str, dict[st
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     x = np.random.default_rng(1).standard_normal((1, 16)).astype(np.float32)
-    rounds: list[dict[str, Any]] = []
     with servers(args, work, x) as s:
-        for i in range(args.rounds):
-            results: dict[str, dict[str, Any]] = {t: {} for t in args.target}
-            for conc in args.concurrency:  # targets take turns, so drift on a shared box hits them alike
-                for target in args.target:
-                    stats = asyncio.run(_measure(s["urls"][target], s["pids"][target], MODEL_OF[target], conc, x,
-                                                 args))
-                    results[target][str(conc)] = stats
-                    print(f"  round {i} {target:<7} c={conc:<2} {stats['throughput_rps']:7.1f} req/s  "
-                          f"p50 {stats.get('p50_ms', 0):6.3f} ms  cpu {stats['server_cpu_ms_per_request']:.3f} "
-                          f"ms/req  errors {stats['errors']}", flush=True)
-            rounds.append({"results": results, "ratios": _ratios(results)})
+        rounds = sweep(args, lambda target, conc: asyncio.run(
+            _measure(s["urls"][target], s["pids"][target], MODEL_OF[target], conc, x, args)), _ratios)
     return {"benchmark": "tiny_vs_triton",
             "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "params": {"targets": args.target, "concurrency": args.concurrency, "warmup_s": args.warmup_s,
@@ -266,24 +251,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                        "rounds": args.rounds, "request": "x FP32 [1,16]"},
             "machine": machine_info(), "notes": NOTES, "triton_config": s["triton_config"],
             "heddle_config": s["heddle_config"], "rounds": rounds,
-            "median_results": _median_results(rounds), "median_ratios": _medians([r["ratios"] for r in rounds])}
+            "median_results": _median_results(rounds), "median_ratios": median_ratios([r["ratios"] for r in rounds])}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--concurrency", type=int, action="append", help="closed-loop clients (default 1 and 8)")
-    p.add_argument("--warmup-s", type=float, default=1.0)
-    p.add_argument("--duration-s", type=float, default=5.0)
-    p.add_argument("--rounds", type=int, default=3, help="sweeps; each ratio's median is reported")
-    p.add_argument("--target", action="append", choices=TARGETS, help="only these targets (default all)")
-    p.add_argument("--heddle-cmd", default=None, help="command to run heddle (default: venv `heddle`)")
-    p.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/<date>/tiny_vs_triton.json)")
+    add_sweep_args(p, TARGETS, "tiny_vs_triton.json")
     p.add_argument("--serve-echo", nargs=2, default=None, metavar=("PORT", "RESPONSE"), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    args.concurrency = args.concurrency or [1, 8]
-    args.target = [t for t in TARGETS if t in (args.target or TARGETS)]
-    args.out = results_path("tiny_vs_triton.json", args.out)
-    return args
+    return sweep_args(p.parse_args(argv), TARGETS, "tiny_vs_triton.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,8 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     for target, by_conc in report["median_results"].items():
         for conc, r in by_conc.items():
             print(f"median {target:<7} c={conc:<2} " + "  ".join(f"{k} {v:.3f}" for k, v in r.items()))
-    for name, r in report["median_ratios"].items():
-        print(f"{name:<22} " + "  ".join(f"{k} x{v:.2f}" for k, v in r.items()))
+    print_ratios(report)
     return 0
 
 
