@@ -28,6 +28,7 @@ from heddle.clients.client import (
     heddle_errors,
     result_from_proto,
 )
+from heddle.clients.shm import SharedOutput
 from heddle.v1 import heddle_pb2, heddle_pb2_grpc
 
 __all__ = ["AsyncHeddleClient"]
@@ -78,10 +79,12 @@ class AsyncHeddleClient:
         outputs: Iterable[str] | None = None,
         timeout_s: float | None = None,
         generation: Generation | None = None,
+        output_shared_memory: Mapping[str, SharedOutput] | None = None,
     ) -> InferResult:
         """Run a pipeline and await its result."""
         request = build_request(pipeline, inputs, priority=priority, deadline_ms=deadline_ms,
-                                request_id=request_id, outputs=outputs, generation=generation)
+                                request_id=request_id, outputs=outputs, generation=generation,
+                                output_shared_memory=output_shared_memory)
         with heddle_errors():
             return result_from_proto(await self._gateway.Infer(request, **self._opts(timeout_s)))
 
@@ -96,6 +99,7 @@ class AsyncHeddleClient:
         outputs: Iterable[str] | None = None,
         timeout_s: float | None = None,
         generation: Generation | None = None,
+        output_shared_memory: Mapping[str, SharedOutput] | None = None,
     ) -> AsyncIterator[TokenEvent | StageEvent | InferResult]:
         """Run a pipeline, yielding TokenEvents as LLM stages generate, a StageEvent per
         finished stage, and then the InferResult.
@@ -104,7 +108,8 @@ class AsyncHeddleClient:
         `contextlib.aclosing`) cancels the request on the server.
         """
         request = build_request(pipeline, inputs, priority=priority, deadline_ms=deadline_ms,
-                                request_id=request_id, outputs=outputs, generation=generation)
+                                request_id=request_id, outputs=outputs, generation=generation,
+                                output_shared_memory=output_shared_memory)
         call = self._gateway.InferStream(request, **self._opts(timeout_s))
         try:
             with heddle_errors():
@@ -131,6 +136,28 @@ class AsyncHeddleClient:
         request = heddle_pb2.ListDevicesRequest()
         with heddle_errors():
             return list((await self._gateway.ListDevices(request, **self._opts(timeout_s))).devices)
+
+    async def register_shared_memory(self, name: str, key: str, byte_size: int, *, offset: int = 0,
+                               timeout_s: float | None = None) -> list[heddle_pb2.SharedMemoryRegion]:
+        """Register the bytes [offset, offset + byte_size) of the POSIX shared memory object `key`
+        ("/name", on the server's machine) as region `name` (clients/shm.py makes one); the new region."""
+        request = heddle_pb2.SharedMemoryRegion(name=name, key=key, offset=offset, byte_size=byte_size)
+        with heddle_errors():
+            return list((await self._gateway.RegisterSharedMemory(request, **self._opts(timeout_s))).regions)
+
+    async def unregister_shared_memory(self, name: str = "", *,
+                                 timeout_s: float | None = None) -> list[heddle_pb2.SharedMemoryRegion]:
+        """Unregister a region ("" = all; FAILED_PRECONDITION while a request uses it); those left."""
+        request = heddle_pb2.SharedMemoryRequest(name=name)
+        with heddle_errors():
+            return list((await self._gateway.UnregisterSharedMemory(request, **self._opts(timeout_s))).regions)
+
+    async def shared_memory_status(self, name: str = "", *,
+                             timeout_s: float | None = None) -> list[heddle_pb2.SharedMemoryRegion]:
+        """The registered regions ("" = all; NOT_FOUND for an unknown name)."""
+        request = heddle_pb2.SharedMemoryRequest(name=name)
+        with heddle_errors():
+            return list((await self._gateway.GetSharedMemoryStatus(request, **self._opts(timeout_s))).regions)
 
     async def get_policy(self, *, timeout_s: float | None = None) -> heddle_pb2.PolicyInfo:
         """The active scheduling policy and the available ones (admin)."""

@@ -29,6 +29,7 @@ from heddle.clients.messages import (
     result_from_proto,
     stage_from_proto,
 )
+from heddle.clients.shm import SharedMemoryRegion, SharedOutput, SharedTensor
 from heddle.v1 import heddle_pb2, heddle_pb2_grpc
 
 __all__ = [
@@ -40,6 +41,9 @@ __all__ = [
     "HeddleClient",
     "HeddleError",
     "InferResult",
+    "SharedMemoryRegion",
+    "SharedOutput",
+    "SharedTensor",
     "StageEvent",
     "StageTiming",
     "TokenEvent",
@@ -136,14 +140,18 @@ class HeddleClient:
         outputs: Iterable[str] | None = None,
         timeout_s: float | None = None,
         generation: Generation | None = None,
+        output_shared_memory: Mapping[str, SharedOutput] | None = None,
         model_versions: Mapping[str, str] | None = None,
         parameters: Mapping[str, object] | None = None,
     ) -> InferResult:
         """Run a pipeline and wait for its result (`model_versions`: pin versioned models;
-        `parameters`: per-request parameters of its python stages)."""
+        `parameters`: per-request parameters of its python stages). An input given as a SharedTensor
+        (SharedMemoryRegion.write) is read by the server in place; `output_shared_memory` names the
+        outputs to write into registered regions instead (InferResult.shared_outputs)."""
         request = build_request(pipeline, inputs, priority=priority, deadline_ms=deadline_ms,
                                 request_id=request_id, outputs=outputs, generation=generation,
-                                model_versions=model_versions, parameters=parameters)
+                                model_versions=model_versions, parameters=parameters,
+                                output_shared_memory=output_shared_memory)
         with heddle_errors():
             return result_from_proto(self._gateway.Infer(request, **self._opts(timeout_s)))
 
@@ -158,6 +166,7 @@ class HeddleClient:
         outputs: Iterable[str] | None = None,
         timeout_s: float | None = None,
         generation: Generation | None = None,
+        output_shared_memory: Mapping[str, SharedOutput] | None = None,
     ) -> Iterator[TokenEvent | StageEvent | InferResult]:
         """Run a pipeline, yielding TokenEvents as LLM stages generate, a StageEvent per
         finished stage, and then the InferResult.
@@ -165,7 +174,8 @@ class HeddleClient:
         Closing the iterator early (break, or garbage collection) cancels the request on the server.
         """
         request = build_request(pipeline, inputs, priority=priority, deadline_ms=deadline_ms,
-                                request_id=request_id, outputs=outputs, generation=generation)
+                                request_id=request_id, outputs=outputs, generation=generation,
+                                output_shared_memory=output_shared_memory)
         call = self._gateway.InferStream(request, **self._opts(timeout_s))
         try:
             with heddle_errors():
@@ -191,6 +201,28 @@ class HeddleClient:
         request = heddle_pb2.ListDevicesRequest()
         with heddle_errors():
             return list(self._gateway.ListDevices(request, **self._opts(timeout_s)).devices)
+
+    def register_shared_memory(self, name: str, key: str, byte_size: int, *, offset: int = 0,
+                               timeout_s: float | None = None) -> list[heddle_pb2.SharedMemoryRegion]:
+        """Register the bytes [offset, offset + byte_size) of the POSIX shared memory object `key`
+        ("/name", on the server's machine) as region `name` (clients/shm.py makes one); the new region."""
+        request = heddle_pb2.SharedMemoryRegion(name=name, key=key, offset=offset, byte_size=byte_size)
+        with heddle_errors():
+            return list((self._gateway.RegisterSharedMemory(request, **self._opts(timeout_s))).regions)
+
+    def unregister_shared_memory(self, name: str = "", *,
+                                 timeout_s: float | None = None) -> list[heddle_pb2.SharedMemoryRegion]:
+        """Unregister a region ("" = all; FAILED_PRECONDITION while a request uses it); those left."""
+        request = heddle_pb2.SharedMemoryRequest(name=name)
+        with heddle_errors():
+            return list((self._gateway.UnregisterSharedMemory(request, **self._opts(timeout_s))).regions)
+
+    def shared_memory_status(self, name: str = "", *,
+                             timeout_s: float | None = None) -> list[heddle_pb2.SharedMemoryRegion]:
+        """The registered regions ("" = all; NOT_FOUND for an unknown name)."""
+        request = heddle_pb2.SharedMemoryRequest(name=name)
+        with heddle_errors():
+            return list((self._gateway.GetSharedMemoryStatus(request, **self._opts(timeout_s))).regions)
 
     def get_policy(self, *, timeout_s: float | None = None) -> heddle_pb2.PolicyInfo:
         """The active scheduling policy and the available ones (admin)."""

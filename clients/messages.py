@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from heddle.clients.shm import SharedOutput, SharedTensor
 from heddle.clients.tensors import from_tensor, to_tensor
 from heddle.v1 import heddle_pb2
 
@@ -65,7 +66,8 @@ class TokenEvent:
 
 @dataclass(slots=True)
 class InferResult:
-    """A pipeline's decoded response: outputs as read-only numpy arrays, plus per-stage timings."""
+    """A pipeline's decoded response: outputs as read-only numpy arrays, plus per-stage timings;
+    outputs the server wrote into shared memory are in `shared_outputs` (SharedMemoryRegion.read)."""
 
     request_id: str
     pipeline: str
@@ -76,6 +78,7 @@ class InferResult:
     deadline_missed: bool = False
     energy_j: float = 0.0
     energy_source: str = ""  # "measured" | "estimated" | "mixed" | ""
+    shared_outputs: dict[str, SharedTensor] = field(default_factory=dict)
 
 
 def _stage_kwargs(msg: heddle_pb2.StageResult) -> dict[str, Any]:
@@ -98,13 +101,14 @@ def result_from_proto(msg: heddle_pb2.InferResponse) -> InferResult:
     return InferResult(
         request_id=msg.request_id,
         pipeline=msg.pipeline,
-        outputs={t.name: from_tensor(t) for t in msg.outputs},
+        outputs={t.name: from_tensor(t) for t in msg.outputs if not t.HasField("shared_memory")},
         stages=[stage_from_proto(s) for s in msg.stages],
         total_ms=msg.total_ms,
         priority=msg.priority,
         deadline_missed=msg.deadline_missed,
         energy_j=msg.energy_j,
         energy_source=msg.energy_source,
+        shared_outputs={t.name: SharedTensor.from_proto(t) for t in msg.outputs if t.HasField("shared_memory")},
     )
 
 
@@ -153,14 +157,17 @@ def build_request(
     generation: Generation | None = None,
     model_versions: Mapping[str, str] | None = None,
     parameters: Mapping[str, object] | None = None,
+    output_shared_memory: Mapping[str, SharedOutput] | None = None,
 ) -> heddle_pb2.InferRequest:
-    """An InferRequest with each input encoded by to_tensor (one copy per array); `generation`
-    sets the LLM stages' options (see generation_options); `model_versions` pins versioned models
-    (name -> version) instead of the server's canary split; `parameters` go to the python stages
-    that declare them."""
+    """An InferRequest with each input encoded by to_tensor (one copy per array), or named in shared
+    memory when it is a SharedTensor; `generation` sets the LLM stages' options (see
+    generation_options); `model_versions` pins versioned models (name -> version) instead of the
+    server's canary split; `parameters` go to the python stages that declare them;
+    `output_shared_memory` names the outputs to write into registered regions."""
     request = heddle_pb2.InferRequest(
         pipeline=pipeline,
-        inputs=[to_tensor(name, array) for name, array in inputs.items()],
+        inputs=[value.to_proto(name) if isinstance(value, SharedTensor) else to_tensor(name, value)
+                for name, value in inputs.items()],
         priority=priority,
         deadline_ms=deadline_ms or 0.0,
         request_id=request_id or "",
@@ -168,6 +175,7 @@ def build_request(
         model_versions=dict(model_versions or {}),
         # Sent as text, typed by the server from the stages' declarations ("true"/"false" for bools).
         parameters={k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (parameters or {}).items()},
+        output_shared_memory={k: v.ref() for k, v in (output_shared_memory or {}).items()},
     )
     options = generation_options(generation)
     if options is not None:

@@ -102,7 +102,8 @@ class HeddleServer:
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ])
-        pb_grpc.add_GatewayServicer_to_server(GatewayServicer(self.runtime, self.limits, self.tracer), self.server)
+        gateway = GatewayServicer(self.runtime, self.limits, self.tracer, self.kserve.shm)  # one set of regions
+        pb_grpc.add_GatewayServicer_to_server(gateway, self.server)
         pb_grpc.add_AdminServicer_to_server(AdminServicer(self.runtime, self.power, self.reloader), self.server)
         self.kserve.add_to_server(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -8,8 +8,10 @@ import grpc
 import structlog
 
 from heddle.backends.power.sensors import box_power_w, domain_devices
-from heddle.clients.tensors import clipped, to_tensor
+from heddle.clients.tensors import clipped
 from heddle.scheduler import POLICIES
+from heddle.server.frontends.service_shm import RequestRegions, SharedMemoryRpcs
+from heddle.server.frontends.shm import SharedMemory
 from heddle.server.frontends.validation import (
     MAX_REQUEST_ID_BYTES,
     RequestError,
@@ -82,10 +84,11 @@ def _tensor_info(t) -> pb.TensorInfo:
     return pb.TensorInfo(name=t.name, datatype=t.datatype, shape=list(t.shape))
 
 
-class GatewayServicer(pb_grpc.GatewayServicer):
+class GatewayServicer(SharedMemoryRpcs, pb_grpc.GatewayServicer):
     def __init__(self, runtime: Runtime, limits: RequestLimits | None = None,
-                 tracer: RequestTracer | None = None) -> None:
+                 tracer: RequestTracer | None = None, shm: SharedMemory | None = None) -> None:
         self.runtime = runtime
+        self.shm = shm if shm is not None else SharedMemory()  # app.py passes the KServe frontends' regions
         self.settings = runtime.config.server
         self.limits = limits or RequestLimits(runtime.config)  # app.py passes the shared one
         self.refusals = SampledLog(log)  # a line a second per pipeline and status: under overload, many
@@ -94,15 +97,19 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     async def Infer(self, request: pb.InferRequest, context: grpc.aio.ServicerContext) -> pb.InferResponse:
         rid = clipped(request.request_id, MAX_REQUEST_ID_BYTES) or None  # an id too long is refused in _run
         with structlog.contextvars.bound_contextvars(request_id=rid):
+            regions = RequestRegions(self.shm)
             try:
-                result, wanted = await self._run(request, context, on_stage=None)
+                result, wanted = await self._run(request, context, regions, on_stage=None)
+                return self._response(result, wanted, regions)
             except RequestError as exc:
                 await context.abort(*_abort_args(exc))
-            return self._response(result, wanted)
+            finally:
+                regions.release()
 
     async def InferStream(self, request: pb.InferRequest, context: grpc.aio.ServicerContext):
         events: asyncio.Queue = asyncio.Queue()
-        task = asyncio.ensure_future(self._run(request, context, on_stage=events.put_nowait,
+        regions = RequestRegions(self.shm)
+        task = asyncio.ensure_future(self._run(request, context, regions, on_stage=events.put_nowait,
                                                on_token=events.put_nowait))
         task.add_done_callback(lambda _: events.put_nowait(None))
         try:
@@ -113,13 +120,16 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                     yield pb.InferEvent(stage_done=stage_to_proto(event))
             try:
                 result, wanted = await task
+                response = self._response(result, wanted, regions)
             except RequestError as exc:
                 await context.abort(*_abort_args(exc))
-            yield pb.InferEvent(result=self._response(result, wanted))
+            yield pb.InferEvent(result=response)
         finally:
             task.cancel()
+            regions.release()
 
-    async def _run(self, request, context, on_stage, on_token=None) -> tuple[JobResult, list[str]]:
+    async def _run(self, request, context, regions: RequestRegions, on_stage,
+                   on_token=None) -> tuple[JobResult, list[str]]:
         """Validate and run; a refusal or a non-OK outcome raises RequestError with its status."""
         pipeline = self.runtime.config.pipelines.get(request.pipeline)
         if pipeline is None:
@@ -133,8 +143,12 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             priority = resolve_priority(request.priority, self.settings)
             deadline_s = effective_deadline_s(request.deadline_ms, context.time_remaining())
             wanted = check_outputs_requested(pipeline, request.outputs)
+            if request.output_shared_memory:  # returned whether `outputs` names them or not
+                in_shm = sorted(request.output_shared_memory)
+                wanted += [n for n in check_outputs_requested(pipeline, in_shm) if n not in wanted]
+                regions.claim_outputs(request.output_shared_memory)
             generation = check_generation(generation_overrides(request), "generation.")
-            inputs = decode_inputs(pipeline, request.inputs)
+            inputs = decode_inputs(pipeline, regions.inputs(request.inputs))
             parameters = check_parameters(pipeline, self.runtime.models, request.parameters)
             held = self.limits.admit(pipeline, inputs, priority)  # released when the request ends
         except RequestError as exc:
@@ -158,10 +172,10 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             raise error
         return result, wanted
 
-    def _response(self, result: JobResult, wanted: list[str]) -> pb.InferResponse:
+    def _response(self, result: JobResult, wanted: list[str], regions: RequestRegions) -> pb.InferResponse:
         return pb.InferResponse(
             request_id=result.request_id, pipeline=result.pipeline,
-            outputs=[to_tensor(name, result.outputs[name]) for name in wanted],
+            outputs=[regions.tensor(name, result.outputs[name]) for name in wanted],
             stages=[stage_to_proto(t) for t in result.stages], total_ms=result.total_s * 1e3,
             priority=result.priority, deadline_missed=result.deadline_missed,
             energy_j=result.energy_j, energy_source=result.energy_source,

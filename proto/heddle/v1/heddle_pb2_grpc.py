@@ -59,6 +59,21 @@ class GatewayStub:
                 request_serializer=heddle_dot_v1_dot_heddle__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=heddle_dot_v1_dot_heddle__pb2.ListDevicesResponse.FromString,
                 _registered_method=True)
+        self.RegisterSharedMemory = channel.unary_unary(
+                '/heddle.v1.Gateway/RegisterSharedMemory',
+                request_serializer=heddle_dot_v1_dot_heddle__pb2.SharedMemoryRegion.SerializeToString,
+                response_deserializer=heddle_dot_v1_dot_heddle__pb2.SharedMemoryStatus.FromString,
+                _registered_method=True)
+        self.UnregisterSharedMemory = channel.unary_unary(
+                '/heddle.v1.Gateway/UnregisterSharedMemory',
+                request_serializer=heddle_dot_v1_dot_heddle__pb2.SharedMemoryRequest.SerializeToString,
+                response_deserializer=heddle_dot_v1_dot_heddle__pb2.SharedMemoryStatus.FromString,
+                _registered_method=True)
+        self.GetSharedMemoryStatus = channel.unary_unary(
+                '/heddle.v1.Gateway/GetSharedMemoryStatus',
+                request_serializer=heddle_dot_v1_dot_heddle__pb2.SharedMemoryRequest.SerializeToString,
+                response_deserializer=heddle_dot_v1_dot_heddle__pb2.SharedMemoryStatus.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -95,6 +110,28 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterSharedMemory(self, request, context):
+        """System shared memory for same-box clients: a bad key, a region past its object's end or a taken
+        name are INVALID_ARGUMENT (ALREADY_EXISTS for the name); unregistering a region a running
+        request holds is FAILED_PRECONDITION; an unknown name is NOT_FOUND. Each returns the regions
+        registered afterwards (Register: the new one; Status: the named one or all).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnregisterSharedMemory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSharedMemoryStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +159,21 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.ListDevices,
                     request_deserializer=heddle_dot_v1_dot_heddle__pb2.ListDevicesRequest.FromString,
                     response_serializer=heddle_dot_v1_dot_heddle__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'RegisterSharedMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterSharedMemory,
+                    request_deserializer=heddle_dot_v1_dot_heddle__pb2.SharedMemoryRegion.FromString,
+                    response_serializer=heddle_dot_v1_dot_heddle__pb2.SharedMemoryStatus.SerializeToString,
+            ),
+            'UnregisterSharedMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterSharedMemory,
+                    request_deserializer=heddle_dot_v1_dot_heddle__pb2.SharedMemoryRequest.FromString,
+                    response_serializer=heddle_dot_v1_dot_heddle__pb2.SharedMemoryStatus.SerializeToString,
+            ),
+            'GetSharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSharedMemoryStatus,
+                    request_deserializer=heddle_dot_v1_dot_heddle__pb2.SharedMemoryRequest.FromString,
+                    response_serializer=heddle_dot_v1_dot_heddle__pb2.SharedMemoryStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -259,6 +311,87 @@ class Gateway:
             '/heddle.v1.Gateway/ListDevices',
             heddle_dot_v1_dot_heddle__pb2.ListDevicesRequest.SerializeToString,
             heddle_dot_v1_dot_heddle__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterSharedMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heddle.v1.Gateway/RegisterSharedMemory',
+            heddle_dot_v1_dot_heddle__pb2.SharedMemoryRegion.SerializeToString,
+            heddle_dot_v1_dot_heddle__pb2.SharedMemoryStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnregisterSharedMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heddle.v1.Gateway/UnregisterSharedMemory',
+            heddle_dot_v1_dot_heddle__pb2.SharedMemoryRequest.SerializeToString,
+            heddle_dot_v1_dot_heddle__pb2.SharedMemoryStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSharedMemoryStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heddle.v1.Gateway/GetSharedMemoryStatus',
+            heddle_dot_v1_dot_heddle__pb2.SharedMemoryRequest.SerializeToString,
+            heddle_dot_v1_dot_heddle__pb2.SharedMemoryStatus.FromString,
             options,
             channel_credentials,
             insecure,
