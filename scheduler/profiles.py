@@ -6,7 +6,8 @@ prior on each device; measured runs then take over through an EWMA (the typical 
 high percentile over a bounded window (the run to plan deadlines with).
 
 Batched passes (dynamic batching) add a batch axis: a pass of b rows has its own EWMA per b, and
-a size never measured is scaled from the nearest one measured by `batch_scale`.
+a size never measured is scaled from the nearest one measured by the model's batch curve on that
+device (`heddle profile --batch` measures it), else by the assumed `batch_scale`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from heddle.scheduler.specs import DeviceSpec
 
 __all__ = [
     "ConstantProfiles", "DeviceSpeed", "Estimate", "GraphSummary", "ProfileEntry", "ProfileTable",
-    "Profiles", "batch_scale", "compatible", "device_speed", "prior_latency_s",
+    "Profiles", "batch_scale", "compatible", "curve_scale", "device_speed", "prior_latency_s",
 ]
 
 # The share of a one-row pass that a batched pass pays once whatever its rows (session call,
@@ -35,6 +36,26 @@ BATCH_FIXED_SHARE = 0.5
 def batch_scale(rows: int, fixed_share: float = BATCH_FIXED_SHARE) -> float:
     """A pass of `rows` rows relative to a pass of one row (1.0 at rows = 1)."""
     return fixed_share + (1.0 - fixed_share) * max(rows, 1)
+
+
+def curve_scale(curve: Mapping[int, float] | None, rows: int) -> float:
+    """A pass of `rows` rows relative to one row, from a measured curve {rows: time(rows) / time(1)}:
+    exact at a measured size, linear between the two measured sizes around it, and past the largest
+    on the line through the last two (a pass grows at least linearly once the cores are full);
+    `batch_scale` where nothing was measured."""
+    rows = max(rows, 1)
+    if not curve:
+        return batch_scale(rows)
+    full = {1: 1.0, **curve}
+    if rows in full:
+        return full[rows]
+    points = sorted(full.items())
+    if len(points) < 2:
+        return batch_scale(rows)
+    below = [p for p in points if p[0] < rows]
+    above = [p for p in points if p[0] > rows]
+    (b0, s0), (b1, s1) = (below[-1], above[0]) if above else (points[-2], points[-1])
+    return max(s1 + (s1 - s0) / (b1 - b0) * (rows - b1), 0.0) if b1 != b0 else s1
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,10 +193,13 @@ class ProfileTable:
 
     A level with no data of its own borrows level 0's and scales it by the clock ratio. A batch
     size with no measured pass of its own at a level scales the nearest measured size's figure
-    (else the one-row figure) by `batch_scale`.
+    (else the one-row figure) along the (model, device)'s batch curve from `heddle profile
+    --batch`, else along the assumed `batch_scale`.
     """
 
     table: Mapping[tuple[str, str, int], ProfileEntry] = field(default_factory=dict)
+    # (model, device) -> {rows: time(rows) / time(1)}, measured passes of batched rows.
+    batch_curves: Mapping[tuple[str, str], Mapping[int, float]] = field(default_factory=dict)
     summaries: Mapping[str, GraphSummary] = field(default_factory=dict)
     ops: Mapping[str, frozenset[str]] = field(default_factory=dict)  # op types without a summary
     default_s: float = 0.01
@@ -210,11 +234,13 @@ class ProfileTable:
         sizes = self._sizes.get((model, device.id, level), []) + ([1] if one_measured else [])
         if batch in sizes:
             return self._measured(model, device.id, level, batch)
+        curve = self.batch_curves.get((model, device.id))
         if sizes:
             near = min(sizes, key=lambda b: (abs(b - batch), b))
-            return _scaled(self._measured(model, device.id, level, near), batch_scale(batch) / batch_scale(near))
+            return _scaled(self._measured(model, device.id, level, near),
+                           curve_scale(curve, batch) / curve_scale(curve, near))
         one = self._own_estimate(model, device, level)
-        return None if one is None else _scaled(one, batch_scale(batch))
+        return None if one is None else _scaled(one, curve_scale(curve, batch))
 
     def _measured(self, model: str, device: str, level: int, batch: int) -> Estimate:
         series = self._series[(model, device, level)] if batch == 1 else self._batched[(model, device, level, batch)]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from heddle.scheduler.core import Core
 from heddle.scheduler.plan import Dispatch
-from heddle.scheduler.profiles import ProfileEntry, batch_scale
+from heddle.scheduler.profiles import ProfileEntry, batch_scale, curve_scale
 from heddle.scheduler.sim.driver import RunTimeModel
 from heddle.scheduler.sim.tracefile import MeasuredProfile
 
@@ -72,8 +72,8 @@ class MeasuredRuns(RunTimeModel):
         near = None if self.local_window_s is None else (now + self.t0_s, self.local_window_s)
         run_s = self.measured_s((run.model, run.device, core.level(run.device)),
                                 f"{self.seed}/{run.request_id}/{run.stage}", near)
-        if run.batch:  # measured one-row runs, on the default batch axis
-            run_s *= batch_scale(run.rows)
+        if run.batch:  # measured one-row runs, along the measured batch curve (else the default axis)
+            run_s *= curve_scale(self.profile.batch_curves.get((run.model, run.device)), run.rows)
         return run_s + self.profile.dispatch_gap_s.get(run.device, 0.0)
 
     def measured_s(self, key: tuple[str, str, int], run_key: str, near: tuple[float, float] | None) -> float:

@@ -94,10 +94,12 @@ class MeasuredProfile:
     trace_started_unix_s: float | None = None
     # Per device, the live scheduler's reaction time (see dispatch_gaps); 0 where not measured.
     dispatch_gap_s: Mapping[str, float] = field(default_factory=dict)
+    # (model, device) -> {rows: pass time / one-row time} from `heddle profile --batch` (level 0).
+    batch_curves: Mapping[tuple[str, str], Mapping[int, float]] = field(default_factory=dict)
 
     def table(self) -> ProfileTable:
         """The ProfileTable the core plans with: the entries, refined online as runs finish."""
-        return ProfileTable(table=dict(self.entries), ops=dict(self.ops))
+        return ProfileTable(table=dict(self.entries), ops=dict(self.ops), batch_curves=dict(self.batch_curves))
 
 
 def _device(raw: Mapping[str, Any]) -> DeviceSpec:
@@ -164,9 +166,15 @@ def parse_profile(doc: Mapping[str, Any]) -> MeasuredProfile:
     if doc.get("format") != PROFILE_FORMAT:
         raise TraceError(f"profile format {doc.get('format')!r}, expected {PROFILE_FORMAT!r}")
     entries, samples, timed = {}, {}, {}
+    batched: dict[tuple[str, str], dict[int, float]] = {}
     try:
         for e in doc["entries"]:
             key = (str(e["model"]), str(e["device"]), int(e.get("level", 0)))
+            rows = int(e.get("batch", 1))
+            if rows > 1:  # a pass of `rows` rows: a point on the batch curve, not a run time of its own
+                if key[2] == 0:
+                    batched.setdefault(key[:2], {})[rows] = float(e["latency_s"])
+                continue
             entries[key] = ProfileEntry(float(e["latency_s"]), float(e.get("power_w", 0.0)),
                                         float(e["tail_s"]) if "tail_s" in e else None)
             runs = [float(s) for s in e.get("samples_s", ())]
@@ -179,7 +187,10 @@ def parse_profile(doc: Mapping[str, Any]) -> MeasuredProfile:
         gaps = {str(d): float(g) for d, g in (doc.get("dispatch_gap_s") or {}).items()}
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise TraceError(f"profile entry: {type(exc).__name__}: {exc}") from None
-    return MeasuredProfile(devices, entries, samples, ops, timed, doc.get("trace_started_unix_s"), gaps)
+    one_row = {k: entries[(k[0], k[1], 0)].latency_s for k in batched if (k[0], k[1], 0) in entries}
+    curves = {k: {rows: t / one_row[k] for rows, t in sorted(points.items())}
+              for k, points in batched.items() if one_row.get(k, 0.0) > 0}
+    return MeasuredProfile(devices, entries, samples, ops, timed, doc.get("trace_started_unix_s"), gaps, curves)
 
 
 def dispatch_gaps(trace: Trace, min_runs: int = 3) -> dict[str, float]:

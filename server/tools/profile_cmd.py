@@ -3,16 +3,9 @@ through the real executors, into a table the simulator and ProfileTable load (JS
 
 from __future__ import annotations
 
-import json
-import math
 import platform
 import sys
 import time
-
-try:  # tomllib is new in 3.11; on 3.10 the tomli package is the same parser
-    import tomllib
-except ModuleNotFoundError:
-    import tomli as tomllib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -27,9 +20,11 @@ from heddle.scheduler.sim.tracefile import PROFILE_FORMAT, dispatch_gaps, parse_
 from heddle.scheduler.specs import ModelSpec, TensorSpec
 from heddle.server.config.load import Config
 from heddle.server.runtime.executors import make_executor
+from heddle.server.tools.profile_file import load_profile_file, write_profile_file
 
 __all__ = [
-    "add_profile_parser", "load_profile_file", "measure_profile", "parse_shape_overrides", "profile_from_trace",
+    "add_profile_parser", "load_profile_file", "measure_profile", "parse_batches", "parse_shape_overrides",
+    "profile_from_trace",
     "run_profile", "sample_inputs", "write_profile_file",
 ]
 
@@ -49,6 +44,9 @@ def add_profile_parser(sub) -> None:
     p.add_argument("--shape", action="append", default=[], metavar="NAME:INPUT=1x64",
                    help="input shape for a model (dynamic dims default to 1 for the first, 16 after); "
                         "with --under-load, PIPELINE:INPUT=... for a pipeline's input")
+    p.add_argument("--batch", default="1", metavar="1,2,4,8",
+                   help="also time passes of these many rows (models whose first dim is dynamic): the batch "
+                        "curve dynamic batching plans with (default 1: one-row runs only)")
     p.add_argument("--parallel", action="store_true",
                    help="measure every device at once (as under load) instead of one after another")
     p.add_argument("--seed", type=int, default=0)
@@ -129,25 +127,52 @@ def _eligible(config: Config, models: Sequence[str], devices: Sequence[str]) -> 
     return plan, {name: sorted(s.op_types) for name, s in summaries.items()}
 
 
-def _time_runs(executor: Executor, inputs: Mapping[str, Mapping[str, np.ndarray]], runs: int,
-               warmup: int) -> dict[str, list[float]]:
-    """In the device's worker thread: warm-up, then `runs` rounds over its models (interleaved,
-    as a serving device alternates between them); the time is the backend's run alone."""
-    for name, arrays in inputs.items():
+_Key = tuple[str, int]  # (model, rows in the pass)
+
+
+def _time_runs(executor: Executor, inputs: Mapping[_Key, Mapping[str, np.ndarray]], runs: int,
+               warmup: int) -> dict[_Key, list[float]]:
+    """In the device's worker thread: warm-up, then `runs` rounds over its models and batch sizes
+    (interleaved, as a serving device alternates between them); the time is the backend's run alone."""
+    for (name, _), arrays in inputs.items():
         for _ in range(warmup):
             executor.run(name, arrays)
-    times: dict[str, list[float]] = {name: [] for name in inputs}
+    times: dict[_Key, list[float]] = {key: [] for key in inputs}
     for _ in range(runs):
-        for name, arrays in inputs.items():
+        for key, arrays in inputs.items():
             t0 = time.perf_counter()
-            executor.run(name, arrays)
-            times[name].append(time.perf_counter() - t0)
+            executor.run(key[0], arrays)
+            times[key].append(time.perf_counter() - t0)
     return times
+
+
+def parse_batches(spec: str) -> tuple[int, ...]:
+    """'1,2,4,8' -> (1, 2, 4, 8); one-row runs are always measured (the curve is relative to them)."""
+    try:
+        sizes = {int(b) for b in spec.split(",") if b.strip()}
+    except ValueError:
+        raise ValueError(f"--batch {spec!r}: expected sizes like 1,2,4,8") from None
+    if any(b < 1 for b in sizes):
+        raise ValueError(f"--batch {spec!r}: sizes must be >= 1")
+    return tuple(sorted(sizes | {1}))
+
+
+def _batched_inputs(model: ModelSpec, one_row: Mapping[str, np.ndarray],
+                    batches: Sequence[int]) -> dict[_Key, Mapping[str, np.ndarray]]:
+    """The one-row sample, and for a model whose every input has a dynamic first dim (what dynamic
+    batching joins on) the sample repeated to each size; a model's max_batch caps its sizes."""
+    out: dict[_Key, Mapping[str, np.ndarray]] = {(model.name, 1): one_row}
+    if not all(t.shape and t.shape[0] < 0 for t in model.inputs):
+        return out
+    cap = model.batching.max_batch if model.batching.enabled else max(batches)
+    for rows in (b for b in batches if 1 < b <= cap):
+        out[(model.name, rows)] = {k: np.concatenate([v] * rows, axis=0) for k, v in one_row.items()}
+    return out
 
 
 def measure_profile(config: Config, *, runs: int = 30, warmup: int = 3, models: Sequence[str] = (),
                     devices: Sequence[str] = (), shapes: Mapping | None = None, parallel: bool = False,
-                    seed: int = 0) -> dict[str, Any]:
+                    seed: int = 0, batches: Sequence[int] = (1,)) -> dict[str, Any]:
     """Load each selected model on each device allowed to run it and time it; the profile document."""
     if runs < 1 or warmup < 0:
         raise ValueError("--runs must be >= 1 and --warmup >= 0")
@@ -158,29 +183,34 @@ def measure_profile(config: Config, *, runs: int = 30, warmup: int = 3, models: 
     rng = np.random.default_rng(seed)
     inputs = {name: sample_inputs(config.models[name], shapes or {}, rng)
               for name in sorted({m for ms in plan.values() for m in ms})}
+    passes = {key: arrays for name, one in inputs.items()
+              for key, arrays in _batched_inputs(config.models[name], one, batches).items()}
     executors = {s.id: make_executor(s) for s in config.devices if s.id in plan}
     try:
         for device, names in plan.items():
             ex = executors[device]
             for f in [ex.pool.submit(ex.load, config.models[n]) for n in names]:
                 f.result()
-        measured: dict[str, dict[str, list[float]]] = {}
+        measured: dict[str, dict[_Key, list[float]]] = {}
         pending: dict[str, Future] = {}
         for device, names in plan.items():
             ex = executors[device]
-            pending[device] = ex.pool.submit(_time_runs, ex, {n: inputs[n] for n in names}, runs, warmup)
+            pending[device] = ex.pool.submit(_time_runs, ex, {k: a for k, a in passes.items() if k[0] in names},
+                                             runs, warmup)
             if not parallel:
                 measured[device] = pending.pop(device).result()
         measured.update({device: f.result() for device, f in pending.items()})
     finally:
         for ex in executors.values():
             ex.close()
-    samples = {(name, device): measured[device][name] for device, names in plan.items() for name in names}
+    samples = {(name, device, rows): times for device, by_key in measured.items()
+               for (name, rows), times in by_key.items()}
     models = {name: {"backend": config.models[name].backend, "op_types": ops.get(name, []),
                      "inputs": {k: list(v.shape) for k, v in arrays.items()}} for name, arrays in inputs.items()}
     devices = [d for d in config.devices if d.id in plan]
     return _document(config.source, devices, models, samples,
-                     {"method": "executors", "runs": runs, "warmup": warmup, "parallel": parallel})
+                     {"method": "executors", "runs": runs, "warmup": warmup, "parallel": parallel,
+                      "batches": sorted({rows for _, rows in passes})})
 
 
 def profile_from_trace(trace_text: str, source: str, min_runs: int = 3) -> dict[str, Any]:
@@ -196,7 +226,7 @@ def profile_from_trace(trace_text: str, source: str, min_runs: int = 3) -> dict[
     used = {d for _, d in runs}
     models = {m: {"backend": "", "op_types": [], "inputs": {}} for m, _ in sorted(runs)}
     doc = _document(source, [d for d in trace.devices if d.id in used], models,
-                    {k: [r.run_s for r in v] for k, v in runs.items()},
+                    {(*k, 1): [r.run_s for r in v] for k, v in runs.items()},
                     {"method": "trace", "stage_runs": len(trace.stage_runs),
                      "trace_started_unix_s": trace.started_unix_s})
     for entry in doc["entries"]:  # when each run was dispatched, for replays that follow the machine's drift
@@ -205,14 +235,15 @@ def profile_from_trace(trace_text: str, source: str, min_runs: int = 3) -> dict[
     return doc
 
 
-def _document(source: str, devices, models: Mapping, samples: Mapping[tuple[str, str], list[float]],
+def _document(source: str, devices, models: Mapping, samples: Mapping[tuple[str, str, int], list[float]],
               method: Mapping[str, Any]) -> dict[str, Any]:
+    """samples: (model, device, rows per pass) -> run times; a batched pass is an entry with its `batch`."""
     entries = [{
-        "model": name, "device": device, "level": 0, "runs": len(runs),
+        "model": name, "device": device, "level": 0, **({"batch": rows} if rows > 1 else {}), "runs": len(runs),
         "latency_s": sum(runs) / len(runs), "tail_s": percentile(runs, 95),
         "p50_s": percentile(runs, 50), "p99_s": percentile(runs, 99), "min_s": min(runs), "max_s": max(runs),
         "samples_s": [round(s, 7) for s in runs],
-    } for (name, device), runs in samples.items()]
+    } for (name, device, rows), runs in samples.items()]
     return {
         "format": PROFILE_FORMAT, "created_unix_s": time.time(), "source": source, **method,
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
@@ -225,52 +256,10 @@ def _document(source: str, devices, models: Mapping, samples: Mapping[tuple[str,
     }
 
 
-def write_profile_file(doc: Mapping[str, Any], path: str | Path) -> Path:
-    """Write the document as JSON, or TOML when the name ends in .toml."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_to_toml(doc) if path.suffix == ".toml" else json.dumps(doc, indent=1) + "\n")
-    return path
-
-
-def load_profile_file(path: str | Path) -> dict[str, Any]:
-    """Read a profile written by write_profile_file (JSON or TOML by its suffix)."""
-    path = Path(path)
-    text = path.read_text()
-    return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"TOML profile cannot hold {v}")
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
-    if isinstance(v, Mapping):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-
-
-def _to_toml(doc: Mapping[str, Any]) -> str:
-    """The profile's shape only: scalars, then tables (machine, models.*), then arrays of tables."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in doc.items() if not isinstance(v, (Mapping, list))]
-    for key in ("machine", "dispatch_gap_s"):
-        if key in doc:
-            lines += ["", f"[{key}]"] + [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in doc[key].items()]
-    for name, info in doc["models"].items():
-        lines += ["", f"[models.{json.dumps(name)}]"] + [f"{k} = {_toml_value(v)}" for k, v in info.items()]
-    for key in ("devices", "entries"):
-        for row in doc[key]:
-            lines += ["", f"[[{key}]]"] + [f"{k} = {_toml_value(v)}" for k, v in row.items()]
-    return "\n".join(lines) + "\n"
-
-
 def _format_rows(doc: Mapping[str, Any]) -> str:
-    head = f"{'model':<16} {'device':<8} {'runs':>5} {'mean ms':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
-    rows = [f"{e['model']:<16} {e['device']:<8} {e['runs']:>5} {1e3 * e['latency_s']:>9.3f} "
+    head = (f"{'model':<16} {'device':<8} {'batch':>5} {'runs':>5} {'mean ms':>9} {'p50 ms':>8} {'p95 ms':>8} "
+            f"{'p99 ms':>8}")
+    rows = [f"{e['model']:<16} {e['device']:<8} {e.get('batch', 1):>5} {e['runs']:>5} {1e3 * e['latency_s']:>9.3f} "
             f"{1e3 * e['p50_s']:>8.3f} {1e3 * e['tail_s']:>8.3f} {1e3 * e['p99_s']:>8.3f}" for e in doc["entries"]]
     return "\n".join([head, *rows])
 
@@ -298,7 +287,8 @@ def run_profile(args) -> int:
         else:
             doc = measure_profile(load_config(args.config), runs=args.runs, warmup=args.warmup,
                                   models=args.model, devices=args.device, seed=args.seed,
-                                  shapes=parse_shape_overrides(args.shape), parallel=args.parallel)
+                                  shapes=parse_shape_overrides(args.shape), parallel=args.parallel,
+                                  batches=parse_batches(args.batch))
     except (ConfigError, BackendError, OSError, ValueError, RuntimeError) as exc:
         print(f"heddle: {exc}", file=sys.stderr)
         return 2

@@ -162,7 +162,7 @@ def _batching(args) -> dict[str, float]:
 
 def _replay_files(args) -> tuple[str, dict]:
     """`heddle simulate --trace FILE --profile FILE --platform local`: a live trace, replayed."""
-    from heddle.server.tools.profile_cmd import load_profile_file
+    from heddle.server.tools.profile_file import load_profile_file
 
     if not (args.trace and args.profile and args.platform == LOCAL_PLATFORM):
         raise ValueError("replaying a trace needs --trace FILE, --profile FILE (from `heddle profile`) "

@@ -177,3 +177,35 @@ def test_a_profile_under_load_runs_while_the_default_http_port_is_taken(config_d
         scenario = Scenario("t", (App("head app", "h", "closed", concurrency=1),))
         doc = measure_under_load(str(config), scenario, duration_s=0.5, warmup_s=0.1)
     assert doc["stage_runs"] >= 1
+
+
+def test_batch_axis_is_measured_and_planned_with(config_doc, tmp_path):
+    """--batch times passes of b rows of a model whose first dim is dynamic; the profile's batch
+    curve is what ProfileTable scales sizes by, instead of the assumed default axis."""
+    from heddle.scheduler.profiles import batch_scale
+
+    doc = measure_profile(parse_test_document(config_doc), runs=3, warmup=1, models=["head"], batches=(1, 4, 8))
+    sizes = sorted(e.get("batch", 1) for e in doc["entries"] if e["model"] == "head")
+    assert sizes == [1, 4, 8]
+    assert doc["batches"] == [1, 4, 8]
+    profile = parse_profile(doc)
+    assert set(profile.entries) == {("head", "cpu0", 0)}  # batched passes are curve points, not runs
+    curve = profile.batch_curves[("head", "cpu0")]
+    one = profile.entries[("head", "cpu0", 0)].latency_s
+    by_rows = {e.get("batch", 1): e["latency_s"] for e in doc["entries"]}
+    assert curve == pytest.approx({4: by_rows[4] / one, 8: by_rows[8] / one})
+    table = profile.table()
+    cpu0 = next(d for d in parse_test_document(config_doc).devices if d.id == "cpu0")
+    assert table.estimate("head", cpu0, batch=8).mean_s == pytest.approx(by_rows[8])
+    six = table.estimate("head", cpu0, batch=6).mean_s  # between the measured 4 and 8
+    assert min(by_rows[4], by_rows[8]) <= six <= max(by_rows[4], by_rows[8])
+    assert table.estimate("head", cpu0, batch=8).mean_s != pytest.approx(one * batch_scale(8), rel=1e-6)
+
+
+def test_batch_sizes_are_checked():
+    from heddle.server.tools.profile_cmd import parse_batches
+
+    assert parse_batches("8,2") == (1, 2, 8)
+    for bad in ("0", "two", "-1,2"):
+        with pytest.raises(ValueError, match="--batch"):
+            parse_batches(bad)

@@ -168,3 +168,15 @@ def test_bigger_graphs_get_bigger_priors_and_transformers_never_reach_the_dla(zo
     core = Core([CPU, DLA], models, "fcfs", profiles)
     assert core.eligible_devices("cnn") == ["cpu0", "dla0"]
     assert core.eligible_devices("encoder") == ["cpu0"]
+
+
+def test_curve_scale_reads_a_measured_batch_curve():
+    from heddle.scheduler.profiles import batch_scale, curve_scale
+
+    curve = {4: 2.0, 8: 3.0}
+    assert curve_scale(curve, 4) == 2.0 and curve_scale(curve, 1) == 1.0
+    assert curve_scale(curve, 2) == pytest.approx(1 + (2.0 - 1.0) / 3 * 1)  # between 1 and 4
+    assert curve_scale(curve, 6) == pytest.approx(2.5)
+    assert curve_scale(curve, 16) == pytest.approx(5.0)  # the line through 4 and 8, extended
+    assert curve_scale(None, 8) == batch_scale(8) and curve_scale({}, 3) == batch_scale(3)
+    assert curve_scale({1: 1.0}, 5) == batch_scale(5)  # one point is no curve
