@@ -1,5 +1,6 @@
-"""Prometheus series of the power budget: power per domain, budgets, energy, DVFS levels,
-frozen work and admission refusals (registered by server/runtime/metrics.py's Metrics as `.power`)."""
+"""Prometheus series of the power budget: power per domain, budgets, energy, DVFS levels, frozen
+work, the scheduler's freezes and migrations, and admission refusals (registered by
+server/runtime/metrics.py's Metrics as `.power`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ class PowerMetrics:
         self.frozen_tasks = Gauge(
             "heddle_frozen_tasks", "Stage runs held in their queues (power controller or policy).",
             registry=registry)
+        # Counted so a live run can report them as the simulator does (its Driver counts the plan's).
+        self.scheduler_actions = Counter(
+            "heddle_scheduler_actions", "Queued stage runs the scheduler froze (power controller or "
+            "policy) or migrated to another device, by action (freeze, migrate).", ["action"], registry=registry)
         self.admission_rejected = Counter(
             "heddle_admission_rejected", "Requests refused at admission, by reason "
             "(power, queue_full, overload, deadline).", ["reason", "priority_class"], registry=registry)
@@ -64,6 +69,12 @@ class PowerMetrics:
 
     def set_frozen_tasks(self, n: int) -> None:
         self.frozen_tasks.set(n)
+
+    def observe_actions(self, frozen: int, migrated: int) -> None:
+        if frozen:
+            self.scheduler_actions.labels("freeze").inc(frozen)
+        if migrated:
+            self.scheduler_actions.labels("migrate").inc(migrated)
 
     def observe_rejected(self, reason: str, priority: int) -> None:
         self.admission_rejected.labels(reason, str(priority)).inc()

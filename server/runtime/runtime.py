@@ -242,6 +242,8 @@ class Runtime:
                 job.retry_after_s = r.retry_after_s
             if self.metrics is not None:
                 self.metrics.power.observe_rejected(r.reason, r.priority)
+        if self.metrics is not None and (plan.frozen or plan.migrated):
+            self.metrics.power.observe_actions(len(plan.frozen), len(plan.migrated))
         if self.record_events:
             self._record_events(plan)
         for f in plan.finished:
