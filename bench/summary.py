@@ -9,6 +9,8 @@ Inputs (any may be missing; the summary says which part did not run):
   policies/<scenario>/<policy>/   one `heddle bench` report folder per run (run.json, requests.jsonl)
                         plus policy.json (the policy the server confirmed); policies.json is
                         recomputed from these raw records every time, so it can always be checked.
+  sched_cost.json, tiny_vs_triton.json, perf_analyzer.json   sections 4-6 (bench/summary_compare.py)
+  live_eval.json, power_live.json   sections 7-8, twill live on the emulated box (bench/summary_live.py)
 """
 
 from __future__ import annotations
@@ -19,6 +21,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.summary_compare import cell as _f
+from bench.summary_compare import (
+    gateway_section,
+    gateway_table,
+    perf_section,
+    sched_section,
+    tiny_section,
+    triton_section,
+    triton_table,
+)
+from bench.summary_compare import md_table as _table
+from bench.summary_compare import pct as _pct
+from bench.summary_live import draw_live_plots, live_sections
 from heddle.clients.plots import POLICY_VIOLATIONS_FILE, plots_available, write_policy_violations
 from heddle.clients.report import RECORDS_FILE, RUN_FILE, read_records, summarize
 from heddle.clients.scenarios import SCENARIOS
@@ -103,63 +118,6 @@ def collect_policies(results_dir: Path) -> dict[str, Any] | None:
 
 
 # --- tables --------------------------------------------------------------------------------------
-
-def _f(value: Any, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _pct(rate: float | None) -> str:
-    return "–" if rate is None else f"{100 * rate:.1f}%"
-
-
-def _x(ratio: float | None) -> str:
-    return "–" if ratio is None else f"x{ratio:.2f}"
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
-def gateway_table(doc: Mapping[str, Any]) -> list[str]:
-    """Per mode: sequential and concurrent latency, throughput, server CPU; then the ratio rows."""
-    rows = []
-    for mode, r in doc["results"].items():
-        seq, conc = r["sequential"], r["concurrent"]
-        rows.append([mode, _f(seq["p50_ms"]), _f(seq["p99_ms"]), _f(conc["p50_ms"]), _f(conc["p99_ms"]),
-                     _f(conc["throughput_rps"], 0), _f(conc.get("server_cpu_ms_per_request"))])
-    for name, r in doc.get("ratios", {}).items():
-        rows.append([name, *(_x(r.get(k)) for k in (
-            "sequential.p50_ms", "sequential.p99_ms", "concurrent.p50_ms", "concurrent.p99_ms",
-            "concurrent.throughput_rps")), ""])
-    return _table(("mode", "seq p50 ms", "seq p99 ms", "conc p50 ms", "conc p99 ms", "req/s",
-                   "server CPU ms/req"), rows)
-
-
-def _server_cpu(value: Any) -> float | None:
-    # triton_vs_heddle reports CPU per server process ({"triton": .., "heddle": ..}): both serve.
-    if isinstance(value, Mapping):
-        return sum(v for v in value.values() if v is not None)
-    return value
-
-
-def triton_table(doc: Mapping[str, Any]) -> list[str]:
-    """Per target and client count: throughput, latency, ratios to the reference target, CPU, errors."""
-    ratios = doc.get("ratios", {})
-    base = next((k.split("/", 1)[1] for k in ratios), None)
-    rows = []
-    for target, by_conc in doc["results"].items():
-        r_target = ratios.get(f"{target}/{base}", {})
-        for conc, s in by_conc.items():
-            r = r_target.get(conc, {})
-            rows.append([target, str(conc), _f(s.get("throughput_rps"), 1), _f(s.get("p50_ms")),
-                         _f(s.get("p99_ms")), _x(r.get("p50_ms")), _x(r.get("p99_ms")),
-                         _x(r.get("throughput_rps")), _f(_server_cpu(s.get("server_cpu_ms_per_request"))),
-                         str(s.get("errors", "–"))])
-    ref = f"/{base}" if base else ""
-    return _table(("target", "clients", "req/s", "p50 ms", "p99 ms", f"p50 x{ref}", f"p99 x{ref}",
-                   f"req/s x{ref}", "server CPU ms/req", "errors"), rows)
-
 
 def _energy_header(runs: Sequence[Mapping[str, Any]]) -> str | None:
     """The energy column's header, labelled estimated unless every figure was measured; None
@@ -256,29 +214,6 @@ def _header(results_dir: Path, manifest: Mapping[str, Any] | None, machine: Mapp
     return lines + [""]
 
 
-def _gateway_section(doc: Mapping[str, Any] | None) -> list[str]:
-    lines = ["## 1. Gateway overhead vs a raw gRPC echo", ""]
-    if doc is None:
-        return lines + ["Not run (no gateway_overhead.json).", ""]
-    p = doc.get("params", {})
-    lines += [f"{p.get('requests')} requests per phase, {p.get('request_bytes')}-byte request, "
-              f"{p.get('concurrency')} concurrent clients; `x` rows are heddle / raw echo "
-              "(latency > 1 and req/s < 1 are what the gateway costs).", ""]
-    return lines + gateway_table(doc) + [""]
-
-
-def _triton_section(doc: Mapping[str, Any] | None, note: str | None) -> list[str]:
-    lines = ["## 2. heddle vs a real Triton server on the same models", ""]
-    if doc is None:
-        return lines + [f"Not run ({note or 'no triton_vs_heddle.json'}).", ""]
-    p = doc.get("params", {})
-    models = ", ".join(f"{t} = `{m}`" for t, m in p.get("models", {}).items())
-    lines += [f"Closed loop, {p.get('duration_s')} s measured per point after {p.get('warmup_s')} s "
-              f"warm-up; models: {models}. Server CPU sums every server process involved.", ""]
-    lines += triton_table(doc) + [""]
-    return lines + [f"- {n}" for n in doc.get("notes", [])] + ([""] if doc.get("notes") else [])
-
-
 def _policies_section(doc: Mapping[str, Any] | None, plot: Path | None) -> list[str]:
     lines = ["## 3. Every scheduling policy on every shipped scenario", ""]
     if doc is None:
@@ -310,57 +245,6 @@ def _policies_section(doc: Mapping[str, Any] | None, plot: Path | None) -> list[
     return lines
 
 
-def _sched_section(doc: Mapping[str, Any] | None) -> list[str]:
-    lines = ["## 4. Scheduler core cost per stage decision", ""]
-    if doc is None:
-        return lines + ["Not run (no sched_cost.json).", ""]
-    depths = [str(d) for d in doc.get("params", {}).get("depths", [])]
-    lines += [f"Core work per decision ({doc.get('params', {}).get('clock')} clock), µs, at each queue depth; "
-              "trace: per request on the recorded camera_analytics trace, and its ratio to edf. Targets: "
-              f"{doc.get('targets')}.", "",
-              "| policy | " + " | ".join(f"{d} queued" for d in depths) + " | trace µs/request | ÷ edf |",
-              "|---|" + "---:|" * (len(depths) + 2)]
-    for policy, by_depth in doc.get("depth", {}).items():
-        trace = doc.get("trace", {}).get(policy, {})
-        cells = [_f(by_depth.get(d, {}).get("us_per_decision"), 0) for d in depths]
-        lines.append(f"| {policy} | " + " | ".join(cells)
-                     + f" | {_f(trace.get('us_per_request'), 0)} | {_f(trace.get('ratio_to_edf'), 2)} |")
-    return lines + [""]
-
-
-def _tiny_section(doc: Mapping[str, Any] | None) -> list[str]:
-    lines = ["## 5. The tiny one-stage model: heddle vs Triton (dynamic batcher on) vs a raw gRPC echo", ""]
-    if doc is None:
-        return lines + ["Not run (no tiny_vs_triton.json).", ""]
-    p = doc.get("params", {})
-    lines += [f"Closed loop, {p.get('duration_s')} s per point, median of {p.get('rounds')} rounds; request "
-              f"{p.get('request')}. Ratios of the first target to the second (p50 < 1 and req/s > 1 favour "
-              "the first; server CPU is per request).", "",
-              "| comparison | p50 | req/s | server CPU |", "|---|---:|---:|---:|"]
-    for name, r in doc.get("median_ratios", {}).items():
-        lines.append(f"| {name} | {_f(r.get('p50_ms'), 2)} | {_f(r.get('throughput_rps'), 2)} | "
-                     f"{_f(r.get('server_cpu_ms_per_request'), 2)} |")
-    return lines + [""]
-
-
-def _perf_section(doc: Mapping[str, Any] | None) -> list[str]:
-    lines = ["## 6. perf_analyzer against heddle's KServe port and a real Triton", ""]
-    if doc is None:
-        return lines + ["Not run (no perf_analyzer.json).", ""]
-    rows: dict[tuple[str, float], dict[str, float]] = {}
-    for run in doc.get("runs", []):
-        model = run.get("heddle_model") or run.get("model")
-        for row in run.get("rows", []):
-            rows.setdefault((model, row["concurrency"]), {})[run["target"]] = row["throughput_infer_per_s"]
-    lines += [f"{doc.get('perf_analyzer')}; throughput in inferences/s per concurrency.", "",
-              "| model | concurrency | heddle | Triton | heddle ÷ Triton |", "|---|---:|---:|---:|---:|"]
-    for (model, c), t in sorted(rows.items()):
-        h, tr = t.get("heddle"), t.get("triton")
-        ratio = h / tr if h and tr else None
-        lines.append(f"| {model} | {c:.0f} | {_f(h, 0)} | {_f(tr, 0)} | {_f(ratio, 2)} |")
-    return lines + [""]
-
-
 def render_summary(results_dir: Path, policies: Mapping[str, Any] | None = None) -> str:
     """SUMMARY.md's text from the folder's JSON files (policies: collect_policies's or policies.json)."""
     manifest = _load(results_dir / MANIFEST_JSON)
@@ -370,11 +254,11 @@ def render_summary(results_dir: Path, policies: Mapping[str, Any] | None = None)
     machine = (manifest or {}).get("machine") or (gateway or {}).get("machine") or (triton or {}).get("machine")
     triton_note = ((manifest or {}).get("parts", {}).get("triton") or {}).get("note")
     plot = results_dir / POLICY_VIOLATIONS_FILE
-    lines = [*_header(results_dir, manifest, machine), *_gateway_section(gateway),
-             *_triton_section(triton, triton_note),
+    lines = [*_header(results_dir, manifest, machine), *gateway_section(gateway),
+             *triton_section(triton, triton_note),
              *_policies_section(policies, plot if plot.exists() else None),
-             *_sched_section(_load(results_dir / SCHED_JSON)), *_tiny_section(_load(results_dir / TINY_JSON)),
-             *_perf_section(_load(results_dir / PERF_JSON)),
+             *sched_section(_load(results_dir / SCHED_JSON)), *tiny_section(_load(results_dir / TINY_JSON)),
+             *perf_section(_load(results_dir / PERF_JSON)), *live_sections(results_dir),
              "How to read these tables: docs/BENCHMARKS.md (section \"The benchmark suite\").", ""]
     return "\n".join(lines)
 
@@ -390,6 +274,8 @@ def build(results_dir: Path, *, plot: bool = True) -> Path:
             for run in policies["runs"]:
                 rates.setdefault(run["scenario"], {})[run["policy"]] = run["total"]["violation_rate"]
             write_policy_violations(results_dir / POLICY_VIOLATIONS_FILE, rates)
+    if plot and plots_available():
+        draw_live_plots(results_dir)
     out = results_dir / SUMMARY_MD
     out.write_text(render_summary(results_dir, policies), encoding="utf-8")
     return out

@@ -1,0 +1,73 @@
+"""The live evaluation's bookkeeping (bench/live_eval.py, live_eval_figures.py) and its SUMMARY.md
+section and plot (bench/summary_live.py): turns, means over seeds with their spread, acceptance."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench import summary
+from bench.live_eval import turn_order
+from bench.live_eval_figures import spread, summarise
+from bench.summary_live import LIVE_JSON, LIVE_PNG
+
+
+def test_every_policy_takes_one_turn_per_round_in_a_rotated_order():
+    """Round r starts with the r-th policy, so no policy always follows the same one."""
+    turns = turn_order(["a", "b", "c"], 3)
+    assert [p for r, p in turns if r == 0] == ["a", "b", "c"]
+    assert [p for r, p in turns if r == 1] == ["b", "c", "a"]
+    assert [p for r, p in turns if r == 2] == ["c", "a", "b"]
+
+
+def test_spread_is_the_mean_and_sample_deviation_and_ignores_missing_seeds():
+    """NaN (a seed without that figure) is left out; one seed has no spread."""
+    s = spread([1.0, 3.0, math.nan])
+    assert s["mean"] == 2.0 and s["std"] == pytest.approx(math.sqrt(2)) and (s["min"], s["max"]) == (1.0, 3.0)
+    assert spread([5.0])["std"] == 0.0
+
+
+def _figures(dvr: float, mean_ms: float) -> dict:
+    classes = {"4": {"violation_rate": dvr, "mean_ms": mean_ms / 2, "p99_ms": mean_ms},
+               "1": {"violation_rate": 0.0, "mean_ms": mean_ms * 2, "p99_ms": mean_ms * 4}}
+    return {"violation_rate": dvr, "antt": 2.0, "mean_ms": mean_ms, "per_class": classes, "requests": 100,
+            "migrations": 3, "freezes": 0}
+
+
+def _seeds() -> dict:
+    """Two seeds: twill at 1% / 20 ms, edf at 4% / 50 ms; the simulator right for twill, off for edf."""
+    def seed(shift: float) -> dict:
+        turn = [{"policy": p, "loadavg_1m": [2.0, 3.0]} for p in ("twill", "edf")]
+        return {"turns": turn, "policies": {
+            "twill": {"live": _figures(0.01, 20 + shift), "sim_under_load": _figures(0.01, 21)},
+            "edf": {"live": _figures(0.04, 50 + shift), "sim_under_load": _figures(0.2, 50)}}}
+    return {"1": seed(-1.0), "2": seed(1.0)}
+
+
+def test_acceptance_compares_twill_with_the_best_baseline_on_seed_means():
+    """twill's DVR 1% <= half of edf's 4%; its mean 20 ms is 60% under edf's 50 ms; edf's DVR is mispredicted."""
+    out = summarise(_seeds(), ["twill", "edf"], 0.25, 0.02)
+    acc = out["acceptance"]
+    assert acc["dvr"]["best_baseline"] == "edf" and acc["dvr"]["twill_at_most_half"]
+    assert acc["mean_ms"]["cut"] == pytest.approx(0.6) and acc["mean_ms"]["paper_54pct_met"]
+    assert acc["sim_within_tolerance"]["misses"] == ["edf: dvr"]
+    assert out["per_policy"]["twill"]["live"]["mean_ms"]["std"] == pytest.approx(math.sqrt(2))
+    assert out["per_policy"]["twill"]["loadavg_1m"]["mean"] == 2.5
+
+
+def test_summary_has_the_live_table_with_the_spread_and_its_plot(tmp_path: Path):
+    """SUMMARY.md's section 7 has a row per policy (mean ± std over seeds), and a plot when matplotlib is here."""
+    params = {"seeds": [1, 2], "duration_s": 60.0, "rounds": 3, "fps": 20.0, "deadline_ms": 40.0, "concurrency": 8}
+    report = {"params": params, **summarise(_seeds(), ["twill", "edf"], 0.25, 0.02)}
+    (tmp_path / LIVE_JSON).write_text(json.dumps(report))
+    text = summary.build(tmp_path).read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| twill |"))
+    assert row.startswith("| twill | 1.0 ± 0.0 | 2.00 ± 0.00 | 20.0 ± 1.4 |")
+    assert "Not run (no power_live.json)" in text
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / LIVE_PNG).read_bytes()[:4] == b"\x89PNG"
+        assert f"]({LIVE_PNG})" in text
