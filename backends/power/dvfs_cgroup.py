@@ -117,6 +117,18 @@ def with_bandwidth_clocks(device: DeviceSpec) -> DeviceSpec:
     return dataclasses.replace(device, options={**device.options, "speed": speed})
 
 
+def _start_at_level_0(group: CpuGroup, device: DeviceSpec) -> None:
+    """A new group runs at the device's fastest level from its first thread on: its ladder may start
+    below 100% (an emulated slow device, `values = [15]`), and no controller step ever sets level 0.
+    A malformed ladder is the config check's to report; the group then stays uncapped."""
+    try:
+        top = bandwidth_percents(device)[0]
+    except ValueError:
+        return
+    if top < 100:
+        group.set_fraction(top / 100)
+
+
 class CgroupRegistry:
     """This process's device groups under one root: a device's group is made by whichever comes
     first, its first worker thread or actuator detection; the first also removes stale groups."""
@@ -143,6 +155,7 @@ class CgroupRegistry:
                     self._hierarchy = hierarchy
                 group = CpuGroup(self._hierarchy, device.id, full_cpus(device), period_us(device))
                 group.create()
+                _start_at_level_0(group, device)
             except CgroupError as exc:
                 self._failed[device.id] = exc
                 return None

@@ -89,6 +89,18 @@ def test_v1_levels_write_quota_over_the_period(tree):
     assert registry.group(_dev()).threads() != set()  # this thread's TID went to the group's tasks
 
 
+def test_a_ladder_below_100_percent_caps_the_group_from_its_start(tree):
+    """An emulated slow device (`values = [58]`, one level): the group is capped at 58% as it is made,
+    by its first worker thread or by detection, though no level is ever set; a ladder from 100 stays uncapped."""
+    parent = v1_tree(tree)
+    registry_for(tree.root).join(_dev("dla0", values=[58]))
+    assert (parent / group_name("dla0") / "cpu.cfs_quota_us").read_text() == "5800"
+    detect_actuators([_dev("cpu2", values=[15, 8])], tree.root)
+    assert (parent / group_name("cpu2") / "cpu.cfs_quota_us").read_text() == "1500"
+    detect_actuators([_dev("cpu3", values=[100, 50])], tree.root)
+    assert (parent / group_name("cpu3") / "cpu.cfs_quota_us").read_text() == "-1"
+
+
 def test_v2_group_is_threaded_and_cpu_max_carries_quota_and_period(tree):
     """Under v2 the group is made threaded, cpu is enabled below the parent, threads go to cgroup.threads."""
     parent = v2_tree(tree)
