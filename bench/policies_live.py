@@ -100,9 +100,10 @@ def emulated_devices() -> list[dict[str, Any]]:
             python_device("py0", slots=2, kind="cpu")]
 
 
-def write_config(work: Path, models: dict[str, Path], grpc_port: int, metrics_port: int, box: str = "local") -> Path:
-    """Two pinned CPU devices and py0 (box "local"), or the emulated heterogeneous box; the frame
-    chain (python -> CNN -> python) and the background text pipeline (encoder -> classifier)."""
+def write_config(work: Path, models: dict[str, Path], grpc_port: int, metrics_port: int, box: str = "local",
+                 devices: list[dict[str, Any]] | None = None, power: dict[str, Any] | None = None) -> Path:
+    """Two pinned CPU devices and py0 (box "local"), or the emulated heterogeneous box (or `devices`);
+    the frame chain (python -> CNN -> python) and the background text pipeline (encoder -> classifier)."""
     image, ids = tensor("image", "UINT8", (-1, 64, 64, 3)), tensor("input_ids", "INT64", (-1, -1))
     frames = pipeline("frames", [image], {"probs": "post.probs", "label": "post.label"}, [
         stage("pre", "preprocess", image="input:image"), stage("cnn", "frame_cnn", image="pre.image"),
@@ -113,8 +114,9 @@ def write_config(work: Path, models: dict[str, Path], grpc_port: int, metrics_po
         stage("cls", "bg_cls", pooled="encoder.pooled")],
         description="background text: transformer encoder -> classifier")
     server = {"policy": "fcfs", "grpc_port": grpc_port, "metrics_port": metrics_port, "cache_dir": str(work / "cache")}
-    devices = emulated_devices() if box == "emulated" else pinned_devices([0, 1])
-    doc = document(server=server, devices=devices, pipelines=[frames, background], models=[
+    if devices is None:
+        devices = emulated_devices() if box == "emulated" else pinned_devices([0, 1])
+    doc = document(server=server, power=power, devices=devices, pipelines=[frames, background], models=[
         onnx_model("frame_cnn", str(models["frame_cnn"])),
         onnx_model("bg_encoder", str(models["bg_encoder"]), kind="transformer"),
         onnx_model("bg_cls", str(models["bg_cls"])), *FRAME_OPS])

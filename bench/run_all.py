@@ -18,6 +18,8 @@ Parts run one after another on this machine, never at once (they would share the
             Triton (batcher on), concurrency 1..8
   live      bench/live_eval.py: every policy live on the emulated Orin NX-like box (cgroup bandwidth
             caps), 3 seeds x 60 s each (1 x 12 s quick), with the simulator's prediction (issue #15)
+  power     bench/power_live.py: that box under a budget at half its unconstrained (estimated) draw,
+            twill + the controller vs each baseline + a throttling governor, 3 seeds x 60 s per arm
 Writes --out (default bench/results/<date>/): each part's JSON and logs, run_all.json (settings,
 machine, each part's status and time), then bench/summary.py's policies.json, policy_violations.png
 and SUMMARY.md. Exit status 0 when every part that ran succeeded, 1 otherwise, 130 on Ctrl-C.
@@ -51,14 +53,14 @@ from bench.summary import (
     TRITON_JSON,
     build,
 )
-from bench.summary_live import LIVE_JSON
+from bench.summary_live import LIVE_JSON, POWER_LIVE_JSON
 from heddle.clients.client import HeddleClient
 from heddle.clients.scenarios import SCENARIOS
 from heddle.scheduler.policies import POLICIES
 
 __all__ = ["DEFAULT", "QUICK", "Settings", "main"]
 
-PARTS = ("gateway", "triton", "policies", "sched", "tiny", "perf", "live")
+PARTS = ("gateway", "triton", "policies", "sched", "tiny", "perf", "live", "power")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +76,15 @@ class Settings:
     triton_timeout_s: float
     live_args: tuple[str, ...] = ("--seeds", "3", "--duration-s", "60", "--rounds", "3")
     live_timeout_s: float = 3600.0
+    power_args: tuple[str, ...] = ("--seeds", "3", "--duration-s", "60")
 
 
 DEFAULT = Settings("default", (), (), 10.0, 5.0, 420.0, 480.0)
 QUICK = Settings("quick", ("--requests", "500", "--warmup", "50"),
                  ("--concurrency", "1", "--concurrency", "4", "--duration-s", "3", "--warmup-s", "1"),
                  4.0, 3.0, 240.0, 300.0,
-                 ("--seeds", "1", "--duration-s", "12", "--rounds", "2", "--profile-load-s", "5"), 900.0)
+                 ("--seeds", "1", "--duration-s", "12", "--rounds", "2", "--profile-load-s", "5"), 900.0,
+                 ("--seeds", "1", "--duration-s", "12"))
 
 
 @dataclass(slots=True)
@@ -232,6 +236,8 @@ def _run_part(name: str, out: Path, settings: Settings, args: argparse.Namespace
                    out, 1200.0, part)
     elif name == "live":  # issue #15: needs a writable cgroup (the emulated box's bandwidth caps)
         run_script("live_eval.py", LIVE_JSON, settings.live_args, out, settings.live_timeout_s, part)
+    elif name == "power":  # issue #15's budget half: the same box, the real bandwidth actuator
+        run_script("power_live.py", POWER_LIVE_JSON, settings.power_args, out, settings.live_timeout_s, part)
     else:
         run_policies(out, settings, args, part)
 

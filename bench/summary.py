@@ -53,7 +53,8 @@ POLICIES_DIR = "policies"
 POLICY_FILE = "policy.json"
 SUMMARY_MD = "SUMMARY.md"
 PART_TITLES = {"gateway": "gateway overhead", "triton": "heddle vs Triton", "policies": "scheduling policies",
-               "sched": "scheduler cost", "tiny": "tiny model vs Triton", "perf": "perf_analyzer sweep"}
+               "sched": "scheduler cost", "tiny": "tiny model vs Triton", "perf": "perf_analyzer sweep",
+               "live": "every policy live on the emulated box", "power": "power budget live on the emulated box"}
 SCHED_JSON, TINY_JSON, PERF_JSON = "sched_cost.json", "tiny_vs_triton.json", "perf_analyzer.json"
 
 

@@ -1,6 +1,6 @@
 """The power plant of a simulated box: runs take the platform table's time at each device's DVFS
 level, and at the end of each control period the box's power, as an estimate sensor would report
-it, goes to the core's controller or to a plain throttling governor.
+it, goes to the core's controller or to a plain throttling governor (governor.py).
 
 The platform tables give each model's active power per device and level; idle power is not in
 them, so it is ASSUMED here (IDLE_W per device kind, BASE_W for the always-on SoC and memory).
@@ -17,6 +17,7 @@ from heddle.scheduler.plan import Dispatch
 from heddle.scheduler.power import LevelPower
 from heddle.scheduler.power_settings import PowerSource
 from heddle.scheduler.profiles import ProfileEntry
+from heddle.scheduler.sim.governor import ThrottlingGovernor
 from heddle.scheduler.sim.platforms import Platform
 from heddle.scheduler.sim.run_times import NoisyTable
 from heddle.scheduler.specs import DeviceSpec
@@ -32,29 +33,6 @@ class Reading:
     device: str
     power_w: float
     source: PowerSource = PowerSource.ESTIMATED
-
-
-class ThrottlingGovernor:
-    """The baseline: smoothed box power over budget lowers every device one level, below 85% of
-    it for `relax_periods` periods raises every device one level. No freezing, no admission."""
-
-    def __init__(self, budget_w: float, counts: dict[str, int], smoothing: float = 0.5, relax_periods: int = 5):
-        self.budget_w, self.counts, self.smoothing, self.relax_periods = budget_w, counts, smoothing, relax_periods
-        self.smoothed_w: float | None = None
-        self._calm = 0
-
-    def step(self, box_w: float, core: Core) -> None:
-        old_w = self.smoothed_w
-        self.smoothed_w = box_w if old_w is None else old_w + self.smoothing * (box_w - old_w)
-        move = 0
-        if self.smoothed_w > 0.95 * self.budget_w:
-            move, self._calm = 1, 0
-        elif self.smoothed_w < 0.85 * self.budget_w:
-            self._calm += 1
-            if self._calm >= self.relax_periods:
-                move, self._calm = -1, 0
-        for device, count in self.counts.items():
-            core.set_device_level(device, min(count - 1, max(0, core.level(device) + move)))
 
 
 def device_power_models(platform: Platform, truth: Mapping[tuple[str, str, int], ProfileEntry]
@@ -118,7 +96,9 @@ class PowerPlant(NoisyTable):
             core.on_power_sample(readings + [Reading("rail:base", BASE_W)], now,
                                  {d: min(1.0, self._busy_s[d] / dt) for d in self._busy_s})
         elif self.governor is not None:
-            self.governor.step(box_w, core)
+            levels = self.governor.decide(box_w, {d: core.level(d) for d in self.governor.counts})
+            for device, level in levels.items():
+                core.set_device_level(device, level)
         self._period_j = dict.fromkeys(self._period_j, 0.0)
         self._busy_s = dict.fromkeys(self._busy_s, 0.0)
         self._last_tick_s = now

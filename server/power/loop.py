@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from heddle.backends.power.dvfs import Applied, detect_actuators
 from heddle.backends.power.estimate import power_model_of
@@ -20,9 +20,15 @@ from heddle.scheduler.power import LevelPower, PowerController
 from heddle.scheduler.power_settings import PowerSource
 from heddle.server.observe.logs import get_logger
 
-__all__ = ["PeriodRecord", "PowerLoop"]
+__all__ = ["Governor", "PeriodRecord", "PowerLoop"]
 
 log = get_logger("heddle.power")
+
+
+class Governor(Protocol):
+    """A baseline that sets DVFS levels from the box's power alone (scheduler/sim/governor.py)."""
+
+    def decide(self, box_w: float, levels: Mapping[str, int]) -> Mapping[str, int]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,7 @@ class PowerLoop:
         self._busy: dict[str, float] = {}
         self._last_s: float | None = None
         self._task: asyncio.Task | None = None
+        self.governor: Governor | None = None
 
     # ---- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -129,12 +136,38 @@ class PowerLoop:
         ctl = self.controller
         before = (dict(ctl.levels), dict(ctl.freeze), ctl.refuse)
         self.runtime.on_power_sample(self.samples, self._busy)
+        governed = self._govern() if self.governor is not None else ()
         self._charge(now)
         self._export()
         stats = self.runtime.core.stats()
+        levels = {d: self._level_of(d) for d in self.actuators} if self.governor is not None else dict(ctl.levels)
         self.history.append(PeriodRecord(
             now, box_power_w(self.samples), ctl.smoothed_w, ctl.budget_w, ctl.source, ctl.state,
-            dict(ctl.levels), sum(stats.frozen.values()), _events(before, ctl)))
+            levels, sum(stats.frozen.values()), _events(before, ctl) + governed))
+
+    def use_governor(self, governor: Governor | None) -> None:
+        """Hand the devices' levels to `governor` from the next period (a benchmark's baseline; the
+        controller should then have no budget), or take them back (None: every device to level 0)."""
+        self.governor = governor
+        if governor is None:
+            for device in self.actuators:
+                if self._level_of(device) != 0:
+                    self._set(device, 0, "governor off")
+
+    def _govern(self) -> tuple[str, ...]:
+        assert self.governor is not None
+        current = {d: self._level_of(d) for d in self.actuators}
+        events = []
+        for device, level in self.governor.decide(box_power_w(self.samples), current).items():
+            if device in current and level != current[device]:
+                self._set(device, level, "governor")
+                events.append(f"level {device} {level}")
+        return tuple(events)
+
+    def _set(self, device: str, level: int, reason: str) -> None:
+        """A level from outside the controller: the knob, and the core's estimates for that level."""
+        self.apply_level(SetLevel(device, level, reason))
+        self.runtime.core.set_device_level(device, self._level_of(device))
 
     def _charge(self, now: float) -> None:
         """Each domain's power while busy, for the ledger: the estimate's busy power at the level

@@ -1,8 +1,10 @@
 """The CPU-bandwidth actuator in a real gateway (skipped where cgroups are not writable): the power
-controller's level lands in the device's cgroup, shows in heddle_dvfs_level, and slows its stages."""
+controller's level (or a throttling governor's, the power bench's baseline) lands in the device's
+cgroup, shows in heddle_dvfs_level, and slows its stages."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
@@ -13,6 +15,7 @@ from test_dvfs_cgroup_live import favour
 
 from heddle.backends.power.cgroup import CgroupError, find_hierarchy, group_name
 from heddle.clients.tensors import to_tensor
+from heddle.scheduler.sim.governor import ThrottlingGovernor
 from heddle.v1 import heddle_pb2 as pb
 from heddle.v1 import heddle_pb2_grpc as pb_grpc
 
@@ -91,3 +94,29 @@ def test_the_controller_level_throttles_the_device_and_shows_in_the_metric():
         wait_until(lambda: _level(running.metrics_url) == 0, "heddle_dvfs_level 0")
         assert (group / "cpu.cfs_quota_us").read_text().strip() == "-1"
     assert not group.exists()
+
+
+def _on_loop(running, fn, *args):
+    """fn(*args) on the server's loop thread (the power loop is the loop's alone)."""
+    async def call():
+        return fn(*args)
+    return asyncio.run_coroutine_threadsafe(call(), running.loop).result(10)
+
+
+@pytest.mark.slow
+def test_a_throttling_governor_given_the_levels_moves_the_cgroup_and_the_metric():
+    """The live power bench's baseline (PowerLoop.use_governor): a governor whose budget the box is over
+    lowers the device to its last level (quota file, heddle_dvfs_level 1, the stage at least twice as slow);
+    taking the levels back returns level 0."""
+    with running_server(parse_test_config(CONFIG)) as running, grpc.insecure_channel(running.target) as channel:
+        gateway = pb_grpc.GatewayStub(channel)
+        group = PARENT / group_name(DEVICE)
+        favour(group)
+        full_ms = _compute_ms(gateway)
+        _on_loop(running, running.server.power.use_governor, ThrottlingGovernor(0.1, {DEVICE: 2}))
+        wait_until(lambda: _level(running.metrics_url) == 1, "heddle_dvfs_level 1")
+        assert (group / "cpu.cfs_quota_us").read_text().strip() == "1000"
+        assert min(_compute_ms(gateway)) >= 2 * min(full_ms)
+        _on_loop(running, running.server.power.use_governor, None)
+        wait_until(lambda: _level(running.metrics_url) == 0, "heddle_dvfs_level 0")
+        assert (group / "cpu.cfs_quota_us").read_text().strip() == "-1"

@@ -71,3 +71,39 @@ def test_summary_has_the_live_table_with_the_spread_and_its_plot(tmp_path: Path)
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / LIVE_PNG).read_bytes()[:4] == b"\x89PNG"
         assert f"]({LIVE_PNG})" in text
+
+
+def _raw(policy: str, watts: list[float], levels: list[int], dvr_late: int, latency_ms: float) -> dict:
+    """One arm as bench/power_live.py records it: a period every second, 10 frames and 10 background requests."""
+    periods = [{"t_s": float(i), "box_w": w, "levels": {"gpu0": lv}}
+               for i, (w, lv) in enumerate(zip(watts, levels, strict=True))]
+    stages = [{"stage": "cnn", "device": "gpu0", "compute_ms": 5.0 * (1 + levels[-1])}]
+    records = [{"priority": p, "deadline_ms": 40.0 if p == 4 else None, "status": "OK", "stages": stages,
+                "server_total_ms": latency_ms, "server_deadline_missed": p == 4 and i < dvr_late}
+               for p in (4, 1) for i in range(10)]
+    return {"policy": policy, "start_s": 0.0, "end_s": float(len(watts)), "periods": periods, "records": records,
+            "freezes": 0, "loadavg_1m": [2.0, 2.0], "dvfs_level_metric": [{"gpu0": float(lv)} for lv in levels]}
+
+
+def test_power_acceptance_and_the_summary_table(tmp_path: Path):
+    """twill + controller within budget + 5% in every settled period, its frames' DVR 10 points over the
+    unconstrained run's, 60% under the governor's mean latency; heddle_dvfs_level took 0 and 1; section 8's row."""
+    from bench.power_live_figures import arm_figures
+    from bench.power_live_figures import summarise as power_summarise
+    from bench.summary_live import POWER_LIVE_JSON
+
+    arms = {"unconstrained": arm_figures(_raw("twill", [10.0] * 6, [0] * 6, 0, 20.0), None, 1.0)}
+    arms["twill+controller"] = arm_figures(_raw("twill", [10.0, 5.0, 5.1, 5.2, 5.0, 5.0], [0, 1, 1, 1, 1, 1], 1, 20.0),
+                                           5.0, 1.0)
+    arms["fcfs+governor"] = arm_figures(_raw("fcfs", [10.0, 9.0, 8.0, 8.0, 8.0, 8.0], [0, 1, 2, 2, 2, 2], 3, 50.0),
+                                        5.0, 1.0)
+    report = power_summarise({"1": {"budget_w": 5.0, "arms": arms}})
+    acc = report["acceptance"]
+    assert acc["within_budget_5pct_ge_99pct"] and acc["top_dvr_delta_points"] == pytest.approx(10.0)
+    assert not acc["top_dvr_within_2_points"]
+    assert acc["mean_ms"]["best_baseline"] == "fcfs+governor" and acc["mean_ms"]["cut"] == pytest.approx(0.6)
+    assert acc["heddle_dvfs_level_moves"] and acc["heddle_dvfs_level_values_seen"] == [0.0, 1.0]
+    assert report["per_arm"]["fcfs+governor"]["compute_ms_cnn@gpu0"]["mean"] == 15.0  # at level 2
+    (tmp_path / POWER_LIVE_JSON).write_text(json.dumps(report))
+    text = summary.build(tmp_path, plot=False).read_text()
+    assert "| twill+controller | 100.0 ± 0.0 | 5.06 ± 0.00 | 10.0 ± 0.0 | 10.0 ± 0.0 |" in text
