@@ -23,9 +23,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.bench_metrics import metrics_delta, scrape
-from heddle.clients.client import DEFAULT_TARGET
 from heddle.clients.html_report import HTML_FILE, write_html
 from heddle.clients.loadgen import LiveCounts, LoadResult, build_app_inputs, run_load
 from heddle.clients.plots import plots_available, write_plots
@@ -41,7 +39,7 @@ from heddle.clients.report import (
     write_summary,
 )
 from heddle.clients.scenarios import SCENARIOS, Scenario, ScenarioError, load_scenario
-from heddle.clients.tls_args import add_tls_args, tls_kwargs
+from heddle.clients.targets import add_target_args, async_client, resolve_target
 
 __all__ = ["add_bench_parser", "build_report", "run_bench"]
 
@@ -52,9 +50,7 @@ STARTED_LINE = "bench: sending requests"  # printed to stderr when load starts (
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `bench ...` on an argparse subparsers object; sets `func=run_bench`."""
     p = subparsers.add_parser("bench", help="load-test a gateway with a scenario and write a report")
-    p.add_argument("--target", default=DEFAULT_TARGET, help=f"HOST:PORT (default {DEFAULT_TARGET})")
-    p.add_argument("--token", default=None, help="bearer token sent as authorization metadata")
-    add_tls_args(p)
+    add_target_args(p)
     p.add_argument("--scenario", default=None, metavar="NAME|FILE",
                    help=f"a shipped scenario ({', '.join(SCENARIOS)}) or a TOML file; default: default")
     p.add_argument("--duration", type=float, default=20.0, metavar="S", help="seconds of load (default 20)")
@@ -154,10 +150,12 @@ async def _bench(args: argparse.Namespace, scenario: Scenario) -> _Outcome:
     stop, abort = asyncio.Event(), asyncio.Event()
     handled = _install_sigint(stop, abort, args.drain)
     try:
-        async with AsyncHeddleClient(args.target, token=args.token, **tls_kwargs(args)) as client:
+        async with async_client(args) as client:
             pipelines = await client.list_pipelines(timeout_s=10.0)
-            devices = [{"id": d.id, "kind": d.kind, "backend": d.backend, "providers": list(d.providers),
-                        "slots": d.slots} for d in await client.list_devices(timeout_s=10.0)]
+            # Devices are a heddle.v1 listing: over HTTP the report has none.
+            devices = [] if resolve_target(args).protocol == "http" else [
+                {"id": d.id, "kind": d.kind, "backend": d.backend, "providers": list(d.providers), "slots": d.slots}
+                for d in await client.list_devices(timeout_s=10.0)]
             inputs = build_app_inputs(scenario.apps, pipelines, np.random.default_rng(args.seed))
             before = await asyncio.to_thread(scrape, args.metrics) if args.metrics else None
             counts = LiveCounts()
@@ -227,7 +225,8 @@ def _run_meta(args: argparse.Namespace, scenario: Scenario, outcome: _Outcome,
     apps = [{**dataclasses.asdict(a), "offered_rps": a.offered_rps} for a in scenario.apps]
     return {
         "scenario": {"name": scenario.name, "description": scenario.description, "apps": apps},
-        "target": args.target, "seed": args.seed, "duration_s": args.duration,
+        "target": resolve_target(args).address, "protocol": resolve_target(args).protocol, "seed": args.seed,
+        "duration_s": args.duration,
         "rate_scale": args.rate_scale, "drain_s": args.drain, "request_timeout_s": args.request_timeout,
         "window_s": outcome.result.window_s, "interrupted": outcome.result.interrupted,
         "started_at": started_at.isoformat(timespec="seconds"), "records_file": RECORDS_FILE,

@@ -17,16 +17,14 @@ import grpc
 import numpy as np
 
 from heddle.clients.client import (
-    DEFAULT_TARGET,
     GENERATION_OPTIONS,
-    HeddleClient,
     InferResult,
     StageEvent,
     StageTiming,
     TokenEvent,
 )
+from heddle.clients.targets import add_target_args, sync_client
 from heddle.clients.tensors import DATATYPE_TO_NUMPY, TensorError, numpy_to_datatype
-from heddle.clients.tls_args import add_tls_args, tls_kwargs
 from heddle.v1 import heddle_pb2
 
 __all__ = [
@@ -79,16 +77,14 @@ def add_list_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _add_connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default=DEFAULT_TARGET, help=f"HOST:PORT (default {DEFAULT_TARGET})")
-    p.add_argument("--token", default=None, help="bearer token sent as authorization metadata")
+    add_target_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    add_tls_args(p)
 
 
 def run_infer(args: argparse.Namespace) -> int:
     """Run `heddle infer`; 0 on success, 1 on an RPC error, 2 on a bad --input."""
     try:
-        with HeddleClient(args.target, token=args.token, **tls_kwargs(args)) as client:
+        with sync_client(args) as client:
             # An unknown pipeline yields no declarations; the server's NOT_FOUND then says what is wrong.
             info = next((p for p in client.list_pipelines() if p.name == args.pipeline), None)
             declared = {} if info is None else {t.name: t for t in info.inputs}
@@ -116,7 +112,7 @@ def run_infer(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     """Run `heddle list WHAT`; 0 on success, 1 on an RPC error."""
     try:
-        with HeddleClient(args.target, token=args.token, **tls_kwargs(args)) as client:
+        with sync_client(args) as client:
             items = getattr(client, f"list_{args.what}")()
     except grpc.RpcError as err:
         print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
@@ -242,8 +238,9 @@ def format_result(result: InferResult) -> str:
     outputs = _table(("output", "datatype", "shape", "values"),
                      [(n, numpy_to_datatype(a.dtype), list(a.shape), _head(a, _HEAD))
                       for n, a in result.outputs.items()])
-    stages = _table(_STAGE_HEADERS, [_stage_row(s) for s in result.stages])
-    return f"{header}\n\n{outputs}\n\n{stages}\n\ntotal {result.total_ms:.3f} ms"
+    # Over HTTP (KServe REST) a response carries no per-stage timings: no empty table then.
+    stages = _table(_STAGE_HEADERS, [_stage_row(s) for s in result.stages]) + "\n\n" if result.stages else ""
+    return f"{header}\n\n{outputs}\n\n{stages}total {result.total_ms:.3f} ms"
 
 
 def _stage_json(s: StageTiming) -> dict[str, Any]:

@@ -4,10 +4,11 @@ parser and turns them into HeddleClient's credentials."""
 from __future__ import annotations
 
 import argparse
+import ssl
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TlsArgsError", "add_tls_args", "tls_kwargs"]
+__all__ = ["TlsArgsError", "add_tls_args", "ssl_context", "tls_kwargs"]
 
 
 class TlsArgsError(ValueError):
@@ -40,3 +41,20 @@ def tls_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"root_certificates": _read(ca, "CA certificate (--ca)"),
             "certificate_chain": _read(cert, "client certificate (--cert)"),
             "private_key": _read(key, "client key (--key)")}
+
+
+def ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The HTTP clients' TLS context for the parsed options (None without --ca or --cert: the
+    system's trust store for an https:// URL); TlsArgsError as tls_kwargs."""
+    ca, cert, key = getattr(args, "ca", None), getattr(args, "cert", None), getattr(args, "key", None)
+    if bool(cert) != bool(key):
+        raise TlsArgsError("--cert and --key go together (a client certificate and its private key)")
+    if ca is None and cert is None:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=ca)
+        if cert:
+            context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsArgsError(f"cannot load the TLS files (--ca {ca}, --cert {cert}, --key {key}): {exc}") from None
+    return context

@@ -24,6 +24,7 @@ from heddle.server.frontends.http_common import (
 from heddle.server.frontends.http_json import message_json
 from heddle.server.frontends.http_tensors import BINARY_HEADER, infer_request, infer_response_body
 from heddle.server.frontends.kserve import KServeServicer
+from heddle.server.frontends.openai_request import DEADLINE_HEADER, PRIORITY_HEADER, deadline_s_of, priority_of
 from heddle.server.runtime.status import RequestError
 
 __all__ = ["kserve_routes"]
@@ -33,6 +34,19 @@ _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 def _kserve_error(exc: RequestError) -> Response:
     return error_body(exc, lambda e: {"error": e.message})
+
+
+def _heddle_headers(message: kpb.ModelInferRequest, headers, settings) -> None:
+    """x-heddle-priority (heddle's scale: higher is more urgent) and x-heddle-deadline-ms, as the OpenAI
+    routes take them, for clients that speak heddle's vocabulary (the CLIs' HTTP targets): they become
+    the KServe `priority` (which counts the other way) and `timeout` parameters; the body's own win."""
+    if PRIORITY_HEADER in headers and "priority" not in message.parameters:
+        level = priority_of({}, headers, settings)
+        message.parameters["priority"].int64_param = settings.priority_levels - level + 1
+    if DEADLINE_HEADER in headers and "timeout" not in message.parameters:
+        deadline_s = deadline_s_of(headers)
+        if deadline_s is not None:
+            message.parameters["timeout"].int64_param = max(1, round(deadline_s * 1e6))
 
 
 class KServeRoutes:
@@ -119,6 +133,7 @@ class KServeRoutes:
             message, binary, echo = infer_request(body, request.headers.get(BINARY_HEADER), name, version,
                                                   request_id)
             del body
+            _heddle_headers(message, request.headers, self.servicer.settings)
             response = await run_until_disconnect(
                 request, self._call(self.servicer.ModelInfer, message, tuple(request.headers.items())))
         except RequestError as exc:

@@ -17,7 +17,8 @@ from heddle.server.frontends.openai_catalog import ChatModel
 from heddle.server.frontends.validation import check_generation, effective_deadline_s, resolve_priority
 from heddle.server.runtime.status import RequestError
 
-__all__ = ["PRIORITY_HEADER", "DEADLINE_HEADER", "OpenAIRequest", "parse_body", "parse_request"]
+__all__ = ["PRIORITY_HEADER", "DEADLINE_HEADER", "OpenAIRequest", "deadline_s_of", "parse_body", "parse_request",
+           "priority_of"]
 
 PRIORITY_HEADER = "x-heddle-priority"
 DEADLINE_HEADER = "x-heddle-deadline-ms"
@@ -113,7 +114,7 @@ def _prompt_ids(doc: Mapping[str, Any], model: ChatModel, chat: bool) -> list[in
     raise _bad("must be a string, or a non-empty list of token ids (one prompt per request)", "prompt")
 
 
-def _priority(doc: Mapping[str, Any], headers: Mapping[str, str], settings: ServerSettings) -> int:
+def priority_of(doc: Mapping[str, Any], headers: Mapping[str, str], settings: ServerSettings) -> int:
     """Body `priority`, else the x-heddle-priority header; heddle's scale (1..levels, higher is more
     urgent, 0 = default)."""
     value: Any = doc.get("priority")
@@ -130,7 +131,7 @@ def _priority(doc: Mapping[str, Any], headers: Mapping[str, str], settings: Serv
     return resolve_priority(value, settings)
 
 
-def _deadline_s(headers: Mapping[str, str]) -> float | None:
+def deadline_s_of(headers: Mapping[str, str]) -> float | None:
     raw = headers.get(DEADLINE_HEADER)
     if raw is None:
         return None
@@ -153,6 +154,6 @@ def parse_request(doc: Mapping[str, Any], headers: Mapping[str, str], model: Cha
         raise _bad("'stream' must be a boolean and 'stream_options' an object")
     return OpenAIRequest(
         prompt_ids=_prompt_ids(doc, model, chat), generation=_generation(doc), stream=stream,
-        include_usage=bool(options.get("include_usage", False)), priority=_priority(doc, headers, settings),
-        deadline_s=_deadline_s(headers),
+        include_usage=bool(options.get("include_usage", False)), priority=priority_of(doc, headers, settings),
+        deadline_s=deadline_s_of(headers),
     )
