@@ -4,7 +4,9 @@ What heddle's own per-request work costs when the model costs almost nothing (#1
   triton  a real Triton 2.51 (nvidia-pytriton's tritonserver) serving `tiny` as a python-backend model
           running the ONNX file with onnxruntime, dynamic batcher on (max_batch_size 64,
           max_queue_delay_microseconds 100), one instance
-  heddle  `heddle serve` with the same ONNX file on its own ONNX Runtime CPU devices, KServe v2 frontend
+  heddle  `heddle serve` with the same ONNX file on its own ONNX Runtime CPU devices, KServe v2 frontend,
+          as shipped (`inline = "auto"`: on the loop once measured tiny)
+  heddle_worker  the same server and file as model `tiny_worker`, `inline = false` (always a worker thread)
   heddle_inline  the same server and file as model `tiny_inline`, with `inline = true` (run on the loop)
   heddle_batched  the same server and file as model `tiny_batched`, with heddle's dynamic batching on
           (max_batch 64, max_queue_delay_us 100: Triton's batcher settings)
@@ -63,11 +65,11 @@ from heddle.server.config.builder import document, onnx_model, to_toml
 __all__ = ["main"]
 
 MODEL = "tiny"
-TARGETS = ("triton", "heddle", "heddle_inline", "heddle_batched", "echo")
-HEDDLE_TARGETS = ("heddle", "heddle_inline", "heddle_batched")
+TARGETS = ("triton", "heddle", "heddle_worker", "heddle_inline", "heddle_batched", "echo")
+HEDDLE_TARGETS = ("heddle", "heddle_worker", "heddle_inline", "heddle_batched")
 # The KServe model each target is asked for: heddle serves the file three times, once with inline = true,
 # once with dynamic batching.
-MODEL_OF = {"triton": MODEL, "heddle": MODEL, "heddle_inline": MODEL + "_inline",
+MODEL_OF = {"triton": MODEL, "heddle": MODEL, "heddle_worker": MODEL + "_worker", "heddle_inline": MODEL + "_inline",
             "heddle_batched": MODEL + "_batched", "echo": MODEL}
 NOTES = [
     "Triton's model is a python-backend model running the ONNX file with onnxruntime (its native onnxruntime "
@@ -103,13 +105,16 @@ def reference(path: Path, x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
-def heddle_config_text(model_path: Path, cache_dir: Path, inline: bool = True, batched: bool = True) -> str:
+def heddle_config_text(model_path: Path, cache_dir: Path, inline: bool = True, batched: bool = True,
+                       worker: bool = True) -> str:
     """The embedded default's device tables; the tiny model on its ONNX Runtime CPU devices (and
-    again with inline = true, and with dynamic batching, unless not: a heddle from before those keys
-    would refuse them)."""
+    again with inline = false, inline = true, and with dynamic batching, unless not: a heddle from
+    before those keys would refuse them)."""
     devices = detected_devices()
     cpu_ids = onnx_ids(devices)
     models = [onnx_model(MODEL, str(model_path), devices=cpu_ids)]
+    if worker:
+        models.append(onnx_model(f"{MODEL}_worker", str(model_path), devices=cpu_ids, inline=False))
     if inline:
         models.append(onnx_model(f"{MODEL}_inline", str(model_path), devices=cpu_ids, inline=True))
     if batched:
@@ -197,10 +202,11 @@ def servers(args: argparse.Namespace, work: Path, x: np.ndarray) -> Iterator[dic
     try:
         args.config = work / "heddle.toml"
         args.config.write_text(heddle_config_text(model_path, work / "cache", "heddle_inline" in args.target,
-                                                  "heddle_batched" in args.target))
+                                                  "heddle_batched" in args.target, "heddle_worker" in args.target))
         hport, eport = free_port(), free_port()
         urls = {"triton": triton.grpc_url if triton else "", "heddle": f"127.0.0.1:{hport}",
-                "heddle_inline": f"127.0.0.1:{hport}", "heddle_batched": f"127.0.0.1:{hport}",
+                "heddle_worker": f"127.0.0.1:{hport}", "heddle_inline": f"127.0.0.1:{hport}",
+                "heddle_batched": f"127.0.0.1:{hport}",
                 "echo": f"127.0.0.1:{eport}"}
         echo_cmd = bench_module("tiny_vs_triton", "--serve-echo", str(eport), str(work / "echo_response.bin"))
         with server_process(heddle_command(args, hport, free_port()), urls["heddle"], work / "heddle.log",
@@ -210,7 +216,8 @@ def servers(args: argparse.Namespace, work: Path, x: np.ndarray) -> Iterator[dic
             for target in args.target:
                 _check(urls[target], MODEL_OF[target], x, expected)
             yield {"urls": urls, "pids": {"triton": triton.process.pid if triton else 0, "heddle": heddle.pid,
-                                          "heddle_inline": heddle.pid, "heddle_batched": heddle.pid,
+                                          "heddle_worker": heddle.pid, "heddle_inline": heddle.pid,
+                                          "heddle_batched": heddle.pid,
                                           "echo": echo.pid},
                    "triton_config": config.read_text(), "heddle_config": args.config.read_text()}
     finally:

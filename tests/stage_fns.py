@@ -125,6 +125,12 @@ def thread_name(x: np.ndarray) -> dict[str, np.ndarray]:
     return {"y": x}
 
 
+def slow_thread_name(x: np.ndarray) -> dict[str, np.ndarray]:
+    """thread_name after 2 ms of sleep: far over the auto-inline budget."""
+    time.sleep(0.002)
+    return thread_name(x)
+
+
 def boom(x: np.ndarray) -> dict[str, np.ndarray]:
     """An operator bug: always raises."""
     _record("boom", x)

@@ -224,7 +224,7 @@ def _model_devices(where: str, table: Any, devices: tuple[DeviceSpec, ...]) -> t
         raise ConfigError(f"{where}: no configured device has backend {table.backend!r}")
     throttled = [d.id for d in candidates if d.backend == table.backend and
                  isinstance(d.options.get("dvfs"), dict) and d.options["dvfs"].get("kind") == "cgroup"]
-    if getattr(table, "inline", False) and throttled:
+    if getattr(table, "inline", False) is True and throttled:
         # The loop's thread is in no device's cgroup: the stage would escape the bandwidth cap.
         raise ConfigError(f'{where}: inline = true runs the stage on the event loop, outside the CPU-bandwidth '
                           f'cgroup of device(s) {throttled} (dvfs.kind = "cgroup"); drop inline or name '

@@ -74,8 +74,10 @@ class _Timeout(Table):
 
 
 class _Inline(Table):
-    inline: bool = Field(False, description="run on the event loop, not a worker thread: for stages of tens "
-                                            "of microseconds, where the hand-over costs more than the run")
+    inline: bool | Literal["auto"] = Field("auto", description=(
+        "true: run on the event loop, not a worker thread (stages of tens of microseconds, where the "
+        'hand-over costs more than the run); "auto" (default): on the loop while its measured compute '
+        "time stays under 50 us (server/runtime/auto_inline.py); false: always on a worker"))
 
 
 class _Generation(Table):
@@ -188,7 +190,7 @@ class PythonModelTable(_ModelBase, _Timeout, _Inline):
 
     @model_validator(mode="after")
     def _inline_runs_in_this_process(self) -> PythonModelTable:
-        if self.inline and self.isolation == "process":
+        if self.inline is True and self.isolation == "process":
             raise ValueError('inline = true runs the stage on the event loop; it cannot also have '
                              'isolation = "process" (a worker process): choose one')
         return self

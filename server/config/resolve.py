@@ -40,9 +40,20 @@ def resolve_model(table: Any, ctx: Resolving) -> ModelSpec:
     return RESOLVERS[table.backend](table, ctx)
 
 
-def _spec(table: Any, artifact: str, io: IoSpec) -> ModelSpec:
+def _spec(table: Any, artifact: str, io: IoSpec, ctx: Resolving | None = None) -> ModelSpec:
     options = table.model_dump(exclude_unset=True, exclude=_SPEC_KEYS)
+    if getattr(table, "inline", None) == "auto":
+        options["inline"] = "auto" if ctx is not None and _may_run_on_loop(table, ctx) else False
     return ModelSpec(table.name, table.backend, artifact, io[0], io[1], table.kind, tuple(table.devices), options)
+
+
+def _may_run_on_loop(table: Any, ctx: Resolving) -> bool:
+    """Where `inline = "auto"` stays off: a python stage in a worker process, and a model that may
+    run on a CPU-bandwidth-capped device (the loop's thread is in no device's cgroup)."""
+    if getattr(table, "isolation", None) == "process":
+        return False
+    return not any(d.backend == table.backend and isinstance(d.options.get("dvfs"), dict)
+                   and d.options["dvfs"].get("kind") == "cgroup" for d in ctx.candidates)
 
 
 def _tensors(tables: list[TensorTable]) -> tuple[TensorSpec, ...]:
@@ -57,7 +68,7 @@ def resolve_onnxruntime(table: Any, ctx: Resolving) -> ModelSpec:
 
     artifact = _onnx_path(ctx, table.path)
     try:
-        spec = _spec(table, str(artifact), read_io_spec(artifact))
+        spec = _spec(table, str(artifact), read_io_spec(artifact), ctx)
     except BackendError as exc:  # not ONNX, truncated: a config problem, said as one
         raise ConfigError(f"{ctx.where}: {exc}") from None
     if isinstance(table, OnnxLlmTable):
@@ -72,7 +83,7 @@ def resolve_python(table: PythonModelTable, ctx: Resolving) -> ModelSpec:
     """A function's spec; a stage class's carries its constructor options (backends/python.py)."""
     from dataclasses import replace
 
-    spec = _spec(table, table.function or table.class_ or "", (_tensors(table.inputs), _tensors(table.outputs)))
+    spec = _spec(table, table.function or table.class_ or "", (_tensors(table.inputs), _tensors(table.outputs)), ctx)
     options = {k: v for k, v in spec.options.items() if k not in ("class_", "options", "parameters")}
     if table.parameters:
         options["parameters"] = {n: {"type": p.type, "default": p.default} for n, p in table.parameters.items()}

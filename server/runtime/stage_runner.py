@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from heddle.backends.base import CALL_HEADERS, CALL_PARAMETERS, BackendError, Executor
 from heddle.scheduler import Dispatch
 from heddle.scheduler.specs import ModelSpec
+from heddle.server.runtime.auto_inline import AutoInline
 from heddle.server.runtime.batch_run import MemberResult, run_batch
 from heddle.server.runtime.stage_timeouts import OverrunWatch, limit_cause, stage_timeout_s, stops_itself
 
@@ -113,13 +114,15 @@ class ExecutorRunner:
         self.models = models
         self.overruns = overruns
         self.completions = Completions(lambda: events.loop)
+        self.auto_inline = AutoInline()  # which `inline = "auto"` stages run on the loop now
 
     def dispatch(self, d: Dispatch, job: Job, inputs: Tensors) -> None:
         events = self.events
         executor = self.executors[d.device]
         model = self.models[d.model]
         timeout_s = stage_timeout_s(model, job.request.deadline_s, events.clock())
-        if model.options.get("inline"):
+        inline = model.options.get("inline", False)
+        if inline is True or (inline == "auto" and self.auto_inline.wanted(d.model, d.device)):
             self._run_inline(d, executor, inputs, job.request.priority, timeout_s, job.parameters)
             return
         fut = executor.pool.submit(_timed_run, executor, d.model, inputs, job.request.priority, timeout_s,
@@ -147,6 +150,8 @@ class ExecutorRunner:
         if fut.cancelled():  # never started: its pool was shut down (server stopping)
             fut = self.events.loop.create_future()
             fut.set_exception(BackendError("stage not run: the server is shutting down"))
+        elif fut.exception() is None and self.models[d.model].options.get("inline") == "auto":
+            self.auto_inline.observe(d.model, d.device, fut.result()[1])
         self.events.stage_done(d, fut)
 
     def dispatch_batch(self, d: Dispatch, jobs: Sequence[Job], inputs: Sequence[Tensors]) -> None:

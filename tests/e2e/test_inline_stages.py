@@ -76,3 +76,62 @@ def test_an_inline_onnx_model_answers_what_onnx_runtime_computes(tmp_path):
     with serve_toml(config) as running, running.client() as client:
         got = client.infer("p", {"x": x}).outputs["y"]
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def _threads(client, pipeline: str, calls: int, stop_on_loop: bool) -> list[str]:
+    """The thread each of up to `calls` sequential requests ran its stage on, in order."""
+    names = []
+    for tag in range(100, 100 + calls):
+        client.infer(pipeline, {"x": stage_fns.tagged(tag)})
+        names.append(next(c[0] for c in stage_fns.calls() if c[1] == tag))
+        if stop_on_loop and names[-1] == "thread:heddle-test-loop":
+            break
+    return names
+
+
+def test_a_tiny_stage_moves_to_the_loop_by_default_once_measured():
+    """No `inline` key (the default "auto"): the first WARM_RUNS runs are on a py0 worker, measured;
+    a stage of a few microseconds then runs on the loop. `inline = false` keeps it on workers."""
+    from heddle.server.runtime.auto_inline import WARM_RUNS
+
+    stage_fns.reset()
+    config = (PY + py_model_toml("auto", "stage_fns:thread_name")
+              + py_model_toml("pinned", "stage_fns:thread_name", inline=False)
+              + chain_toml("auto_p", ["auto"]) + chain_toml("pinned_p", ["pinned"]))
+    with serve_toml(config) as running, running.client() as client:
+        auto = _threads(client, "auto_p", 400, stop_on_loop=True)  # a busy box may evict it a few times
+        stage_fns.reset()
+        pinned = _threads(client, "pinned_p", 3 * WARM_RUNS, stop_on_loop=False)
+    assert all(name.startswith("thread:heddle-py0") for name in auto[:WARM_RUNS])
+    assert auto[-1] == "thread:heddle-test-loop"
+    assert all(name.startswith("thread:heddle-py0") for name in pinned)
+
+
+def test_a_slow_stage_stays_on_its_worker():
+    """A 2 ms stage (40 budgets) is never moved to the loop, however many runs it has."""
+    from heddle.server.runtime.auto_inline import WARM_RUNS
+
+    stage_fns.reset()
+    config = PY + py_model_toml("slow", "stage_fns:slow_thread_name") + chain_toml("slow_p", ["slow"])
+    with serve_toml(config) as running, running.client() as client:
+        names = _threads(client, "slow_p", 2 * WARM_RUNS, stop_on_loop=False)
+    assert len(names) == 2 * WARM_RUNS
+    assert all(name.startswith("thread:heddle-py0") for name in names)
+
+
+def test_auto_stays_off_where_the_loop_would_escape_isolation_or_a_bandwidth_cap():
+    """"auto" resolves to off for a python stage in a worker process and for a model that may run
+    on a cgroup-capped device; on for the rest; an explicit value is kept."""
+    from server_fixtures import parse_test_document, py_model
+
+    from heddle.server.config.builder import document, python_device
+
+    capped = python_device("capped", dvfs={"kind": "cgroup"})
+    config = parse_test_document(document(
+        devices=[python_device("py0"), capped],
+        models=[py_model("free", "stage_fns:tail", devices=["py0"]),
+                py_model("isolated", "stage_fns:tail", devices=["py0"], isolation="process"),
+                py_model("maybe_capped", "stage_fns:tail"),
+                py_model("off", "stage_fns:tail", devices=["py0"], inline=False)]))
+    inline = {name: m.options["inline"] for name, m in config.models.items()}
+    assert inline == {"free": "auto", "isolated": False, "maybe_capped": False, "off": False}
