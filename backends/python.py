@@ -6,6 +6,7 @@ backends/python_process.py: killed and replaced at its timeout)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import queue
@@ -19,15 +20,16 @@ from heddle.backends.base import (
     CALL_PARAMETERS,
     BackendError,
     BackendTimeout,
+    InputError,
     check_inputs,
     make_pool,
     numpy_dtype,
 )
 from heddle.backends.python_process import ProcessPool
-from heddle.scheduler.specs import DeviceSpec, ModelSpec
+from heddle.scheduler.specs import DeviceSpec, ModelSpec, TensorSpec
 
-__all__ = ["ISOLATIONS", "PythonExecutor", "check_outputs", "isolation_of", "make_stage", "resolve_callable",
-           "stage_options", "stage_parameters"]
+__all__ = ["ISOLATIONS", "PythonExecutor", "check_outputs", "check_stage_inputs", "isolation_of", "make_stage",
+           "resolve_callable", "stage_options", "stage_parameters"]
 
 ISOLATIONS = ("thread", "process")
 
@@ -106,32 +108,57 @@ class _Instances:
             self.free.put(instance)
 
 
-def check_outputs(model: ModelSpec, result: Any) -> dict[str, np.ndarray]:
-    """The declared outputs of a stage's result, checked against the spec; extra outputs are dropped."""
+def check_outputs(model: ModelSpec, result: Any) -> dict[str, Any]:
+    """The declared outputs of a stage's result, checked against the spec; extra outputs are dropped.
+    An output declared a list is a list of arrays (a tuple is taken as one), each checked."""
     if not isinstance(result, Mapping):
         raise BackendError(f"python stage {model.name}: returned {type(result).__name__}, expected a mapping")
-    outputs = {}
+    outputs: dict[str, Any] = {}
     for spec in model.outputs:
         if spec.name not in result:
             raise BackendError(f"python stage {model.name}: output {spec.name} is missing")
-        array = result[spec.name]
-        if not isinstance(array, np.ndarray):
-            raise BackendError(
-                f"python stage {model.name}: output {spec.name} is a {type(array).__name__}, not a numpy array"
-            )
-        expected = numpy_dtype(spec.datatype)
-        if array.dtype != expected:
-            raise BackendError(
-                f"python stage {model.name}: output {spec.name} should be {spec.datatype} "
-                f"(numpy {expected}), got numpy {array.dtype}"
-            )
-        if not spec.accepts_shape(array.shape):
-            raise BackendError(
-                f"python stage {model.name}: output {spec.name} should have shape {list(spec.shape)}, "
-                f"got {list(array.shape)}"
-            )
-        outputs[spec.name] = array
+        value = result[spec.name]
+        if not spec.is_list:
+            outputs[spec.name] = _checked(model, spec, value, f"output {spec.name}")
+            continue
+        if not isinstance(value, (list, tuple)):
+            raise BackendError(f"python stage {model.name}: output {spec.name} is declared a list, got "
+                               f"{type(value).__name__}")
+        outputs[spec.name] = [_checked(model, spec, a, f"output {spec.name}[{i}]") for i, a in enumerate(value)]
     return outputs
+
+
+def _checked(model: ModelSpec, spec: TensorSpec, array: Any, what: str) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise BackendError(f"python stage {model.name}: {what} is a {type(array).__name__}, not a numpy array")
+    expected = numpy_dtype(spec.datatype)
+    if array.dtype != expected:
+        raise BackendError(
+            f"python stage {model.name}: {what} should be {spec.datatype} (numpy {expected}), got numpy {array.dtype}")
+    if not spec.accepts_shape(array.shape):
+        raise BackendError(
+            f"python stage {model.name}: {what} should have shape {list(spec.shape)}, got {list(array.shape)}")
+    return array
+
+
+def check_stage_inputs(model: ModelSpec, inputs: Mapping[str, Any]) -> None:
+    """check_inputs, where an input declared a list (a gather stage's) is a list of such arrays."""
+    listed = [t for t in model.inputs if t.is_list]
+    if not listed:
+        check_inputs(model, inputs)
+        return
+    plain = dataclasses.replace(model, inputs=tuple(t for t in model.inputs if not t.is_list))
+    check_inputs(plain, {k: v for k, v in inputs.items() if k not in {t.name for t in listed}})
+    for spec in listed:
+        value = inputs.get(spec.name)
+        if not isinstance(value, list):
+            raise InputError(f"model {model.name}: input {spec.name} must be a list of arrays, got "
+                             f"{type(value).__name__}")
+        for i, array in enumerate(value):
+            try:
+                _checked(model, spec, array, f"input {spec.name}[{i}]")
+            except BackendError as exc:
+                raise InputError(str(exc)) from None
 
 
 class PythonExecutor:
@@ -172,7 +199,7 @@ class PythonExecutor:
         if stage is None:
             raise BackendError(f"model {model} is not loaded on device {self.device.id}")
         spec, fn = stage
-        check_inputs(spec, inputs)
+        check_stage_inputs(spec, inputs)
         kwargs = {**inputs, **stage_parameters(spec, CALL_PARAMETERS.get())}
         if fn is None:
             try:

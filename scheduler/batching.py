@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from heddle.scheduler.fanout import element_input_shape
 from heddle.scheduler.specs import BatchOptions
 from heddle.scheduler.state import StageRun
 
@@ -45,7 +46,9 @@ def shape_signature(run: StageRun) -> tuple[Signature, int]:
     """The run's input shapes as far as batching cares (ranks and dims past the first: runs
     share a pass only if these are equal) and its rows (the first dim of its first input)."""
     request = run.request
-    shapes = [request.shapes.get((w.stage, w.tensor)) for w in request.pipeline.wires[run.stage].values()]
+    mapped = request.pipeline.maps.get(run.stage) if run.element >= 0 else None
+    shapes = [element_input_shape(run, w) if w == mapped else request.shapes.get((w.stage, w.tensor))
+              for w in request.pipeline.wires[run.stage].values()]
     rows = next((s[0] for s in shapes if s), 1)
     return tuple(None if s is None else (len(s), *s[1:]) for s in shapes), rows
 

@@ -102,7 +102,8 @@ def budget_run(run: StageRun, now: float, view: CoreReads) -> None:
             return max(0.0, started_s_of(other) + view.estimate_s(other.model, device_of(other)) - now)
         return view.best_estimate_s(other.model)
 
-    left = [s for s, r in request.runs.items() if r.state < RunState.DONE]
+    # By stage: a map stage's element runs and its own run are one stage of the path.
+    left = list(dict.fromkeys(r.stage for r in request.runs.values() if r.state < RunState.DONE))
     if left == [run.stage]:
         run.sub_deadline_s = run.latest_finish_s = request.deadline_s
         return

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from heddle.scheduler.admission import Action
 from heddle.scheduler.batching import choose_batch, shape_signature
 from heddle.scheduler.budget import budget_run
+from heddle.scheduler.core_power import CorePowerEvents
 from heddle.scheduler.deadlines import DeadlineHeap, usable_deadline
+from heddle.scheduler.fanout import element_done, expand, is_map_group
 from heddle.scheduler.plan import (
     Dispatch,
     Finished,
@@ -30,14 +32,13 @@ from heddle.scheduler.view import CoreReads
 if TYPE_CHECKING:
     from heddle.scheduler.admission import Admission
     from heddle.scheduler.power import PowerController
-    from heddle.scheduler.power_settings import PowerReading
 
 __all__ = ["Core"]
 
 _QUEUED = (RunState.READY, RunState.FROZEN)
 
 
-class Core(CoreReads):
+class Core(CorePowerEvents, CoreReads):
     """Holds requests and per-device ready queues; `schedule(now)` returns what to run.
 
     Events (submit, on_stage_done, cancel, set_device_health, set_device_level) change state
@@ -139,7 +140,7 @@ class Core(CoreReads):
             self._deadlines.push(request)
         for run in request.runs.values():
             if run.deps_left == 0 and not request.finished:
-                self._make_ready(run, now)
+                self._make_ready(run, now)  # a map stage always waits for its list's stage
 
     def _running_run(self, request_id: str, stage: str) -> tuple[Request, StageRun]:
         """The one way back from a dispatch to its run: also finds runs of requests that ended
@@ -158,9 +159,12 @@ class Core(CoreReads):
         return request, run
 
     def on_stage_done(self, request_id: str, stage: str, now: float, error: str = "",
-                      output_shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
-        """A dispatched stage finished (error set if it failed); free its slot, wake dependents.
-        output_shapes: its outputs' shapes, for the batch signatures of the stages they feed."""
+                      output_shapes: Mapping[str, tuple[int, ...]] | None = None,
+                      list_shapes: Mapping[str, Sequence[tuple[int, ...] | None]] | None = None) -> None:
+        """A dispatched run finished (error set if it failed); free its slot, wake dependents.
+        output_shapes: its outputs' shapes, for the batch signatures of the stages they feed;
+        list_shapes: its list outputs' element shapes (None: not told), which a map stage over
+        one needs (their number is its element count; scheduler/fanout.py)."""
         request, run = self._running_run(request_id, stage)
         self._free_slot(run)
         self.version += 1
@@ -174,19 +178,49 @@ class Core(CoreReads):
             self.estimates_version += 1
         for name, shape in (output_shapes or {}).items():
             request.shapes[(stage, name)] = tuple(shape)
+        for name, shapes in (list_shapes or {}).items():
+            request.lists[(run.stage, name)] = tuple(None if s is None else tuple(s) for s in shapes)
         if request.finished:
             return  # cancelled or expired while this stage ran: its result is not wanted
         request.last_progress_s = now
         if error:
             self._finish(request, Outcome.FAILED, f"stage {stage!r}: {error}", now)
             return
-        for name in request.pipeline.dependents[stage]:
+        self._advance(run, now)
+
+    def _advance(self, run: StageRun, now: float) -> None:
+        """A run is DONE: wake its stage's dependents (a map stage's once its last element run
+        is), and end the request when every run is done."""
+        request = run.request
+        if run.element >= 0:
+            group = element_done(run, now)
+            if group is None:
+                return
+            run = group
+        for name in request.pipeline.dependents[run.stage]:
             nxt = request.runs[name]
             nxt.deps_left -= 1
             if nxt.deps_left == 0:
-                self._make_ready(nxt, now)
-        if all(r.state is RunState.DONE for r in request.runs.values()):
+                self._release(nxt, now)
+        if not request.finished and all(r.state is RunState.DONE for r in request.runs.values()):
             self._finish(request, Outcome.OK, "", now)
+
+    def _release(self, run: StageRun, now: float) -> None:
+        """Every input of the stage exists: queue its run, or a map stage's element runs."""
+        if not is_map_group(run):
+            self._make_ready(run, now)
+            return
+        try:
+            elements = expand(run, now)
+        except ValueError as exc:  # the driver did not say how long the list is
+            self._finish(run.request, Outcome.FAILED, str(exc), now)
+            return
+        self.version += 1
+        for element in elements:
+            if not run.request.finished:
+                self._make_ready(element, now)
+        if not elements:
+            self._advance(run, now)
 
     def on_stage_step(self, request_id: str, stage: str, now: float) -> bool:
         """A dispatched multi-step stage (an LLM's prefill or one decode step) did one step but is
@@ -254,20 +288,6 @@ class Core(CoreReads):
         self._make_ready(run, now)
         return not request.finished
 
-    def on_power_sample(self, samples: Iterable[PowerReading], now: float,
-                        busy: Mapping[str, float] | None = None) -> None:
-        """A control period's power readings: the controller's level changes show in the next
-        plan (for the driver to apply), its freezes and refusals take effect from then on."""
-        if self.power is None:
-            return
-        for action in self.power.step(samples, now, self, busy):
-            if isinstance(action, SetLevel):
-                self.set_device_level(action.device, action.level)
-                self._log_levels.append(action)
-            else:
-                self._log_power.append(action)
-                self.version += 1
-
     def _refused(self, request: Request, now: float) -> bool:
         """Admission's verdict on a just-registered request; a rejected one ends here."""
         assert self.admission is not None  # submit asks only when there is one
@@ -291,43 +311,6 @@ class Core(CoreReads):
         self._compatible.clear()  # a changed spec may name other devices
         self._best_s.clear()
         self.version += 1
-
-    def attach_power(self, power: PowerController, admission: Admission | None = None) -> None:
-        """Power control and admission for a core built before its sensors were known: a server
-        detects its DVFS actuators (and so each device's level count) at start, after the core
-        exists. The one way besides the constructor to give them."""
-        self.power, self.admission = power, admission
-        self.version += 1
-
-    def set_power_budget(self, budget_w: float | None, device_budget_w: Mapping[str, float] | None = None) -> None:
-        """New power budgets (the admin RPC): the controller acts on them from its next sample.
-        ValueError for unknown devices or bad watts, or when the core has no power control."""
-        if self.power is None:
-            raise ValueError("this core has no power controller")
-        self.power.set_budget(budget_w, device_budget_w)
-
-    def on_level_refused(self, device: str, level: int, level_count: int) -> None:
-        """The device's actuator did not take the plan's level: it holds `level` and offers
-        `level_count` levels from now on (a knob that was lost). The controller and the
-        estimates take the actuator's word; the controller plans from there."""
-        if self.power is not None:
-            self.power.pin_level(device, level, level_count)
-        self.set_device_level(device, level)
-
-    def on_level_shared(self, device: str, level: int) -> None:
-        """The device shares its DVFS knob with one the plan moved: it runs at `level` too."""
-        if self.power is not None:
-            self.power.levels[device] = level
-        self.set_device_level(device, level)
-
-    def set_device_level(self, device: str, level: int) -> None:
-        """The device now runs at DVFS level `level` (0 = fastest); estimates follow."""
-        if device not in self.devices:
-            raise KeyError(f"unknown device {device!r}")
-        self._levels[device] = level
-        self._best_s.clear()
-        self.version += 1
-        self.estimates_version += 1
 
     def set_policy(self, policy: Policy | str) -> None:
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
@@ -441,7 +424,7 @@ class Core(CoreReads):
         self._device_versions[queued] += 1
         self._device_versions[device] += 1
         if queued != device:
-            self._log_migrated.append(Migrate(run.request.id, run.stage, queued, device))
+            self._log_migrated.append(Migrate(run.request.id, run.name, queued, device))
         run.device = device
         run.state = RunState.RUNNING
         run.started_s = now
@@ -449,7 +432,7 @@ class Core(CoreReads):
         run.pass_rows = 1
         self._running[device][run.key] = run
         self.version += 1
-        return Dispatch(run.request.id, run.stage, run.model, device)
+        return Dispatch(run.request.id, run.name, run.model, device)
 
     def _form_batch(self, lead: StageRun, device: str, now: float) -> Dispatch | None:
         """Start `lead` with the ready runs that share its pass (scheduler/batching.py) as one
@@ -512,13 +495,13 @@ class Core(CoreReads):
                     self._device_versions[device] += 1
                     run.state = RunState.READY
                     self._num_frozen -= 1
-                    self._log_unfrozen.append(Unfreeze(run.request.id, run.stage, device))
+                    self._log_unfrozen.append(Unfreeze(run.request.id, run.name, device))
                 elif run.state is RunState.READY and hold:
                     self.version += 1
                     self._device_versions[device] += 1
                     run.state = RunState.FROZEN
                     self._num_frozen += 1
-                    self._log_frozen.append(Freeze(run.request.id, run.stage, device))
+                    self._log_frozen.append(Freeze(run.request.id, run.name, device))
 
     def _expire(self, now: float) -> None:
         """Requests past their deadline with work not yet started are shed, not run late."""
@@ -546,7 +529,7 @@ class Core(CoreReads):
                 self._index.remove(run, device_of(run))
                 self._device_versions[device_of(run)] += 1
                 self._num_frozen -= run.state is RunState.FROZEN
-            if run.state < RunState.RUNNING:
+            if run.state < RunState.RUNNING or run.state is RunState.MAPPED:
                 run.state = RunState.CANCELLED
             elif run.state is RunState.RUNNING:
                 self._orphans[run.key] = request

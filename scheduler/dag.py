@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from heddle.scheduler.dag_lists import check_lists
 from heddle.scheduler.specs import ModelSpec, PipelineSpec, StageSpec, TensorSpec, shapes_compatible
 
 __all__ = ["Pipeline", "PipelineError", "Wire", "parse_source", "validate_pipeline"]
@@ -47,6 +48,7 @@ class Pipeline:
     wires: Mapping[str, Mapping[str, Wire]]  # stage -> model input -> source
     depends_on: Mapping[str, tuple[str, ...]]  # stage -> upstream stages
     dependents: Mapping[str, tuple[str, ...]]  # stage -> downstream stages
+    maps: Mapping[str, Wire] = field(default_factory=dict)  # map stage -> the list it fans out over
 
     def stage(self, name: str) -> StageSpec:
         return next(s for s in self.stages if s.name == name)
@@ -76,6 +78,11 @@ def validate_pipeline(spec: PipelineSpec, models: Mapping[str, ModelSpec]) -> Pi
     order = _topological_order(where, [s.name for s in spec.stages], depends_on)
     outputs, output_wires = _resolve_outputs(where, spec, stages, models)
     dependents = {name: tuple(d for d in order if name in depends_on[d]) for name in order}
+    try:
+        maps = check_lists(where, spec, stages, models,
+                           {s: {n: (w.stage, w.tensor) for n, w in ws.items()} for s, ws in wires.items()})
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
     return Pipeline(
         name=spec.name,
         description=spec.description,
@@ -86,6 +93,7 @@ def validate_pipeline(spec: PipelineSpec, models: Mapping[str, ModelSpec]) -> Pi
         wires=wires,
         depends_on=depends_on,
         dependents=dependents,
+        maps={stage: Wire(*source) for stage, source in maps.items()},
     )
 
 

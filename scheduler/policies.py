@@ -60,9 +60,9 @@ class Policy(Protocol):
 
 
 def tail(run: StageRun) -> SortKey:
-    # Arrival, then arrival counter, then topological index: a total order, so plans are
-    # a deterministic function of the state.
-    return (run.request.arrival_s, run.request.seq, run.index)
+    # Arrival, then arrival counter, then topological index, then element (a map stage's runs):
+    # a total order, so plans are a deterministic function of the state.
+    return (run.request.arrival_s, run.request.seq, run.index, run.element)
 
 
 class BasePolicy:

@@ -26,11 +26,14 @@ DATATYPES = (
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    """A named tensor's datatype and shape; -1 marks a dynamic dimension."""
+    """A named tensor's datatype and shape; -1 marks a dynamic dimension. is_list: a python
+    stage's input or output that is a list of such tensors (a ragged list: one dtype and rank,
+    shapes free where -1), as a `map` stage fans out over and a gather stage takes in."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    is_list: bool = False
 
     def accepts_shape(self, shape: tuple[int, ...]) -> bool:
         """True when a concrete shape fits this spec (same rank, fixed dims equal)."""
@@ -126,11 +129,15 @@ class StageSpec:
     """A pipeline stage: runs `model`, wiring each model input from a source.
 
     A source is "input:NAME" (a request input) or "STAGE.OUTPUT" (another stage's output).
+    map: "STAGE.OUTPUT" of a list the stage fans out over (scheduler/fanout.py): it runs once per
+    `map_batch` elements, the input wired to that source getting them, and its outputs are lists.
     """
 
     name: str
     model: str
     inputs: Mapping[str, str]
+    map: str = ""
+    map_batch: int = 1
 
 
 @dataclass(frozen=True, slots=True)

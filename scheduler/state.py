@@ -20,6 +20,9 @@ class RunState(enum.IntEnum):
     # started, so `state < RUNNING` still means "can be dropped without waiting for it".
     FROZEN = 2
     RUNNING = 3  # dispatched to a device
+    # A map stage's own run once its element runs exist (scheduler/fanout.py): they carry it, and
+    # it is DONE when the last of them is. Holds no device, and is not shed as unstarted.
+    MAPPED = 4
     DONE = 10
     FAILED = 11
     CANCELLED = 12  # dropped before it started: request cancelled, failed or past deadline
@@ -38,7 +41,8 @@ class Outcome(enum.Enum):
 
 @dataclass(slots=True, eq=False)
 class StageRun:
-    """One stage of one request."""
+    """One stage of one request, or one element run of a map stage (element >= 0: the stage's
+    runs over its list, named "STAGE[i]"; scheduler/fanout.py)."""
 
     request: Request
     stage: str
@@ -64,10 +68,16 @@ class StageRun:
     # Rows of the pass it ran in, for the profile's batch axis; 0 for a batch member that rode
     # on another run's pass (that run reports the pass's time once).
     pass_rows: int = 1
+    element: int = -1
+    name: str = ""  # the run's own name: the stage's, or "STAGE[i]" for an element run
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = self.stage if self.element < 0 else f"{self.stage}[{self.element}]"
 
     @property
     def key(self) -> tuple[str, str]:
-        return (self.request.id, self.stage)
+        return (self.request.id, self.name)
 
 
 @dataclass(slots=True, eq=False)
@@ -81,11 +91,14 @@ class Request:
     deadline_s: float | None = None  # absolute, on the core's clock
     seq: int = 0  # arrival counter set by the core: total order among equal arrival times
     last_progress_s: float = 0.0  # arrival, then each stage completion (DREAM's fairness term)
-    runs: dict[str, StageRun] = field(default_factory=dict)
+    runs: dict[str, StageRun] = field(default_factory=dict)  # by run name (StageRun.name)
     # Shapes of the tensors known so far, keyed like the pipeline's wires: (None, input name)
     # for the request's inputs (given by the driver), (stage, output name) for stage outputs
     # (Core.on_stage_done). Only models that batch read them.
     shapes: dict[tuple[str | None, str], tuple[int, ...]] = field(default_factory=dict)
+    # List outputs known so far, (stage, output name) -> each element's shape (None: not told):
+    # how many element runs a map stage over one gets (scheduler/fanout.py).
+    lists: dict[tuple[str, str], tuple[tuple[int, ...] | None, ...]] = field(default_factory=dict)
     outcome: Outcome | None = None
     error: str = ""
     finished_s: float | None = None

@@ -74,16 +74,16 @@ class TwillPolicy(BasePolicy):
         request = run.request
         priority = request.priority if request.priority > 1 else 1
         if request.deadline_s is None:
-            return (_AFTER_FEASIBLE, -priority, _BEST_EFFORT, request.arrival_s, request.seq, run.index)
+            return (_AFTER_FEASIBLE, -priority, _BEST_EFFORT, request.arrival_s, request.seq, run.index, run.element)
         if now + view.best_estimate_s(run.model) > run.latest_finish_s:
-            return (_AFTER_FEASIBLE, -priority, _HOPELESS, request.arrival_s, request.seq, run.index)
+            return (_AFTER_FEASIBLE, -priority, _HOPELESS, request.arrival_s, request.seq, run.index, run.element)
         run_s = (view.tail_s(run.model, run.device) if run.device is not None
                  else view.best_estimate_s(run.model))
         slack = run.sub_deadline_s - now - run_s
         # Positive slack shrinks with priority, negative slack grows: either way the higher
         # priority run of two equally pressed ones goes first.
         return (_FEASIBLE, slack / priority if slack >= 0 else slack * priority,
-                request.arrival_s, request.seq, run.index)
+                request.arrival_s, request.seq, run.index, run.element)
 
     # ---- mapping ------------------------------------------------------------------------
     def place(self, run: StageRun, devices: list[str], view: CoreView, now: float) -> str:

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "HANG_S", "WAIT_LIMIT_S", "barrier_branch", "boom", "burn_cpu", "calls", "crash", "gate", "hang", "join2",
-    "nap_then_pid", "open_gate", "reset", "sleep_50ms", "stall_on_1",
-    "tagged", "tail", "wait_for_call", "wait_for_file",
+    "HANG_S", "WAIT_LIMIT_S", "barrier_branch", "boom", "burn_cpu", "calls", "crash", "gate", "gather_rows", "hang",
+    "join2", "nap_then_pid", "open_gate", "ragged_rows_of", "reset", "rows_as_array", "rows_of", "sleep_50ms",
+    "stall_on_1", "tagged", "tail", "wait_for_call", "wait_for_file",
 ]
 
 # Safety net only: a stage never blocks longer than this, so a failing test cannot hang the suite.
@@ -200,3 +200,23 @@ def thresholded(x: np.ndarray, threshold: float, keep_above: bool = True) -> dic
     """Takes per-request parameters: the rows of x past the threshold (1.0 where kept, 0.0 where not)."""
     kept = x > threshold if keep_above else x <= threshold
     return {"y": kept.astype(np.float32)}
+
+
+def rows_of(x: np.ndarray, count: np.ndarray) -> dict[str, list[np.ndarray]]:
+    """A list of `count` elements, element i being row i of x ([1, D]): what a map stage fans out over."""
+    return {"parts": [x[i:i + 1] for i in range(int(count[0]))]}
+
+
+def ragged_rows_of(x: np.ndarray, count: np.ndarray) -> dict[str, list[np.ndarray]]:
+    """A ragged list of `count` elements, element i being the first i + 1 rows of x ([i + 1, D])."""
+    return {"parts": [x[:i + 1] for i in range(int(count[0]))]}
+
+
+def gather_rows(parts: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The elements of a list joined on the first dim, in order; zero rows for an empty list."""
+    return {"y": np.concatenate(parts, axis=0) if parts else np.zeros((0, 3), np.float32)}
+
+
+def rows_as_array(x: np.ndarray, count: np.ndarray) -> dict[str, np.ndarray]:
+    """rows_of's mistake: the rows as one array where a list is declared."""
+    return {"parts": x[:int(count[0])]}

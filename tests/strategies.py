@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from heddle.scheduler import DeviceSpec, ModelSpec, Pipeline, PipelineSpec, StageSpec, TensorSpec, validate_pipeline
 from heddle.scheduler.profiles import ProfileEntry, ProfileTable
 
-__all__ = ["Workload", "dags", "device_sets", "workloads"]
+__all__ = ["Workload", "dags", "device_sets", "map_dags", "workloads"]
 
 VEC = TensorSpec("x", "FP32", (-1, 8))
 # Models are named by kind and fan-in: "cnn2" takes two inputs; "tfm" models hold an op a DLA
@@ -41,6 +41,31 @@ def dags(draw, max_stages: int = 5) -> tuple[Pipeline, dict[str, ModelSpec]]:
 
 
 @st.composite
+def map_dags(draw) -> tuple[Pipeline, dict[str, ModelSpec]]:
+    """A random pipeline that fans out: a stage making a list ("cnnL"), one or two map stages in a
+    chain over it (each its own map_batch), a gather ("cnnG", a list input), and maybe a plain
+    stage beside them reading the request's input."""
+    vec, listed = TensorSpec("y", "FP32", (-1, 8)), TensorSpec("y", "FP32", (-1, 8), is_list=True)
+    models = {"cnnL": ModelSpec("cnnL", "sim", "cnnL", (TensorSpec("x0", "FP32", (-1, 8)),), (listed,)),
+              "cnnG": ModelSpec("cnnG", "sim", "cnnG", (TensorSpec("x0", "FP32", (-1, 8), is_list=True),), (vec,))}
+    stages = [StageSpec("s0", "cnnL", {"x0": "input:x"})]
+    for i in range(1, 1 + draw(st.integers(1, 2))):
+        name = f"{draw(st.sampled_from(KINDS))}1"
+        models[name] = model_spec(name, 1)
+        stages.append(StageSpec(f"s{i}", name, {"x0": f"s{i - 1}.y"}, map=f"s{i - 1}.y",
+                                map_batch=draw(st.integers(1, 3))))
+    gather = f"s{len(stages)}"
+    stages.append(StageSpec(gather, "cnnG", {"x0": f"s{len(stages) - 1}.y"}))
+    if draw(st.booleans()):  # a branch beside the fan-out, joined at the end
+        models["cnn2"] = model_spec("cnn2", 2)
+        models["tfm1"] = model_spec("tfm1", 1)
+        stages += [StageSpec("side", "tfm1", {"x0": "input:x"}),
+                   StageSpec("end", "cnn2", {"x0": f"{gather}.y", "x1": "side.y"})]
+    spec = PipelineSpec(f"map{len(stages)}", (VEC,), tuple(stages), {"y": f"{stages[-1].name}.y"})
+    return validate_pipeline(spec, models), models
+
+
+@st.composite
 def device_sets(draw) -> list[DeviceSpec]:
     """1-4 devices of mixed kinds and slots; DLAs refuse LayerNormalization. At least one
     device is not a DLA, so some device can run every model."""
@@ -60,6 +85,7 @@ class Workload:
     models: dict[str, ModelSpec]
     table: dict[tuple[str, str, int], ProfileEntry]
     arrivals: list[tuple[float, str, int, int, float | None]]  # time, id, pipeline index, priority, deadline
+    lengths: dict[str, int] | None = None  # request id -> its lists' element count (map pipelines)
 
     def profiles(self) -> ProfileTable:
         return ProfileTable(table=self.table, ops={m: OPS[m[:3]] for m in self.models})
@@ -67,15 +93,23 @@ class Workload:
     def run_time_s(self, model: str, device: str) -> float:
         return self.table[(model, device, 0)].latency_s
 
+    def list_length(self, run) -> int:
+        """The element count of the lists a run of this request makes."""
+        return self.list_length_of(run.request_id)
+
+    def list_length_of(self, request_id: str) -> int:
+        return (self.lengths or {}).get(request_id, 0)
+
 
 @st.composite
-def workloads(draw, max_requests: int = 10) -> Workload:
+def workloads(draw, max_requests: int = 10, maps: bool = False) -> Workload:
     """Random DAGs on a random device set, random per-(model, device) latencies, and random
-    arrivals with priorities and optional deadlines."""
+    arrivals with priorities and optional deadlines. maps: some pipelines fan out (map_dags),
+    each request's lists 0-5 elements long."""
     devices = draw(device_sets())
     pipelines, models = [], {}
     for _ in range(draw(st.integers(1, 3))):
-        pipeline, used = draw(dags())
+        pipeline, used = draw(map_dags() if maps and draw(st.booleans()) else dags())
         pipelines.append(pipeline)
         models.update(used)
     latency = st.sampled_from([0.1, 0.25, 0.5, 1.0, 2.0])
@@ -88,4 +122,5 @@ def workloads(draw, max_requests: int = 10) -> Workload:
         arrivals.append((t, f"r{i}", draw(st.integers(0, len(pipelines) - 1)), draw(st.sampled_from([1, 3, 9])),
                          None if deadline is None else t + deadline))
     arrivals.sort(key=lambda a: (a[0], a[1]))
-    return Workload(devices, pipelines, models, table, arrivals)
+    lengths = {a[1]: draw(st.integers(0, 5)) for a in arrivals} if maps else None
+    return Workload(devices, pipelines, models, table, arrivals, lengths)

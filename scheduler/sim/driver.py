@@ -36,6 +36,11 @@ class RunTimeModel(Protocol):
         """`run` ended at `now`: its error, '' when it succeeded."""
         return ""
 
+    def list_lengths(self, core: Core, run: Dispatch) -> dict[str, int]:
+        """How many elements each list output of a run that ended has (what a map stage over it
+        fans out to; scheduler/fanout.py). None here: pipelines with map stages need a model that says."""
+        return {}
+
     def first_tick_s(self) -> float | None:
         """When the first control period ends; None: no control loop."""
         return None
@@ -50,8 +55,17 @@ class TimedBy(RunTimeModel):
     """Each run takes run_s(model, device) seconds whatever the level, a batch that times the
     default batch axis (profiles.batch_scale): the tests' machine."""
 
-    def __init__(self, run_s: Callable[[str, str], float]) -> None:
+    def __init__(self, run_s: Callable[[str, str], float],
+                 list_length: Callable[[Dispatch], int] | None = None) -> None:
+        """list_length: the element count of every list output of a run (default: none has any)."""
         self.run_s = run_s
+        self.list_length = list_length
+
+    def list_lengths(self, core: Core, run: Dispatch) -> dict[str, int]:
+        if self.list_length is None:
+            return {}
+        outputs = core.models[run.model].outputs
+        return {t.name: self.list_length(run) for t in outputs if t.is_list}
 
     def start(self, core: Core, run: Dispatch, now: float) -> float:
         return self.run_s(run.model, run.device) * (batch_scale(run.rows) if run.batch else 1.0)
@@ -120,7 +134,9 @@ class Driver:
         elif kind == _DONE:
             error = self.run_times.finish(item, now)
             for member in item.members:
-                self.core.on_stage_done(member.request_id, member.stage, now, error=error)
+                lengths = self.run_times.list_lengths(self.core, member)
+                self.core.on_stage_done(member.request_id, member.stage, now, error=error,
+                                        list_shapes={k: (None,) * n for k, n in lengths.items()} or None)
         elif kind == _WAKE:
             self._wakes.discard(now)
         else:

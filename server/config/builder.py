@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
-    "document", "onnx_device", "onnx_model", "pipeline", "python_device", "python_model", "stage", "tensor",
-    "to_toml", "toml_value", "triton_device", "triton_model",
+    "document", "map_stage", "onnx_device", "onnx_model", "pipeline", "python_device", "python_model", "stage",
+    "tensor", "to_toml", "toml_value", "triton_device", "triton_model",
 ]
 
 Table = dict[str, Any]
@@ -67,6 +67,13 @@ def _devices(devices: Sequence[str]) -> Table:
 def stage(name: str, model: str, **inputs: str) -> Table:
     """A pipeline stage; each keyword wires a model input from "input:NAME" or "STAGE.OUTPUT"."""
     return {"name": name, "model": model, "inputs": inputs}
+
+
+def map_stage(name: str, model: str, over: str, *, map_batch: int = 1, **inputs: str) -> Table:
+    """A map stage: runs once per map_batch elements of the list `over` ("STAGE.OUTPUT"), which one
+    of its inputs must be wired to (docs/CONFIG.md, "Fan-out")."""
+    table = {**stage(name, model, **inputs), "map": over}
+    return table if map_batch == 1 else {**table, "map_batch": map_batch}
 
 
 def pipeline(name: str, inputs: Iterable[Table], outputs: Mapping[str, str], stages: Iterable[Table],

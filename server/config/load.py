@@ -234,7 +234,7 @@ def _model_devices(where: str, table: Any, devices: tuple[DeviceSpec, ...]) -> t
 
 def _pipeline_spec(table: Any) -> PipelineSpec:
     inputs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in table.inputs)
-    stages = tuple(StageSpec(s.name, s.model, dict(s.inputs)) for s in table.stages)
+    stages = tuple(StageSpec(s.name, s.model, dict(s.inputs), s.map, s.map_batch) for s in table.stages)
     return PipelineSpec(table.name, inputs, stages, dict(table.outputs), table.description)
 
 

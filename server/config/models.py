@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 
 from heddle.backends.python import ISOLATIONS
-from heddle.server.config.tables import Table, TensorTable
+from heddle.server.config.tables import StageTensorTable, Table, TensorTable
 
 __all__ = [
     "LLM_KEYS_WHY", "MAX_TIMEOUT_MS", "MODEL_TABLES", "PARAMETER_TYPES", "PYTHON_KEYS_WHY", "ModelTable",
@@ -174,8 +174,8 @@ class PythonModelTable(_ModelBase, _Timeout, _Inline):
     options: dict[str, Any] | None = Field(None, description="the stage class's constructor keyword arguments")
     parameters: dict[str, ParameterTable] | None = Field(None, description=(
         "per-request parameters passed to the stage as keyword arguments (a request's `parameters`)"))
-    inputs: list[TensorTable] = Field(min_length=1)
-    outputs: list[TensorTable] = Field(min_length=1)
+    inputs: list[StageTensorTable] = Field(min_length=1)
+    outputs: list[StageTensorTable] = Field(min_length=1)
     isolation: Literal[ISOLATIONS] | None = Field(  # type: ignore[valid-type]
         None, description='"thread" (default) or "process": a killable worker process per slot')
 
@@ -246,6 +246,9 @@ class StageTable(Table):
     name: str
     model: str
     inputs: dict[str, str] = Field(default_factory=dict)
+    map: str = Field("", description='"STAGE.OUTPUT" of a list: the stage runs once per map_batch of its '
+                                     "elements, its outputs gathered into lists in order (docs/CONFIG.md)")
+    map_batch: int = Field(1, ge=1, description="elements per run of a map stage, joined on the first dim")
 
 
 class PipelineTable(Table):

@@ -57,7 +57,7 @@ def _may_run_on_loop(table: Any, ctx: Resolving) -> bool:
 
 
 def _tensors(tables: list[TensorTable]) -> tuple[TensorSpec, ...]:
-    return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in tables)
+    return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape), getattr(t, "list_", False)) for t in tables)
 
 
 def resolve_onnxruntime(table: Any, ctx: Resolving) -> ModelSpec:

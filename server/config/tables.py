@@ -23,7 +23,8 @@ from heddle.server.observe.tracing import TracingSettings
 
 __all__ = [
     "AdmissionTable", "DEVICE_KINDS", "DeviceTable", "OnnxDeviceTable", "PowerTable", "PythonDeviceTable",
-    "ServerSettings", "ServerTable", "Table", "TensorTable", "TlsTable", "TracingTable", "TritonDeviceTable",
+    "ServerSettings", "ServerTable", "StageTensorTable", "Table", "TensorTable", "TlsTable", "TracingTable",
+    "TritonDeviceTable",
 ]
 
 DEFAULT_CACHE_DIR = "~/.cache/heddle"
@@ -163,6 +164,14 @@ class TensorTable(Table):
     name: str
     datatype: Literal[DATATYPES]  # type: ignore[valid-type]
     shape: list[int]
+
+
+class StageTensorTable(TensorTable):
+    """A python stage's input or output, which may be a list of such tensors (docs/CONFIG.md, "Fan-out")."""
+
+    list_: bool = Field(False, alias="list", description=(
+        "a list of tensors of this dtype and rank (ragged: shapes free where -1): an output a map stage "
+        "fans out over, or an input that gathers a map stage's outputs"))
 
 
 class PowerModelTable(Table):

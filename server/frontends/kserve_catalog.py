@@ -57,9 +57,12 @@ def model_pipeline(model: ModelSpec, models: Mapping[str, ModelSpec]) -> Pipelin
 
 
 def build_catalog(config: Config) -> dict[str, CatalogEntry]:
-    """Every model, then every pipeline; a pipeline that shares a model's name replaces it."""
+    """Every model (but those with list inputs or outputs), then every pipeline; a pipeline that
+    shares a model's name replaces it."""
     catalog: dict[str, CatalogEntry] = {}
     for model in config.models.values():
+        if any(t.is_list for t in (*model.inputs, *model.outputs)):
+            continue  # a stage taking or making lists (fan-out, #14) runs only inside a pipeline
         platform, backend = _PLATFORMS.get(model.backend, (model.backend, model.backend))
         catalog[model.name] = CatalogEntry(model.name, model_pipeline(model, config.models), model,
                                            platform, backend)

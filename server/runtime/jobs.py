@@ -88,7 +88,7 @@ class Job:
     """One request in flight: its tensors so far, the future its caller awaits, its callbacks."""
 
     request: Request
-    tensors: dict[tuple[str | None, str], NDArray[Any]]
+    tensors: dict[tuple[str | None, str], Any]  # arrays; lists of arrays for list outputs (fanout_io.py)
     done: asyncio.Future[JobResult]
     on_stage: Callable[[StageTiming], None] | None
     compute_s: dict[str, float] = field(default_factory=dict)
@@ -119,7 +119,7 @@ def job_result(job: Job, outcome: Outcome, error: str, now: float,
     return JobResult(
         request_id=req.id, pipeline=req.pipeline.name, outcome=outcome, error=error,
         error_kind=(job.error_kind or ErrorKind.INTERNAL) if outcome is Outcome.FAILED else None,
-        outputs=outputs, stages=tuple(stage_timing(job, s.name, llm_fields) for s in req.pipeline.stages),
+        outputs=outputs, stages=tuple(stage_timing(job, name, llm_fields) for name in _run_names(req)),
         total_s=(req.finished_s or now) - req.arrival_s, priority=req.priority,
         deadline_missed=req.deadline_missed, energy_j=sum(j for j, _ in job.energy.values()),
         energy_source=combine_sources(src for _, src in job.energy.values()),
@@ -127,16 +127,31 @@ def job_result(job: Job, outcome: Outcome, error: str, now: float,
     )
 
 
+def _run_names(req: Request) -> list[str]:
+    """Every stage in pipeline order, each map stage followed by its element runs in order."""
+    names = []
+    for s in req.pipeline.stages:
+        names.append(s.name)
+        if s.name in req.pipeline.maps:
+            names += sorted((r.name for r in req.runs.values() if r.stage == s.name and r.element >= 0),
+                            key=lambda n: req.runs[n].element)
+    return names
+
+
 def stage_timing(job: Job, stage: str, llm_fields: Callable[[Job, str], Mapping[str, Any]]) -> StageTiming:
-    """Where and how long one stage of the request ran, so far."""
+    """Where and how long one stage (or element run, "STAGE[i]") of the request ran, so far. A map
+    stage's own entry spans its element runs and adds up their compute and energy."""
     req = job.request
     run = req.runs[stage]
     started = run.started_s
-    energy_j, energy_source = job.energy.get(stage, (0.0, PowerSource.NONE))
+    parts = ([r.name for r in req.runs.values() if r.stage == stage and r.element >= 0]
+             if stage in req.pipeline.maps and run.element < 0 else [stage])
+    energy_j = sum(job.energy.get(p, (0.0, PowerSource.NONE))[0] for p in parts)
+    energy_source = combine_sources(job.energy[p][1] for p in parts if p in job.energy)
     timing = StageTiming(
         stage=stage, model=run.model, device=run.device or "", status=_STAGE_STATUS.get(run.state, StageStatus.SKIPPED),
         queue_s=(started - run.ready_s) if started is not None and run.ready_s is not None else 0.0,
-        compute_s=job.compute_s.get(stage, 0.0),
+        compute_s=sum(job.compute_s.get(p, 0.0) for p in parts),
         start_offset_s=(started - req.arrival_s) if started is not None else 0.0,
         end_offset_s=(run.finished_s - req.arrival_s) if run.finished_s is not None else 0.0,
         error=run.error, energy_j=energy_j, energy_source=energy_source,

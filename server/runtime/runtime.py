@@ -12,9 +12,9 @@ import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from heddle.backends.base import BackendTimeout, DeviceUnavailable, Executor
+from heddle.backends.base import BackendError, BackendTimeout, DeviceUnavailable, Executor
 from heddle.backends.graph_summary import summarize_file
 from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Request
 from heddle.scheduler.admission import Admission
@@ -25,6 +25,7 @@ from heddle.server.config.load import Config
 from heddle.server.observe.logs import get_logger
 from heddle.server.power.energy import EnergyLedger
 from heddle.server.runtime.error_kind import ErrorKind, classify
+from heddle.server.runtime.fanout_io import list_shapes, run_inputs, store_outputs
 from heddle.server.runtime.jobs import Job, JobResult, StageTiming, TokenUpdate, job_result, stage_timing
 from heddle.server.runtime.llm_runtime import LlmDriver
 from heddle.server.runtime.llm_triton import TritonLlmStreams
@@ -274,8 +275,7 @@ class Runtime:
             self._dispatch_batch(d)
             return
         job = self._jobs[d.request_id]
-        wires = job.request.pipeline.wires[d.stage]
-        inputs = {name: job.tensors[(w.stage, w.tensor)] for name, w in wires.items()}
+        inputs, failed = _inputs(job, d)
         if self.metrics is not None:
             self.metrics.device_started(d.device)
             if d.model in self._batching:
@@ -283,24 +283,35 @@ class Runtime:
         if self.trace is not None:
             self.trace.dispatched(d)
         self.energy.started(d.device, (d.request_id, d.stage), self.clock())
+        if failed is not None:  # ends as a failed run, next turn, like any run's end
+            self.loop.call_soon(self.stage_done, d, self._failed(failed))
+            return
         self._runners[d.model].dispatch(d, job, inputs)
+
+    def _failed(self, exc: BaseException) -> StageFuture:
+        fut: asyncio.Future[tuple[Tensors, float]] = self.loop.create_future()
+        fut.set_exception(exc)
+        return fut
 
     def _dispatch_batch(self, d: Dispatch) -> None:
         """A batch (scheduler/batching.py) is one executor call holding one slot; each member
         is its own stage run for energy, traces and its request's timings."""
         now = self.clock()
-        jobs, inputs = [], []
+        jobs, inputs, failed = [], [], None
         for m in d.members:
             job = self._jobs[m.request_id]
-            wires = job.request.pipeline.wires[m.stage]
             jobs.append(job)
-            inputs.append({name: job.tensors[(w.stage, w.tensor)] for name, w in wires.items()})
+            one, failed = _inputs(job, m) if failed is None else ({}, failed)
+            inputs.append(one)
             if self.trace is not None:
                 self.trace.dispatched(m)
             self.energy.started(d.device, (m.request_id, m.stage), now)
         if self.metrics is not None:
             self.metrics.device_started(d.device)
             self.metrics.observe_batch(d.model, d.device, d.rows)
+        if failed is not None:  # a member's elements could not be joined: the pass cannot run
+            self.loop.call_soon(self.batch_done, d, [self._failed(failed) for _ in d.members])
+            return
         self._pool.dispatch_batch(d, jobs, inputs)
 
     def _end_overrun(self, request_id: str, error: str) -> None:
@@ -365,9 +376,11 @@ class Runtime:
         if exc is None:
             outputs, compute_s = fut.result()
             if job is not None:
-                for name, arr in outputs.items():
-                    job.tensors[(d.stage, name)] = arr
-        else:
+                try:
+                    store_outputs(job, job.request.runs[d.stage], outputs)
+                except BackendError as failed:
+                    exc, outputs = failed, {}
+        if exc is not None:
             kind, error = classify(exc)
             if isinstance(exc, BackendTimeout) and self.metrics is not None:
                 self.metrics.observe_stage_timeout(d.model, d.device)
@@ -397,14 +410,15 @@ class Runtime:
             self.metrics.device_finished(d.device, compute_s)
         if self.trace is not None:  # every run, also of requests that ended while it ran
             self.trace.stage_done(d, compute_s, error)
-        shapes = {name: arr.shape for name, arr in outputs.items()} if self._batching and outputs else None
-        self.core.on_stage_done(d.request_id, d.stage, now, error, shapes)
+        shapes = ({name: arr.shape for name, arr in outputs.items() if not isinstance(arr, list)}
+                  if self._batching and outputs else None)
+        self.core.on_stage_done(d.request_id, d.stage, now, error, shapes, list_shapes(outputs))
         if job is not None:
             job.compute_s[d.stage] = compute_s
             timing = stage_timing(job, d.stage, self.llm.stage_fields)
-            if self.metrics is not None:
-                self.metrics.observe_stage(job.request.pipeline.name, d.stage, d.model, d.device,
-                                           timing.status, timing.queue_s, compute_s)
+            if self.metrics is not None:  # by pipeline stage: a map stage's element runs are one series
+                self.metrics.observe_stage(job.request.pipeline.name, job.request.runs[d.stage].stage, d.model,
+                                           d.device, timing.status, timing.queue_s, compute_s)
             if job.on_stage is not None:
                 job.on_stage(timing)
         self._stepper.mark_dirty()
@@ -427,6 +441,15 @@ class Runtime:
             self.trace.end(result)
         if not job.done.done():  # cancelled with its caller
             job.done.set_result(result)
+
+
+def _inputs(job: Job, d: Dispatch) -> tuple[dict[str, Any], BackendError | None]:
+    """A dispatched run's inputs, or why they cannot be made (a map_batch run's elements that
+    cannot be joined: server/runtime/fanout_io.py)."""
+    try:
+        return run_inputs(job, job.request.runs[d.stage]), None
+    except BackendError as exc:
+        return {}, exc
 
 
 def _summary(model: ModelSpec) -> GraphSummary | None:

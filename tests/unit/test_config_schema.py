@@ -79,7 +79,8 @@ MISSPELLED = {
     "[[pipelines]]": (config(pipeline='descripton = "x"'),
                       "pipeline 'p': unknown key 'descripton' (did you mean 'description'?)"),
     "pipeline stage": (config(stage=", priorty = 3"),
-                       "pipeline 'p' stage 's': unknown key 'priorty'; known: ['inputs', 'model', 'name']"),
+                       "pipeline 'p' stage 's': unknown key 'priorty'; "
+                       "known: ['inputs', 'map', 'map_batch', 'model', 'name']"),
     "top level": (config() + '[[modles]]\nname = "x"\n', "unknown table 'modles' (did you mean 'models'?)"),
 }
 

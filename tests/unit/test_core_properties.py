@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import Workload, workloads
 
-from heddle.scheduler import Core, Request, RunState
+from heddle.scheduler import Core, Outcome, Request, RunState
 from heddle.scheduler.policies import POLICIES, make_policy, tail
 from heddle.scheduler.sim.driver import Driver, TimedBy
 
@@ -54,7 +54,7 @@ def run(w: Workload, policy: str, max_wait_s: float | None = None, twin_check: b
         if batching:
             _check_batch_waits(core, now)
 
-    driver = Driver(core, TimedBy(w.run_time_s), make_request=make_request, forget=False, log_runs=True,
+    driver = Driver(core, TimedBy(w.run_time_s, w.list_length), make_request=make_request, forget=False, log_runs=True,
                     before_step=before_step, after_step=after_step)
     for t, *item in w.arrivals:
         driver.arrive(t, item)
@@ -116,6 +116,22 @@ def _check_outcomes(w: Workload, core: Core, log, finished, requests) -> None:
     for start, _, d in log:
         busy = sum(1 for s, e, o in log if o.device == d.device and s <= start < e)
         assert busy <= slots[d.device], f"{d.device} ran {busy} stages on {slots[d.device]} slots"
+    for rid, req in requests.items():
+        _check_fan_out(req, w.list_length_of(rid) if w.lengths is not None else 0)
+
+
+def _check_fan_out(req, length: int) -> None:
+    """A map stage of a request that ended OK ran one element run per map_batch elements, each
+    once, and was done (its dependants free to start) only when the last of them was."""
+    if req.outcome is not Outcome.OK:
+        return
+    for stage, _ in req.pipeline.maps.items():
+        batch = req.pipeline.stage(stage).map_batch
+        runs = [r for r in req.runs.values() if r.stage == stage and r.element >= 0]
+        assert sorted(r.element for r in runs) == list(range(-(-length // batch))), f"{req.id} {stage}"
+        group = req.runs[stage]
+        assert group.state is RunState.DONE
+        assert all(r.state is RunState.DONE and r.finished_s <= group.finished_s for r in runs)
 
 
 @pytest.mark.parametrize("policy", ALL_POLICIES)
@@ -168,5 +184,28 @@ def test_with_batching_every_request_ends_once_and_waits_only_as_a_forming_batch
 def test_with_batching_the_plan_is_a_deterministic_function_of_the_state(policy, w):
     """With batching on, a deep copy of the core plans exactly what the core plans, and a rerun
     of the workload gives the same dispatch log."""
+    first = run(w, policy, twin_check=True, batching=True)[1]
+    assert run(w, policy, batching=True)[1] == first
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+@settings(max_examples=12, deadline=None)
+@given(w=workloads(maps=True), batching=st.booleans(), bound=st.sampled_from([None, 1.5]))
+def test_map_pipelines_fan_out_and_gather_under_every_policy(policy, w, batching, bound):
+    """With pipelines that fan out over lists of 0-5 elements (chained map stages, map_batch
+    1-3, a gather), under every policy, with and without batching and an aging bound: each request
+    ends exactly once, no run starts before its inputs exist (a gather after the last element
+    run), slots hold, and an OK request's map stage ran exactly its element runs."""
+    core, log, finished, requests = run(w, policy, max_wait_s=bound, batching=batching)
+    _check_outcomes(w, core, log, finished, requests)
+    assert core.footprint() == dict.fromkeys(core.footprint(), 0) | {"requests": len(requests)}
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+@settings(max_examples=4, deadline=None)
+@given(w=workloads(max_requests=6, maps=True))
+def test_map_pipelines_plan_is_a_deterministic_function_of_the_state(policy, w):
+    """With map pipelines, a deep copy of the core plans exactly what the core plans, and a rerun
+    gives the same dispatch log."""
     first = run(w, policy, twin_check=True, batching=True)[1]
     assert run(w, policy, batching=True)[1] == first

@@ -1,0 +1,98 @@
+"""The tensors of map stages (scheduler/fanout.py) in a running request: what an element run
+takes (its elements of the list it maps over, joined on the first dim when map_batch > 1) and
+where its outputs go (their places in the stage's gathered lists, in list order).
+
+A stage's tensors live in Job.tensors under (stage, output); a list is a Python list of arrays.
+A map stage's gathered output is a list as long as the list it mapped over, filled as its element
+runs end, whatever their order; an empty list makes no element runs and gathers to [].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from heddle.backends.base import BackendError
+from heddle.scheduler.fanout import element_span
+from heddle.scheduler.state import StageRun
+from heddle.server.runtime.batch_run import split_outputs
+
+if TYPE_CHECKING:
+    from heddle.server.runtime.jobs import Job
+
+__all__ = ["list_shapes", "run_inputs", "store_outputs"]
+
+Array = NDArray[Any]
+
+
+def _tensor(job: Job, stage: str | None, tensor: str) -> Any:
+    found = job.tensors.get((stage, tensor))
+    if found is None and stage in job.request.pipeline.maps:
+        return []  # a map stage over an empty list ran no element run: its outputs gather to []
+    return job.tensors[(stage, tensor)]
+
+
+def _elements(job: Job, run: StageRun) -> tuple[Sequence[Array], int, int]:
+    """The list the element run's stage maps over, and the span [lo, hi) this run takes of it."""
+    mapped = job.request.pipeline.maps[run.stage]
+    items: Sequence[Array] = _tensor(job, mapped.stage, mapped.tensor)
+    lo, hi = element_span(len(items), job.request.pipeline.stage(run.stage).map_batch, run.element)
+    return items, lo, hi
+
+
+def run_inputs(job: Job, run: StageRun) -> dict[str, Any]:
+    """The run's model inputs, by name. BackendError when the elements of a map_batch run cannot
+    be joined (they differ past the first dim)."""
+    wires = job.request.pipeline.wires[run.stage]
+    inputs = {name: _tensor(job, w.stage, w.tensor) for name, w in wires.items()} if run.element < 0 else {}
+    if run.element < 0:
+        return inputs
+    mapped = job.request.pipeline.maps[run.stage]
+    items, lo, hi = _elements(job, run)
+    for name, w in wires.items():
+        if w != mapped:
+            inputs[name] = _tensor(job, w.stage, w.tensor)
+        elif hi - lo == 1:
+            inputs[name] = items[lo]
+        else:
+            try:
+                inputs[name] = np.concatenate(items[lo:hi], axis=0)
+            except ValueError as exc:
+                raise BackendError(f"stage {run.stage!r}: elements {lo}..{hi - 1} of {w.stage}.{w.tensor} cannot "
+                                   f"share a run (map_batch joins them on the first dim): {exc}") from None
+    return inputs
+
+
+def store_outputs(job: Job, run: StageRun, outputs: Mapping[str, Any]) -> None:
+    """Keep a run's outputs for the stages after it: an element run's in its places of the
+    stage's gathered lists. BackendError when a map_batch run's outputs do not keep its
+    elements' rows on their first dim (they cannot be split back per element)."""
+    if run.element < 0:
+        for name, value in outputs.items():
+            job.tensors[(run.stage, name)] = value
+        return
+    items, lo, hi = _elements(job, run)
+    if hi - lo == 1:
+        parts: Sequence[Mapping[str, Array]] = [outputs]
+    else:
+        parts = split_outputs(outputs, [_rows(item) for item in items[lo:hi]])
+    for name in outputs:
+        gathered = job.tensors.get((run.stage, name))
+        if gathered is None:
+            gathered = job.tensors[(run.stage, name)] = [None] * len(items)
+        for i, part in zip(range(lo, hi), parts, strict=True):
+            gathered[i] = part[name]
+
+
+def list_shapes(outputs: Mapping[str, Any]) -> dict[str, list[tuple[int, ...]]] | None:
+    """The element shapes of a run's list outputs, which the core needs to fan out over them."""
+    found = {name: [tuple(a.shape) for a in value] for name, value in outputs.items() if isinstance(value, list)}
+    return found or None
+
+
+def _rows(item: Array) -> int:
+    return int(item.shape[0]) if item.ndim else 1
+
