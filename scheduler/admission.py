@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from heddle.scheduler.admission_settings import class_limit
 from heddle.scheduler.budget import critical_path_s
 from heddle.scheduler.power import PowerController
-from heddle.scheduler.state import Request, RunState, started_s_of
+from heddle.scheduler.state import Request, RunState
 from heddle.scheduler.str_enum import StrEnum
 
 if TYPE_CHECKING:
@@ -197,8 +197,8 @@ def _wait_s(view: CoreView, device: str, priority: int, now: float) -> float:
     ahead = [r for r in view.queued(device) if r.state is RunState.READY and r.request.priority >= priority]
     if view.free_slots(device) > len(ahead):
         return 0.0
-    running_s = sum(max(0.0, started_s_of(r) + view.estimate_s(r.model, device) - now) for r in view.running(device))
-    queued_s = sum(view.estimate_s(r.model, device) for r in ahead)
+    running_s = sum(view.left_s(r, now) for r in view.running(device))
+    queued_s = sum(view.queued_work_s(device, ahead))  # runs of a batching model share passes
     return (running_s + queued_s) / view.devices[device].slots
 
 

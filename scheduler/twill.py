@@ -197,7 +197,7 @@ class TwillPolicy(BasePolicy):
         cached = self._busy.get(device)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        busy_s = sum(max(0.0, started_s_of(r) + view.estimate_s(r.model, device) - now) for r in view.running(device))
+        busy_s = sum(view.left_s(r, now) for r in view.running(device))
         self._busy[device] = (stamp, busy_s)
         return busy_s
 
@@ -206,8 +206,10 @@ class TwillPolicy(BasePolicy):
         cached = self._forecasts.get(device)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        entries = sorted((self.key(q, now, view), view.estimate_s(q.model, device), q)
-                         for q in view.queued(device) if q.state is RunState.READY)
+        ready = [q for q in view.queued(device) if q.state is RunState.READY]
+        # Runs of a model that batches share passes: each costs its rows' share (CoreReads.queued_work_s).
+        entries = sorted(zip((self.key(q, now, view) for q in ready), view.queued_work_s(device, ready), ready,
+                             strict=True))
         prefix = [0.0]
         for _, est, _ in entries:
             prefix.append(prefix[-1] + est)
@@ -280,7 +282,7 @@ def _busy_s(view: CoreView, device: str, now: float) -> float:
     """Until the first slot of the device frees (0 if one is free now)."""
     if view.free_slots(device) > 0:
         return 0.0
-    return min(max(0.0, started_s_of(r) + view.estimate_s(r.model, device) - now) for r in view.running(device))
+    return min(view.left_s(r, now) for r in view.running(device))
 
 
 def _ready_at(view: CoreView, run: StageRun, now: float) -> float | None:

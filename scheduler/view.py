@@ -9,8 +9,8 @@ from heddle.scheduler.deadlines import DeadlineHeap
 from heddle.scheduler.plan import CoreStats, Finished
 from heddle.scheduler.policies import Policy
 from heddle.scheduler.profiles import Profiles, compatible
-from heddle.scheduler.specs import DeviceSpec, ModelSpec
-from heddle.scheduler.state import Request, RunState, StageRun
+from heddle.scheduler.specs import BatchOptions, DeviceSpec, ModelSpec
+from heddle.scheduler.state import Request, RunState, StageRun, device_of, started_s_of
 
 __all__ = ["CoreReads"]
 
@@ -38,6 +38,7 @@ class CoreReads:
     _orphan_ids: dict[str, int]
     _riders: dict[tuple[str, str], StageRun]
     _batch_wake_s: dict[str, float]
+    _batching: dict[str, BatchOptions]
     _device_versions: dict[str, int]
     estimates_version: int
     _finished: list[Finished]
@@ -59,6 +60,27 @@ class CoreReads:
 
     def tail_s(self, model: str, device: str) -> float:
         return self.profiles.estimate(model, self.devices[device], self._levels[device]).tail_s
+
+    def left_s(self, run: StageRun, now: float) -> float:
+        """What is left of a running run's pass: a batch's first run holds the slot for the pass of
+        all its rows (its riders hold none), so it is the estimate for that many rows."""
+        device = device_of(run)
+        return max(0.0, started_s_of(run) + self.estimate_s(run.model, device, max(run.pass_rows, 1)) - now)
+
+    def queued_work_s(self, device: str, runs: Iterable[StageRun]) -> list[float]:
+        """Each queued run's share of the device time the runs would take, in their order. A model
+        that batches (max_batch > 1) runs its waiting rows in passes of up to max_batch, so a run
+        costs its rows' share of such a pass (time(b) / b per row, b its rows waiting there up to
+        max_batch: a mild optimism, as if they packed fully); any other run costs a pass of its own."""
+        runs = list(runs)
+        rows: dict[str, int] = {}
+        for r in runs:
+            if r.model in self._batching:
+                rows[r.model] = rows.get(r.model, 0) + max(r.rows, 1)
+        share = {m: self.estimate_s(m, device, b) / b
+                 for m, n in rows.items() for b in [min(n, self._batching[m].max_batch)]}
+        return [share[r.model] * max(r.rows, 1) if r.model in share else self.estimate_s(r.model, device)
+                for r in runs]
 
     def power_w(self, model: str, device: str) -> float:
         return self.profiles.power_w(model, self.devices[device], self._levels[device])

@@ -213,3 +213,32 @@ def test_every_request_ends_exactly_once(w, budget_w, watts, queue_bound):
             assert requests[rid].priority < TOP and reject.retry_after_s is not None
     for rid, outcome in finished.items():
         assert outcome is not Outcome.REJECTED or rid in rejected
+
+
+def test_predicted_wait_counts_batched_passes_not_one_row_runs():
+    """Runs of a model that batches share passes: 8 queued rows of max_batch 8 cost one pass of 8
+    rows (t1 x 4.5 on the default axis), not 8 one-row runs; and a running batch holds its device
+    for its whole pass, not a one-row run's time."""
+    import dataclasses
+
+    from heddle.scheduler.profiles import batch_scale
+
+    run_s = 0.1
+    models = {"m": model("m"), "mb": dataclasses.replace(model("mb"), options={"max_batch": 8})}
+    one, batched = validated(chain("p1", ["m"]), models), validated(chain("pb", ["mb"]), models)
+    core = Core([DeviceSpec("cpu0", "cpu", "onnxruntime", 1)], models, "priority", ConstantProfiles(run_s))
+    submit(core, one, "busy", 3)
+    core.schedule(0.0)  # "busy" holds the one slot
+    for i in range(8):
+        submit(core, batched, f"b{i}", 3)
+    core.schedule(0.0)  # they queue behind it
+    new = Request("x", batched, 1, 0.0, None)
+    pass_s = run_s * batch_scale(8)
+    assert predicted_latency_s(new, core, 0.0) == pytest.approx(run_s + pass_s + run_s)
+
+    core = Core([DeviceSpec("cpu0", "cpu", "onnxruntime", 1)], models, "priority", ConstantProfiles(run_s))
+    for i in range(8):
+        submit(core, batched, f"b{i}", 3)
+    (dispatch,) = core.schedule(0.0).dispatches
+    assert len(dispatch.batch) == 8
+    assert predicted_latency_s(new, core, 0.0) == pytest.approx(pass_s + run_s)
