@@ -292,15 +292,22 @@ def _summary_text(summary: dict[str, Any]) -> str:
     text = f"window {summary['window_s']:.1f} s\n" + _text_table(headers, rows)
     llm = [(name, s["llm"]) for name, s in [*summary["apps"].items(), ("all", summary["total"])] if s["llm"]]
     if llm:
-        rows = [(name, str(g["requests"]), f"{g['tokens']:.0f}", _fmt(g["tokens_per_s"], ".1f"),
-                 _fmt((g["ttft_ms"] or {}).get("p50"), ".1f"), _fmt((g["ttft_ms"] or {}).get("p99"), ".1f"),
-                 _fmt((g["tpot_ms"] or {}).get("p50"), ".2f")) for name, g in llm]
+        rows = [(name, str(g["requests"]), f"{g['tokens']:.0f}", _fmt(g["tokens_per_s"], ".1f"), *_timings(g))
+                for name, g in llm]
         text += "\n\nLLM\n" + _text_table(("app", "gens", "tokens", "tok/s", "TTFT p50 ms", "TTFT p99 ms",
-                                            "TPOT p50 ms"), rows)
+                                            "TPOT p50 ms", "timed by"), rows)
     energy = summary["total"]["energy"]
     if energy:
         text += f"\n\nenergy: {energy['mean_j']:.3f} J per request ({energy['label']})"
     return text
+
+
+def _timings(g: dict[str, Any]) -> tuple[str, str, str, str]:
+    """TTFT and TPOT as the server timed them, else (a stream over the OpenAI API) as the client did."""
+    by = "server" if g["ttft_ms"] else "client"
+    ttft, tpot = (g["ttft_ms"], g["tpot_ms"]) if by == "server" else (g["client_ttft_ms"], g.get("client_tpot_ms"))
+    return (_fmt((ttft or {}).get("p50"), ".1f"), _fmt((ttft or {}).get("p99"), ".1f"),
+            _fmt((tpot or {}).get("p50"), ".2f"), by)
 
 
 def _text_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

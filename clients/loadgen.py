@@ -161,16 +161,24 @@ class _Run:
             self._finish(rec)
 
     async def _stream(self, rec: RequestRecord, *args: Any, **kwargs: Any) -> InferResult:
-        """InferStream: the client's time to the first token goes into extra["client_ttft_ms"]."""
-        result = None
+        """A streamed request (InferStream, or the OpenAI API over HTTP), timed on the client: send to the
+        first token event in extra["client_ttft_ms"], and first to last token event over the tokens
+        between them in extra["client_tpot_ms"] (the OpenAI API reports no server-side timings)."""
+        result, first_s, last_s = None, None, None
         async with contextlib.aclosing(self.client.infer_stream(*args, **kwargs)) as events:
             async for event in events:
-                if isinstance(event, TokenEvent) and "client_ttft_ms" not in rec.extra:
-                    rec.extra["client_ttft_ms"] = (self.now_s() - rec.sent_s) * 1e3
+                if isinstance(event, TokenEvent):
+                    last_s = self.now_s()
+                    if first_s is None:
+                        first_s = last_s
+                        rec.extra["client_ttft_ms"] = (first_s - rec.sent_s) * 1e3
                 elif isinstance(event, InferResult):
                     result = event
         if result is None:
             raise RuntimeError("the stream ended without a result")
+        tokens = sum(s.tokens for s in result.stages)
+        if first_s is not None and last_s is not None and tokens > 1:
+            rec.extra["client_tpot_ms"] = (last_s - first_s) * 1e3 / (tokens - 1)
         return result
 
     def _finish(self, rec: RequestRecord) -> None:
@@ -215,8 +223,9 @@ def _fill_from_result(rec: RequestRecord, result: InferResult) -> None:
     llm = [s for s in result.stages if s.tokens]
     if llm:
         rec.extra["tokens"] = float(sum(s.tokens for s in llm))
-        rec.extra["ttft_ms"] = llm[0].ttft_ms
-        rec.extra["tpot_ms"] = llm[-1].tpot_ms
+        if llm[0].ttft_ms > 0:  # the server's timings; a stream over the OpenAI API has none
+            rec.extra["ttft_ms"] = llm[0].ttft_ms
+            rec.extra["tpot_ms"] = llm[-1].tpot_ms
 
 
 async def run_load(client: AsyncHeddleClient, scenario: Scenario,

@@ -12,7 +12,8 @@ Definitions (docs/BENCHMARKS.md explains how to read them):
 - llm (None when no OK record has `tokens`): over OK records with `tokens` in `extra`: tokens in
   all, tokens_per_s = those tokens / window_s, ttft_ms (server: arrival to first token),
   client_ttft_ms (streamed requests: send to first token event), tpot_ms (generations of more
-  than one token), request_tokens_per_s = tokens / client latency of each request.
+  than one token), client_tpot_ms (streamed: first to last token event / (tokens - 1); the only
+  figures a stream over the OpenAI API has), request_tokens_per_s = tokens / client latency of each request.
 - energy (None when no OK record has `energy_j`): mean and total joules per OK request that has
   it, joules per generated token, labelled "estimated" unless every one was measured.
 - rejections: per non-OK status of finished records, how many, how many carried a retry hint
@@ -43,7 +44,8 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 _PERCENTILES = (50, 90, 99)
 # extra keys that the llm and energy figures cover: the CSV and HTML do not repeat them raw.
-COVERED_EXTRA = frozenset({"tokens", "ttft_ms", "client_ttft_ms", "tpot_ms", "energy_j", "energy_estimated"})
+COVERED_EXTRA = frozenset({"tokens", "ttft_ms", "client_ttft_ms", "tpot_ms", "client_tpot_ms", "energy_j",
+                           "energy_estimated"})
 
 
 def write_records(path: Path, records: Iterable[RequestRecord]) -> None:
@@ -133,6 +135,7 @@ def _llm_stats(ok: Sequence[RequestRecord], window_s: float) -> dict[str, Any] |
         "ttft_ms": _dist(_extra_of(gens, "ttft_ms")),
         "client_ttft_ms": _dist(_extra_of(gens, "client_ttft_ms")),
         "tpot_ms": _dist(_extra_of([r for r in gens if r.extra["tokens"] > 1], "tpot_ms")),
+        "client_tpot_ms": _dist(_extra_of(gens, "client_tpot_ms")),
         "request_tokens_per_s": _dist([float(r.extra["tokens"]) / (r.latency_ms / 1e3)
                                        for r in gens if r.latency_ms > 0]),
     }
@@ -251,7 +254,8 @@ def _llm_cells(llm: Mapping[str, Any] | None) -> dict[str, Any]:
         return {}
     cells = {f"llm_{k}": llm[k] for k in ("requests", "tokens", "tokens_per_s")}
     for key, stats in (("ttft_ms", ("p50", "p90", "p99", "mean")), ("client_ttft_ms", ("p50", "p99", "mean")),
-                       ("tpot_ms", ("p50", "p99", "mean")), ("request_tokens_per_s", ("p50", "mean"))):
+                       ("tpot_ms", ("p50", "p99", "mean")), ("client_tpot_ms", ("p50", "mean")),
+                       ("request_tokens_per_s", ("p50", "mean"))):
         cells.update({f"llm_{key}_{stat}": (llm[key] or {}).get(stat) for stat in stats})
     return cells
 

@@ -46,9 +46,9 @@ def _recompute(raw: list[dict], window_s: float) -> dict:
     dl_good = [r for r in good if r["deadline_ms"] is not None]
     lat = [r["latency_ms"] for r in ok]
     gens = [r for r in ok if "tokens" in r["extra"]]
-    ttft = [r["extra"]["ttft_ms"] for r in gens]
+    ttft = [r["extra"]["ttft_ms"] for r in gens if "ttft_ms" in r["extra"]]  # none over the OpenAI API
     client_ttft = [r["extra"]["client_ttft_ms"] for r in gens if "client_ttft_ms" in r["extra"]]
-    tpot = [r["extra"]["tpot_ms"] for r in gens if r["extra"]["tokens"] > 1]
+    tpot = [r["extra"]["tpot_ms"] for r in gens if r["extra"]["tokens"] > 1 and "tpot_ms" in r["extra"]]
     metered = [r for r in ok if "energy_j" in r["extra"]]
     refused = [r for r in finished if r["status"] == "RESOURCE_EXHAUSTED"]
     return {
@@ -134,6 +134,33 @@ def test_bench_writes_a_report_whose_figures_recompute(default_server: RunningSe
     before = (out / "summary.json").read_bytes()
     assert main(["bench", "--rebuild", str(out)]) == 0
     assert (out / "summary.json").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_bench_over_http_reports_ttft_and_tokens_per_s(default_server: RunningServer, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture):
+    """The default scenario against the HTTP port (KServe REST; the chat replies streamed through the
+    OpenAI API): every request answered by the server, the report recomputes, chat records carry tokens and the client's
+    TTFT and TPOT (the API reports no server timings), and the server counted what the client did."""
+    out = tmp_path / "report"
+    rc = main(["bench", "--target", f"http://127.0.0.1:{default_server.server.http_port}", "--duration", "3",
+               "--out", str(out), "--metrics", default_server.metrics_url, "--seed", "2", "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    run, raw, doc = _check_report(out)
+    assert run["protocol"] == "http" and run["target"].startswith("http://")
+    # Refusals and missed deadlines are the server's answers under load; nothing the client failed to read.
+    assert raw and {r["status"] for r in raw if not r["client_cancelled"]} <= {"OK", "DEADLINE_EXCEEDED",
+                                                                              "RESOURCE_EXHAUSTED"}
+    chat = [r for r in raw if r["pipeline"] == "chat" and r["status"] == "OK"]
+    assert chat and all(0 < r["extra"]["tokens"] <= 32 and "client_ttft_ms" in r["extra"]
+                        and "ttft_ms" not in r["extra"] for r in chat)
+    llm = doc["summary"]["apps"]["chat replies"]["llm"]
+    assert llm["tokens_per_s"] > 0 and llm["client_ttft_ms"]["p50"] > 0 and llm["ttft_ms"] is None
+    assert any("client_tpot_ms" in r["extra"] for r in chat)
+    server_ok = {k.split("/")[0]: v for k, v in doc["server_metrics"]["requests"].items() if k.endswith("/OK")}
+    assert server_ok == {p: sum(r["status"] == "OK" for r in raw if r["pipeline"] == p) for p in server_ok}
+    assert "timed by" in captured.out and "client" in captured.out
 
 
 @pytest.mark.slow
