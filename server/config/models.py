@@ -77,7 +77,7 @@ class _Inline(Table):
     inline: bool | Literal["auto"] = Field("auto", description=(
         "true: run on the event loop, not a worker thread (stages of tens of microseconds, where the "
         'hand-over costs more than the run); "auto" (default): on the loop while its measured compute '
-        "time stays under 50 us (server/runtime/auto_inline.py); false: always on a worker"))
+        "CPU time stays under 100 us (server/runtime/auto_inline.py); false: always on a worker"))
 
 
 class _Generation(Table):

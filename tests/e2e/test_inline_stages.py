@@ -90,9 +90,9 @@ def _threads(client, pipeline: str, calls: int, stop_on_loop: bool) -> list[str]
 
 
 def test_a_tiny_stage_moves_to_the_loop_by_default_once_measured():
-    """No `inline` key (the default "auto"): the first WARM_RUNS runs are on a py0 worker, measured;
+    """No `inline` key (the default "auto"): the first WINDOW runs are on a py0 worker, measured;
     a stage of a few microseconds then runs on the loop. `inline = false` keeps it on workers."""
-    from heddle.server.runtime.auto_inline import WARM_RUNS
+    from heddle.server.runtime.auto_inline import WINDOW
 
     stage_fns.reset()
     config = (PY + py_model_toml("auto", "stage_fns:thread_name")
@@ -101,21 +101,21 @@ def test_a_tiny_stage_moves_to_the_loop_by_default_once_measured():
     with serve_toml(config) as running, running.client() as client:
         auto = _threads(client, "auto_p", 400, stop_on_loop=True)  # a busy box may evict it a few times
         stage_fns.reset()
-        pinned = _threads(client, "pinned_p", 3 * WARM_RUNS, stop_on_loop=False)
-    assert all(name.startswith("thread:heddle-py0") for name in auto[:WARM_RUNS])
+        pinned = _threads(client, "pinned_p", 3 * WINDOW, stop_on_loop=False)
+    assert all(name.startswith("thread:heddle-py0") for name in auto[:WINDOW])
     assert auto[-1] == "thread:heddle-test-loop"
     assert all(name.startswith("thread:heddle-py0") for name in pinned)
 
 
 def test_a_slow_stage_stays_on_its_worker():
     """A 2 ms stage (40 budgets) is never moved to the loop, however many runs it has."""
-    from heddle.server.runtime.auto_inline import WARM_RUNS
+    from heddle.server.runtime.auto_inline import WINDOW
 
     stage_fns.reset()
     config = PY + py_model_toml("slow", "stage_fns:slow_thread_name") + chain_toml("slow_p", ["slow"])
     with serve_toml(config) as running, running.client() as client:
-        names = _threads(client, "slow_p", 2 * WARM_RUNS, stop_on_loop=False)
-    assert len(names) == 2 * WARM_RUNS
+        names = _threads(client, "slow_p", 2 * WINDOW, stop_on_loop=False)
+    assert len(names) == 2 * WINDOW
     assert all(name.startswith("thread:heddle-py0") for name in names)
 
 
