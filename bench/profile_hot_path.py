@@ -29,8 +29,10 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as tgrpc_aio
+import tritonclient.http.aio as thttp_aio
 
 from bench.harness import (
+    closed_loop,
     free_port,
     heddle_command,
     machine_info,
@@ -59,6 +61,10 @@ CATEGORIES: list[tuple[str, str]] = [
     ("stage runner / executor hop", r"stage_runner\.py|concurrent/futures|stage_timeouts\.py|threading\.py"),
     ("runtime (jobs, step, resolve)", r"runtime/runtime\.py|runtime/stepping\.py|runtime/jobs\.py|"
                                        r"runtime/status\.py|runtime/llm_"),
+    # The HTTP port (--protocol http): the server, the router, heddle's REST adapter and JSON.
+    ("uvicorn + httptools", r"uvicorn/|httptools"),
+    ("starlette", r"starlette/|anyio/"),
+    ("http frontend (bodies, JSON)", r"frontends/http_|json/"),
     ("frontend handler", r"frontends/kserve\.py|frontends/service\.py|frontends/"),
     ("asyncio loop", r"asyncio/"),
     ("grpc.aio", r"grpc/"),
@@ -89,11 +95,19 @@ def attribute(raw: str) -> tuple[collections.Counter[str], collections.Counter[s
     return parts, leaves, total
 
 
-async def _load(url: str, concurrency: int, seconds: float) -> int:
+async def _load(url: str, concurrency: int, seconds: float, http_url: str = "") -> int:
+    """Closed-loop load on the gRPC port, or on the HTTP port (tritonclient.http.aio, binary data) with http_url."""
     x = np.random.default_rng(1).standard_normal((1, 16)).astype(np.float32)
-    clients = [tgrpc_aio.InferenceServerClient(url) for _ in range(concurrency)]
+    lib = thttp_aio if http_url else tgrpc_aio
+    clients = [lib.InferenceServerClient(http_url or url) for _ in range(concurrency)]
     try:
-        latencies, errors = await _closed_loop(clients, x, seconds)
+        if http_url:
+            inp = thttp_aio.InferInput("x", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            latencies, errors = await closed_loop(clients, MODEL, [inp], [thttp_aio.InferRequestedOutput("y")],
+                                                  seconds)
+        else:
+            latencies, errors = await _closed_loop(clients, x, seconds)
     finally:
         for c in clients:
             await c.close()
@@ -105,11 +119,14 @@ async def _load(url: str, concurrency: int, seconds: float) -> int:
 def profile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     args.config = work / "heddle.toml"
     args.config.write_text(heddle_config_text(build_tiny(work / "tiny.onnx"), work / "cache"))
-    port = free_port()
+    port, http_port = free_port(), free_port()
     url = f"127.0.0.1:{port}"
-    with server_process(heddle_command(args, port, free_port()), url, work / "heddle.log", timeout_s=120) as proc:
+    cmd = heddle_command(args, port, free_port())
+    cmd[cmd.index("--http-port") + 1] = str(http_port)
+    http_url = f"127.0.0.1:{http_port}" if args.protocol == "http" else ""
+    with server_process(cmd, url, work / "heddle.log", timeout_s=120) as proc:
         wait_models_ready(url, [MODEL])
-        asyncio.run(_load(url, args.concurrency, args.warmup_s))
+        asyncio.run(_load(url, args.concurrency, args.warmup_s, http_url))
         raw_path = work / "profile.txt"
         spy = subprocess.Popen([args.py_spy, "record", "--pid", str(proc.pid), "--format", "raw", "--rate",
                                 str(args.rate), "--duration", str(int(args.duration_s)), "--output", str(raw_path),
@@ -117,7 +134,7 @@ def profile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                 *(["--gil"] if args.gil else [])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.5)  # py-spy attaches before the measured load starts
         cpu0, t0 = tree_cpu_s(proc.pid), time.perf_counter()
-        requests = asyncio.run(_load(url, args.concurrency, args.duration_s - 1.0))
+        requests = asyncio.run(_load(url, args.concurrency, args.duration_s - 1.0, http_url))
         wall_s, cpu_s = time.perf_counter() - t0, tree_cpu_s(proc.pid) - cpu0
         _, err = spy.communicate(timeout=60)
         if spy.returncode != 0 or not raw_path.exists():
@@ -128,7 +145,8 @@ def profile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     cpu_ms = cpu_s * 1e3 / max(1, requests)
     return {"benchmark": "profile_hot_path",
             "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "params": {"concurrency": args.concurrency, "duration_s": args.duration_s, "rate_hz": args.rate,
+            "params": {"protocol": args.protocol, "concurrency": args.concurrency, "duration_s": args.duration_s,
+                       "rate_hz": args.rate,
                        "native": args.native, "gil_only": args.gil},
             "machine": machine_info(), "requests": requests, "throughput_rps": requests / wall_s,
             "server_cpu_ms_per_request": cpu_ms, "samples": total,
@@ -139,6 +157,8 @@ def profile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc",
+                   help="load the gRPC port (KServe gRPC) or the HTTP port (KServe REST, binary data)")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--warmup-s", type=float, default=2.0)
     p.add_argument("--duration-s", type=float, default=15.0)
