@@ -5,6 +5,7 @@ RequestError as an HTTP status with the retry hint as Retry-After."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 import zlib
@@ -40,13 +41,16 @@ class RequestIds:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Fresh ids: 32 hex digits like a uuid4's, a random half per server and a count, as the runtime
+        # makes its own: uuid4 read os.urandom for every request, 4% of the HTTP path's CPU in a profile.
+        self._id_prefix, self._id_count = uuid.uuid4().hex[:16], itertools.count()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode())
-        rid = given.decode("latin-1") if given else uuid.uuid4().hex
+        rid = given.decode("latin-1") if given else f"{self._id_prefix}{next(self._id_count):016x}"
         scope.setdefault("state", {})["request_id"] = rid
         out = clipped(rid, MAX_REQUEST_ID_BYTES).encode("latin-1", errors="replace")
 
