@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from heddle.scheduler.admission import Action
 from heddle.scheduler.batching import choose_batch, shape_signature
 from heddle.scheduler.budget import budget_run
+from heddle.scheduler.conditions import may_run, skip
 from heddle.scheduler.core_power import CorePowerEvents
 from heddle.scheduler.deadlines import DeadlineHeap, usable_deadline
 from heddle.scheduler.fanout import element_done, expand, is_map_group
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["Core"]
 
 _QUEUED = (RunState.READY, RunState.FROZEN)
+_COMPLETE = (RunState.DONE, RunState.SKIPPED)
 
 
 class Core(CorePowerEvents, CoreReads):
@@ -160,11 +162,13 @@ class Core(CorePowerEvents, CoreReads):
 
     def on_stage_done(self, request_id: str, stage: str, now: float, error: str = "",
                       output_shapes: Mapping[str, tuple[int, ...]] | None = None,
-                      list_shapes: Mapping[str, Sequence[tuple[int, ...] | None]] | None = None) -> None:
+                      list_shapes: Mapping[str, Sequence[tuple[int, ...] | None]] | None = None,
+                      flags: Mapping[str, bool] | None = None) -> None:
         """A dispatched run finished (error set if it failed); free its slot, wake dependents.
         output_shapes: its outputs' shapes, for the batch signatures of the stages they feed;
         list_shapes: its list outputs' element shapes (None: not told), which a map stage over
-        one needs (their number is its element count; scheduler/fanout.py)."""
+        one needs (their number is its element count; scheduler/fanout.py); flags: whether its
+        outputs are non-empty / true, which a `when` reads (scheduler/conditions.py)."""
         request, run = self._running_run(request_id, stage)
         self._free_slot(run)
         self.version += 1
@@ -180,6 +184,8 @@ class Core(CorePowerEvents, CoreReads):
             request.shapes[(stage, name)] = tuple(shape)
         for name, shapes in (list_shapes or {}).items():
             request.lists[(run.stage, name)] = tuple(None if s is None else tuple(s) for s in shapes)
+        for name, flag in (flags or {}).items():
+            request.flags[(run.stage, name)] = flag
         if request.finished:
             return  # cancelled or expired while this stage ran: its result is not wanted
         request.last_progress_s = now
@@ -200,13 +206,20 @@ class Core(CorePowerEvents, CoreReads):
         for name in request.pipeline.dependents[run.stage]:
             nxt = request.runs[name]
             nxt.deps_left -= 1
-            if nxt.deps_left == 0:
+            if nxt.deps_left == 0 and nxt.state is RunState.WAITING:  # not skipped meanwhile
                 self._release(nxt, now)
-        if not request.finished and all(r.state is RunState.DONE for r in request.runs.values()):
+        if not request.finished and all(r.state in _COMPLETE for r in request.runs.values()):
             self._finish(request, Outcome.OK, "", now)
 
     def _release(self, run: StageRun, now: float) -> None:
-        """Every input of the stage exists: queue its run, or a map stage's element runs."""
+        """Every input of the stage exists: queue its run, or a map stage's element runs, or skip
+        it (and the stages after it) when its `when` is false."""
+        if not may_run(run):
+            skip(run, now)
+            self.version += 1
+            if not run.request.finished and all(r.state in _COMPLETE for r in run.request.runs.values()):
+                self._finish(run.request, Outcome.OK, "", now)
+            return
         if not is_map_group(run):
             self._make_ready(run, now)
             return

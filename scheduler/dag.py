@@ -49,6 +49,8 @@ class Pipeline:
     depends_on: Mapping[str, tuple[str, ...]]  # stage -> upstream stages
     dependents: Mapping[str, tuple[str, ...]]  # stage -> downstream stages
     maps: Mapping[str, Wire] = field(default_factory=dict)  # map stage -> the list it fans out over
+    whens: Mapping[str, Wire] = field(default_factory=dict)  # conditional stage -> the output it runs on
+    optional_outputs: frozenset[str] = frozenset()  # left out of a response when their stage was skipped
 
     def stage(self, name: str) -> StageSpec:
         return next(s for s in self.stages if s.name == name)
@@ -71,8 +73,9 @@ def validate_pipeline(spec: PipelineSpec, models: Mapping[str, ModelSpec]) -> Pi
         stages[stage.name] = stage
     inputs = {t.name: t for t in spec.inputs}
     wires = {s.name: _wire_stage(where, s, models[s.model], stages, models, inputs) for s in spec.stages}
-    depends_on = {
-        name: tuple(sorted({w.stage for w in ws.values() if w.stage is not None}))
+    whens = {s.name: _when_wire(where, s, stages) for s in spec.stages if s.when}
+    depends_on = {  # a conditional stage waits for the output its `when` reads, wired or not
+        name: tuple(sorted({w.stage for w in (*ws.values(), *whens.get(name, ())) if w.stage is not None}))
         for name, ws in wires.items()
     }
     order = _topological_order(where, [s.name for s in spec.stages], depends_on)
@@ -94,7 +97,36 @@ def validate_pipeline(spec: PipelineSpec, models: Mapping[str, ModelSpec]) -> Pi
         depends_on=depends_on,
         dependents=dependents,
         maps={stage: Wire(*source) for stage, source in maps.items()},
+        whens={stage: wire for stage, (wire,) in whens.items()},
+        optional_outputs=_optional_outputs(where, spec, order, depends_on, whens, output_wires),
     )
+
+
+def _when_wire(where: str, stage: StageSpec, stages: Mapping[str, StageSpec]) -> tuple[Wire]:
+    wire = parse_source(stage.when) if not stage.when.startswith(INPUT_PREFIX) else Wire(None, "")
+    if wire.stage is None or wire.stage not in stages or wire.stage == stage.name:
+        raise PipelineError(f"{where}, stage {stage.name!r}: when = {stage.when!r} must name another stage's "
+                            "output, 'STAGE.OUTPUT'")
+    return (wire,)
+
+
+def _optional_outputs(where: str, spec: PipelineSpec, order: list[str], depends_on: Mapping[str, tuple[str, ...]],
+                      whens: Mapping[str, tuple[Wire]], output_wires: Mapping[str, Wire]) -> frozenset[str]:
+    """The outputs declared optional; PipelineError for an output whose stage may be skipped (it,
+    or a stage before it, has a `when`) that is not declared so."""
+    may_skip: set[str] = set()
+    for name in order:  # topological: every stage before `name` is decided
+        if name in whens or any(d in may_skip for d in depends_on[name]):
+            may_skip.add(name)
+    optional = frozenset(spec.optional_outputs)
+    for name, wire in output_wires.items():
+        if wire.stage in may_skip and name not in optional:
+            raise PipelineError(f"{where}, output {name!r}: stage {wire.stage!r} may be skipped (a `when` on it or "
+                                "before it), so declare the output optional = true")
+    unknown = sorted(optional - set(output_wires))
+    if unknown:
+        raise PipelineError(f"{where}: optional outputs {unknown} are not outputs of the pipeline")
+    return optional
 
 
 def _source_spec(where: str, wire: Wire, stages: Mapping[str, StageSpec], models: Mapping[str, ModelSpec],

@@ -85,7 +85,7 @@ def _gather(group: StageRun) -> None:
     pipeline = request.pipeline
     length = len(_list_shapes(request, pipeline.maps[group.stage]))
     single = pipeline.stage(group.stage).map_batch == 1
-    for wire in pipeline.maps.values():
+    for wire in (*pipeline.maps.values(), *pipeline.whens.values()):
         if wire.stage == group.stage:
             request.lists[(group.stage, wire.tensor)] = tuple(
                 request.shapes.get((f"{group.stage}[{i}]", wire.tensor)) if single else None for i in range(length))

@@ -131,6 +131,8 @@ class StageSpec:
     A source is "input:NAME" (a request input) or "STAGE.OUTPUT" (another stage's output).
     map: "STAGE.OUTPUT" of a list the stage fans out over (scheduler/fanout.py): it runs once per
     `map_batch` elements, the input wired to that source getting them, and its outputs are lists.
+    when: "STAGE.OUTPUT" that must be non-empty / true for the stage to run; else it is skipped, and
+    every stage after it too (scheduler/conditions.py).
     """
 
     name: str
@@ -138,14 +140,17 @@ class StageSpec:
     inputs: Mapping[str, str]
     map: str = ""
     map_batch: int = 1
+    when: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class PipelineSpec:
-    """A named DAG of stages, as written in config. `outputs` maps names to "STAGE.OUTPUT"."""
+    """A named DAG of stages, as written in config. `outputs` maps names to "STAGE.OUTPUT";
+    `optional_outputs` name those left out of a response when their stage was skipped (`when`)."""
 
     name: str
     inputs: tuple[TensorSpec, ...]
     stages: tuple[StageSpec, ...]
     outputs: Mapping[str, str]
     description: str = ""
+    optional_outputs: tuple[str, ...] = ()

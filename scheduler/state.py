@@ -26,6 +26,7 @@ class RunState(enum.IntEnum):
     DONE = 10
     FAILED = 11
     CANCELLED = 12  # dropped before it started: request cancelled, failed or past deadline
+    SKIPPED = 13  # its `when` was false, or a stage it needs was skipped: complete, never ran
 
 
 class Outcome(enum.Enum):
@@ -99,6 +100,9 @@ class Request:
     # List outputs known so far, (stage, output name) -> each element's shape (None: not told):
     # how many element runs a map stage over one gets (scheduler/fanout.py).
     lists: dict[tuple[str, str], tuple[tuple[int, ...] | None, ...]] = field(default_factory=dict)
+    # Whether outputs known so far are non-empty / true, (stage, output name) -> flag, as the
+    # driver tells them: what a `when` reads (scheduler/conditions.py).
+    flags: dict[tuple[str, str], bool] = field(default_factory=dict)
     outcome: Outcome | None = None
     error: str = ""
     finished_s: float | None = None

@@ -17,7 +17,7 @@ import numpy as np
 __all__ = [
     "HANG_S", "WAIT_LIMIT_S", "barrier_branch", "boom", "burn_cpu", "calls", "crash", "gate", "gather_rows", "hang",
     "join2", "nap_then_pid", "open_gate", "ragged_rows_of", "reset", "rows_as_array", "rows_of", "sleep_50ms",
-    "stall_on_1", "tagged", "tail", "wait_for_call", "wait_for_file",
+    "SAME_CALLS", "same", "stall_on_1", "tagged", "tail", "wait_for_call", "wait_for_file",
 ]
 
 # Safety net only: a stage never blocks longer than this, so a failing test cannot hang the suite.
@@ -220,3 +220,12 @@ def gather_rows(parts: list[np.ndarray]) -> dict[str, np.ndarray]:
 def rows_as_array(x: np.ndarray, count: np.ndarray) -> dict[str, np.ndarray]:
     """rows_of's mistake: the rows as one array where a list is declared."""
     return {"parts": x[:int(count[0])]}
+
+
+SAME_CALLS: list[int] = []
+
+
+def same(x: np.ndarray) -> dict[str, np.ndarray]:
+    """x back, any shape; each call's row count recorded in SAME_CALLS (a skipped stage has none)."""
+    SAME_CALLS.append(len(x))
+    return {"y": x}

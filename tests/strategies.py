@@ -44,7 +44,9 @@ def dags(draw, max_stages: int = 5) -> tuple[Pipeline, dict[str, ModelSpec]]:
 def map_dags(draw) -> tuple[Pipeline, dict[str, ModelSpec]]:
     """A random pipeline that fans out: a stage making a list ("cnnL"), one or two map stages in a
     chain over it (each its own map_batch), a gather ("cnnG", a list input), and maybe a plain
-    stage beside them reading the request's input."""
+    stage beside them reading the request's input; maybe a `when` on the list, on the first map
+    stage or the gather (the pipeline's output then optional)."""
+    cond = draw(st.sampled_from([None, "s1", "gather"]))
     vec, listed = TensorSpec("y", "FP32", (-1, 8)), TensorSpec("y", "FP32", (-1, 8), is_list=True)
     models = {"cnnL": ModelSpec("cnnL", "sim", "cnnL", (TensorSpec("x0", "FP32", (-1, 8)),), (listed,)),
               "cnnG": ModelSpec("cnnG", "sim", "cnnG", (TensorSpec("x0", "FP32", (-1, 8), is_list=True),), (vec,))}
@@ -53,15 +55,16 @@ def map_dags(draw) -> tuple[Pipeline, dict[str, ModelSpec]]:
         name = f"{draw(st.sampled_from(KINDS))}1"
         models[name] = model_spec(name, 1)
         stages.append(StageSpec(f"s{i}", name, {"x0": f"s{i - 1}.y"}, map=f"s{i - 1}.y",
-                                map_batch=draw(st.integers(1, 3))))
+                                map_batch=draw(st.integers(1, 3)), when="s0.y" if cond == f"s{i}" else ""))
     gather = f"s{len(stages)}"
-    stages.append(StageSpec(gather, "cnnG", {"x0": f"s{len(stages) - 1}.y"}))
+    stages.append(StageSpec(gather, "cnnG", {"x0": f"s{len(stages) - 1}.y"}, when="s0.y" if cond == "gather" else ""))
     if draw(st.booleans()):  # a branch beside the fan-out, joined at the end
         models["cnn2"] = model_spec("cnn2", 2)
         models["tfm1"] = model_spec("tfm1", 1)
         stages += [StageSpec("side", "tfm1", {"x0": "input:x"}),
                    StageSpec("end", "cnn2", {"x0": f"{gather}.y", "x1": "side.y"})]
-    spec = PipelineSpec(f"map{len(stages)}", (VEC,), tuple(stages), {"y": f"{stages[-1].name}.y"})
+    spec = PipelineSpec(f"map{len(stages)}", (VEC,), tuple(stages), {"y": f"{stages[-1].name}.y"},
+                        optional_outputs=("y",) if cond else ())
     return validate_pipeline(spec, models), models
 
 
@@ -86,6 +89,7 @@ class Workload:
     table: dict[tuple[str, str, int], ProfileEntry]
     arrivals: list[tuple[float, str, int, int, float | None]]  # time, id, pipeline index, priority, deadline
     lengths: dict[str, int] | None = None  # request id -> its lists' element count (map pipelines)
+    flags: dict[str, bool] | None = None  # request id -> whether its outputs are true (for `when`)
 
     def profiles(self) -> ProfileTable:
         return ProfileTable(table=self.table, ops={m: OPS[m[:3]] for m in self.models})
@@ -99,6 +103,10 @@ class Workload:
 
     def list_length_of(self, request_id: str) -> int:
         return (self.lengths or {}).get(request_id, 0)
+
+    def flag(self, run) -> bool:
+        """Whether the outputs of a run of this request are true (what a `when` on them reads)."""
+        return (self.flags or {}).get(run.request_id, True)
 
 
 @st.composite
@@ -123,4 +131,5 @@ def workloads(draw, max_requests: int = 10, maps: bool = False) -> Workload:
                          None if deadline is None else t + deadline))
     arrivals.sort(key=lambda a: (a[0], a[1]))
     lengths = {a[1]: draw(st.integers(0, 5)) for a in arrivals} if maps else None
-    return Workload(devices, pipelines, models, table, arrivals, lengths)
+    flags = {a[1]: draw(st.booleans()) for a in arrivals} if maps else None
+    return Workload(devices, pipelines, models, table, arrivals, lengths, flags)

@@ -41,6 +41,11 @@ class RunTimeModel(Protocol):
         fans out to; scheduler/fanout.py). None here: pipelines with map stages need a model that says."""
         return {}
 
+    def flags(self, core: Core, run: Dispatch) -> dict[str, bool]:
+        """Whether a run's outputs are non-empty / true, for `when` (scheduler/conditions.py);
+        none told here, and a `when` not told runs its stage."""
+        return {}
+
     def first_tick_s(self) -> float | None:
         """When the first control period ends; None: no control loop."""
         return None
@@ -56,10 +61,18 @@ class TimedBy(RunTimeModel):
     default batch axis (profiles.batch_scale): the tests' machine."""
 
     def __init__(self, run_s: Callable[[str, str], float],
-                 list_length: Callable[[Dispatch], int] | None = None) -> None:
-        """list_length: the element count of every list output of a run (default: none has any)."""
+                 list_length: Callable[[Dispatch], int] | None = None,
+                 flag: Callable[[Dispatch], bool] | None = None) -> None:
+        """list_length: the element count of every list output of a run (default: none has any);
+        flag: whether every output of a run is non-empty / true (default: not told)."""
         self.run_s = run_s
         self.list_length = list_length
+        self.flag = flag
+
+    def flags(self, core: Core, run: Dispatch) -> dict[str, bool]:
+        if self.flag is None:
+            return {}
+        return dict.fromkeys((t.name for t in core.models[run.model].outputs), self.flag(run))
 
     def list_lengths(self, core: Core, run: Dispatch) -> dict[str, int]:
         if self.list_length is None:
@@ -136,7 +149,8 @@ class Driver:
             for member in item.members:
                 lengths = self.run_times.list_lengths(self.core, member)
                 self.core.on_stage_done(member.request_id, member.stage, now, error=error,
-                                        list_shapes={k: (None,) * n for k, n in lengths.items()} or None)
+                                        list_shapes={k: (None,) * n for k, n in lengths.items()} or None,
+                                        flags=self.run_times.flags(self.core, member) or None)
         elif kind == _WAKE:
             self._wakes.discard(now)
         else:

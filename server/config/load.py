@@ -234,8 +234,10 @@ def _model_devices(where: str, table: Any, devices: tuple[DeviceSpec, ...]) -> t
 
 def _pipeline_spec(table: Any) -> PipelineSpec:
     inputs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in table.inputs)
-    stages = tuple(StageSpec(s.name, s.model, dict(s.inputs), s.map, s.map_batch) for s in table.stages)
-    return PipelineSpec(table.name, inputs, stages, dict(table.outputs), table.description)
+    stages = tuple(StageSpec(s.name, s.model, dict(s.inputs), s.map, s.map_batch, s.when) for s in table.stages)
+    outputs = {name: o if isinstance(o, str) else o.from_ for name, o in table.outputs.items()}
+    optional = tuple(name for name, o in table.outputs.items() if not isinstance(o, str) and o.optional)
+    return PipelineSpec(table.name, inputs, stages, outputs, table.description, optional)
 
 
 def _unique(source: str, what: str, names: list[str]) -> None:

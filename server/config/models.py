@@ -16,8 +16,8 @@ from heddle.server.config.tables import StageTensorTable, Table, TensorTable
 
 __all__ = [
     "LLM_KEYS_WHY", "MAX_TIMEOUT_MS", "MODEL_TABLES", "PARAMETER_TYPES", "PYTHON_KEYS_WHY", "ModelTable",
-    "OnnxLlmTable", "OnnxModelTable", "ParameterTable", "PipelineTable", "PythonModelTable", "StageTable",
-    "TritonLlmTable", "TritonModelTable", "model_tag",
+    "OnnxLlmTable", "OnnxModelTable", "OutputTable", "ParameterTable", "PipelineTable", "PythonModelTable",
+    "StageTable", "TritonLlmTable", "TritonModelTable", "model_tag",
 ]
 
 NonLlmKind = Literal["dnn", "transformer", "python"]
@@ -249,13 +249,22 @@ class StageTable(Table):
     map: str = Field("", description='"STAGE.OUTPUT" of a list: the stage runs once per map_batch of its '
                                      "elements, its outputs gathered into lists in order (docs/CONFIG.md)")
     map_batch: int = Field(1, ge=1, description="elements per run of a map stage, joined on the first dim")
+    when: str = Field("", description='"STAGE.OUTPUT": run only if it is non-empty / true, else skip this '
+                                      "stage and every stage after it (docs/CONFIG.md)")
+
+
+class OutputTable(Table):
+    """A pipeline output given as a table: where it comes from, and whether a response may lack it."""
+
+    from_: str = Field(alias="from", description='"STAGE.OUTPUT"')
+    optional: bool = Field(False, description="left out of the response when its stage was skipped (`when`)")
 
 
 class PipelineTable(Table):
-    """A named DAG of stages; `outputs` maps names to "STAGE.OUTPUT"."""
+    """A named DAG of stages; `outputs` maps names to "STAGE.OUTPUT" (or { from, optional })."""
 
     name: str
     description: str = ""
     inputs: list[TensorTable] = Field(default_factory=list)
-    outputs: dict[str, str] = Field(default_factory=dict)
+    outputs: dict[str, str | OutputTable] = Field(default_factory=dict)
     stages: list[StageTable] = Field(default_factory=list)

@@ -256,7 +256,7 @@ class KServeServicer(KServeStreaming, KServeExtensions, kpb_grpc.GRPCInferenceSe
     def _response(self, entry: CatalogEntry, request_id: str, result: JobResult,
                   wanted: list[str], shm_io: SharedMemoryIO | None = None) -> kpb.ModelInferResponse:
         response = kpb.ModelInferResponse(model_name=entry.name, model_version=MODEL_VERSION, id=request_id)
-        for name in wanted:
+        for name in (n for n in wanted if n in result.outputs):  # an optional one of a skipped stage is not
             meta, data = encode_output(name, result.outputs[name])
             if shm_io is not None and shm_io.write(meta, data):
                 data = b""  # in the client's region; the entry keeps later outputs at their index

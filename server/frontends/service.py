@@ -175,7 +175,8 @@ class GatewayServicer(SharedMemoryRpcs, pb_grpc.GatewayServicer):
     def _response(self, result: JobResult, wanted: list[str], regions: RequestRegions) -> pb.InferResponse:
         return pb.InferResponse(
             request_id=result.request_id, pipeline=result.pipeline,
-            outputs=[regions.tensor(name, result.outputs[name]) for name in wanted],
+            # An optional output of a skipped stage (`when`) is not there: left out, as declared.
+            outputs=[regions.tensor(name, result.outputs[name]) for name in wanted if name in result.outputs],
             stages=[stage_to_proto(t) for t in result.stages], total_ms=result.total_s * 1e3,
             priority=result.priority, deadline_missed=result.deadline_missed,
             energy_j=result.energy_j, energy_source=result.energy_source,

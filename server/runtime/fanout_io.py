@@ -1,6 +1,7 @@
 """The tensors of map stages (scheduler/fanout.py) in a running request: what an element run
 takes (its elements of the list it maps over, joined on the first dim when map_batch > 1) and
-where its outputs go (their places in the stage's gathered lists, in list order).
+where its outputs go (their places in the stage's gathered lists, in list order); and the flags a
+conditional stage's `when` reads (scheduler/conditions.py).
 
 A stage's tensors live in Job.tensors under (stage, output); a list is a Python list of arrays.
 A map stage's gathered output is a list as long as the list it mapped over, filled as its element
@@ -23,7 +24,7 @@ from heddle.server.runtime.batch_run import split_outputs
 if TYPE_CHECKING:
     from heddle.server.runtime.jobs import Job
 
-__all__ = ["list_shapes", "run_inputs", "store_outputs"]
+__all__ = ["list_shapes", "output_flags", "run_inputs", "store_outputs", "truthy"]
 
 Array = NDArray[Any]
 
@@ -91,6 +92,25 @@ def list_shapes(outputs: Mapping[str, Any]) -> dict[str, list[tuple[int, ...]]] 
     """The element shapes of a run's list outputs, which the core needs to fan out over them."""
     found = {name: [tuple(a.shape) for a in value] for name, value in outputs.items() if isinstance(value, list)}
     return found or None
+
+
+def truthy(value: Any) -> bool:
+    """What `when` takes for true: a non-empty list; a tensor with more than one element, or one
+    element that is not zero / false / empty bytes. Empty is false."""
+    if isinstance(value, list):
+        return bool(value)
+    array = np.asarray(value)
+    return array.size > 1 or (array.size == 1 and bool(array.reshape(-1)[0]))
+
+
+def output_flags(job: Job, run: StageRun, outputs: Mapping[str, Any]) -> dict[str, bool] | None:
+    """The truth of the run's outputs that a `when` of its pipeline reads (a map stage's are its
+    gathered lists', which the core knows)."""
+    whens = job.request.pipeline.whens
+    if not whens or run.element >= 0:
+        return None
+    read = {w.tensor for w in whens.values() if w.stage == run.stage}
+    return {name: truthy(value) for name, value in outputs.items() if name in read} or None
 
 
 def _rows(item: Array) -> int:

@@ -114,8 +114,9 @@ def job_result(job: Job, outcome: Outcome, error: str, now: float,
     (llm_fields: an LLM stage's tokens, TTFT and TPOT)."""
     req = job.request
     outputs = {}
-    if outcome is Outcome.OK:
-        outputs = {name: job.tensors[(w.stage, w.tensor)] for name, w in req.pipeline.output_wires.items()}
+    if outcome is Outcome.OK:  # an optional output of a skipped stage is left out (scheduler/conditions.py)
+        outputs = {name: job.tensors[(w.stage, w.tensor)] for name, w in req.pipeline.output_wires.items()
+                   if w.stage is None or req.runs[w.stage].state is not RunState.SKIPPED}
     return JobResult(
         request_id=req.id, pipeline=req.pipeline.name, outcome=outcome, error=error,
         error_kind=(job.error_kind or ErrorKind.INTERNAL) if outcome is Outcome.FAILED else None,

@@ -25,7 +25,7 @@ from heddle.server.config.load import Config
 from heddle.server.observe.logs import get_logger
 from heddle.server.power.energy import EnergyLedger
 from heddle.server.runtime.error_kind import ErrorKind, classify
-from heddle.server.runtime.fanout_io import list_shapes, run_inputs, store_outputs
+from heddle.server.runtime.fanout_io import list_shapes, output_flags, run_inputs, store_outputs
 from heddle.server.runtime.jobs import Job, JobResult, StageTiming, TokenUpdate, job_result, stage_timing
 from heddle.server.runtime.llm_runtime import LlmDriver
 from heddle.server.runtime.llm_triton import TritonLlmStreams
@@ -412,7 +412,8 @@ class Runtime:
             self.trace.stage_done(d, compute_s, error)
         shapes = ({name: arr.shape for name, arr in outputs.items() if not isinstance(arr, list)}
                   if self._batching and outputs else None)
-        self.core.on_stage_done(d.request_id, d.stage, now, error, shapes, list_shapes(outputs))
+        flags = output_flags(job, job.request.runs[d.stage], outputs) if job is not None and outputs else None
+        self.core.on_stage_done(d.request_id, d.stage, now, error, shapes, list_shapes(outputs), flags)
         if job is not None:
             job.compute_s[d.stage] = compute_s
             timing = stage_timing(job, d.stage, self.llm.stage_fields)

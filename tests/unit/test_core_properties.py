@@ -54,7 +54,8 @@ def run(w: Workload, policy: str, max_wait_s: float | None = None, twin_check: b
         if batching:
             _check_batch_waits(core, now)
 
-    driver = Driver(core, TimedBy(w.run_time_s, w.list_length), make_request=make_request, forget=False, log_runs=True,
+    timed = TimedBy(w.run_time_s, w.list_length, w.flag if w.flags else None)
+    driver = Driver(core, timed, make_request=make_request, forget=False, log_runs=True,
                     before_step=before_step, after_step=after_step)
     for t, *item in w.arrivals:
         driver.arrive(t, item)
@@ -118,6 +119,19 @@ def _check_outcomes(w: Workload, core: Core, log, finished, requests) -> None:
         assert busy <= slots[d.device], f"{d.device} ran {busy} stages on {slots[d.device]} slots"
     for rid, req in requests.items():
         _check_fan_out(req, w.list_length_of(rid) if w.lengths is not None else 0)
+        _check_skips(req, (w.flags or {}).get(rid, True))
+
+
+def _check_skips(req, flag: bool) -> None:
+    """A stage is skipped exactly when its `when` is false or a stage it needs was skipped; a
+    skipped stage never started, nor did any element run of it."""
+    for run in req.runs.values():
+        group = req.runs[run.stage]
+        if group.state is RunState.SKIPPED:
+            assert run.started_s is None and (run is group or run.state is RunState.CANCELLED)
+        if req.outcome is Outcome.OK and run is group:
+            after_skip = any(req.runs[d].state is RunState.SKIPPED for d in req.pipeline.depends_on[run.stage])
+            assert (run.state is RunState.SKIPPED) == (after_skip or (run.stage in req.pipeline.whens and not flag))
 
 
 def _check_fan_out(req, length: int) -> None:
@@ -126,6 +140,9 @@ def _check_fan_out(req, length: int) -> None:
     if req.outcome is not Outcome.OK:
         return
     for stage, _ in req.pipeline.maps.items():
+        if req.runs[stage].state is RunState.SKIPPED:
+            assert not [r for r in req.runs.values() if r.stage == stage and r.element >= 0]
+            continue
         batch = req.pipeline.stage(stage).map_batch
         runs = [r for r in req.runs.values() if r.stage == stage and r.element >= 0]
         assert sorted(r.element for r in runs) == list(range(-(-length // batch))), f"{req.id} {stage}"
@@ -193,9 +210,10 @@ def test_with_batching_the_plan_is_a_deterministic_function_of_the_state(policy,
 @given(w=workloads(maps=True), batching=st.booleans(), bound=st.sampled_from([None, 1.5]))
 def test_map_pipelines_fan_out_and_gather_under_every_policy(policy, w, batching, bound):
     """With pipelines that fan out over lists of 0-5 elements (chained map stages, map_batch
-    1-3, a gather), under every policy, with and without batching and an aging bound: each request
-    ends exactly once, no run starts before its inputs exist (a gather after the last element
-    run), slots hold, and an OK request's map stage ran exactly its element runs."""
+    1-3, a gather, maybe a `when`), under every policy, with and without batching and an aging
+    bound: each request ends exactly once, no run starts before its inputs exist (a gather after
+    the last element run), slots hold, an OK request's map stage ran exactly its element runs, and
+    a stage is skipped exactly when its `when` is false or a stage before it was skipped."""
     core, log, finished, requests = run(w, policy, max_wait_s=bound, batching=batching)
     _check_outcomes(w, core, log, finished, requests)
     assert core.footprint() == dict.fromkeys(core.footprint(), 0) | {"requests": len(requests)}
