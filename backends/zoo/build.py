@@ -15,6 +15,7 @@ from typing import Any
 import onnx
 
 from heddle.backends.zoo.cnn import backbone, cnn, head_cls, head_emb
+from heddle.backends.zoo.detector import detector
 from heddle.backends.zoo.llm import llm
 from heddle.backends.zoo.transformer import encoder, text_cls
 
@@ -28,6 +29,7 @@ _BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
     "backbone": backbone,
     "head_cls": head_cls,
     "head_emb": head_emb,
+    "detector": detector,
     "encoder": encoder,
     "text_cls": text_cls,
     "llm": llm,

@@ -8,6 +8,7 @@ from typing import Any
 
 from heddle.server.config.builder import (
     document,
+    map_stage,
     onnx_model,
     pipeline,
     python_model,
@@ -18,7 +19,7 @@ from heddle.server.config.builder import (
 from heddle.server.config.tables import DEFAULT_CACHE_DIR
 
 __all__ = [
-    "FRAME_OPS", "FRAME_OPS_TOML", "POSTPROCESS", "POSTPROCESS_TOML", "PREPROCESS", "PREPROCESS_TOML",
+    "FRAME_OPS", "FRAME_OPS_TOML", "POSTPROCESS", "POSTPROCESS_TOML", "PREPROCESS", "PREPROCESS_TOML", "REGION_OPS",
     "TOKENIZER_MODELS", "TOKENIZER_MODELS_TOML", "default_config_document", "default_config_text",
     "detect_device_tables", "detect_devices",
 ]
@@ -33,6 +34,18 @@ TEXT, IDS = tensor("text", "BYTES", (1,)), (1, -1)
 PREPROCESS = python_model("preprocess", "heddle.backends.zoo.ops:preprocess", [IMAGE_U8], [IMAGE])
 POSTPROCESS = python_model("postprocess", "heddle.backends.zoo.ops:postprocess", [LOGITS], [PROBS, LABEL])
 FRAME_OPS = [PREPROCESS, POSTPROCESS]
+# The detect -> crop -> classify demo's python stages (backends/zoo/regions.py): crops are a list,
+# one classifier-sized image per region the detector found (docs/CONFIG.md, "Fan-out"); the
+# threshold and region cap are per-request parameters.
+SCORES, BOXES = tensor("scores", "FP32", (-1, 8, 8)), tensor("boxes", "FP32", (-1, 6))
+REGION_OPS = [
+    python_model("crop_regions", "heddle.backends.zoo.regions:crop_regions", [IMAGE, SCORES],
+                 [{**tensor("crops", "FP32", (-1, 3, 64, 64)), "list": True}, BOXES],
+                 parameters={"threshold": {"type": "float", "default": 0.5},
+                             "max_regions": {"type": "int", "default": 8}}),
+    python_model("gather_regions", "heddle.backends.zoo.regions:gather_regions",
+                 [{**LOGITS, "name": "logits", "list": True}, BOXES], [BOXES, PROBS, LABEL]),
+]
 # The byte tokenizer's python stages around an LLM (text in, text out); tests reuse them.
 TOKENIZER_MODELS = [
     python_model("tokenize", "heddle.backends.tokenizer:encode_text", [TEXT], [tensor("input_ids", "INT64", IDS)]),
@@ -52,6 +65,7 @@ TOKENIZER_MODELS_TOML = to_toml({"models": TOKENIZER_MODELS})
 _BATCH = {"max_batch": 8}
 _MODELS = [
     *(onnx_model(name, f"builtin:{name}", **_BATCH) for name in ("cnn", "backbone", "head_cls", "head_emb")),
+    onnx_model("detector", "builtin:detector", **_BATCH),
     onnx_model("encoder", "builtin:encoder", kind="transformer", **_BATCH),
     onnx_model("text_cls", "builtin:text_cls", **_BATCH),
     # Generation defaults; requests override them with GenerationOptions. Decode steps of up to
@@ -59,6 +73,7 @@ _MODELS = [
     onnx_model("llm", "builtin:llm", kind="llm", max_new_tokens=32, max_positions=512, max_batch=8, tokenizer="byte"),
     *TOKENIZER_MODELS,
     *FRAME_OPS,
+    *REGION_OPS,
     python_model("join", "heddle.backends.zoo.ops:join", [LOGITS, EMBEDDING], [PROBS, LABEL, EMBEDDING]),
 ]
 
@@ -75,6 +90,16 @@ _PIPELINES = [
         stage("emb", "head_emb", features="backbone.features"),
         stage("join", "join", logits="cls.logits", embedding="emb.embedding"),
     ], "image -> CNN backbone -> two heads in parallel -> join (python)"),
+    pipeline("detect_classify", [IMAGE_U8], {"boxes": "gather.boxes", "probs": "gather.probs",
+                                             "label": "gather.label"}, [
+        stage("pre", "preprocess", image="input:image"),
+        stage("detect", "detector", image="pre.image"),
+        stage("crop", "crop_regions", image="pre.image", scores="detect.scores"),
+        map_stage("classify", "cnn", "crop.crops", image="crop.crops"),  # one run per region
+        stage("gather", "gather_regions", logits="classify.logits", boxes="crop.boxes"),
+    ], "image (uint8 NHWC) -> preprocess -> detector -> crop each confident cell (python, a list) -> CNN per "
+       "region (a map stage: regions run on any device, batched) -> gather (python); parameters threshold, "
+       "max_regions"),
     pipeline("text_classify", [tensor("input_ids", "INT64", (-1, -1)), tensor("attention_mask", "INT64", (-1, -1))],
              {"logits": "cls.logits"}, [
         stage("encoder", "encoder", input_ids="input:input_ids", attention_mask="input:attention_mask"),

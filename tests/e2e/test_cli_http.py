@@ -38,6 +38,9 @@ def test_list_over_http_equals_grpc(default_server: RunningServer, capsys: pytes
     port = default_server.server.http_port
     for what in ("pipelines", "models"):
         grpc_side = _json(capsys, ["list", what, "--target", default_server.target])[what]
+        # The fan-out demo's stages that take or make lists run inside detect_classify only: KServe
+        # (what the HTTP port lists) has no entry of their own for them (kserve_catalog.build_catalog).
+        grpc_side = [x for x in grpc_side if x["name"] not in ("crop_regions", "gather_regions")]
         for target in (["--target", _url(default_server)], ["-i", "http", "--target", f"127.0.0.1:{port}"]):
             http_side = _json(capsys, ["list", what, *target])[what]
             assert [(x["name"], x["inputs"], x["outputs"]) for x in http_side] == \

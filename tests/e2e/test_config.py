@@ -153,7 +153,8 @@ def test_default_config_serves_pinned_cpu_devices_and_a_python_pool(default_conf
     cores = [c for d in ort_devices for c in d.options["cpu_affinity"]]
     assert len(cores) == len(set(cores)) and all(d.options["cpu_affinity"] for d in ort_devices)
     assert [(d.id, d.backend) for d in default_config.devices if d.backend == "python"] == [("py0", "python")]
-    assert sorted(default_config.pipelines) == ["chat", "chat_text", "classify", "multihead", "text_classify"]
+    assert sorted(default_config.pipelines) == ["chat", "chat_text", "classify", "detect_classify", "multihead",
+                                                "text_classify"]
     for model in default_config.models.values():
         if model.backend == "onnxruntime":
             assert Path(model.artifact).parent == heddle_cache_dir / "models"

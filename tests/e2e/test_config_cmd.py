@@ -96,7 +96,7 @@ def test_config_check_of_the_embedded_default(heddle_cache_dir: Path):
     """`heddle config check` with no file checks the embedded default config."""
     done = heddle("config", "check", env={"HEDDLE_CACHE_DIR": str(heddle_cache_dir)})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("<embedded default>: ok: ") and "5 pipelines" in done.stdout
+    assert done.stdout.startswith("<embedded default>: ok: ") and "6 pipelines" in done.stdout
 
 
 @pytest.mark.slow

@@ -208,7 +208,7 @@ def test_first_start_names_each_model_it_builds_and_sums_up_power_in_one_line(tm
     finally:
         proc.stop()
     built = [r["event"] for r in records if r["event"].startswith("building demo model")]
-    assert len(built) == len(list((tmp_path / "models").glob("*.onnx"))) == 7
+    assert len(built) == len(list((tmp_path / "models").glob("*.onnx"))) == 8  # the zoo, detector included
     assert all(f"into {tmp_path / 'models'} (first run only)" in line for line in built)
     power = [r for r in records if r["logger"] == "heddle.power" and r["level"] == "info"]
     assert [r["event"] for r in power] == ["power sensing"] and power[0]["not_used"], power

@@ -40,9 +40,10 @@ from heddle.server.frontends.kserve_convert import (
 from heddle.server.frontends.validation import RequestError
 
 RTOL, ATOL = 1e-4, 1e-5
+# The fan-out demo's crop and gather stages take or make lists: they run inside detect_classify only.
 MODELS_AND_PIPELINES = {"backbone", "chat", "chat_text", "detokenize", "llm", "tokenize", "classify", "cnn", "encoder",
                         "head_cls", "head_emb", "join", "multihead", "postprocess", "preprocess", "text_classify",
-                        "text_cls"}
+                        "text_cls", "detector", "detect_classify"}
 
 
 @pytest.fixture()

@@ -17,6 +17,7 @@ EXPECTED_IO = {
     "backbone": (["image"], ["features"]),
     "head_cls": (["features"], ["logits"]),
     "head_emb": (["features"], ["embedding"]),
+    "detector": (["image"], ["scores"]),
     "encoder": (["input_ids", "attention_mask"], ["last_hidden_state", "pooled"]),
     "text_cls": (["pooled"], ["logits"]),
     "llm": llm_io_names(2),
