@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from heddle.scheduler.dag import Pipeline
+from heddle.scheduler.fanout_stats import work_factor
 from heddle.scheduler.state import RunState, StageRun, device_of, started_s_of
 
 if TYPE_CHECKING:
@@ -100,7 +101,13 @@ def budget_run(run: StageRun, now: float, view: CoreReads) -> None:
         other = request.runs[stage]
         if other.state is RunState.RUNNING:
             return max(0.0, started_s_of(other) + view.estimate_s(other.model, device_of(other)) - now)
+        if stage in fanned:  # a map stage's element runs, a `when` not decided yet (fanout_stats.py)
+            parallel = max(1, len(view.eligible_devices(other.model)))
+            return view.best_estimate_s(other.model) * work_factor(other, view.fanout, parallel)
         return view.best_estimate_s(other.model)
+
+    pipeline = request.pipeline
+    fanned = (pipeline.maps.keys() | pipeline.whens.keys()) if pipeline.maps or pipeline.whens else ()
 
     # By stage: a map stage's element runs and its own run are one stage of the path.
     left = list(dict.fromkeys(r.stage for r in request.runs.values() if r.state < RunState.DONE))

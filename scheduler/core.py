@@ -11,7 +11,8 @@ from heddle.scheduler.budget import budget_run
 from heddle.scheduler.conditions import may_run, skip
 from heddle.scheduler.core_power import CorePowerEvents
 from heddle.scheduler.deadlines import DeadlineHeap, usable_deadline
-from heddle.scheduler.fanout import element_done, expand, is_map_group
+from heddle.scheduler.fanout import element_count, element_done, expand, is_map_group
+from heddle.scheduler.fanout_stats import FanoutStats
 from heddle.scheduler.plan import (
     Dispatch,
     Finished,
@@ -115,6 +116,7 @@ class Core(CorePowerEvents, CoreReads):
         # estimates or device health may have (wherever _best_s is dropped).
         self._device_versions = {d: 0 for d in self.devices}
         self.estimates_version = 0
+        self.fanout = FanoutStats()
 
     # ---- events -------------------------------------------------------------------------
     def submit(self, request: Request, now: float) -> None:
@@ -214,6 +216,9 @@ class Core(CorePowerEvents, CoreReads):
     def _release(self, run: StageRun, now: float) -> None:
         """Every input of the stage exists: queue its run, or a map stage's element runs, or skip
         it (and the stages after it) when its `when` is false."""
+        pipeline = run.request.pipeline
+        if run.stage in pipeline.whens:
+            self.fanout.observe_ran(pipeline.name, run.stage, may_run(run))
         if not may_run(run):
             skip(run, now)
             self.version += 1
@@ -229,6 +234,7 @@ class Core(CorePowerEvents, CoreReads):
             self._finish(run.request, Outcome.FAILED, str(exc), now)
             return
         self.version += 1
+        self.fanout.observe_elements(pipeline.name, run.stage, element_count(run))
         for element in elements:
             if not run.request.finished:
                 self._make_ready(element, now)

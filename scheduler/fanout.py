@@ -13,7 +13,8 @@ from __future__ import annotations
 from heddle.scheduler.dag import Wire
 from heddle.scheduler.state import Request, RunState, StageRun
 
-__all__ = ["element_done", "element_input_shape", "element_span", "expand", "is_map_group", "run_count"]
+__all__ = ["element_count", "element_done", "element_input_shape", "element_span", "expand", "is_map_group",
+           "run_count"]
 
 Shape = tuple[int, ...]
 
@@ -41,6 +42,11 @@ def _list_shapes(request: Request, wire: Wire) -> tuple[Shape | None, ...]:
         raise ValueError(f"request {request.id!r}: stage {wire.stage!r} ended without the length of its "
                          f"list output {wire.tensor!r}, which a map stage fans out over")
     return shapes
+
+
+def element_count(group: StageRun) -> int:
+    """How many elements the list a map stage maps over has (known once its producer ended)."""
+    return len(_list_shapes(group.request, group.request.pipeline.maps[group.stage]))
 
 
 def expand(group: StageRun, now: float) -> list[StageRun]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from heddle.scheduler.deadlines import DeadlineHeap
+from heddle.scheduler.fanout_stats import FanoutStats
 from heddle.scheduler.plan import CoreStats, Finished
 from heddle.scheduler.policies import Policy
 from heddle.scheduler.profiles import Profiles, compatible
@@ -42,6 +43,7 @@ class CoreReads:
     _device_versions: dict[str, int]
     estimates_version: int
     _finished: list[Finished]
+    fanout: FanoutStats  # elements per map stage, run rates of conditional stages, learned online
 
     def eligible_devices(self, model: str) -> list[str]:
         """Healthy devices allowed to run `model` and able to run all of its op types."""
