@@ -154,7 +154,10 @@ class Runtime:
             self.trace.arrival(request, inputs, parameters)
         if self._draining:  # ended through the core like any request, so metrics count it
             self.core.cancel(rid, now, Outcome.UNAVAILABLE, "server is shutting down")
-        self._stepper.mark_dirty()
+        if len(self._jobs) == 1:  # alone: every device idle, its first stages start at once
+            self._stepper.step_alone()
+        else:
+            self._stepper.mark_dirty()
         try:
             # Not shielded: a cancelled caller cancels job.done too, and _resolve, which cleans
             # up after every request whatever became of its future, then has no one to answer.

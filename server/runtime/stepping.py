@@ -40,6 +40,12 @@ class Stepper:
             return
         loop.call_soon(self._step_once)
 
+    def step_alone(self) -> None:
+        """The fast path: an arrival with nothing else in flight has no one to share a step with
+        (nor a device to wait for), so it is planned and started now, not next turn; a failing
+        step is logged as a turn's would be."""
+        self._guarded_step()
+
     def step_now(self) -> None:
         """Step at once (the turn's pending step, if any, then has nothing left to do)."""
         self._dirty = False

@@ -238,3 +238,26 @@ def test_a_forming_batch_starts_when_its_queue_delay_ends_and_each_request_gets_
     assert run_on(clock, main()) == (0, True, [[10.0], [20.0], [30.0]])
     ((_, inputs),) = executors["py0"].calls
     assert inputs["x"].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_a_request_alone_starts_within_its_own_call() -> None:
+    """The fast path: with nothing else in flight, run() plans and starts the request's stage
+    before it first waits (no turn of the loop in between, where it used to wait for one); a
+    second arrival while the first holds the slot queues, and both end OK."""
+    clock, held = FakeClock(), Held()
+    config = _config()
+    runtime = Runtime(config, function_executors(config.devices, held), clock=clock)
+
+    async def main() -> tuple[int, int, list[Outcome]]:
+        first = asyncio.ensure_future(runtime.run(config.pipelines["p"], _tagged(0), priority=1))
+        await asyncio.sleep(0)  # the task runs up to its first wait, and no further turn
+        alone = len(list(runtime.core.running("py0")))
+        second = asyncio.ensure_future(runtime.run(config.pipelines["p"], _tagged(1), priority=1))
+        await turns()
+        queued = len(runtime.core.queued("py0"))
+        held.release()
+        return alone, queued, [(await first).outcome, (await second).outcome]
+
+    alone, queued, outcomes = run_on(clock, main())
+    assert (alone, queued) == (1, 1)
+    assert outcomes == [Outcome.OK, Outcome.OK]
