@@ -19,6 +19,7 @@ from heddle.scheduler.dag import Pipeline
 from heddle.scheduler.plan import Finished
 from heddle.scheduler.policies import make_policy
 from heddle.scheduler.sim.driver import Driver
+from heddle.scheduler.sim.fanout_sim import FanoutDraws, trace_draws
 from heddle.scheduler.sim.run_times import MeasuredRuns
 from heddle.scheduler.sim.scoring import PolicyResult, RequestRecord, ended_records, score, sorted_placements
 from heddle.scheduler.sim.tracefile import MeasuredProfile, Trace, TraceArrival, TraceError
@@ -102,7 +103,10 @@ def replay(trace: Trace, profile: MeasuredProfile, policy: str, *, seed: int = 1
                                               setup.isolated_s[a.pipeline])
         return Request(a.request_id, setup.pipelines[a.pipeline], a.priority, now, deadline)
 
-    driver = Driver(core, MeasuredRuns(profile, seed, local_window_s, t0), make_request=submit)
+    runs = MeasuredRuns(profile, seed, local_window_s, t0)
+    # Map stages' element counts and `when` outcomes as the live server had them, per request.
+    draws = FanoutDraws(runs, *trace_draws((r.request_id, r.stage) for r in trace.stage_runs))
+    driver = Driver(core, draws, make_request=submit)
     driver.on_finished = _closed_loop_clients(trace, links, driver)
     for a in trace.arrivals:
         if a.request_id not in links:

@@ -16,6 +16,7 @@ from heddle.scheduler.dag import Pipeline
 from heddle.scheduler.policies import make_policy
 from heddle.scheduler.profiles import ProfileEntry, ProfileTable
 from heddle.scheduler.sim.driver import Driver, RunTimeModel
+from heddle.scheduler.sim.fanout_sim import FanoutDraws, scenario_draws
 from heddle.scheduler.sim.platforms import Platform
 from heddle.scheduler.sim.run_times import NoisyTable
 from heddle.scheduler.sim.scoring import (
@@ -86,7 +87,9 @@ def simulate_run(platform: Platform, scenario: Scenario, policy: str, *, duratio
               } if model_options else setup.models
     core = Core(platform.devices, models, make_policy(policy, **dict(policy_options or {})), setup.profiles)
     run_times = NoisyTable(setup.truth, setup.cv, seed)
-    driver, records = run_scenario(core, run_times, setup, generate_arrivals(scenario.sources, duration_s, seed),
+    # Map stages' element counts and `when` outcomes, drawn per request from the scenario's means.
+    draws = FanoutDraws(run_times, *scenario_draws([s.pipeline for s in scenario.sources], seed))
+    driver, records = run_scenario(core, draws, setup, generate_arrivals(scenario.sources, duration_s, seed),
                                    log_runs=True)
     result = score(policy, records, duration_s, run_times.energy_j, driver.migrations, driver.freezes)
     busy = utilisation(((start, end, d.device) for start, end, d in driver.runs),

@@ -108,6 +108,12 @@ def _device(raw: Mapping[str, Any]) -> DeviceSpec:
                       int(raw.get("slots", 1)), options)
 
 
+def _stage(raw: Mapping[str, Any]) -> StageDef:
+    """A header's stage: a map stage's source and map_batch, a conditional one's `when` (fan-out, #14)."""
+    return StageDef(raw["name"], raw["model"], tuple(raw["after"]), map_over=str(raw.get("map", "")),
+                    map_batch=int(raw.get("map_batch", 1)), when=str(raw.get("when", "")))
+
+
 def parse_trace(text: str) -> Trace:
     """A JSON-lines trace: a header (pipelines, devices, policy), then arrival and policy events."""
     pipelines: dict[str, PipelineDef] = {}
@@ -130,8 +136,7 @@ def parse_trace(text: str) -> Trace:
                 started_unix_s = event.get("started_unix_s")
                 devices = tuple(_device(d) for d in event["devices"])
                 for name, p in event["pipelines"].items():
-                    pipelines[name] = PipelineDef(name, tuple(StageDef(s["name"], s["model"], tuple(s["after"]))
-                                                              for s in p["stages"]))
+                    pipelines[name] = PipelineDef(name, tuple(_stage(s) for s in p["stages"]))
             elif kind == "policy":
                 policy = event["policy"]
             elif kind == "arrival":

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from heddle.scheduler.dag import Pipeline, validate_pipeline
+from heddle.scheduler.sim.fanout_sim import list_roles
 from heddle.scheduler.specs import ModelSpec, PipelineSpec, StageSpec, TensorSpec
 
 __all__ = [
@@ -20,9 +21,19 @@ _VEC = TensorSpec("x", "FP32", (-1, 8))
 
 @dataclass(frozen=True, slots=True)
 class StageDef:
+    """A stage of a simulated pipeline. Fan-out (scheduler/sim/fanout_sim.py): map_over names the
+    stage whose output list it maps over (map_batch elements a run; `elements` per request on
+    average, drawn Poisson); `when` the stage whose output decides whether it runs (true for a
+    `run_rate` share of requests)."""
+
     name: str
     model: str
     after: tuple[str, ...] = ()
+    map_over: str = ""
+    map_batch: int = 1
+    elements: float = 1.0
+    when: str = ""
+    run_rate: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +133,11 @@ def build_pipelines(defs: Sequence[PipelineDef], devices_of: Mapping[str, tuple[
     for d in defs:
         for s in d.stages:
             fan_in[s.model] = max(fan_in.get(s.model, 1), len(s.after))
+    out_list, in_list = list_roles(defs, fan_in)  # which synthetic tensors are lists (map stages)
     models = {
-        name: ModelSpec(name, "sim", name, tuple(TensorSpec(f"x{i}", "FP32", (-1, 8)) for i in range(k)),
-                        (TensorSpec("y", "FP32", (-1, 8)),), devices=tuple(devices_of.get(name, ())))
+        name: ModelSpec(name, "sim", name,
+                        tuple(TensorSpec(f"x{i}", "FP32", (-1, 8), (name, i) in in_list) for i in range(k)),
+                        (TensorSpec("y", "FP32", (-1, 8), name in out_list),), devices=tuple(devices_of.get(name, ())))
         for name, k in fan_in.items()
     }
     pipelines = {}
@@ -132,9 +145,13 @@ def build_pipelines(defs: Sequence[PipelineDef], devices_of: Mapping[str, tuple[
         stages = []
         for s in d.stages:
             sources = [f"{a}.y" for a in s.after] + ["input:x"] * (fan_in[s.model] - len(s.after))
-            stages.append(StageSpec(s.name, s.model, {f"x{i}": src for i, src in enumerate(sources)}))
+            stages.append(StageSpec(s.name, s.model, {f"x{i}": src for i, src in enumerate(sources)},
+                                    f"{s.map_over}.y" if s.map_over else "", s.map_batch,
+                                    f"{s.when}.y" if s.when else ""))
         last = d.stages[-1].name
-        pipelines[d.name] = validate_pipeline(PipelineSpec(d.name, (_VEC,), tuple(stages), {"y": f"{last}.y"}), models)
+        optional = ("y",) if any(s.when for s in d.stages) else ()  # its last stage may be skipped
+        spec = PipelineSpec(d.name, (_VEC,), tuple(stages), {"y": f"{last}.y"}, optional_outputs=optional)
+        pipelines[d.name] = validate_pipeline(spec, models)
     return pipelines, models
 
 

@@ -9,6 +9,7 @@ ValueError naming the file, the table and the field.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import replace
 from typing import Any
 
 from heddle.scheduler.sim.workload import Periodic, PipelineDef, Poisson, Scenario, Source, StageDef, llm_pipeline
@@ -88,13 +89,41 @@ def _pipeline(raw: Any, models: Collection[str], where: str) -> PipelineDef | tu
         at = f"{where} stages[{i}]"
         if not isinstance(stage, Mapping):
             raise ValueError(f"{at}: must be a table {{ name, model, inputs }}")
-        _unknown(stage, {"name", "model", "inputs", "after"}, at)
+        _unknown(stage, {"name", "model", "inputs", "after", *_FAN_OUT}, at)
         model = _text(stage, "model", at)
         stage_name = str(stage.get("name", model))
         after = _stage_after(stage, stages[-1].name if stages else None, {s.name for s in stages}, at)
-        stages.append(StageDef(stage_name, model, after))
+        stages.append(_fan_out(StageDef(stage_name, model, after), stage, {s.name for s in stages}, at))
     _known_models([s.model for s in stages], models, where)
     return PipelineDef(name, tuple(stages))
+
+
+_FAN_OUT = ("map", "map_batch", "elements", "when", "run_rate")
+
+
+def _fan_out(made: StageDef, stage: Mapping[str, Any], names: set[str], where: str) -> StageDef:
+    """A stage's fan-out keys: map = "STAGE" (or "STAGE.OUTPUT") with map_batch and elements (the
+    mean element count per request), when = "STAGE" with run_rate (the share of requests it runs
+    for). The stages named must come before; a map stage's source joins its inputs."""
+    fields: dict[str, Any] = {}
+    for key, rate_key, field_name in (("map", "elements", "map_over"), ("when", "run_rate", "when")):
+        if key not in stage:
+            if rate_key in stage:
+                raise ValueError(f"{where}: {rate_key} is for a stage with {key} = \"STAGE\"")
+            continue
+        source = _text(stage, key, where).split(".", 1)[0]
+        if source not in names:
+            raise ValueError(f"{where}: {key} = {source!r} names no earlier stage (earlier: {sorted(names)})")
+        fields[field_name] = source
+        if key == "map":  # the list it maps over is one of its inputs; a `when` only orders it
+            fields["after"] = tuple(dict.fromkeys((*made.after, source)))
+    fields["map_batch"] = _integer(stage, "map_batch", where, 1) or 1
+    fields["elements"] = _number(stage, "elements", where, 1.0)
+    run_rate = _number(stage, "run_rate", where, 1.0)
+    if run_rate is not None and run_rate > 1:
+        raise ValueError(f"{where}: run_rate is a share of requests, in [0, 1], got {run_rate}")
+    fields["run_rate"] = run_rate
+    return replace(made, **fields)
 
 
 def _known_models(names: Collection[str], models: Collection[str], where: str) -> None:

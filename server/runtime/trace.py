@@ -33,9 +33,19 @@ __all__ = ["TraceWriter", "open_trace", "pipeline_record"]
 
 
 def pipeline_record(pipeline: Pipeline) -> dict[str, Any]:
-    """A pipeline as the replay needs it: stages in order, each with its model and upstream stages."""
-    return {"stages": [{"name": s.name, "model": s.model, "after": list(pipeline.depends_on[s.name])}
-                       for s in pipeline.stages]}
+    """A pipeline as the replay needs it: stages in order, each with its model and upstream stages;
+    a map stage's list source (its stage) and map_batch, a conditional stage's `when` stage."""
+    stages: list[dict[str, Any]] = []
+    for s in pipeline.stages:
+        # Upstream by wire: a `when` source that feeds no input only orders the stage (the replay adds it).
+        after = [d for d in pipeline.depends_on[s.name] if any(w.stage == d for w in pipeline.wires[s.name].values())]
+        record: dict[str, Any] = {"name": s.name, "model": s.model, "after": after}
+        if s.name in pipeline.maps:
+            record.update(map=pipeline.maps[s.name].stage, map_batch=s.map_batch)
+        if s.name in pipeline.whens:
+            record["when"] = pipeline.whens[s.name].stage
+        stages.append(record)
+    return {"stages": stages}
 
 
 class TraceWriter:
