@@ -49,6 +49,9 @@ def _setup(trace: Trace, profile: MeasuredProfile) -> _Setup:
         raise TraceError(f"the profile has no figures for models {missing} on the trace's devices "
                          f"{[d.id for d in devices]}: run `heddle profile` with the server's config")
     pipelines, models = build_pipelines([trace.pipelines[n] for n in names], devices_of)
+    # Models that batched live batch in the replay too (the profile's batch curves time their passes).
+    models = {n: replace(m, options={**m.options, **trace.batching[n]}) if n in trace.batching else m
+              for n, m in models.items()}
     best = {m: min(profile.entries[(m, d, 0)].latency_s for d in ds) for m, ds in devices_of.items()}
     isolated = {n: critical_path_s(p, by_model(p, best.__getitem__)) for n, p in pipelines.items()}
     return _Setup(devices, pipelines, models, isolated)

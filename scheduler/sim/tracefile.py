@@ -52,6 +52,8 @@ class StageRecord:
     device: str
     run_s: float
     compute_s: float
+    rows: int = 1  # of the batch's pass it ran in (dynamic batching); run_s is that pass's
+    pass_owner: bool = True  # False for a batch's other members: the same pass again
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ class Trace:
     stage_runs: tuple[StageRecord, ...] = ()
     ends: Mapping[str, EndRecord] = field(default_factory=dict)
     started_unix_s: float | None = None  # identifies the server run that wrote it
+    batching: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # model -> its batching options
 
     def segment(self, policy: str) -> Trace:
         """Only the requests that arrived while the live server ran `policy`."""
@@ -123,6 +126,7 @@ def parse_trace(text: str) -> Trace:
     stage_runs: list[StageRecord] = []
     ends: dict[str, EndRecord] = {}
     policy = ""
+    batching: dict[str, dict[str, Any]] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -134,6 +138,7 @@ def parse_trace(text: str) -> Trace:
                     raise TraceError(f"line {number}: format {event.get('format')!r}, expected {TRACE_FORMAT!r}")
                 policy = event.get("policy", "")
                 started_unix_s = event.get("started_unix_s")
+                batching = {str(m): dict(o) for m, o in (event.get("models") or {}).items()}
                 devices = tuple(_device(d) for d in event["devices"])
                 for name, p in event["pipelines"].items():
                     pipelines[name] = PipelineDef(name, tuple(_stage(s) for s in p["stages"]))
@@ -148,7 +153,8 @@ def parse_trace(text: str) -> Trace:
             elif kind == "stage" and event.get("status", "OK") == "OK":
                 stage_runs.append(StageRecord(float(event["t_s"]), str(event["request_id"]), str(event["stage"]),
                                               str(event["model"]), str(event["device"]), float(event["run_s"]),
-                                              float(event.get("compute_s", event["run_s"]))))
+                                              float(event.get("compute_s", event["run_s"])),
+                                              int(event.get("rows", 1)), bool(event.get("pass_owner", True))))
             elif kind == "end":
                 ends[str(event["request_id"])] = EndRecord(float(event["t_s"]), str(event["request_id"]),
                                                            str(event["outcome"]), float(event["latency_s"]),
@@ -163,7 +169,7 @@ def parse_trace(text: str) -> Trace:
     if unknown:
         raise TraceError(f"trace arrivals name pipelines its header lacks: {unknown}")
     return Trace(pipelines, devices, tuple(sorted(arrivals, key=lambda a: a.time_s)), tuple(stage_runs), ends,
-                 started_unix_s)
+                 started_unix_s, batching)
 
 
 def parse_profile(doc: Mapping[str, Any]) -> MeasuredProfile:

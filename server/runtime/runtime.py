@@ -301,13 +301,13 @@ class Runtime:
         is its own stage run for energy, traces and its request's timings."""
         now = self.clock()
         jobs, inputs, failed = [], [], None
-        for m in d.members:
+        for i, m in enumerate(d.members):
             job = self._jobs[m.request_id]
             jobs.append(job)
             one, failed = _inputs(job, m) if failed is None else ({}, failed)
             inputs.append(one)
-            if self.trace is not None:
-                self.trace.dispatched(m)
+            if self.trace is not None:  # its pass's rows, and whether its time is the pass's own
+                self.trace.dispatched(m, d.rows, i == 0)
             self.energy.started(d.device, (m.request_id, m.stage), now)
         if self.metrics is not None:
             self.metrics.device_started(d.device)

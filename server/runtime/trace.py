@@ -57,13 +57,19 @@ class TraceWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: TextIO | None = self.path.open("w", buffering=1)  # line-buffered: one write per event
         self._t0 = clock()
-        self._started: dict[tuple[str, str], float] = {}  # (request, stage) -> dispatch time
+        # (request, stage) -> (dispatch time, rows of its pass, whether it is the pass's first member)
+        self._started: dict[tuple[str, str], tuple[float, int, bool]] = {}
         self._write({
             "event": "header", "format": TRACE_FORMAT, "started_unix_s": time.time(),
             "config": config.source, "policy": config.server.policy,
             "devices": [{"id": d.id, "kind": d.kind, "backend": d.backend, "slots": d.slots,
                          "options": dict(d.options)} for d in config.devices],
             "pipelines": {name: pipeline_record(p) for name, p in config.pipelines.items()},
+            # How models batch requests (dynamic batching), so a replay batches them alike.
+            "models": {name: {"max_batch": m.batching.max_batch,
+                              "preferred_batch_sizes": list(m.batching.preferred_batch_sizes),
+                              "max_queue_delay_us": m.batching.max_queue_delay_s * 1e6}
+                       for name, m in config.models.items() if m.kind != "llm" and m.batching.enabled},
         })
 
     @property
@@ -83,24 +89,29 @@ class TraceWriter:
             record["parameters"] = dict(parameters)
         self._write(record)
 
-    def dispatched(self, dispatch: Dispatch) -> None:
+    def dispatched(self, dispatch: Dispatch, rows: int = 1, pass_owner: bool = True) -> None:
+        """A run started: of a batch (rows > 1, the pass's rows) as its first member or another."""
         if self._file is not None:
-            self._started[(dispatch.request_id, dispatch.stage)] = self.clock()
+            self._started[(dispatch.request_id, dispatch.stage)] = (self.clock(), rows, pass_owner)
 
     def stage_done(self, dispatch: Dispatch, compute_s: float, error: str = "") -> None:
         """A run ended: run_s is dispatch to completion as the scheduler sees it (the device's
         compute and the thread hand-offs). Runs of requests that ended meanwhile (shed at their
         deadline) are recorded too: leaving out the longest runs would flatter any replay."""
-        started = self._started.pop((dispatch.request_id, dispatch.stage), None)
-        if started is None:
+        found = self._started.pop((dispatch.request_id, dispatch.stage), None)
+        if found is None:
             return
         now = self.clock()
-        self._write({
+        started, rows, pass_owner = found
+        event: dict[str, Any] = {
             "event": "stage", "t_s": round(now - self._t0, 6), "request_id": dispatch.request_id,
             "stage": dispatch.stage, "model": dispatch.model, "device": dispatch.device,
             "status": "FAILED" if error else "OK", "run_s": round(now - started, 6),
             "compute_s": round(compute_s, 6),
-        })
+        }
+        if rows > 1:  # a batch member: run_s is the whole pass's, once per member
+            event.update(rows=rows, pass_owner=pass_owner)
+        self._write(event)
 
     def end(self, result: JobResult) -> None:
         self._write({

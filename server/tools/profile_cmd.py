@@ -217,20 +217,22 @@ def profile_from_trace(trace_text: str, source: str, min_runs: int = 3) -> dict[
     """A profile from a live server's trace: per (model, device), the recorded stage runs as its
     scheduler saw them (dispatch to completion), i.e. measured under serving load."""
     trace = parse_trace(trace_text)
-    runs: dict[tuple[str, str], list] = {}
+    runs: dict[tuple[str, str, int], list] = {}
     for r in sorted(trace.stage_runs, key=lambda r: r.time_s - r.run_s):
-        runs.setdefault((r.model, r.device), []).append(r)
+        if r.pass_owner:  # a batch's pass once, as a point of its batch curve (rows > 1)
+            runs.setdefault((r.model, r.device, r.rows), []).append(r)
     runs = {k: v for k, v in runs.items() if len(v) >= min_runs}
     if not runs:
         raise ValueError(f"trace {source} has no stage runs recorded ({min_runs} or more per model and device)")
-    used = {d for _, d in runs}
-    models = {m: {"backend": "", "op_types": [], "inputs": {}} for m, _ in sorted(runs)}
+    used = {d for _, d, _ in runs}
+    models = {m: {"backend": "", "op_types": [], "inputs": {}} for m, _, _ in sorted(runs)}
     doc = _document(source, [d for d in trace.devices if d.id in used], models,
-                    {(*k, 1): [r.run_s for r in v] for k, v in runs.items()},
+                    {k: [r.run_s for r in v] for k, v in runs.items()},
                     {"method": "trace", "stage_runs": len(trace.stage_runs),
                      "trace_started_unix_s": trace.started_unix_s})
     for entry in doc["entries"]:  # when each run was dispatched, for replays that follow the machine's drift
-        entry["sample_t_s"] = [round(r.time_s - r.run_s, 6) for r in runs[(entry["model"], entry["device"])]]
+        entry["sample_t_s"] = [round(r.time_s - r.run_s, 6)
+                               for r in runs[(entry["model"], entry["device"], entry.get("batch", 1))]]
     doc["dispatch_gap_s"] = {d: round(g, 7) for d, g in dispatch_gaps(trace).items() if d in used}
     return doc
 

@@ -37,3 +37,31 @@ def test_the_replay_runs_each_request_with_its_live_element_count_and_when(tmp_p
         result = replay(trace, profile, policy)
         assert result.completed == result.requests == 3
         assert sum(result.placements["lin"].values()) == live_lin_runs
+
+
+@pytest.mark.slow
+def test_a_batch_is_traced_once_as_a_pass_and_replayed_batching(tmp_path):
+    """Two concurrent requests of 2 elements on a model batching 4 rows a pass: the trace's header
+    says how the model batches, its 4 stage lines say rows 4, one of them the pass's owner; the
+    profile from the trace has that pass once, as a 4-row point of the model's batch curve; the
+    replay runs the 4 element runs."""
+    import concurrent.futures
+
+    from test_fanout import fan_document, infer
+
+    doc = fan_document(linear_onnx(tmp_path / "lin.onnx"), devices=("cpu0",), max_batch=4,
+                       preferred_batch_sizes=[4], max_queue_delay_us=5_000_000)
+    doc["server"] = {"policy": "fcfs", "trace_file": str(tmp_path / "trace.jsonl")}
+    with running_server(parse_test_document(doc)) as running, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda x: infer(running, 2, x), [X[:2], X[4:6]]))
+    text = (tmp_path / "trace.jsonl").read_text()
+    trace = parse_trace(text)
+    assert trace.batching["lin"] == {"max_batch": 4, "preferred_batch_sizes": [4], "max_queue_delay_us": 5e6}
+    lin = [r for r in trace.stage_runs if r.model == "lin"]
+    assert [r.rows for r in lin] == [4] * 4 and sum(r.pass_owner for r in lin) == 1
+    profile_doc = profile_from_trace(text, "trace.jsonl", min_runs=1)
+    assert [(e["batch"], e["runs"]) for e in profile_doc["entries"] if e["model"] == "lin"] == [(4, 1)]
+    result = replay(trace, parse_profile({**profile_doc, "entries": [
+        *profile_doc["entries"], {**next(e for e in profile_doc["entries"] if e["model"] == "lin"), "batch": 1}]}),
+        "fcfs")
+    assert result.completed == 2 and sum(result.placements["lin"].values()) == 4
