@@ -1,5 +1,8 @@
 """The asyncio runtime: the only place that knows both the scheduler core and the backends.
 
+This module is its request path (run, the step, dispatch, stage ends, results); the control half
+(loading models, device health, drain, reload, policy, power) is server/runtime/control.py.
+
 Events (a submit, a stage's end, a step, a timer, a health change) change the core and mark it
 dirty; one step runs per event-loop turn (server/runtime/stepping.py), so completions that arrive
 together share a step and no handler steps the core from inside another. Stages run through StageRunners
@@ -11,19 +14,16 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from heddle.backends.base import BackendError, BackendTimeout, DeviceUnavailable, Executor
-from heddle.backends.graph_summary import summarize_file
 from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Request
-from heddle.scheduler.admission import Admission
-from heddle.scheduler.plan import Migrate, Plan, SetLevel
-from heddle.scheduler.power import PowerController
-from heddle.scheduler.profiles import ProfileTable
+from heddle.scheduler.plan import Migrate, Plan
 from heddle.server.config.load import Config
 from heddle.server.observe.logs import get_logger
 from heddle.server.power.energy import EnergyLedger
+from heddle.server.runtime.control import LevelActuator, RuntimeControl, batching_models, live_profiles
 from heddle.server.runtime.error_kind import ErrorKind, classify
 from heddle.server.runtime.fanout_io import list_shapes, output_flags, run_inputs, store_outputs
 from heddle.server.runtime.jobs import Job, JobResult, StageTiming, TokenUpdate, job_result, stage_timing
@@ -37,25 +37,17 @@ from heddle.server.runtime.trace import open_trace
 from heddle.server.runtime.versions import VersionRouter
 
 if TYPE_CHECKING:
-    from heddle.scheduler.power_settings import PowerReading
-    from heddle.scheduler.profiles import GraphSummary
     from heddle.scheduler.specs import ModelSpec
     from heddle.server.runtime.metrics import Metrics
-    from heddle.server.runtime.reload import ConfigDiff
 
-__all__ = ["JobResult", "LevelActuator", "Runtime", "StageTiming"]
+__all__ = ["JobResult", "Runtime", "StageTiming"]
 
 log = get_logger("heddle.runtime")
 
 
-class LevelActuator(Protocol):
-    """Where the runtime sends the plan's DVFS levels (the power loop's actuators)."""
-
-    def apply_level(self, action: SetLevel) -> None: ...
-
-
-class Runtime:
-    """Submits requests to the core, carries out its plans on executor pools, resolves futures."""
+class Runtime(RuntimeControl):
+    """Submits requests to the core, carries out its plans on executor pools, resolves futures
+    (its control half, loading, health, drain, reload, policy and power: server/runtime/control.py)."""
 
     def __init__(self, config: Config, executors: Mapping[str, Executor], metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.monotonic, record_events: bool = False) -> None:
@@ -70,7 +62,7 @@ class Runtime:
         self.executors = dict(executors)
         self.metrics = metrics
         self.clock = clock
-        self.core = Core(config.devices, config.models, config.server.policy, profiles=_profiles(config))
+        self.core = Core(config.devices, config.models, config.server.policy, profiles=live_profiles(config))
         self._jobs: dict[str, Job] = {}
         # Ids for requests sent without one: 32 hex digits like a uuid4's, a random half per
         # server and a count (uuid4 read os.urandom for every request, which showed in profiles).
@@ -85,7 +77,7 @@ class Runtime:
         self._runners = _runners(self, self.models, self.executors, self.llm, self._pool)
         # Models that batch requests (dynamic batching): the core needs the shapes their stages
         # read, to batch only equal ones; nobody pays for shapes when no model batches.
-        self._batching = _batching(self.models)
+        self._batching = batching_models(self.models)
         self._distinct_runners = list({id(r): r for r in self._runners.values()}.values())
         self.versions = VersionRouter(config, metrics)  # canary splits among model versions
         self.trace = open_trace(config, clock)  # arrivals for `heddle simulate --trace`, or None
@@ -93,36 +85,6 @@ class Runtime:
         # from the plan goes to be applied to a device's actuator.
         self.energy = EnergyLedger()
         self._levels: LevelActuator | None = None
-
-    async def load_models(self) -> None:
-        """Load (and warm) every model on every device allowed to run it, off the event loop.
-
-        A remote device that cannot be reached (a Triton server that is down) does not stop the
-        gateway: it starts unhealthy and its models load when it comes back (server/runtime/recovery.py)."""
-        self._loop = asyncio.get_running_loop()
-        if self.metrics is not None:
-            self.metrics.refresh_on_scrape(self._loop, self._publish_gauges)
-        pending: dict[str, list[ModelSpec]] = {}
-        for model in self.config.models.values():
-            for device in self.core.eligible_devices(model.name):
-                pending.setdefault(device, []).append(self.llm.executor_spec(model))
-        loaded = await asyncio.gather(*(self.loader.load(dev, models) for dev, models in pending.items()))
-        for device, ok in zip(pending, loaded, strict=True):
-            if not ok:
-                self.set_device_health(device, False)
-
-    def set_device_health(self, device: str, healthy: bool) -> None:
-        """Take a device out of rotation (its queue moves to peers) or bring it back."""
-        if device in self.loader.pending:
-            if healthy:  # models must load before the device takes work; on_loaded brings it back
-                self.loader.start(device)
-                return
-            self.loader.stop(device)
-        if self.core.is_healthy(device) == healthy:
-            return
-        log.warning("device health changed", device=device, healthy=healthy)
-        self.core.set_device_health(device, healthy, self.clock())
-        self._stepper.mark_dirty()
 
     @property
     def in_flight(self) -> int:
@@ -167,72 +129,7 @@ class Runtime:
                 self._stepper.mark_dirty()
             raise
 
-    async def drain(self, grace_s: float) -> int:
-        """Wait up to grace_s for in-flight requests; then end the rest UNAVAILABLE. Returns how many.
-
-        From the call on, new requests end UNAVAILABLE at once."""
-        self._draining = True
-        self.loader.close()
-        pending = [j.done for j in self._jobs.values()]
-        if pending:
-            await asyncio.wait(pending, timeout=grace_s)
-        left = [rid for rid, j in self._jobs.items() if not j.done.done()]
-        now = self.clock()
-        for rid in left:
-            self.core.cancel(rid, now, Outcome.UNAVAILABLE, "server is shutting down")
-        if left:
-            self._stepper.step_now()  # now, not next turn: the trace closes below
-        if self.trace is not None:
-            self.trace.close()
-        return len(left)
-
-    def op_types(self, model: ModelSpec) -> frozenset[str]:
-        """The op types of a model's graph (its ONNX file's, for a model not loaded yet)."""
-        if model.name in self.models and self.models[model.name] == model:
-            return self.core.profiles.op_types(model.name)
-        summary = _summary(model)
-        return summary.op_types if summary is not None else frozenset()
-
-    def models_in_flight(self) -> set[str]:
-        """The models the stages of the requests now in flight run."""
-        return {stage.model for job in self._jobs.values() for stage in job.request.pipeline.stages}
-
-    def swap_config(self, config: Config, diff: ConfigDiff) -> None:
-        """Serve `config` from now on (a reload whose new models are loaded): new requests see its
-        pipelines; requests in flight finish on theirs. Non-LLM model changes only (reload.py)."""
-        specs = {name: config.models[name] for name in diff.to_load}
-        self.models.update(specs)
-        for name, spec in specs.items():
-            self._runners.setdefault(name, self._runners[""])
-            summary = _summary(spec)
-            if summary is not None and isinstance(self.core.profiles, ProfileTable):
-                self.core.profiles.set_summary(name, summary)  # measured runs are kept
-        self.core.update_models(specs)
-        self.versions.set_config(config)
-        self._batching = _batching(self.models)
-        self.config = config
-        self._stepper.mark_dirty()
-
-    def set_policy(self, name: str) -> None:
-        self.core.set_policy(name)
-        if self.trace is not None:
-            self.trace.policy(self.core.policy.name)
-        self._stepper.mark_dirty()
-
-    def attach_power(self, levels: LevelActuator, controller: PowerController,
-                     admission: Admission | None = None) -> None:
-        """Power control from start (server/power/loop.py): the core gets the controller and
-        admission, and the plan's DVFS levels go to `levels`."""
-        self._levels = levels
-        self.core.attach_power(controller, admission)
-
     # ---- carrying out plans -------------------------------------------------------------
-    def on_power_sample(self, samples: Iterable[PowerReading], busy: Mapping[str, float] | None = None) -> None:
-        """A control period's power readings (server/power/loop.py): the controller decides,
-        and this step carries out its levels and holds."""
-        self.core.on_power_sample(samples, self.clock(), busy)
-        self._stepper.step_now()  # the period's levels reach the actuators before the loop charges energy
-
     def _step(self) -> None:
         plan = self.core.schedule(self.clock())
         for level in plan.levels:
@@ -263,15 +160,6 @@ class Runtime:
                                    "heddle.to_device": a.to_device} if isinstance(a, Migrate)
                                   else {"heddle.stage": a.stage, "heddle.device": a.device})
                     job.events.append((now - job.request.arrival_s, kind, attributes))
-
-    def _publish_gauges(self) -> None:
-        """The state gauges, set when a scrape asks (on the loop's thread), not on every step."""
-        assert self.metrics is not None
-        stats = self.core.stats()
-        for device, n in stats.queued.items():
-            self.metrics.set_queue_length(device, n)
-        self.metrics.set_in_flight(len(self._jobs))
-        self.metrics.power.set_frozen_tasks(sum(stats.frozen.values()))
 
     def _dispatch(self, d: Dispatch) -> None:
         if d.batch:
@@ -456,22 +344,6 @@ def _inputs(job: Job, d: Dispatch) -> tuple[dict[str, Any], BackendError | None]
         return {}, exc
 
 
-def _summary(model: ModelSpec) -> GraphSummary | None:
-    if model.backend != "onnxruntime":
-        return None
-    try:
-        return summarize_file(model.artifact)
-    except Exception as exc:  # an estimate is an aid; never a reason not to serve
-        log.warning("no graph summary for model", model=model.name, error=str(exc))
-        return None
-
-
-def _profiles(config: Config) -> ProfileTable:
-    """Live estimates: a prior from each ONNX graph, refined by every measured run."""
-    summaries = {name: s for name, m in config.models.items() if (s := _summary(m)) is not None}
-    return ProfileTable(summaries=summaries)
-
-
 def _runners(events: Runtime, models: Mapping[str, ModelSpec], executors: Mapping[str, Executor],
              llm: LlmDriver, pool: ExecutorRunner) -> dict[str, StageRunner]:
     """Each model's StageRunner: LLMs step locally or stream from Triton; every other stage
@@ -483,7 +355,3 @@ def _runners(events: Runtime, models: Mapping[str, ModelSpec], executors: Mappin
     runners[""] = pool
     return runners
 
-
-def _batching(models: Mapping[str, ModelSpec]) -> set[str]:
-    """The models that batch requests (dynamic batching; an LLM's max_batch is its own)."""
-    return {name for name, m in models.items() if m.kind != "llm" and m.batching.enabled}
