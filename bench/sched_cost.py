@@ -101,10 +101,10 @@ class TimedCore(Core):
         finally:
             self._add(t0)
 
-    def on_stage_done(self, request_id: str, stage: str, now: float, error: str = "") -> None:
+    def on_stage_done(self, request_id: str, stage: str, now: float, error: str = "", **shapes: Any) -> None:
         t0 = self.clock()
-        try:
-            super().on_stage_done(request_id, stage, now, error)
+        try:  # shapes: the output, list and flag keywords the driver passes for fan-out pipelines
+            super().on_stage_done(request_id, stage, now, error, **shapes)
         finally:
             self._add(t0)
 
