@@ -39,6 +39,9 @@ def check_lists(where: str, spec: PipelineSpec, stages: Mapping[str, StageSpec],
             raise ValueError(f"{here}: map_batch must be >= 1, not {stage.map_batch}")
         if stage.map_batch != 1 and not stage.map:
             raise ValueError(f"{here}: map_batch is for a map stage; give map = \"STAGE.OUTPUT\" too")
+        if stage.map and model.kind == "llm":  # its generation state is one per stage of a request
+            raise ValueError(f"{here}: a map stage cannot run an LLM (model {model.name!r}); map a python or "
+                             "ONNX stage over the list, or gather it for the LLM")
         mapped = _mapped_source(here, stage, wires[stage.name], lists) if stage.map else None
         if mapped is not None:
             maps[stage.name] = mapped

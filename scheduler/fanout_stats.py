@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from heddle.scheduler.dag import Pipeline
 from heddle.scheduler.state import RunState, StageRun
 
-__all__ = ["FanoutStats", "work_factor"]
+__all__ = ["FanoutStats", "expected_factor", "work_factor"]
 
 ALPHA = 0.2  # weight of the newest observation: about the last ten requests count
 
@@ -39,20 +40,26 @@ def _ewma(old: float | None, new: float, alpha: float) -> float:
     return new if old is None else old + alpha * (new - old)
 
 
-def work_factor(group: StageRun, stats: FanoutStats, parallel: int) -> float:
-    """How many of its model's runs, back to back, a stage is expected to cost: 1 for a plain
-    stage; a map stage's element runs spread over `parallel` devices (its runs still to finish
-    once expanded, else the expected element count); times the run rate of a `when` not yet
-    decided."""
-    request = group.request
-    pipeline = request.pipeline
+def _spread(runs: float, parallel: int) -> float:
+    """Passes of one run's length that `runs` runs take over `parallel` devices."""
+    return runs / parallel if runs > parallel else min(runs, 1.0)
+
+
+def expected_factor(pipeline: Pipeline, stage: str, stats: FanoutStats, parallel: int) -> float:
+    """How many of its model's runs, back to back, a stage not started yet is expected to cost: 1
+    for a plain stage; a map stage's expected element runs spread over `parallel` devices; times
+    the run rate of a conditional stage."""
     factor = 1.0
-    if group.stage in pipeline.maps:
-        if group.state is RunState.MAPPED:
-            runs = float(group.deps_left)
-        else:
-            runs = stats.expected_elements(pipeline.name, group.stage) / pipeline.stage(group.stage).map_batch
-        factor = runs / parallel if runs > parallel else min(runs, 1.0)
-    if group.stage in pipeline.whens and group.state is RunState.WAITING:
-        factor *= stats.expected_run_rate(pipeline.name, group.stage)
+    if stage in pipeline.maps:
+        factor = _spread(stats.expected_elements(pipeline.name, stage) / pipeline.stage(stage).map_batch, parallel)
+    if stage in pipeline.whens:
+        factor *= stats.expected_run_rate(pipeline.name, stage)
     return factor
+
+
+def work_factor(group: StageRun, stats: FanoutStats, parallel: int) -> float:
+    """expected_factor for a stage of a request: once a map stage has expanded, its element runs
+    still to finish (its `when`, if any, held)."""
+    if group.state is RunState.MAPPED:
+        return _spread(float(group.deps_left), parallel)
+    return expected_factor(group.request.pipeline, group.stage, stats, parallel)

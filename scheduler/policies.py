@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from heddle.scheduler.fanout_stats import FanoutStats
 from heddle.scheduler.specs import DeviceSpec
 from heddle.scheduler.state import Request, RunState, StageRun, device_of
 
@@ -41,6 +42,7 @@ class CoreView(Protocol):
     def running(self, device: str) -> Iterable[StageRun]: ...
     def load(self, device: str) -> float: ...
     def active_requests(self) -> Iterable[Request]: ...
+    fanout: FanoutStats  # elements per map stage and run rates of conditional stages, learned online
 
 
 class Policy(Protocol):

@@ -28,6 +28,8 @@ from __future__ import annotations
 import bisect
 import math
 
+from heddle.scheduler.dag import Pipeline
+from heddle.scheduler.fanout_stats import expected_factor
 from heddle.scheduler.policies import BasePolicy, CoreView, SortKey
 from heddle.scheduler.state import Request, RunState, StageRun, device_of, started_s_of
 
@@ -301,6 +303,15 @@ def _ready_at(view: CoreView, run: StageRun, now: float) -> float | None:
     return ready_at
 
 
+def _stage_s(view: CoreView, model: str, pipeline: Pipeline, stage: str) -> float:
+    """A stage's best-case time still to come: a map stage's expected element runs over its devices,
+    a conditional one at its run rate (scheduler/fanout_stats.py)."""
+    best = view.best_estimate_s(model)
+    if stage in pipeline.maps or stage in pipeline.whens:
+        best *= expected_factor(pipeline, stage, view.fanout, max(1, len(view.eligible_devices(model))))
+    return best
+
+
 def _downstream_s(view: CoreView, run: StageRun, memo: dict[tuple[int, str], float]) -> float:
     """Longest chain of best-case estimates after this stage (it excluded); memo is keyed by
     (pipeline object, stage) and must not outlive the estimates it was filled with."""
@@ -309,7 +320,7 @@ def _downstream_s(view: CoreView, run: StageRun, memo: dict[tuple[int, str], flo
     def after(stage: str) -> float:
         key = (id(pipeline), stage)  # the pipeline object requests share; alive for the call
         if key not in memo:
-            memo[key] = max((view.best_estimate_s(run.request.runs[n].model) + after(n)
+            memo[key] = max((_stage_s(view, run.request.runs[n].model, pipeline, n) + after(n)
                              for n in pipeline.dependents[stage]), default=0.0)
         return memo[key]
 

@@ -88,3 +88,16 @@ def test_dispatches_of_element_runs_name_them():
     names = [d.stage for _, _, d in driver.runs]
     assert names == ["make", "each[0]", "each[1]", "each[2]", "join"]
     assert all(isinstance(d, Dispatch) for _, _, d in driver.runs)
+
+
+def test_twill_counts_a_map_stage_downstream_as_its_expected_element_runs():
+    """twill's longest chain after a stage (what it protects urgent work by): after requests of 6
+    elements on 2 devices, the map stage after `make` counts 3 runs, the gather 1 (4 s, not 2)."""
+    from heddle.scheduler.twill import _downstream_s
+
+    pipeline = fan_pipeline()
+    core = served(pipeline, 6, 12)
+    core.submit(Request("new", pipeline, 1, 1000.0, 1012.0), 1000.0)
+    assert _downstream_s(core, core.request("new").runs["make"], {}) == pytest.approx(4.0)
+    unlearned = Core(DEVICES, MODELS, "twill")  # no request seen: the map stage counts one run
+    assert _downstream_s(unlearned, core.request("new").runs["make"], {}) == pytest.approx(2.0)
