@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from heddle.scheduler.budget import by_model, critical_path_s
 from heddle.scheduler.core import Core
 from heddle.scheduler.dag import Pipeline
-from heddle.scheduler.plan import Finished
+from heddle.scheduler.plan import Dispatch, Finished
 from heddle.scheduler.policies import make_policy
 from heddle.scheduler.sim.driver import Driver
 from heddle.scheduler.sim.fanout_sim import FanoutDraws, trace_draws
@@ -27,7 +27,15 @@ from heddle.scheduler.sim.workload import build_pipelines
 from heddle.scheduler.specs import DeviceSpec, ModelSpec
 from heddle.scheduler.state import Request
 
-__all__ = ["closed_loop_links", "recorded", "replay"]
+__all__ = ["ReplayLog", "closed_loop_links", "recorded", "replay"]
+
+
+@dataclass(slots=True)
+class ReplayLog:
+    """What a replay did, run by run and request by request, on its own clock (0 = the trace's first arrival)."""
+
+    runs: list[tuple[float, float, Dispatch]] = field(default_factory=list)  # (start_s, end_s, dispatch)
+    requests: list[RequestRecord] = field(default_factory=list)
 
 @dataclass(frozen=True, slots=True)
 class _Setup:
@@ -82,14 +90,15 @@ def closed_loop_links(trace: Trace, pipelines: Sequence[str]) -> dict[str, tuple
 
 def replay(trace: Trace, profile: MeasuredProfile, policy: str, *, seed: int = 1,
            policy_options: Mapping[str, Any] | None = None, closed: Sequence[str] = (),
-           local_window_s: float | None = None) -> PolicyResult:
+           local_window_s: float | None = None, log: ReplayLog | None = None) -> PolicyResult:
     """Every request of the trace through a Core under `policy`; each run takes a time drawn from
     that (model, device)'s measured runs (run_times.MeasuredRuns). Requests arrive at their
     recorded times, except those of `closed` pipelines, which arrive their client's recorded
     gap after the request they followed ends in the replay.
 
     local_window_s: draw from the runs recorded within that many seconds of the same moment of
-    the trace (the profile must come from this trace)."""
+    the trace (the profile must come from this trace). log: gets every simulated run and request,
+    to set beside the live ones (bench/sim_vs_live.py)."""
     setup = _setup(trace, profile)
     if local_window_s is not None and (profile.trace_started_unix_s is None
                                        or profile.trace_started_unix_s != trace.started_unix_s):
@@ -109,13 +118,16 @@ def replay(trace: Trace, profile: MeasuredProfile, policy: str, *, seed: int = 1
     runs = MeasuredRuns(profile, seed, local_window_s, t0)
     # Map stages' element counts and `when` outcomes as the live server had them, per request.
     draws = FanoutDraws(runs, *trace_draws((r.request_id, r.stage) for r in trace.stage_runs))
-    driver = Driver(core, draws, make_request=submit)
+    driver = Driver(core, draws, make_request=submit, log_runs=log is not None)
     driver.on_finished = _closed_loop_clients(trace, links, driver)
     for a in trace.arrivals:
         if a.request_id not in links:
             driver.arrive(a.time_s - t0, a)
     driver.run()
     ended = ended_records(records, driver.finished)
+    if log is not None:
+        log.runs.extend(driver.runs)
+        log.requests.extend(ended)
     assert len(ended) == len(trace.arrivals), "a request never ended"
     result = score(policy, ended, max(trace.arrivals[-1].time_s - t0, 1e-9), 0.0, driver.migrations, driver.freezes)
     return replace(result, placements=sorted_placements(driver.placements))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from heddle.scheduler.profiles import ProfileEntry
-from heddle.scheduler.sim.replay import closed_loop_links, recorded, replay
+from heddle.scheduler.sim.replay import ReplayLog, closed_loop_links, recorded, replay
 from heddle.scheduler.sim.tracefile import (
     PROFILE_FORMAT,
     TRACE_FORMAT,
@@ -58,6 +58,16 @@ def test_fcfs_makes_the_urgent_request_late_and_priority_aware_policies_do_not()
         assert replay(trace, profile, policy).violation_rate == 0.0, policy
     assert fcfs.placements == {"m": {"d0": 3}}
     assert replay(trace, profile, "fcfs") == fcfs  # a pure function of trace, profile and seed
+
+
+def test_a_replay_log_holds_every_run_and_request_on_the_replay_clock():
+    """fcfs with 10 ms runs: `busy` 0-10 ms, `low` 10-20, `high` 20-30, each a request record with its arrival."""
+    log = ReplayLog()
+    result = replay(parse_trace(URGENT), parse_profile(_profile({("m", "d0"): 0.010})), "fcfs", log=log)
+    assert [(round(start, 3), round(end, 3), d.request_id) for start, end, d in log.runs] == [
+        (0.0, 0.01, "busy"), (0.01, 0.02, "low"), (0.02, 0.03, "high")]
+    assert [(r.request_id, r.arrival_s) for r in log.requests] == [("busy", 0.0), ("low", 0.001), ("high", 0.002)]
+    assert replay(parse_trace(URGENT), parse_profile(_profile({("m", "d0"): 0.010})), "fcfs") == result
 
 
 def test_run_times_are_drawn_from_the_measured_samples():
