@@ -5,7 +5,8 @@ prediction of each policy from `heddle profile --under-load`'s table.
 One run:
 1. the models, the emulated box's config and its two profiles (isolated, under load), as
    bench/policies_live.py --box emulated makes them;
-2. per seed, a `heddle serve --trace` of its own: a fcfs warm-up, then --rounds rounds in which
+2. per seed, `heddle profile --under-load` (the box as it is then), then a `heddle serve --trace`
+   of its own: a fcfs warm-up, then --rounds rounds in which
    every policy takes a turn (the order rotates each round, so a policy does not always follow
    the same one and the box's drift falls on all alike), switched with Admin.SetPolicy. Before
    and after each turn: the box's load average and the server's heddle_scheduler_actions
@@ -13,7 +14,8 @@ One run:
 3. per seed and policy: DVR, ANTT (latency / the pipeline's isolated critical path, the
    simulator's definition, from the isolated profile), mean and p99 latency per priority class,
    migrations, freezes, the turn's load average; and the simulator's prediction of that seed's
-   arrivals (bench/policies_live.py's replay, under-load profile);
+   arrivals (bench/policies_live.py's replay) from the under-load profile measured just before
+   that seed's live run, its blind pairs filled from the isolated one (scheduler/sim/profile_fill.py);
 4. JSON out (bench/results/<date>/live_eval.json): per seed, the mean over seeds with the
    spread (sample standard deviation, min, max), and the acceptance figures (bench/live_eval_figures.py).
 
@@ -98,6 +100,10 @@ def live_seed(config: Path, work: Path, args: argparse.Namespace, seed: int) -> 
     """Serve one seed's turns; write its trace, per-policy traces and records into work/seed<N>."""
     folder = work / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
+    if args.profile_per_seed:  # the box as it is now: other work on a shared box drifts over half an hour
+        print(f"seed {seed}: heddle profile --under-load {args.profile_load_s:g} ...", flush=True)
+        pl.profile_under_load(config, folder / "profile_under_load.json", argparse.Namespace(**{**vars(args),
+                                                                                                "seed": seed}))
     grpc_port, metrics_port = pl_ports(config)
     target, trace = f"127.0.0.1:{grpc_port}", folder / "trace.jsonl"
     t0 = pl.cpu_ticks()
@@ -120,15 +126,17 @@ def pl_ports(config: Path) -> tuple[int, int]:
     return int(server["grpc_port"]), int(server["metrics_port"])
 
 
-def simulate_policy(trace: Path, profile: Path, policy: str, folder: Path, replicas: int, seed: int
-                    ) -> dict[str, Any]:
-    """The simulator's replay of one policy's arrivals (bench/policies_live.py), every figure kept."""
+def simulate_policy(trace: Path, profile: Path, policy: str, folder: Path, replicas: int, seed: int,
+                    fill_from: Path | None = None) -> dict[str, Any]:
+    """The simulator's replay of one policy's arrivals (bench/policies_live.py), every figure kept;
+    fill_from: the isolated profile, for the pairs the under-load one never saw (scheduler/sim/profile_fill.py)."""
     import subprocess
 
     out = folder / f"sim_{policy}_{profile.stem}.json"
+    fill = ["--fill-from", str(fill_from)] if fill_from is not None else []
     subprocess.run([*HEDDLE, "simulate", "--trace", str(trace), "--profile", str(profile), "--platform", "local",
                     "--policy", policy, "--closed", "background", "--json", str(out), "--replicas", str(replicas),
-                    "--seed", str(seed)], check=True, cwd=pl.ROOT, stdout=subprocess.DEVNULL)
+                    "--seed", str(seed), *fill], check=True, cwd=pl.ROOT, stdout=subprocess.DEVNULL)
     result = json.loads(out.read_text())["results"][0]
     result.pop("placements", None)
     return result
@@ -143,8 +151,11 @@ def seed_results(work: Path, args: argparse.Namespace, seed: int) -> dict[str, A
         records = [RequestRecord(**r) for r in json.loads((folder / f"records_{policy}.json").read_text())]
         mine = [t for t in turns["turns"] if t["policy"] == policy]
         live = live_policy_figures(records, mine, folder / f"trace_{policy}.jsonl", work / "profile.json")
-        sim = simulate_policy(folder / f"trace_{policy}.jsonl", work / "profile_under_load.json", policy, folder,
-                              args.sim_replicas, seed)
+        under_load = folder / "profile_under_load.json"
+        if not under_load.exists():
+            under_load = work / "profile_under_load.json"
+        sim = simulate_policy(folder / f"trace_{policy}.jsonl", under_load, policy, folder, args.sim_replicas, seed,
+                              None if args.no_fill else work / "profile.json")
         # The simulator reports means per class only: overall, their mean weighted by requests.
         classes = [c for c in sim["per_class"].values() if c["requests"] and c["mean_ms"] is not None]
         sim["mean_ms"] = (sum(c["mean_ms"] * c["requests"] for c in classes) / sum(c["requests"] for c in classes)
@@ -193,6 +204,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration-s", type=float, default=60.0, help="live load per policy and seed")
     p.add_argument("--rounds", type=int, default=3, help="turns per policy and seed (duration-s / rounds each)")
     p.add_argument("--resimulate", metavar="WORK", help="no live runs: score and simulate the files in WORK again")
+    p.add_argument("--one-profile", dest="profile_per_seed", action="store_false",
+                   help="one under-load profile before every seed (default: one per seed, just before its "
+                        "live run, so the replay's run times are the box's of that moment)")
+    p.add_argument("--no-fill", action="store_true", help="replay from the under-load profile alone (pairs its "
+                   "load never ran cannot be used), as before issue #15's fill")
     pl_defaults = pl.parse_args([])
     for key in ("warmup_s", "profile_load_s", "fps", "deadline_ms", "jitter_ms", "concurrency", "seq",
                 "cnn_widths", "cnn_blocks", "encoder_layers", "encoder_hidden", "profile_runs", "tolerance",

@@ -18,8 +18,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from heddle.scheduler.sim.profile_fill import fill_missing
 from heddle.scheduler.sim.replay import ReplayLog, replay
-from heddle.scheduler.sim.tracefile import Trace, parse_profile, parse_trace
+from heddle.scheduler.sim.tracefile import MeasuredProfile, Trace, parse_profile, parse_trace
 
 __all__ = ["compare_runs", "live_runs", "main", "sim_runs"]
 
@@ -52,10 +53,10 @@ def live_runs(trace: Trace) -> Runs:
     return _with_ready(starts, arrival, pipeline_of, _upstream(trace))
 
 
-def sim_runs(trace: Trace, profile_doc: dict[str, Any], policy: str, seed: int, closed: Iterable[str]) -> Runs:
+def sim_runs(trace: Trace, profile: MeasuredProfile, policy: str, seed: int, closed: Iterable[str]) -> Runs:
     """The replay's stage runs of the same trace (bench/policies_live.py's replay settings)."""
     log = ReplayLog()
-    replay(trace, parse_profile(profile_doc), policy, seed=seed, closed=tuple(closed), log=log)
+    replay(trace, profile, policy, seed=seed, closed=tuple(closed), log=log)
     pipeline_of = {a.request_id: a.pipeline for a in trace.arrivals}
     starts = {(m.request_id, m.stage): (start, end, d.device, None) for start, end, d in log.runs for m in d.members}
     arrival = {r.request_id: r.arrival_s for r in log.requests}  # closed-loop ones: when the replay sent them
@@ -88,9 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, action="append", help="seeds (default: every seed<N> folder)")
     p.add_argument("--policy", action="append", help="policies (default: every trace_<policy>.jsonl)")
     p.add_argument("--profile", default="profile_under_load.json")
+    p.add_argument("--fill-from", default="profile.json", help="isolated profile for the pairs --profile lacks "
+                   "('' for none)")
     p.add_argument("--out", type=Path, help="JSON out (default: print only)")
     args = p.parse_args(argv)
-    profile = json.loads((args.work / args.profile).read_text())
+    measured = parse_profile(json.loads((args.work / args.profile).read_text()))
+    isolated = parse_profile(json.loads((args.work / args.fill_from).read_text())) if args.fill_from else None
     seeds = args.seed or sorted(int(d.name[4:]) for d in args.work.glob("seed*") if d.is_dir())
     report: dict[str, Any] = {}
     for seed in seeds:
@@ -98,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         policies = args.policy or sorted(f.stem[6:] for f in folder.glob("trace_*.jsonl") if f.stem != "trace_warmup")
         for policy in policies:
             trace = parse_trace((folder / f"trace_{policy}.jsonl").read_text())
+            profile = measured if isolated is None else fill_missing(measured, isolated, trace.bandwidth)
             rows = compare_runs(live_runs(trace), sim_runs(trace, profile, policy, seed, ["background"]))
             report[f"seed{seed}/{policy}"] = rows
             print(f"\nseed {seed} {policy}: stage@device  runs live/sim  queue ms live/sim  service ms live/sim  "

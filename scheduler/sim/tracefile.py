@@ -74,6 +74,9 @@ class Trace:
     ends: Mapping[str, EndRecord] = field(default_factory=dict)
     started_unix_s: float | None = None  # identifies the server run that wrote it
     batching: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # model -> its batching options
+    # device -> (share of its CPUs at level 0, CFS period in s): devices under a CPU-bandwidth cap
+    # (`dvfs = { kind = "cgroup" }`), whose short runs wait for the next period once the quota is spent.
+    bandwidth: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def segment(self, policy: str) -> Trace:
         """Only the requests that arrived while the live server ran `policy`."""
@@ -99,10 +102,21 @@ class MeasuredProfile:
     dispatch_gap_s: Mapping[str, float] = field(default_factory=dict)
     # (model, device) -> {rows: pass time / one-row time} from `heddle profile --batch` (level 0).
     batch_curves: Mapping[tuple[str, str], Mapping[int, float]] = field(default_factory=dict)
+    # A profile measured under load (`--under-load S`): the seconds of load its runs came from.
+    window_s: float | None = None
 
     def table(self) -> ProfileTable:
         """The ProfileTable the core plans with: the entries, refined online as runs finish."""
         return ProfileTable(table=dict(self.entries), ops=dict(self.ops), batch_curves=dict(self.batch_curves))
+
+
+def _bandwidth(raw: Mapping[str, Any]) -> tuple[float, float] | None:
+    """(level-0 share, period s) of a device whose options opt in to CPU-bandwidth control, else None."""
+    dvfs = (raw.get("options") or {}).get("dvfs")
+    if not isinstance(dvfs, Mapping) or dvfs.get("kind") != "cgroup":
+        return None
+    values = dvfs.get("values") or [100]
+    return max(float(v) for v in values) / 100, float(dvfs.get("period_us", 10_000)) / 1e6
 
 
 def _device(raw: Mapping[str, Any]) -> DeviceSpec:
@@ -122,6 +136,7 @@ def parse_trace(text: str) -> Trace:
     pipelines: dict[str, PipelineDef] = {}
     started_unix_s = None
     devices: tuple[DeviceSpec, ...] = ()
+    bandwidth: dict[str, tuple[float, float]] = {}
     arrivals: list[TraceArrival] = []
     stage_runs: list[StageRecord] = []
     ends: dict[str, EndRecord] = {}
@@ -140,6 +155,7 @@ def parse_trace(text: str) -> Trace:
                 started_unix_s = event.get("started_unix_s")
                 batching = {str(m): dict(o) for m, o in (event.get("models") or {}).items()}
                 devices = tuple(_device(d) for d in event["devices"])
+                bandwidth = {str(d["id"]): b for d in event["devices"] if (b := _bandwidth(d)) is not None}
                 for name, p in event["pipelines"].items():
                     pipelines[name] = PipelineDef(name, tuple(_stage(s) for s in p["stages"]))
             elif kind == "policy":
@@ -169,7 +185,7 @@ def parse_trace(text: str) -> Trace:
     if unknown:
         raise TraceError(f"trace arrivals name pipelines its header lacks: {unknown}")
     return Trace(pipelines, devices, tuple(sorted(arrivals, key=lambda a: a.time_s)), tuple(stage_runs), ends,
-                 started_unix_s, batching)
+                 started_unix_s, batching, bandwidth)
 
 
 def parse_profile(doc: Mapping[str, Any]) -> MeasuredProfile:
@@ -201,7 +217,9 @@ def parse_profile(doc: Mapping[str, Any]) -> MeasuredProfile:
     one_row = {k: entries[(k[0], k[1], 0)].latency_s for k in batched if (k[0], k[1], 0) in entries}
     curves = {k: {rows: t / one_row[k] for rows, t in sorted(points.items())}
               for k, points in batched.items() if one_row.get(k, 0.0) > 0}
-    return MeasuredProfile(devices, entries, samples, ops, timed, doc.get("trace_started_unix_s"), gaps, curves)
+    window = doc.get("duration_s") if doc.get("method") == "under_load" else None
+    return MeasuredProfile(devices, entries, samples, ops, timed, doc.get("trace_started_unix_s"), gaps, curves,
+                           None if window is None else float(window))
 
 
 def dispatch_gaps(trace: Trace, min_runs: int = 3) -> dict[str, float]:

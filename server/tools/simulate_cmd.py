@@ -13,6 +13,7 @@ from heddle.scheduler.policies import POLICIES
 from heddle.scheduler.sim.plant import IDLE_W
 from heddle.scheduler.sim.platforms import DEFAULT_PLATFORM, DEFAULT_SCENARIO, PLATFORMS, SCENARIOS, Platform
 from heddle.scheduler.sim.power_budget import budget_table
+from heddle.scheduler.sim.profile_fill import fill_missing
 from heddle.scheduler.sim.replay import recorded, replay
 from heddle.scheduler.sim.scoring import mean_result
 from heddle.scheduler.sim.simulator import simulate_run
@@ -62,6 +63,9 @@ def _add_replay_arguments(parser) -> None:
     parser.add_argument("--profile", metavar="FILE", help="run times measured by `heddle profile` (JSON or TOML)")
     parser.add_argument("--segment", metavar="POLICY", help="replay only the arrivals recorded while the "
                         "live server ran POLICY")
+    parser.add_argument("--fill-from", metavar="FILE", help="an isolated `heddle profile` of the same config: "
+                        "(model, device) pairs --profile lacks (never run under its load) come from it, slowed "
+                        "by the device's load factor (scheduler/sim/profile_fill.py)")
     parser.add_argument("--closed", metavar="PIPELINE", action="append", default=[],
                         help="the trace's requests for PIPELINE came from closed-loop clients: each arrives "
                              "its recorded gap after the request it followed ends in the replay (repeatable)")
@@ -169,16 +173,21 @@ def _replay_files(args) -> tuple[str, dict]:
                          "and --platform local together")
     with open(args.trace) as f:
         trace_text = f.read()
-    return run_replay_from_args(args, trace_text, load_profile_file(args.profile))
+    fill = getattr(args, "fill_from", None)
+    return run_replay_from_args(args, trace_text, load_profile_file(args.profile),
+                                load_profile_file(fill) if fill else None)
 
 
-def run_replay_from_args(args, trace_text: str, profile_doc: Mapping) -> tuple[str, dict]:
+def run_replay_from_args(args, trace_text: str, profile_doc: Mapping,
+                         fill_doc: Mapping | None = None) -> tuple[str, dict]:
     """Replay what the arguments ask for; returns the table and a JSON-ready report."""
     try:
         names = _policy_names(args)
     except ValueError as exc:
         raise TraceError(str(exc)) from None
     trace, profile = parse_trace(trace_text), parse_profile(profile_doc)
+    if fill_doc is not None:
+        profile = fill_missing(profile, parse_profile(fill_doc), trace.bandwidth)
     if args.segment:
         trace = trace.segment(args.segment)
     options = {} if args.max_wait_s is None else {"max_wait_s": args.max_wait_s}
@@ -193,6 +202,7 @@ def run_replay_from_args(args, trace_text: str, profile_doc: Mapping) -> tuple[s
     report = {"platform": LOCAL_PLATFORM, "trace": str(args.trace), "profile": str(args.profile),
               "segment": args.segment, "arrivals": len(trace.arrivals), "span_s": span_s, "seed": args.seed,
               "replicas": args.replicas, "closed": list(args.closed), "local_window_s": args.local_window_s,
+              "fill_from": getattr(args, "fill_from", None),
               "results": [asdict(r) for r in results],
               "recorded": None if live is None else asdict(live)}
     return f"{title}\n\n{with_recorded_row(results, live)}", report
