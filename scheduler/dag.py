@@ -51,6 +51,7 @@ class Pipeline:
     maps: Mapping[str, Wire] = field(default_factory=dict)  # map stage -> the list it fans out over
     whens: Mapping[str, Wire] = field(default_factory=dict)  # conditional stage -> the output it runs on
     optional_outputs: frozenset[str] = frozenset()  # left out of a response when their stage was skipped
+    gathered_outputs: Mapping[str, tuple[str, float]] = field(default_factory=dict)  # a list made one tensor
 
     def stage(self, name: str) -> StageSpec:
         return next(s for s in self.stages if s.name == name)
@@ -99,6 +100,7 @@ def validate_pipeline(spec: PipelineSpec, models: Mapping[str, ModelSpec]) -> Pi
         maps={stage: Wire(*source) for stage, source in maps.items()},
         whens={stage: wire for stage, (wire,) in whens.items()},
         optional_outputs=_optional_outputs(where, spec, order, depends_on, whens, output_wires),
+        gathered_outputs=dict(spec.gathered_outputs),
     )
 
 
@@ -205,6 +207,9 @@ def _resolve_outputs(where: str, spec: PipelineSpec, stages: Mapping[str, StageS
         if wire.stage is None:
             raise PipelineError(f"{where}, output {name!r}: must come from a stage, not {source!r}")
         got = _source_spec(f"{where}, output {name!r}", wire, stages, models, {})
-        outputs.append(TensorSpec(name, got.datatype, got.shape))
+        shape = got.shape
+        if name in spec.gathered_outputs:  # a list's elements joined on their first dim, or stacked on a new one
+            shape = (-1, *got.shape[1:]) if spec.gathered_outputs[name][0] == "concat" else (-1, *got.shape)
+        outputs.append(TensorSpec(name, got.datatype, shape))
         wires[name] = wire
     return tuple(outputs), wires

@@ -56,12 +56,21 @@ def check_lists(where: str, spec: PipelineSpec, stages: Mapping[str, StageSpec],
                                      "so it cannot be declared a list")
                 continue
             _check_wire(here, name, source, model, lists)
+    _check_outputs(where, spec, lists)
+    return maps
+
+
+def _check_outputs(where: str, spec: PipelineSpec, lists: _Lists) -> None:
+    """A pipeline output from a list must say how it becomes one tensor; one from a tensor must not."""
     for name, output in spec.outputs.items():
         stage_name, _, tensor = output.partition(".")
-        if stage_name in stages and lists.carries_list(stage_name, tensor):
-            raise ValueError(f"{where}, output {name!r}: {output!r} is a list; pipeline outputs are tensors, "
-                             "so gather it into one in a python stage (an input declared list = true)")
-    return maps
+        is_list = stage_name in lists.stages and lists.carries_list(stage_name, tensor)
+        if is_list and name not in spec.gathered_outputs:
+            raise ValueError(f"{where}, output {name!r}: {output!r} is a list; pipeline outputs are tensors, so "
+                             "declare how to make it one ({ from, gather = \"concat\" or \"stack\", pad }) or "
+                             "gather it in a python stage (an input declared list = true)")
+        if not is_list and name in spec.gathered_outputs:
+            raise ValueError(f"{where}, output {name!r}: {output!r} is a tensor already; gather is for a list")
 
 
 def _mapped_source(here: str, stage: StageSpec, wires: Mapping[str, tuple[str | None, str]],

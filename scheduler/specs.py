@@ -146,7 +146,9 @@ class StageSpec:
 @dataclass(frozen=True, slots=True)
 class PipelineSpec:
     """A named DAG of stages, as written in config. `outputs` maps names to "STAGE.OUTPUT";
-    `optional_outputs` name those left out of a response when their stage was skipped (`when`)."""
+    `optional_outputs` name those left out of a response when their stage was skipped (`when`);
+    `gathered_outputs` those made of a list, name -> (how, pad value): "concat" joins the elements
+    on their first dim, "stack" on a new one, each padded with the value to the largest element."""
 
     name: str
     inputs: tuple[TensorSpec, ...]
@@ -154,3 +156,4 @@ class PipelineSpec:
     outputs: Mapping[str, str]
     description: str = ""
     optional_outputs: tuple[str, ...] = ()
+    gathered_outputs: Mapping[str, tuple[str, float]] = field(default_factory=dict)

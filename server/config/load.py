@@ -236,8 +236,10 @@ def _pipeline_spec(table: Any) -> PipelineSpec:
     inputs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in table.inputs)
     stages = tuple(StageSpec(s.name, s.model, dict(s.inputs), s.map, s.map_batch, s.when) for s in table.stages)
     outputs = {name: o if isinstance(o, str) else o.from_ for name, o in table.outputs.items()}
-    optional = tuple(name for name, o in table.outputs.items() if not isinstance(o, str) and o.optional)
-    return PipelineSpec(table.name, inputs, stages, outputs, table.description, optional)
+    tables = {name: o for name, o in table.outputs.items() if not isinstance(o, str)}
+    optional = tuple(name for name, o in tables.items() if o.optional)
+    gathered = {name: (o.gather, o.pad) for name, o in tables.items() if o.gather is not None}
+    return PipelineSpec(table.name, inputs, stages, outputs, table.description, optional, gathered)
 
 
 def _unique(source: str, what: str, names: list[str]) -> None:

@@ -258,6 +258,15 @@ class OutputTable(Table):
 
     from_: str = Field(alias="from", description='"STAGE.OUTPUT"')
     optional: bool = Field(False, description="left out of the response when its stage was skipped (`when`)")
+    gather: Literal["concat", "stack"] | None = Field(None, description=(
+        "a list made one tensor: its elements joined on their first dim (concat) or on a new one (stack)"))
+    pad: float = Field(0.0, allow_inf_nan=False, description="fills elements smaller than the largest, when gathered")
+
+    @model_validator(mode="after")
+    def _pad_needs_gather(self) -> OutputTable:
+        if self.pad and self.gather is None:
+            raise ValueError("pad is for a gathered output: give gather = \"concat\" or \"stack\" too")
+        return self
 
 
 class PipelineTable(Table):

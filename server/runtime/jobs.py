@@ -11,11 +11,13 @@ from typing import Any
 
 from numpy.typing import NDArray
 
+from heddle.backends.base import numpy_dtype
 from heddle.scheduler import Outcome, Request, RunState
 from heddle.scheduler.power_settings import PowerSource
 from heddle.scheduler.str_enum import StrEnum
 from heddle.server.power.energy import combine_sources
 from heddle.server.runtime.error_kind import ErrorKind
+from heddle.server.runtime.gathering import gather_list
 
 __all__ = ["Job", "JobResult", "StageStatus", "StageTiming", "TokenUpdate", "job_result", "stage_timing"]
 
@@ -115,7 +117,7 @@ def job_result(job: Job, outcome: Outcome, error: str, now: float,
     req = job.request
     outputs = {}
     if outcome is Outcome.OK:  # an optional output of a skipped stage is left out (scheduler/conditions.py)
-        outputs = {name: job.tensors[(w.stage, w.tensor)] for name, w in req.pipeline.output_wires.items()
+        outputs = {name: _output(job, name, w.stage, w.tensor) for name, w in req.pipeline.output_wires.items()
                    if w.stage is None or req.runs[w.stage].state is not RunState.SKIPPED}
     return JobResult(
         request_id=req.id, pipeline=req.pipeline.name, outcome=outcome, error=error,
@@ -126,6 +128,18 @@ def job_result(job: Job, outcome: Outcome, error: str, now: float,
         energy_source=combine_sources(src for _, src in job.energy.values()),
         retry_after_s=job.retry_after_s, events=tuple(job.events),
     )
+
+
+def _output(job: Job, name: str, stage: str | None, tensor: str) -> Any:
+    """A pipeline output: the stage's tensor, or a list made one as the pipeline declares (a map stage
+    over an empty list ran nothing: its list is [])."""
+    pipeline = job.request.pipeline
+    if name not in pipeline.gathered_outputs:
+        return job.tensors[(stage, tensor)]
+    how, pad = pipeline.gathered_outputs[name]
+    spec = next(t for t in pipeline.outputs if t.name == name)
+    items = job.tensors.get((stage, tensor), [])
+    return gather_list(items, how, pad, numpy_dtype(spec.datatype), spec.shape)
 
 
 def _run_names(req: Request) -> list[str]:

@@ -165,3 +165,45 @@ def test_list_wiring_mistakes_stop_the_start_naming_them(lin_path, change, messa
     change(doc)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         parse_test_document(doc)
+
+
+@pytest.mark.parametrize("count", [0, 4])
+def test_a_list_output_gathered_by_declaration_is_one_tensor(lin_path, count):
+    """outputs = { y = { from = "lin.y", gather = "concat" } }: no gather stage, the per-element
+    outputs joined on their first dim (0 rows for no element); KServe's metadata says [-1, 3]."""
+    doc = fan_document(lin_path)
+    p = doc["pipelines"][0]
+    p["stages"] = p["stages"][:2]
+    p["outputs"] = {"y": {"from": "lin.y", "gather": "concat"}}
+    with running_server(parse_test_document(doc)) as running:
+        result = infer(running, count)
+        shape = [list(t.shape) for t in running.server.runtime.config.pipelines["fan"].outputs]
+    want = np.concatenate([alone(lin_path, X[i:i + 1]) for i in range(count)]) if count else np.zeros((0, K))
+    np.testing.assert_allclose(result.outputs["y"], want, rtol=1e-5, atol=1e-6)
+    assert shape == [[-1, K]]
+
+
+def test_a_ragged_list_stacks_padded_with_the_declared_value(lin_path):
+    """gather = "stack" with pad = -1 over elements of 1, 2 and 3 rows: [3, 3, 3], each element's
+    rows first, then rows of -1."""
+    doc = fan_document(lin_path, split="stage_fns:ragged_rows_of")
+    p = doc["pipelines"][0]
+    p["stages"] = p["stages"][:2]
+    p["outputs"] = {"y": {"from": "lin.y", "gather": "stack", "pad": -1.0}}
+    with running_server(parse_test_document(doc)) as running:
+        y = infer(running, 3).outputs["y"]
+    assert y.shape == (3, 3, K)
+    for i in range(3):
+        np.testing.assert_allclose(y[i, :i + 1], alone(lin_path, X[:i + 1]), rtol=1e-5, atol=1e-6)
+        assert (y[i, i + 1:] == -1).all()
+
+
+@pytest.mark.parametrize(("outputs", "message"), [
+    ({"y": {"from": "gather.y", "gather": "concat"}}, "'gather.y' is a tensor already; gather is for a list"),
+    ({"y": {"from": "gather.y", "pad": 1.0}}, "pad is for a gathered output"),
+])
+def test_gather_declaration_mistakes_are_said(lin_path, outputs, message):
+    doc = fan_document(lin_path)
+    doc["pipelines"][0]["outputs"] = outputs
+    with pytest.raises(ConfigError, match=message):
+        parse_test_document(doc)
