@@ -50,6 +50,7 @@ class Pipeline:
     dependents: Mapping[str, tuple[str, ...]]  # stage -> downstream stages
     maps: Mapping[str, Wire] = field(default_factory=dict)  # map stage -> the list it fans out over
     whens: Mapping[str, Wire] = field(default_factory=dict)  # conditional stage -> the output it runs on
+    map_sorts: Mapping[str, Wire] = field(default_factory=dict)  # map stage -> its elements' sort keys
     optional_outputs: frozenset[str] = frozenset()  # left out of a response when their stage was skipped
     gathered_outputs: Mapping[str, tuple[str, float]] = field(default_factory=dict)  # a list made one tensor
 
@@ -74,9 +75,11 @@ def validate_pipeline(spec: PipelineSpec, models: Mapping[str, ModelSpec]) -> Pi
         stages[stage.name] = stage
     inputs = {t.name: t for t in spec.inputs}
     wires = {s.name: _wire_stage(where, s, models[s.model], stages, models, inputs) for s in spec.stages}
-    whens = {s.name: _when_wire(where, s, stages) for s in spec.stages if s.when}
-    depends_on = {  # a conditional stage waits for the output its `when` reads, wired or not
-        name: tuple(sorted({w.stage for w in (*ws.values(), *whens.get(name, ())) if w.stage is not None}))
+    whens = {s.name: _stage_wire(where, s, "when", stages) for s in spec.stages if s.when}
+    sorts = {s.name: _stage_wire(where, s, "map_sort", stages) for s in spec.stages if s.map_sort}
+    depends_on = {  # a stage waits for the outputs its `when` and `map_sort` read, wired or not
+        name: tuple(sorted({w.stage for w in (*ws.values(), *whens.get(name, ()), *sorts.get(name, ()))
+                            if w.stage is not None}))
         for name, ws in wires.items()
     }
     order = _topological_order(where, [s.name for s in spec.stages], depends_on)
@@ -99,15 +102,18 @@ def validate_pipeline(spec: PipelineSpec, models: Mapping[str, ModelSpec]) -> Pi
         dependents=dependents,
         maps={stage: Wire(*source) for stage, source in maps.items()},
         whens={stage: wire for stage, (wire,) in whens.items()},
+        map_sorts={stage: wire for stage, (wire,) in sorts.items()},
         optional_outputs=_optional_outputs(where, spec, order, depends_on, whens, output_wires),
         gathered_outputs=dict(spec.gathered_outputs),
     )
 
 
-def _when_wire(where: str, stage: StageSpec, stages: Mapping[str, StageSpec]) -> tuple[Wire]:
-    wire = parse_source(stage.when) if not stage.when.startswith(INPUT_PREFIX) else Wire(None, "")
+def _stage_wire(where: str, stage: StageSpec, key: str, stages: Mapping[str, StageSpec]) -> tuple[Wire]:
+    """The other stage's output a `when` or `map_sort` names."""
+    source = getattr(stage, key)
+    wire = parse_source(source) if not source.startswith(INPUT_PREFIX) else Wire(None, "")
     if wire.stage is None or wire.stage not in stages or wire.stage == stage.name:
-        raise PipelineError(f"{where}, stage {stage.name!r}: when = {stage.when!r} must name another stage's "
+        raise PipelineError(f"{where}, stage {stage.name!r}: {key} = {source!r} must name another stage's "
                             "output, 'STAGE.OUTPUT'")
     return (wire,)
 

@@ -37,8 +37,15 @@ def check_lists(where: str, spec: PipelineSpec, stages: Mapping[str, StageSpec],
         model = models[stage.model]
         if stage.map_batch < 1:
             raise ValueError(f"{here}: map_batch must be >= 1, not {stage.map_batch}")
-        if stage.map_batch != 1 and not stage.map:
-            raise ValueError(f"{here}: map_batch is for a map stage; give map = \"STAGE.OUTPUT\" too")
+        for key in ("map_batch", "map_sort"):
+            if getattr(stage, key) not in (1, "") and not stage.map:
+                raise ValueError(f"{here}: {key} is for a map stage; give map = \"STAGE.OUTPUT\" too")
+        for key in ("when", "map_sort"):  # the stage exists (dag.py); its output must too
+            source, _, tensor = getattr(stage, key).partition(".")
+            if source and models[stages[source].model].output(tensor) is None:
+                raise ValueError(f"{here}: {key} = {getattr(stage, key)!r}: stage {source!r} has no output {tensor!r}")
+        if stage.map_sort and lists.carries_list(*stage.map_sort.partition(".")[::2]):
+            raise ValueError(f"{here}: map_sort = {stage.map_sort!r} is a list; give a tensor of one key per element")
         if stage.map and model.kind == "llm":  # its generation state is one per stage of a request
             raise ValueError(f"{here}: a map stage cannot run an LLM (model {model.name!r}); map a python or "
                              "ONNX stage over the list, or gather it for the LLM")

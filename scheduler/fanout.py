@@ -100,6 +100,8 @@ def _gather(group: StageRun) -> None:
 def element_input_shape(run: StageRun, wire: Wire) -> Shape | None:
     """The shape an element run's mapped input has (its elements joined on the first dim), for
     batch signatures; None where an element's shape was not told or they differ past the first dim."""
+    if run.stage in run.request.pipeline.map_sorts:
+        return None  # its elements go by keys the core does not see: no signature to batch on
     listed = _list_shapes(run.request, wire)
     lo, hi = element_span(len(listed), run.request.pipeline.stage(run.stage).map_batch, run.element)
     shapes = [s for s in listed[lo:hi] if s]

@@ -130,7 +130,8 @@ class StageSpec:
 
     A source is "input:NAME" (a request input) or "STAGE.OUTPUT" (another stage's output).
     map: "STAGE.OUTPUT" of a list the stage fans out over (scheduler/fanout.py): it runs once per
-    `map_batch` elements, the input wired to that source getting them, and its outputs are lists.
+    `map_batch` elements, the input wired to that source getting them, and its outputs are lists;
+    with map_sort, the elements go to runs in the order of that output's keys (similar ones together).
     when: "STAGE.OUTPUT" that must be non-empty / true for the stage to run; else it is skipped, and
     every stage after it too (scheduler/conditions.py).
     """
@@ -141,6 +142,7 @@ class StageSpec:
     map: str = ""
     map_batch: int = 1
     when: str = ""
+    map_sort: str = ""  # "STAGE.OUTPUT": one key per element; runs take elements in key order
 
 
 @dataclass(frozen=True, slots=True)

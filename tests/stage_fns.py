@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "HANG_S", "WAIT_LIMIT_S", "barrier_branch", "boom", "burn_cpu", "calls", "crash", "gate", "gather_rows", "hang",
-    "join2", "nap_then_pid", "open_gate", "ragged_rows_of", "reset", "rows_as_array", "rows_of", "sleep_50ms",
-    "SAME_CALLS", "same", "stall_on_1", "tagged", "tail", "wait_for_call", "wait_for_file",
+    "HANG_S", "WAIT_LIMIT_S", "barrier_branch", "boom", "burn_cpu", "by_width", "calls", "crash", "gate",
+    "gather_rows", "hang", "join2", "nap_then_pid", "open_gate", "ragged_rows_of", "reset", "rows_as_array", "rows_of",
+    "sleep_50ms", "SAME_CALLS", "same", "stall_on_1", "tagged", "tail", "wait_for_call", "wait_for_file",
 ]
 
 # Safety net only: a stage never blocks longer than this, so a failing test cannot hang the suite.
@@ -229,3 +229,10 @@ def same(x: np.ndarray) -> dict[str, np.ndarray]:
     """x back, any shape; each call's row count recorded in SAME_CALLS (a skipped stage has none)."""
     SAME_CALLS.append(len(x))
     return {"y": x}
+
+
+def by_width(x: np.ndarray, count: np.ndarray) -> dict[str, object]:
+    """`count` elements of widths 4, 2, 4, 2, ... (element i: row i of x, cut), and their widths as
+    sort keys: elements of one width can share a run, of two cannot."""
+    parts = [x[i:i + 1, :4 if i % 2 == 0 else 2] for i in range(int(count[0]))]
+    return {"parts": parts, "widths": np.array([p.shape[1] for p in parts], np.int64)}

@@ -234,7 +234,8 @@ def _model_devices(where: str, table: Any, devices: tuple[DeviceSpec, ...]) -> t
 
 def _pipeline_spec(table: Any) -> PipelineSpec:
     inputs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in table.inputs)
-    stages = tuple(StageSpec(s.name, s.model, dict(s.inputs), s.map, s.map_batch, s.when) for s in table.stages)
+    stages = tuple(StageSpec(s.name, s.model, dict(s.inputs), s.map, s.map_batch, s.when, s.map_sort)
+                   for s in table.stages)
     outputs = {name: o if isinstance(o, str) else o.from_ for name, o in table.outputs.items()}
     tables = {name: o for name, o in table.outputs.items() if not isinstance(o, str)}
     optional = tuple(name for name, o in tables.items() if o.optional)

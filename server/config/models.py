@@ -249,6 +249,8 @@ class StageTable(Table):
     map: str = Field("", description='"STAGE.OUTPUT" of a list: the stage runs once per map_batch of its '
                                      "elements, its outputs gathered into lists in order (docs/CONFIG.md)")
     map_batch: int = Field(1, ge=1, description="elements per run of a map stage, joined on the first dim")
+    map_sort: str = Field("", description='"STAGE.OUTPUT": a tensor of one key per element; a map stage\'s '
+                                          "runs take the elements in key order (similar ones share a run)")
     when: str = Field("", description='"STAGE.OUTPUT": run only if it is non-empty / true, else skip this '
                                       "stage and every stage after it (docs/CONFIG.md)")
 

@@ -36,12 +36,21 @@ def _tensor(job: Job, stage: str | None, tensor: str) -> Any:
     return job.tensors[(stage, tensor)]
 
 
-def _elements(job: Job, run: StageRun) -> tuple[Sequence[Array], int, int]:
-    """The list the element run's stage maps over, and the span [lo, hi) this run takes of it."""
-    mapped = job.request.pipeline.maps[run.stage]
+def _elements(job: Job, run: StageRun) -> tuple[Sequence[Array], Sequence[int]]:
+    """The list the element run's stage maps over, and the positions in it this run takes: the
+    run's span of the list, or of the list in its map_sort keys' order."""
+    pipeline = job.request.pipeline
+    mapped = pipeline.maps[run.stage]
     items: Sequence[Array] = _tensor(job, mapped.stage, mapped.tensor)
-    lo, hi = element_span(len(items), job.request.pipeline.stage(run.stage).map_batch, run.element)
-    return items, lo, hi
+    lo, hi = element_span(len(items), pipeline.stage(run.stage).map_batch, run.element)
+    sort = pipeline.map_sorts.get(run.stage)
+    if sort is None:
+        return items, range(lo, hi)
+    keys = np.asarray(job.tensors[(sort.stage, sort.tensor)]).reshape(-1)
+    if len(keys) != len(items):
+        raise BackendError(f"stage {run.stage!r}: map_sort {sort.stage}.{sort.tensor} has {len(keys)} keys for "
+                           f"{len(items)} elements of {mapped.stage}.{mapped.tensor}")
+    return items, [int(i) for i in np.argsort(keys, kind="stable")[lo:hi]]
 
 
 def run_inputs(job: Job, run: StageRun) -> dict[str, Any]:
@@ -52,17 +61,17 @@ def run_inputs(job: Job, run: StageRun) -> dict[str, Any]:
     if run.element < 0:
         return inputs
     mapped = job.request.pipeline.maps[run.stage]
-    items, lo, hi = _elements(job, run)
+    items, positions = _elements(job, run)
     for name, w in wires.items():
         if w != mapped:
             inputs[name] = _tensor(job, w.stage, w.tensor)
-        elif hi - lo == 1:
-            inputs[name] = items[lo]
+        elif len(positions) == 1:
+            inputs[name] = items[positions[0]]
         else:
             try:
-                inputs[name] = np.concatenate(items[lo:hi], axis=0)
+                inputs[name] = np.concatenate([items[p] for p in positions], axis=0)
             except ValueError as exc:
-                raise BackendError(f"stage {run.stage!r}: elements {lo}..{hi - 1} of {w.stage}.{w.tensor} cannot "
+                raise BackendError(f"stage {run.stage!r}: elements {list(positions)} of {w.stage}.{w.tensor} cannot "
                                    f"share a run (map_batch joins them on the first dim): {exc}") from None
     return inputs
 
@@ -75,16 +84,16 @@ def store_outputs(job: Job, run: StageRun, outputs: Mapping[str, Any]) -> None:
         for name, value in outputs.items():
             job.tensors[(run.stage, name)] = value
         return
-    items, lo, hi = _elements(job, run)
-    if hi - lo == 1:
+    items, positions = _elements(job, run)
+    if len(positions) == 1:
         parts: Sequence[Mapping[str, Array]] = [outputs]
     else:
-        parts = split_outputs(outputs, [_rows(item) for item in items[lo:hi]])
+        parts = split_outputs(outputs, [_rows(items[p]) for p in positions])
     for name in outputs:
         gathered = job.tensors.get((run.stage, name))
         if gathered is None:
             gathered = job.tensors[(run.stage, name)] = [None] * len(items)
-        for i, part in zip(range(lo, hi), parts, strict=True):
+        for i, part in zip(positions, parts, strict=True):
             gathered[i] = part[name]
 
 

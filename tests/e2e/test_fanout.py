@@ -157,6 +157,9 @@ def test_a_stage_that_returns_no_list_for_a_list_output_fails_naming_it(lin_path
     (lambda d: d["pipelines"][0].update(outputs={"y": "lin.y"}), "output 'y': 'lin.y' is a list"),
     (lambda d: d["models"][2]["inputs"][0].pop("list"), "stage 'gather', input 'parts': 'lin.y' is a list"),
     (lambda d: d["pipelines"][0]["stages"][2].update(map_batch=2), "map_batch is for a map stage"),
+    (lambda d: d["pipelines"][0]["stages"][2].update(map_sort="split.parts"), "map_sort is for a map stage"),
+    (lambda d: d["pipelines"][0]["stages"][1].update(map_sort="split.nope"), "stage 'split' has no output 'nope'"),
+    (lambda d: d["pipelines"][0]["stages"][1].update(map_sort="split.parts"), "map_sort = 'split.parts' is a list"),
 ])
 def test_list_wiring_mistakes_stop_the_start_naming_them(lin_path, change, message):
     """A list reaches a stage only as its mapped input or an input declared a list; pipeline
@@ -207,3 +210,35 @@ def test_gather_declaration_mistakes_are_said(lin_path, outputs, message):
     doc["pipelines"][0]["outputs"] = outputs
     with pytest.raises(ConfigError, match=message):
         parse_test_document(doc)
+
+
+def _sorted_doc(lin_path: str, sort: bool) -> dict:
+    """by_width's elements (widths 4, 2, 4, 2) through a python map stage two at a time, in width
+    order when `sort`, stacked into the output padded with 0."""
+    doc = fan_document(lin_path, split="stage_fns:by_width")
+    doc["models"][0]["outputs"] = [{**tensor("parts", shape=(-1, -1)), "list": True}, tensor("widths", "INT64", (-1,))]
+    doc["models"].append(python_model("same", "stage_fns:same", [tensor("x", shape=(-1, -1))],
+                                      [tensor("y", shape=(-1, -1))]))
+    p = doc["pipelines"][0]
+    p["stages"] = [p["stages"][0], {**map_stage("each", "same", "split.parts", map_batch=2, x="split.parts"),
+                                    **({"map_sort": "split.widths"} if sort else {})}]
+    p["outputs"] = {"y": {"from": "each.y", "gather": "stack"}}
+    return doc
+
+
+def test_map_sort_puts_elements_of_one_key_in_a_run_and_gathers_in_list_order(lin_path):
+    """map_sort = "split.widths" with map_batch 2 over widths 4, 2, 4, 2: two runs of two rows,
+    each of one width (without it the first run would join widths 4 and 2 and fail); the outputs
+    come back in list order."""
+    import stage_fns
+
+    stage_fns.SAME_CALLS.clear()
+    with running_server(parse_test_document(_sorted_doc(lin_path, sort=True))) as running:
+        y = infer(running, 4).outputs["y"]
+    assert stage_fns.SAME_CALLS == [2, 2]
+    for i in range(4):
+        width = 4 if i % 2 == 0 else 2
+        np.testing.assert_array_equal(y[i, :, :width], X[i:i + 1, :width])
+    with running_server(parse_test_document(_sorted_doc(lin_path, sort=False))) as running, pytest.raises(
+            Exception, match="cannot share a run"):
+        infer(running, 4)

@@ -80,7 +80,7 @@ MISSPELLED = {
                       "pipeline 'p': unknown key 'descripton' (did you mean 'description'?)"),
     "pipeline stage": (config(stage=", priorty = 3"),
                        "pipeline 'p' stage 's': unknown key 'priorty'; "
-                       "known: ['inputs', 'map', 'map_batch', 'model', 'name', 'when']"),
+                       "known: ['inputs', 'map', 'map_batch', 'map_sort', 'model', 'name', 'when']"),
     "top level": (config() + '[[modles]]\nname = "x"\n', "unknown table 'modles' (did you mean 'models'?)"),
 }
 
