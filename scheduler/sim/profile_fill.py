@@ -19,7 +19,7 @@ from dataclasses import replace
 from heddle.scheduler.profiles import ProfileEntry
 from heddle.scheduler.sim.tracefile import MeasuredProfile
 
-__all__ = ["bandwidth_wait_s", "fill_missing", "load_factors", "utilisation"]
+__all__ = ["bandwidth_wait_s", "fill_missing", "load_factors", "spread_factors", "utilisation"]
 
 
 def load_factors(measured: MeasuredProfile, isolated: MeasuredProfile) -> dict[str, float]:
@@ -57,19 +57,38 @@ def bandwidth_wait_s(measured: MeasuredProfile, bandwidth: Mapping[str, tuple[fl
     return {d: busy.get(d, 0.0) * (1 - share) * period_s for d, (share, period_s) in sorted(bandwidth.items())}
 
 
+def spread_factors(measured: MeasuredProfile, isolated: MeasuredProfile) -> dict[str, float]:
+    """Per device, how much wider its runs' spread was under load: summed (tail - mean) under load over
+    summed (tail - mean) alone, on the models both measured at level 0 (at least 1; 1 where none):
+    a load that stalls a device now and then widens every model's tail there, not only its mean."""
+    under: dict[str, float] = {}
+    alone: dict[str, float] = {}
+    for (model, device, level), entry in measured.entries.items():
+        base = isolated.entries.get((model, device, level))
+        if level == 0 and base is not None and entry.tail_s is not None and base.tail_s is not None:
+            under[device] = under.get(device, 0.0) + max(0.0, entry.tail_s - entry.latency_s)
+            alone[device] = alone.get(device, 0.0) + max(0.0, base.tail_s - base.latency_s)
+    return {d: max(1.0, under[d] / alone[d]) if alone.get(d) else 1.0 for d in sorted(under)}
+
+
 def fill_missing(measured: MeasuredProfile, isolated: MeasuredProfile,
                  bandwidth: Mapping[str, tuple[float, float]] | None = None) -> MeasuredProfile:
     """`measured` plus every (model, device, level) only `isolated` has, its time (mean, tail and each
-    sample) times the device's load factor, plus on a capped device (the trace's `bandwidth`) the wait
-    the load adds to a run within one period's quota (a longer run was throttled alone too: it gets the
-    quota's share of the wait); its power as measured alone."""
+    sample) slowed by the device's load factor and spread by its spread factor, plus on a capped device
+    (the trace's `bandwidth`) the wait the load adds to a run within one period's quota (a longer run
+    was throttled alone too: it gets the quota's share of the wait); its power as measured alone."""
     bandwidth = bandwidth or {}
     factors, waits = load_factors(measured, isolated), bandwidth_wait_s(measured, bandwidth)
+    spreads = spread_factors(measured, isolated)
 
     def under_load(key: tuple[str, str, int], alone_s: float) -> float:
         share, period_s = bandwidth.get(key[1], (1.0, 1.0))
         quota_s = share * period_s
-        return alone_s * factors.get(key[1], 1.0) + waits.get(key[1], 0.0) * min(1.0, quota_s / max(alone_s, 1e-9))
+        mean_s = isolated.entries[key].latency_s
+        # The mean slows by the load factor; a run's distance from it widens by the spread factor
+        # (a run below the mean is never made faster than it ran alone).
+        slowed = max(alone_s, mean_s * factors.get(key[1], 1.0) + (alone_s - mean_s) * spreads.get(key[1], 1.0))
+        return slowed + waits.get(key[1], 0.0) * min(1.0, quota_s / max(alone_s, 1e-9))
 
     entries, samples = dict(measured.entries), dict(measured.samples)
     for key, base in isolated.entries.items():

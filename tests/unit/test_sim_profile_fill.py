@@ -63,3 +63,19 @@ def test_the_trace_header_says_which_devices_are_under_a_bandwidth_cap():
     trace = parse_trace(URGENT.replace('"devices": [{"id": "d0", "kind": "cpu", "backend": "onnxruntime", '
                                        '"slots": 1}]', '"devices": ' + json.dumps(devices)))
     assert trace.bandwidth == {"d0": (0.58, 0.02)}
+
+
+def test_a_filled_pair_gets_the_wider_spread_the_load_gave_the_device():
+    """Under load d0's model `a` had a 20 ms mean and a 40 ms tail (spread 20 ms) against 10 / 11 ms alone
+    (spread 1 ms): the missing `c` (mean 2 ms, a 3 ms run) is slowed 2x and its 1 ms distance from the mean
+    widens 20x: 4 + 20 = 24 ms; a run below the mean is never faster than alone."""
+    under = parse_profile({**_profile({("a", "d0"): 0.020}), "entries": [
+        {"model": "a", "device": "d0", "level": 0, "latency_s": 0.020, "tail_s": 0.040, "samples_s": [0.02] * 4}]})
+    alone = parse_profile({**_profile({("a", "d0"): 0.010}), "entries": [
+        {"model": "a", "device": "d0", "level": 0, "latency_s": 0.010, "tail_s": 0.011, "samples_s": [0.01] * 4},
+        {"model": "c", "device": "d0", "level": 0, "latency_s": 0.002, "tail_s": 0.003,
+         "samples_s": [0.001, 0.002, 0.003]}]})
+    filled = fill_missing(under, alone)
+    assert filled.entries[("c", "d0", 0)].latency_s == pytest.approx(0.004)
+    assert filled.entries[("c", "d0", 0)].tail_s == pytest.approx(0.024)
+    assert filled.samples[("c", "d0", 0)] == pytest.approx((0.001, 0.004, 0.024))
