@@ -38,9 +38,10 @@ serve: install
 test: install-test lint
 	$(BIN)/python -m pytest $(ARGS)
 
-# While you work: the suite without the tests marked slow or triton (no tritonserver starts), no lint.
+# While you work: the suite without the tests marked slow or triton (no tritonserver starts), no lint,
+# on two worker processes (pytest-xdist). make test stays one process, as CI runs it.
 test-fast: install-test
-	$(BIN)/python -m pytest -q -m "not slow and not triton" $(ARGS)
+	$(BIN)/python -m pytest -q -m "not slow and not triton" -n 2 $(ARGS)
 
 # ruff (pyproject's [tool.ruff]), mypy strict on scheduler/ and server/runtime/ (tools/typecheck.py),
 # hadolint on the images.

@@ -59,6 +59,7 @@ def test_acceptance_compares_twill_with_the_best_baseline_on_seed_means():
     assert out["per_policy"]["twill"]["loadavg_1m"]["mean"] == 2.5
 
 
+@pytest.mark.slow  # draws its plot with matplotlib
 def test_summary_has_the_live_table_with_the_spread_and_its_plot(tmp_path: Path):
     """SUMMARY.md's section 7 has a row per policy (mean ± std over seeds), and a plot when matplotlib is here."""
     params = {"seeds": [1, 2], "duration_s": 60.0, "rounds": 3, "fps": 20.0, "deadline_ms": 40.0, "concurrency": 8}

@@ -24,7 +24,7 @@ def platform():
     return load_platform(str(EXAMPLES / "platform.toml"))
 
 
-@pytest.mark.parametrize("policy", ["fcfs", "twill"])
+@pytest.mark.parametrize("policy", ["fcfs", pytest.param("twill", marks=pytest.mark.slow)])  # twill: ~3 s
 def test_each_region_is_a_classifier_run_and_the_alarm_runs_as_drawn(platform, policy):
     """docs/sim/fanout.toml: the classifier runs exactly once per drawn region of every camera frame
     plus once per alarm whose `when` held; the draws average near the scenario's means (4 regions,
