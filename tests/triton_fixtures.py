@@ -183,7 +183,10 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonSe
     if _shared["server"] is None:
         root = tmp_path_factory.mktemp("triton")
         build_repository(root / "repo", root / "models")
-        _shared["server"] = TritonServer(root / "repo", work_dir=root / "work").start()
+        # 180 s, not the launcher's 60: loading every zoo and probe model (python backends, a stub
+        # process each) on a 2-core box busy with the rest of the suite has taken past 60 s, and
+        # then every Triton test of the session fails at once.
+        _shared["server"] = TritonServer(root / "repo", work_dir=root / "work", ready_timeout_s=180.0).start()
     _shared["users"] += 1
     try:
         yield _shared["server"]
