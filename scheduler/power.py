@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from heddle.scheduler.plan import PowerAction, PowerActionKind, SetLevel
+from heddle.scheduler.plan import PowerAction, SetLevel
+from heddle.scheduler.power_ladder import PowerLadder, Step
 from heddle.scheduler.power_settings import (
     BOARD,
     LevelPower,
@@ -29,7 +30,6 @@ from heddle.scheduler.power_settings import (
     PowerSource,
     box_power_w,
 )
-from heddle.scheduler.profiles import device_speed
 from heddle.scheduler.state import RunState
 
 if TYPE_CHECKING:
@@ -47,45 +47,7 @@ _HARD_LIMIT = 1.05
 _TOP_MEMORY_S = 2.0  # a device that ran top-class work this recently still counts as serving it
 
 
-class _Step:
-    """What one control step may read of the core, computed once and only when acting."""
-
-    def __init__(self, view: CoreView, devices: Sequence[str], busy: Mapping[str, float], top: int,
-                 recent_top: frozenset[str] = frozenset()) -> None:
-        self.busy = busy
-        self.speed = {d: device_speed(view.devices[d]) for d in devices}
-        self.urgency: dict[str, int] = {}
-        self.priorities: dict[str, list[int]] = {}
-        for d in devices:
-            running = [r.request.priority for r in view.running(d)]
-            queued = [(r.request.priority, r.state is RunState.READY) for r in view.queued(d)]
-            self.priorities[d] = running + [q for q, _ in queued]
-            # Frozen work is not urgent: it waits for power whatever this device's level.
-            self.urgency[d] = min(max(running + [q for q, ready in queued if ready], default=0), top)
-            if d in recent_top:  # served the top class moments ago: an idle gap between frames
-                self.urgency[d] = top
-        self.queued = {d: bool(view.queued(d)) for d in devices}
-        self.running_low = {d: [r.request.priority for r in view.running(d)] for d in devices}
-        # Classes below the top with a request in flight (their work may reach any device next),
-        # lowest first: the only ones freezing or refusing one by one can help.
-        self.present = sorted({r.priority for r in view.active_requests() if r.priority < top})
-
-    def low_share(self, device: str, p: int) -> float:
-        """Share of the device's running work of priority <= p: what freezing p would save."""
-        running = self.running_low[device]
-        return sum(q <= p for q in running) / len(running) if running else 0.0
-
-    def has_work(self, device: str, p: int) -> bool:
-        return any(q <= p for q in self.priorities[device])
-
-    def slows(self, device: str, level: int) -> bool:
-        """Does `level` run slower than `level - 1` (the device's declared clocks)? Virtual
-        DVFS with no clock table does not: lowering it costs no latency, raising gains none."""
-        speed = self.speed[device]
-        return speed.clock(level) < speed.clock(level - 1)
-
-
-class PowerController:
+class PowerController(PowerLadder):
     """One step per control period; budgets can change at run time (`set_budget`)."""
 
     def __init__(self, settings: PowerSettings, models: Mapping[str, LevelPower],
@@ -216,7 +178,7 @@ class PowerController:
         self._last_relax_s = now
         return [action]
 
-    def _rebalance(self, step: _Step) -> list[SetLevel | PowerAction]:
+    def _rebalance(self, step: Step) -> list[SetLevel | PowerAction]:
         """Between the thresholds: when work moved, give a level back to a device now serving
         the top class, taken from one that does not, if that does not add power."""
         slowed = [d for d in self.devices if self.levels[d] > 0 and step.urgency[d] >= self.top
@@ -264,125 +226,8 @@ class PowerController:
                            self.domain_w.get(device, 0.0)))
         return scopes
 
-    def _context(self, view: CoreView, busy: Mapping[str, float] | None) -> _Step:
+    def _context(self, view: CoreView, busy: Mapping[str, float] | None) -> Step:
         if busy is None:
             busy = {d: 1.0 if any(True for _ in view.running(d)) else 0.0 for d in self.devices}
         recent = frozenset(d for d, t in self._top_seen.items() if self._now - t <= _TOP_MEMORY_S)
-        return _Step(view, self.devices, {d: busy.get(d, 0.0) for d in self.devices}, self.top, recent)
-
-    # ---- escalation and its undo ----------------------------------------------------
-    def _escalate(self, devices: list[str], step: _Step, why: str, is_box: bool) -> list[SetLevel | PowerAction]:
-        """One rung up; refusing classes with nothing in flight saves no power now, so it goes
-        with the next rung in the same period instead of spending one."""
-        device = self._to_lower(devices, step, lambda d: step.urgency[d] < self.top
-                                or not step.slows(d, self.levels[d] + 1))
-        if device is not None:
-            return [self._set_level(device, self.levels[device] + 1, step, why)]
-        for p in step.present:
-            # Freeze the class device by device (those running or holding it first); once every
-            # device holds it, refuse its new requests too; then the next class up.
-            candidates = [d for d in devices if self.freeze[d] < p]
-            if candidates:
-                device = min(candidates, key=lambda d: (not step.has_work(d, p), -self._freeze_saving_w(d, p, step),
-                                                        step.urgency[d], self._order[d]))
-                return [self._set_freeze(device, p, step, why)]
-            if is_box and self.refuse < p:
-                self.refuse = p
-                return [PowerAction(PowerActionKind.REFUSE, "box", p, why)]
-        actions: list[SetLevel | PowerAction] = []
-        if is_box and self.refuse < self.top - 1:  # nothing below the top left to hold: refuse it all
-            self.refuse = self.top - 1
-            actions.append(PowerAction(PowerActionKind.REFUSE, "box", self.top - 1, why))
-        device = self._to_lower(devices, step, lambda d: True)
-        if device is not None:
-            actions.append(self._set_level(device, self.levels[device] + 1, step, why))
-        return actions
-
-    def _relax(self, step: _Step, why: str) -> SetLevel | PowerAction | None:
-        """Undo the last rung of the ladder: top-class devices' levels, then classes from the
-        highest (readmit, then unfreeze device by device), then the other devices' levels."""
-        # Only where the level really slowed the top class down; other raises come last.
-        hurt = [d for d in self.devices
-                if self.levels[d] and step.urgency[d] >= self.top and step.slows(d, self.levels[d])]
-        if hurt:
-            return self._to_raise(hurt, step, why)
-        thresholds = sorted({self.refuse, *self.freeze.values()} - {0}, reverse=True)
-        if thresholds:  # the highest class held: readmit it, then unfreeze it device by device
-            p = thresholds[0]
-            below = max((c for c in step.present if c < p), default=0)
-            if self.refuse >= p:
-                self.refuse = below
-                return PowerAction(PowerActionKind.READMIT, "box", p, why)
-            for device in sorted((d for d in self.devices if self.freeze[d] >= p),
-                                 key=lambda d: (-step.urgency[d], self._order[d])):
-                model, level = self.models[device], self.levels[device]
-                # As if it went from idle to busy: its busy share now may be work that comes
-                # and goes (top-class frames), and the frozen backlog would fill the rest.
-                extra_w = model.busy_w(level) - model.idle_w
-                if self._fits(device, extra_w):
-                    return self._set_freeze(device, below, step, why, extra_w)
-            return None  # in order: nothing below this class is undone first
-        return self._to_raise(self.devices, step, why)
-
-    def _to_lower(self, devices: list[str], step: _Step, allowed: Callable[[str], bool]) -> str | None:
-        candidates = [(step.urgency[d], -self._saving_w(d, step), self._order[d], d) for d in devices
-                      if allowed(d) and self.levels[d] < self.level_counts[d] - 1 and self._saving_w(d, step) > 0]
-        return min(candidates)[3] if candidates else None
-
-    def _to_raise(self, devices: list[str], step: _Step, why: str) -> SetLevel | None:
-        for device in sorted((d for d in devices if self.levels[d] > 0),
-                             key=lambda d: (-step.urgency[d], self._order[d])):
-            model, level = self.models[device], self.levels[device]
-            extra_w = model.busy_w(level - 1) - model.busy_w(level)  # as if busy throughout
-            if self._fits(device, extra_w):
-                return self._set_level(device, level - 1, step, why, extra_w)
-        return None
-
-    def _freeze_saving_w(self, device: str, p: int, step: _Step) -> float:
-        """What freezing class <= p on the device saves now: its busy power for the share of its
-        running work of those classes."""
-        model, level = self.models[device], self.levels[device]
-        return step.busy[device] * (model.busy_w(level) - model.idle_w) * step.low_share(device, p)
-
-    def _saving_w(self, device: str, step: _Step) -> float:
-        model, level = self.models[device], self.levels[device]
-        return step.busy[device] * (model.busy_w(level) - model.busy_w(level + 1))
-
-    def _fits(self, device: str, extra_w: float) -> bool:
-        """Would an undo adding extra_w keep the smoothed power under the middle of the band,
-        and the highest reading of the peak window under the budget itself? (Bursts of work
-        that is never frozen, such as top-class frames, come back: leave room for them.)"""
-        bar = (self.settings.low + self.settings.high) / 2
-        checks = []
-        if self.budget_w is not None and self.smoothed_w is not None:
-            checks.append((self.smoothed_w, max(box for _, box, _ in self._recent) if self._recent else 0.0,
-                           self.budget_w))
-        dev_budget, dev_w = self.device_budget_w.get(device), self.smoothed_domain_w.get(device)
-        if dev_budget is not None and dev_w is not None:
-            checks.append((dev_w, max((d.get(device, 0.0) for _, _, d in self._recent), default=0.0), dev_budget))
-        return all(smoothed + extra_w <= bar * budget and peak + extra_w <= budget
-                   for smoothed, peak, budget in checks)
-
-    def _set_level(self, device: str, level: int, step: _Step, why: str, extra_w: float | None = None) -> SetLevel:
-        if extra_w is None:  # lowering: what it saves
-            extra_w = -self._saving_w(device, step)
-        self.levels[device] = level
-        self._feed_forward(device, extra_w)
-        return SetLevel(device, level, why)
-
-    def _set_freeze(self, device: str, p: int, step: _Step, why: str, extra_w: float | None = None) -> PowerAction:
-        if extra_w is None:
-            extra_w = -self._freeze_saving_w(device, p, step)
-        old = self.freeze[device]
-        self.freeze[device] = p
-        self._feed_forward(device, extra_w)
-        return PowerAction(PowerActionKind.FREEZE, device, p, why) if p > old else PowerAction(
-            PowerActionKind.UNFREEZE, device, old, why)
-
-    def _feed_forward(self, device: str, extra_w: float) -> None:
-        """Move the smoothed power by what an action is predicted to change at once, so the
-        next step does not act again on a reading that predates this one (no windup)."""
-        if self.smoothed_w is not None:
-            self.smoothed_w = max(0.0, self.smoothed_w + extra_w)
-        if device in self.smoothed_domain_w:
-            self.smoothed_domain_w[device] = max(0.0, self.smoothed_domain_w[device] + extra_w)
+        return Step(view, self.devices, {d: busy.get(d, 0.0) for d in self.devices}, self.top, recent)
