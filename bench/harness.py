@@ -99,6 +99,17 @@ def write_config(path: Path, doc: Mapping[str, Any]) -> Path:
 
 # --- server processes ---------------------------------------------------------------------------
 
+def set_niceness(nice: int) -> int:
+    """This process's niceness (children inherit it: other work on a shared box then disturbs a
+    measurement less); below 0 needs root, and without it the run goes on at the current one,
+    said on stderr. Returns the niceness in effect."""
+    try:
+        os.nice(nice - os.nice(0))
+    except PermissionError:
+        print(f"cannot set niceness {nice} (not root); running at {os.nice(0)}", file=sys.stderr)
+    return os.nice(0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from bench import policies_live as pl
-from bench.harness import HEDDLE, free_port, machine_info, results_path, save_report, server_process
+from bench.harness import HEDDLE, free_port, machine_info, results_path, save_report, server_process, set_niceness
 from bench.live_eval_figures import live_policy_figures, print_summary, summarise
 from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.loadgen import RequestRecord, run_load
@@ -229,10 +229,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        os.nice(args.nice - os.nice(0))  # children inherit it
-    except PermissionError:
-        print(f"cannot set niceness {args.nice} (not root); running at {os.nice(0)}", file=sys.stderr)
+    set_niceness(args.nice)
     out = results_path("live_eval.json", args.out)
     work = Path(args.resimulate) if args.resimulate else out.parent / "live_eval-work"  # git-ignored
     work.mkdir(parents=True, exist_ok=True)

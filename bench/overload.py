@@ -48,6 +48,7 @@ from bench.harness import (
     results_path,
     save_report,
     server_process,
+    set_niceness,
     write_config,
 )
 from bench.load_workers import run_by_class
@@ -275,11 +276,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        os.nice(args.nice - os.nice(0))  # the servers inherit it: other work on a shared box disturbs less
-    except PermissionError:
-        print(f"cannot set niceness {args.nice} (not root); running at {os.nice(0)}", file=sys.stderr)
-    args.nice = os.nice(0)
+    args.nice = set_niceness(args.nice)
     out = results_path("overload.json", args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     base, capacity, modes = load_scenario(args.scenario), None, {}

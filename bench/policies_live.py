@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import time
@@ -52,6 +51,7 @@ from bench.harness import (
     results_path,
     save_report,
     server_process,
+    set_niceness,
 )
 from bench.policies_compare import (
     BACKGROUND_PRIORITY,
@@ -336,11 +336,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        os.nice(args.nice - os.nice(0))  # children inherit it
-    except PermissionError:
-        print(f"cannot set niceness {args.nice} (not root); running at {os.nice(0)}", file=sys.stderr)
-    args.nice = os.nice(0)
+    args.nice = set_niceness(args.nice)
     out = results_path("policies_live.json", args.out)
     work = out.parent / "policies_live-work"  # models, traces, records: git-ignored
     work.mkdir(parents=True, exist_ok=True)

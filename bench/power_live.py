@@ -45,7 +45,7 @@ import numpy as np
 import tomllib
 
 from bench import policies_live as pl
-from bench.harness import CPU_PROVIDERS, ROOT, bench_module, machine_info, results_path, save_report
+from bench.harness import CPU_PROVIDERS, ROOT, bench_module, machine_info, results_path, save_report, set_niceness
 from bench.power_budget import InProcessServer
 from bench.power_live_figures import arm_figures, print_summary, summarise
 from heddle.scheduler.policies import POLICIES
@@ -230,10 +230,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        os.nice(args.nice - os.nice(0))
-    except PermissionError:
-        print(f"cannot set niceness {args.nice} (not root); running at {os.nice(0)}", file=sys.stderr)
+    set_niceness(args.nice)
     out = results_path("power_live.json", args.out)
     work = out.parent / "power_live-work"  # records, periods, models: git-ignored
     work.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from bench.harness import (
     results_path,
     save_report,
     server_process,
+    set_niceness,
 )
 from bench.load_workers import run_by_class
 from bench.overload import GAUGE_KEYS, settle
@@ -117,11 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        os.nice(args.nice - os.nice(0))
-    except PermissionError:
-        print(f"cannot set niceness {args.nice} (not root); running at {os.nice(0)}", file=sys.stderr)
-    args.nice = os.nice(0)
+    args.nice = set_niceness(args.nice)
     out = results_path("soak.json", args.out)
     work = out.parent / "soak-work"  # server log and load records: git-ignored
     work.mkdir(parents=True, exist_ok=True)
