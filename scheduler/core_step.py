@@ -111,6 +111,12 @@ class CoreStep(CoreReads):
         if self.power is not None and self.power.freezing:  # nor take work frozen on this device
             frozen_max = self.power.freeze_max(device)
             pool = [r for r in pool if r.request.priority > frozen_max]
+            # Work frozen where it is queued but not here: the class was released on this device
+            # (a slower one, or one whose busy power fits the budget), and it would otherwise wait
+            # for its own device's release however long this one stands idle.
+            pool += [r for other, queue in self._queues.items() if other != device and self._num_frozen
+                     for r in queue if r.state is RunState.FROZEN and r.request.priority > frozen_max
+                     and device in self.eligible_devices(r.model)]
         return pool
 
     def _start(self, run: StageRun, device: str, now: float) -> Dispatch:
@@ -122,6 +128,7 @@ class CoreStep(CoreReads):
         if queued != device:
             self._log_migrated.append(Migrate(run.request.id, run.name, queued, device))
         run.device = device
+        self._num_frozen -= run.state is RunState.FROZEN  # taken from where its class is frozen
         run.state = RunState.RUNNING
         run.started_s = now
         run.level = self._levels[device]

@@ -9,7 +9,8 @@ design). One step per control period, along a ladder ordered by cost; undone in 
      device (least urgent first); then refuse new requests of p at admission;
   3. lower the levels of the devices left (those serving the top class).
 The top class is never frozen or refused by power. An undo must fit: predicted power after
-it under the middle of the band, and the highest recent reading plus it under the budget.
+it under the middle of the band, and the highest recent reading plus it under the budget; a
+class that fits nowhere at the devices' levels is released on a device slowed until it does.
 """
 
 from __future__ import annotations
@@ -171,12 +172,11 @@ class PowerController(PowerLadder):
             return []
         if now - self._last_escalate_s > 20 * self._dwell * self.settings.period_s:
             self._dwell = max(self.settings.relax_periods, self._dwell // 2)  # stable again: back off less
-        action = self._relax(self._context(view, busy), "power below the relax threshold")
-        if action is None:
-            return []
-        self._calm = self._steady = 0
-        self._last_relax_s = now
-        return [action]
+        actions = self._relax(self._context(view, busy), "power below the relax threshold")
+        if actions:
+            self._calm = self._steady = 0
+            self._last_relax_s = now
+        return actions
 
     def _rebalance(self, step: Step) -> list[SetLevel | PowerAction]:
         """Between the thresholds: when work moved, give a level back to a device now serving

@@ -104,31 +104,47 @@ class PowerLadder:
             actions.append(self._set_level(device, self.levels[device] + 1, step, why))
         return actions
 
-    def _relax(self, step: Step, why: str) -> SetLevel | PowerAction | None:
+    def _relax(self, step: Step, why: str) -> list[SetLevel | PowerAction]:
         """Undo the last rung of the ladder: top-class devices' levels, then classes from the
         highest (readmit, then unfreeze device by device), then the other devices' levels."""
         # Only where the level really slowed the top class down; other raises come last.
         hurt = [d for d in self.devices
                 if self.levels[d] and step.urgency[d] >= self.top and step.slows(d, self.levels[d])]
-        if hurt:
-            return self._to_raise(hurt, step, why)
+        raised = self._to_raise(hurt, step, why)
+        if raised is not None:
+            return [raised]
+        # A raise that does not fit now would not fit with the class below released either (it
+        # is checked as if busy throughout): holding that class back gains the top class nothing.
         thresholds = sorted({self.refuse, *self.freeze.values()} - {0}, reverse=True)
-        if thresholds:  # the highest class held: readmit it, then unfreeze it device by device
-            p = thresholds[0]
-            below = max((c for c in step.present if c < p), default=0)
-            if self.refuse >= p:
-                self.refuse = below
-                return PowerAction(PowerActionKind.READMIT, "box", p, why)
-            for device in sorted((d for d in self.devices if self.freeze[d] >= p),
-                                 key=lambda d: (-step.urgency[d], self._order[d])):
-                model, level = self.models[device], self.levels[device]
-                # As if it went from idle to busy: its busy share now may be work that comes
-                # and goes (top-class frames), and the frozen backlog would fill the rest.
-                extra_w = model.busy_w(level) - model.idle_w
-                if self._fits(device, extra_w):
-                    return self._set_freeze(device, below, step, why, extra_w)
-            return None  # in order: nothing below this class is undone first
-        return self._to_raise(self.devices, step, why)
+        if not thresholds:
+            return _listed(self._to_raise(self.devices, step, why))
+        # The highest class held: readmit it, then unfreeze it device by device.
+        p = thresholds[0]
+        below = max((c for c in step.present if c < p), default=0)
+        if self.refuse >= p:
+            self.refuse = below
+            return [PowerAction(PowerActionKind.READMIT, "box", p, why)]
+        held = [d for d in self.devices if self.freeze[d] >= p]
+        for device in sorted(held, key=lambda d: (-step.urgency[d], self._order[d])):
+            # The frozen backlog may keep the device busy throughout: its busy power at its level.
+            full_w = self.models[device].busy_w(self.levels[device])
+            if self._fits_at(device, full_w):
+                return [self._set_freeze(device, below, step, why, full_w - self.models[device].idle_w)]
+        # Busy at its own level none fits: release the class on a device slowed to a level where
+        # it does (least urgent device first), both in one step, so that the next calm period
+        # does not give the level back before the class ran. Without this a class stays frozen
+        # for good wherever one device's full-speed busy power alone exceeds the room left (a
+        # GPU under a budget below its busy draw), with the budget half unused.
+        for device in sorted(held, key=lambda d: (step.urgency[d], self._order[d])):
+            model = self.models[device]
+            for slower in range(self.levels[device] + 1, self.level_counts[device]):
+                full_w = model.busy_w(slower)
+                if self._fits_at(device, full_w):
+                    rise_w = full_w - self.models[device].idle_w
+                    self.levels[device] = slower
+                    return [SetLevel(device, slower, why + f"; slowed to release priority {p}"),
+                            self._set_freeze(device, below, step, why, rise_w)]
+        return []  # in order: nothing below this class is undone first
 
     def _to_lower(self, devices: list[str], step: Step, allowed: Callable[[str], bool]) -> str | None:
         candidates = [(step.urgency[d], -self._saving_w(d, step), self._order[d], d) for d in devices
@@ -153,6 +169,12 @@ class PowerLadder:
     def _saving_w(self, device: str, step: Step) -> float:
         model, level = self.models[device], self.levels[device]
         return step.busy[device] * (model.busy_w(level) - model.busy_w(level + 1))
+
+    def _fits_at(self, device: str, device_w: float) -> bool:
+        """Would the device going from idle to device_w (its busy power at a level: a released
+        backlog fills it) fit? As if on top of all the box draws now: what the device runs now
+        may move to the others when the backlog takes it, at about the same power."""
+        return self._fits(device, device_w - self.models[device].idle_w)
 
     def _fits(self, device: str, extra_w: float) -> bool:
         """Would an undo adding extra_w keep the smoothed power under the middle of the band,
@@ -192,3 +214,7 @@ class PowerLadder:
             self.smoothed_w = max(0.0, self.smoothed_w + extra_w)
         if device in self.smoothed_domain_w:
             self.smoothed_domain_w[device] = max(0.0, self.smoothed_domain_w[device] + extra_w)
+
+
+def _listed(action: SetLevel | None) -> list[SetLevel | PowerAction]:
+    return [] if action is None else [action]

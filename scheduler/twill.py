@@ -102,18 +102,22 @@ class TwillPolicy(BasePolicy):
             if self.mapping == "energy":
                 return min(on_time, key=lambda o: (o[2], o[0], o[4]))[5]
             if self.mapping == "fit":  # the slowest class of device that still makes it
-                return self._fit(on_time, view)
+                return self._fit(on_time, view, run.model)
         return min(options, key=lambda o: (o[0], o[4]))[5]
 
     @staticmethod
-    def _fit(on_time: list[_Option], view: CoreView) -> str:
+    def _fit(on_time: list[_Option], view: CoreView, run_model: str) -> str:
         """Of the on-time options, the slowest speed class (devices of one kind and backend, by
-        their fastest estimate); within it, the earliest finish."""
+        their fastest estimate at full speed); within it, the earliest finish. A GPU the power
+        controller has slowed is still the GPU: ranked by its throttled speed it would pass for
+        the slow class and draw the work the DLA is there for, into the queue of what only
+        the GPU can run."""
         classes: dict[tuple[str, str], list[_Option]] = {}
         for option in on_time:
             spec = view.devices[option[5]]
             classes.setdefault((spec.kind, spec.backend), []).append(option)
-        slowest = max(classes.values(), key=lambda c: (min(o[3] for o in c), -min(o[4] for o in c)))
+        slowest = max(classes.values(), key=lambda c: (min(view.nominal_s(run_model, o[5]) for o in c),
+                                                       -min(o[4] for o in c)))
         return min(slowest, key=lambda o: (o[0], o[4]))[5]
 
     def may_steal(self, run: StageRun, device: str, view: CoreView, now: float) -> bool:

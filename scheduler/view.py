@@ -63,6 +63,11 @@ class CoreReads:
     def tail_s(self, model: str, device: str) -> float:
         return self.profiles.estimate(model, self.devices[device], self._levels[device]).tail_s
 
+    def nominal_s(self, model: str, device: str) -> float:
+        """As estimate_s at the device's fastest DVFS level: what kind of hardware it is,
+        whatever the power controller has made of it for now."""
+        return self.profiles.estimate(model, self.devices[device], 0).mean_s
+
     def left_s(self, run: StageRun, now: float) -> float:
         """What is left of a running run's pass: a batch's first run holds the slot for the pass of
         all its rows (its riders hold none), so it is the estimate for that many rows."""
@@ -172,6 +177,7 @@ class CoreReads:
             "orphans": len(self._orphans), "orphan_ids": len(self._orphan_ids), "riders": len(self._riders),
             "queued": sum(len(q) for q in self._queues.values()),
             "running": sum(len(r) for r in self._running.values()), "unreported": len(self._finished),
+            "frozen": self._num_frozen,
         }
 
 

@@ -17,7 +17,7 @@ from heddle.scheduler.deadlines import DeadlineHeap, usable_deadline
 from heddle.scheduler.policies import POLICIES
 
 EMPTY = {"requests": 0, "deadlines": 0, "deadline_entries": 0, "overdue": 0, "orphans": 0, "orphan_ids": 0,
-         "riders": 0, "queued": 0, "running": 0, "unreported": 0}
+         "riders": 0, "queued": 0, "running": 0, "unreported": 0, "frozen": 0}
 
 # Every kind of float a driver could hand the core as an absolute deadline.
 any_deadline = st.none() | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(

@@ -179,6 +179,19 @@ def test_twill_maps_to_the_slowest_device_that_still_meets_the_deadline():
     assert _first_device(None, profiles) == "gpu0"
 
 
+def test_twill_ranks_devices_by_their_full_speed_not_their_power_level():
+    """A GPU the power controller slowed below the DLA's speed is still the GPU: work that
+    the DLA runs on time goes to the DLA, not into the throttled GPU's queue."""
+    devices = [DeviceSpec("gpu0", "gpu", "onnxruntime", options={"speed": {"level_clock": (1.0, 0.33)}}),
+               DeviceSpec("dla0", "dla", "onnxruntime")]
+    pipeline, models = one_stage()
+    core = Core(devices, models, "twill", table(m__gpu0=0.1, m__dla0=0.2))
+    core.set_device_level("gpu0", 1)
+    assert core.estimate_s("m", "gpu0") > core.estimate_s("m", "dla0")  # ~0.3 s against 0.2 s now
+    core.submit(Request("r", pipeline, 3, 0.0, 1.0), 0.0)
+    assert core.schedule(0.0).dispatches[0].device == "dla0"
+
+
 def test_twill_never_maps_a_model_to_a_device_that_lacks_its_ops():
     """A model with LayerNormalization never goes to the DLA, however fast the DLA would be."""
     profiles = table(m__cpu0=2.0, m__gpu0=0.5, m__dla0=0.01)
