@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     set_niceness(args.nice)
     out = results_path("live_eval.json", args.out)
-    work = Path(args.resimulate) if args.resimulate else out.parent / "live_eval-work"  # git-ignored
+    # Absolute: the config written there names its model files relative to itself.
+    work = (Path(args.resimulate) if args.resimulate else out.parent / "live_eval-work").resolve()  # git-ignored
     work.mkdir(parents=True, exist_ok=True)
     report = run(args, work)
     print_summary(report)
