@@ -100,6 +100,15 @@ def test_power_acceptance_and_the_summary_table(tmp_path: Path):
                                         5.0, 1.0)
     report = power_summarise({"1": {"budget_w": 5.0, "arms": arms}})
     acc = report["acceptance"]
+    # fcfs + governor bought its latency with 8 W of a 5 W budget: no baseline kept to it.
+    assert acc["baselines_within_budget_5pct_ge_99pct"] == [] and "best_baseline_within_budget" not in acc["mean_ms"]
+    arms["edf+governor"] = arm_figures(_raw("edf", [10.0, 5.0, 5.0, 5.0, 5.0, 5.0], [0, 2, 2, 2, 2, 2], 3, 80.0),
+                                       5.0, 1.0)
+    kept = power_summarise({"1": {"budget_w": 5.0, "arms": arms}})["acceptance"]
+    assert kept["baselines_within_budget_5pct_ge_99pct"] == ["edf+governor"]
+    assert kept["mean_ms"]["best_baseline"] == "fcfs+governor"
+    assert kept["mean_ms"]["best_baseline_within_budget"] == "edf+governor"
+    assert kept["mean_ms"]["cut_vs_within_budget"] == pytest.approx(0.75)
     assert acc["within_budget_5pct_ge_99pct"] and acc["top_dvr_delta_points"] == pytest.approx(10.0)
     assert not acc["top_dvr_within_2_points"]
     assert acc["mean_ms"]["best_baseline"] == "fcfs+governor" and acc["mean_ms"]["cut"] == pytest.approx(0.6)
