@@ -11,17 +11,20 @@ from typing import TYPE_CHECKING, Protocol
 
 from heddle.backends.base import Executor
 from heddle.backends.graph_summary import summarize_file
-from heddle.scheduler import Core, Outcome
+from heddle.scheduler import Core, Dispatch, Outcome
 from heddle.scheduler.admission import Admission
 from heddle.scheduler.plan import SetLevel
 from heddle.scheduler.power import PowerController
 from heddle.scheduler.profiles import ProfileTable
 from heddle.server.config.load import Config
 from heddle.server.observe.logs import get_logger
-from heddle.server.runtime.jobs import Job
+from heddle.server.power.energy import EnergyLedger
+from heddle.server.runtime.error_kind import ErrorKind
+from heddle.server.runtime.jobs import Job, TokenUpdate
 from heddle.server.runtime.llm_runtime import LlmDriver
+from heddle.server.runtime.llm_triton import TritonLlmStreams
 from heddle.server.runtime.recovery import DeviceLoader
-from heddle.server.runtime.stage_runner import StageRunner
+from heddle.server.runtime.stage_runner import StageEvents, StageRunner
 from heddle.server.runtime.stepping import Stepper
 from heddle.server.runtime.trace import TraceWriter
 from heddle.server.runtime.versions import VersionRouter
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
     from heddle.server.runtime.metrics import Metrics
     from heddle.server.runtime.reload import ConfigDiff
 
-__all__ = ["LevelActuator", "RuntimeControl", "batching_models", "graph_summary", "live_profiles"]
+__all__ = ["LevelActuator", "RuntimeControl", "batching_models", "graph_summary", "live_profiles", "stage_runners"]
 
 log = get_logger("heddle.runtime")
 
@@ -64,6 +67,8 @@ class RuntimeControl:
     _runners: dict[str, StageRunner]
     _batching: set[str]
     _levels: LevelActuator | None
+    record_events: bool
+    energy: EnergyLedger
 
     async def load_models(self) -> None:
         """Load (and warm) every model on every device allowed to run it, off the event loop.
@@ -81,6 +86,42 @@ class RuntimeControl:
         for device, ok in zip(pending, loaded, strict=True):
             if not ok:
                 self.set_device_health(device, False)
+
+    # ---- StageEvents a one-shot stage never calls: an LLM's steps and tokens, a lost device --------
+    def tokens(self, update: TokenUpdate) -> None:
+        job = self._jobs.get(update.request_id)
+        if job is not None and job.on_token is not None:
+            job.on_token(update)
+
+    def device_lost(self, device: str) -> None:
+        self.set_device_health(device, False)
+
+    def step_done(self, d: Dispatch, compute_s: float) -> bool:
+        """An LLM step is over and its stage re-queues for the next; False if its request ended."""
+        now = self.clock()
+        # Between steps the stage holds no device: stop charging it energy until the next one.
+        self.energy.stopped((d.request_id, d.stage), now)
+        if self.metrics is not None:
+            self.metrics.device_finished(d.device, compute_s)
+        going_on = self.core.on_stage_step(d.request_id, d.stage, now)
+        self._stepper.mark_dirty()
+        return going_on
+
+    def device_lost_during(self, d: Dispatch, job: Job | None, error: str, now: float, pass_owner: bool) -> None:
+        """A stage's device stopped answering under it: out of rotation, and the stage retried
+        once elsewhere if its deadline allows; else its request ends UNAVAILABLE (DEVICE_LOST)."""
+        self.set_device_health(d.device, False)
+        if self.metrics is not None and pass_owner:
+            self.metrics.device_finished(d.device, 0.0)
+        if self.core.retry_stage(d.request_id, d.stage, now, error):
+            log.warning("stage retried elsewhere", request_id=d.request_id, stage=d.stage,
+                        device=d.device, error=error)
+            if self.record_events and job is not None:
+                job.events.append((now - job.request.arrival_s, "retry",
+                                   {"heddle.stage": d.stage, "heddle.device": d.device, "heddle.error": error}))
+        elif job is not None:
+            job.error_kind = ErrorKind.DEVICE_LOST
+        self._stepper.mark_dirty()
 
     def set_device_health(self, device: str, healthy: bool) -> None:
         """Take a device out of rotation (its queue moves to peers) or bring it back."""
@@ -184,6 +225,18 @@ def live_profiles(config: Config) -> ProfileTable:
     """Live estimates: a prior from each ONNX graph, refined by every measured run."""
     summaries = {name: s for name, m in config.models.items() if (s := graph_summary(m)) is not None}
     return ProfileTable(summaries=summaries)
+
+
+def stage_runners(events: StageEvents, models: Mapping[str, ModelSpec], executors: Mapping[str, Executor],
+                  llm: LlmDriver, pool: StageRunner) -> dict[str, StageRunner]:
+    """Each model's StageRunner: LLMs step locally or stream from Triton; every other stage
+    (ONNX Runtime, Python, Triton unary) is one call of its device's executor (`pool`, also the ""
+    entry: what a model added by a reload runs with)."""
+    streams = TritonLlmStreams(events, llm, models, executors)
+    runners: dict[str, StageRunner] = {name: (streams if m.backend == "triton" else llm) if m.kind == "llm" else pool
+                                       for name, m in models.items()}
+    runners[""] = pool
+    return runners
 
 
 def batching_models(models: Mapping[str, ModelSpec]) -> set[str]:

@@ -24,7 +24,7 @@ from heddle.server.runtime.batch_run import split_outputs
 if TYPE_CHECKING:
     from heddle.server.runtime.jobs import Job
 
-__all__ = ["list_shapes", "output_flags", "run_inputs", "store_outputs", "truthy"]
+__all__ = ["inputs_or_error", "list_shapes", "output_flags", "run_inputs", "store_outputs", "truthy"]
 
 Array = NDArray[Any]
 
@@ -125,3 +125,12 @@ def output_flags(job: Job, run: StageRun, outputs: Mapping[str, Any]) -> dict[st
 def _rows(item: Array) -> int:
     return int(item.shape[0]) if item.ndim else 1
 
+
+
+def inputs_or_error(job: Job, run: StageRun) -> tuple[dict[str, Any], BackendError | None]:
+    """A dispatched run's inputs, or why they cannot be made (a map_batch run's elements that
+    cannot be joined): the runtime ends such a run as failed, like any run's end."""
+    try:
+        return run_inputs(job, run), None
+    except BackendError as exc:
+        return {}, exc

@@ -13,13 +13,15 @@ from numpy.typing import NDArray
 
 from heddle.backends.base import numpy_dtype
 from heddle.scheduler import Outcome, Request, RunState
+from heddle.scheduler.plan import Migrate, Plan
 from heddle.scheduler.power_settings import PowerSource
 from heddle.scheduler.str_enum import StrEnum
 from heddle.server.power.energy import combine_sources
 from heddle.server.runtime.error_kind import ErrorKind
 from heddle.server.runtime.gathering import gather_list
 
-__all__ = ["Job", "JobResult", "StageStatus", "StageTiming", "TokenUpdate", "job_result", "stage_timing"]
+__all__ = ["Job", "JobResult", "StageStatus", "StageTiming", "TokenUpdate", "job_result", "record_plan_events",
+           "stage_timing"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,3 +175,15 @@ def stage_timing(job: Job, stage: str, llm_fields: Callable[[Job, str], Mapping[
     )
     extra = llm_fields(job, stage)
     return dataclasses.replace(timing, **extra) if extra else timing
+
+
+def record_plan_events(jobs: Mapping[str, Job], plan: Plan, now: float) -> None:
+    """What a plan did to each request's queued stages (freezes, migrations), for its trace."""
+    for kind, actions in (("freeze", plan.frozen), ("unfreeze", plan.unfrozen), ("migrate", plan.migrated)):
+        for a in actions:
+            job = jobs.get(a.request_id)
+            if job is not None:
+                attributes = ({"heddle.stage": a.stage, "heddle.from_device": a.from_device,
+                               "heddle.to_device": a.to_device} if isinstance(a, Migrate)
+                              else {"heddle.stage": a.stage, "heddle.device": a.device})
+                job.events.append((now - job.request.arrival_s, kind, attributes))

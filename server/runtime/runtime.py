@@ -15,29 +15,34 @@ import itertools
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from heddle.backends.base import BackendError, BackendTimeout, DeviceUnavailable, Executor
 from heddle.scheduler import Core, Dispatch, Finished, Outcome, Pipeline, Request
-from heddle.scheduler.plan import Migrate, Plan
 from heddle.server.config.load import Config
 from heddle.server.observe.logs import get_logger
 from heddle.server.power.energy import EnergyLedger
-from heddle.server.runtime.control import LevelActuator, RuntimeControl, batching_models, live_profiles
+from heddle.server.runtime.control import LevelActuator, RuntimeControl, batching_models, live_profiles, stage_runners
 from heddle.server.runtime.error_kind import ErrorKind, classify
-from heddle.server.runtime.fanout_io import list_shapes, output_flags, run_inputs, store_outputs
-from heddle.server.runtime.jobs import Job, JobResult, StageTiming, TokenUpdate, job_result, stage_timing
+from heddle.server.runtime.fanout_io import inputs_or_error, list_shapes, output_flags, store_outputs
+from heddle.server.runtime.jobs import (
+    Job,
+    JobResult,
+    StageTiming,
+    TokenUpdate,
+    job_result,
+    record_plan_events,
+    stage_timing,
+)
 from heddle.server.runtime.llm_runtime import LlmDriver
-from heddle.server.runtime.llm_triton import TritonLlmStreams
 from heddle.server.runtime.recovery import DeviceLoader
-from heddle.server.runtime.stage_runner import ExecutorRunner, StageFuture, StageRunner, Tensors
+from heddle.server.runtime.stage_runner import ExecutorRunner, StageFuture, Tensors
 from heddle.server.runtime.stage_timeouts import OverrunWatch
 from heddle.server.runtime.stepping import Stepper
 from heddle.server.runtime.trace import open_trace
 from heddle.server.runtime.versions import VersionRouter
 
 if TYPE_CHECKING:
-    from heddle.scheduler.specs import ModelSpec
     from heddle.server.runtime.metrics import Metrics
 
 __all__ = ["JobResult", "Runtime", "StageTiming"]
@@ -74,7 +79,7 @@ class Runtime(RuntimeControl):
         self.overruns = OverrunWatch(self._end_overrun, metrics)  # thread stages past their timeout
         self.llm = LlmDriver(self, config.models, self.executors, metrics)
         self._pool = ExecutorRunner(self, self.executors, self.models, self.overruns)
-        self._runners = _runners(self, self.models, self.executors, self.llm, self._pool)
+        self._runners = stage_runners(self, self.models, self.executors, self.llm, self._pool)
         # Models that batch requests (dynamic batching): the core needs the shapes their stages
         # read, to batch only equal ones; nobody pays for shapes when no model batches.
         self._batching = batching_models(self.models)
@@ -146,27 +151,16 @@ class Runtime(RuntimeControl):
         if self.metrics is not None and (plan.frozen or plan.migrated):
             self.metrics.power.observe_actions(len(plan.frozen), len(plan.migrated))
         if self.record_events:
-            self._record_events(plan)
+            record_plan_events(self._jobs, plan, self.clock())
         for f in plan.finished:
             self._resolve(f)
-
-    def _record_events(self, plan: Plan) -> None:
-        now = self.clock()
-        for kind, actions in (("freeze", plan.frozen), ("unfreeze", plan.unfrozen), ("migrate", plan.migrated)):
-            for a in actions:
-                job = self._jobs.get(a.request_id)
-                if job is not None:
-                    attributes = ({"heddle.stage": a.stage, "heddle.from_device": a.from_device,
-                                   "heddle.to_device": a.to_device} if isinstance(a, Migrate)
-                                  else {"heddle.stage": a.stage, "heddle.device": a.device})
-                    job.events.append((now - job.request.arrival_s, kind, attributes))
 
     def _dispatch(self, d: Dispatch) -> None:
         if d.batch:
             self._dispatch_batch(d)
             return
         job = self._jobs[d.request_id]
-        inputs, failed = _inputs(job, d)
+        inputs, failed = inputs_or_error(job, job.request.runs[d.stage])
         if self.metrics is not None:
             self.metrics.device_started(d.device)
             if d.model in self._batching:
@@ -192,7 +186,7 @@ class Runtime(RuntimeControl):
         for i, m in enumerate(d.members):
             job = self._jobs[m.request_id]
             jobs.append(job)
-            one, failed = _inputs(job, m) if failed is None else ({}, failed)
+            one, failed = inputs_or_error(job, job.request.runs[m.stage]) if failed is None else ({}, failed)
             inputs.append(one)
             if self.trace is not None:  # its pass's rows, and whether its time is the pass's own
                 self.trace.dispatched(m, d.rows, i == 0)
@@ -217,25 +211,6 @@ class Runtime(RuntimeControl):
 
     def job(self, request_id: str) -> Job | None:
         return self._jobs.get(request_id)
-
-    def tokens(self, update: TokenUpdate) -> None:
-        job = self._jobs.get(update.request_id)
-        if job is not None and job.on_token is not None:
-            job.on_token(update)
-
-    def device_lost(self, device: str) -> None:
-        self.set_device_health(device, False)
-
-    def step_done(self, d: Dispatch, compute_s: float) -> bool:
-        """An LLM step is over and its stage re-queues for the next; False if its request ended."""
-        now = self.clock()
-        # Between steps the stage holds no device: stop charging it energy until the next one.
-        self.energy.stopped((d.request_id, d.stage), now)
-        if self.metrics is not None:
-            self.metrics.device_finished(d.device, compute_s)
-        going_on = self.core.on_stage_step(d.request_id, d.stage, now)
-        self._stepper.mark_dirty()
-        return going_on
 
     def batch_done(self, d: Dispatch, futures: Sequence[StageFuture]) -> None:
         """A batch's pass is over: each member ends on its own, as a stage run of its own; the
@@ -275,22 +250,8 @@ class Runtime(RuntimeControl):
             kind, error = classify(exc)
             if isinstance(exc, BackendTimeout) and self.metrics is not None:
                 self.metrics.observe_stage_timeout(d.model, d.device)
-            if isinstance(exc, DeviceUnavailable):
-                self.set_device_health(d.device, False)
-                if self.metrics is not None and pass_owner:
-                    self.metrics.device_finished(d.device, 0.0)
-                # One retry elsewhere if the deadline allows; else the request ends UNAVAILABLE.
-                if self.core.retry_stage(d.request_id, d.stage, now, error):
-                    log.warning("stage retried elsewhere", request_id=d.request_id, stage=d.stage,
-                                device=d.device, error=error)
-                    if self.record_events and job is not None:
-                        job.events.append((now - job.request.arrival_s, "retry",
-                                           {"heddle.stage": d.stage, "heddle.device": d.device, "heddle.error": error}))
-                    self._stepper.mark_dirty()
-                    return
-                if job is not None:
-                    job.error_kind = ErrorKind.DEVICE_LOST
-                self._stepper.mark_dirty()
+            if isinstance(exc, DeviceUnavailable):  # device health's business: control.py
+                self.device_lost_during(d, job, error, now, pass_owner)
                 return
             if job is not None and job.error_kind is None:
                 job.error_kind = kind
@@ -333,25 +294,3 @@ class Runtime(RuntimeControl):
             self.trace.end(result)
         if not job.done.done():  # cancelled with its caller
             job.done.set_result(result)
-
-
-def _inputs(job: Job, d: Dispatch) -> tuple[dict[str, Any], BackendError | None]:
-    """A dispatched run's inputs, or why they cannot be made (a map_batch run's elements that
-    cannot be joined: server/runtime/fanout_io.py)."""
-    try:
-        return run_inputs(job, job.request.runs[d.stage]), None
-    except BackendError as exc:
-        return {}, exc
-
-
-def _runners(events: Runtime, models: Mapping[str, ModelSpec], executors: Mapping[str, Executor],
-             llm: LlmDriver, pool: ExecutorRunner) -> dict[str, StageRunner]:
-    """Each model's StageRunner: LLMs step locally or stream from Triton; every other stage
-    (ONNX Runtime, Python, Triton unary) is one call of its device's executor (`pool`, also the ""
-    entry: what a model added by a reload runs with)."""
-    streams = TritonLlmStreams(events, llm, models, executors)
-    runners: dict[str, StageRunner] = {name: (streams if m.backend == "triton" else llm) if m.kind == "llm" else pool
-                                       for name, m in models.items()}
-    runners[""] = pool
-    return runners
-
