@@ -7,9 +7,10 @@ Triton-style statistics (kserve_stats). Stubs come from the `tritonclient` packa
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc
 import structlog
@@ -48,6 +49,7 @@ from heddle.server.frontends.validation import (
 )
 from heddle.server.observe.logs import SampledLog, get_logger
 from heddle.server.observe.tracing import RequestTracer, trace_headers_of, trace_request
+from heddle.server.runtime.inflight import Reservation
 from heddle.server.runtime.jobs import StageStatus
 from heddle.server.runtime.limits import RequestLimits
 from heddle.server.runtime.reload import Reloader
@@ -62,6 +64,10 @@ SERVICE_NAME = kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # Triton extension names heddle implements (ServerMetadata.extensions).
 EXTENSIONS = ("model_configuration", "statistics", "parameters")
 _NS = 1_000_000_000
+
+
+def _has_triton(config) -> bool:
+    return any(d.backend == "triton" for d in config.devices)
 
 
 def _server_version() -> str:
@@ -90,12 +96,15 @@ class KServeServicer(KServeStreaming, KServeExtensions, kpb_grpc.GRPCInferenceSe
         self._serving = True
         self._version = _server_version()
         self.refusals = SampledLog(log)  # a line a second per model and status: under overload, many
+        # Whether a caller's trace context is read from each call: only Triton devices pass it on.
+        self._propagate = _has_triton(runtime.config)
 
     def set_config(self, config) -> None:
         """A reloaded config (server/runtime/reload.py): its models and pipelines from the next call."""
         self.catalog = build_catalog(config)
         self.stats.add(self.catalog)
         self._visible_models = {n for n, e in self.catalog.items() if not e.is_pipeline}
+        self._propagate = _has_triton(config)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         kpb_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
@@ -176,12 +185,20 @@ class KServeServicer(KServeStreaming, KServeExtensions, kpb_grpc.GRPCInferenceSe
 
     # ---- inference ----------------------------------------------------------------------
     async def ModelInfer(self, request: kpb.ModelInferRequest, context) -> kpb.ModelInferResponse:
-        with structlog.contextvars.bound_contextvars(request_id=log_id(request)):
+        # bind and reset, not bound_contextvars: that context manager copies the whole context
+        # to save what it rebinds, a generator and a copy per request that showed in profiles.
+        tokens = structlog.contextvars.bind_contextvars(request_id=log_id(request))
+        shm_io = SharedMemoryIO(self.shm)
+        try:
             try:
-                return await self._infer(request, context)
-            except RequestError as exc:
-                exc.__traceback__ = None  # gRPC keeps the abort, which would keep the inputs (service.py)
-                await context.abort(exc.code, exc.message, exc.trailing_metadata)
+                return await self._infer_with(request, context, None, shm_io)
+            finally:
+                shm_io.release()
+        except RequestError as exc:
+            exc.__traceback__ = None  # gRPC keeps the abort, which would keep the inputs (service.py)
+            await context.abort(exc.code, exc.message, exc.trailing_metadata)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
     async def _infer(self, request: kpb.ModelInferRequest, context, on_token=None) -> kpb.ModelInferResponse:
         """Validate, run and answer one request; a refusal or failure raises RequestError. The shared
@@ -195,6 +212,35 @@ class KServeServicer(KServeStreaming, KServeExtensions, kpb_grpc.GRPCInferenceSe
     async def _infer_with(self, request: kpb.ModelInferRequest, context, on_token,
                           shm_io: SharedMemoryIO) -> kpb.ModelInferResponse:
         t0 = time.perf_counter_ns()
+        entry, wanted, run, held, deadline_s = self._checked(request, context, on_token, shm_io, t0)
+        t1 = time.perf_counter_ns()
+        try:
+            # Awaited here, not in a helper coroutine: each await level is a coroutine per request.
+            result = await run
+        except BaseException:  # failed, or cancelled by the client: Triton counts both as failures
+            self.stats.record_failure(entry.name, time.perf_counter_ns() - t0)
+            raise
+        finally:
+            held.release()
+        error = request_error(result)  # the same status and retry hint heddle.v1 sends
+        trace_request(self.tracer, result, error, deadline_s, context)
+        if error is not None:
+            self.stats.record_failure(entry.name, time.perf_counter_ns() - t0)
+            raise error
+        t2 = time.perf_counter_ns()
+        response = self._response(entry, request.id, result, wanted, shm_io)
+        t3 = time.perf_counter_ns()
+        self._record_success(entry, result, RequestTimes(
+            total_ns=t3 - t0, queue_ns=int(sum(s.queue_s for s in result.stages) * _NS),
+            compute_input_ns=t1 - t0, compute_infer_ns=int(sum(s.compute_s for s in result.stages) * _NS),
+            compute_output_ns=t3 - t2))
+        return response
+
+    def _checked(self, request: kpb.ModelInferRequest, context, on_token, shm_io: SharedMemoryIO,
+                 t0: int) -> tuple[CatalogEntry, list[str], Coroutine[Any, Any, JobResult], Reservation,
+                                   float | None]:
+        """The request checked and decoded, admitted by the memory limits, and its run on the
+        runtime (not started until awaited); a refusal raises RequestError, counted."""
         try:
             entry = self._entry(request.model_name, request.model_version)
         except RequestError:
@@ -214,44 +260,17 @@ class KServeServicer(KServeStreaming, KServeExtensions, kpb_grpc.GRPCInferenceSe
             held = self.limits.admit(entry.pipeline, inputs, priority)  # released when the request ends
         except RequestError as exc:
             self.refusals.info((entry.name, exc.code), "request refused", model=entry.name, code=exc.code.name,
-                          error=exc.message)
+                               error=exc.message)
             self._observe_refused(entry.name, exc.code.name)
             self.stats.record_failure(entry.name, time.perf_counter_ns() - t0)
             raise
-        t1 = time.perf_counter_ns()
-        try:
-            result = await self._run(entry, inputs, priority, deadline_s, request.id, on_token, generation,
-                                     context=context, parameters=parameters)
-        except BaseException:  # failed, or cancelled by the client: Triton counts both as failures
-            self.stats.record_failure(entry.name, time.perf_counter_ns() - t0)
-            raise
-        finally:
-            held.release()
-        t2 = time.perf_counter_ns()
-        response = self._response(entry, request.id, result, wanted, shm_io)
-        t3 = time.perf_counter_ns()
-        self._record_success(entry, result, RequestTimes(
-            total_ns=t3 - t0, queue_ns=int(sum(s.queue_s for s in result.stages) * _NS),
-            compute_input_ns=t1 - t0, compute_infer_ns=int(sum(s.compute_s for s in result.stages) * _NS),
-            compute_output_ns=t3 - t2))
-        return response
-
-    async def _run(self, entry: CatalogEntry, inputs, priority: int, deadline_s: float | None,
-                   request_id: str, on_token=None, generation=None, context=None, parameters=None) -> JobResult:
-        """Run on the runtime; KServe ids need not be unique, so a clash gets a generated id."""
-        run = functools.partial(self.runtime.run, on_token=on_token, generation=generation,
-                                trace_headers=trace_headers_of(context), parameters=parameters)
+        # KServe ids need not be unique: one already in flight runs under a generated id.
+        rid = request.id if self.runtime.job(request.id) is None else ""
         pipeline = self.runtime.versions.pick(entry.pipeline)  # a canary split among model versions
-        try:
-            result = await run(pipeline, inputs, priority=priority, deadline_s=deadline_s,
-                               request_id=request_id)
-        except ValueError:  # the same id is already in flight
-            result = await run(pipeline, inputs, priority=priority, deadline_s=deadline_s)
-        error = request_error(result)  # the same status and retry hint heddle.v1 sends
-        trace_request(self.tracer, result, error, deadline_s, context)
-        if error is not None:
-            raise error
-        return result
+        coro = self.runtime.run(pipeline, inputs, priority=priority, deadline_s=deadline_s, request_id=rid,
+                                on_token=on_token, generation=generation, parameters=parameters,
+                                trace_headers=trace_headers_of(context) if self._propagate else None)
+        return entry, wanted, coro, held, deadline_s
 
     def _response(self, entry: CatalogEntry, request_id: str, result: JobResult,
                   wanted: list[str], shm_io: SharedMemoryIO | None = None) -> kpb.ModelInferResponse:
