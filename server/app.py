@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from heddle.backends.base import Executor
 from heddle.server.binding import bind_grpc, bind_tcp, check_before_start, start_metrics_http
@@ -96,20 +96,23 @@ class HeddleServer:
         interceptors: list[grpc.aio.ServerInterceptor] = [AdminAuthInterceptor(s.admin_token)] if s.admin_token else []
         if s.infer_token:
             interceptors.append(InferAuthInterceptor(s.infer_token))
-        interceptors.append(DecodeGuard())  # junk bytes: INVALID_ARGUMENT, not UNKNOWN and a traceback
-        self.server = grpc.aio.server(interceptors=interceptors, options=[
+        self.server = grpc.aio.server(interceptors=interceptors or None, options=[
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ])
+        # Junk bytes: INVALID_ARGUMENT, not UNKNOWN and a traceback; every handler is guarded as it
+        # is registered (not by an interceptor, which grpc.aio runs on every call).
+        registry = DecodeGuard().registry(self.server)
         gateway = GatewayServicer(self.runtime, self.limits, self.tracer, self.kserve.shm)  # one set of regions
-        pb_grpc.add_GatewayServicer_to_server(gateway, self.server)
-        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.runtime, self.power, self.reloader), self.server)
-        self.kserve.add_to_server(self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
+        pb_grpc.add_GatewayServicer_to_server(gateway, registry)
+        pb_grpc.add_AdminServicer_to_server(AdminServicer(self.runtime, self.power, self.reloader), registry)
+        self.kserve.add_to_server(registry)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
+        # The asyncio servicer named: enable_server_reflection picks it only for a grpc.aio.Server itself.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), self.server)
+             reflection.SERVICE_NAME)), registry)
         self.grpc_port = bind_grpc(self.server, s)
         self.http = HttpServer(gateway_routes(self.kserve, self.runtime, self.limits),
                                bind_tcp(s.http_host, s.http_port, "http_port"), s)

@@ -106,7 +106,7 @@ class KServeServicer(KServeStreaming, KServeExtensions, kpb_grpc.GRPCInferenceSe
         self._visible_models = {n for n, e in self.catalog.items() if not e.is_pipeline}
         self._propagate = _has_triton(config)
 
-    def add_to_server(self, server: grpc.aio.Server) -> None:
+    def add_to_server(self, server: Any) -> None:  # a grpc.aio.Server, or DecodeGuard's registry of one
         kpb_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
 
     def set_serving(self, serving: bool) -> None:
