@@ -25,29 +25,24 @@ After Twill (arXiv 2507.00491), whose exact rules are not public; these are hedd
 
 from __future__ import annotations
 
-import bisect
 import math
 
 from heddle.scheduler.dag import Pipeline
 from heddle.scheduler.fanout_stats import expected_factor
-from heddle.scheduler.policies import BasePolicy, CoreView, SortKey
+from heddle.scheduler.policies import CoreView
 from heddle.scheduler.state import Request, RunState, StageRun, device_of, started_s_of
+from heddle.scheduler.twill_forecast import TwillForecast
 
 __all__ = ["TwillPolicy"]
 
-_FEASIBLE, _AFTER_FEASIBLE = 0, 1
-_HOPELESS, _BEST_EFFORT = 0, 1  # order within _AFTER_FEASIBLE at equal priority
 # A device a run may go to: (finish, on_time, energy, run time, config index, device).
 _Option = tuple[float, bool, float, float, int, str]
-# A device's queue as it would run: READY runs' keys in order, prefix sums of their estimates,
-# and the runs themselves.
-_Forecast = tuple[list[SortKey], list[float], list[StageRun]]
 # Among devices that meet a run's sub-deadline: the slowest ("fit": keeps fast devices for
 # work only they can do on time), the most frugal ("energy"), or the first to finish.
 MAPPINGS = ("fit", "energy", "fastest")
 
 
-class TwillPolicy(BasePolicy):
+class TwillPolicy(TwillForecast):
     name = "twill"
     steal_when_busy = True
     steal_scan = 8  # best-ranked runs of each other queue an idle device considers taking
@@ -63,29 +58,6 @@ class TwillPolicy(BasePolicy):
         self.mapping = mapping
         self._reserved: dict[str, float] = {}  # device -> deadline of the stage it is held for
         self._reserved_at = math.nan
-        # Per device, valid while its queue's version and the clock stand still (a dispatch on
-        # another device leaves it valid): its READY runs in key order, prefix sums of their
-        # estimates; and the running work left.
-        self._forecasts: dict[str, tuple[tuple[int, int, float], _Forecast]] = {}
-        self._busy: dict[str, tuple[tuple[int, int, float], float]] = {}
-
-    # ---- order --------------------------------------------------------------------------
-    def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
-        # The hottest function of twill (every forecast ranks its queue with it): the tail is
-        # spelled out and max(priority, 1) is a comparison, to save the calls.
-        request = run.request
-        priority = request.priority if request.priority > 1 else 1
-        if request.deadline_s is None:
-            return (_AFTER_FEASIBLE, -priority, _BEST_EFFORT, request.arrival_s, request.seq, run.index, run.element)
-        if now + view.best_estimate_s(run.model) > run.latest_finish_s:
-            return (_AFTER_FEASIBLE, -priority, _HOPELESS, request.arrival_s, request.seq, run.index, run.element)
-        run_s = (view.tail_s(run.model, run.device) if run.device is not None
-                 else view.best_estimate_s(run.model))
-        slack = run.sub_deadline_s - now - run_s
-        # Positive slack shrinks with priority, negative slack grows: either way the higher
-        # priority run of two equally pressed ones goes first.
-        return (_FEASIBLE, slack / priority if slack >= 0 else slack * priority,
-                request.arrival_s, request.seq, run.index, run.element)
 
     # ---- mapping ------------------------------------------------------------------------
     def place(self, run: StageRun, devices: list[str], view: CoreView, now: float) -> str:
@@ -171,7 +143,7 @@ class TwillPolicy(BasePolicy):
             if other == device or not any(can_run(m) for m in {q.model for q in view.queued(other)}):
                 continue
             checked = 0
-            for ahead, run in enumerate(self._forecast(view, other, now)[2]):
+            for ahead, run in enumerate(self.forecast(view, other, now)[2]):
                 if checked == self.steal_scan:
                     break
                 if can_run(run.model):
@@ -181,47 +153,6 @@ class TwillPolicy(BasePolicy):
                     if ok:
                         found.append(run)
         return found
-
-    def _wait_ahead_s(self, view: CoreView, run: StageRun, device: str, now: float) -> float:
-        """Predicted wait before `run` could start on `device`: running work plus the queued
-        work that ranks ahead of it, spread over the device's slots."""
-        keys = self._forecast(view, device, now)[0]
-        # Unique keys: its own is not ahead (and a queued run's place is its index in the forecast).
-        return self._wait_at(view, device, bisect.bisect_left(keys, self.key(run, now, view)), now)
-
-    def _wait_at(self, view: CoreView, device: str, ahead: int, now: float) -> float:
-        """The wait of a run with `ahead` READY runs before it in the device's forecast."""
-        if ahead < view.free_slots(device):
-            return 0.0
-        prefix_s = self._forecast(view, device, now)[1]
-        return (self._busy_total_s(view, device, now) + prefix_s[ahead]) / view.devices[device].slots
-
-    def _busy_total_s(self, view: CoreView, device: str, now: float) -> float:
-        """The running work left on the device, kept like its forecast (and only asked for when
-        a run would wait there)."""
-        stamp = (*view.queue_version(device), now)
-        cached = self._busy.get(device)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        busy_s = sum(view.left_s(r, now) for r in view.running(device))
-        self._busy[device] = (stamp, busy_s)
-        return busy_s
-
-    def _forecast(self, view: CoreView, device: str, now: float) -> _Forecast:
-        stamp = (*view.queue_version(device), now)
-        cached = self._forecasts.get(device)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        ready = [q for q in view.queued(device) if q.state is RunState.READY]
-        # Runs of a model that batches share passes: each costs its rows' share (CoreReads.queued_work_s).
-        entries = sorted(zip((self.key(q, now, view) for q in ready), view.queued_work_s(device, ready), ready,
-                             strict=True))
-        prefix = [0.0]
-        for _, est, _ in entries:
-            prefix.append(prefix[-1] + est)
-        forecast: _Forecast = ([k for k, _, _ in entries], prefix, [q for _, _, q in entries])
-        self._forecasts[device] = (stamp, forecast)
-        return forecast
 
     # ---- freezing -----------------------------------------------------------------------
     def hold(self, view: CoreView, now: float) -> set[tuple[str, str]]:

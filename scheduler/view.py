@@ -86,8 +86,10 @@ class CoreReads:
                 rows[r.model] = rows.get(r.model, 0) + max(r.rows, 1)
         share = {m: self.estimate_s(m, device, b) / b
                  for m, n in rows.items() for b in [min(n, self._batching[m].max_batch)]}
-        return [share[r.model] * max(r.rows, 1) if r.model in share else self.estimate_s(r.model, device)
-                for r in runs]
+        for r in runs:  # a pass of its own: one estimate per model (twill's forecast asks for deep queues)
+            if r.model not in share and r.model not in self._batching:
+                share[r.model] = self.estimate_s(r.model, device)
+        return [share[r.model] * max(r.rows, 1) if r.model in self._batching else share[r.model] for r in runs]
 
     def power_w(self, model: str, device: str) -> float:
         return self.profiles.power_w(model, self.devices[device], self._levels[device])

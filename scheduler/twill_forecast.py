@@ -1,0 +1,137 @@
+"""twill's forecast of a device's queue: its READY runs in twill's order with prefix sums of their
+work, and from it the wait a run would have there (scheduler/twill.py places, steals and keeps
+queues by it).
+
+The forecast is remade whenever the device's queue, any estimate or the clock moves (twill's key
+holds the slack, sub_deadline - now - run time, so the order may change as `now` does). Making it
+is the costliest part of a twill decision under deep queues, so the keys are computed here with
+the estimates each model needs read once per forecast, not once per run: the same arithmetic as
+TwillPolicy.key, so the same keys and the same order (tests/unit/test_twill_forecast.py checks it).
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import TYPE_CHECKING
+
+from heddle.scheduler.policies import BasePolicy, CoreView, SortKey
+from heddle.scheduler.state import RunState, StageRun
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["AFTER_FEASIBLE", "BEST_EFFORT", "FEASIBLE", "Forecast", "HOPELESS", "TwillForecast", "twill_key"]
+
+FEASIBLE, AFTER_FEASIBLE = 0, 1
+HOPELESS, BEST_EFFORT = 0, 1  # order within AFTER_FEASIBLE at equal priority
+# A device's queue as it would run: READY runs' keys in order, prefix sums of their estimates,
+# and the runs themselves.
+Forecast = tuple[list[SortKey], list[float], list[StageRun]]
+# Queues shorter than this are sorted as they come: the sort of a few keys costs less than
+# lining them up in the last forecast's order (bench/sched_cost.py at 10 and 100 queued runs).
+_PRESORT_FROM = 128
+
+
+def twill_key(run: StageRun, now: float, best_s: float, run_s: float) -> SortKey:
+    """twill's order (scheduler/twill.py's module doc): best_s is the model's best estimate on any
+    device (is the run hopeless?), run_s its tail where it is queued (its slack)."""
+    request = run.request
+    priority = request.priority if request.priority > 1 else 1
+    if request.deadline_s is None:
+        return (AFTER_FEASIBLE, -priority, BEST_EFFORT, request.arrival_s, request.seq, run.index, run.element)
+    if now + best_s > run.latest_finish_s:
+        return (AFTER_FEASIBLE, -priority, HOPELESS, request.arrival_s, request.seq, run.index, run.element)
+    slack = run.sub_deadline_s - now - run_s
+    # Positive slack shrinks with priority, negative slack grows: either way the higher
+    # priority run of two equally pressed ones goes first.
+    return (FEASIBLE, slack / priority if slack >= 0 else slack * priority,
+            request.arrival_s, request.seq, run.index, run.element)
+
+
+class TwillForecast(BasePolicy):
+    """The forecast half of TwillPolicy, its base: per device, valid while the device's queue
+    version and the clock stand still (a dispatch on another device leaves it valid)."""
+
+    def __init__(self, max_wait_s: float | None = None) -> None:
+        super().__init__(max_wait_s)
+        self._forecasts: dict[str, tuple[tuple[int, int, float], Forecast]] = {}
+        self._busy: dict[str, tuple[tuple[int, int, float], float]] = {}
+
+    def _wait_ahead_s(self, view: CoreView, run: StageRun, device: str, now: float) -> float:
+        """Predicted wait before `run` could start on `device`: running work plus the queued
+        work that ranks ahead of it, spread over the device's slots."""
+        keys = self.forecast(view, device, now)[0]
+        # Unique keys: its own is not ahead (and a queued run's place is its index in the forecast).
+        return self._wait_at(view, device, bisect.bisect_left(keys, self.key(run, now, view)), now)
+
+    def _wait_at(self, view: CoreView, device: str, ahead: int, now: float) -> float:
+        """The wait of a run with `ahead` READY runs before it in the device's forecast."""
+        if ahead < view.free_slots(device):
+            return 0.0
+        prefix_s = self.forecast(view, device, now)[1]
+        return (self._busy_total_s(view, device, now) + prefix_s[ahead]) / view.devices[device].slots
+
+    def _busy_total_s(self, view: CoreView, device: str, now: float) -> float:
+        """The running work left on the device, kept like its forecast (and only asked for when
+        a run would wait there)."""
+        stamp = (*view.queue_version(device), now)
+        cached = self._busy.get(device)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        busy_s = sum(view.left_s(r, now) for r in view.running(device))
+        self._busy[device] = (stamp, busy_s)
+        return busy_s
+
+    def forecast(self, view: CoreView, device: str, now: float) -> Forecast:
+        """The device's READY runs as they would run, with their keys and the prefix sums of their work."""
+        stamp = (*view.queue_version(device), now)
+        cached = self._forecasts.get(device)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        ready = self._in_last_order(device, [q for q in view.queued(device) if q.state is RunState.READY])
+        # Runs of a model that batches share passes: each costs its rows' share (CoreReads.queued_work_s).
+        entries = sorted(zip(self._keys(view, device, ready, now), view.queued_work_s(device, ready), ready,
+                             strict=True))
+        prefix = [0.0]
+        for _, est, _ in entries:
+            prefix.append(prefix[-1] + est)
+        forecast: Forecast = ([k for k, _, _ in entries], prefix, [q for _, _, q in entries])
+        self._forecasts[device] = (stamp, forecast)
+        return forecast
+
+    def _in_last_order(self, device: str, ready: list[StageRun]) -> list[StageRun]:
+        """The runs in the device's last forecast order, new ones after them. Between two forecasts
+        of a device few runs come or go and the clock moves little, so that order mostly holds and
+        the sort (timsort: runs already in order are merged, not compared anew) costs near n, not
+        n log n comparisons of key tuples. Keys are unique (their tails are), so the order found
+        does not depend on the order given."""
+        cached = self._forecasts.get(device)
+        if cached is None or len(ready) < _PRESORT_FROM:
+            return ready
+        here = set(map(id, ready))
+        kept = [q for q in cached[1][2] if id(q) in here]
+        if len(kept) == len(ready):
+            return kept
+        known = set(map(id, kept))
+        return kept + [q for q in ready if id(q) not in known]
+
+    def _keys(self, view: CoreView, device: str, ready: Sequence[StageRun], now: float) -> list[SortKey]:
+        """The key of each run queued on `device`, as self.key gives it: twill's own reads each
+        model's estimates once (the queued runs' device is `device`); a subclass's key is asked."""
+        if type(self).key is not TwillForecast.key:
+            return [self.key(q, now, view) for q in ready]
+        estimates: dict[str, tuple[float, float]] = {}
+        keys = []
+        for q in ready:
+            known = estimates.get(q.model)
+            if known is None:
+                known = estimates[q.model] = (view.best_estimate_s(q.model), view.tail_s(q.model, device))
+            keys.append(twill_key(q, now, *known))
+        return keys
+
+    def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
+        if run.request.deadline_s is None:  # the estimates are not read for best-effort work
+            return twill_key(run, now, 0.0, 0.0)
+        best_s = view.best_estimate_s(run.model)
+        run_s = view.tail_s(run.model, run.device) if run.device is not None else best_s
+        return twill_key(run, now, best_s, run_s)
