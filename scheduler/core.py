@@ -9,20 +9,12 @@ from heddle.scheduler.admission import Action
 from heddle.scheduler.batching import shape_signature
 from heddle.scheduler.budget import budget_run
 from heddle.scheduler.conditions import may_run, skip
+from heddle.scheduler.core_control import CoreControlEvents
 from heddle.scheduler.core_power import CorePowerEvents
-from heddle.scheduler.core_step import CoreStep
 from heddle.scheduler.deadlines import DeadlineHeap, usable_deadline
 from heddle.scheduler.fanout import element_count, element_done, expand, is_map_group
 from heddle.scheduler.fanout_stats import FanoutStats
-from heddle.scheduler.plan import (
-    Finished,
-    Freeze,
-    Migrate,
-    PowerAction,
-    Reject,
-    SetLevel,
-    Unfreeze,
-)
+from heddle.scheduler.plan import Finished, Freeze, Migrate, PowerAction, Reject, SetLevel, Unfreeze
 from heddle.scheduler.policies import Policy, make_policy
 from heddle.scheduler.profiles import ConstantProfiles, Profiles
 from heddle.scheduler.queues import QueueIndex
@@ -38,12 +30,13 @@ __all__ = ["Core"]
 _COMPLETE = (RunState.DONE, RunState.SKIPPED)
 
 
-class Core(CorePowerEvents, CoreStep):
+class Core(CorePowerEvents, CoreControlEvents):
     """Holds requests and per-device ready queues; `schedule(now)` returns what to run.
 
-    Events (submit, on_stage_done, cancel, set_device_health, set_device_level) change state
-    and buffer request completions; `schedule` (scheduler/core_step.py) drains them into the plan
-    with dispatches.
+    Events (submit, on_stage_done, on_stage_step here; cancel, set_device_health, retry_stage,
+    update_models, set_policy in scheduler/core_control.py; set_device_level in core_power.py)
+    change state and buffer request completions; `schedule` (scheduler/core_step.py) drains them
+    into the plan with dispatches.
     `profiles` gives run-time estimates (default: every run takes the same time) for
     deadline budgets, estimate-based policies, and op-type compatibility of devices.
     """
@@ -258,53 +251,6 @@ class Core(CorePowerEvents, CoreStep):
         self._make_ready(run, now)
         return not request.finished
 
-    def cancel(self, request_id: str, now: float, outcome: Outcome = Outcome.CANCELLED,
-               error: str = "cancelled by the client") -> bool:
-        """End a request early; its queued stages are dropped. False if it already ended."""
-        request = self._requests.get(request_id)
-        if request is None or request.finished:
-            return False
-        self._finish(request, outcome, error, now)
-        return True
-
-    def set_device_health(self, device: str, healthy: bool, now: float) -> None:
-        """Take a device out of (or back into) rotation; its queue moves to healthy peers."""
-        self._healthy[device] = healthy
-        self._best_s.clear()
-        self.version += 1
-        self.estimates_version += 1
-        if not healthy:
-            stranded, self._queues[device] = self._queues[device], []
-            self._index.clear(device, stranded)
-            for run in stranded:  # in no queue now: a request that ends must not look for them in one
-                self._num_frozen -= run.state is RunState.FROZEN
-                run.state = RunState.WAITING
-            for run in stranded:
-                if not run.request.finished:  # another stranded run of its request may have ended it
-                    self._make_ready(run, now)
-
-    def retry_stage(self, request_id: str, stage: str, now: float, error: str,
-                    max_attempts: int = 1) -> bool:
-        """A dispatched stage was lost with its device (a remote server died mid-run): free the
-        slot and queue it once more elsewhere if the deadline allows. False when the request
-        ends UNAVAILABLE instead (or had already ended)."""
-        request, run = self._running_run(request_id, stage)
-        self._free_slot(run)
-        self.version += 1
-        if request.finished:
-            run.state, run.finished_s, run.error = RunState.FAILED, now, error
-            return False
-        run.attempts += 1
-        out_of_time = request.deadline_s is not None and now >= request.deadline_s
-        if run.attempts > max_attempts or out_of_time:
-            run.state, run.finished_s, run.error = RunState.FAILED, now, error
-            self._finish(request, Outcome.UNAVAILABLE, f"stage {stage!r}: {error}", now)
-            return False
-        # Not running any more: the deadline budget must estimate it as a stage still to start.
-        run.state, run.started_s = RunState.WAITING, None
-        self._make_ready(run, now)
-        return not request.finished
-
     def _refused(self, request: Request, now: float) -> bool:
         """Admission's verdict on a just-registered request; a rejected one ends here."""
         assert self.admission is not None  # submit asks only when there is one
@@ -315,24 +261,6 @@ class Core(CorePowerEvents, CoreStep):
         outcome = Outcome.DEADLINE_EXCEEDED if decision.reason == "deadline" else Outcome.REJECTED
         self._finish(request, outcome, decision.message, now)
         return True
-
-    def update_models(self, models: Mapping[str, ModelSpec]) -> None:
-        """Models added or changed by a config reload (server/runtime/reload.py): their specs
-        replace or join the old ones. None is dropped: a removed model's queued runs, of requests
-        that arrived before the reload, still need its spec, and no new request can name it."""
-        self.models.update(models)
-        for name, spec in models.items():  # a reload may turn a model's batching on, off or change it
-            self._batching.pop(name, None)
-            if spec.kind != "llm" and spec.batching.enabled:
-                self._batching[name] = spec.batching
-        self._compatible.clear()  # a changed spec may name other devices
-        self._best_s.clear()
-        self.version += 1
-
-    def set_policy(self, policy: Policy | str) -> None:
-        self.policy = make_policy(policy) if isinstance(policy, str) else policy
-        self._index.reorder(self.policy, self._queues)
-        self.version += 1
 
     def forget(self, request_id: str) -> None:
         """Drop a finished request once the caller has read its timings."""
