@@ -1,11 +1,11 @@
-"""The Triton backend: stages run as ModelInfer (or streamed) calls on a remote Triton server over gRPC."""
+"""The Triton backend: stages run as ModelInfer (or streamed) calls on a remote Triton server over gRPC
+(the translations to Triton's terms: wire.py)."""
 
 from __future__ import annotations
 
 import queue
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,96 +16,30 @@ from heddle.backends.base import (
     CALL_HEADERS,
     BackendError,
     BackendTimeout,
-    DeviceUnavailable,
     check_inputs,
     make_pool,
-    numpy_dtype,
 )
-from heddle.scheduler.specs import DeviceSpec, ModelSpec, TensorSpec, shapes_compatible
+from heddle.backends.triton.wire import (
+    RemoteModel,
+    channel_args,
+    check_declared,
+    llm_io,
+    map_error,
+    read_triton_io_spec,
+    response_outputs,
+    tensor_specs,
+    triton_priority,
+    with_io,
+)
+from heddle.scheduler.specs import DeviceSpec, ModelSpec
 
+# channel_args, map_error, read_triton_io_spec and triton_priority live in wire.py, and are
+# re-exported: this module is where their callers have found them.
 __all__ = [
     "TritonExecutor", "TritonStream", "channel_args", "map_error", "read_triton_io_spec", "triton_priority",
 ]
 
-_MAX_MESSAGE_BYTES = 2**31 - 1
-# Triton answers UNAVAILABLE for these although the server is fine: they are about the request.
-_REQUEST_UNAVAILABLE = {"Request timeout expired": BackendTimeout}
-# What a `kind = "llm"` model on Triton must serve: prompt ids in, each response's new ids out.
-LLM_INPUT, LLM_OUTPUT = "input_ids", "output_ids"
 _CANCELLED = object()  # put in a stream's response queue by TritonStream.cancel
-
-
-def channel_args(max_reconnect_backoff_ms: int = 1000) -> list[tuple[str, Any]]:
-    """gRPC channel options for Triton clients: no message cap, and a short reconnect backoff so a
-    restarted server is reachable again within about a second (gRPC's default backoff grows to 120 s)."""
-    return [
-        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-        ("grpc.initial_reconnect_backoff_ms", min(100, max_reconnect_backoff_ms)),
-        ("grpc.min_reconnect_backoff_ms", min(100, max_reconnect_backoff_ms)),
-        ("grpc.max_reconnect_backoff_ms", max_reconnect_backoff_ms),
-    ]
-
-
-def map_error(exc: InferenceServerException, what: str) -> BackendError:
-    """The heddle error for a tritonclient error: DeviceUnavailable when the server cannot be reached."""
-    status, message = exc.status() or "", exc.message() or str(exc)
-    text = f"{what}: {message}"
-    if status == "StatusCode.UNAVAILABLE":
-        return _REQUEST_UNAVAILABLE.get(message, DeviceUnavailable)(text)
-    if status == "StatusCode.DEADLINE_EXCEEDED":
-        return BackendTimeout(text)
-    return BackendError(text)
-
-
-def triton_priority(priority: int, levels: int, triton_levels: int) -> int:
-    """Triton's priority for heddle's: heddle has 1..levels with higher more urgent, Triton 1..triton_levels
-    with 1 most urgent; both use 0 for "the default". Spread proportionally, most urgent to 1."""
-    if not 0 <= priority <= levels:
-        raise ValueError(f"priority {priority} is outside 0..{levels}")
-    if priority == 0 or triton_levels <= 0:
-        return 0
-    return 1 + (levels - priority) * triton_levels // levels
-
-
-@dataclass(frozen=True, slots=True)
-class _Remote:
-    """A model as the Triton server serves it."""
-
-    spec: ModelSpec
-    name: str
-    version: str
-    outputs: tuple[str, ...]
-    datatypes: Mapping[str, str]
-    decoupled: bool
-    priority_levels: int
-
-
-def _specs(tensors) -> tuple[TensorSpec, ...]:
-    return tuple(TensorSpec(t.name, t.datatype, tuple(int(d) for d in t.shape)) for t in tensors)
-
-
-def read_triton_io_spec(url: str, model: str, version: str = "",
-                        timeout_s: float = 10.0) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """The (inputs, outputs) of a model on a Triton server, from its ModelMetadata (batch dim as -1)."""
-    with tgrpc.InferenceServerClient(url, channel_args=channel_args()) as client:
-        try:
-            meta = client.get_model_metadata(model, version, client_timeout=timeout_s)
-        except InferenceServerException as e:
-            raise map_error(e, f"model {model} on Triton server {url}") from None
-    return _specs(meta.inputs), _specs(meta.outputs)
-
-
-def _check_declared(model: ModelSpec, declared, served, kind: str, where: str) -> None:
-    by_name = {t.name: t for t in served}
-    for spec in declared:
-        got = by_name.get(spec.name)
-        if got is None:
-            raise BackendError(f"model {model.name}: {kind} {spec.name} is not served by {where} "
-                               f"(it has {sorted(by_name)})")
-        if got.datatype != spec.datatype or not shapes_compatible(got.shape, spec.shape):
-            raise BackendError(f"model {model.name}: {kind} {spec.name} is declared {spec.datatype} "
-                               f"{list(spec.shape)} but {where} serves {got.datatype} {list(got.shape)}")
 
 
 class TritonExecutor:
@@ -125,7 +59,7 @@ class TritonExecutor:
         self.priority_levels = priority_levels
         self.client_timeout_s = float(device.options.get("client_timeout_s", 60.0))
         self._client = tgrpc.InferenceServerClient(self.url, channel_args=channel_args())
-        self._models: dict[str, _Remote] = {}
+        self._models: dict[str, RemoteModel] = {}
         self._lock = threading.Lock()
         self.pool = make_pool(device)
 
@@ -143,14 +77,14 @@ class TritonExecutor:
             config = self._client.get_model_config(name, version, client_timeout=self.client_timeout_s).config
         except InferenceServerException as e:
             raise map_error(e, where) from None
-        inputs, outputs = _specs(meta.inputs), _specs(meta.outputs)
-        _check_declared(model, model.inputs, inputs, "input", where)
-        _check_declared(model, model.outputs, outputs, "output", where)
+        inputs, outputs = tensor_specs(meta.inputs), tensor_specs(meta.outputs)
+        check_declared(model, model.inputs, inputs, "input", where)
+        check_declared(model, model.outputs, outputs, "output", where)
         if model.kind == "llm":
-            model = _llm_io(model, inputs, outputs, config.model_transaction_policy.decoupled, where)
+            model = llm_io(model, inputs, outputs, config.model_transaction_policy.decoupled, where)
         elif not model.inputs:  # undeclared IO: the server's metadata is the spec
-            model = _with_io(model, inputs, outputs)
-        remote = _Remote(
+            model = with_io(model, inputs, outputs)
+        remote = RemoteModel(
             spec=model, name=name, version=version,
             outputs=tuple(t.name for t in (model.outputs or outputs)),
             datatypes={t.name: t.datatype for t in inputs},
@@ -165,7 +99,7 @@ class TritonExecutor:
         with self._lock:
             self._models.pop(model, None)
 
-    def _remote(self, model: str) -> _Remote:
+    def _remote(self, model: str) -> RemoteModel:
         remote = self._models.get(model)
         if remote is None:
             raise BackendError(f"model {model} is not loaded on device {self.device.id}")
@@ -175,7 +109,7 @@ class TritonExecutor:
         """The model as loaded: its IO as the server serves it (for an LLM, just its ids)."""
         return self._remote(model).spec
 
-    def _request(self, remote: _Remote, inputs: Mapping[str, np.ndarray], priority: int,
+    def _request(self, remote: RemoteModel, inputs: Mapping[str, np.ndarray], priority: int,
                  timeout_s: float | None, parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
         check_inputs(remote.spec, inputs)
         if timeout_s is not None and timeout_s <= 0:
@@ -213,7 +147,7 @@ class TritonExecutor:
                                         headers=dict(headers) if headers else None)
         except InferenceServerException as e:
             raise map_error(e, self._where(remote.name)) from None
-        return _outputs(remote, result)
+        return response_outputs(remote, result)
 
     def stream(self, model: str, inputs: Mapping[str, np.ndarray], *, priority: int = 0,
                timeout_s: float | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -243,39 +177,6 @@ class TritonExecutor:
             self._models.clear()
 
 
-def _llm_io(model: ModelSpec, inputs, outputs, decoupled: bool, where: str) -> ModelSpec:
-    """An LLM on Triton, checked to be a decoupled model with INT64 input_ids and output_ids,
-    and narrowed to them (its other inputs, if any, are optional ones heddle does not send)."""
-    if not decoupled:
-        raise BackendError(f"{where}: a kind = \"llm\" model on Triton must be decoupled "
-                           f"(model_transaction_policy {{ decoupled: true }}): it streams its tokens")
-    ids = {t.name: t for t in inputs}.get(LLM_INPUT)
-    out = {t.name: t for t in outputs}.get(LLM_OUTPUT)
-    for what, name, spec in (("input", LLM_INPUT, ids), ("output", LLM_OUTPUT, out)):
-        if spec is None or spec.datatype != "INT64":
-            raise BackendError(f"{where}: an LLM on Triton needs an INT64 {what} {name} "
-                               f"(got {spec.datatype if spec else 'none'})")
-    return _with_io(model, (ids,), (out,))
-
-
-def _with_io(model: ModelSpec, inputs, outputs) -> ModelSpec:
-    return ModelSpec(model.name, model.backend, model.artifact, inputs, outputs, model.kind,
-                     model.devices, model.options)
-
-
-def _outputs(remote: _Remote, result: tgrpc.InferResult) -> dict[str, np.ndarray]:
-    outputs = {}
-    for name in remote.outputs:
-        array = result.as_numpy(name)
-        if array is None:
-            continue  # a streamed response may carry only some outputs
-        spec = remote.spec.output(name)
-        if spec is not None and spec.datatype == "BF16":
-            array = array.astype(numpy_dtype("BF16"))
-        outputs[name] = array
-    return outputs
-
-
 def _is_final(result: tgrpc.InferResult) -> bool:
     param = result.get_response().parameters.get("triton_final_response")
     return param is not None and param.bool_param
@@ -287,7 +188,7 @@ class TritonStream:
     request on the server. An iteration that stops early (error, cancel, or the consumer closing
     it) cancels the request too."""
 
-    def __init__(self, url: str, remote: _Remote, request: dict[str, Any], timeout_s: float | None,
+    def __init__(self, url: str, remote: RemoteModel, request: dict[str, Any], timeout_s: float | None,
                  gap_timeout_s: float, where: str) -> None:
         self._url, self._remote, self._request = url, remote, request
         self._timeout_s, self._gap_timeout_s, self.where = timeout_s, gap_timeout_s, where
@@ -311,7 +212,7 @@ class TritonStream:
                 result = self._next()
                 if result is _CANCELLED:
                     return
-                outputs = _outputs(self._remote, result)
+                outputs = response_outputs(self._remote, result)
                 if outputs:
                     yield outputs
                 if _is_final(result):

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
-from heddle.backends.triton.executor import channel_args
+from heddle.backends.triton.wire import channel_args
 
 __all__ = ["HealthCallback", "HealthTracker", "TritonHealthWatcher", "probe_ready"]
 
