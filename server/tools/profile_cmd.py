@@ -1,9 +1,9 @@
 """`heddle profile`: measure run times of the configured models on this machine's devices,
-through the real executors, into a table the simulator and ProfileTable load (JSON or TOML)."""
+through the real executors, into a table the simulator and ProfileTable load (JSON or TOML; the
+document's shape: profile_doc.py)."""
 
 from __future__ import annotations
 
-import platform
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -16,12 +16,14 @@ import numpy as np
 from heddle.backends.base import Executor, numpy_dtype
 from heddle.scheduler import Core
 from heddle.scheduler.profiles import ProfileTable
-from heddle.scheduler.sim.tracefile import PROFILE_FORMAT, dispatch_gaps, parse_trace, percentile
 from heddle.scheduler.specs import ModelSpec, TensorSpec
 from heddle.server.config.load import Config
 from heddle.server.runtime.executors import make_executor
+from heddle.server.tools.profile_doc import format_rows, profile_document, profile_from_trace
 from heddle.server.tools.profile_file import load_profile_file, write_profile_file
 
+# profile_from_trace (profile_doc.py) and the profile file's load and write (profile_file.py) are
+# re-exported: this module is where their callers have found them.
 __all__ = [
     "add_profile_parser", "load_profile_file", "measure_profile", "parse_batches", "parse_shape_overrides",
     "profile_from_trace",
@@ -31,7 +33,6 @@ __all__ = [
 # The load generator's rule for dynamic dims (clients/infer_cli.generate_input): batch 1, others 16,
 # so a profile measures what `heddle bench` sends unless --shape says otherwise.
 _BATCH_DIM, _OTHER_DIM, _ID_HIGH = 1, 16, 100
-_SCHEDULING_OPTIONS = ("unsupported_ops", "supported_ops")  # device options the replay needs
 
 
 def add_profile_parser(sub) -> None:
@@ -208,62 +209,9 @@ def measure_profile(config: Config, *, runs: int = 30, warmup: int = 3, models: 
     models = {name: {"backend": config.models[name].backend, "op_types": ops.get(name, []),
                      "inputs": {k: list(v.shape) for k, v in arrays.items()}} for name, arrays in inputs.items()}
     devices = [d for d in config.devices if d.id in plan]
-    return _document(config.source, devices, models, samples,
+    return profile_document(config.source, devices, models, samples,
                      {"method": "executors", "runs": runs, "warmup": warmup, "parallel": parallel,
                       "batches": sorted({rows for _, rows in passes})})
-
-
-def profile_from_trace(trace_text: str, source: str, min_runs: int = 3) -> dict[str, Any]:
-    """A profile from a live server's trace: per (model, device), the recorded stage runs as its
-    scheduler saw them (dispatch to completion), i.e. measured under serving load."""
-    trace = parse_trace(trace_text)
-    runs: dict[tuple[str, str, int], list] = {}
-    for r in sorted(trace.stage_runs, key=lambda r: r.time_s - r.run_s):
-        if r.pass_owner:  # a batch's pass once, as a point of its batch curve (rows > 1)
-            runs.setdefault((r.model, r.device, r.rows), []).append(r)
-    runs = {k: v for k, v in runs.items() if len(v) >= min_runs}
-    if not runs:
-        raise ValueError(f"trace {source} has no stage runs recorded ({min_runs} or more per model and device)")
-    used = {d for _, d, _ in runs}
-    models = {m: {"backend": "", "op_types": [], "inputs": {}} for m, _, _ in sorted(runs)}
-    doc = _document(source, [d for d in trace.devices if d.id in used], models,
-                    {k: [r.run_s for r in v] for k, v in runs.items()},
-                    {"method": "trace", "stage_runs": len(trace.stage_runs),
-                     "trace_started_unix_s": trace.started_unix_s})
-    for entry in doc["entries"]:  # when each run was dispatched, for replays that follow the machine's drift
-        entry["sample_t_s"] = [round(r.time_s - r.run_s, 6)
-                               for r in runs[(entry["model"], entry["device"], entry.get("batch", 1))]]
-    doc["dispatch_gap_s"] = {d: round(g, 7) for d, g in dispatch_gaps(trace).items() if d in used}
-    return doc
-
-
-def _document(source: str, devices, models: Mapping, samples: Mapping[tuple[str, str, int], list[float]],
-              method: Mapping[str, Any]) -> dict[str, Any]:
-    """samples: (model, device, rows per pass) -> run times; a batched pass is an entry with its `batch`."""
-    entries = [{
-        "model": name, "device": device, "level": 0, **({"batch": rows} if rows > 1 else {}), "runs": len(runs),
-        "latency_s": sum(runs) / len(runs), "tail_s": percentile(runs, 95),
-        "p50_s": percentile(runs, 50), "p99_s": percentile(runs, 99), "min_s": min(runs), "max_s": max(runs),
-        "samples_s": [round(s, 7) for s in runs],
-    } for (name, device, rows), runs in samples.items()]
-    return {
-        "format": PROFILE_FORMAT, "created_unix_s": time.time(), "source": source, **method,
-        "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
-                    "processor": platform.processor() or platform.machine()},
-        "devices": [{"id": d.id, "kind": d.kind, "backend": d.backend, "slots": d.slots,
-                     "options": {k: list(v) for k, v in d.options.items() if k in _SCHEDULING_OPTIONS}}
-                    for d in devices],
-        "models": dict(models),
-        "entries": entries,
-    }
-
-
-def _format_rows(doc: Mapping[str, Any]) -> str:
-    head = (f"{'model':<16} {'device':<8} {'batch':>5} {'runs':>5} {'mean ms':>9} {'p50 ms':>8} {'p95 ms':>8} "
-            f"{'p99 ms':>8}")
-    rows = [f"{e['model']:<16} {e['device']:<8} {e.get('batch', 1):>5} {e['runs']:>5} {1e3 * e['latency_s']:>9.3f} "
-            f"{1e3 * e['p50_s']:>8.3f} {1e3 * e['tail_s']:>8.3f} {1e3 * e['p99_s']:>8.3f}" for e in doc["entries"]]
-    return "\n".join([head, *rows])
 
 
 def _under_load(args) -> dict[str, Any]:
@@ -295,7 +243,7 @@ def run_profile(args) -> int:
         print(f"heddle: {exc}", file=sys.stderr)
         return 2
     path = write_profile_file(doc, args.out)
-    print(_format_rows(doc))
+    print(format_rows(doc))
     how = (f"from {doc['stage_runs']} recorded stage runs" if args.from_trace or args.under_load is not None
            else f"{args.runs} runs each after {args.warmup} warm-up")
     print(f"\nwrote {path} ({len(doc['entries'])} entries, {how})")

@@ -32,7 +32,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from heddle.backends.triton.server import free_port
 from heddle.server.config.load import Config, load_config
-from heddle.server.tools.profile_cmd import profile_from_trace, sample_inputs
+from heddle.server.tools.profile_cmd import sample_inputs
+from heddle.server.tools.profile_doc import profile_from_trace
 
 __all__ = ["default_load", "load_inputs", "measure_under_load"]
 
