@@ -19,7 +19,7 @@ import numpy as np
 
 from heddle.clients.aio import AsyncHeddleClient
 from heddle.clients.client import InferResult, TokenEvent
-from heddle.clients.infer_cli import generate_input
+from heddle.clients.infer_inputs import generate_input
 from heddle.clients.scenarios import App, Scenario
 from heddle.v1 import heddle_pb2
 

@@ -30,7 +30,7 @@ __all__ = [
     "run_profile", "sample_inputs", "write_profile_file",
 ]
 
-# The load generator's rule for dynamic dims (clients/infer_cli.generate_input): batch 1, others 16,
+# The load generator's rule for dynamic dims (clients/infer_inputs.generate_input): batch 1, others 16,
 # so a profile measures what `heddle bench` sends unless --shape says otherwise.
 _BATCH_DIM, _OTHER_DIM, _ID_HIGH = 1, 16, 100
 
