@@ -93,8 +93,9 @@ class RequestLimits:
         self.update_models(config)
         self._series = _Series(metrics.registry, self.max_inflight_bytes) if metrics is not None else None
         self.budget = InflightBudget(self.max_inflight_bytes, s.inflight_top_reserve_fraction, s.priority_levels,
-                                     clock, on_change=self._series.set_inflight if self._series else None,
-                                     on_release=self._released)
+                                     clock, on_release=self._released)
+        if self._series is not None:  # read when a scrape asks, not set on every take and give-back
+            self._series.inflight.set_function(lambda: self.budget.used_bytes)
         self._trim_owed = False
         self._gates: dict[int, tuple[Pipeline, _Gate]] = {}
         log.debug("request limits", max_inflight_bytes=self.max_inflight_bytes,
@@ -206,9 +207,6 @@ class _Series:
         limit.set(capacity_bytes)
         self.refused = Counter("heddle_limit_refusals", "Requests refused at the front door over a memory limit.",
                                ["pipeline", "limit"], registry=registry)
-
-    def set_inflight(self, nbytes: int) -> None:
-        self.inflight.set(nbytes)
 
 
 def _cost(model: ModelSpec) -> ModelCost:

@@ -121,8 +121,6 @@ class Metrics:
 
     def _register_device_series(self) -> None:
         reg = self.registry
-        self.device_running = Gauge(
-            "heddle_device_running", "Stages running on the device now.", ["device"], registry=reg)
         self.device_busy_seconds = Counter(
             "heddle_device_busy_seconds", "Seconds of stage execution on the device.",
             ["device"], registry=reg)
@@ -249,11 +247,9 @@ class Metrics:
         self.deadline_missed.labels(pipeline).inc()
 
     def device_started(self, device: str) -> None:
-        self._of(self.device_running, device).inc()
-        self._busy.started(device)
+        self._busy.started(device)  # heddle_device_running is read from the window at scrape time
 
     def device_finished(self, device: str, busy_s: float) -> None:
-        self._of(self.device_running, device).dec()
         self._of(self.device_busy_seconds, device).inc(max(busy_s, 0.0))
         self._busy.finished(device, busy_s)
 
