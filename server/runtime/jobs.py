@@ -106,6 +106,9 @@ class Job:
     events: list[tuple[float, str, Mapping[str, str]]] = field(default_factory=list)  # see JobResult.events
     trace_headers: Mapping[str, str] | None = None  # the caller's traceparent/tracestate, for Triton calls
     parameters: Mapping[str, Any] | None = None  # per-request parameters, for the python stages declaring them
+    # A stage's timing taken as its run ended, which job_result reuses (an ended run's timing no
+    # longer changes; not kept for a map stage's own entry, which sums its element runs, nor an LLM's).
+    timings: dict[str, StageTiming] = field(default_factory=dict)
 
 
 _STAGE_STATUS = {RunState.DONE: StageStatus.OK, RunState.FAILED: StageStatus.FAILED,
@@ -124,7 +127,8 @@ def job_result(job: Job, outcome: Outcome, error: str, now: float,
     return JobResult(
         request_id=req.id, pipeline=req.pipeline.name, outcome=outcome, error=error,
         error_kind=(job.error_kind or ErrorKind.INTERNAL) if outcome is Outcome.FAILED else None,
-        outputs=outputs, stages=tuple(stage_timing(job, name, llm_fields) for name in _run_names(req)),
+        outputs=outputs, stages=tuple(job.timings.get(name) or stage_timing(job, name, llm_fields)
+                                      for name in _run_names(req)),
         total_s=(req.finished_s or now) - req.arrival_s, priority=req.priority,
         deadline_missed=req.deadline_missed, energy_j=sum(j for j, _ in job.energy.values()),
         energy_source=combine_sources(src for _, src in job.energy.values()),

@@ -269,6 +269,8 @@ class Runtime(RuntimeControl):
         if job is not None:
             job.compute_s[d.stage] = compute_s
             timing = stage_timing(job, d.stage, self.llm.stage_fields)
+            if d.stage not in job.request.pipeline.maps and d.stage not in job.llm:  # final: job_result reuses it
+                job.timings[d.stage] = timing
             if self.metrics is not None:  # by pipeline stage: a map stage's element runs are one series
                 self.metrics.observe_stage(job.request.pipeline.name, job.request.runs[d.stage].stage, d.model,
                                            d.device, timing.status, timing.queue_s, compute_s)
