@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from heddle.backends.base import BackendError, BackendTimeout, check_inputs, make_pool, numpy_dtype
+from heddle.backends.base import BackendError, BackendTimeout, InputCheck, make_pool, numpy_dtype
 from heddle.backends.watchdog import WATCHDOG
 from heddle.scheduler.specs import DeviceSpec, ModelSpec, TensorSpec
 
@@ -103,6 +103,7 @@ class _Loaded:
     spec: ModelSpec
     session: ort.InferenceSession
     output_names: tuple[str, ...]
+    check: InputCheck
 
 
 class OrtExecutor:
@@ -168,7 +169,7 @@ class OrtExecutor:
         if undeclared:
             raise BackendError(f"model {model.name}: graph inputs {undeclared} are missing from its spec")
         names = tuple(t.name for t in model.outputs) or tuple(o.name for o in session.get_outputs())
-        loaded = _Loaded(model, session, names)
+        loaded = _Loaded(model, session, names, InputCheck(model))
         self._run(loaded, warm_inputs(model))
         with self._lock:
             self._sessions[model.name] = loaded
@@ -195,7 +196,7 @@ class OrtExecutor:
         loaded = self._sessions.get(model)
         if loaded is None:
             raise BackendError(f"model {model} is not loaded on device {self.device.id}")
-        check_inputs(loaded.spec, inputs)
+        loaded.check(inputs)
         if timeout_s is None:
             return self._run(loaded, inputs)
         options = ort.RunOptions()
