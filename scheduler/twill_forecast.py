@@ -12,6 +12,7 @@ TwillPolicy.key, so the same keys and the same order (tests/unit/test_twill_fore
 from __future__ import annotations
 
 import bisect
+import itertools
 from typing import TYPE_CHECKING
 
 from heddle.scheduler.policies import BasePolicy, CoreView, SortKey
@@ -88,32 +89,51 @@ class TwillForecast(BasePolicy):
         cached = self._forecasts.get(device)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        ready = self._in_last_order(device, [q for q in view.queued(device) if q.state is RunState.READY])
-        # Runs of a model that batches share passes: each costs its rows' share (CoreReads.queued_work_s).
-        entries = sorted(zip(self._keys(view, device, ready, now), view.queued_work_s(device, ready), ready,
-                             strict=True))
-        prefix = [0.0]
-        for _, est, _ in entries:
-            prefix.append(prefix[-1] + est)
-        forecast: Forecast = ([k for k, _, _ in entries], prefix, [q for _, _, q in entries])
+        ready = [q for q in view.queued(device) if q.state is RunState.READY]
+        if (cached is not None and cached[0][0] == stamp[0] and cached[0][2] == now
+                and type(self).key is TwillForecast.key):
+            keys, runs = self._patched(view, device, now, cached[1], ready)
+        else:
+            keys, runs = self._sorted(view, device, now, cached, ready)
+        # Runs of a model that batches share passes: each costs its rows' share (CoreReads.queued_work_s,
+        # the same share whatever the runs' order). Summed left to right, as a loop would.
+        forecast: Forecast = (keys, list(itertools.accumulate(view.queued_work_s(device, runs), initial=0.0)), runs)
         self._forecasts[device] = (stamp, forecast)
         return forecast
 
-    def _in_last_order(self, device: str, ready: list[StageRun]) -> list[StageRun]:
-        """The runs in the device's last forecast order, new ones after them. Between two forecasts
-        of a device few runs come or go and the clock moves little, so that order mostly holds and
-        the sort (timsort: runs already in order are merged, not compared anew) costs near n, not
-        n log n comparisons of key tuples. Keys are unique (their tails are), so the order found
-        does not depend on the order given."""
-        cached = self._forecasts.get(device)
-        if cached is None or len(ready) < _PRESORT_FROM:
-            return ready
+    def _sorted(self, view: CoreView, device: str, now: float, cached: tuple[object, Forecast] | None,
+                ready: list[StageRun]) -> tuple[list[SortKey], list[StageRun]]:
+        """The runs ranked anew. A deep queue is given to the sort in the last forecast's order, new
+        runs after: between two forecasts of a device few runs come or go and the clock moves
+        little, so that order mostly holds and the sort (timsort merges what is already in order)
+        costs near n, not n log n comparisons of key tuples. Keys are unique (their tails are), so
+        the order found does not depend on the order given."""
+        if cached is not None and len(ready) >= _PRESORT_FROM:
+            here = set(map(id, ready))
+            kept = [q for q in cached[1][2] if id(q) in here]
+            if len(kept) < len(ready):
+                known = set(map(id, kept))
+                kept += [q for q in ready if id(q) not in known]
+            ready = kept
+        pairs = sorted(zip(self._keys(view, device, ready, now), ready, strict=True))
+        return [k for k, _ in pairs], [q for _, q in pairs]
+
+    def _patched(self, view: CoreView, device: str, now: float, last: Forecast,
+                 ready: list[StageRun]) -> tuple[list[SortKey], list[StageRun]]:
+        """The last forecast with the runs that left dropped and those that came ranked in: the clock
+        and the estimates stand still, so the keys of the runs that stayed have not moved (a dispatch
+        or an arrival at one moment changes one or two runs of a queue of hundreds)."""
         here = set(map(id, ready))
-        kept = [q for q in cached[1][2] if id(q) in here]
-        if len(kept) == len(ready):
-            return kept
-        known = set(map(id, kept))
-        return kept + [q for q in ready if id(q) not in known]
+        keys = [k for k, q in zip(last[0], last[2], strict=True) if id(q) in here]
+        runs = [q for q in last[2] if id(q) in here]
+        if len(runs) < len(ready):
+            known = set(map(id, runs))
+            came = [q for q in ready if id(q) not in known]
+            for key, run in zip(self._keys(view, device, came, now), came, strict=True):
+                at = bisect.bisect_left(keys, key)
+                keys.insert(at, key)
+                runs.insert(at, run)
+        return keys, runs
 
     def _keys(self, view: CoreView, device: str, ready: Sequence[StageRun], now: float) -> list[SortKey]:
         """The key of each run queued on `device`, as self.key gives it: twill's own reads each
