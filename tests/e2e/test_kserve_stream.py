@@ -10,6 +10,7 @@ import pytest
 import stage_fns
 import tritonclient.grpc as tgrpc
 import tritonclient.grpc.aio as tgrpc_aio
+from kserve_fixtures import assert_result, image_input, in_loop, multihead_direct, ort_run, random_image
 from server_fixtures import (  # noqa: F401  (fixtures are found by name)
     RunningServer,
     default_config,
@@ -19,7 +20,6 @@ from server_fixtures import (  # noqa: F401  (fixtures are found by name)
     serve_document,
     wait_until,
 )
-from test_kserve_frontend import assert_result, image_input, in_loop, multihead_direct, ort_run, random_image
 
 from heddle.server.config.builder import document, python_device
 from heddle.server.config.load import Config
