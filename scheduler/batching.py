@@ -40,6 +40,7 @@ class BatchChoice:
     members: tuple[StageRun, ...]
     rows: int
     wake_s: float | None = None
+    waits_with: tuple[StageRun, ...] = ()  # when waiting: the runs it would go with now
 
 
 def shape_signature(run: StageRun) -> tuple[Signature, int]:
@@ -69,7 +70,7 @@ def choose_batch(lead: StageRun, alike: Sequence[StageRun], pool: Sequence[Stage
     if rows < options.max_batch and rows not in options.preferred_batch_sizes:
         wake_s = _wait_until(members, options, pass_s, now)
         if wake_s is not None and not _holds_others(members, pool, blocked):
-            return BatchChoice((), rows, wake_s)
+            return BatchChoice((), rows, wake_s, tuple(members))
     return _trimmed(members, rows, options)
 
 

@@ -46,13 +46,15 @@ class CoreStep(CoreReads):
         self._expire(now)
         self._apply_holds(now)
         self._batch_wake_s.clear()
-        waiting: dict[str, StageRun] = {}  # device -> the first run of the batch it waits to fill
+        waiting: dict[str, tuple[StageRun, ...]] = {}  # device -> the runs of the batch it waits to fill
         dispatches: list[Dispatch] = []
         for device_id in self.devices:
             dispatches += self._fill(device_id, now, waiting)
-        # A device that chose to wait may see a later device start (steal) the run it waited
-        # with: it fills again. Ends, as each refill starts runs or waits on one still ready.
-        while stale := [d for d, lead in waiting.items() if lead.state is not RunState.READY]:
+        # A device that chose to wait may see a later device start (steal) a run it waited with:
+        # it fills again, as the reasons to wait may have gone with it (a member of a higher
+        # priority made holding an equal one's other runs fair). Ends, as each refill starts runs
+        # or waits on runs still ready, and only a start makes a run not ready.
+        while stale := [d for d, runs in waiting.items() if any(r.state is not RunState.READY for r in runs)]:
             for device_id in stale:
                 del waiting[device_id], self._batch_wake_s[device_id]
                 dispatches += self._fill(device_id, now, waiting)
@@ -64,7 +66,7 @@ class CoreStep(CoreReads):
         self._check_invariants()
         return plan
 
-    def _fill(self, device: str, now: float, waiting: dict[str, StageRun]) -> list[Dispatch]:
+    def _fill(self, device: str, now: float, waiting: dict[str, tuple[StageRun, ...]]) -> list[Dispatch]:
         """Start runs on the device's free slots in policy order; it may leave them free while a
         batch forms (scheduler/batching.py), the batch's first run then noted in `waiting`."""
         started: list[Dispatch] = []
@@ -74,8 +76,8 @@ class CoreStep(CoreReads):
                 break
             if run.model in self._batching:
                 batch = self._form_batch(run, device, now)
-                if batch is None:
-                    waiting[device] = run
+                if isinstance(batch, tuple):
+                    waiting[device] = batch
                     break
                 started.append(batch)
                 continue
@@ -137,9 +139,10 @@ class CoreStep(CoreReads):
         self.version += 1
         return Dispatch(run.request.id, run.name, run.model, device)
 
-    def _form_batch(self, lead: StageRun, device: str, now: float) -> Dispatch | None:
+    def _form_batch(self, lead: StageRun, device: str, now: float) -> Dispatch | tuple[StageRun, ...]:
         """Start `lead` with the ready runs that share its pass (scheduler/batching.py) as one
-        Dispatch; None when the device waits for more, its wake time noted for the driver."""
+        Dispatch; when the device waits for more, the runs it waits with (its wake time noted
+        for the driver)."""
         options: BatchOptions = self._batching[lead.model]
         pool = self._pool(device, now)
         alike = sorted((r for r in pool if r.model == lead.model and r.signature == lead.signature),
@@ -149,7 +152,7 @@ class CoreStep(CoreReads):
         if not choice.members:
             assert choice.wake_s is not None
             self._batch_wake_s[device] = choice.wake_s
-            return None
+            return choice.waits_with
         first = self._start(lead, device, now)
         lead.pass_rows = choice.rows
         for member in choice.members[1:]:

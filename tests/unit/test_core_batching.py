@@ -10,7 +10,8 @@ from sched_fixtures import chain, devices, model, tensor, validate_pipeline
 
 from heddle.scheduler import Core, Outcome, PipelineSpec, Request, RunState, StageSpec
 from heddle.scheduler.batching import shape_signature
-from heddle.scheduler.profiles import ConstantProfiles, batch_scale
+from heddle.scheduler.policies import BasePolicy
+from heddle.scheduler.profiles import ConstantProfiles, ProfileEntry, ProfileTable, batch_scale
 from heddle.scheduler.sim.driver import Driver, TimedBy
 
 RUN_S = 0.1  # every one-row pass (ConstantProfiles); a pass of b rows takes RUN_S * batch_scale(b)
@@ -287,3 +288,40 @@ def test_a_reload_that_turns_batching_on_takes_effect_for_runs_made_ready_after_
     core.on_stage_done("busy", "s0", 0.1)
     (batch,) = core.schedule(0.1).dispatches
     assert members(batch) == ["k0", "k1", "k2"]
+
+
+class _StealsTheUrgent(BasePolicy):
+    """First come first served; the low class queues on cpu0, the rest on cpu1; cpu0 (and only
+    cpu0) also takes priority-3 runs queued on cpu1, even while it has work of its own (as twill
+    does, whose slack order can rank a low run of a batch ahead of an urgent one)."""
+
+    name = "steals_the_urgent"
+    steal_when_busy = True
+
+    def place(self, run, devices, view, now):
+        return "cpu0" if run.request.priority < 3 else "cpu1"
+
+    def may_steal(self, run, device, view, now):
+        return device == "cpu0" and run.request.priority >= 3
+
+
+def test_a_device_waiting_for_a_batch_fills_again_when_a_member_it_waited_with_starts_elsewhere():
+    """cpu0 waits to fill a batch of its low run with an urgent one queued on cpu1, and may hold
+    its other low run for it (an urgent member outranks it). cpu1, later in the step, starts the
+    urgent run itself (too slow to wait: its deadline). Then cpu0 fills again in the same step:
+    waiting now would hold a run as urgent as its batch (the low tfm run), so it starts. (Before,
+    only the loss of the batch's first run made a device fill again, and cpu0 stood idle beside
+    two ready runs until its batch's wake time.)"""
+    models = {"m": batching_model(max_queue_delay_us=1_000_000), "k": model("k")}
+    low = validate_pipeline(PipelineSpec("low", (tensor("x", shape=(-1, -1)),), (
+        StageSpec("a", "m", {"x": "input:x"}), StageSpec("b", "k", {"x": "input:x"})), {"y": "a.y", "z": "b.y"}),
+        models)
+    urgent = validate_pipeline(chain("urgent", ["m"]), models)
+    table = ProfileTable(table={("m", "cpu0", 0): ProfileEntry(0.01), ("m", "cpu1", 0): ProfileEntry(0.5),
+                                ("k", "cpu0", 0): ProfileEntry(0.01), ("k", "cpu1", 0): ProfileEntry(0.01)})
+    core = Core(devices(2), models, _StealsTheUrgent(), table)
+    core.submit(request("lo", low, 0.0), 0.0)
+    core.submit(request("hi", urgent, 0.001, priority=3, deadline_s=0.6), 0.001)
+    plan = core.schedule(0.001)
+    started = sorted((d.request_id, d.stage, d.device) for d in plan.dispatches)
+    assert started == [("hi", "s0", "cpu1"), ("lo", "a", "cpu0")]
