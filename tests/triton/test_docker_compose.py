@@ -236,7 +236,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def parse_toml_config(path: Path, cache: Path, text: str | None = None) -> Config:
     """The config in `path` (or `text`, read as if from there) with its models built into `cache`, free ports."""
-    overrides = {"grpc_port": 0, "metrics_port": 0, "cache_dir": str(cache)}
+    overrides = {"grpc_port": 0, "metrics_port": 0, "http_port": 0, "cache_dir": str(cache)}
     return parse_config(path.read_text() if text is None else text, str(path), path.parent, overrides)
 
 
