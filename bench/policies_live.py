@@ -84,11 +84,12 @@ def build_models(cache: Path, args: argparse.Namespace) -> dict[str, Path]:
     }
 
 
-# 2 ms, not the actuator's 10 ms default: a 5 ms CNN stage at 58% of a 10 ms period fits in one
-# period's quota and runs at full speed (measured: cnn 5.0 ms on dla0 and on gpu0), so the "DLA"
-# was as fast as the "GPU" for frames and twill's mapping had no slower device to prefer. At 2 ms
-# every stage longer than a period runs at its share's speed.
-BANDWIDTH_PERIOD_US = 2000
+# CFS periods per kind, not the actuator's 10 ms default. Short enough that a 5 ms CNN stage on the
+# 58% "DLA" does not fit in one period's quota and run at full speed (at 10 ms it did: cnn 5.0 ms on
+# dla0 and on gpu0, so the box was not heterogeneous for frames); long enough that every level's quota
+# is at least the kernel's 1 ms minimum (a shorter quota is raised to 1 ms: at a 2 ms period the 15%
+# "CPU cluster" ran at 50%). gpu0's 33% and dla0's 29% need >= 3.5 ms; cpu0's 8% needs 12.5 ms.
+BANDWIDTH_PERIOD_US = {"gpu": 4000, "dla": 4000, "cpu": 12500}
 
 
 def emulated_devices() -> list[dict[str, Any]]:
@@ -101,9 +102,9 @@ def emulated_devices() -> list[dict[str, Any]]:
     dla_ops = list(DLA_UNSUPPORTED_OPS)
     return [onnx_device("gpu0", cores=[0], kind="gpu", providers=CPU_PROVIDERS),
             onnx_device("dla0", cores=[1], kind="dla", providers=CPU_PROVIDERS, unsupported_ops=dla_ops,
-                        dvfs={"kind": "cgroup", "values": [58], "period_us": BANDWIDTH_PERIOD_US}),
+                        dvfs={"kind": "cgroup", "values": [58], "period_us": BANDWIDTH_PERIOD_US["dla"]}),
             onnx_device("cpu0", cores=[1], kind="cpu", providers=CPU_PROVIDERS,
-                        dvfs={"kind": "cgroup", "values": [15], "period_us": BANDWIDTH_PERIOD_US}),
+                        dvfs={"kind": "cgroup", "values": [15], "period_us": BANDWIDTH_PERIOD_US["cpu"]}),
             python_device("py0", slots=2, kind="cpu")]
 
 

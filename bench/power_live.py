@@ -83,7 +83,7 @@ def power_devices() -> list[dict[str, Any]]:
         power = {"idle_w": idle[kind], "active_w": _active_w(idle[kind], busy[kind], top[kind] / 100)}
         devices.append(onnx_device(id_, cores=[core], kind=kind, providers=CPU_PROVIDERS, power=power,
                                    dvfs={"kind": "cgroup", "values": _ladder(top[kind], clocks[kind]),
-                                         "period_us": pl.BANDWIDTH_PERIOD_US}, **extra))
+                                         "period_us": pl.BANDWIDTH_PERIOD_US[kind]}, **extra))
     # The python stages (pre/post-processing): no knob; small ASSUMED power so the box sum covers them.
     devices.append(python_device("py0", slots=2, kind="cpu", power={"idle_w": 0.1, "active_w": [0.5]}))
     return devices

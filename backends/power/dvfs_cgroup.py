@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -79,6 +80,24 @@ def period_us(device: DeviceSpec) -> int:
     if not (isinstance(value, int) and 1000 <= value <= 1_000_000):
         raise ValueError(f"device {device.id}: dvfs.period_us must be 1000..1000000 (1 ms..1 s), got {value!r}")
     return value
+
+
+def check_quotas(device: DeviceSpec) -> None:
+    """ValueError naming the levels whose quota per period would be under the kernel's 1 ms
+    minimum: the group's quota is raised to 1 ms, so such a level would run faster than it says
+    (at a 2 ms period a 15% level ran at 50%), and the scheduler's and the power model's figures
+    for it would be wrong. The message says the shortest period that keeps every level."""
+    from heddle.backends.power.cgroup import MIN_QUOTA_US
+
+    period, cpus = period_us(device), full_cpus(device)
+    short = [p for p in bandwidth_percents(device) if p / 100 * cpus * period < MIN_QUOTA_US]
+    if short:
+        need = math.ceil(MIN_QUOTA_US / (min(short) / 100 * cpus))
+        runs_at = round(100 * MIN_QUOTA_US / (cpus * period))
+        raise ValueError(
+            f"device {device.id}: dvfs levels {short}% of a {period} us CFS period on {cpus:g} CPU(s) are quotas "
+            f"under the kernel's {MIN_QUOTA_US} us minimum, which would raise them ({min(short)}% would run at "
+            f"{runs_at}%); set dvfs.period_us to at least {need}")
 
 
 def full_cpus(device: DeviceSpec) -> float:

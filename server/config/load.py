@@ -84,6 +84,7 @@ def parse_document(doc: Mapping[str, Any], source: str, base_dir: Path,
     server = _server_settings(source, typed, base_dir)
     devices = tuple(_device(t) for t in typed.devices)
     _unique(source, "device", [d.id for d in devices])
+    _check_bandwidth(source, devices)
     if not devices:
         raise ConfigError(f"{source}: no [[devices]] configured")
     cache_dir = Path(os.path.expanduser(server.cache_dir))
@@ -205,6 +206,18 @@ def _device(table: Any) -> DeviceSpec:
 
     options = table.model_dump(exclude_unset=True, exclude={"id", "kind", "backend", "slots"})
     return with_bandwidth_clocks(DeviceSpec(table.id, table.kind, table.backend, table.slots, options))
+
+
+def _check_bandwidth(source: str, devices: tuple[DeviceSpec, ...]) -> None:
+    """A CPU-bandwidth ladder whose levels the kernel can keep (dvfs_cgroup.check_quotas)."""
+    from heddle.backends.power.dvfs_cgroup import check_quotas, is_cgroup
+
+    for device in devices:
+        if is_cgroup(device):
+            try:
+                check_quotas(device)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
 
 
 def _model_devices(where: str, table: Any, devices: tuple[DeviceSpec, ...]) -> tuple[DeviceSpec, ...]:

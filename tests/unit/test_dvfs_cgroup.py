@@ -13,6 +13,7 @@ from heddle.backends.power.dvfs_cgroup import (
     CgroupActuator,
     CgroupRegistry,
     bandwidth_percents,
+    check_quotas,
     full_cpus,
     registry_for,
     with_bandwidth_clocks,
@@ -125,6 +126,29 @@ def test_ladder_from_values_levels_or_the_default():
     assert level_count(_dev()) == 4
     with pytest.raises(ValueError, match="percents 1..100"):
         bandwidth_percents(_dev(values=[100, 0]))
+
+
+def test_a_level_whose_quota_the_kernel_would_raise_is_refused_at_start():
+    """The kernel's minimum quota is 1 ms: 15% of a 2 ms period (0.3 ms) would be raised to 1 ms
+    and run at 50%, so such a ladder is refused, naming the device, the levels and the period that
+    keeps them; at the default 10 ms period, or a 6.7 ms one, 15% is kept."""
+    with pytest.raises(ValueError, match=r"device cpu0: dvfs levels \[15, 11\]% of a 2000 us .*\(11% would run at "
+                                         r"50%\); set dvfs.period_us to at least 9091"):
+        check_quotas(_dev(values=[100, 15, 11], period_us=2000))
+    check_quotas(_dev(values=[100, 15]))
+    check_quotas(_dev(values=[15], period_us=6667))
+    from server_fixtures import parse_test_config
+
+    from heddle.server.config.schema import ConfigError
+
+    text = """
+[[devices]]
+id = "py0"
+backend = "python"
+dvfs = { kind = "cgroup", values = [100, 15], period_us = 2000 }
+"""
+    with pytest.raises(ConfigError, match=r"<test config>: device py0: dvfs levels \[15\]%"):
+        parse_test_config(text)
 
 
 def test_full_share_is_the_cores_its_threads_can_use():
