@@ -47,8 +47,9 @@ CPU_PROVIDERS = ["CPUExecutionProvider"]
 # --- where things go ----------------------------------------------------------------------------
 
 def results_path(name: str, out: str | os.PathLike | None = None) -> Path:
-    """`out` when given, else bench/results/<today>/<name>."""
-    return Path(out) if out else BENCH_DIR / "results" / dt.date.today().isoformat() / name
+    """`out` when given (made absolute: benchmarks write configs beside it that name their model
+    files relative to themselves), else bench/results/<today>/<name>."""
+    return Path(out).resolve() if out else BENCH_DIR / "results" / dt.date.today().isoformat() / name
 
 
 def save_report(report: Mapping[str, Any], out: Path) -> None:
