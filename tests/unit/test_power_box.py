@@ -12,7 +12,7 @@ from test_power_plant import _Plant
 
 from heddle.scheduler import Core, DeviceSpec, Outcome, Request
 from heddle.scheduler.admission import Admission
-from heddle.scheduler.power import LevelPower, PowerController, PowerSettings, box_power_w
+from heddle.scheduler.power import LevelPower, PowerController, PowerSettings
 from heddle.scheduler.profiles import ConstantProfiles, Estimate
 from heddle.scheduler.sim.driver import Driver
 
@@ -45,18 +45,8 @@ class _BoxPlant(_Plant):
         self.busy_since[run.device] = now
         return self.model_run_s[run.model] / BOX_CLOCKS[run.device][core.level(run.device)]
 
-    def tick(self, core, now: float) -> float | None:
-        busy = {}
-        for d in core.devices:
-            if d in self.busy_since:
-                self.busy_s[d] += now - self.busy_since[d]
-                self.busy_since[d] = now
-            busy[d], self.busy_s[d] = self.busy_s[d] / (now - self.last_tick_s), 0.0
-        self.last_tick_s = now
-        watts = [Reading(d, self.models[d].power_w(core.level(d), busy[d])) for d in core.devices]
-        core.on_power_sample(watts, now, busy)
-        self.periods.append((now, box_power_w(watts)))
-        return now + self.period_s if now < self.horizon_s or core.stats().active_requests else None
+    def model_of(self, device: str) -> LevelPower:
+        return self.models[device]
 
 
 def run_box(budget_w: float, duration_s: float = 20.0, seed: int = 1, frames_on=("gpu0",), encode_on=("gpu0",),

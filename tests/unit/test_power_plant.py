@@ -14,7 +14,7 @@ from sched_fixtures import chain, model, validated
 
 from heddle.scheduler import Core, DeviceSpec, Outcome, Request, RunState
 from heddle.scheduler.admission import Admission
-from heddle.scheduler.power import PowerController, PowerSettings, box_power_w
+from heddle.scheduler.power import LevelPower, PowerController, PowerSettings, box_power_w
 from heddle.scheduler.profiles import ConstantProfiles
 from heddle.scheduler.sim.driver import Driver, RunTimeModel
 
@@ -52,6 +52,9 @@ class _Plant(RunTimeModel):
     def first_tick_s(self) -> float:
         return self.period_s
 
+    def model_of(self, device: str) -> LevelPower:
+        return CPU
+
     def tick(self, core, now: float) -> float | None:
         busy = {}
         for d in core.devices:
@@ -60,7 +63,7 @@ class _Plant(RunTimeModel):
                 self.busy_since[d] = now
             busy[d], self.busy_s[d] = self.busy_s[d] / (now - self.last_tick_s), 0.0
         self.last_tick_s = now
-        watts = [Reading(d, CPU.power_w(core.level(d), busy[d])) for d in core.devices]
+        watts = [Reading(d, self.model_of(d).power_w(core.level(d), busy[d])) for d in core.devices]
         core.on_power_sample(watts, now, busy)
         self.periods.append((now, box_power_w(watts)))
         return now + self.period_s if now < self.horizon_s or core.stats().active_requests else None
