@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["CoreStep"]
 
 _QUEUED = (RunState.READY, RunState.FROZEN)
+_EMPTY_PLAN = Plan()
 
 
 class CoreStep(CoreReads):
@@ -48,22 +49,33 @@ class CoreStep(CoreReads):
         self._batch_wake_s.clear()
         waiting: dict[str, tuple[StageRun, ...]] = {}  # device -> the runs of the batch it waits to fill
         dispatches: list[Dispatch] = []
-        for device_id in self.devices:
-            dispatches += self._fill(device_id, now, waiting)
+        running, healthy = self._running, self._healthy
+        for device_id, spec in self.devices.items():  # a busy device is passed by without a call
+            if len(running[device_id]) < spec.slots and healthy[device_id]:
+                dispatches += self._fill(device_id, now, waiting)
         # A device that chose to wait may see a later device start (steal) a run it waited with:
         # it fills again, as the reasons to wait may have gone with it (a member of a higher
         # priority made holding an equal one's other runs fair). Ends, as each refill starts runs
         # or waits on runs still ready, and only a start makes a run not ready.
-        while stale := [d for d, runs in waiting.items() if any(r.state is not RunState.READY for r in runs)]:
+        while waiting and (stale := [d for d, runs in waiting.items()
+                                     if any(r.state is not RunState.READY for r in runs)]):
             for device_id in stale:
                 del waiting[device_id], self._batch_wake_s[device_id]
                 dispatches += self._fill(device_id, now, waiting)
+        assert self._num_frozen >= 0
+        return self._plan(dispatches)
+
+    def _plan(self, dispatches: list[Dispatch]) -> Plan:
+        """The step's plan, its logs emptied. Most steps of a loaded core start nothing and log
+        nothing (an arrival while every device is busy): they share one empty plan (it is frozen)."""
+        if not (dispatches or self._finished or self._log_frozen or self._log_unfrozen or self._log_migrated
+                or self._log_levels or self._log_rejected or self._log_power):
+            return _EMPTY_PLAN
         plan = Plan(tuple(dispatches), tuple(self._finished), tuple(self._log_frozen),
                     tuple(self._log_unfrozen), tuple(self._log_migrated), tuple(self._log_levels),
                     tuple(self._log_rejected), tuple(self._log_power))
         self._finished, self._log_frozen, self._log_unfrozen, self._log_migrated = [], [], [], []
         self._log_levels, self._log_rejected, self._log_power = [], [], []
-        self._check_invariants()
         return plan
 
     def _fill(self, device: str, now: float, waiting: dict[str, tuple[StageRun, ...]]) -> list[Dispatch]:
@@ -83,6 +95,9 @@ class CoreStep(CoreReads):
                 continue
             started.append(self._start(run, device, now))
             started += self._batch_riders(run, device, now)
+        # The one place runs take slots (riders and batch members hold none): checked here, per
+        # device that started work, rather than every device at every step.
+        assert len(self._running[device]) <= self.devices[device].slots, f"{device} over its slots"
         return started
 
     def _rank(self, run: StageRun, now: float) -> SortKey:
@@ -206,8 +221,11 @@ class CoreStep(CoreReads):
 
     def _expire(self, now: float) -> None:
         """Requests past their deadline with work not yet started are shed, not run late."""
-        for request in self._deadlines.pop_due(now):  # ended requests have left it already
-            self._overdue[request.id] = request
+        if self._deadlines.due(now):
+            for request in self._deadlines.pop_due(now):  # ended requests have left it already
+                self._overdue[request.id] = request
+        if not self._overdue:
+            return
         for request in list(self._overdue.values()):
             if any(r.state < RunState.RUNNING for r in request.runs.values()):
                 self._finish(request, Outcome.DEADLINE_EXCEEDED,  # which drops it from _overdue
@@ -236,8 +254,3 @@ class CoreStep(CoreReads):
                 self._orphans[run.key] = request
                 self._orphan_ids[request.id] = self._orphan_ids.get(request.id, 0) + 1
         self._finished.append(Finished(request.id, outcome, error))
-
-    def _check_invariants(self) -> None:
-        for device, running in self._running.items():
-            assert len(running) <= self.devices[device].slots, f"{device} over its slots"
-        assert self._num_frozen >= 0

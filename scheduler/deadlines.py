@@ -61,14 +61,20 @@ class DeadlineHeap:
                 yield request
         self._compact()  # popping live requests can leave the stale ones the majority too
 
+    def due(self, now: float) -> bool:
+        """Is any entry's deadline at or before `now` (stale ones too)? The step's cheap test."""
+        return bool(self._heap) and self._heap[0][0] <= now
+
     def first(self, accept: Callable[[Request], bool]) -> float | None:
         """The earliest deadline among live requests that `accept` takes (None if none does).
         Walks the heap in deadline order through a frontier of positions, so it costs
         O(k log k) for the k entries before the answer instead of a scan of every request."""
-        heap = self._heap
+        heap, live = self._heap, self._live
+        while heap and heap[0][1] not in live:  # stale roots leave for good: no walk passes them again
+            heapq.heappop(heap)
         if not heap:
             return None
-        root = self._live.get(heap[0][1])
+        root = live.get(heap[0][1])
         if root is not None and accept(root):  # the common case: no walk to set up
             return heap[0][0]
         frontier = [(heap[0], 0)]

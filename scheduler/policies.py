@@ -12,7 +12,8 @@ from heddle.scheduler.state import Request, RunState, StageRun, device_of
 
 __all__ = [
     "POLICIES", "BasePolicy", "CoreView", "DreamPolicy", "EdfPolicy", "FcfsPolicy",
-    "LeastSlackPolicy", "Policy", "PriorityPolicy", "SjfPolicy", "SortKey", "fixed_group_order", "make_policy",
+    "LeastSlackPolicy", "Policy", "PriorityPolicy", "SjfPolicy", "SortKey", "fixed_group_order", "key_is_group_order",
+    "make_policy",
     "tail",
 ]
 
@@ -76,6 +77,7 @@ class BasePolicy:
 
     name = "base"
     steal_when_busy = False
+    key_is_order = True  # key and group_order are the same function (key_is_group_order)
 
     def __init__(self, max_wait_s: float | None = None) -> None:
         if max_wait_s is not None and not max_wait_s >= 0:
@@ -132,6 +134,8 @@ class PriorityPolicy(BasePolicy):
     def __init__(self, max_wait_s: float | None = DEFAULT_MAX_WAIT_S) -> None:
         super().__init__(max_wait_s)
 
+    key_is_order = True
+
     def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
         return (-run.request.priority, *tail(run))
 
@@ -143,6 +147,8 @@ class EdfPolicy(BasePolicy):
     """Earliest sub-deadline first (runs without a deadline last, in arrival order)."""
 
     name = "edf"
+
+    key_is_order = True
 
     def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
         return (run.sub_deadline_s, *tail(run))
@@ -217,6 +223,16 @@ def fixed_group_order(policy: Policy) -> tuple[Callable[[StageRun], SortKey], bo
             BasePolicy.may_steal, BasePolicy.steal_candidates, BasePolicy.hold):
         return None
     return policy.group_order, bool(getattr(policy, "group_ties", False))
+
+
+def key_is_group_order(policy: Policy) -> bool:
+    """Does the policy's key equal its group order for every run at every `now` (fcfs, priority,
+    edf)? Then the index compares the order keys it keeps instead of computing keys. Said by the
+    class that defines `key`, beside it (key_is_order), and only while no subclass has changed
+    group_order since."""
+    owner = next((c for c in type(policy).__mro__ if "key" in vars(c)), None)
+    return owner is not None and bool(vars(owner).get("key_is_order", False)) and \
+        getattr(type(policy), "group_order", None) is vars(owner).get("group_order")
 
 
 def _twill(**options: Any) -> Policy:

@@ -13,6 +13,7 @@ device (`heddle profile --batch` measures it), else by the assumed `batch_scale`
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -90,11 +91,20 @@ class ProfileEntry:
 
 @dataclass(slots=True)
 class _Series:
-    """Measured runs of one (model, device, level): EWMA plus a bounded window for the tail."""
+    """Measured runs of one (model, device, level): EWMA plus a bounded window for the tail,
+    kept sorted too (`ordered`): every observation invalidates the estimate, and the next one
+    read takes its percentile, which a sort of the window at each read made the dearest part."""
 
     ewma_s: float
     window: deque[float]
     count: int = 0
+    ordered: list[float] = field(default_factory=list)
+
+    def add(self, run_s: float) -> None:
+        if len(self.window) == self.window.maxlen:
+            del self.ordered[bisect.bisect_left(self.ordered, self.window[0])]
+        self.window.append(run_s)
+        bisect.insort(self.ordered, run_s)
 
 
 @dataclass(slots=True)
@@ -119,13 +129,17 @@ class ProfileTable:
     _series: dict[tuple[str, str, int], _Series] = field(default_factory=dict)  # one-row passes
     _batched: dict[tuple[str, str, int, int], _Series] = field(default_factory=dict)  # passes of b > 1 rows
     _sizes: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)  # batch sizes in _batched
-    _cache: dict[tuple[str, str, int, int], Estimate] = field(default_factory=dict)
+    # (model, device) -> (level, batch) -> estimate: an observation drops one (model, device)'s
+    # entries at once, where a scan of every cached key at each observation cost more than a decision.
+    _cache: dict[tuple[str, str], dict[tuple[int, int], Estimate]] = field(default_factory=dict)
 
     def estimate(self, model: str, device: DeviceSpec, level: int = 0, batch: int = 1) -> Estimate:
-        key = (model, device.id, level, batch)
-        cached = self._cache.get(key)
+        entries = self._cache.get((model, device.id))
+        if entries is None:
+            entries = self._cache[(model, device.id)] = {}
+        cached = entries.get((level, batch))
         if cached is None:
-            cached = self._cache[key] = self._estimate(model, device, level, max(batch, 1))
+            cached = entries[(level, batch)] = self._estimate(model, device, level, max(batch, 1))
         return cached
 
     def _estimate(self, model: str, device: DeviceSpec, level: int, batch: int) -> Estimate:
@@ -154,7 +168,7 @@ class ProfileTable:
 
     def _measured(self, model: str, device: str, level: int, batch: int) -> Estimate:
         series = self._series[(model, device, level)] if batch == 1 else self._batched[(model, device, level, batch)]
-        return Estimate(series.ewma_s, max(series.ewma_s, _percentile(series.window, self.percentile)),
+        return Estimate(series.ewma_s, max(series.ewma_s, _percentile(series.ordered, self.percentile, True)),
                         series.count, "measured")
 
     def _own_estimate(self, model: str, device: DeviceSpec, level: int) -> Estimate | None:
@@ -180,7 +194,7 @@ class ProfileTable:
         summaries[model] = summary
         self.summaries = summaries
         for cached in [k for k in self._cache if k[0] == model]:
-            del self._cache[cached]
+            del self._cache[cached]  # every device's estimates of it
 
     def op_types(self, model: str) -> frozenset[str]:
         summary = self.summaries.get(model)
@@ -200,10 +214,9 @@ class ProfileTable:
                 self._sizes.setdefault((model, device.id, level), []).append(batch)
         else:
             series.ewma_s += self.alpha * (run_s - series.ewma_s)
-        series.window.append(run_s)
+        series.add(run_s)
         series.count += 1
-        for cached in [k for k in self._cache if k[0] == model and k[1] == device.id]:
-            del self._cache[cached]
+        self._cache.pop((model, device.id), None)
 
     def rows(self) -> list[tuple[str, str, int, Estimate]]:
         """Every measured (model, device, level) with its estimate, sorted: for reports."""
@@ -216,9 +229,9 @@ def _scaled(estimate: Estimate, factor: float) -> Estimate:
     return Estimate(estimate.mean_s * factor, estimate.tail_s * factor, estimate.samples, estimate.source)
 
 
-def _percentile(values: Iterable[float], q: float) -> float:
+def _percentile(values: Iterable[float], q: float, is_sorted: bool = False) -> float:
     """Nearest-rank percentile of a small window (no numpy needed for 64 values)."""
-    ordered = sorted(values)
+    ordered = values if is_sorted and isinstance(values, list) else sorted(values)
     if not ordered:
         return 0.0
     rank = max(1, math.ceil(q / 100.0 * len(ordered)))

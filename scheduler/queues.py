@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from heddle.scheduler.policies import SortKey, fixed_group_order, tail
+from heddle.scheduler.policies import SortKey, fixed_group_order, key_is_group_order, tail
 from heddle.scheduler.state import RunState, StageRun
 
 if TYPE_CHECKING:
@@ -87,12 +87,17 @@ class QueueIndex:
         self.order: Callable[[StageRun], SortKey] | None = None
         self.ties = False
         self.aging = False  # the ready order is kept only for a policy with an aging bound
+        # Every queued run in ready order, across groups: its first says at once whether any run
+        # has aged, where asking each group's oldest cost more than the rest of a pick.
+        self._all_by_age = _Sorted()
+        self._key_is_order = False  # the policy's key is its group order (no `now` in it)
         self._use(policy)
 
     def _use(self, policy: Policy) -> None:
         fixed = fixed_group_order(policy)
         self.order, self.ties = fixed if fixed is not None else (None, False)
         self.aging = policy.max_wait_s is not None
+        self._key_is_order = fixed is not None and key_is_group_order(policy)
 
     def add(self, run: StageRun, device: str) -> None:
         if self.order is None:
@@ -105,6 +110,7 @@ class QueueIndex:
         group.by_order.add(keys[0], run)
         if self.aging:
             group.by_age.add(keys[1], run)
+            self._all_by_age.add(keys[1], run)
 
     def remove(self, run: StageRun, device: str) -> None:
         if self.order is None:
@@ -114,18 +120,22 @@ class QueueIndex:
         group.by_order.remove(order_key)  # an emptied group stays: the model's runs come back
         if self.aging:
             group.by_age.remove(age_key)
+            self._all_by_age.remove(age_key)
 
     def clear(self, device: str, runs: Iterable[StageRun]) -> None:
         if self.order is None:
             return
         for run in runs:
-            self._keys.pop(run.key, None)
+            keys = self._keys.pop(run.key, None)
+            if keys is not None and self.aging:
+                self._all_by_age.remove(keys[1])
         self._groups[device] = {}
 
     def reorder(self, policy: Policy, queues: dict[str, list[StageRun]]) -> None:
         """A new policy: its own order (or none) over every queued run."""
         self._use(policy)
         self._keys.clear()
+        self._all_by_age = _Sorted()
         for device, queue in queues.items():
             self._groups[device] = {}
             for run in queue:
@@ -156,6 +166,9 @@ class QueueIndex:
 
     def _oldest_aged(self, device: str, now: float, core: CoreReads, bound: float) -> StageRun | None:
         """Per group the oldest READY run is aged or none is (ready_s order): the oldest aged."""
+        oldest = self._all_by_age.keys
+        if not oldest or not now - oldest[0][0] >= bound:  # no queued run has aged (core.aged's test)
+            return None
         best: tuple[SortKey, StageRun] | None = None
         can_run = _Eligible(device, core)
         for other, by_model in self._groups.items():
@@ -174,6 +187,8 @@ class QueueIndex:
     def _best(self, groups: Iterable[_Group], rank: Callable[[StageRun], SortKey]) -> StageRun | None:
         """The best-ranked READY run of the groups: a group's first READY run in the policy's
         order, except where keys computed from `now` (least_slack's) tie (_tied_best)."""
+        if self._key_is_order:  # no run here has aged (the pick asked first): rank is (1, *order key)
+            return _best_by_order(groups)
         best: tuple[SortKey, StageRun] | None = None
         for group in groups:
             at = group.by_order.first_ready()
@@ -186,6 +201,16 @@ class QueueIndex:
             if best is None or candidate[0] < best[0]:
                 best = candidate
         return None if best is None else best[1]
+
+
+def _best_by_order(groups: Iterable[_Group]) -> StageRun | None:
+    """_best for a policy whose key is its group order: the keys kept compare as rank would."""
+    best: tuple[SortKey, StageRun] | None = None
+    for group in groups:
+        at = group.by_order.first_ready()
+        if at is not None and (best is None or group.by_order.keys[at] < best[0]):
+            best = (group.by_order.keys[at], group.by_order.runs[at])
+    return None if best is None else best[1]
 
 
 def _tied_best(order: _Sorted, at: int, head: tuple[SortKey, StageRun], rank: Callable[[StageRun], SortKey]

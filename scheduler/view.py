@@ -140,8 +140,10 @@ class CoreReads:
         # passed: the heap's walk stops at its first request with work to start (only requests
         # whose every remaining stage runs come before it), where a scan of every request each
         # step made the step quadratic under deep queues.
-        deadlines = [r.deadline_s for r in self._overdue.values() if r.deadline_s is not None and _unstarted(r)]
         first = self._deadlines.first(_unstarted)
+        if not self._overdue and not self._batch_wake_s:  # the usual step: the heap says it all
+            return first
+        deadlines = [r.deadline_s for r in self._overdue.values() if r.deadline_s is not None and _unstarted(r)]
         if first is not None:
             deadlines.append(first)
         return min(deadlines + list(self._batch_wake_s.values()), default=None)
@@ -160,14 +162,13 @@ class CoreReads:
         return [d for d, ok in self._healthy.items() if ok]
 
     def stats(self) -> CoreStats:
-        return CoreStats(
-            queued={d: len(q) for d, q in self._queues.items()},
-            running={d: len(r) for d, r in self._running.items()},
-            active_requests=self._num_active,
-            frozen={d: sum(r.state is RunState.FROZEN for r in q) if self._num_frozen else 0
-                    for d, q in self._queues.items()},
-            levels=dict(self._levels),
-        )
+        queues = self._queues
+        if self._num_frozen:
+            frozen = {d: sum(r.state is RunState.FROZEN for r in q) for d, q in queues.items()}
+        else:  # the usual case, read at every step (the runtime's gauges): no queue walked
+            frozen = dict.fromkeys(queues, 0)
+        return CoreStats({d: len(q) for d, q in queues.items()}, {d: len(r) for d, r in self._running.items()},
+                         self._num_active, frozen, dict(self._levels))
 
     def footprint(self) -> dict[str, int]:
         """How many entries each per-request structure holds: all 0 once every request has ended,
@@ -185,4 +186,10 @@ class CoreReads:
 
 def _unstarted(request: Request) -> bool:
     """Has the request a stage not started yet (one a deadline would shed)?"""
-    return any(run.state < RunState.RUNNING for run in request.runs.values())
+    for run in request.runs.values():  # noqa: SIM110 (a loop, not any(generator): asked at every step)
+        if run.state < _RUNNING:
+            return True
+    return False
+
+
+_RUNNING = RunState.RUNNING

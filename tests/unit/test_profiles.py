@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 import onnx
@@ -82,6 +83,27 @@ def test_measurements_give_an_ewma_and_a_high_percentile_over_a_bounded_window()
     profiles.observe("m", CPU, 0, 5.0)
     assert profiles.estimate("m", CPU).mean_s == pytest.approx(3.0, abs=1e-3)
     assert profiles.rows()[0][:3] == ("m", "cpu0", 0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_tail_is_the_nearest_rank_percentile_of_the_last_window_of_runs(seed):
+    """The window is kept sorted as runs come and go (not sorted at each read): after every
+    observation the tail equals the percentile of the last `window` runs sorted from scratch,
+    repeated values (which leave one at a time) included; and a (model, device)'s estimates are
+    dropped at each observation, another device's kept."""
+    rng = random.Random(seed)
+    profiles = ProfileTable(alpha=0.3, window=7, percentile=90.0)
+    runs: list[float] = []
+    other = profiles.estimate("m", GPU)
+    for _ in range(60):
+        run_s = rng.choice([0.5, 1.0, 2.0]) if rng.random() < 0.4 else rng.uniform(0.1, 3.0)
+        runs.append(run_s)
+        profiles.observe("m", CPU, 0, run_s)
+        last = sorted(runs[-7:])
+        expected = last[max(1, math.ceil(0.9 * len(last))) - 1]
+        est = profiles.estimate("m", CPU)
+        assert est.tail_s == max(est.mean_s, expected)
+        assert profiles.estimate("m", GPU) is other
 
 
 def test_a_level_without_data_scales_level_zero_by_the_clock():
