@@ -63,6 +63,7 @@ class Core(CorePowerEvents, CoreControlEvents):
         self._healthy = {d: True for d in self.devices}
         self._levels = {d: 0 for d in self.devices}
         self._compatible: dict[str, list[str]] = {}
+        self._eligible: dict[str, list[str]] = {}
         self._best_s: dict[str, float] = {}  # model -> best estimate; dropped when it may change
         self._requests: dict[str, Request] = {}
         self._finished: list[Finished] = []

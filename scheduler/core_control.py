@@ -39,6 +39,7 @@ class CoreControlEvents(CoreStep):
     def set_device_health(self, device: str, healthy: bool, now: float) -> None:
         """Take a device out of (or back into) rotation; its queue moves to healthy peers."""
         self._healthy[device] = healthy
+        self._eligible.clear()
         self._best_s.clear()
         self.version += 1
         self.estimates_version += 1
@@ -84,6 +85,7 @@ class CoreControlEvents(CoreStep):
             if spec.kind != "llm" and spec.batching.enabled:
                 self._batching[name] = spec.batching
         self._compatible.clear()  # a changed spec may name other devices
+        self._eligible.clear()
         self._best_s.clear()
         self.version += 1
 

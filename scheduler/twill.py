@@ -28,12 +28,13 @@ After Twill (arXiv 2507.00491), whose exact rules are not public; these are hedd
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from heddle.scheduler.dag import Pipeline
 from heddle.scheduler.fanout_stats import expected_factor
 from heddle.scheduler.policies import CoreView
 from heddle.scheduler.state import Request, RunState, StageRun, device_of, started_s_of
-from heddle.scheduler.twill_forecast import TwillForecast
+from heddle.scheduler.twill_forecast import Forecast, TwillForecast
 
 __all__ = ["TwillPolicy"]
 
@@ -60,6 +61,8 @@ class TwillPolicy(TwillForecast):
         self.mapping = mapping
         self._reserved: dict[str, float] = {}  # device -> deadline of the stage it is held for
         self._reserved_at = math.nan
+        # (stealing device, other device) -> (other's queue version, may it take anything queued there)
+        self._runnable: dict[tuple[str, str], tuple[tuple[int, int], bool]] = {}
 
     # ---- mapping ------------------------------------------------------------------------
     def place(self, run: StageRun, devices: list[str], view: CoreView, now: float) -> str:
@@ -103,7 +106,8 @@ class TwillPolicy(TwillForecast):
     def may_steal(self, run: StageRun, device: str, view: CoreView, now: float) -> bool:
         return self._may_steal(run, device, view, now, None)
 
-    def _may_steal(self, run: StageRun, device: str, view: CoreView, now: float, ahead: int | None) -> bool:
+    def _may_steal(self, run: StageRun, device: str, view: CoreView, now: float, ahead: int | None,
+                   forecast: Forecast | None = None) -> bool:
         """Take a run queued elsewhere if it finishes here earlier by a margin, and it would be
         late there or costs less energy here. A run with no deadline that would wait where it is
         goes to a device with nothing of its own ready (as the baselines steal): best-effort work
@@ -123,7 +127,7 @@ class TwillPolicy(TwillForecast):
         if ahead is None:
             wait_s = self._wait_ahead_s(view, run, queued, now)
         else:
-            wait_s = self._wait_at(view, queued, ahead, now)
+            wait_s = self._wait_at(view, queued, ahead, now, forecast)
         if best_effort:
             return wait_s > 0  # a run its own device starts now stays there
         there_s = view.estimate_s(run.model, queued)
@@ -150,19 +154,31 @@ class TwillPolicy(TwillForecast):
         for other in view.devices:
             # A queue with nothing this device can run need not be ranked (a CPU device never
             # ranks the Python device's queue to find that out).
-            if other == device or not any(can_run(m) for m in {q.model for q in view.queued(other)}):
+            if other == device or not view.queued(other) or not self._runs_any(view, device, other, can_run):
                 continue
             checked = 0
-            for ahead, run in enumerate(self.forecast(view, other, now)[2]):
+            forecast = self.forecast(view, other, now)
+            for ahead, run in enumerate(forecast[2]):
                 if checked == self.steal_scan:
                     break
                 if can_run(run.model):
                     checked += 1
-                    ok = (self._may_steal(run, device, view, now, ahead) if own_rule
+                    ok = (self._may_steal(run, device, view, now, ahead, forecast) if own_rule
                           else self.may_steal(run, device, view, now))
                     if ok:
                         found.append(run)
         return found
+
+    def _runs_any(self, view: CoreView, device: str, other: str, can_run: Callable[[str], bool]) -> bool:
+        """Is anything queued on `other` a model `device` can run? Kept per queue version: asked
+        for every other queue at every pick of an idle device, and a queue's models change only
+        when its version does."""
+        stamp = view.queue_version(other)
+        known = self._runnable.get((device, other))
+        if known is None or known[0] != stamp:
+            runnable = any(can_run(m) for m in {q.model for q in view.queued(other)})
+            known = self._runnable[(device, other)] = (stamp, runnable)
+        return known[1]
 
     # ---- freezing -----------------------------------------------------------------------
     def hold(self, view: CoreView, now: float) -> set[tuple[str, str]]:
@@ -183,8 +199,9 @@ class TwillPolicy(TwillForecast):
         if not free:
             return held
         can_keep: dict[str, bool] = {}
+        busy: dict[str, float] = {}  # device -> until its first slot frees (_busy_s), once per call
         for device in view.devices:
-            for running in list(view.running(device)):
+            for running in view.running(device):  # hold() changes nothing it reads
                 request = running.request
                 if request.finished or request.deadline_s is None:
                     continue
@@ -199,16 +216,20 @@ class TwillPolicy(TwillForecast):
                         continue
                     ready_at = _ready_at(view, run, now)
                     if ready_at is not None and ready_at > now:
-                        self._protect(view, run, ready_at, now, held, downstream)
+                        self._protect(view, run, ready_at, now, held, downstream, busy)
         return held
 
     def _protect(self, view: CoreView, run: StageRun, ready_at: float, now: float,
-                 held: set[tuple[str, str]], downstream: dict[tuple[int, str], float]) -> None:
+                 held: set[tuple[str, str]], downstream: dict[tuple[int, str], float],
+                 busy: dict[str, float]) -> None:
         assert run.request.deadline_s is not None  # hold() protects stages of requests with one only
         deadline = run.request.deadline_s - _downstream_s(view, run, downstream)
         best: tuple[float, str] | None = None
         for device in view.eligible_devices(run.model):
-            finish = max(ready_at, now + _busy_s(view, device, now)) + view.tail_s(run.model, device)
+            busy_s = busy.get(device)
+            if busy_s is None:
+                busy_s = busy[device] = _busy_s(view, device, now)
+            finish = max(ready_at, now + busy_s) + view.tail_s(run.model, device)
             if best is None or finish < best[0]:
                 best = (finish, device)
         if best is None or best[0] > deadline:
@@ -261,6 +282,9 @@ def _downstream_s(view: CoreView, run: StageRun, memo: dict[tuple[int, str], flo
     """Longest chain of best-case estimates after this stage (it excluded); memo is keyed by
     (pipeline object, stage) and must not outlive the estimates it was filled with."""
     pipeline = run.request.pipeline
+    known = memo.get((id(pipeline), run.stage))
+    if known is not None:  # most calls: another frame of the same pipeline asked already
+        return known
 
     def after(stage: str) -> float:
         key = (id(pipeline), stage)  # the pipeline object requests share; alive for the call

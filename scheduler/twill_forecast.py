@@ -61,15 +61,18 @@ class TwillForecast(BasePolicy):
     def _wait_ahead_s(self, view: CoreView, run: StageRun, device: str, now: float) -> float:
         """Predicted wait before `run` could start on `device`: running work plus the queued
         work that ranks ahead of it, spread over the device's slots."""
-        keys = self.forecast(view, device, now)[0]
+        if view.free_slots(device) > len(view.queued(device)):  # fewer READY runs than free slots
+            return 0.0  # whatever its place (as _wait_at says), without a forecast
+        forecast = self.forecast(view, device, now)
         # Unique keys: its own is not ahead (and a queued run's place is its index in the forecast).
-        return self._wait_at(view, device, bisect.bisect_left(keys, self.key(run, now, view)), now)
+        return self._wait_at(view, device, bisect.bisect_left(forecast[0], self.key(run, now, view)), now, forecast)
 
-    def _wait_at(self, view: CoreView, device: str, ahead: int, now: float) -> float:
-        """The wait of a run with `ahead` READY runs before it in the device's forecast."""
+    def _wait_at(self, view: CoreView, device: str, ahead: int, now: float, forecast: Forecast | None = None) -> float:
+        """The wait of a run with `ahead` READY runs before it in the device's forecast (given, when
+        the caller holds it: this very forecast at this `now`)."""
         if ahead < view.free_slots(device):
             return 0.0
-        prefix_s = self.forecast(view, device, now)[1]
+        prefix_s = (forecast or self.forecast(view, device, now))[1]
         return (self._busy_total_s(view, device, now) + prefix_s[ahead]) / view.devices[device].slots
 
     def _busy_total_s(self, view: CoreView, device: str, now: float) -> float:

@@ -29,6 +29,7 @@ class CoreReads:
     _healthy: dict[str, bool]
     _levels: dict[str, int]
     _compatible: dict[str, list[str]]
+    _eligible: dict[str, list[str]]  # _compatible less unhealthy devices; dropped with either
     _best_s: dict[str, float]
     _requests: dict[str, Request]
     _num_active: int
@@ -46,7 +47,12 @@ class CoreReads:
     fanout: FanoutStats  # elements per map stage, run rates of conditional stages, learned online
 
     def eligible_devices(self, model: str) -> list[str]:
-        """Healthy devices allowed to run `model` and able to run all of its op types."""
+        """Healthy devices allowed to run `model` and able to run all of its op types. The list is
+        kept (asked several times a step by twill) until a device's health or a model changes:
+        read it, do not change it."""
+        eligible = self._eligible.get(model)
+        if eligible is not None:
+            return eligible
         allowed = self._compatible.get(model)
         if allowed is None:
             spec = self.models[model]
@@ -54,7 +60,8 @@ class CoreReads:
             ops = self.profiles.op_types(model)
             allowed = self._compatible[model] = [
                 d for d in named if d in self.devices and compatible(ops, self.devices[d])]
-        return [d for d in allowed if self._healthy[d]]
+        eligible = self._eligible[model] = [d for d in allowed if self._healthy[d]]
+        return eligible
 
     def estimate_s(self, model: str, device: str, batch: int = 1) -> float:
         """A pass of `batch` rows of the model on the device at its level (typical time)."""
