@@ -79,6 +79,7 @@ class Core(CorePowerEvents, CoreControlEvents):
         self._log_rejected: list[Reject] = []
         self._log_power: list[PowerAction] = []
         self._num_frozen = 0
+        self._held: set[tuple[str, str]] = set()
         self._num_active = 0
         # Deadlines in time order, and requests past theirs whose remaining stages were all
         # running then (shed later if a next stage is still to start): _expire needs no scan.

@@ -40,6 +40,7 @@ class CoreStep(CoreReads):
     _log_levels: list[SetLevel]
     _log_rejected: list[Reject]
     _log_power: list[PowerAction]
+    _held: set[tuple[str, str]]  # the runs the policy holds this step
 
     def schedule(self, now: float) -> Plan:
         """Expire overdue requests, apply the policy's holds, then fill every free device slot
@@ -134,6 +135,15 @@ class CoreStep(CoreReads):
             pool += [r for other, queue in self._queues.items() if other != device and self._num_frozen
                      for r in queue if r.state is RunState.FROZEN and r.request.priority > frozen_max
                      and device in self.eligible_devices(r.model)]
+            if self._num_frozen and (left_s := self.power.duty_left_s(device)) > 0:
+                # The class frozen here runs a share of each control period (a release in part):
+                # its runs queued anywhere that fit in what is left of this period's share (a run
+                # past it would put this period's power over), but not those the policy holds to
+                # keep this device free for urgent work.
+                pool += [r for queue in self._queues.values() for r in queue
+                         if r.state is RunState.FROZEN and r.request.priority <= frozen_max
+                         and r.key not in self._held and device in self.eligible_devices(r.model)
+                         and self.estimate_s(r.model, device) <= left_s]
         return pool
 
     def _start(self, run: StageRun, device: str, now: float) -> Dispatch:
@@ -145,7 +155,10 @@ class CoreStep(CoreReads):
         if queued != device:
             self._log_migrated.append(Migrate(run.request.id, run.name, queued, device))
         run.device = device
-        self._num_frozen -= run.state is RunState.FROZEN  # taken from where its class is frozen
+        if run.state is RunState.FROZEN:  # taken from where its class is frozen
+            self._num_frozen -= 1
+            if self.power is not None and run.request.priority <= self.power.freeze_max(device):
+                self.power.spend_duty(device, self.estimate_s(run.model, device))  # frozen here too
         run.state = RunState.RUNNING
         run.started_s = now
         run.level = self._levels[device]
@@ -198,7 +211,7 @@ class CoreStep(CoreReads):
         """The one way runs are frozen and unfrozen: the policy names the queued runs to hold
         this step; an aged run is never held (the aging bound beats freezing). The power
         controller holds the classes it froze on each device, aged or not (the cap beats aging)."""
-        held = self.policy.hold(self, now)
+        held = self._held = self.policy.hold(self, now)
         power = self.power if self.power is not None and self.power.freezing else None
         if not held and not self._num_frozen and power is None:
             return

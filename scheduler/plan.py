@@ -96,18 +96,21 @@ class PowerActionKind(StrEnum):
     UNFREEZE = "unfreeze"
     REFUSE = "refuse"
     READMIT = "readmit"
+    DUTY = "duty"
 
 
 @dataclass(frozen=True, slots=True)
 class PowerAction:
     """A power-controller step other than DVFS, for metrics and traces: kind is FREEZE /
-    UNFREEZE (requests of priority <= `priority` held on `device`, or no longer) or REFUSE
-    / READMIT (new requests of priority <= `priority` refused at admission, device "box")."""
+    UNFREEZE (requests of priority <= `priority` held on `device`, or no longer), REFUSE
+    / READMIT (new requests of priority <= `priority` refused at admission, device "box") or
+    DUTY (the class frozen on `device` runs there for `share` of each control period)."""
 
     kind: PowerActionKind
     device: str
     priority: int
     reason: str = ""
+    share: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,10 @@ class PowerController(PowerLadder):
         self.set_budget(settings.budget_w, settings.device_budget_w)
         self.levels = {d: 0 for d in self.devices}
         self.freeze = {d: 0 for d in self.devices}  # requests of priority <= this are held there
+        # Share of each control period the class frozen on a device may still run there (a release
+        # in part, where releasing it whole does not fit), and the run time spent of it so far.
+        self.duty = {d: 0.0 for d in self.devices}
+        self._duty_spent_s = {d: 0.0 for d in self.devices}
         self.refuse = 0  # requests of priority <= this are refused at admission
         self.box_w: float | None = None
         self.smoothed_w: float | None = None
@@ -103,6 +107,14 @@ class PowerController(PowerLadder):
     def freeze_max(self, device: str) -> int:
         return self.freeze.get(device, 0)
 
+    def duty_left_s(self, device: str) -> float:
+        """Run time the class frozen on the device may still start there this control period."""
+        return self.duty.get(device, 0.0) * self.settings.period_s - self._duty_spent_s.get(device, 0.0)
+
+    def spend_duty(self, device: str, run_s: float) -> None:
+        """A run of the class frozen on the device started there, expected to take run_s."""
+        self._duty_spent_s[device] += run_s
+
     def frozen_anywhere(self, priority: int) -> bool:
         return priority < self.top and any(priority <= f for f in self.freeze.values())
 
@@ -136,6 +148,7 @@ class PowerController(PowerLadder):
         (or one undo step when all are calm). `busy`: each device's busy fraction over the
         period; by default 1 for a device running something, else 0."""
         self._observe(list(readings), now)
+        self._duty_spent_s = dict.fromkeys(self.devices, 0.0)  # a new period, its share unspent
         for d in self.devices:
             if any(r.request.priority >= self.top for r in view.running(d)) or any(
                     r.request.priority >= self.top and r.state is RunState.READY for r in view.queued(d)):

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 __all__ = ["PowerLadder", "Step"]
 
+_MIN_SHARE = 0.05  # a share of a control period below this is not worth an action
+_MAX_SHARE = 0.95  # past this the class is released whole, if that fits
+
 
 class Step:
     """What one control step may read of the core, computed once and only when acting."""
@@ -71,6 +74,7 @@ class PowerLadder:
     device_budget_w: dict[str, float]
     levels: dict[str, int]
     freeze: dict[str, int]
+    duty: dict[str, float]
     refuse: int
     smoothed_w: float | None
     smoothed_domain_w: dict[str, float]
@@ -79,7 +83,13 @@ class PowerLadder:
 
     def _escalate(self, devices: list[str], step: Step, why: str, is_box: bool) -> list[SetLevel | PowerAction]:
         """One rung up; refusing classes with nothing in flight saves no power now, so it goes
-        with the next rung in the same period instead of spending one."""
+        with the next rung in the same period instead of spending one. A class's share of a
+        device's periods (the last undo) is the first thing cut, by half."""
+        shared = [d for d in devices if self.duty[d] > 0]
+        if shared:
+            cut = max(shared, key=lambda d: (self._duty_w(d), -self._order[d]))
+            half = self.duty[cut] / 2 if self.duty[cut] / 2 >= _MIN_SHARE else 0.0
+            return [self._set_duty(cut, half, why + f"; priority <= {self.freeze[cut]} runs {half:.0%} of each period")]
         device = self._to_lower(devices, step, lambda d: step.urgency[d] < self.top
                                 or not step.slows(d, self.levels[d] + 1))
         if device is not None:
@@ -144,7 +154,47 @@ class PowerLadder:
                     self.levels[device] = slower
                     return [SetLevel(device, slower, why + f"; slowed to release priority {p}"),
                             self._set_freeze(device, below, step, why, rise_w)]
-        return []  # in order: nothing below this class is undone first
+        return _listed(self._share_more(held, step, p, why))  # in order: nothing below it is undone first
+
+    def _share_more(self, held: list[str], step: Step, p: int, why: str) -> PowerAction | None:
+        """Released whole the class fits on no device at any level: let it run a share of each
+        control period on one (least urgent first), the share its busy power fits in the room
+        left (the smoothed power under the middle of the band, the peak under the budget), so it
+        is not frozen for good with the budget half unused. Raised again each calm dwell while
+        the room lasts; halved first when power goes over."""
+        for device in sorted(held, key=lambda d: (step.urgency[d], self._order[d])):
+            rise_w = self._rise_w(device)
+            if rise_w <= 0:
+                continue
+            share = min(_MAX_SHARE, self.duty[device] + self._room_w(device) / rise_w)
+            if share >= self.duty[device] + _MIN_SHARE:
+                return self._set_duty(device, share, why + f"; priority <= {p} runs {share:.0%} of each period")
+        return None
+
+    def _set_duty(self, device: str, share: float, why: str) -> PowerAction:
+        self._feed_forward(device, (share - self.duty[device]) * self._rise_w(device))
+        self.duty[device] = share
+        return PowerAction(PowerActionKind.DUTY, device, self.freeze[device], why, share)
+
+    def _rise_w(self, device: str) -> float:
+        model = self.models[device]
+        return model.busy_w(self.levels[device]) - model.idle_w
+
+    def _duty_w(self, device: str) -> float:
+        return self.duty[device] * self._rise_w(device)
+
+    def _room_w(self, device: str) -> float:
+        """What an undo may add and still fit (_fits): the least room over the budgets in force."""
+        bar = (self.settings.low + self.settings.high) / 2
+        rooms = []
+        if self.budget_w is not None and self.smoothed_w is not None:
+            peak = max(box for _, box, _ in self._recent) if self._recent else 0.0
+            rooms += [bar * self.budget_w - self.smoothed_w, self.budget_w - peak]
+        dev_budget, dev_w = self.device_budget_w.get(device), self.smoothed_domain_w.get(device)
+        if dev_budget is not None and dev_w is not None:
+            peak = max((d.get(device, 0.0) for _, _, d in self._recent), default=0.0)
+            rooms += [bar * dev_budget - dev_w, dev_budget - peak]
+        return min(rooms, default=0.0)
 
     def _to_lower(self, devices: list[str], step: Step, allowed: Callable[[str], bool]) -> str | None:
         candidates = [(step.urgency[d], -self._saving_w(d, step), self._order[d], d) for d in devices
@@ -203,6 +253,7 @@ class PowerLadder:
             extra_w = -self._freeze_saving_w(device, p, step)
         old = self.freeze[device]
         self.freeze[device] = p
+        self.duty[device] = 0.0  # a share was of the class held before
         self._feed_forward(device, extra_w)
         return PowerAction(PowerActionKind.FREEZE, device, p, why) if p > old else PowerAction(
             PowerActionKind.UNFREEZE, device, old, why)
@@ -216,5 +267,5 @@ class PowerLadder:
             self.smoothed_domain_w[device] = max(0.0, self.smoothed_domain_w[device] + extra_w)
 
 
-def _listed(action: SetLevel | None) -> list[SetLevel | PowerAction]:
+def _listed(action: SetLevel | PowerAction | None) -> list[SetLevel | PowerAction]:
     return [] if action is None else [action]

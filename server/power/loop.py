@@ -134,7 +134,7 @@ class PowerLoop:
         self._busy = self.metrics.busy_fractions(window_s) if self.metrics is not None else {}
         self.samples = [s for sensor in self.sensors for s in sensor.read(now)]
         ctl = self.controller
-        before = (dict(ctl.levels), dict(ctl.freeze), ctl.refuse)
+        before = (dict(ctl.levels), dict(ctl.freeze), ctl.refuse, dict(ctl.duty))
         self.runtime.on_power_sample(self.samples, self._busy)
         governed = self._govern() if self.governor is not None else ()
         self._charge(now)
@@ -229,12 +229,13 @@ class PowerLoop:
 
 def _events(before: tuple, ctl: PowerController) -> tuple[str, ...]:
     """What changed in the controller's state during one period, in words for plots."""
-    levels, freeze, refuse = before
+    levels, freeze, refuse, duty = before
     events = [f"level {d} {ctl.levels[d]}" for d in ctl.levels if ctl.levels[d] != levels.get(d)]
     for d in ctl.freeze:
         old, new = freeze.get(d, 0), ctl.freeze[d]
         if new != old:
             events.append(f"{'freeze' if new > old else 'unfreeze'} {d} <={max(new, old)}")
+    events += [f"duty {d} <={ctl.freeze[d]} {ctl.duty[d]:.0%}" for d in ctl.duty if ctl.duty[d] != duty.get(d, 0.0)]
     if ctl.refuse != refuse:
         events.append(f"{'refuse' if ctl.refuse > refuse else 'readmit'} <={max(ctl.refuse, refuse)}")
     return tuple(events)

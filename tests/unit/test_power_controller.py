@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from power_fixtures import TOP, Reading, busy_everywhere, feed, make_core, submit
+from power_fixtures import TOP, Reading, busy_everywhere, feed, make_core, readings, submit
 
 from heddle.scheduler import Core, Outcome, RunState
 from heddle.scheduler.plan import SetLevel
@@ -228,3 +228,33 @@ def test_work_frozen_on_one_device_runs_on_another_where_its_class_is_released()
     assert [(d.request_id, d.device) for d in plan.dispatches] == [("low", "cpu1")]
     assert [(m.from_device, m.to_device) for m in plan.migrated] == [("cpu0", "cpu1")]
     assert core.footprint()["frozen"] == 0  # the core's count of frozen runs follows it out
+
+
+def test_a_share_of_each_period_is_granted_spent_and_halved_when_over():
+    """Calm at 8 W of a 10 W budget with the low class frozen: released whole it adds 5 W busy at
+    level 0 and 1.5 W at its lowest level, over the 1 W of room under the band's middle. The
+    controller grants it a share of each period instead (a DUTY action, 1 W / 5 W); the core
+    starts frozen runs only while they fit in what is left of the period's share; over the
+    budget again, the share is halved first."""
+    core, pipeline = make_core(n_devices=1, budget_w=10.0, run_s=0.015)
+    power = core.power
+    for i in range(20):
+        submit(core, pipeline, f"low{i}", 1)
+    power.freeze["cpu0"] = 1  # frozen before any started
+    assert not core.schedule(0.0).dispatches
+    now, plan = 0.0, core.schedule(0.0)
+    while not plan.power and now < 1.0:  # calm for the dwell (5 periods)
+        now += 0.1
+        core.on_power_sample(readings(core, {"cpu0": 8.0}), now, {"cpu0": 0.0})
+        plan = core.schedule(now)
+    assert [(a.kind, a.share) for a in plan.power] == [("duty", pytest.approx(0.2))] and power.freeze["cpu0"] == 1
+    assert [d.request_id for d in plan.dispatches] == ["low0"]  # 15 ms of the period's 20
+    core.on_stage_done("low0", "s0", now + 0.015)
+    assert not core.schedule(now + 0.015).dispatches  # 5 ms left: the next run does not fit
+    core.on_power_sample(readings(core, {"cpu0": 8.0}), now + 0.1, {"cpu0": 0.15})
+    assert [d.request_id for d in core.schedule(now + 0.1).dispatches] == ["low1"]  # a new period
+    shares = []
+    for k in range(3):  # over: the share is halved first, one rung a period, then withdrawn
+        core.on_power_sample(readings(core, {"cpu0": 12.0}), now + 0.2 + 0.1 * k, {"cpu0": 0.15})
+        shares.append(power.duty["cpu0"])
+    assert shares == [pytest.approx(0.1), pytest.approx(0.05), 0.0] and power.freeze["cpu0"] == 1
