@@ -111,14 +111,19 @@ class CoreStep(CoreReads):
         the queue index where the policy allows, else ranking every run it may take."""
         if self._index.usable(self.power is not None and self.power.freezing, self.policy.max_wait_s is not None):
             return self._index.pick(device, now, self, lambda r: self._rank(r, now))
-        pool = self._pool(device, now)
+        pool = self._pool(device, now, heads=True)
         return min(pool, key=lambda r: self._rank(r, now)) if pool else None
 
-    def _pool(self, device: str, now: float) -> list[StageRun]:
+    def _pool(self, device: str, now: float, heads: bool = False) -> list[StageRun]:
         """The ready runs a free slot of `device` may take: from its own queue, runs the policy
         lets it steal (when its queue is empty, or always if the policy says so), and aged runs
-        queued anywhere it can run them."""
-        pool = [r for r in self._queues[device] if r.state is RunState.READY]
+        queued anywhere it can run them. heads: of its own queue only the run the policy ranks
+        first where it names it (queued_heads: twill reads it from its groups), for a pick."""
+        ask = getattr(self.policy, "queued_heads", None) if heads else None
+        own = None
+        if ask is not None and self.policy.max_wait_s is None and not (self.power is not None and self.power.freezing):
+            own = ask(device, self, now)
+        pool = [r for r in self._queues[device] if r.state is RunState.READY] if own is None else own
         if not pool or self.policy.steal_when_busy:
             pool += self.policy.steal_candidates(device, self, now)
         if self.policy.max_wait_s is not None:
@@ -224,12 +229,14 @@ class CoreStep(CoreReads):
                     self._device_versions[device] += 1
                     run.state = RunState.READY
                     self._num_frozen -= 1
+                    self._index.set_frozen(run, device)
                     self._log_unfrozen.append(Unfreeze(run.request.id, run.name, device))
                 elif run.state is RunState.READY and hold:
                     self.version += 1
                     self._device_versions[device] += 1
                     run.state = RunState.FROZEN
                     self._num_frozen += 1
+                    self._index.set_frozen(run, device)
                     self._log_frozen.append(Freeze(run.request.id, run.name, device))
 
     def _expire(self, now: float) -> None:

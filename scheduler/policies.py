@@ -3,7 +3,8 @@ also choose where a run is queued, whether an idle device takes it, and what to 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from heddle.scheduler.fanout_stats import FanoutStats
@@ -11,10 +12,9 @@ from heddle.scheduler.specs import DeviceSpec
 from heddle.scheduler.state import Request, RunState, StageRun, device_of
 
 __all__ = [
-    "POLICIES", "BasePolicy", "CoreView", "DreamPolicy", "EdfPolicy", "FcfsPolicy",
-    "LeastSlackPolicy", "Policy", "PriorityPolicy", "SjfPolicy", "SortKey", "fixed_group_order", "key_is_group_order",
-    "make_policy",
-    "tail",
+    "POLICIES", "BasePolicy", "CoreView", "DreamPolicy", "EdfPolicy", "FcfsPolicy", "KineticGroups",
+    "LeastSlackPolicy", "Policy", "PriorityPolicy", "SjfPolicy", "SortKey", "fixed_group_order",
+    "key_is_group_order", "kinetic_groups", "make_policy", "tail",
 ]
 
 # A policy's order for one run: compared element by element, numbers first, the tail last.
@@ -30,6 +30,8 @@ class CoreView(Protocol):
     def version(self) -> int: ...  # changes whenever anything below may have changed
 
     def queue_version(self, device: str) -> tuple[int, int]: ...  # finer: one device's queue
+    def queue_groups(self, device: str) -> Mapping[Any, Any]: ...  # kinetic groups (queues.py)
+    def batches(self, model: str) -> bool: ...  # dynamic batching on (queued_work_s shares passes)
 
     def estimate_s(self, model: str, device: str) -> float: ...
     def tail_s(self, model: str, device: str) -> float: ...
@@ -223,6 +225,25 @@ def fixed_group_order(policy: Policy) -> tuple[Callable[[StageRun], SortKey], bo
             BasePolicy.may_steal, BasePolicy.steal_candidates, BasePolicy.hold):
         return None
     return policy.group_order, bool(getattr(policy, "group_ties", False))
+
+
+@dataclass(frozen=True)
+class KineticGroups:
+    """Groups a policy whose key moves with `now` asks the core to keep its queued runs in
+    (scheduler/queues.py), for it to read (CoreView.queue_groups) instead of ranking every run:
+    group_of gives a run's group, order its place in the group (an order the policy's key keeps
+    within a group at every `now`, up to what the policy handles itself), finish a second order
+    (twill's: when each run becomes hopeless). Frozen runs are noted per group."""
+
+    group_of: Callable[[StageRun], Hashable]
+    order: Callable[[StageRun], SortKey]
+    finish: Callable[[StageRun], SortKey]
+
+
+def kinetic_groups(policy: Policy) -> KineticGroups | None:
+    """The groups the policy asks for (a `kinetic_groups()` method), if any."""
+    ask = getattr(policy, "kinetic_groups", None)
+    return ask() if callable(ask) else None
 
 
 def key_is_group_order(policy: Policy) -> bool:

@@ -13,10 +13,17 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from heddle.scheduler.policies import SortKey, fixed_group_order, key_is_group_order, tail
+from heddle.scheduler.policies import (
+    KineticGroups,
+    SortKey,
+    fixed_group_order,
+    key_is_group_order,
+    kinetic_groups,
+    tail,
+)
 from heddle.scheduler.state import RunState, StageRun
 
 if TYPE_CHECKING:
@@ -54,11 +61,16 @@ class _Sorted:
 
 
 class _Group:
-    __slots__ = ("by_age", "by_order")
+    """One group's queued runs: in the order kept for it, in ready order (aging bound), by the
+    second order a kinetic policy asks for (`by_finish`), and those of them FROZEN (kinetic only)."""
+
+    __slots__ = ("by_age", "by_finish", "by_order", "frozen")
 
     def __init__(self) -> None:
         self.by_order = _Sorted()
         self.by_age = _Sorted()
+        self.by_finish = _Sorted()
+        self.frozen: dict[tuple[str, str], StageRun] = {}
 
 
 class _Eligible:
@@ -82,8 +94,12 @@ class QueueIndex:
     `clear` when a device's queue is emptied at once, `reorder` when the policy changes."""
 
     def __init__(self, devices: Iterable[str], policy: Policy) -> None:
-        self._groups: dict[str, dict[str, _Group]] = {d: {} for d in devices}
-        self._keys: dict[tuple[str, str], tuple[SortKey, SortKey]] = {}  # run key -> its two keys
+        self._groups: dict[str, dict[Any, _Group]] = {d: {} for d in devices}
+        self._keys: dict[tuple[str, str], tuple[SortKey, SortKey, SortKey]] = {}  # run key -> its keys
+        # The groups a policy whose key moves with `now` reads itself (twill: policies.kinetic_groups):
+        # kept, but no pick goes through them. None: groups by model in the fixed order, if any.
+        self._kinetic: KineticGroups | None = None
+        self._group_of: Callable[[StageRun], Hashable] = _model_of
         self.order: Callable[[StageRun], SortKey] | None = None
         self.ties = False
         self.aging = False  # the ready order is kept only for a policy with an aging bound
@@ -98,32 +114,67 @@ class QueueIndex:
         self.order, self.ties = fixed if fixed is not None else (None, False)
         self.aging = policy.max_wait_s is not None
         self._key_is_order = fixed is not None and key_is_group_order(policy)
+        self._kinetic = kinetic_groups(policy) if fixed is None else None
+        self._group_of = self._kinetic.group_of if self._kinetic is not None else _model_of
+
+    @property
+    def kinetic(self) -> bool:
+        return self._kinetic is not None
+
+    @property
+    def _order(self) -> Callable[[StageRun], SortKey] | None:
+        return self.order if self._kinetic is None else self._kinetic.order
 
     def add(self, run: StageRun, device: str) -> None:
-        if self.order is None:
+        order = self._order
+        if order is None:
             return
         assert run.ready_s is not None  # queued runs became ready first
-        keys = self._keys[run.key] = (self.order(run), (run.ready_s, *tail(run)))
-        group = self._groups[device].get(run.model)
+        kinetic = self._kinetic
+        keys = self._keys[run.key] = (order(run), (run.ready_s, *tail(run)),
+                                      kinetic.finish(run) if kinetic is not None else ())
+        group_key = self._group_of(run)
+        group = self._groups[device].get(group_key)
         if group is None:
-            group = self._groups[device][run.model] = _Group()
+            group = self._groups[device][group_key] = _Group()
         group.by_order.add(keys[0], run)
+        if kinetic is not None:
+            group.by_finish.add(keys[2], run)
+            if run.state is RunState.FROZEN:
+                group.frozen[run.key] = run
         if self.aging:
             group.by_age.add(keys[1], run)
             self._all_by_age.add(keys[1], run)
 
     def remove(self, run: StageRun, device: str) -> None:
-        if self.order is None:
+        if self._order is None:
             return
-        order_key, age_key = self._keys.pop(run.key)
-        group = self._groups[device][run.model]
+        order_key, age_key, finish_key = self._keys.pop(run.key)
+        group = self._groups[device][self._group_of(run)]
         group.by_order.remove(order_key)  # an emptied group stays: the model's runs come back
+        if self._kinetic is not None:
+            group.by_finish.remove(finish_key)
+            group.frozen.pop(run.key, None)
         if self.aging:
             group.by_age.remove(age_key)
             self._all_by_age.remove(age_key)
 
+    def set_frozen(self, run: StageRun, device: str) -> None:
+        """A queued run was frozen or released (its state says which): kinetic groups count it."""
+        if self._kinetic is None:
+            return
+        group = self._groups[device][self._group_of(run)]
+        if run.state is RunState.FROZEN:
+            group.frozen[run.key] = run
+        else:
+            group.frozen.pop(run.key, None)
+
+    def groups(self, device: str) -> dict[Any, _Group]:
+        """The device's groups (read only): for a kinetic policy, by its group keys."""
+        return self._groups[device]
+
     def clear(self, device: str, runs: Iterable[StageRun]) -> None:
-        if self.order is None:
+        if self._order is None:
             return
         for run in runs:
             keys = self._keys.pop(run.key, None)
@@ -201,6 +252,10 @@ class QueueIndex:
             if best is None or candidate[0] < best[0]:
                 best = candidate
         return None if best is None else best[1]
+
+
+def _model_of(run: StageRun) -> Hashable:
+    return run.model
 
 
 def _best_by_order(groups: Iterable[_Group]) -> StageRun | None:

@@ -34,7 +34,7 @@ from heddle.scheduler.dag import Pipeline
 from heddle.scheduler.fanout_stats import expected_factor
 from heddle.scheduler.policies import CoreView
 from heddle.scheduler.state import Request, RunState, StageRun, device_of, started_s_of
-from heddle.scheduler.twill_forecast import Forecast, TwillForecast
+from heddle.scheduler.twill_forecast import TwillForecast
 
 __all__ = ["TwillPolicy"]
 
@@ -106,8 +106,8 @@ class TwillPolicy(TwillForecast):
     def may_steal(self, run: StageRun, device: str, view: CoreView, now: float) -> bool:
         return self._may_steal(run, device, view, now, None)
 
-    def _may_steal(self, run: StageRun, device: str, view: CoreView, now: float, ahead: int | None,
-                   forecast: Forecast | None = None) -> bool:
+    def _may_steal(self, run: StageRun, device: str, view: CoreView, now: float,
+                   place: tuple[int, float] | None) -> bool:
         """Take a run queued elsewhere if it finishes here earlier by a margin, and it would be
         late there or costs less energy here. A run with no deadline that would wait where it is
         goes to a device with nothing of its own ready (as the baselines steal): best-effort work
@@ -122,12 +122,10 @@ class TwillPolicy(TwillForecast):
         if best_effort and any(q.state is RunState.READY for q in view.queued(device)):
             return False
         queued = device_of(run)
-        # ahead: the run's place in its queue's forecast when the caller has it (steal_candidates
-        # walks that very forecast), so its key need not be computed and searched for again.
-        if ahead is None:
-            wait_s = self._wait_ahead_s(view, run, queued, now)
-        else:
-            wait_s = self._wait_at(view, queued, ahead, now, forecast)
+        # place: how many READY runs and how much work rank before the run in its queue, when the
+        # caller has it (steal_candidates walks that very order), so its key need not be computed
+        # and searched for again.
+        wait_s = self._wait_ahead_s(view, run, queued, now) if place is None else self._wait(view, queued, *place, now)
         if best_effort:
             return wait_s > 0  # a run its own device starts now stays there
         there_s = view.estimate_s(run.model, queued)
@@ -157,13 +155,12 @@ class TwillPolicy(TwillForecast):
             if other == device or not view.queued(other) or not self._runs_any(view, device, other, can_run):
                 continue
             checked = 0
-            forecast = self.forecast(view, other, now)
-            for ahead, run in enumerate(forecast[2]):
+            for ahead, run, work_s in self.queue_order(view, other, now):
                 if checked == self.steal_scan:
                     break
                 if can_run(run.model):
                     checked += 1
-                    ok = (self._may_steal(run, device, view, now, ahead, forecast) if own_rule
+                    ok = (self._may_steal(run, device, view, now, (ahead, work_s)) if own_rule
                           else self.may_steal(run, device, view, now))
                     if ok:
                         found.append(run)

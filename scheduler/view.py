@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from heddle.scheduler.deadlines import DeadlineHeap
 from heddle.scheduler.fanout_stats import FanoutStats
 from heddle.scheduler.plan import CoreStats, Finished
 from heddle.scheduler.policies import Policy
 from heddle.scheduler.profiles import Profiles, compatible
+from heddle.scheduler.queues import QueueIndex
 from heddle.scheduler.specs import BatchOptions, DeviceSpec, ModelSpec
 from heddle.scheduler.state import Request, RunState, StageRun, device_of, started_s_of
 
@@ -35,6 +37,7 @@ class CoreReads:
     _num_active: int
     _num_frozen: int
     _deadlines: DeadlineHeap
+    _index: QueueIndex
     _overdue: dict[str, Request]
     _orphans: dict[tuple[str, str], Request]
     _orphan_ids: dict[str, int]
@@ -126,6 +129,14 @@ class CoreReads:
         """Changes whenever what is derived from the device's queue may have: its queued or
         running runs or their states, or any estimate or device health (which rank them)."""
         return (self.estimates_version, self._device_versions[device])
+
+    def queue_groups(self, device: str) -> Mapping[Any, Any]:
+        """The device's queued runs in the groups a kinetic policy asked for (scheduler/queues.py):
+        read only; empty for other policies."""
+        return self._index.groups(device) if self._index.kinetic else {}
+
+    def batches(self, model: str) -> bool:
+        return model in self._batching
 
     def level(self, device: str) -> int:
         return self._levels[device]
