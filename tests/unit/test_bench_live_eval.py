@@ -35,7 +35,7 @@ def _figures(dvr: float, mean_ms: float) -> dict:
     classes = {"4": {"violation_rate": dvr, "mean_ms": mean_ms / 2, "p99_ms": mean_ms},
                "1": {"violation_rate": 0.0, "mean_ms": mean_ms * 2, "p99_ms": mean_ms * 4}}
     return {"violation_rate": dvr, "antt": 2.0, "mean_ms": mean_ms, "per_class": classes, "requests": 100,
-            "migrations": 3, "freezes": 0}
+            "migrations": 3, "freezes": 0, "background_rps": 400 / mean_ms}
 
 
 def _seeds() -> dict:
@@ -55,6 +55,10 @@ def test_acceptance_compares_twill_with_the_best_baseline_on_seed_means():
     assert acc["dvr"]["best_baseline"] == "edf" and acc["dvr"]["twill_at_most_half"]
     assert acc["mean_ms"]["cut"] == pytest.approx(0.6) and acc["mean_ms"]["paper_54pct_met"]
     assert acc["sim_within_tolerance"]["misses"] == ["edf: dvr"]
+    # Little's law: 54% under edf's background mean takes 1 / 0.46 of edf's background throughput.
+    bound = acc["mean_ms"]["background"]
+    assert bound["best_baseline"] == "edf" and bound["best_baseline_rps"] == pytest.approx(8.0, rel=1e-3)
+    assert bound["rps_needed_for_54pct"] == pytest.approx(8.0 / 0.46, rel=1e-3) and bound["most_rps"] == pytest.approx(20.0, rel=1e-2)
     assert out["per_policy"]["twill"]["live"]["mean_ms"]["std"] == pytest.approx(math.sqrt(2))
     assert out["per_policy"]["twill"]["loadavg_1m"]["mean"] == 2.5
 
