@@ -167,7 +167,11 @@ class LeastSlackPolicy(BasePolicy):
     group_ties = True  # sub-deadlines apart by less than a rounding step may give equal keys
 
     def key(self, run: StageRun, now: float, view: CoreView) -> SortKey:
-        return (run.sub_deadline_s - now - view.estimate_s(run.model, device_of(run)), *tail(run))
+        return (self.key_value(run, now, view), *tail(run))
+
+    def key_value(self, run: StageRun, now: float, view: CoreView) -> float:
+        """The key's first component (the queue index's tie check reads it alone)."""
+        return run.sub_deadline_s - now - view.estimate_s(run.model, device_of(run))
 
     def group_order(self, run: StageRun) -> SortKey:
         return (run.sub_deadline_s, *tail(run))

@@ -12,7 +12,6 @@ scheduler/core.py's `_pick` defines it, tests/unit/test_core_decisions.py checks
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from heddle.scheduler.policies import (
     kinetic_groups,
     tail,
 )
+from heddle.scheduler.queue_picks import best_by_order, best_by_value, tied_best
 from heddle.scheduler.state import RunState, StageRun
 
 if TYPE_CHECKING:
@@ -207,13 +207,17 @@ class QueueIndex:
             aged = self._oldest_aged(device, now, core, policy.max_wait_s)
             if aged is not None:
                 return aged
-        best = self._best(self._groups[device].values(), rank)
+        # The first component of the policy's key alone, where it says (least_slack): a tie check
+        # reads it before building a whole key (no run here has aged: the pick asked first).
+        ask = getattr(policy, "key_value", None) if self.ties else None
+        value = None if ask is None else lambda run: ask(run, now, core)
+        best = self._best(self._groups[device].values(), rank, value)
         if best is not None:
             return best
         can_run = _Eligible(device, core)
         groups = [g for other, by_model in self._groups.items() if other != device
                   for model, g in by_model.items() if g.by_order.keys and can_run(model)]
-        return self._best(groups, rank)
+        return self._best(groups, rank, value)
 
     def _oldest_aged(self, device: str, now: float, core: CoreReads, bound: float) -> StageRun | None:
         """Per group the oldest READY run is aged or none is (ready_s order): the oldest aged."""
@@ -235,11 +239,14 @@ class QueueIndex:
                     best = (key, head)
         return None if best is None else best[1]
 
-    def _best(self, groups: Iterable[_Group], rank: Callable[[StageRun], SortKey]) -> StageRun | None:
+    def _best(self, groups: Iterable[_Group], rank: Callable[[StageRun], SortKey],
+              value: Callable[[StageRun], float] | None = None) -> StageRun | None:
         """The best-ranked READY run of the groups: a group's first READY run in the policy's
-        order, except where keys computed from `now` (least_slack's) tie (_tied_best)."""
+        order, except where keys computed from `now` (least_slack's) tie (queue_picks.py)."""
         if self._key_is_order:  # no run here has aged (the pick asked first): rank is (1, *order key)
-            return _best_by_order(groups)
+            return best_by_order(groups)
+        if value is not None:  # rank is (1, value, *tail): compared in parts, whole keys never built
+            return best_by_value(groups, value)
         best: tuple[SortKey, StageRun] | None = None
         for group in groups:
             at = group.by_order.first_ready()
@@ -248,7 +255,7 @@ class QueueIndex:
             head = group.by_order.runs[at]
             candidate = (rank(head), head)
             if self.ties:
-                candidate = _tied_best(group.by_order, at, candidate, rank)
+                candidate = tied_best(group.by_order, at, candidate, rank, value)
             if best is None or candidate[0] < best[0]:
                 best = candidate
         return None if best is None else best[1]
@@ -256,34 +263,3 @@ class QueueIndex:
 
 def _model_of(run: StageRun) -> Hashable:
     return run.model
-
-
-def _best_by_order(groups: Iterable[_Group]) -> StageRun | None:
-    """_best for a policy whose key is its group order: the keys kept compare as rank would."""
-    best: tuple[SortKey, StageRun] | None = None
-    for group in groups:
-        at = group.by_order.first_ready()
-        if at is not None and (best is None or group.by_order.keys[at] < best[0]):
-            best = (group.by_order.keys[at], group.by_order.runs[at])
-    return None if best is None else best[1]
-
-
-def _tied_best(order: _Sorted, at: int, head: tuple[SortKey, StageRun], rank: Callable[[StageRun], SortKey]
-               ) -> tuple[SortKey, StageRun]:
-    """A key computed from `now` is monotone in the order's first component, but two runs whose
-    first components differ may still round to one key, and then the later in the order may win
-    on its tail. So the first READY run of each following block of equal first components is
-    ranked while its key's value equals the head's; runs within a block keep the order's tail
-    order (no deadline: every such run ties at inf, and one look at the block settles it)."""
-    keys, runs = order.keys, order.runs
-    best = head
-    i = order.first_ready(bisect.bisect_right(keys, (keys[at][0], math.inf)))
-    while i is not None:
-        run = runs[i]
-        key = rank(run)
-        if key[:2] != head[0][:2]:  # (1, first component): the order holds from here on
-            break
-        if key < best[0]:
-            best = (key, run)
-        i = order.first_ready(bisect.bisect_right(keys, (keys[i][0], math.inf)))
-    return best
